@@ -1,0 +1,481 @@
+"""The Recorder: the training-side hot path and the writer thread behind it.
+
+>>> rec = Recorder("sqlite:///runs.db", run_name="demo")          # doctest: +SKIP
+>>> for step in range(100):                                        # doctest: +SKIP
+...     rec.log({"loss": 1 / (step + 1)}, step=step)
+>>> rec.close()                                                    # doctest: +SKIP
+
+``log()`` only appends to an in-memory deque: no SQL, no formatting, no ``.item()`` on an
+accelerator tensor. A daemon writer thread drains the deque every ``flush_interval``
+seconds, converts tensors in bulk (one device sync per flush, not per step), and writes
+each batch in one transaction together with the run's heartbeat.
+
+A store that fails (locked, unreachable, read-only, disk full) never raises into training:
+the recorder warns once, keeps the unwritten batch (at most ``max_buffer`` points; older
+points beyond that are dropped and counted in ``dropped`` and in the run row) and retries
+at the next flush.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+import warnings
+import weakref
+from typing import Any
+
+from . import events as ev
+from .keys import check_key
+from .store.engine import create_store_engine, ensure_schema, resolve_url
+from .store.writer import Batch, StoreWriter, to_json
+
+log = logging.getLogger("tmon")
+
+_PLAIN = frozenset({float, int})
+_now = time.time
+
+
+class TMonStoreWarning(RuntimeWarning):
+    """tmon could not write to its store; training goes on."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _is_tensor(v: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(v, torch.Tensor)
+
+
+def _prepare_value(key: str, v: Any) -> Any:
+    """Validate a non-plain metric value on the hot path; detach tensors (no device sync)."""
+    if type(v) is bool:
+        return float(v)
+    if _is_tensor(v):
+        if v.numel() != 1:
+            raise TypeError(f"metric {key!r}: a tensor value must hold one element, received shape {tuple(v.shape)}")
+        return v.detach()
+    if hasattr(v, "__float__") and not isinstance(v, (str, bytes)):
+        return v
+    raise TypeError(
+        f"metric {key!r}: value must be a number, a numpy scalar or a one-element tensor, "
+        f"received {type(v).__name__}: {v!r:.80}"
+    )
+
+
+def _convert_tensors(pending: list[tuple[list, int, Any]]) -> None:
+    """Turn the tensors in ``pending`` into floats, one transfer per (device, dtype)."""
+    import torch  # only reached when tensors were logged, so torch is already imported
+
+    groups: dict[tuple, list[tuple[list, int, Any]]] = {}
+    for item in pending:
+        t = item[2]
+        groups.setdefault((t.device, t.dtype), []).append(item)
+    for items in groups.values():
+        stacked = torch.stack([t.reshape(()) for _, _, t in items])
+        floats = stacked.to(device="cpu", dtype=torch.float64).tolist()
+        for (target, idx, _), f in zip(items, floats):
+            target[idx] = f
+
+
+class Recorder:
+    """Records one run into a store.
+
+    Args:
+        store: database URL or SQLite file path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+        run_name: a readable name; default ``<framework>-<date>-<time>``.
+        run_id: attach to an existing run (e.g. a second node of a distributed run) instead of
+            creating a new one.
+        framework: the framework recorded with the run (``lightning``, ``hf``, ``keras``...).
+        config: JSON-safe dict stored with the run (hyperparameters, trainer settings).
+        flush_interval: seconds between writes (0.05 to 60).
+        heartbeat_timeout: seconds without a heartbeat after which readers call the run ``lost``.
+        max_buffer: the most unwritten points kept in memory while the store is failing.
+        close_timeout: how long ``close()`` keeps retrying the final write.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        framework: str | None = None,
+        config: dict | None = None,
+        flush_interval: float = 0.5,
+        heartbeat_timeout: float = 30.0,
+        max_buffer: int = 1_000_000,
+        close_timeout: float = 15.0,
+        busy_timeout: float = 5.0,
+    ):
+        if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
+            raise ValueError(f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}")
+        if not isinstance(heartbeat_timeout, (int, float)) or heartbeat_timeout <= flush_interval:
+            raise ValueError(
+                f"heartbeat_timeout must be a number of seconds above flush_interval={flush_interval}, "
+                f"received heartbeat_timeout={heartbeat_timeout!r}"
+            )
+        if not isinstance(max_buffer, int) or max_buffer < 1000:
+            raise ValueError(f"max_buffer must be an int >= 1000 points, received max_buffer={max_buffer!r}")
+        self.url = resolve_url(store)
+        self.run_id = run_id or new_run_id()
+        self.flush_interval = float(flush_interval)
+        self.close_timeout = float(close_timeout)
+        self.max_buffer = max_buffer
+        self.dropped = 0  # points lost because the store failed for too long
+        self.problems: list[str] = []  # every store problem seen, in order
+        self.closed = False
+        created = _now()
+        self._config: dict = dict(config or {})
+        self._run_row = {
+            "id": self.run_id,
+            "name": run_name or f"{framework or 'run'}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(created))}",
+            "status": ev.RUNNING,
+            "framework": framework,
+            "created_at": created,
+            "heartbeat_at": created,
+            "heartbeat_timeout": float(heartbeat_timeout),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "config": to_json(self._config),
+            "dropped_points": 0,
+        }
+        self._attach = run_id is not None
+        self._metrics: collections.deque = collections.deque()
+        self._ops: collections.deque = collections.deque()
+        self._ok_keys: set[str] = set()
+        self._next_step = 0
+        self._unwritten: Batch | None = None
+        self._warned = False
+        self._writer: StoreWriter | None = None
+        self._engine = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._sampler = None
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._open_store()
+        self._thread = threading.Thread(target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # ------------------------------------------------------------------ hot path
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Record ``metrics`` (key -> number, numpy scalar or one-element tensor) at ``step``.
+
+        ``step=None`` means one past the last step logged. Costs a few microseconds: the values
+        are converted and written by the writer thread.
+        """
+        copy = None
+        ok = self._ok_keys
+        for k, v in metrics.items():
+            if k not in ok:
+                ok.add(check_key(k))
+            if type(v) not in _PLAIN:
+                if copy is None:
+                    copy = dict(metrics)
+                copy[k] = _prepare_value(k, v)
+        if step is None:
+            step = self._next_step
+        elif type(step) is not int:
+            step = self._check_step(step)
+        self._next_step = step + 1
+        self._metrics.append((step, _now(), copy if copy is not None else metrics.copy()))
+
+    @staticmethod
+    def _check_step(step: Any) -> int:
+        if hasattr(step, "__index__") and not isinstance(step, bool):
+            step = step.__index__()
+            if step >= 0:
+                return step
+        raise ValueError(f"step must be a non-negative integer, received step={step!r}")
+
+    # ------------------------------------------------------------------ everything else (not per step)
+    def event(self, type: str, *, step: int | None = None, message: str | None = None, **data: Any) -> None:
+        """Record an event (see ``tmon_core.events`` for the types tmon writes)."""
+        self._ops.append(("events", {"wall_time": _now(), "step": step, "type": type, "message": message,
+                                     "data": to_json(data) if data else None}))
+
+    def checkpoint(self, path: str | os.PathLike, *, step: int | None = None, epoch: float | None = None,
+                   monitor: str | None = None, monitor_value: float | None = None, source: str | None = None,
+                   description: str | None = None, tags: list[str] | None = None) -> None:
+        """Record a checkpoint written at ``path`` (file or directory; its size is taken now)."""
+        path = os.path.abspath(os.fspath(path))
+        size = path_size(path)
+        row = {"wall_time": _now(), "step": step, "epoch": epoch, "path": path, "size_bytes": size,
+               "monitor": monitor, "monitor_value": _opt_float(monitor_value), "source": source,
+               "description": description, "tags": to_json(list(tags)) if tags else None, "deleted": False}
+        self._ops.append(("checkpoints", row))
+        self.event(ev.CHECKPOINT, step=step, message=path, path=path, size_bytes=size, epoch=epoch,
+                   monitor=monitor, monitor_value=_opt_float(monitor_value), source=source)
+
+    def sample(self, host: dict | None, gpus: list[dict] = ()) -> None:
+        """Record one hardware sample (called by ``HardwareSampler``)."""
+        if host is not None:
+            self._ops.append(("samples", host))
+        for g in gpus:
+            self._ops.append(("gpu_samples", g))
+
+    def log_record(self, level: str, message: str, *, logger: str | None = None, source: str = "logging",
+                   step: int | None = None, wall_time: float | None = None) -> None:
+        """Record a captured log line or warning."""
+        self._ops.append(("logs", {"wall_time": wall_time or _now(), "step": step, "level": level,
+                                   "logger": logger, "message": message, "source": source}))
+
+    def update_config(self, **config: Any) -> None:
+        """Merge ``config`` into the run's stored configuration."""
+        self._config.update(config)
+        self._ops.append(("run", {"config": to_json(self._config)}))
+
+    def update_run(self, **fields: Any) -> None:
+        """Set run fields such as ``name`` or ``total_steps``."""
+        self._ops.append(("run", fields))
+
+    def start_sampler(self, interval: float = 1.0, node_rank: int = 0, gpus: bool = True):
+        """Start a ``HardwareSampler`` that writes into this run; it stops with ``close()``."""
+        from .sampler import HardwareSampler
+
+        if self._sampler is None:
+            self._sampler = HardwareSampler(self, interval=interval, node_rank=node_rank, gpus=gpus)
+            self._sampler.start()
+        return self._sampler
+
+    @property
+    def sampler(self):
+        return self._sampler
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write everything recorded so far now; True when it reached the store."""
+        done = threading.Event()
+        self._ops.append(("flush", done))
+        self._wake.set()
+        return done.wait(timeout) and self._unwritten is None
+
+    def close(self, status: str = ev.COMPLETED, error: BaseException | dict | None = None) -> None:
+        """End the run with ``status`` (completed, failed, interrupted) and write everything left."""
+        if self.closed:
+            return
+        self.closed = True
+        _live.discard(self)
+        if self._sampler is not None:
+            self._sampler.stop()
+        fields: dict[str, Any] = {"status": status, "ended_at": _now()}
+        if error is not None:
+            fields["error"] = to_json(error if isinstance(error, dict) else describe_exception(error))
+        self._ops.append(("run", fields))
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.close_timeout + 5)
+        if self._unwritten is not None:
+            n = self._unwritten.n_points()
+            self.dropped += n
+            self._problem(
+                f"tmon could not write the last {n} points and {self._unwritten.n_rows() - n} other records of run "
+                f"{self.run_id} to {self._safe_url()}: they are lost",
+                force=True,
+            )
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.close(ev.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else ev.FAILED, exc)
+
+    # ------------------------------------------------------------------ writer thread
+    def _safe_url(self) -> str:
+        if self._engine is not None:
+            return self._engine.url.render_as_string(hide_password=True)
+        return self.url.split("@")[-1] if "@" in self.url else self.url
+
+    def _problem(self, message: str, force: bool = False) -> None:
+        self.problems.append(message)
+        log.warning(message)
+        if force or not self._warned:
+            self._warned = True
+            warnings.warn(message, TMonStoreWarning, stacklevel=2)
+
+    def _open_store(self) -> bool:
+        try:
+            if self._engine is None:
+                self._engine = create_store_engine(self.url, writer=True, busy_timeout_ms=self._busy_timeout_ms)
+            ensure_schema(self._engine)
+            self._writer = StoreWriter(self._engine, self.run_id, self._run_row)
+            if self._attach:
+                self._writer._run_created = True
+            return True
+        except ValueError:
+            raise
+        except Exception as exc:
+            self._problem(f"tmon cannot open its store {self._safe_url()} ({type(exc).__name__}: {exc}); "
+                          f"training continues, tmon keeps the data in memory and retries")
+            return False
+
+    def _run_writer(self) -> None:
+        deadline = None
+        while True:
+            stopping = self._stop.is_set()
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._flush_once()
+            except Exception as exc:  # never let the writer thread die
+                self._problem(f"tmon writer error: {type(exc).__name__}: {exc}")
+            if stopping or self._stop.is_set():
+                if self._unwritten is None and not self._metrics and not self._ops:
+                    return
+                deadline = deadline or _now() + self.close_timeout
+                if _now() > deadline:
+                    return
+                time.sleep(min(0.2, self.flush_interval))
+
+    def _drain(self) -> tuple[Batch, list[threading.Event]]:
+        batch = Batch()
+        waiters: list[threading.Event] = []
+        pending_tensors: list[tuple[list, int, Any]] = []
+        points = batch.points
+        metrics = self._metrics
+        last = None
+        for _ in range(len(metrics)):
+            step, wall, d = metrics.popleft()
+            last = step
+            for k, v in d.items():
+                ser = points.get(k)
+                if ser is None:
+                    ser = points[k] = ([], [], [])
+                steps, values, walls = ser
+                steps.append(step)
+                walls.append(wall)
+                if type(v) is float:
+                    values.append(v)
+                elif type(v) is int:
+                    values.append(float(v))
+                elif _is_tensor(v):
+                    values.append(0.0)
+                    pending_tensors.append((values, len(values) - 1, v))
+                else:
+                    values.append(float(v))
+        batch.last_step = last
+        if pending_tensors:
+            _convert_tensors(pending_tensors)
+        ops = self._ops
+        for _ in range(len(ops)):
+            kind, payload = ops.popleft()
+            if kind == "flush":
+                waiters.append(payload)
+            elif kind == "run":
+                batch.run_update.update(payload)
+            else:
+                getattr(batch, kind).append(payload)
+        return batch, waiters
+
+    def _flush_once(self) -> None:
+        batch, waiters = self._drain()
+        if self._unwritten is not None:
+            self._unwritten.absorb(batch)
+            batch = self._unwritten
+            self._unwritten = None
+        try:
+            if self._writer is None and not self._open_store():
+                raise _StoreUnavailable
+            if self.dropped:
+                batch.run_update["dropped_points"] = self.dropped
+            self._writer.write(batch)
+            if self._warned and self.problems and not self.problems[-1].startswith("tmon store recovered"):
+                self._problem(f"tmon store recovered: {self._safe_url()} is writable again; backlog written")
+        except Exception as exc:
+            if not isinstance(exc, _StoreUnavailable):
+                self._problem(f"tmon could not write to {self._safe_url()} ({type(exc).__name__}: {exc}); "
+                              f"training continues, tmon keeps the data in memory and retries")
+            self._keep_unwritten(batch)
+        for w in waiters:
+            w.set()
+
+    def _keep_unwritten(self, batch: Batch) -> None:
+        """Hold a batch for the next try, dropping the oldest points beyond ``max_buffer``."""
+        total = batch.n_points()
+        excess = total - self.max_buffer
+        if excess > 0:
+            dropped = 0
+            for s, v, w in batch.points.values():
+                cut = min(len(s), -(-excess * len(s) // total))  # each series gives up its share
+                del s[:cut], v[:cut], w[:cut]
+                dropped += cut
+            self.dropped += dropped
+            self._problem(f"tmon dropped the {dropped} oldest unwritten points of run {self.run_id}: "
+                          f"the store has been failing and the buffer holds at most {self.max_buffer}")
+        self._unwritten = batch
+
+
+class _StoreUnavailable(Exception):
+    pass
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def path_size(path: str) -> int | None:
+    """Size on disk of a file, or of every file under a directory."""
+    try:
+        if os.path.isdir(path):
+            total = 0
+            for root, _dirs, files in os.walk(path):
+                for f in files:
+                    try:
+                        total += os.path.getsize(os.path.join(root, f))
+                    except OSError:
+                        pass
+            return total
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error, from any framework or device."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"OutOfMemoryError", "MemoryError", "ResourceExhaustedError"}:
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "cuda_error_out_of_memory" in text or "oom when allocating" in text
+
+
+def describe_exception(exc: BaseException) -> dict:
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc)[:10_000],
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-50_000:],
+        "oom": is_oom(exc),
+    }
+
+
+# Runs still open when the interpreter exits (a script that never called close()) are closed
+# as interrupted, so their last points are written and their status is not left "running".
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live() -> None:
+    for rec in list(_live):
+        try:
+            rec.close(ev.INTERRUPTED, {"type": "exit", "message": "the process exited before the run was closed"})
+        except Exception:
+            pass

@@ -1,0 +1,124 @@
+"""Engines for a tmon store: URL resolution, SQLite pragmas, schema creation and version check."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from .schema import SCHEMA_VERSION, Base, SchemaVersion
+
+DEFAULT_URL = "sqlite:///tmon.db"
+ENV_VAR = "TMON_STORE"
+#: how long a SQLite connection waits for another writer's lock before giving up (ms)
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+
+class StoreVersionError(RuntimeError):
+    """The store was written by a newer tmon than this one."""
+
+
+def resolve_url(url: str | os.PathLike | None = None) -> str:
+    """``url`` if given, else ``$TMON_STORE``, else ``sqlite:///tmon.db`` in the working directory.
+
+    A bare file path (``runs.db``, ``/data/tmon.db``) means a SQLite file.
+    """
+    if url is None:
+        url = os.environ.get(ENV_VAR) or DEFAULT_URL
+    url = os.fspath(url)
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"store must be a database URL or a file path, received store={url!r}")
+    if "://" not in url:
+        url = "sqlite:///" + url
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"store={url!r} is not a valid database URL: {exc}") from None
+    return url
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_store_engine(url: str, *, writer: bool, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine for ``url``.
+
+    SQLite: WAL journal (a reader never blocks the writer), a busy timeout, and for a
+    ``writer`` engine every transaction starts with ``BEGIN IMMEDIATE``: a deferred
+    transaction that reads and then writes gets SQLITE_BUSY at once, without waiting, when
+    another process committed in between; taking the write lock up front lets the busy
+    timeout do its job, so several processes can write one file.
+    """
+    if not _is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+    path = make_url(url).database
+    if path and path != ":memory:":
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # take transaction control away from the sqlite3 module so BEGIN is ours to emit
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except Exception:  # read-only file system: stay in the current mode
+            pass
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+def ensure_schema(engine: Engine, *, create: bool = True) -> int:
+    """Create the tables on first use; refuse a store newer than this code. Returns its version."""
+    for attempt in range(5):
+        try:
+            return _ensure_schema_once(engine, create)
+        except OperationalError as exc:
+            # two processes creating the same store at once: the loser retries
+            if attempt == 4 or "already exists" not in str(exc) and "locked" not in str(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _ensure_schema_once(engine: Engine, create: bool) -> int:
+    if inspect(engine).has_table(SchemaVersion.__tablename__):
+        with engine.connect() as conn:
+            version = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
+        if version is not None:
+            _check_version(engine, version)
+            return version
+    if not create:
+        raise FileNotFoundError(f"no tmon store at {engine.url.render_as_string(hide_password=True)}")
+    with engine.begin() as conn:
+        Base.metadata.create_all(conn, checkfirst=True)
+        existing = conn.execute(select(SchemaVersion.version)).scalar()
+        if existing is None:
+            conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION, created_at=time.time()))
+            existing = SCHEMA_VERSION
+    _check_version(engine, existing)
+    return existing
+
+
+def _check_version(engine: Engine, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"the tmon store at {engine.url.render_as_string(hide_password=True)} has schema version {version}, "
+            f"but this tmon understands schema versions up to {SCHEMA_VERSION}: upgrade tmon to read it"
+        )

@@ -1,0 +1,342 @@
+"""The read side of a store: ``Store`` and ``Run`` handles returning DataFrames and plain objects.
+
+>>> store = open_store("sqlite:///tmon.db")                 # doctest: +SKIP
+>>> store.runs()                                            # one row per run
+>>> run = store.run(store.runs().id[0])
+>>> run.metrics("train_loss", max_points=2000)              # step, value, wall_time
+
+Widgets, the report, the CLI and the tests read through this module only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select, text
+
+from ..events import LOST, RUNNING
+from .engine import create_store_engine, ensure_schema, resolve_url
+from .schema import (
+    SUMMARY_LEVELS,
+    CheckpointRow,
+    EventRow,
+    GpuSampleRow,
+    LogRow,
+    RunRow,
+    SampleRow,
+    SeriesRow,
+    summary_width,
+)
+
+
+def _pd():
+    import pandas as pd
+
+    return pd
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def effective_status(status: str, heartbeat_at: float | None, timeout: float, now: float | None = None) -> str:
+    """A running run whose heartbeat is older than its timeout reads as ``lost``."""
+    if status == RUNNING and heartbeat_at is not None and (now or time.time()) - heartbeat_at > timeout:
+        return LOST
+    return status
+
+
+class Store:
+    """A tmon store opened for reading (and for control requests, later)."""
+
+    def __init__(self, url: str | os.PathLike | None = None, *, create: bool = True):
+        self.url = resolve_url(url)
+        self.engine: Engine = create_store_engine(self.url, writer=False)
+        try:
+            ensure_schema(self.engine, create=create)
+        except Exception:
+            self.engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def runs(self):
+        """One row per run, newest first: id, name, status, framework, created_at, ended_at,
+        duration (s), last_step, host, pid."""
+        pd = _pd()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(RunRow).order_by(RunRow.created_at.desc())).mappings().all()
+        now = time.time()
+        out = []
+        for r in rows:
+            end = r["ended_at"] or r["heartbeat_at"] or now
+            out.append({
+                "id": r["id"], "name": r["name"],
+                "status": effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"], now),
+                "framework": r["framework"], "created_at": r["created_at"], "ended_at": r["ended_at"],
+                "duration": end - r["created_at"], "last_step": r["last_step"], "host": r["host"], "pid": r["pid"],
+            })
+        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "host", "pid"]
+        return pd.DataFrame(out, columns=cols)
+
+    def run(self, run_id: str) -> Run:
+        """The run ``run_id`` (a unique prefix of the id, or the run's exact name, is enough)."""
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id must be a non-empty string, received {run_id!r}")
+        with self.engine.connect() as conn:
+            ids = conn.execute(select(RunRow.id).where(RunRow.id.startswith(run_id, autoescape=True))).scalars().all()
+            if not ids:
+                ids = conn.execute(select(RunRow.id).where(RunRow.name == run_id)).scalars().all()
+        if len(ids) == 1:
+            return Run(self, ids[0])
+        if not ids:
+            raise KeyError(f"no run {run_id!r} in {self}")
+        raise KeyError(f"{run_id!r} matches {len(ids)} runs in {self}: {', '.join(sorted(ids)[:5])}; give more of the id")
+
+    def latest_run(self) -> Run | None:
+        with self.engine.connect() as conn:
+            rid = conn.execute(select(RunRow.id).order_by(RunRow.created_at.desc()).limit(1)).scalar()
+        return Run(self, rid) if rid else None
+
+
+class Run:
+    """Read access to one run."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, status={self.status!r})"
+
+    def _row(self) -> dict:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(RunRow).where(RunRow.id == self.id)).mappings().first()
+        if row is None:
+            raise KeyError(f"run {self.id!r} is not in {self.store}")
+        return dict(row)
+
+    @property
+    def status(self) -> str:
+        """running | completed | failed | interrupted | lost (running, but its heartbeat stopped)."""
+        r = self._row()
+        return effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
+
+    def info(self) -> dict:
+        """Metadata and configuration of the run (config and error decoded from JSON)."""
+        r = self._row()
+        r["status"] = effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
+        r["config"] = _loads(r["config"]) or {}
+        r["error"] = _loads(r["error"])
+        return r
+
+    # -------------------------------------------------------------- metrics
+    def _series(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(SeriesRow.key, SeriesRow.id).where(SeriesRow.run_id == self.id)).all()
+        return dict(rows)
+
+    def metric_keys(self) -> list[str]:
+        return sorted(self._series())
+
+    def _series_id(self, key: str) -> int:
+        series = self._series()
+        if key not in series:
+            known = ", ".join(sorted(series)[:30]) or "none"
+            raise KeyError(f"run {self.id} has no metric {key!r}; its metrics: {known}")
+        return series[key]
+
+    def metrics(self, key: str, max_points: int | None = None, x: str = "step",
+                start: float | None = None, end: float | None = None):
+        """The points of metric ``key``: a DataFrame with ``step``, ``value`` and ``wall_time``.
+
+        ``max_points`` caps the rows: the range is cut into ``max_points // 2`` buckets and each
+        keeps its smallest and largest point, read from the summaries kept at write time (a
+        million-point series costs a few hundred rows). ``x`` picks what ``start``/``end`` mean and
+        how rows are ordered: ``"step"`` or ``"time"`` (wall-clock seconds).
+        """
+        if x not in ("step", "time"):
+            raise ValueError(f"x must be 'step' or 'time', received x={x!r}")
+        if max_points is not None and (not isinstance(max_points, int) or max_points < 2):
+            raise ValueError(f"max_points must be an int >= 2 or None, received max_points={max_points!r}")
+        sid = self._series_id(key)
+        with self.store.engine.connect() as conn:
+            lo, hi = self._step_bounds(conn, sid, x, start, end)
+            if lo is None:
+                return self._frame([])
+            if max_points is not None and self._count_at_most(conn, sid, lo, hi, max_points):
+                rows = self._downsample(conn, sid, lo, hi, max_points)
+            else:
+                rows = self._raw(conn, sid, lo, hi)
+        df = self._frame(rows)
+        if x == "time":
+            if start is not None:
+                df = df[df.wall_time >= start]
+            if end is not None:
+                df = df[df.wall_time <= end]
+            df = df.sort_values("wall_time", kind="stable").reset_index(drop=True)
+        return df
+
+    def latest(self) -> dict[str, tuple[int, float]]:
+        """The last point of every metric: key -> (step, value)."""
+        out = {}
+        with self.store.engine.connect() as conn:
+            for key, sid in sorted(self._series().items()):
+                row = conn.exec_driver_sql(
+                    "SELECT step, value FROM tmon_points WHERE series_id = " + str(int(sid))
+                    + " ORDER BY step DESC, id DESC LIMIT 1").first()
+                if row is not None:
+                    out[key] = (row[0], math.nan if row[1] is None else row[1])
+        return out
+
+    @staticmethod
+    def _frame(rows):
+        pd = _pd()
+        if not len(rows):
+            return pd.DataFrame({"step": np.array([], dtype=np.int64), "value": np.array([], dtype=float),
+                                 "wall_time": np.array([], dtype=float)})
+        arr = np.array(rows, dtype=np.float64)  # None (stored NaN) becomes NaN here
+        return pd.DataFrame({"step": arr[:, 0].astype(np.int64), "value": arr[:, 1], "wall_time": arr[:, 2]})
+
+    def _step_bounds(self, conn, sid, x, start, end):
+        q = "SELECT MIN(step), MAX(step) FROM tmon_points WHERE series_id = " + str(int(sid))
+        if x == "time" and (start is not None or end is not None):
+            cond = []
+            if start is not None:
+                cond.append(f"wall_time >= {float(start)!r}")
+            if end is not None:
+                cond.append(f"wall_time <= {float(end)!r}")
+            q += " AND " + " AND ".join(cond)
+            lo, hi = conn.exec_driver_sql(q).first()
+            return lo, hi
+        lo, hi = conn.exec_driver_sql(q).first()
+        if lo is None:
+            return None, None
+        if x == "step":
+            if start is not None:
+                lo = max(lo, math.ceil(start))
+            if end is not None:
+                hi = min(hi, math.floor(end))
+        return (lo, hi) if lo <= hi else (None, None)
+
+    def _raw(self, conn, sid, lo, hi):
+        return conn.exec_driver_sql(
+            f"SELECT step, value, wall_time FROM tmon_points WHERE series_id = {int(sid)} "
+            f"AND step >= {int(lo)} AND step <= {int(hi)} ORDER BY step, id").fetchall()
+
+    def _count_at_most(self, conn, sid, lo, hi, max_points) -> bool:
+        """True when [lo, hi] holds more than ``max_points`` points (estimated from summaries)."""
+        level = _level_for(hi - lo + 1, 8)
+        width = summary_width(level)
+        n = conn.exec_driver_sql(
+            f"SELECT SUM(n) FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
+            f"AND bucket >= {lo // width} AND bucket <= {hi // width}").scalar()
+        return (n or 0) > max_points
+
+    def _downsample(self, conn, sid, lo, hi, max_points):
+        level = _level_for(hi - lo + 1, max(1, max_points // 2))
+        width = summary_width(level)
+        b0, b1 = -(-lo // width), (hi + 1) // width - 1  # buckets lying wholly inside [lo, hi]
+        out: list[tuple] = []
+        if b0 > b1:  # the range is narrower than a bucket: min/max of the raw points
+            return _min_max_rows(self._raw(conn, sid, lo, hi))
+        out += _min_max_rows(self._raw(conn, sid, lo, b0 * width - 1)) if lo < b0 * width else []
+        rows = conn.exec_driver_sql(
+            "SELECT bucket, n, n_nan, min_value, min_step, min_wall, max_value, max_step, max_wall "
+            f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
+            f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
+        for bucket, n, n_nan, lov, los, low, hiv, his, hiw in rows:
+            if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
+                out.append((bucket * width, None, None))
+            elif los == his:
+                out.append((los, lov, low))
+            elif los < his:
+                out += [(los, lov, low), (his, hiv, hiw)]
+            else:
+                out += [(his, hiv, hiw), (los, lov, low)]
+        if (b1 + 1) * width <= hi:
+            out += _min_max_rows(self._raw(conn, sid, (b1 + 1) * width, hi))
+        return [(s, v, math.nan if w is None else w) for s, v, w in out]
+
+    # -------------------------------------------------------------- other tables
+    def _table(self, model, order, where=(), json_cols=()):
+        pd = _pd()
+        cols = [c for c in model.__table__.columns.keys() if c != "run_id"]
+        with self.store.engine.connect() as conn:
+            q = select(*[model.__table__.c[c] for c in cols]).where(model.run_id == self.id, *where).order_by(*order)
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            for c in json_cols:
+                r[c] = _loads(r[c])
+        return pd.DataFrame(rows, columns=cols)
+
+    def events(self, type: str | None = None):
+        """Events in order: wall_time, step, type, message, data (dict)."""
+        where = (EventRow.type == type,) if type else ()
+        return self._table(EventRow, (EventRow.wall_time, EventRow.id), where, ("data",))
+
+    def samples(self):
+        """Host hardware samples: cpu_percent, ram_*, swap_used, proc_rss, children_rss/count (bytes)."""
+        return self._table(SampleRow, (SampleRow.wall_time, SampleRow.id))
+
+    def gpu_samples(self):
+        """Per-GPU samples: gpu, name, mem_used/total (bytes), util_percent, power_watts, temperature_c,
+        torch_allocated/reserved/max_allocated."""
+        return self._table(GpuSampleRow, (GpuSampleRow.wall_time, GpuSampleRow.gpu))
+
+    def checkpoints(self, include_deleted: bool = False):
+        """Checkpoints: path, step, epoch, size_bytes, monitor, monitor_value, source, tags..."""
+        where = () if include_deleted else (CheckpointRow.deleted.is_(False),)
+        return self._table(CheckpointRow, (CheckpointRow.wall_time, CheckpointRow.id), where, ("tags",))
+
+    def logs(self):
+        """Captured log records and warnings: wall_time, step, level, logger, message, source."""
+        return self._table(LogRow, (LogRow.wall_time, LogRow.id))
+
+    def count_points(self) -> int:
+        """How many metric points the run holds, over all keys."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(
+                text("SELECT COUNT(*) FROM tmon_points p JOIN tmon_series s ON p.series_id = s.id WHERE s.run_id = :r"),
+                {"r": self.id},
+            ).scalar() or 0
+
+
+def _level_for(span: int, buckets: int) -> int:
+    """The finest summary level whose buckets cut ``span`` steps into at most ``buckets`` pieces."""
+    for level in range(SUMMARY_LEVELS):
+        if -(-span // summary_width(level)) + 1 <= buckets:
+            return level
+    return SUMMARY_LEVELS - 1
+
+
+def _min_max_rows(rows) -> list[tuple]:
+    """Reduce raw (step, value, wall) rows to their min and max points, in step order."""
+    finite = [r for r in rows if r[1] is not None]
+    if not finite:
+        return [rows[0]] if rows else []
+    lo = min(finite, key=lambda r: r[1])
+    hi = max(finite, key=lambda r: r[1])
+    if lo is hi or lo[0] == hi[0] and lo[1] == hi[1]:
+        return [lo]
+    return sorted([lo, hi], key=lambda r: r[0])
+
+
+def open_store(url: str | os.PathLike | None = None) -> Store:
+    """Open (and on first use create) the store at ``url``; default ``$TMON_STORE`` or ``sqlite:///tmon.db``."""
+    return Store(url)

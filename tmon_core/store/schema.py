@@ -1,0 +1,229 @@
+"""The tmon schema: one set of tables for SQLite and PostgreSQL.
+
+Every table is prefixed ``tmon_`` so the store can live inside an existing database.
+
+Conventions a plain-SQL reader needs to know:
+
+* Times are UNIX seconds (float, UTC).
+* ``tmon_points.value`` is NULL exactly when the logged value was NaN (SQLite turns NaN into
+  NULL on its own, so tmon makes that the rule everywhere); +inf and -inf are stored as such.
+* Metric keys are interned per run in ``tmon_series``; points reference a series id.
+* ``tmon_summaries`` holds min/max summaries of each series at several resolutions
+  (bucket width ``16 * 4**level`` steps), maintained by the writer at flush time so that a
+  chart of a million-point series reads a few hundred rows instead of a million.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+#: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``
+SUMMARY_BASE = 16
+SUMMARY_FACTOR = 4
+SUMMARY_LEVELS = 11  # the coarsest bucket spans 16 * 4**10 ≈ 16.8M steps
+
+
+def summary_width(level: int) -> int:
+    return SUMMARY_BASE * SUMMARY_FACTOR**level
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "tmon_schema"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class RunRow(Base):
+    __tablename__ = "tmon_runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(250), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running|completed|failed|interrupted
+    framework: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    heartbeat_timeout: Mapped[float] = mapped_column(Float, nullable=False)
+    host: Mapped[str | None] = mapped_column(String(250))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    total_steps: Mapped[int | None] = mapped_column(BigInteger)
+    config: Mapped[str | None] = mapped_column(Text)  # JSON object
+    error: Mapped[str | None] = mapped_column(Text)  # JSON object: type, message, traceback
+    dropped_points: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_tmon_runs_created_at", "created_at"),)
+
+
+class SeriesRow(Base):
+    __tablename__ = "tmon_series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(250), nullable=False)
+
+    __table_args__ = (Index("ux_tmon_series_run_key", "run_id", "key", unique=True),)
+
+
+class PointRow(Base):
+    __tablename__ = "tmon_points"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    series_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    step: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    value: Mapped[float | None] = mapped_column(Float(53))  # NULL means NaN
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+
+    __table_args__ = (Index("ix_tmon_points_series_step", "series_id", "step"),)
+
+
+class SummaryRow(Base):
+    __tablename__ = "tmon_summaries"
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    n_nan: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    min_value: Mapped[float | None] = mapped_column(Float(53))
+    min_step: Mapped[int | None] = mapped_column(BigInteger)
+    min_wall: Mapped[float | None] = mapped_column(Float(53))
+    max_value: Mapped[float | None] = mapped_column(Float(53))
+    max_step: Mapped[int | None] = mapped_column(BigInteger)
+    max_wall: Mapped[float | None] = mapped_column(Float(53))
+
+
+class EventRow(Base):
+    __tablename__ = "tmon_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[str | None] = mapped_column(Text)  # JSON object
+
+    __table_args__ = (Index("ix_tmon_events_run_time", "run_id", "wall_time"),)
+
+
+class SampleRow(Base):
+    """One host-level hardware sample."""
+
+    __tablename__ = "tmon_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+    host: Mapped[str | None] = mapped_column(String(250))
+    node_rank: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    ram_total: Mapped[int | None] = mapped_column(BigInteger)
+    ram_used: Mapped[int | None] = mapped_column(BigInteger)
+    ram_available: Mapped[int | None] = mapped_column(BigInteger)
+    swap_used: Mapped[int | None] = mapped_column(BigInteger)
+    proc_rss: Mapped[int | None] = mapped_column(BigInteger)
+    children_rss: Mapped[int | None] = mapped_column(BigInteger)
+    children_count: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_tmon_samples_run_time", "run_id", "wall_time"),)
+
+
+class GpuSampleRow(Base):
+    """One sample of one GPU (NVML and, when torch has CUDA initialised, torch's allocator)."""
+
+    __tablename__ = "tmon_gpu_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+    host: Mapped[str | None] = mapped_column(String(250))
+    node_rank: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    gpu: Mapped[int] = mapped_column(Integer, nullable=False)
+    name: Mapped[str | None] = mapped_column(String(250))
+    mem_used: Mapped[int | None] = mapped_column(BigInteger)
+    mem_total: Mapped[int | None] = mapped_column(BigInteger)
+    util_percent: Mapped[float | None] = mapped_column(Float)
+    power_watts: Mapped[float | None] = mapped_column(Float)
+    temperature_c: Mapped[float | None] = mapped_column(Float)
+    torch_allocated: Mapped[int | None] = mapped_column(BigInteger)
+    torch_reserved: Mapped[int | None] = mapped_column(BigInteger)
+    torch_max_allocated: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_tmon_gpu_samples_run_time", "run_id", "wall_time"),)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "tmon_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    monitor: Mapped[str | None] = mapped_column(String(250))
+    monitor_value: Mapped[float | None] = mapped_column(Float(53))
+    source: Mapped[str | None] = mapped_column(String(64))  # e.g. ModelCheckpoint, manual
+    description: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[str | None] = mapped_column(Text)  # JSON list
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+    __table_args__ = (Index("ix_tmon_checkpoints_run_step", "run_id", "step"),)
+
+
+class RequestRow(Base):
+    """A control request: set a parameter, save a checkpoint, roll back, stop."""
+
+    __tablename__ = "tmon_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    payload: Mapped[str | None] = mapped_column(Text)  # JSON
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending|applied|rejected
+    requested_by: Mapped[str | None] = mapped_column(String(250))
+    requested_at: Mapped[float] = mapped_column(Float(53), nullable=False)
+    applied_at: Mapped[float | None] = mapped_column(Float(53))
+    applied_step: Mapped[int | None] = mapped_column(BigInteger)
+    old_value: Mapped[str | None] = mapped_column(Text)  # JSON
+    new_value: Mapped[str | None] = mapped_column(Text)  # JSON
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_tmon_requests_run_status", "run_id", "status"),)
+
+
+class LogRow(Base):
+    __tablename__ = "tmon_logs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    wall_time: Mapped[float] = mapped_column(Float(53), nullable=False)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(16), nullable=False)
+    logger: Mapped[str | None] = mapped_column(String(250))
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str | None] = mapped_column(String(32))  # logging|warnings|stdout|stderr
+
+    __table_args__ = (Index("ix_tmon_logs_run_time", "run_id", "wall_time"),)
+
+
+class ReportRow(Base):
+    __tablename__ = "tmon_reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    created_at: Mapped[float] = mapped_column(Float(53), nullable=False)
+    health: Mapped[str] = mapped_column(String(16), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+
+
+TABLES = Base.metadata.tables

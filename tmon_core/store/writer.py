@@ -1,0 +1,189 @@
+"""Writes one ``Batch`` of recorded data into the store in a single transaction.
+
+Only the recorder's writer thread calls this; nothing here runs on the training hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select, update
+
+from .schema import (
+    CheckpointRow,
+    EventRow,
+    GpuSampleRow,
+    LogRow,
+    RunRow,
+    SampleRow,
+    SeriesRow,
+)
+from .summaries import summarize
+
+
+def to_json(obj: Any) -> str | None:
+    """JSON that never fails: unknown objects become their ``repr``; NaN/inf become strings."""
+    if obj is None:
+        return None
+    return json.dumps(json_safe(obj), allow_nan=False)
+
+
+def json_safe(obj: Any, _depth: int = 0) -> Any:
+    if _depth > 20:
+        return repr(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v, _depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v, _depth + 1) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item(), _depth + 1)
+    if hasattr(obj, "tolist") and getattr(obj, "ndim", 1) == 0:  # 0-d arrays and tensors
+        try:
+            return json_safe(obj.tolist(), _depth + 1)
+        except Exception:
+            pass
+    if hasattr(obj, "to_dict"):
+        try:
+            return json_safe(obj.to_dict(), _depth + 1)
+        except Exception:
+            pass
+    return repr(obj)
+
+
+@dataclass
+class Batch:
+    """What the writer thread collected since the last successful write."""
+
+    points: dict[str, tuple[list, list, list]] = field(default_factory=dict)  # key -> steps, values, walls
+    events: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    gpu_samples: list[dict] = field(default_factory=list)
+    checkpoints: list[dict] = field(default_factory=list)
+    logs: list[dict] = field(default_factory=list)
+    run_update: dict = field(default_factory=dict)
+    last_step: int | None = None
+
+    def n_points(self) -> int:
+        return sum(len(s) for s, _, _ in self.points.values())
+
+    def n_rows(self) -> int:
+        return (self.n_points() + len(self.events) + len(self.samples) + len(self.gpu_samples)
+                + len(self.checkpoints) + len(self.logs))
+
+    def absorb(self, newer: Batch) -> None:
+        """Append a newer batch to this (older, unwritten) one."""
+        for key, (s, v, w) in newer.points.items():
+            mine = self.points.setdefault(key, ([], [], []))
+            mine[0].extend(s)
+            mine[1].extend(v)
+            mine[2].extend(w)
+        self.events += newer.events
+        self.samples += newer.samples
+        self.gpu_samples += newer.gpu_samples
+        self.checkpoints += newer.checkpoints
+        self.logs += newer.logs
+        self.run_update.update(newer.run_update)
+        if newer.last_step is not None:
+            self.last_step = newer.last_step
+
+
+def _placeholder(engine: Engine) -> str | None:
+    style = engine.dialect.paramstyle
+    return {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style)
+
+
+class StoreWriter:
+    """Owns the write side of one run: interned series ids, the fast insert statements."""
+
+    def __init__(self, engine: Engine, run_id: str, run_row: dict):
+        self.engine = engine
+        self.run_id = run_id
+        self._run_row = run_row
+        self._run_created = False
+        self._series: dict[str, int] = {}
+        ph = _placeholder(engine)
+        if ph is None:
+            raise ValueError(
+                f"tmon stores run on SQLite or PostgreSQL (psycopg); the driver {engine.dialect.driver!r} "
+                f"uses paramstyle {engine.dialect.paramstyle!r}, which tmon does not support"
+            )
+        self._points_sql = f"INSERT INTO tmon_points (series_id, step, value, wall_time) VALUES ({ph}, {ph}, {ph}, {ph})"
+        cols = "series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, max_value, max_step, max_wall"
+        t = "tmon_summaries"
+        better_lo = f"({t}.min_value IS NULL OR excluded.min_value < {t}.min_value)"
+        better_hi = f"({t}.max_value IS NULL OR excluded.max_value > {t}.max_value)"
+        self._summary_sql = (
+            f"INSERT INTO {t} ({cols}) VALUES ({', '.join([ph] * 11)}) "
+            f"ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
+            f"n = {t}.n + excluded.n, n_nan = {t}.n_nan + excluded.n_nan, "
+            + ", ".join(
+                f"{c} = CASE WHEN {better_lo} THEN excluded.{c} ELSE {t}.{c} END"
+                for c in ("min_value", "min_step", "min_wall")
+            )
+            + ", "
+            + ", ".join(
+                f"{c} = CASE WHEN {better_hi} THEN excluded.{c} ELSE {t}.{c} END"
+                for c in ("max_value", "max_step", "max_wall")
+            )
+        )
+
+    def write(self, batch: Batch, heartbeat: bool = True) -> None:
+        with self.engine.begin() as conn:
+            if not self._run_created:
+                exists = conn.execute(select(RunRow.id).where(RunRow.id == self.run_id)).scalar()
+                if exists is None:
+                    conn.execute(RunRow.__table__.insert().values(**self._run_row))
+            self._write_points(conn, batch.points)
+            self._insert(conn, EventRow, batch.events)
+            self._insert(conn, SampleRow, batch.samples)
+            self._insert(conn, GpuSampleRow, batch.gpu_samples)
+            self._insert(conn, CheckpointRow, batch.checkpoints)
+            self._insert(conn, LogRow, batch.logs)
+            values = dict(batch.run_update)
+            if heartbeat:
+                values["heartbeat_at"] = time.time()
+            if batch.last_step is not None:
+                values["last_step"] = batch.last_step
+            if values:
+                conn.execute(update(RunRow).where(RunRow.id == self.run_id).values(**values))
+        self._run_created = True
+
+    def _insert(self, conn, model, rows: list[dict]) -> None:
+        if rows:
+            conn.execute(model.__table__.insert(), [dict(r, run_id=self.run_id) for r in rows])
+
+    def _series_id(self, conn, key: str) -> int:
+        sid = self._series.get(key)
+        if sid is None:
+            q = select(SeriesRow.id).where(SeriesRow.run_id == self.run_id, SeriesRow.key == key)
+            sid = conn.execute(q).scalar()
+            if sid is None:
+                sid = conn.execute(SeriesRow.__table__.insert().values(run_id=self.run_id, key=key)).inserted_primary_key[0]
+            self._series[key] = sid
+        return sid
+
+    def _write_points(self, conn, points: dict[str, tuple[list, list, list]]) -> None:
+        rows: list[tuple] = []
+        summary_rows: list[tuple] = []
+        for key, (steps, values, walls) in points.items():
+            if not steps:
+                continue
+            sid = self._series_id(conn, key)
+            rows.extend(zip([sid] * len(steps), steps, [None if v != v else v for v in values], walls))
+            s = np.asarray(steps, dtype=np.int64)
+            v = np.asarray(values, dtype=np.float64)
+            w = np.asarray(walls, dtype=np.float64)
+            for level, b in enumerate(summarize(s, v, w)):
+                summary_rows.extend(b.rows(sid, level))
+        if rows:
+            conn.exec_driver_sql(self._points_sql, rows)
+            conn.exec_driver_sql(self._summary_sql, summary_rows)
