@@ -217,6 +217,10 @@ class Recorder:
         self.event(ev.CHECKPOINT, step=step, message=path, path=path, size_bytes=size, epoch=epoch,
                    monitor=monitor, monitor_value=_opt_float(monitor_value), source=source)
 
+    def checkpoint_removed(self, path: str | os.PathLike) -> None:
+        """Mark a recorded checkpoint as deleted from disk (e.g. pruned by a top-k policy)."""
+        self._ops.append(("removed_checkpoints", os.path.abspath(os.fspath(path))))
+
     def sample(self, host: dict | None, gpus: list[dict] = ()) -> None:
         """Record one hardware sample (called by ``HardwareSampler``)."""
         if host is not None:
@@ -259,18 +263,22 @@ class Recorder:
         self._wake.set()
         return done.wait(timeout) and self._unwritten is None
 
-    def close(self, status: str = ev.COMPLETED, error: BaseException | dict | None = None) -> None:
-        """End the run with ``status`` (completed, failed, interrupted) and write everything left."""
+    def close(self, status: str | None = ev.COMPLETED, error: BaseException | dict | None = None) -> None:
+        """End the run with ``status`` (completed, failed, interrupted) and write everything left.
+
+        ``status=None`` writes what is left without ending the run (a process that only added
+        samples to a run another process owns)."""
         if self.closed:
             return
         self.closed = True
         _live.discard(self)
         if self._sampler is not None:
             self._sampler.stop()
-        fields: dict[str, Any] = {"status": status, "ended_at": _now()}
-        if error is not None:
-            fields["error"] = to_json(error if isinstance(error, dict) else describe_exception(error))
-        self._ops.append(("run", fields))
+        if status is not None:
+            fields: dict[str, Any] = {"status": status, "ended_at": _now()}
+            if error is not None:
+                fields["error"] = to_json(error if isinstance(error, dict) else describe_exception(error))
+            self._ops.append(("run", fields))
         self._stop.set()
         self._wake.set()
         self._thread.join(self.close_timeout + 5)

@@ -69,6 +69,7 @@ class Batch:
     gpu_samples: list[dict] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
+    removed_checkpoints: list[str] = field(default_factory=list)
     run_update: dict = field(default_factory=dict)
     last_step: int | None = None
 
@@ -91,6 +92,7 @@ class Batch:
         self.gpu_samples += newer.gpu_samples
         self.checkpoints += newer.checkpoints
         self.logs += newer.logs
+        self.removed_checkpoints += newer.removed_checkpoints
         self.run_update.update(newer.run_update)
         if newer.last_step is not None:
             self.last_step = newer.last_step
@@ -148,6 +150,10 @@ class StoreWriter:
             self._insert(conn, GpuSampleRow, batch.gpu_samples)
             self._insert(conn, CheckpointRow, batch.checkpoints)
             self._insert(conn, LogRow, batch.logs)
+            if batch.removed_checkpoints:
+                conn.execute(update(CheckpointRow).where(
+                    CheckpointRow.run_id == self.run_id, CheckpointRow.path.in_(batch.removed_checkpoints),
+                ).values(deleted=True))
             values = dict(batch.run_update)
             if heartbeat:
                 values["heartbeat_at"] = time.time()

@@ -1,0 +1,338 @@
+"""The Lightning adapter, built once for ``lightning.pytorch`` and once for ``pytorch_lightning``.
+
+Lightning hook → what tmon records:
+
+==============================  ===========================================================
+``setup("fit")``                 opens the run (global rank 0) and the hardware sampler
+                                 (each node's local rank 0); the run id is broadcast to all ranks
+``on_train_start``               ``train_start`` event; config (hparams, precision, batch size,
+                                 accumulate_grad_batches, dataloader workers, devices, strategy,
+                                 optimizers, schedulers); attaches tmon's logger
+``self.log`` (via the logger)    every metric Lightning hands its loggers, at Lightning's step,
+                                 at the cadence of ``log_every_n_steps``
+``on_train_batch_start/end``     every batch: ``loss``, ``lr``/``momentum``/``weight_decay`` per
+                                 param group, ``step_time``, ``data_time``, ``epoch`` (and
+                                 ``grad_norm`` from ``on_before_optimizer_step`` when asked)
+``ModelCheckpoint`` saves        ``checkpoint`` rows and events (path, size, step, monitor value);
+                                 files its top-k policy removes are marked deleted
+epoch/validation hooks           ``epoch_start``/``epoch_end``, ``validation_start``/``end``
+``on_exception``                 ``exception`` or ``oom`` event; status failed (interrupted on
+                                 KeyboardInterrupt)
+``teardown("fit")``              ``train_end``; status completed; everything flushed
+==============================  ===========================================================
+
+The step of a per-batch record is Lightning's logging step (the number of optimizer steps
+taken before this batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import time
+from typing import Any
+
+from typing_extensions import override
+
+from tmon_core import events as ev
+from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
+from tmon_core.store.writer import json_safe
+
+from . import _torch
+from ._base import CallbackOptions, RunSession, guarded, warn_once
+
+_perf = time.perf_counter
+
+
+def build(package: str):
+    """Return the ``TMonCallback`` class for the Lightning package ``package``."""
+    pl = importlib.import_module(package)
+    Callback = pl.Callback
+    Logger = importlib.import_module(f"{package}.loggers").Logger
+    ModelCheckpoint = importlib.import_module(f"{package}.callbacks").ModelCheckpoint
+
+    class _TMonLogger(Logger):
+        """Receives what ``self.log`` produces, exactly as Lightning's own loggers do."""
+
+        def __init__(self, callback: TMonCallback):
+            super().__init__()
+            self._cb = callback
+
+        @property
+        @override
+        def name(self) -> str:
+            return "tmon"
+
+        @property
+        @override
+        def version(self) -> str | None:
+            return self._cb.run_id
+
+        @override
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass  # read from the module at train start instead
+
+        @override
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            self._cb._on_logged(metrics, step)
+
+        @override
+        def after_save_checkpoint(self, checkpoint_callback) -> None:
+            self._cb._scan_checkpoints()
+
+    class TMonCallback(Callback):
+        """Record a Lightning fit into a tmon store.
+
+        >>> trainer = Trainer(max_epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
+
+        Args:
+            store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+            run_name: readable name of the run; default ``lightning-<date>-<time>``.
+            flush_interval: seconds between writes to the store.
+            sample_interval: seconds between hardware samples; None turns sampling off.
+            heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
+            log_grad_norm: also record the total gradient norm before each optimizer step.
+            gpus: sample GPUs through NVML when present.
+
+        One instance can serve several ``fit()`` calls: each is its own run.
+        """
+
+        def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
+                     flush_interval: float = 0.5, sample_interval: float | None = 1.0,
+                     heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+            super().__init__()
+            self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
+                                           sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
+                                           log_grad_norm=log_grad_norm, gpus=gpus)
+            self.session: RunSession | None = None
+            self.run_id: str | None = None
+            self._logger = _TMonLogger(self)
+
+        # ------------------------------------------------------------ lifecycle
+        @override
+        @guarded
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if stage != "fit":
+                return
+            self._reset()
+            run_id = None
+            session = None
+            if trainer.global_rank == 0:
+                session = RunSession(self.options, package.split(".")[0], global_rank=0,
+                                     local_rank=trainer.local_rank, node_rank=trainer.node_rank)
+                run_id = session.run_id
+            if trainer.world_size > 1:
+                run_id = trainer.strategy.broadcast(run_id, src=0)
+            if session is None:
+                session = RunSession(self.options, package.split(".")[0], global_rank=trainer.global_rank,
+                                     local_rank=trainer.local_rank, node_rank=trainer.node_rank, run_id=run_id)
+            self.session, self.run_id = session, run_id
+            self._trainer = trainer
+            self._rec = session.recorder if session.writes_metrics else None
+
+        def _reset(self) -> None:
+            self.session = None
+            self.run_id = None
+            self._rec = None
+            self._trainer = None
+            self._step = 0
+            self._last_global_step = 0
+            self._t_batch = None
+            self._t_last_end = None
+            self._grad_norm = None
+            self._optimizers: list = []
+            self._known_ckpts: dict[str, float] = {}
+            self._ckpt_dirs: list[str] = []
+
+        @override
+        @guarded
+        def on_train_start(self, trainer, pl_module) -> None:
+            if self._rec is None:
+                return
+            self._optimizers = list(trainer.optimizers)
+            self._step = self._last_global_step = trainer.global_step
+            self._ckpt_dirs = [cb.dirpath for cb in trainer.checkpoint_callbacks
+                               if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+            self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
+            if self._logger not in trainer.loggers:
+                # attached only now, after ModelCheckpoint resolved its directory from loggers[0]
+                trainer.loggers = list(trainer.loggers) + [self._logger]
+            self._rec.update_config(**self._config(trainer, pl_module))
+            total = trainer.estimated_stepping_batches
+            if isinstance(total, int) or (isinstance(total, float) and total != float("inf")):
+                self._rec.update_run(total_steps=int(total))
+            self.session.event(ev.TRAIN_START, step=self._step)
+
+        def _config(self, trainer, pl_module) -> dict:
+            cfg: dict[str, Any] = {
+                "framework": package,
+                "framework_version": getattr(pl, "__version__", None),
+                "precision": str(trainer.precision),
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "max_epochs": trainer.max_epochs,
+                "max_steps": trainer.max_steps,
+                "log_every_n_steps": trainer.log_every_n_steps,
+                "gradient_clip_val": trainer.gradient_clip_val,
+                "num_devices": trainer.num_devices,
+                "num_nodes": trainer.num_nodes,
+                "world_size": trainer.world_size,
+                "strategy": type(trainer.strategy).__name__,
+                "accelerator": type(trainer.accelerator).__name__,
+                "optimizers": _torch.optimizer_summary(trainer.optimizers),
+                "lr_schedulers": [
+                    {"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency}
+                    for c in trainer.lr_scheduler_configs
+                ],
+                **_torch.model_summary(pl_module),
+                "hparams": json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
+            }
+            dm = trainer.datamodule
+            if dm is not None and getattr(dm, "hparams", None):
+                cfg["datamodule_hparams"] = json_safe(dict(dm.hparams))
+            cfg.update(_torch.dataloader_config(trainer.train_dataloader))
+            return cfg
+
+        @override
+        @guarded
+        def teardown(self, trainer, pl_module, stage: str) -> None:
+            if stage != "fit" or self.session is None:
+                return
+            self._detach(trainer)
+            if not self.session.ended:
+                if self._rec is not None:
+                    self._scan_checkpoints()
+                    self.session.event(ev.TRAIN_END, step=self._step)
+                self.session.end(ev.COMPLETED)
+            self._trainer = None
+
+        @override
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            try:
+                if self.session is not None:
+                    self._detach(trainer)
+                    self.session.fail(exception, self._step)
+                    self._trainer = None
+            except Exception:  # never mask the user's exception with one of ours
+                pass
+
+        def _detach(self, trainer) -> None:
+            if self._logger in trainer.loggers:
+                trainer.loggers = [lg for lg in trainer.loggers if lg is not self._logger]
+
+        # ------------------------------------------------------------ per batch (the hot path)
+        @override
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+            self._t_batch = _perf()
+
+        @override
+        @guarded
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            if self.options.log_grad_norm and self._rec is not None:
+                self._grad_norm = _torch.grad_norm(pl_module.parameters())
+
+        @override
+        @guarded
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+            rec = self._rec
+            if rec is None:
+                return
+            now = _perf()
+            values = _torch.optimizer_values(self._optimizers)
+            if isinstance(outputs, dict):
+                loss = outputs.get("loss")
+            else:
+                loss = outputs  # a bare tensor returned by training_step
+            if loss is not None:
+                values[LOSS] = loss
+            t0 = self._t_batch
+            if t0 is not None:
+                values[STEP_TIME] = now - t0
+                if self._t_last_end is not None:
+                    values[DATA_TIME] = t0 - self._t_last_end
+            values[EPOCH] = trainer.current_epoch
+            if self._grad_norm is not None:
+                values[GRAD_NORM] = self._grad_norm
+                self._grad_norm = None
+            step = self._step
+            rec.log(values, step)
+            gs = trainer.global_step
+            if gs != self._last_global_step:  # an optimizer step happened: the next batch logs at step+1
+                self._last_global_step = gs
+                self._step = step + 1
+            self._t_last_end = _perf()
+
+        def _on_logged(self, metrics: dict, step: int | None) -> None:
+            if self._rec is None or not metrics:
+                return
+            metrics = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
+            if metrics:
+                try:
+                    self._rec.log(metrics, self._step if step is None else step)
+                except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
+                    warn_once(self, "log_metrics", exc)
+
+        # ------------------------------------------------------------ epochs, validation, checkpoints
+        @override
+        @guarded
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._t_last_end = None
+            self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
+
+        @override
+        @guarded
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.session and self.session.event(ev.EPOCH_END, step=self._step, epoch=trainer.current_epoch)
+
+        @override
+        @guarded
+        def on_validation_start(self, trainer, pl_module) -> None:
+            if self.session is not None and not trainer.sanity_checking:
+                self.session.event(ev.VALIDATION_START, step=self._step, epoch=trainer.current_epoch)
+
+        @override
+        @guarded
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self.session is not None and not trainer.sanity_checking:
+                self.session.event(ev.VALIDATION_END, step=self._step, epoch=trainer.current_epoch)
+            self._t_last_end = None  # validation time is not data-loading time
+
+        def _scan_checkpoints(self, record: bool = True) -> None:
+            """Record checkpoint files that appeared (or were rewritten) since the last scan."""
+            if self._rec is None:
+                return
+            seen: dict[str, float] = {}
+            for d in self._ckpt_dirs:
+                for path in glob.glob(os.path.join(glob.escape(d), "*.ckpt")):
+                    try:
+                        seen[os.path.abspath(path)] = os.path.getmtime(path)
+                    except OSError:
+                        continue
+            if record:
+                for path, mtime in seen.items():
+                    if self._known_ckpts.get(path) != mtime:
+                        self._record_checkpoint(path)
+                for path in self._known_ckpts.keys() - seen.keys():
+                    self._rec.checkpoint_removed(path)
+            self._known_ckpts = seen
+
+        def _record_checkpoint(self, path: str) -> None:
+            trainer = self._trainer
+            monitor = value = None
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath and os.path.abspath(cb.dirpath) == os.path.dirname(path):
+                    monitor = cb.monitor
+                    if monitor is not None:
+                        value = trainer.callback_metrics.get(monitor)
+                    break
+            self._rec.checkpoint(
+                path, step=trainer.global_step, epoch=trainer.current_epoch,
+                monitor=monitor, monitor_value=None if value is None else float(value), source="ModelCheckpoint",
+            )
+
+        @override
+        def state_dict(self) -> dict[str, Any]:
+            return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
+
+    TMonCallback.__module__ = f"tmon_callbacks.{'lightning' if package == 'lightning.pytorch' else 'pytorch_lightning'}"
+    return TMonCallback
