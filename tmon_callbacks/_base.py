@@ -81,7 +81,7 @@ class RunSession:
         self.run_id = self.recorder.run_id if self.recorder else run_id
         self.ended = False
 
-    def event(self, type: str, **kw) -> None:
+    def event(self, type: str, /, **kw) -> None:
         if self.writes_metrics and self.recorder is not None:
             self.recorder.event(type, **kw)
 
@@ -89,14 +89,17 @@ class RunSession:
         """End the run because ``exc`` escaped the framework's training loop."""
         if self.ended or self.recorder is None:
             return
-        info = describe_exception(exc)
-        if isinstance(exc, KeyboardInterrupt):
-            self.event(ev.INTERRUPT, step=step, message="KeyboardInterrupt")
-            self.end(ev.INTERRUPTED, info)
-            return
-        kind = ev.OOM if is_oom(exc) else ev.EXCEPTION
-        self.event(kind, step=step, message=f"{info['type']}: {info['message'][:500]}", **info)
-        self.end(ev.FAILED, info)
+        info = None
+        status = ev.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else ev.FAILED
+        try:
+            info = describe_exception(exc)
+            if status == ev.INTERRUPTED:
+                self.event(ev.INTERRUPT, step=step, message="KeyboardInterrupt")
+            else:
+                kind = ev.OOM if is_oom(exc) else ev.EXCEPTION
+                self.event(kind, step=step, message=f"{info['type']}: {info['message'][:500]}", data=info)
+        finally:  # whatever happened above, the run ends with the right status
+            self.end(status, info)
 
     def end(self, status: str = ev.COMPLETED, error: dict | None = None) -> None:
         if self.ended:

@@ -11,7 +11,7 @@ Lightning hook → what tmon records:
 ``self.log`` (via the logger)    every metric Lightning hands its loggers, at Lightning's step,
                                  at the cadence of ``log_every_n_steps``
 ``on_train_batch_start/end``     every batch: ``loss``, ``lr``/``momentum``/``weight_decay`` per
-                                 param group, ``step_time``, ``data_time``, ``epoch`` (and
+                                 param group (as the batch's optimizer step used them), ``step_time``, ``data_time``, ``epoch`` (and
                                  ``grad_norm`` from ``on_before_optimizer_step`` when asked)
 ``ModelCheckpoint`` saves        ``checkpoint`` rows and events (path, size, step, monitor value);
                                  files its top-k policy removes are marked deleted
@@ -139,6 +139,7 @@ def build(package: str):
             self._step = 0
             self._last_global_step = 0
             self._t_batch = None
+            self._opt_values = None
             self._t_last_end = None
             self._grad_norm = None
             self._optimizers: list = []
@@ -224,6 +225,10 @@ def build(package: str):
         @override
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
             self._t_batch = _perf()
+            if self._rec is not None:
+                # the values this batch's optimizer step uses: by batch end a step-interval
+                # scheduler has already moved them on to the next batch's
+                self._opt_values = _torch.optimizer_values(self._optimizers)
 
         @override
         @guarded
@@ -238,7 +243,8 @@ def build(package: str):
             if rec is None:
                 return
             now = _perf()
-            values = _torch.optimizer_values(self._optimizers)
+            values = self._opt_values or _torch.optimizer_values(self._optimizers)
+            self._opt_values = None
             if isinstance(outputs, dict):
                 loss = outputs.get("loss")
             else:

@@ -132,7 +132,8 @@ class Recorder:
         self.close_timeout = float(close_timeout)
         self.max_buffer = max_buffer
         self.dropped = 0  # points lost because the store failed for too long
-        self.problems: list[str] = []  # every store problem seen, in order
+        self.problems: list[str] = []  # the store problems seen, in order (the last 100)
+        self.repeated_problems = 0  # how often the last problem repeated without being logged again
         self.closed = False
         created = _now()
         self._config: dict = dict(config or {})
@@ -185,7 +186,7 @@ class Recorder:
                 copy[k] = _prepare_value(k, v)
         if step is None:
             step = self._next_step
-        elif type(step) is not int:
+        elif type(step) is not int or step < 0:
             step = self._check_step(step)
         self._next_step = step + 1
         self._metrics.append((step, _now(), copy if copy is not None else metrics.copy()))
@@ -199,8 +200,13 @@ class Recorder:
         raise ValueError(f"step must be a non-negative integer, received step={step!r}")
 
     # ------------------------------------------------------------------ everything else (not per step)
-    def event(self, type: str, *, step: int | None = None, message: str | None = None, **data: Any) -> None:
-        """Record an event (see ``tmon_core.events`` for the types tmon writes)."""
+    def event(self, type: str, /, *, step: int | None = None, message: str | None = None,
+              data: dict | None = None, **fields: Any) -> None:
+        """Record an event (see ``tmon_core.events`` for the types tmon writes).
+
+        Its data is ``data`` (any JSON-able dict, whatever its keys) updated with ``fields``."""
+        if fields:
+            data = {**(data or {}), **fields}
         self._ops.append(("events", {"wall_time": _now(), "step": step, "type": type, "message": message,
                                      "data": to_json(data) if data else None}))
 
@@ -309,7 +315,12 @@ class Recorder:
         return self.url.split("@")[-1] if "@" in self.url else self.url
 
     def _problem(self, message: str, force: bool = False) -> None:
+        """Say what went wrong: logged and warned once, then only counted while it repeats."""
+        if self.problems and self.problems[-1] == message and not force:
+            self.repeated_problems += 1
+            return
         self.problems.append(message)
+        del self.problems[:-100]  # a days-long outage must not grow memory
         log.warning(message)
         if force or not self._warned:
             self._warned = True
@@ -358,7 +369,8 @@ class Recorder:
         last = None
         for _ in range(len(metrics)):
             step, wall, d = metrics.popleft()
-            last = step
+            if last is None or step > last:
+                last = step
             for k, v in d.items():
                 ser = points.get(k)
                 if ser is None:

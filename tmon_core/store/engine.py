@@ -35,7 +35,7 @@ def resolve_url(url: str | os.PathLike | None = None) -> str:
         url = "sqlite:///" + url
     try:
         make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ValueError(f"store={url!r} is not a valid database URL: {exc}") from None
     return url
 

@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make demo   set up, train a tiny Lightning model with TMonCallback into ./tmon.db, print what was recorded
+#   make test   set up and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+# the CPU build of torch, installed first so no dependency pulls a multi-GB CUDA build
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[all,test]" "$(TORCH)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo_out tmon.db tmon.db-wal tmon.db-shm

@@ -1,0 +1,144 @@
+"""The recorder under real conditions: tensors, a failing or locked store, several processes."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+
+import pytest
+
+from tmon_core import Recorder, TMonStoreWarning, open_store
+
+
+def test_tensors_are_detached_and_converted_at_flush(store_url):
+    torch = pytest.importorskip("torch")
+    w = torch.ones(3, requires_grad=True)
+    rec = Recorder(store_url, flush_interval=0.05)
+    for s in range(20):
+        loss = (w * (s + 1)).sum()
+        rec.log({"loss": loss, "half": torch.tensor(0.5, dtype=torch.bfloat16), "i": torch.tensor(s)}, step=s)
+    with pytest.raises(TypeError, match="one element"):
+        rec.log({"vec": torch.ones(3)}, step=20)
+    rec.close()
+    run = open_store(store_url).run(rec.run_id)
+    assert run.metrics("loss").value.tolist() == [3.0 * (s + 1) for s in range(20)]
+    assert run.metrics("half").value.tolist() == [0.5] * 20
+    assert run.metrics("i").value.tolist() == [float(s) for s in range(20)]
+
+
+def test_unwritable_store_warns_and_never_raises(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a regular file instead
+        (tmp_path / "afile").write_text("x")
+        url = f"sqlite:///{tmp_path}/afile/sub/tmon.db"
+    else:
+        url = f"sqlite:///{ro}/tmon.db"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = Recorder(url, flush_interval=0.05, close_timeout=0.5)
+        for s in range(100):
+            rec.log({"loss": 1.0}, step=s)
+        time.sleep(0.2)
+        rec.close()
+    assert rec.problems and "cannot open its store" in rec.problems[0]
+    assert rec.dropped == 100  # counted and said, never silent
+    assert "lost" in rec.problems[-1]
+    assert any(issubclass(w.category, TMonStoreWarning) for w in caught)
+
+
+def test_store_locked_by_another_writer_then_released_loses_nothing(store_url, tmp_path):
+    rec = Recorder(store_url, flush_interval=0.05, busy_timeout=0.2)
+    rec.log({"x": 0.0}, step=0)
+    assert rec.flush()
+    blocker = sqlite3.connect(tmp_path / "tmon.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock much longer than the busy timeout
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for s in range(1, 500):
+            rec.log({"x": float(s)}, step=s)
+        time.sleep(1.0)
+        assert any("locked" in p for p in rec.problems)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        rec.close()
+    df = open_store(store_url).run(rec.run_id).metrics("x")
+    assert df.step.tolist() == list(range(500))
+    assert rec.dropped == 0
+    assert any(p.startswith("tmon store recovered") for p in rec.problems)
+
+
+def test_buffer_cap_drops_oldest_and_counts_them(store_url, tmp_path):
+    rec = Recorder(store_url, flush_interval=0.05, busy_timeout=0.05, max_buffer=1000, close_timeout=1)
+    rec.log({"x": 0.0}, step=0)
+    assert rec.flush()
+    blocker = sqlite3.connect(tmp_path / "tmon.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for s in range(1, 3001):
+            rec.log({"x": float(s)}, step=s)
+        time.sleep(0.5)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        rec.close()
+    df = open_store(store_url).run(rec.run_id).metrics("x")
+    assert rec.dropped > 0
+    assert len(df) + rec.dropped == 3001  # every point is either stored or counted as dropped
+    assert df.step.iloc[-1] == 3000  # the newest points are the ones kept
+    assert open_store(store_url).run(rec.run_id).info()["dropped_points"] == rec.dropped
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from tmon_core import Recorder
+    url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rec = Recorder(url, run_name=name, flush_interval=0.05)
+    for s in range(n):
+        rec.log({"a": float(s), "b": 2.0 * s, "c": 1.0, "d": 0.5, "e": -1.0}, step=s)
+    rec.close()
+    assert not rec.problems, rec.problems
+    print(rec.run_id)
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_sqlite_file_without_lock_errors_or_loss(store_url):
+    n = 30_000
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, store_url, f"p{i}", str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "locked" not in err
+    store = open_store(store_url)
+    for out, _ in outs:
+        run = store.run(out.strip())
+        assert run.status == "completed"
+        assert run.count_points() == 5 * n
+        assert run.metrics("a").step.tolist() == list(range(n))
+
+
+def test_close_is_idempotent_and_context_manager_marks_failure(store_url):
+    with pytest.raises(RuntimeError):
+        with Recorder(store_url, flush_interval=0.05) as rec:
+            rec.log({"x": 1.0}, step=0)
+            raise RuntimeError("boom")
+    rec.close()
+    info = open_store(store_url).run(rec.run_id).info()
+    assert info["status"] == "failed" and "boom" in info["error"]["message"]
+
+
+def test_writer_thread_ends_after_close(store_url):
+    before = {t.name for t in threading.enumerate()}
+    rec = Recorder(store_url, flush_interval=0.05)
+    rec.start_sampler(0.1)
+    rec.log({"x": 1.0}, step=0)
+    rec.close()
+    time.sleep(0.1)
+    assert {t.name for t in threading.enumerate()} - before == set()

@@ -1,0 +1,212 @@
+"""The ``tmon`` command: look at runs from a terminal.
+
+    tmon runs                          the runs of the store, newest first
+    tmon show RUN                      status, steps, duration, last metrics, peak memory
+    tmon export RUN --format csv|json|parquet [-o FILE]
+
+RUN is a run id, a unique prefix of one, a run name, or ``latest``. Every command takes
+``--store URL`` (default ``$TMON_STORE`` or ``sqlite:///tmon.db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from .store import Run, Store, open_store
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _fmt_duration(s: float | None) -> str:
+    if s is None or s != s:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None or n != n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_value(v: float) -> str:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def _resolve(store: Store, ref: str) -> Run:
+    if ref == "latest":
+        run = store.latest_run()
+        if run is None:
+            raise KeyError(f"{store} holds no runs yet")
+        return run
+    return store.run(ref)
+
+
+def cmd_runs(store: Store, args) -> int:
+    df = store.runs()
+    if df.empty:
+        print(f"no runs in {store}")
+        return 0
+    rows = [("ID", "NAME", "STATUS", "FRAMEWORK", "STARTED", "DURATION", "STEPS")]
+    for r in df.itertuples():
+        rows.append((r.id, r.name, r.status, r.framework or "-", _fmt_time(r.created_at), _fmt_duration(r.duration),
+                     "-" if r.last_step is None or r.last_step != r.last_step else str(int(r.last_step) + 1)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_show(store: Store, args) -> int:
+    run = _resolve(store, args.run)
+    info = run.info()
+    end = info["ended_at"] or info["heartbeat_at"] or time.time()
+    print(f"run       {info['id']}  ({info['name']})")
+    print(f"status    {info['status']}")
+    print(f"framework {info['framework'] or '-'}")
+    print(f"host      {info['host'] or '-'} (pid {info['pid']})")
+    print(f"started   {_fmt_time(info['created_at'])}   duration {_fmt_duration(end - info['created_at'])}")
+    steps = "-" if info["last_step"] is None else str(info["last_step"] + 1)
+    total = f" of {info['total_steps']}" if info.get("total_steps") else ""
+    print(f"steps     {steps}{total}")
+    if info["dropped_points"]:
+        print(f"dropped   {info['dropped_points']} points could not be written (the store was failing)")
+    if info["error"]:
+        print(f"error     {info['error'].get('type')}: {info['error'].get('message', '')[:300]}")
+    latest = run.latest()
+    if latest:
+        print("last metrics")
+        width = max(len(k) for k in latest)
+        for key, (step, value) in latest.items():
+            print(f"  {key.ljust(width)}  {_fmt_value(value):>12}  (step {step})")
+    samples = run.samples()
+    if not samples.empty:
+        peak = samples.loc[samples.ram_used.idxmax()] if samples.ram_used.notna().any() else None
+        print("peak memory")
+        if peak is not None:
+            print(f"  host RAM used   {_fmt_bytes(peak.ram_used)} of {_fmt_bytes(peak.ram_total)}")
+        print(f"  process RSS     {_fmt_bytes(samples.proc_rss.max())}")
+        if samples.children_count.fillna(0).max() > 0:
+            print(f"  workers RSS     {_fmt_bytes(samples.children_rss.max())} "
+                  f"({int(samples.children_count.max())} processes at most)")
+        if samples.swap_used.notna().any():
+            print(f"  swap used       {_fmt_bytes(samples.swap_used.max())}")
+        nodes = samples.groupby(["host", "node_rank"], dropna=False).size()
+        if len(nodes) > 1:
+            print(f"  nodes sampled   {len(nodes)}")
+    gpus = run.gpu_samples()
+    if not gpus.empty:
+        for gpu, g in gpus.groupby("gpu"):
+            print(f"  GPU {gpu} memory    {_fmt_bytes(g.mem_used.max())} of {_fmt_bytes(g.mem_total.max())}"
+                  f"  ({g.name.iloc[0]})")
+    ckpts = run.checkpoints()
+    if not ckpts.empty:
+        print(f"checkpoints {len(ckpts)} (last: {ckpts.path.iloc[-1]})")
+    return 0
+
+
+def cmd_export(store: Store, args) -> int:
+    run = _resolve(store, args.run)
+    frames = []
+    for key in run.metric_keys():
+        df = run.metrics(key)
+        df.insert(0, "key", key)
+        frames.append(df)
+    import pandas as pd
+
+    long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "step", "value", "wall_time"])
+    out = args.output
+    if args.format == "csv":
+        text = long.to_csv(index=False)
+        _write_text(out, text)
+    elif args.format == "json":
+        info = run.info()
+        doc = {
+            "run": {k: info[k] for k in ("id", "name", "status", "framework", "created_at", "ended_at", "last_step",
+                                         "total_steps", "host", "config", "error")},
+            "metrics": {key: [[int(s), _json_num(v), float(w)] for s, v, w in zip(g.step, g.value, g.wall_time)]
+                        for key, g in long.groupby("key", sort=True)},
+            "events": [{k: (None if isinstance(v, float) and v != v else v) for k, v in e.items()}
+                       for e in run.events().to_dict("records")],
+            "checkpoints": run.checkpoints().to_dict("records"),
+        }
+        _write_text(out, json.dumps(doc, indent=1, default=str))
+    else:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            print("tmon export --format parquet needs pyarrow: pip install 'tmon[parquet]' (or pip install pyarrow)",
+                  file=sys.stderr)
+            return 2
+        if not out:
+            print("tmon export --format parquet needs an output file: -o FILE.parquet", file=sys.stderr)
+            return 2
+        long.to_parquet(out, index=False)
+    if out:
+        print(f"wrote {len(long)} points of {long.key.nunique() if len(long) else 0} metrics to {out}", file=sys.stderr)
+    return 0
+
+
+def _json_num(v: float):
+    return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf: "nan", "inf", "-inf"
+
+
+def _write_text(path: str | None, text: str) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tmon", description="Look at tmon training runs.")
+    p.add_argument("--store", help="database URL or SQLite file (default $TMON_STORE or sqlite:///tmon.db)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("runs", help="list the runs, newest first")
+    s = sub.add_parser("show", help="summary of one run")
+    s.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
+    e = sub.add_parser("export", help="export a run's metrics")
+    e.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
+    e.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
+    e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet)")
+    # --store after the subcommand works too
+    for sp in (s, e, sub.choices["runs"]):
+        sp.add_argument("--store", dest="store_sub", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    url = getattr(args, "store_sub", None) or args.store
+    try:
+        store = open_store(url)
+    except Exception as exc:
+        print(f"tmon: cannot open store {url or '(default)'}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return {"runs": cmd_runs, "show": cmd_show, "export": cmd_export}[args.command](store, args)
+    except KeyError as exc:
+        print(f"tmon: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
