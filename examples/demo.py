@@ -47,7 +47,7 @@ def main() -> int:
     print("\ntrain_loss (every 16th step):")
     print(run.metrics("train_loss_step").iloc[::16].to_string(index=False))
     print("\nevents:")
-    print(run.events()[["step", "type", "message"]].fillna("").to_string(index=False))
+    print(run.events()[["step", "type", "message"]].astype(object).fillna("").to_string(index=False))
     print("\nthe same from a terminal:  tmon runs  |  tmon show latest  |  tmon export latest --format csv")
     return 0
 

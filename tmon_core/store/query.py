@@ -283,7 +283,11 @@ class Run:
         for r in rows:
             for c in json_cols:
                 r[c] = _loads(r[c])
-        return pd.DataFrame(rows, columns=cols)
+        df = pd.DataFrame(rows, columns=cols)
+        for c in ("step", "applied_step"):
+            if c in df:
+                df[c] = df[c].astype("Int64")  # an integer column that may hold NULL
+        return df
 
     def events(self, type: str | None = None):
         """Events in order: wall_time, step, type, message, data (dict)."""
