@@ -7,9 +7,13 @@ is recorded and how. Nothing here imports a framework.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
+import sys
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 
 from tmon_core import Recorder, events as ev
@@ -101,6 +105,15 @@ class RunSession:
         finally:  # whatever happened above, the run ends with the right status
             self.end(status, info)
 
+    def abandon(self, step: int | None) -> None:
+        """End a run whose fit stopped without telling its callback how (no end hook, no exception seen)."""
+        if self.ended or self.recorder is None:
+            return
+        info = {"type": "unknown", "message": "the fit stopped without reaching its end hook; the exception "
+                "that stopped it was not seen by tmon", "traceback": "", "oom": False}
+        self.event(ev.EXCEPTION, step=step, message=info["message"], data=info)
+        self.end(ev.FAILED, info)
+
     def end(self, status: str = ev.COMPLETED, error: dict | None = None) -> None:
         if self.ended:
             return
@@ -132,3 +145,96 @@ def guarded(fn):
             return None
 
     return wrapper
+
+
+# ---------------------------------------------------------------------------- where no hook reaches
+# HF's TrainerCallback and Keras' Callback have no exception hook, and neither hands its callbacks
+# the object that drives them (the Trainer, the CallbackList). These helpers close both gaps with
+# public Python only: the calling frames, and the interpreter's own uncaught-exception hooks.
+
+def caller_locals(predicate, max_depth: int = 30) -> dict | None:
+    """The locals of the nearest calling frame whose ``self`` satisfies ``predicate``, else None.
+
+    For set-up hooks only (once per fit): e.g. the ``Trainer`` whose ``__init__`` is calling
+    ``on_init_end``, or the ``CallbackList`` calling ``on_train_begin``.
+    """
+    frame = inspect.currentframe()
+    try:
+        frame = frame.f_back if frame is not None else None
+        for _ in range(max_depth):
+            if frame is None:
+                return None
+            obj = frame.f_locals.get("self")
+            if obj is not None:
+                try:
+                    if predicate(obj):
+                        return dict(frame.f_locals)
+                except Exception:
+                    pass
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+# session -> (thread ident, step getter): runs whose fit may end by an exception no hook sees
+_watched: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_hooks_installed = False
+
+
+def watch_uncaught(session: RunSession, step=None) -> None:
+    """Fail ``session`` if an exception escapes to the top level of the thread running its fit.
+
+    The last resort of adapters that cannot wrap every way a fit can raise: an uncaught exception
+    in a script (``sys.excepthook``), in a thread (``threading.excepthook``) or in a notebook cell
+    (IPython's ``post_run_cell``) ends a still-open run as failed with that exception, at the step
+    ``step()`` returns. A run whose fit finished (or that an adapter already failed) is left alone;
+    so is a run trained in another thread than the one that raised.
+    """
+    _install_hooks()
+    _watched[session] = (threading.get_ident(), step)
+
+
+def unwatch(session: RunSession) -> None:
+    _watched.pop(session, None)
+
+
+def _fail_watched(exc: BaseException | None, thread_ident: int) -> None:
+    if exc is None:
+        return
+    for session, (ident, step) in list(_watched.items()):
+        if ident != thread_ident or session.ended:
+            continue
+        try:
+            session.fail(exc, step() if step is not None else None)
+        except Exception:
+            pass
+        _watched.pop(session, None)
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous_excepthook = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        _fail_watched(exc, threading.main_thread().ident)
+        previous_excepthook(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+    previous_threading_hook = threading.excepthook
+
+    def threading_excepthook(args):
+        _fail_watched(args.exc_value, args.thread.ident if args.thread is not None else -1)
+        previous_threading_hook(args)
+
+    threading.excepthook = threading_excepthook
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None and hasattr(shell, "events"):
+        def post_run_cell(result):
+            _fail_watched(getattr(result, "error_in_exec", None), threading.get_ident())
+
+        shell.events.register("post_run_cell", post_run_cell)

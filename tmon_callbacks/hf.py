@@ -1,0 +1,441 @@
+"""``TMonCallback`` for the Hugging Face ``transformers.Trainer``.
+
+>>> from tmon_callbacks.hf import TMonCallback
+>>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[TMonCallback()])  # doctest: +SKIP
+
+HF hook → what tmon records:
+
+==============================  ===========================================================
+``on_init_end``                  finds the ``Trainer`` that holds this callback and wraps its
+                                 ``train`` (a plain instance attribute, nothing else touched): an
+                                 exception escaping ``train()``, OOM included, ends the run failed,
+                                 since ``TrainerCallback`` has no exception hook
+``on_train_begin``               opens the run (world process 0) and the hardware sampler (each
+                                 node's local process 0); the run id is broadcast to all processes;
+                                 ``train_start`` event; config: ``TrainingArguments``, the model
+                                 config, batch size, gradient accumulation, gradient checkpointing,
+                                 precision, dataloader workers, world size, optimizer, scheduler
+``on_optimizer_step``            lr, momentum (beta1) and weight decay of every param group, read
+                                 from the optimizer right after its step, before the scheduler moves
+                                 them: the values that step used
+``on_step_begin/on_step_end``    every optimizer step: those values, ``step_time``, ``data_time``,
+                                 ``epoch`` (fractional, as HF counts it); ``grad_norm`` from
+                                 ``on_pre_optimizer_step`` with ``log_grad_norm=True``
+``on_log``                       everything HF logs, under HF's names (``loss``, ``grad_norm``,
+                                 ``learning_rate``, ``eval_loss``, ``train_runtime``...), at its step
+``on_save``                      the checkpoint directory: step, epoch, size on disk, the metric HF
+                                 tracks for ``load_best_model_at_end``; directories that
+                                 ``save_total_limit`` rotates away are marked deleted
+epoch/evaluation hooks           ``epoch_start/end``; ``validation_start`` at the first prediction
+                                 step of an evaluation, ``validation_end`` at ``on_evaluate``
+``on_train_end``                 ``train_end``; status completed; everything flushed
+==============================  ===========================================================
+
+Steps are HF's ``global_step``: the number of optimizer steps done, so the first step is 1. That
+is the step HF logs at, so ``lr`` and HF's ``loss`` line up. HF logs every ``logging_steps``
+(500 by default) and its ``loss`` is the mean since the last log: ``TrainingArguments(
+logging_steps=1)`` gives the loss of every step. ``lr`` and timings are recorded every step
+regardless. HF computes ``grad_norm`` itself (before clipping) and logs it with the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import time
+import warnings
+import weakref
+from typing import Any
+
+try:
+    import transformers
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("tmon_callbacks.hf needs transformers: pip install 'tmon[hf]'") from exc
+
+from typing_extensions import override
+
+from tmon_core import events as ev
+from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
+from tmon_core.store.writer import json_safe
+
+from . import _torch
+from ._base import (
+    CallbackOptions,
+    RunSession,
+    TMonCallbackWarning,
+    caller_locals,
+    guarded,
+    unwatch,
+    warn_once,
+    watch_uncaught,
+)
+
+_perf = time.perf_counter
+_PLAIN = (int, float)
+_CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+
+
+class TMonCallback(TrainerCallback):
+    """Record a Hugging Face ``Trainer`` run into a tmon store.
+
+    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[TMonCallback()])  # doctest: +SKIP
+
+    Args:
+        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+        run_name: readable name of the run; default ``hf-<date>-<time>``.
+        flush_interval: seconds between writes to the store.
+        sample_interval: seconds between hardware samples; None turns sampling off.
+        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
+        log_grad_norm: also record ``grad_norm`` at every step, not only at HF's logging steps. HF
+            reports the norm before clipping; tmon can only measure it after, so with clipping on
+            (``max_grad_norm > 0``, HF's default) this warns and leaves ``grad_norm`` to HF's logs.
+        gpus: sample GPUs through NVML when present.
+
+    Pass it in ``Trainer(callbacks=[...])``: then an exception that ends ``train()`` is seen where
+    it happens. Added later with ``trainer.add_callback``, it is seen from the next ``train()`` on,
+    and for this one only when it reaches the top level of the script, thread or notebook cell.
+    One instance can serve several ``train()`` calls: each is its own run.
+    """
+
+    def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
+                 flush_interval: float = 0.5, sample_interval: float | None = 1.0,
+                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+        super().__init__()
+        self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
+                                       sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
+                                       log_grad_norm=log_grad_norm, gpus=gpus)
+        self.session: RunSession | None = None
+        self.run_id: str | None = None
+        self._train_calls = 0  # train() calls seen by the wrapper
+        self._train_depth = 0  # > 0 while inside a wrapped train()
+        self._session_call = -1  # the train() call the open session belongs to
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rec = None
+        self._step = 0
+        self._t_step = None
+        self._t_last_end = None
+        self._opt_values: dict | None = None
+        self._grad_norm = None
+        self._per_step_grad_norm = False
+        self._optimizer = None
+        self._model = None
+        self._epoch = 0
+        self._in_eval = False
+        self._eval_step = None
+        self._eval_metrics: dict = {}
+        self._known_ckpts: set[str] = set()
+
+    # ------------------------------------------------------------ seeing exceptions
+    @override
+    @guarded
+    def on_init_end(self, args, state, control, **kwargs):
+        self._wrap_train(self._find_trainer())
+
+    def _find_trainer(self):
+        from transformers import Trainer
+
+        def holds_me(obj) -> bool:
+            handler = getattr(obj, "callback_handler", None)
+            return isinstance(obj, Trainer) and any(cb is self for cb in getattr(handler, "callbacks", ()))
+
+        found = caller_locals(holds_me)
+        return found["self"] if found else None
+
+    def _wrap_train(self, trainer) -> bool:
+        """Make ``trainer.train`` report an escaping exception to this callback; True when it does."""
+        if trainer is None:
+            return False
+        current = trainer.__dict__.get("train")
+        wrapper = current
+        while wrapper is not None:
+            if getattr(wrapper, "_tmon_callback", None) is self:
+                return True
+            wrapper = getattr(wrapper, "_tmon_inner", None)
+        # no reference to the trainer in the wrapper: del trainer frees the model at once, no cycle
+        owner = weakref.ref(trainer)
+        inner = current if current is not None else type(trainer).train
+        callback = self
+
+        @functools.wraps(inner)
+        def train(*args, **kwargs):
+            callback._train_calls += 1
+            callback._train_depth += 1
+            try:
+                if current is not None:
+                    return current(*args, **kwargs)
+                return inner(owner(), *args, **kwargs)
+            except BaseException as exc:
+                callback._on_exception(exc)
+                raise
+            finally:
+                callback._train_depth -= 1
+
+        train._tmon_callback = self
+        train._tmon_inner = current
+        trainer.train = train
+        return True
+
+    def _on_exception(self, exc: BaseException) -> None:
+        try:
+            session = self.session
+            if session is not None and not session.ended:
+                session.fail(exc, self._step)
+                unwatch(session)
+        except Exception:  # never mask the user's exception with one of ours
+            pass
+
+    # ------------------------------------------------------------ lifecycle
+    @override
+    @guarded
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        session = self.session
+        if session is not None and not session.ended:
+            if self._train_depth and self._session_call == self._train_calls:
+                # the same train() started over: auto_find_batch_size caught an OOM and retries smaller
+                self._attach(args, state, model, optimizer)
+                if self._rec is not None:
+                    session.event(ev.OOM, step=self._step, message="out of memory: the Trainer retries with "
+                                  f"train_batch_size={state.train_batch_size} (auto_find_batch_size)")
+                    self._rec.update_config(train_batch_size=state.train_batch_size)
+                return
+            session.abandon(self._step)  # an earlier train() that raised where nothing saw it
+        self._reset()
+        wrapped = self._train_depth > 0
+        if not wrapped:
+            self._wrap_train(self._find_trainer())  # added after construction: seen from the next train()
+        local_rank = args.local_process_index
+        session = None
+        run_id = None
+        if args.process_index == 0:
+            session = RunSession(self.options, "hf", global_rank=0, local_rank=local_rank,
+                                 node_rank=_node_rank(args))
+            run_id = session.run_id
+        if args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            run_id = broadcast_object_list([run_id], from_process=0)[0]
+        if session is None:
+            session = RunSession(self.options, "hf", global_rank=args.process_index, local_rank=local_rank,
+                                 node_rank=_node_rank(args), run_id=run_id)
+        self.session, self.run_id = session, run_id
+        self._session_call = self._train_calls
+        if not wrapped:
+            watch_uncaught(session, self._current_step)
+        self._attach(args, state, model, optimizer)
+        if self._rec is None:
+            return
+        self._rec.update_config(**self._config(args, state, model, optimizer, kwargs))
+        if state.max_steps:
+            self._rec.update_run(total_steps=int(state.max_steps))
+        session.event(ev.TRAIN_START, step=self._step)
+
+    def _attach(self, args, state, model, optimizer) -> None:
+        self._rec = self.session.recorder if self.session.writes_metrics else None
+        self._model = model
+        self._optimizer = optimizer
+        self._step = state.global_step
+        self._t_last_end = None
+        clipping = bool(args.max_grad_norm) and args.max_grad_norm > 0
+        if self.options.log_grad_norm and clipping and self._rec is not None:
+            warnings.warn(
+                f"tmon: log_grad_norm=True would record the gradient norm after clipping, but HF clips "
+                f"(max_grad_norm={args.max_grad_norm}) and logs the norm before clipping as grad_norm: tmon "
+                f"records HF's; set logging_steps=1 to have it at every step", TMonCallbackWarning, stacklevel=2)
+        self._per_step_grad_norm = self.options.log_grad_norm and not clipping
+
+    def _config(self, args, state, model, optimizer, kw) -> dict:
+        inner_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        scheduler = kw.get("lr_scheduler")
+        # transformers 5 renamed gradient checkpointing to activation checkpointing (old names deprecated)
+        model_flag = next((n for n in ("is_activation_checkpointing", "is_gradient_checkpointing")
+                           if hasattr(type(model), n)), None)
+        checkpointing = bool(getattr(args, "activation_checkpointing", None)
+                             or getattr(args, "gradient_checkpointing", None)
+                             or (model_flag is not None and getattr(model, model_flag)))
+        precision = "bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true"
+        cfg: dict[str, Any] = {
+            "framework": "transformers",
+            "framework_version": transformers.__version__,
+            # the settings later advice reads, under HF's names and under the names every adapter uses
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "train_batch_size": state.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "accumulate_grad_batches": args.gradient_accumulation_steps,
+            "gradient_checkpointing": checkpointing,
+            "bf16": bool(args.bf16),
+            "fp16": bool(args.fp16),
+            "precision": precision,
+            "dataloader_num_workers": args.dataloader_num_workers,
+            "world_size": args.world_size,
+            "max_steps": state.max_steps,
+            "num_train_epochs": state.num_train_epochs,
+            "logging_steps": state.logging_steps,
+            "max_grad_norm": args.max_grad_norm,
+            "optimizers": _torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
+            "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
+            "training_args": json_safe(args.to_dict()),
+        }
+        if model is not None:
+            cfg.update(_torch.model_summary(model))
+            model_config = getattr(model, "config", None)
+            if model_config is not None and hasattr(model_config, "to_dict"):
+                cfg["model_config"] = json_safe(model_config.to_dict())
+        cfg.update(_torch.dataloader_config(kw.get("train_dataloader")))
+        return cfg
+
+    @override
+    @guarded
+    def on_train_end(self, args, state, control, **kwargs):
+        session = self.session
+        if session is None or session.ended:
+            return
+        if self._rec is not None:
+            self._scan_removed(args)
+            session.event(ev.TRAIN_END, step=state.global_step)
+        unwatch(session)
+        session.end(ev.COMPLETED)
+        self._model = self._optimizer = None
+
+    def _current_step(self) -> int:
+        return self._step
+
+    # ------------------------------------------------------------ per step (the hot path)
+    @override
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t_step = _perf()
+
+    @override
+    @guarded
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._per_step_grad_norm and self._rec is not None:
+            self._grad_norm = _torch.grad_norm(self._model.parameters())
+
+    @override
+    @guarded
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._rec is not None:
+            self._opt_values = _torch.optimizer_values((self._optimizer,))
+
+    @override
+    @guarded
+    def on_step_end(self, args, state, control, **kwargs):
+        rec = self._rec
+        if rec is None:
+            return
+        now = _perf()
+        values = self._opt_values
+        self._opt_values = None
+        if values is None:  # no on_optimizer_step (older transformers): read it now
+            values = _torch.optimizer_values((self._optimizer,))
+        t0 = self._t_step
+        if t0 is not None:
+            values[STEP_TIME] = now - t0
+            if self._t_last_end is not None:
+                values[DATA_TIME] = t0 - self._t_last_end
+        values[EPOCH] = state.epoch
+        if self._grad_norm is not None:
+            values[GRAD_NORM] = self._grad_norm
+            self._grad_norm = None
+        step = self._step = state.global_step
+        rec.log(values, step)
+        self._t_last_end = _perf()
+
+    @override
+    @guarded
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._rec is None or not logs:
+            return
+        skip_grad_norm = self._per_step_grad_norm
+        values = {}
+        for k, v in logs.items():
+            if k == EPOCH or (skip_grad_norm and k == GRAD_NORM):  # recorded every step already
+                continue
+            if type(v) in _PLAIN or (hasattr(v, "__float__") and not isinstance(v, (str, bytes))):
+                values[k] = v
+        if values:
+            try:
+                self._rec.log(values, state.global_step)
+            except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
+                warn_once(self, "on_log", exc)
+        self._t_last_end = _perf()  # logging time is not data-loading time
+
+    # ------------------------------------------------------------ epochs, evaluation, checkpoints
+    @override
+    @guarded
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._t_last_end = None
+        self._epoch = int(state.epoch or 0)
+        self.session and self.session.event(ev.EPOCH_START, step=state.global_step, epoch=self._epoch)
+
+    @override
+    @guarded
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.session and self.session.event(ev.EPOCH_END, step=state.global_step, epoch=self._epoch)
+
+    @override
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if not self._in_eval and self.session is not None and not self.session.ended:
+            self._in_eval = True
+            self.session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
+
+    @override
+    @guarded
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._in_eval = False
+        self._eval_step, self._eval_metrics = state.global_step, dict(metrics or {})
+        if self.session is not None and not self.session.ended:
+            self.session.event(ev.VALIDATION_END, step=state.global_step, epoch=self._epoch)
+        self._t_last_end = _perf()
+
+    @override
+    @guarded
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self._in_eval = False
+
+    @override
+    @guarded
+    def on_save(self, args, state, control, **kwargs):
+        if self._rec is None:
+            return
+        path = os.path.join(args.output_dir, f"{_CHECKPOINT_PREFIX}-{state.global_step}")
+        if not os.path.isdir(path):  # hyperparameter search: a trial's own directory under output_dir
+            found = glob.glob(os.path.join(glob.escape(args.output_dir), "*", os.path.basename(path)))
+            path = max(found, key=os.path.getmtime) if found else None
+        if path is not None:
+            monitor, value = self._monitored(args, state)
+            self._rec.checkpoint(path, step=state.global_step, epoch=state.epoch, monitor=monitor,
+                                 monitor_value=value, source="Trainer")
+            self._known_ckpts.add(os.path.abspath(path))
+        self._scan_removed(args)
+        self._t_last_end = _perf()
+
+    def _monitored(self, args, state) -> tuple[str | None, float | None]:
+        """The metric HF compares checkpoints by, and its value at this step (None when not evaluated now)."""
+        name = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
+        if name is None:
+            return None, None
+        if not name.startswith("eval_"):
+            name = f"eval_{name}"
+        value = self._eval_metrics.get(name) if self._eval_step == state.global_step else None
+        return name, value
+
+    def _scan_removed(self, args) -> None:
+        """Mark the checkpoints ``save_total_limit`` rotated away as deleted."""
+        for path in [p for p in self._known_ckpts if not os.path.exists(p)]:
+            self._known_ckpts.discard(path)
+            self._rec.checkpoint_removed(path)
+
+
+def _node_rank(args) -> int:
+    for var in ("GROUP_RANK", "NODE_RANK"):  # torchrun, then accelerate/Lightning-style launchers
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return args.process_index // int(local) if local.isdigit() and int(local) > 0 else 0
+
+
+__all__ = ["TMonCallback"]
