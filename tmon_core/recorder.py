@@ -32,6 +32,8 @@ import warnings
 import weakref
 from typing import Any
 
+import numpy as np
+
 from . import events as ev
 from .keys import check_key
 from .store.engine import create_store_engine, ensure_schema, resolve_url
@@ -70,6 +72,25 @@ def _prepare_value(key: str, v: Any) -> Any:
         f"metric {key!r}: value must be a number, a numpy scalar or a one-element tensor, "
         f"received {type(v).__name__}: {v!r:.80}"
     )
+
+
+def _to_floats(values: list) -> list[float]:
+    """The values of one series as Python floats: numpy converts numbers, numpy scalars and
+    bools in one call; tensors (if any) are converted in bulk, one transfer per device."""
+    try:
+        return np.fromiter(values, dtype=np.float64, count=len(values)).tolist()
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    out = list(values)
+    pending = []
+    for i, v in enumerate(out):
+        if _is_tensor(v):
+            pending.append((out, i, v))
+        elif type(v) is not float:
+            out[i] = float(v)
+    if pending:
+        _convert_tensors(pending)
+    return out
 
 
 def _convert_tensors(pending: list[tuple[list, int, Any]]) -> None:
@@ -363,33 +384,25 @@ class Recorder:
     def _drain(self) -> tuple[Batch, list[threading.Event]]:
         batch = Batch()
         waiters: list[threading.Event] = []
-        pending_tensors: list[tuple[list, int, Any]] = []
         points = batch.points
         metrics = self._metrics
-        last = None
+        popleft = metrics.popleft
+        get = points.get
+        last = -1
         for _ in range(len(metrics)):
-            step, wall, d = metrics.popleft()
-            if last is None or step > last:
+            step, wall, d = popleft()
+            if step > last:
                 last = step
             for k, v in d.items():
-                ser = points.get(k)
+                ser = get(k)
                 if ser is None:
                     ser = points[k] = ([], [], [])
-                steps, values, walls = ser
-                steps.append(step)
-                walls.append(wall)
-                if type(v) is float:
-                    values.append(v)
-                elif type(v) is int:
-                    values.append(float(v))
-                elif _is_tensor(v):
-                    values.append(0.0)
-                    pending_tensors.append((values, len(values) - 1, v))
-                else:
-                    values.append(float(v))
-        batch.last_step = last
-        if pending_tensors:
-            _convert_tensors(pending_tensors)
+                ser[0].append(step)
+                ser[1].append(v)
+                ser[2].append(wall)
+        batch.last_step = last if last >= 0 else None
+        for key, (steps, values, walls) in points.items():
+            points[key] = (steps, _to_floats(values), walls)
         ops = self._ops
         for _ in range(len(ops)):
             kind, payload = ops.popleft()

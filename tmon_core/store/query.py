@@ -199,7 +199,7 @@ class Run:
             for key, sid in sorted(self._series().items()):
                 row = conn.exec_driver_sql(
                     "SELECT step, value FROM tmon_points WHERE series_id = " + str(int(sid))
-                    + " ORDER BY step DESC, id DESC LIMIT 1").first()
+                    + " ORDER BY step DESC, seq DESC LIMIT 1").first()
                 if row is not None:
                     out[key] = (row[0], math.nan if row[1] is None else row[1])
         return out
@@ -241,7 +241,7 @@ class Run:
         cur = conn.connection.dbapi_connection.cursor()
         try:
             cur.execute(f"SELECT step, value, wall_time FROM tmon_points WHERE series_id = {int(sid)} "
-                        f"AND step >= {int(lo)} AND step <= {int(hi)} ORDER BY step, id")
+                        f"AND step >= {int(lo)} AND step <= {int(hi)} ORDER BY step, seq")
             return cur.fetchall()
         finally:
             cur.close()

@@ -5,6 +5,7 @@ Only the recorder's writer thread calls this; nothing here runs on the training 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -118,7 +119,11 @@ class StoreWriter:
                 f"tmon stores run on SQLite or PostgreSQL (psycopg); the driver {engine.dialect.driver!r} "
                 f"uses paramstyle {engine.dialect.paramstyle!r}, which tmon does not support"
             )
-        self._points_sql = f"INSERT INTO tmon_points (series_id, step, value, wall_time) VALUES ({ph}, {ph}, {ph}, {ph})"
+        self._points_sql = (f"INSERT INTO tmon_points (series_id, step, seq, value, wall_time) "
+                            f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph})")
+        # unique per (series, step) because one writer owns a run's series; starting from the
+        # clock keeps a later writer attached to the same run clear of earlier numbers
+        self._seq = time.time_ns() // 1000
         cols = "series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, max_value, max_step, max_wall"
         t = "tmon_summaries"
         better_lo = f"({t}.min_value IS NULL OR excluded.min_value < {t}.min_value)"
@@ -184,10 +189,18 @@ class StoreWriter:
             if not steps:
                 continue
             sid = self._series_id(conn, key)
-            rows.extend(zip([sid] * len(steps), steps, [None if v != v else v for v in values], walls))
             s = np.asarray(steps, dtype=np.int64)
             v = np.asarray(values, dtype=np.float64)
             w = np.asarray(walls, dtype=np.float64)
+            nan = np.isnan(v)
+            stored = values
+            if nan.any():  # NaN is stored as NULL (what SQLite would do anyway, made explicit)
+                stored = v.astype(object)
+                stored[nan] = None
+                stored = stored.tolist()
+            n = len(steps)
+            rows.extend(zip(itertools.repeat(sid, n), steps, range(self._seq, self._seq + n), stored, walls))
+            self._seq += n
             for level, b in enumerate(summarize(s, v, w)):
                 summary_rows.extend(b.rows(sid, level))
         if rows:
