@@ -4,6 +4,9 @@
     tmon show RUN                      status, steps, duration, last metrics, peak memory
     tmon export RUN --format csv|json|parquet [-o FILE]
 
+Features add their own subcommands (control: set, checkpoint, rollback, stop, requests;
+diff: diff), registered through ``COMMAND_MODULES``.
+
 RUN is a run id, a unique prefix of one, a run name, or ``latest``. Every command takes
 ``--store URL`` (default ``$TMON_STORE`` or ``sqlite:///tmon.db``).
 """
@@ -174,8 +177,27 @@ def _write_text(path: str | None, text: str) -> None:
         sys.stdout.write(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tmon", description="Look at tmon training runs.")
+#: modules that add subcommands: each has ``register(subparsers) -> {name: handler(store, args)}``
+COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli")
+
+
+def _extra_commands(sub) -> dict:
+    import importlib
+
+    handlers = {}
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that feature is not part of this build
+            raise
+        handlers.update(module.register(sub))
+    return handlers
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    p = argparse.ArgumentParser(prog="tmon", description="Look at and steer tmon training runs.")
     p.add_argument("--store", help="database URL or SQLite file (default $TMON_STORE or sqlite:///tmon.db)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("runs", help="list the runs, newest first")
@@ -185,14 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     e.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
     e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet)")
+    handlers = {"runs": cmd_runs, "show": cmd_show, "export": cmd_export, **_extra_commands(sub)}
     # --store after the subcommand works too
-    for sp in (s, e, sub.choices["runs"]):
+    for sp in sub.choices.values():
         sp.add_argument("--store", dest="store_sub", help=argparse.SUPPRESS)
-    return p
+    return p, handlers
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
     url = getattr(args, "store_sub", None) or args.store
     try:
         store = open_store(url)
@@ -200,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tmon: cannot open store {url or '(default)'}: {exc}", file=sys.stderr)
         return 2
     try:
-        return {"runs": cmd_runs, "show": cmd_show, "export": cmd_export}[args.command](store, args)
+        return handlers[args.command](store, args)
     except KeyError as exc:
         print(f"tmon: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
