@@ -1,0 +1,407 @@
+"""``TMonCallback`` for Keras 3 ``Model.fit``, on any backend (tested on torch).
+
+>>> from tmon_callbacks.keras import TMonCallback
+>>> model.fit(x, y, epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
+
+Keras hook → what tmon records:
+
+==============================  ===========================================================
+``on_train_begin``               opens the run and the hardware sampler; ``train_start`` event;
+                                 config: optimizer class and config, batch size, epochs, steps per
+                                 epoch, dtype policy (mixed precision), jit_compile, the model's
+                                 size; finds the ``ModelCheckpoint`` callbacks of this fit; wraps
+                                 ``model.train_function`` for the fit, so an exception raised by a
+                                 step ends the run failed (Keras has no exception hook)
+``on_train_batch_begin``         the learning rate of the step about to run, read from the
+                                 optimizer (a ``LearningRateSchedule`` is evaluated at the
+                                 optimizer's iteration count, on the writer thread, off the hot path)
+``on_train_batch_end``           every batch: the ``logs`` under Keras' names (``loss``, your
+                                 metrics: Keras reports them as running means over the epoch so far,
+                                 as its progress bar shows them), ``lr``, ``momentum`` (SGD momentum
+                                 or beta_1), ``weight_decay``, ``step_time``, ``data_time``, ``epoch``
+``on_epoch_end``                 the epoch's logs that the batches did not carry (``val_*``, and
+                                 anything callbacks added) at the step of the epoch's last batch
+``ModelCheckpoint`` saves        ``checkpoint`` rows and events: path, step, epoch, size, the
+                                 monitored value (files found by the checkpoint's own file pattern)
+``on_test_begin/end`` in a fit   ``validation_start`` / ``validation_end``
+``on_train_end``                 ``train_end``; status completed; everything flushed
+==============================  ===========================================================
+
+Steps count optimizer steps from the optimizer's iteration count at the start of the fit (0 for
+a new model), as Lightning's do: batch ``k`` is recorded at step ``k``, and the ``lr`` recorded
+at step ``k`` is the one that step used.
+
+An exception raised outside a step (the data pipeline, another callback) is seen when it reaches
+the top level of the script, thread or notebook cell; until then the run stays ``running``.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import time
+from typing import Any
+
+try:
+    import keras
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("tmon_callbacks.keras needs Keras 3: pip install 'tmon[keras]'") from exc
+if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on the environment
+    raise ImportError(f"tmon_callbacks.keras needs Keras 3, found keras {keras.__version__}: "
+                      "pip install 'tmon[keras]'")
+
+from typing_extensions import override
+
+from tmon_core import events as ev
+from tmon_core.keys import DATA_TIME, EPOCH, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
+from tmon_core.store.writer import json_safe
+
+from ._base import CallbackOptions, RunSession, caller_locals, guarded, unwatch, watch_uncaught
+
+_perf = time.perf_counter
+_PLAIN = (float, int)
+_PRECISION = {"float32": "32-true", "mixed_float16": "16-mixed", "mixed_bfloat16": "bf16-mixed",
+              "float16": "16-true", "bfloat16": "bf16-true", "float64": "64-true"}
+
+
+class _ScheduledLR:
+    """The value of a ``LearningRateSchedule`` at a step, computed only when the writer thread asks.
+
+    Evaluating a schedule costs ~40 µs of backend ops; a schedule is a pure function of the step,
+    so the hot path keeps the schedule and a copy of the iteration count, nothing else.
+    """
+
+    __slots__ = ("schedule", "step")
+
+    def __init__(self, schedule, step):
+        self.schedule = schedule
+        self.step = step
+
+    def __float__(self) -> float:
+        try:
+            return float(keras.ops.convert_to_numpy(self.schedule(self.step)))
+        except Exception:  # never let a user schedule break the writer: the point reads NaN
+            return math.nan
+
+
+def _lr_reader(opt):
+    """A function returning the learning rate ``opt`` applies at its next step, without a device sync."""
+    schedule = getattr(opt, "_learning_rate", None)
+    copy = keras.ops.copy
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return lambda: _ScheduledLR(schedule, copy(opt.iterations))
+    # a variable (a float lr, changed by ReduceLROnPlateau, LearningRateScheduler...) or a callable:
+    # a copy, so a later assignment does not rewrite what this step recorded
+    return lambda: copy(opt.learning_rate)
+
+
+def _checkpoint_glob(filepath: str) -> str:
+    """``ckpt/m-{epoch:02d}-{val_loss:.2f}.keras`` → ``ckpt/m-*-*.keras``, literal parts escaped."""
+    parts = re.split(r"\{[^{}]*\}", filepath)
+    return os.path.abspath("*".join(glob.escape(p) for p in parts))
+
+
+class TMonCallback(keras.callbacks.Callback):
+    """Record a Keras ``fit`` into a tmon store.
+
+    >>> model.fit(x, y, epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
+
+    Args:
+        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+        run_name: readable name of the run; default ``keras-<date>-<time>``.
+        flush_interval: seconds between writes to the store.
+        sample_interval: seconds between hardware samples; None turns sampling off.
+        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
+        log_grad_norm: must stay False: Keras hands callbacks no gradients.
+        gpus: sample GPUs through NVML when present.
+
+    One instance can serve several ``fit()`` calls: each is its own run.
+    """
+
+    def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
+                 flush_interval: float = 0.5, sample_interval: float | None = 1.0,
+                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+        super().__init__()
+        self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
+                                       sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
+                                       log_grad_norm=log_grad_norm, gpus=gpus)
+        if log_grad_norm:
+            raise ValueError("log_grad_norm=True is not available with Keras: Model.fit hands callbacks no "
+                             f"gradients; received log_grad_norm={log_grad_norm!r}")
+        self.session: RunSession | None = None
+        self.run_id: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rec = None
+        self._step = 0
+        self._last_step = None
+        self._epoch = 0
+        self._t_batch = None
+        self._t_last_end = None
+        self._batch_begin = 0
+        self._opt_values: dict = {}
+        self._readers: list = []
+        self._batch_logs: dict = {}
+        self._wrapped: dict[str, tuple] = {}
+        self._checkpoints: list = []
+        self._ckpt_globs: list[tuple[str, Any]] = []
+        self._known_ckpts: dict[str, float] = {}
+        self._ckpt_context: tuple = (0, 0, {})
+        self._scan_every = 0
+        self._scan_next_batch = False
+
+    # ------------------------------------------------------------ lifecycle
+    @override
+    @guarded
+    def on_train_begin(self, logs=None):
+        if self.session is not None and not self.session.ended:
+            self._unwrap()
+            self.session.abandon(self._step)  # an earlier fit that raised where nothing saw it
+        self._reset()
+        model = self.model
+        session = self.session = RunSession(self.options, "keras")
+        self.run_id = session.run_id
+        self._rec = session.recorder
+        fit_locals = caller_locals(lambda obj: obj is model) or {}
+        callback_list = caller_locals(
+            lambda obj: isinstance(obj, keras.callbacks.CallbackList) and any(c is self for c in obj.callbacks))
+        callbacks = callback_list["self"].callbacks if callback_list else []
+        self._checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
+        self._ckpt_globs = [(_checkpoint_glob(c.filepath), c) for c in self._checkpoints
+                            if isinstance(c.filepath, str) and "://" not in c.filepath]
+        batch_freqs = [c.save_freq for c in self._checkpoints if isinstance(c.save_freq, int)]
+        self._scan_every = min(batch_freqs) if batch_freqs else 0
+        self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
+        self._step = self._iterations()
+        self._readers = self._optimizer_readers()
+        self._wrap("train_function")
+        watch_uncaught(session, self._current_step)
+        self._rec.update_config(**self._config(fit_locals))
+        steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
+        initial_epoch = fit_locals.get("initial_epoch") or 0
+        if isinstance(steps, int) and isinstance(epochs, int) and isinstance(initial_epoch, int):
+            self._rec.update_run(total_steps=steps * max(0, epochs - initial_epoch))
+        session.event(ev.TRAIN_START, step=self._step)
+
+    def _optimizers(self) -> list:
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None:
+            return []
+        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer (mixed precision) wraps the real one
+        return list(getattr(opt, "optimizers", None) or [opt])
+
+    def _optimizer_readers(self) -> list:
+        readers = []
+        for oi, opt in enumerate(self._optimizers()):
+            mom_attr = next((a for a in ("momentum", "beta_1") if type(getattr(opt, a, None)) in _PLAIN), None)
+            readers.append((opt, group_key(LR, oi, 0), _lr_reader(opt), mom_attr, group_key(MOMENTUM, oi, 0),
+                            group_key(WEIGHT_DECAY, oi, 0)))
+        return readers
+
+    def _iterations(self) -> int:
+        opts = self._optimizers()
+        try:
+            return int(keras.ops.convert_to_numpy(opts[0].iterations)) if opts else 0
+        except Exception:
+            return 0
+
+    def _config(self, fit_locals: dict) -> dict:
+        model = self.model
+        params = self.params or {}
+        batch_size = fit_locals.get("batch_size")
+        if not isinstance(batch_size, int):  # a dataset or generator batches itself: ask Keras' adapter
+            adapter = getattr(fit_locals.get("epoch_iterator"), "data_adapter", None)
+            batch_size = getattr(adapter, "batch_size", None)
+        policy = getattr(getattr(model, "dtype_policy", None), "name", None)
+        opt = getattr(model, "optimizer", None)
+        opts = self._optimizers()
+        cfg: dict[str, Any] = {
+            "framework": "keras",
+            "framework_version": keras.__version__,
+            "backend": keras.backend.backend(),
+            "batch_size": batch_size if isinstance(batch_size, int) else None,
+            "epochs": params.get("epochs"),
+            "batches_per_epoch": params.get("steps"),
+            "dtype_policy": policy,
+            "precision": _PRECISION.get(policy, policy),
+            "loss_scaling": opt is not None and hasattr(opt, "inner_optimizer"),
+            "accumulate_grad_batches": (getattr(opts[0], "gradient_accumulation_steps", None) or 1) if opts else 1,
+            "jit_compile": getattr(model, "jit_compile", None),
+            "steps_per_execution": getattr(model, "steps_per_execution", None),
+            "run_eagerly": getattr(model, "run_eagerly", None),
+            "world_size": 1,
+            "optimizers": [{"class": type(o).__name__, "config": json_safe(o.get_config())} for o in opts],
+            "loss": json_safe(getattr(model, "loss", None)),
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        }
+        try:
+            cfg["num_parameters"] = model.count_params()
+            cfg["trainable_parameters"] = sum(math.prod(w.shape) for w in model.trainable_weights)
+        except ValueError:  # not built yet
+            pass
+        return cfg
+
+    @override
+    @guarded
+    def on_train_end(self, logs=None):
+        session = self.session
+        if session is None or session.ended:
+            return
+        self._unwrap()
+        self._scan_checkpoints()
+        session.event(ev.TRAIN_END, step=self._step)
+        unwatch(session)
+        session.end(ev.COMPLETED)
+
+    def _current_step(self) -> int:
+        return self._step
+
+    # ------------------------------------------------------------ seeing exceptions
+    def _wrap(self, name: str) -> None:
+        """Route ``model.<name>`` (a step function of this fit) through a wrapper that sees its exceptions."""
+        model = self.model
+        fn = getattr(model, name, None)
+        if fn is None or name in self._wrapped:
+            return
+        callback = self
+
+        def step_function(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                callback._on_exception(exc)
+                raise
+
+        setattr(model, name, step_function)
+        self._wrapped[name] = (fn, step_function)
+
+    def _unwrap(self) -> None:
+        model = self.model
+        for name, (fn, wrapper) in self._wrapped.items():
+            if getattr(model, name, None) is wrapper:  # unless Keras rebuilt it meanwhile
+                setattr(model, name, fn)
+        self._wrapped = {}
+
+    def _on_exception(self, exc: BaseException) -> None:
+        try:
+            session = self.session
+            if session is not None and not session.ended:
+                self._unwrap()
+                session.fail(exc, self._step)
+                unwatch(session)
+        except Exception:  # never mask the user's exception with one of ours
+            pass
+
+    # ------------------------------------------------------------ per batch (the hot path)
+    @override
+    @guarded
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t_batch = _perf()
+        self._batch_begin = batch
+        if self._rec is None:
+            return
+        if self._scan_next_batch:
+            self._scan_next_batch = False
+            self._scan_checkpoints()
+        values = {}
+        for opt, lr_key, read_lr, mom_attr, mom_key, wd_key in self._readers:
+            values[lr_key] = read_lr()
+            if mom_attr is not None:
+                values[mom_key] = getattr(opt, mom_attr)
+            wd = getattr(opt, "weight_decay", None)
+            if type(wd) in _PLAIN:
+                values[wd_key] = wd
+        self._opt_values = values
+
+    @override
+    @guarded
+    def on_train_batch_end(self, batch, logs=None):
+        rec = self._rec
+        if rec is None:
+            return
+        now = _perf()
+        values = {k: v for k, v in logs.items() if type(v) in _PLAIN} if logs else {}
+        self._batch_logs = values.copy()
+        values.update(self._opt_values)
+        t0 = self._t_batch
+        if t0 is not None:
+            values[STEP_TIME] = now - t0
+            if self._t_last_end is not None:
+                values[DATA_TIME] = t0 - self._t_last_end
+        values[EPOCH] = self._epoch
+        step = self._step
+        rec.log(values, step)
+        self._last_step = step
+        self._step = step + max(1, batch - self._batch_begin + 1)  # steps_per_execution runs several
+        if self._scan_every and self._step % self._scan_every == 0:
+            self._ckpt_context = (self._step, self._epoch, self._batch_logs)
+            self._scan_checkpoints()  # saved by a ModelCheckpoint listed before this callback
+            self._scan_next_batch = True  # ... or after it
+        self._t_last_end = _perf()
+
+    # ------------------------------------------------------------ epochs, validation, checkpoints
+    @override
+    @guarded
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.session is None or self.session.ended:
+            return
+        self._scan_checkpoints()  # saved at the last epoch's end by a callback listed after this one
+        self._epoch = epoch
+        self._t_last_end = None
+        self._readers = self._optimizer_readers()  # a callback may have swapped the lr for a schedule
+        self.session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
+
+    @override
+    @guarded
+    def on_epoch_end(self, epoch, logs=None):
+        if self.session is None or self.session.ended:
+            return
+        logs = dict(logs or {})
+        if self._rec is not None:
+            last = self._batch_logs
+            values = {k: v for k, v in logs.items()
+                      if type(v) in _PLAIN and (k not in last or last[k] != v)}
+            if values:
+                self._rec.log(values, self._last_step if self._last_step is not None else self._step)
+        self._ckpt_context = (self._step, epoch, logs)
+        self._scan_checkpoints()
+        self.session.event(ev.EPOCH_END, step=self._step, epoch=epoch)
+
+    @override
+    @guarded
+    def on_test_begin(self, logs=None):
+        if self.session is not None and not self.session.ended:  # the validation of a fit
+            self._wrap("test_function")
+            self.session.event(ev.VALIDATION_START, step=self._step, epoch=self._epoch)
+
+    @override
+    @guarded
+    def on_test_end(self, logs=None):
+        if self.session is not None and not self.session.ended:
+            self.session.event(ev.VALIDATION_END, step=self._step, epoch=self._epoch)
+
+    def _scan_checkpoints(self, record: bool = True) -> None:
+        """Record the files ``ModelCheckpoint`` wrote (or rewrote) since the last scan."""
+        if self._rec is None or not self._ckpt_globs:
+            return
+        step, epoch, logs = self._ckpt_context
+        for pattern, cb in self._ckpt_globs:
+            for path in glob.glob(pattern):
+                try:
+                    mtime = os.path.getmtime(path)
+                except OSError:
+                    continue
+                if self._known_ckpts.get(path) == mtime:
+                    continue
+                self._known_ckpts[path] = mtime
+                if record:
+                    value = logs.get(cb.monitor)
+                    self._rec.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
+                                         monitor_value=value if type(value) in _PLAIN else None,
+                                         source="ModelCheckpoint")
+
+
+__all__ = ["TMonCallback"]
