@@ -1,0 +1,215 @@
+"""TMonCallback in real Hugging Face Trainer runs on CPU (a tiny BERT built from a config), read back
+through the query API."""
+
+import os
+import warnings
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+import torch  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
+
+from tmon_callbacks._base import TMonCallbackWarning  # noqa: E402
+from tmon_callbacks.hf import TMonCallback  # noqa: E402
+from tmon_core import events as ev  # noqa: E402
+from tmon_core import keys, open_store  # noqa: E402
+from tmon_core.recorder import path_size  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 32, seq: int = 8, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 100, (n, seq), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def tiny_bert(fail_at_forward: int | None = None, fail_with=RuntimeError):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32))
+    if fail_at_forward is not None:
+        calls = [0]
+
+        def fail(module, args, kwargs):
+            calls[0] += 1
+            if calls[0] == fail_at_forward:
+                raise fail_with("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
+                                if fail_with is torch.OutOfMemoryError else "boom inside the step")
+
+        model.register_forward_pre_hook(fail, with_kwargs=True)
+    return model
+
+
+def args(tmp_path, **kw):
+    kw.setdefault("num_train_epochs", 2)
+    kw.setdefault("logging_steps", 1)
+    return TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, report_to="none",
+                             disable_tqdm=True, use_cpu=True, **kw)
+
+
+def test_train_records_steps_logs_eval_checkpoints_config_and_completes(tmp_path, store_url):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=0.2, run_name="hf-test")
+    trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), eval_dataset=TokenData(16, seed=1),
+                      callbacks=[cb], args=args(tmp_path, save_steps=3, save_total_limit=2, eval_strategy="epoch",
+                                                weight_decay=0.01, learning_rate=1e-3))
+    trainer.train()  # 32 samples / 8 = 4 steps per epoch, 2 epochs
+
+    run = open_store(store_url).run(cb.run_id)
+    assert run.status == "completed"
+    info = run.info()
+    assert info["name"] == "hf-test" and info["framework"] == "hf" and info["total_steps"] == 8
+    cfg = info["config"]
+    assert cfg["per_device_train_batch_size"] == 8 and cfg["gradient_accumulation_steps"] == 1
+    assert cfg["gradient_checkpointing"] is False and cfg["precision"] == "32-true" and cfg["bf16"] is False
+    assert cfg["dataloader_num_workers"] == 0 and cfg["world_size"] == 1 and cfg["batch_size"] == 8
+    assert cfg["training_args"]["learning_rate"] == 1e-3 and cfg["training_args"]["save_steps"] == 3
+    assert cfg["model_config"]["hidden_size"] == 16 and cfg["model_config"]["model_type"] == "bert"
+    assert cfg["optimizers"][0]["class"] == "AdamW" and cfg["optimizers"][0]["param_groups"] == 2
+
+    # every step, at HF's global step: lr of both param groups as the optimizer used it, which is
+    # what HF itself logs as learning_rate; weight decay per group; fractional epoch; timings
+    steps = list(range(1, 9))
+    hf_lr = run.metrics("learning_rate")
+    assert hf_lr.step.tolist() == steps
+    for key in (keys.LR, "lr/pg1"):
+        lr = run.metrics(key)
+        assert lr.step.tolist() == steps and lr.value.tolist() == pytest.approx(hf_lr.value.tolist())
+    assert lr.value.is_monotonic_decreasing and lr.value.iloc[0] == pytest.approx(1e-3)
+    assert run.metrics(keys.WEIGHT_DECAY).value.eq(0.01).all() and run.metrics("weight_decay/pg1").value.eq(0).all()
+    assert run.metrics(keys.MOMENTUM).value.eq(0.9).all()  # AdamW's beta1
+    assert run.metrics(keys.EPOCH).value.tolist() == pytest.approx([s / 4 for s in steps])
+    assert (run.metrics(keys.STEP_TIME).value > 0).all() and len(run.metrics(keys.STEP_TIME)) == 8
+    assert (run.metrics(keys.DATA_TIME).value >= 0).all()
+
+    # everything in HF's logs, under HF's names, at its steps
+    loss = run.metrics(keys.LOSS)
+    assert loss.step.tolist() == steps
+    assert loss.value.tolist() == pytest.approx([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert run.metrics(keys.GRAD_NORM).step.tolist() == steps
+    eval_loss = run.metrics("eval_loss")
+    assert eval_loss.step.tolist() == [4, 8]
+    assert eval_loss.value.tolist() == pytest.approx([h["eval_loss"] for h in trainer.state.log_history
+                                                      if "eval_loss" in h])
+    assert run.metrics("train_loss").step.tolist() == [8]
+
+    # checkpoints save_steps wrote, the one save_total_limit rotated away marked deleted
+    ckpts = run.checkpoints()
+    assert ckpts.step.tolist() == [6, 8]
+    for row in ckpts.itertuples():
+        assert os.path.isdir(row.path) and row.path.endswith(f"checkpoint-{row.step}")
+        assert row.size_bytes == path_size(row.path) > 0
+    all_ckpts = run.checkpoints(include_deleted=True)
+    assert all_ckpts.step.tolist() == [3, 6, 8] and not os.path.exists(all_ckpts.path[0])
+
+    events = run.events()
+    types = [t for t in events.type if t != "sampler"]
+    assert types[:2] == [ev.TRAIN_START, ev.EPOCH_START] and types[-1] == ev.TRAIN_END
+    assert types.count(ev.EPOCH_END) == 2 and types.count(ev.CHECKPOINT) == 3
+    assert types.count(ev.VALIDATION_START) == types.count(ev.VALIDATION_END) == 2
+    assert len(run.samples()) >= 1
+
+
+@pytest.mark.parametrize("fail_with, event_type", [(RuntimeError, ev.EXCEPTION), (torch.OutOfMemoryError, ev.OOM)])
+def test_exception_inside_a_step_marks_failed_and_keeps_points(tmp_path, store_url, fail_with, event_type):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    trainer = Trainer(model=tiny_bert(fail_at_forward=6, fail_with=fail_with), train_dataset=TokenData(32),
+                      callbacks=[cb], args=args(tmp_path, save_strategy="no"))
+    with pytest.raises(fail_with):
+        trainer.train()
+    run = open_store(store_url).run(cb.run_id)
+    assert run.status == "failed"
+    assert run.metrics(keys.LOSS).step.tolist() == [1, 2, 3, 4, 5]
+    assert run.metrics(keys.LR).step.tolist() == [1, 2, 3, 4, 5]
+    last = run.events().iloc[-1]
+    assert last.type == event_type and last.step == 5
+    assert last.data["type"].endswith(fail_with.__name__) and "Traceback" in last.data["traceback"]
+    assert last.data["oom"] == (event_type == ev.OOM)
+    assert run.info()["error"]["type"].endswith(fail_with.__name__)
+
+
+def test_one_callback_two_trainings_two_runs_with_best_model_metric(tmp_path, store_url):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    ids = []
+    for i in range(2):
+        trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), eval_dataset=TokenData(16, seed=1),
+                          callbacks=[cb], args=args(tmp_path / str(i), eval_strategy="epoch", save_strategy="epoch",
+                                                    load_best_model_at_end=True, metric_for_best_model="loss"))
+        trainer.train()
+        ids.append(cb.run_id)
+    assert ids[0] != ids[1]
+    store = open_store(store_url)
+    for rid in ids:
+        run = store.run(rid)
+        assert run.status == "completed" and run.metrics(keys.LOSS).step.tolist() == list(range(1, 9))
+        # each checkpoint carries the metric HF picks the best model by, as evaluated at its step
+        ckpts = run.checkpoints()
+        eval_loss = run.metrics("eval_loss")
+        assert ckpts.step.tolist() == eval_loss.step.tolist() == [4, 8]
+        assert (ckpts.monitor == "eval_loss").all()
+        assert ckpts.monitor_value.tolist() == pytest.approx(eval_loss.value.tolist())
+
+
+def test_callback_added_after_construction(tmp_path, store_url):
+    """Without the Trainer's constructor, the exception of the first train() goes unseen: the next
+    train() ends that run failed (the exception unknown) and is itself watched from the start."""
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    trainer = Trainer(model=tiny_bert(fail_at_forward=3), train_dataset=TokenData(32),
+                      args=args(tmp_path, num_train_epochs=1, save_strategy="no"))
+    trainer.add_callback(cb)
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    first = cb.run_id
+    trainer.train()  # the hook fired once: this one runs through
+    store = open_store(store_url)
+    assert store.run(cb.run_id).status == "completed"
+    run = store.run(first)
+    assert run.status == "failed" and run.info()["error"]["type"] == "unknown"
+    assert run.metrics(keys.LOSS).step.tolist() == [1, 2]
+
+
+def test_constructor_rejects_bad_options_by_name():
+    with pytest.raises(ValueError, match="sample_interval"):
+        TMonCallback(sample_interval=0)
+    with pytest.raises(ValueError, match="flush_interval"):
+        TMonCallback(flush_interval=-1)
+    with pytest.raises(ValueError, match="log_grad_norm"):
+        TMonCallback(log_grad_norm="yes")
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])
+def test_log_grad_norm_records_every_step_unless_hf_clips(tmp_path, store_url, max_grad_norm):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None, log_grad_norm=True)
+    trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), callbacks=[cb],
+                      args=args(tmp_path, num_train_epochs=1, save_strategy="no", logging_steps=2,
+                                max_grad_norm=max_grad_norm))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    run = open_store(store_url).run(cb.run_id)
+    grad = run.metrics(keys.GRAD_NORM)
+    hf = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]  # before clipping
+    warned = [w for w in caught if issubclass(w.category, TMonCallbackWarning)]
+    if max_grad_norm:  # tmon could only measure after clipping: HF's own values, at its logging steps
+        assert grad.step.tolist() == [2, 4] and grad.value.tolist() == pytest.approx(hf)
+        assert len(warned) == 1 and "max_grad_norm" in str(warned[0].message)
+    else:
+        assert grad.step.tolist() == [1, 2, 3, 4]  # every step, not only HF's logging steps 2 and 4
+        assert grad.value.iloc[[1, 3]].tolist() == pytest.approx(hf, rel=1e-4)
+        assert not warned
