@@ -16,7 +16,8 @@ import warnings
 import weakref
 from dataclasses import dataclass
 
-from tmon_core import Recorder, events as ev
+from tmon_core import Recorder
+from tmon_core import events as ev
 from tmon_core.recorder import describe_exception, is_oom
 
 log = logging.getLogger("tmon")
