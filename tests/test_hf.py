@@ -2,6 +2,9 @@
 through the query API."""
 
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -16,6 +19,8 @@ from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
 from tmon_core import keys, open_store  # noqa: E402
 from tmon_core.recorder import path_size  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,10 +134,9 @@ def test_train_records_steps_logs_eval_checkpoints_config_and_completes(tmp_path
 @pytest.mark.parametrize("fail_with, event_type", [(RuntimeError, ev.EXCEPTION), (torch.OutOfMemoryError, ev.OOM)])
 def test_exception_inside_a_step_marks_failed_and_keeps_points(tmp_path, store_url, fail_with, event_type):
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
-    trainer = Trainer(model=tiny_bert(fail_at_forward=6, fail_with=fail_with), train_dataset=TokenData(32),
-                      callbacks=[cb], args=args(tmp_path, save_strategy="no"))
-    with pytest.raises(fail_with):
-        trainer.train()
+    with pytest.raises(fail_with):  # a trainer nobody keeps a reference to, as in Trainer(...).train()
+        Trainer(model=tiny_bert(fail_at_forward=6, fail_with=fail_with), train_dataset=TokenData(32),
+                callbacks=[cb], args=args(tmp_path, save_strategy="no")).train()
     run = open_store(store_url).run(cb.run_id)
     assert run.status == "failed"
     assert run.metrics(keys.LOSS).step.tolist() == [1, 2, 3, 4, 5]
@@ -182,6 +186,43 @@ def test_callback_added_after_construction(tmp_path, store_url):
     run = store.run(first)
     assert run.status == "failed" and run.info()["error"]["type"] == "unknown"
     assert run.metrics(keys.LOSS).step.tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_run_once(tmp_path, store_url):
+    """Under torchrun every process runs the callback: process 0 writes metrics, events and
+    checkpoints; the other learns the run id and writes nothing (same node: one sampler)."""
+    script = textwrap.dedent(f"""
+        import sys, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {REPO!r})
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        from transformers import Trainer, TrainingArguments
+        from test_hf import TokenData, tiny_bert
+        from tmon_callbacks.hf import TMonCallback
+        cb = TMonCallback({store_url!r}, flush_interval=0.1, sample_interval=0.2)
+        args = TrainingArguments(output_dir={str(tmp_path / "out")!r}, per_device_train_batch_size=4,
+                                 num_train_epochs=1, logging_steps=1, save_steps=2, report_to="none",
+                                 disable_tqdm=True, use_cpu=True)
+        Trainer(model=tiny_bert(), args=args, train_dataset=TokenData(32), callbacks=[cb]).train()
+        print("RANK", args.process_index, cb.run_id, cb.session.writes_metrics, flush=True)
+    """)
+    (tmp_path / "train.py").write_text(script)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "train.py")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    assert len(ranks) == 2 and ranks[0][1] == ranks[1][1]  # one run id on both processes
+    assert [r[2] for r in ranks] == ["True", "False"]
+    store = open_store(store_url)
+    assert len(store.runs()) == 1
+    run = store.run(ranks[0][1])
+    assert run.status == "completed" and run.info()["config"]["world_size"] == 2
+    assert run.metrics(keys.LOSS).step.tolist() == [1, 2, 3, 4]  # 32 samples / (2 x 4) per step, once
+    assert run.metrics(keys.LR).step.tolist() == [1, 2, 3, 4]
+    assert run.checkpoints().step.tolist() == [2, 4]
+    assert run.events(ev.TRAIN_START).shape[0] == 1
 
 
 def test_constructor_rejects_bad_options_by_name():

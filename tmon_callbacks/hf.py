@@ -6,10 +6,11 @@
 HF hook → what tmon records:
 
 ==============================  ===========================================================
-``on_init_end``                  finds the ``Trainer`` that holds this callback and wraps its
-                                 ``train`` (a plain instance attribute, nothing else touched): an
-                                 exception escaping ``train()``, OOM included, ends the run failed,
-                                 since ``TrainerCallback`` has no exception hook
+``on_init_end``                  finds the ``Trainer`` that holds this callback and gives it a
+                                 ``train`` that reports an exception escaping it (OOM included):
+                                 the run ends failed, though ``TrainerCallback`` has no exception
+                                 hook (the trainer's class becomes a same-named subclass adding
+                                 only that ``train``)
 ``on_train_begin``               opens the run (world process 0) and the hardware sampler (each
                                  node's local process 0); the run id is broadcast to all processes;
                                  ``train_start`` event; config: ``TrainingArguments``, the model
@@ -45,7 +46,6 @@ import glob
 import os
 import time
 import warnings
-import weakref
 from typing import Any
 
 try:
@@ -133,7 +133,7 @@ class TMonCallback(TrainerCallback):
     @override
     @guarded
     def on_init_end(self, args, state, control, **kwargs):
-        self._wrap_train(self._find_trainer())
+        self._watch_train(self._find_trainer())
 
     def _find_trainer(self):
         from transformers import Trainer
@@ -145,39 +145,10 @@ class TMonCallback(TrainerCallback):
         found = caller_locals(holds_me)
         return found["self"] if found else None
 
-    def _wrap_train(self, trainer) -> bool:
-        """Make ``trainer.train`` report an escaping exception to this callback; True when it does."""
-        if trainer is None:
-            return False
-        current = trainer.__dict__.get("train")
-        wrapper = current
-        while wrapper is not None:
-            if getattr(wrapper, "_tmon_callback", None) is self:
-                return True
-            wrapper = getattr(wrapper, "_tmon_inner", None)
-        # no reference to the trainer in the wrapper: del trainer frees the model at once, no cycle
-        owner = weakref.ref(trainer)
-        inner = current if current is not None else type(trainer).train
-        callback = self
-
-        @functools.wraps(inner)
-        def train(*args, **kwargs):
-            callback._train_calls += 1
-            callback._train_depth += 1
-            try:
-                if current is not None:
-                    return current(*args, **kwargs)
-                return inner(owner(), *args, **kwargs)
-            except BaseException as exc:
-                callback._on_exception(exc)
-                raise
-            finally:
-                callback._train_depth -= 1
-
-        train._tmon_callback = self
-        train._tmon_inner = current
-        trainer.train = train
-        return True
+    def _watch_train(self, trainer) -> None:
+        """Make ``trainer.train`` report an exception escaping it to the TMonCallbacks it holds."""
+        if trainer is not None and not getattr(type(trainer), "_tmon_watches_train", False):
+            trainer.__class__ = _watching_class(type(trainer))
 
     def _on_exception(self, exc: BaseException) -> None:
         try:
@@ -206,7 +177,7 @@ class TMonCallback(TrainerCallback):
         self._reset()
         wrapped = self._train_depth > 0
         if not wrapped:
-            self._wrap_train(self._find_trainer())  # added after construction: seen from the next train()
+            self._watch_train(self._find_trainer())  # added after construction: seen from the next train()
         local_rank = args.local_process_index
         session = None
         run_id = None
@@ -428,6 +399,40 @@ class TMonCallback(TrainerCallback):
         for path in [p for p in self._known_ckpts if not os.path.exists(p)]:
             self._known_ckpts.discard(path)
             self._rec.checkpoint_removed(path)
+
+
+_watching_classes: dict[type, type] = {}
+
+
+def _watching_class(cls: type) -> type:
+    """``cls`` with a ``train`` that tells the trainer's TMonCallbacks about an exception escaping it.
+
+    The trainer's class is swapped for this subclass (same name, same module, only ``train`` added)
+    rather than given an instance attribute: a method bound at call time keeps a temporary
+    ``Trainer(...).train()`` alive, and no reference cycle keeps a finished trainer's model in memory.
+    """
+    sub = _watching_classes.get(cls)
+    if sub is None:
+        def train(self, *args, **kwargs):
+            callbacks = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TMonCallback)]
+            for cb in callbacks:
+                cb._train_calls += 1
+                cb._train_depth += 1
+            try:
+                return cls.train(self, *args, **kwargs)
+            except BaseException as exc:
+                for cb in callbacks:
+                    cb._on_exception(exc)
+                raise
+            finally:
+                for cb in callbacks:
+                    cb._train_depth -= 1
+
+        functools.update_wrapper(train, cls.train)
+        sub = _watching_classes[cls] = type(cls.__name__, (cls,), {
+            "train": train, "_tmon_watches_train": True, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return sub
 
 
 def _node_rank(args) -> int:
