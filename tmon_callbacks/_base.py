@@ -36,6 +36,10 @@ class CallbackOptions:
     heartbeat_timeout: float = 30.0
     log_grad_norm: bool = False
     gpus: bool = True
+    schedule: list | None = None
+    presets: dict | None = None
+    params: dict | None = None
+    control: str = "manage"
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -61,6 +65,14 @@ class CallbackOptions:
             from tmon_core.store import resolve_url
 
             resolve_url(self.store)  # a malformed URL fails here, at construction, not mid-fit
+        self.make_controller(None)  # schedule, presets, params and control level fail here too
+
+    def make_controller(self, recorder):
+        """A fresh controller for one fit (schedules are consumed as the fit runs)."""
+        from tmon_core.control import Controller
+
+        return Controller(recorder, schedule=self.schedule, presets=self.presets, params=self.params,
+                          control=self.control)
 
 
 class RunSession:
@@ -84,6 +96,10 @@ class RunSession:
             if local_rank == 0 and opts.sample_interval is not None:
                 self.recorder.start_sampler(opts.sample_interval, node_rank=node_rank, gpus=opts.gpus)
         self.run_id = self.recorder.run_id if self.recorder else run_id
+        self.controller = None
+        if self.writes_metrics and self.recorder is not None:
+            self.controller = opts.make_controller(self.recorder)
+            self.recorder.on_requests(self.controller.offer)
         self.ended = False
 
     def event(self, type: str, /, **kw) -> None:

@@ -39,8 +39,13 @@ from tmon_core import events as ev
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 from tmon_core.store.writer import json_safe
 
+from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
+from tmon_core.control import STOPPED as STOPPED_EVENT
+from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
+
 from . import _torch
 from ._base import CallbackOptions, RunSession, guarded, warn_once
+from ._ddp import DecisionLink
 
 _perf = time.perf_counter
 
@@ -94,17 +99,25 @@ def build(package: str):
             heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
             log_grad_norm: also record the total gradient norm before each optimizer step.
             gpus: sample GPUs through NVML when present.
+            schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch.
+            presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
+            params: name -> ``tmon_core.Param``: your own steerable knobs.
+            control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
+                | ``admin`` (also rollback and stop). See ``tmon_core.control``.
 
         One instance can serve several ``fit()`` calls: each is its own run.
         """
 
         def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
                      flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                     heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+                     heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
+                     schedule=None, presets: dict | None = None, params: dict | None = None,
+                     control: str = "manage"):
             super().__init__()
             self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
                                            sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                           log_grad_norm=log_grad_norm, gpus=gpus)
+                                           log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
+                                           presets=presets, params=params, control=control)
             self.session: RunSession | None = None
             self.run_id: str | None = None
             self._logger = _TMonLogger(self)
@@ -130,11 +143,16 @@ def build(package: str):
             self.session, self.run_id = session, run_id
             self._trainer = trainer
             self._rec = session.recorder if session.writes_metrics else None
+            self._ctl = session.controller
+            self._link = DecisionLink(self.options) if trainer.world_size > 1 else None
 
         def _reset(self) -> None:
             self.session = None
             self.run_id = None
             self._rec = None
+            self._ctl = None
+            self._link = None
+            self._schedulers: list = []
             self._trainer = None
             self._step = 0
             self._last_global_step = 0
@@ -149,16 +167,19 @@ def build(package: str):
         @override
         @guarded
         def on_train_start(self, trainer, pl_module) -> None:
+            self._optimizers = list(trainer.optimizers)
+            self._schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+            self._step = self._last_global_step = trainer.global_step
             if self._rec is None:
                 return
-            self._optimizers = list(trainer.optimizers)
-            self._step = self._last_global_step = trainer.global_step
             self._ckpt_dirs = [cb.dirpath for cb in trainer.checkpoint_callbacks
                                if isinstance(cb, ModelCheckpoint) and cb.dirpath]
             self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
             if self._logger not in trainer.loggers:
                 # attached only now, after ModelCheckpoint resolved its directory from loggers[0]
                 trainer.loggers = list(trainer.loggers) + [self._logger]
+            if self._ctl is not None:
+                self._ctl.get_value = lambda name, group: _torch.read_param(trainer.optimizers, name, group)
             self._rec.update_config(**self._config(trainer, pl_module))
             total = trainer.estimated_stepping_batches
             if isinstance(total, int) or (isinstance(total, float) and total != float("inf")):
@@ -187,6 +208,7 @@ def build(package: str):
                 ],
                 **_torch.model_summary(pl_module),
                 "hparams": json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
+                "control": self._ctl.describe() if self._ctl is not None else None,
             }
             dm = trainer.datamodule
             if dm is not None and getattr(dm, "hparams", None):
@@ -225,6 +247,13 @@ def build(package: str):
         @override
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
             self._t_batch = _perf()
+            step = self._step
+            if self._link is not None:  # DDP: rank 0 decides, every rank applies at this step
+                decisions = self._link.exchange(self._ctl, step)
+                if decisions:
+                    self._apply(decisions, trainer, pl_module, step)
+            elif self._ctl is not None and step >= self._ctl.next_step:  # the hot path's one check
+                self._apply(self._ctl.due(step), trainer, pl_module, step)
             if self._rec is not None:
                 # the values this batch's optimizer step uses: by batch end a step-interval
                 # scheduler has already moved them on to the next batch's
@@ -239,6 +268,11 @@ def build(package: str):
         @override
         @guarded
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+            step = self._step
+            gs = trainer.global_step
+            if gs != self._last_global_step:  # an optimizer step happened: the next batch logs at step+1
+                self._last_global_step = gs
+                self._step = step + 1
             rec = self._rec
             if rec is None:
                 return
@@ -260,12 +294,7 @@ def build(package: str):
             if self._grad_norm is not None:
                 values[GRAD_NORM] = self._grad_norm
                 self._grad_norm = None
-            step = self._step
             rec.log(values, step)
-            gs = trainer.global_step
-            if gs != self._last_global_step:  # an optimizer step happened: the next batch logs at step+1
-                self._last_global_step = gs
-                self._step = step + 1
             self._t_last_end = _perf()
 
         def _on_logged(self, metrics: dict, step: int | None) -> None:
@@ -283,6 +312,8 @@ def build(package: str):
         @guarded
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._t_last_end = None
+            if self._ctl is not None:
+                self._ctl.on_epoch_start(trainer.current_epoch, self._step)
             self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
 
         @override
@@ -336,9 +367,67 @@ def build(package: str):
                 monitor=monitor, monitor_value=None if value is None else float(value), source="ModelCheckpoint",
             )
 
+        # ------------------------------------------------------------ control decisions
+        def _apply(self, decisions, trainer, pl_module, step: int) -> None:
+            for d in decisions:
+                try:
+                    outcome = self._apply_one(d, trainer, pl_module, step)
+                except _torch.ParamRejected as exc:
+                    self._ctl and self._ctl.resolve(d, step, applied=False, reason=str(exc))
+                except Exception as exc:  # tmon must not take the fit down: reject and say why
+                    self._ctl and self._ctl.resolve(d, step, applied=False, reason=f"{type(exc).__name__}: {exc}")
+                else:
+                    self._ctl and self._ctl.resolve(d, step, applied=True, **outcome)
+
+        def _apply_one(self, d, trainer, pl_module, step: int) -> dict:
+            if isinstance(d, SetParams):
+                old, new = _torch.apply_changes(trainer.optimizers, self._schedulers, d.changes, d.mode)
+                return {"old": old, "new": new}
+            if isinstance(d, SaveCheckpoint):
+                folder = self._manual_dir(trainer)
+                path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.ckpt")
+                trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
+                if self._rec is not None:
+                    self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
+                                         description=d.description, tags=d.tags)
+                return {"new": {"path": path}, "reason": d.description}
+            if isinstance(d, Rollback):
+                ckpt = _torch.load_checkpoint_file(d.path)
+                state = ckpt.get("state_dict", ckpt)
+                states = ckpt.get("optimizer_states")
+                if states is not None:
+                    _torch.check_optimizer_states(trainer.optimizers, states)
+                missing, unexpected = _check_keys(pl_module, state)
+                if missing or unexpected:
+                    raise _torch.ParamRejected(
+                        f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                pl_module.load_state_dict(state)
+                if states is not None:
+                    _torch.restore_optimizer_states(trainer.optimizers, states)
+                return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                                         "checkpoint_step": ckpt.get("global_step")},
+                        "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+            if isinstance(d, Stop):
+                trainer.should_stop = True
+                return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
+            raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
+
+        @staticmethod
+        def _manual_dir(trainer) -> str:
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                    return cb.dirpath
+            return os.path.join(trainer.default_root_dir, "checkpoints")
+
         @override
         def state_dict(self) -> dict[str, Any]:
             return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
 
     TMonCallback.__module__ = f"tmon_callbacks.{'lightning' if package == 'lightning.pytorch' else 'pytorch_lightning'}"
     return TMonCallback
+
+
+def _check_keys(module, state: dict) -> tuple[list, list]:
+    own = set(module.state_dict().keys())
+    theirs = set(state.keys())
+    return sorted(own - theirs), sorted(theirs - own)

@@ -76,3 +76,189 @@ def dataloader_config(loader) -> dict:
     except TypeError:
         pass
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# control: applying parameter changes and rollbacks to torch optimizers
+#
+# Param groups are numbered across optimizers in order (``lr@1`` is the second group overall).
+# A change without a group sets every group to the value.
+#
+# Modes (tmon_core.control.params):
+#   scale  the value is the new level of the schedule. For lr, each LR scheduler attached to
+#          the optimizer has its bases multiplied by new/old (``base_lrs``, and the group's
+#          ``initial_lr``/``max_lr``/``min_lr`` that OneCycleLR and warm-up schedules read), so
+#          LambdaLR, OneCycleLR, CosineAnnealingLR, StepLR and HF's linear/cosine warm-up
+#          schedules continue their shape from the new level instead of undoing the change at
+#          their next step. OneCycleLR's momentum bounds are scaled the same way for momentum.
+#   set    the value is written once; a scheduler may move it afterwards.
+#   pin    the controller re-sends the value (as ``set``) before every step: the value holds
+#          whatever a scheduler does, until another change to that parameter.
+# ---------------------------------------------------------------------------------------------
+
+class ParamRejected(Exception):
+    """A change this optimizer cannot take; the message is the reason recorded."""
+
+
+def _groups(optimizers):
+    return [(opt, g) for opt in optimizers for g in opt.param_groups]
+
+
+def _slot(name: str, group: dict):
+    """The (key, index) holding ``name`` in a param group, or None when the optimizer has no such value."""
+    if name == "momentum":
+        if "momentum" in group:
+            return "momentum", None
+        if "betas" in group:
+            return "betas", 0
+        return None
+    return (name, None) if name in group else None
+
+
+def _get(group: dict, slot):
+    key, idx = slot
+    v = group[key]
+    v = v[idx] if idx is not None else v
+    return v.item() if isinstance(v, torch.Tensor) else (list(v) if isinstance(v, tuple) else v)
+
+
+def _put(group: dict, slot, value) -> None:
+    key, idx = slot
+    if idx is not None:
+        betas = list(group[key])
+        betas[idx] = value
+        group[key] = tuple(betas)
+    elif isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)  # capturable/tensor lr: keep the tensor the optimizer holds
+    else:
+        group[key] = tuple(value) if key == "betas" else value
+
+
+def read_param(optimizers, name: str, group: int | None):
+    """Current value of ``name`` in param group ``group`` (None: the first group)."""
+    groups = _groups(optimizers)
+    gi = group or 0
+    if gi >= len(groups):
+        raise ParamRejected(f"param group {gi} does not exist: the optimizer has {len(groups)} groups")
+    slot = _slot(name, groups[gi][1])
+    if slot is None:
+        raise ParamRejected(f"{type(groups[gi][0]).__name__} has no {name!r}")
+    return _get(groups[gi][1], slot)
+
+
+def _leaf_schedulers(schedulers):
+    """The schedulers that act on optimizers, looking inside SequentialLR and ChainedScheduler."""
+    stack, out = list(schedulers), []
+    while stack:
+        cur = stack.pop()
+        inner = getattr(cur, "_schedulers", None)
+        if inner:
+            stack.extend(inner)
+        else:
+            out.append(cur)
+    return out
+
+
+def _schedulers_of(schedulers, opt):
+    return [s for s in _leaf_schedulers(schedulers) if getattr(s, "optimizer", None) is opt]
+
+
+def apply_changes(optimizers, schedulers, changes, mode: str) -> tuple[dict, dict]:
+    """Apply ``changes`` (tmon_core.control.Change) all or nothing. Returns (old, new) by
+    ``name`` / ``name@group``; raises ParamRejected (nothing touched) when one cannot apply."""
+    groups = _groups(optimizers)
+    plan = []
+    for c in changes:
+        key = c.name if c.group is None else f"{c.name}@{c.group}"
+        if c.custom is not None:
+            plan.append((key, c, None))
+            continue
+        if c.group is not None and c.group >= len(groups):
+            raise ParamRejected(f"param group {c.group} does not exist: the optimizer has {len(groups)} groups")
+        targets = range(len(groups)) if c.group is None else [c.group]
+        slots = []
+        for gi in targets:
+            opt, g = groups[gi]
+            slot = _slot(c.name, g)
+            if slot is None:
+                raise ParamRejected(f"{type(opt).__name__} has no {c.name!r} (param group {gi})")
+            slots.append((gi, slot))
+        plan.append((key, c, slots))
+    old, new = {}, {}
+    for key, c, slots in plan:
+        if slots is None:
+            old[key] = c.custom.get()
+            c.custom.set(c.value)
+            new[key] = c.custom.get()
+            continue
+        before, after = [], []
+        for gi, slot in slots:
+            opt, g = groups[gi]
+            prev = _get(g, slot)
+            before.append(prev)
+            if mode == "scale" and c.name in ("lr", "momentum") and isinstance(prev, float) and prev > 0:
+                _rescale_bases(schedulers, opt, g, c.name, c.value / prev)
+            _put(g, slot, c.value)
+            after.append(_get(g, slot))
+        old[key] = before[0] if len(before) == 1 else before
+        new[key] = after[0] if len(after) == 1 else after
+    for s in _leaf_schedulers(schedulers):  # get_last_lr() reports what the optimizer now holds
+        if hasattr(s, "_last_lr") and getattr(s, "optimizer", None) is not None:
+            s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
+    return old, new
+
+
+def _rescale_bases(schedulers, opt, group: dict, name: str, factor: float) -> None:
+    index = opt.param_groups.index(group)
+    if name == "lr":
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if isinstance(group.get(key), (int, float)):
+                group[key] = group[key] * factor
+        for s in _schedulers_of(schedulers, opt):
+            if hasattr(s, "base_lrs") and index < len(s.base_lrs):
+                s.base_lrs[index] = s.base_lrs[index] * factor
+    else:  # momentum cycled by OneCycleLR
+        for key in ("base_momentum", "max_momentum"):
+            if isinstance(group.get(key), (int, float)):
+                group[key] = group[key] * factor
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Read a checkpoint with ``weights_only=True``: tensors and plain containers, never arbitrary objects."""
+    import os
+
+    if not os.path.exists(path):
+        raise ParamRejected(f"checkpoint file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ParamRejected(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if not isinstance(obj, dict):
+        raise ParamRejected(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def check_optimizer_states(optimizers, states) -> None:
+    """Raise ParamRejected unless ``states`` fit ``optimizers`` group by group (checked before
+    anything is loaded, so a rollback is all or nothing)."""
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        n = len(states) if isinstance(states, list) else 0
+        raise ParamRejected(f"the checkpoint has {n} optimizer states, the run has {len(optimizers)} optimizers")
+    for i, (opt, state) in enumerate(zip(optimizers, states)):
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not groups or [len(g["params"]) for g in groups] != [len(g["params"]) for g in opt.param_groups]:
+            raise ParamRejected(f"optimizer {i} state in the checkpoint does not match this optimizer's param groups")
+
+
+def restore_optimizer_states(optimizers, states: list) -> None:
+    """Load optimizer state (moments, step counts) but keep the hyperparameters in effect now:
+    a rollback returns to the checkpoint's weights, not to its learning rate."""
+    check_optimizer_states(optimizers, states)
+    for opt, state in zip(optimizers, states):
+        keep = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(state)
+        except Exception as exc:
+            raise ParamRejected(f"optimizer state does not fit this optimizer: {exc}") from None
+        for g, hp in zip(opt.param_groups, keep):
+            g.update(hp)

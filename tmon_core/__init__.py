@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from . import events, keys
+from .control import At, Param, Request
 from .recorder import Recorder, TMonStoreWarning
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store
@@ -20,7 +21,7 @@ from .store import Run, Store, StoreVersionError, open_store
 __version__ = "0.1.0"
 
 __all__ = [
-    "HardwareSampler", "Recorder", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
+    "At", "HardwareSampler", "Param", "Recorder", "Request", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
     "events", "keys", "latest_run", "open_store", "runs", "__version__",
 ]
 

@@ -183,6 +183,7 @@ class Recorder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sampler = None
+        self._request_listener = None
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._open_store()
         self._thread = threading.Thread(target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True)
@@ -261,6 +262,18 @@ class Recorder:
         self._ops.append(("logs", {"wall_time": wall_time or _now(), "step": step, "level": level,
                                    "logger": logger, "message": message, "source": source}))
 
+    def resolve_request(self, request_id: int, **fields: Any) -> None:
+        """Write a control request's outcome (status, applied_step, old/new value, reason)."""
+        for k in ("old", "new"):
+            if k in fields:
+                fields[f"{k}_value"] = to_json(fields.pop(k))
+        self._ops.append(("request_updates", {"id": request_id, **fields}))
+
+    def on_requests(self, listener) -> None:
+        """Poll the store for this run's pending control requests at every flush; ``listener``
+        receives each new one (a dict) on the writer thread."""
+        self._request_listener = listener
+
     def update_config(self, **config: Any) -> None:
         """Merge ``config`` into the run's stored configuration."""
         self._config.update(config)
@@ -302,6 +315,8 @@ class Recorder:
         if self._sampler is not None:
             self._sampler.stop()
         if status is not None:
+            if self._request_listener is not None:
+                self._ops.append(("reject_pending", f"run ended ({status}) before the request was applied"))
             fields: dict[str, Any] = {"status": status, "ended_at": _now()}
             if error is not None:
                 fields["error"] = to_json(error if isinstance(error, dict) else describe_exception(error))
@@ -352,9 +367,12 @@ class Recorder:
             if self._engine is None:
                 self._engine = create_store_engine(self.url, writer=True, busy_timeout_ms=self._busy_timeout_ms)
             ensure_schema(self._engine)
-            self._writer = StoreWriter(self._engine, self.run_id, self._run_row)
+            writer = StoreWriter(self._engine, self.run_id, self._run_row)
             if self._attach:
-                self._writer._run_created = True
+                writer._run_created = True
+            else:
+                writer.write(Batch())  # the run is visible to readers from the start, not the first flush
+            self._writer = writer
             return True
         except ValueError:
             raise
@@ -408,6 +426,8 @@ class Recorder:
             kind, payload = ops.popleft()
             if kind == "flush":
                 waiters.append(payload)
+            elif kind == "reject_pending":
+                batch.reject_pending = payload
             elif kind == "run":
                 batch.run_update.update(payload)
             else:
@@ -425,7 +445,7 @@ class Recorder:
                 raise _StoreUnavailable
             if self.dropped:
                 batch.run_update["dropped_points"] = self.dropped
-            self._writer.write(batch)
+            fresh = self._writer.write(batch, poll_requests=self._request_listener is not None)
             if self._warned and self.problems and not self.problems[-1].startswith("tmon store recovered"):
                 self._problem(f"tmon store recovered: {self._safe_url()} is writable again; backlog written")
         except Exception as exc:
@@ -433,6 +453,12 @@ class Recorder:
                 self._problem(f"tmon could not write to {self._safe_url()} ({type(exc).__name__}: {exc}); "
                               f"training continues, tmon keeps the data in memory and retries")
             self._keep_unwritten(batch)
+            fresh = None
+        if fresh:
+            try:
+                self._request_listener(fresh)
+            except Exception as exc:  # the batch is written: a listener error must not rewrite it
+                self._problem(f"tmon control: could not take requests {[r['id'] for r in fresh]}: {exc}")
         for w in waiters:
             w.set()
 

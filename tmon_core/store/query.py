@@ -57,14 +57,25 @@ class Store:
     def __init__(self, url: str | os.PathLike | None = None, *, create: bool = True):
         self.url = resolve_url(url)
         self.engine: Engine = create_store_engine(self.url, writer=False)
+        self._write_engine: Engine | None = None
         try:
             ensure_schema(self.engine, create=create)
         except Exception:
             self.engine.dispose()
             raise
 
+    @property
+    def write_engine(self) -> Engine:
+        """An engine for the few writes a reader makes (control requests, checkpoint tags): on
+        SQLite its transactions take the write lock up front, like the recorder's."""
+        if self._write_engine is None:
+            self._write_engine = create_store_engine(self.url, writer=True)
+        return self._write_engine
+
     def close(self) -> None:
         self.engine.dispose()
+        if self._write_engine is not None:
+            self._write_engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -280,6 +291,42 @@ class Run:
             out += _min_max_rows(self._raw(conn, sid, (b1 + 1) * width, hi))
         return [(s, v, math.nan if w is None else w) for s, v, w in out]
 
+    # -------------------------------------------------------------- control (tmon_core.control.requests)
+    def set_param(self, name: str, value: Any, *, group: int | None = None, mode: str = "scale", **kw):
+        """Ask the running training to set ``name`` (``lr``, ``weight_decay``, ``momentum``, ``betas``,
+        ``eps``, a custom Param; ``lr@1`` for one param group) to ``value``. Returns a ``Request``."""
+        return _control().set_param(self, name, value, group=group, mode=mode, **kw)
+
+    def set_params(self, values: dict, *, mode: str = "scale", **kw):
+        """Several parameters in one request, applied together at one step."""
+        return _control().set_params(self, values, mode=mode, **kw)
+
+    def apply_preset(self, name: str, **kw):
+        return _control().apply_preset(self, name, **kw)
+
+    def request_checkpoint(self, description: str | None = None, tags: list[str] | None = None, **kw):
+        return _control().request_checkpoint(self, description, tags, **kw)
+
+    def rollback(self, checkpoint_id: int, *, compatible: bool = False, **kw):
+        return _control().rollback(self, checkpoint_id, compatible=compatible, **kw)
+
+    def stop(self, reason: str | None = None, **kw):
+        return _control().stop(self, reason, **kw)
+
+    def requests(self):
+        """The run's control requests, oldest first: kind, payload, status, applied_step, old/new, reason."""
+        return _control().requests(self)
+
+    def tag_checkpoint(self, checkpoint_id: int, tags: list[str], description: str | None = None) -> None:
+        _control().tag_checkpoint(self, checkpoint_id, tags, description)
+
+    def delete_checkpoint(self, checkpoint_id: int) -> None:
+        _control().delete_checkpoint(self, checkpoint_id)
+
+    def impact(self, request_id: int, key: str = "loss", window: int = 50) -> dict:
+        """The loss trend over ``window`` steps before vs after an applied change."""
+        return _control().impact(self, request_id, key, window)
+
     # -------------------------------------------------------------- other tables
     def _table(self, model, order, where=(), json_cols=()):
         pd = _pd()
@@ -326,6 +373,12 @@ class Run:
                 text("SELECT COUNT(*) FROM tmon_points p JOIN tmon_series s ON p.series_id = s.id WHERE s.run_id = :r"),
                 {"r": self.id},
             ).scalar() or 0
+
+
+def _control():
+    from ..control import requests  # imported on first use: readers that never steer don't pay for it
+
+    return requests
 
 
 def _level_for(span: int, buckets: int) -> int:

@@ -20,6 +20,7 @@ from .schema import (
     EventRow,
     GpuSampleRow,
     LogRow,
+    RequestRow,
     RunRow,
     SampleRow,
     SeriesRow,
@@ -71,6 +72,8 @@ class Batch:
     checkpoints: list[dict] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
     removed_checkpoints: list[str] = field(default_factory=list)
+    request_updates: list[dict] = field(default_factory=list)
+    reject_pending: str | None = None  # the run ended: refuse what is still pending, with this reason
     run_update: dict = field(default_factory=dict)
     last_step: int | None = None
 
@@ -94,6 +97,8 @@ class Batch:
         self.checkpoints += newer.checkpoints
         self.logs += newer.logs
         self.removed_checkpoints += newer.removed_checkpoints
+        self.request_updates += newer.request_updates
+        self.reject_pending = newer.reject_pending or self.reject_pending
         self.run_update.update(newer.run_update)
         if newer.last_step is not None:
             self.last_step = newer.last_step
@@ -112,6 +117,7 @@ class StoreWriter:
         self.run_id = run_id
         self._run_row = run_row
         self._run_created = False
+        self._last_request = 0
         self._series: dict[str, int] = {}
         ph = _placeholder(engine)
         if ph is None:
@@ -143,7 +149,10 @@ class StoreWriter:
             )
         )
 
-    def write(self, batch: Batch, heartbeat: bool = True) -> None:
+    def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False) -> list[dict]:
+        """Write ``batch`` in one transaction; with ``poll_requests``, return the run's control
+        requests that became pending since the last call (rollbacks with their checkpoint row)."""
+        fresh: list[dict] = []
         with self.engine.begin() as conn:
             if not self._run_created:
                 exists = conn.execute(select(RunRow.id).where(RunRow.id == self.run_id)).scalar()
@@ -159,6 +168,17 @@ class StoreWriter:
                 conn.execute(update(CheckpointRow).where(
                     CheckpointRow.run_id == self.run_id, CheckpointRow.path.in_(batch.removed_checkpoints),
                 ).values(deleted=True))
+            for upd in batch.request_updates:
+                upd = dict(upd)
+                rid = upd.pop("id")
+                conn.execute(update(RequestRow).where(RequestRow.id == rid, RequestRow.run_id == self.run_id,
+                                                      RequestRow.status == "pending").values(**upd))
+            if batch.reject_pending:
+                conn.execute(update(RequestRow).where(RequestRow.run_id == self.run_id,
+                                                      RequestRow.status == "pending").values(
+                    status="rejected", reason=batch.reject_pending, applied_at=time.time()))
+            elif poll_requests:
+                fresh = self._pending_requests(conn)
             values = dict(batch.run_update)
             if heartbeat:
                 values["heartbeat_at"] = time.time()
@@ -167,6 +187,25 @@ class StoreWriter:
             if values:
                 conn.execute(update(RunRow).where(RunRow.id == self.run_id).values(**values))
         self._run_created = True
+        if fresh:
+            self._last_request = max(r["id"] for r in fresh)
+        return fresh
+
+    def _pending_requests(self, conn) -> list[dict]:
+        rows = conn.execute(
+            select(RequestRow).where(RequestRow.run_id == self.run_id, RequestRow.status == "pending",
+                                     RequestRow.id > self._last_request).order_by(RequestRow.id)
+        ).mappings().all()
+        out = []
+        for r in rows:
+            req = {"id": r["id"], "kind": r["kind"], "payload": json.loads(r["payload"]) if r["payload"] else {},
+                   "requested_by": r["requested_by"]}
+            if req["kind"] == "rollback":
+                ck = conn.execute(select(CheckpointRow).where(
+                    CheckpointRow.id == req["payload"].get("checkpoint_id"))).mappings().first()
+                req["payload"]["checkpoint"] = dict(ck) if ck else None
+            out.append(req)
+        return out
 
     def _insert(self, conn, model, rows: list[dict]) -> None:
         if rows:

@@ -1,0 +1,60 @@
+"""Sharing control decisions across ranks so every rank applies the same change at the same step.
+
+Rank 0 owns the controller. Before every batch all ranks take part in one broadcast of a
+single int64 (the number of decisions) over a gloo process group of tmon's own, so a GPU run
+never syncs its device for this; only when the number is non-zero do the decisions follow,
+pickled as plain dicts (custom ``Param`` callables stay on each rank: they are looked up by
+name in that rank's own callback options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+
+from tmon_core.control import Change, Rollback, SaveCheckpoint, SetParams, Stop
+
+_KINDS = {cls.__name__: cls for cls in (SetParams, SaveCheckpoint, Rollback, Stop)}
+
+
+class DecisionLink:
+    def __init__(self, options):
+        self._custom = options.params or {}
+        self._group = dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
+        self._count = torch.zeros(1, dtype=torch.int64)
+
+    def exchange(self, controller, step: int) -> list:
+        """Rank 0: the controller's decisions for ``step``; other ranks: the same decisions, received."""
+        decisions = []
+        if controller is not None and step >= controller.next_step:
+            decisions = controller.due(step)
+        if self._group is None:
+            return decisions
+        self._count[0] = len(decisions)
+        dist.broadcast(self._count, src=0, group=self._group)
+        n = int(self._count[0])
+        if n == 0:
+            return decisions
+        box = [[_to_wire(d) for d in decisions] if controller is not None else None]
+        dist.broadcast_object_list(box, src=0, group=self._group)
+        return decisions if controller is not None else [_from_wire(w, self._custom) for w in box[0]]
+
+
+def _to_wire(d) -> dict:
+    out = {"kind": type(d).__name__}
+    for f in dataclasses.fields(d):
+        v = getattr(d, f.name)
+        if f.name == "changes":
+            v = [(c.name, c.group, c.value) for c in v]
+        out[f.name] = v
+    return out
+
+
+def _from_wire(w: dict, custom: dict):
+    w = dict(w)
+    cls = _KINDS[w.pop("kind")]
+    if "changes" in w:
+        w["changes"] = [Change(n, g, v, custom.get(n)) for n, g, v in w["changes"]]
+    return cls(**w)

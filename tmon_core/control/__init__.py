@@ -1,0 +1,29 @@
+"""Steering a run: schedules, presets, custom parameters and live control requests.
+
+See ``controller.py`` for the levels and the decisions, ``params.py`` for the parameters and
+modes, ``requests.py`` for asking a running run from any process.
+"""
+
+from .controller import (
+    LEVELS,
+    PARAM_CHANGE,
+    REQUEST_REJECTED,
+    ROLLBACK,
+    STOPPED,
+    At,
+    Change,
+    Controller,
+    Decision,
+    Rollback,
+    SaveCheckpoint,
+    SetParams,
+    Stop,
+)
+from .params import BUILTIN, MODES, PIN, SCALE, SET, Param
+from .requests import Request
+
+__all__ = [
+    "At", "BUILTIN", "Change", "Controller", "Decision", "LEVELS", "MODES", "PARAM_CHANGE", "PIN", "Param",
+    "REQUEST_REJECTED", "ROLLBACK", "Request", "Rollback", "SCALE", "SET", "STOPPED", "SaveCheckpoint", "SetParams",
+    "Stop",
+]

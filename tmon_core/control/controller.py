@@ -1,0 +1,362 @@
+"""The Controller: turns schedules and control requests into plain decisions at step boundaries.
+
+What happened (the store), what to do next (decisions, dataclasses) and how a framework does
+it (the adapters) are three separate things. The controller never touches an optimizer.
+
+Hot path: an adapter compares the step with ``controller.next_step`` once per batch; only when
+it is reached does it call ``due()``. Pending requests, schedule items, ramps and pins all fold
+into that one number.
+
+Control levels (``control=``): ``off`` and ``view`` reject every request; ``manage`` allows
+parameter changes, presets and checkpoints; ``admin`` also allows rollback and stop. The
+schedule given to the callback is the user's own configuration and applies at every level.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .params import MODES, SCALE, Param, check_value, split_name
+
+LEVELS = ("off", "view", "manage", "admin")
+#: the lowest level that allows each request kind
+REQUIRED_LEVEL = {"set_param": "manage", "preset": "manage", "checkpoint": "manage", "rollback": "admin",
+                  "stop": "admin"}
+
+# event types written by control
+PARAM_CHANGE = "param_change"
+REQUEST_REJECTED = "request_rejected"
+ROLLBACK = "rollback"
+STOPPED = "stopped"
+
+NEVER = math.inf
+
+
+class At:
+    """A scheduled parameter change: ``At(step=1000, lr=1e-4)``, ``At(epoch=3, weight_decay=0.0)``.
+
+    ``ramp=N`` moves linearly from the value in effect to the target over N steps. ``mode`` is
+    ``scale`` (default), ``pin`` or ``set`` (see ``tmon_core.control.params``).
+    """
+
+    def __init__(self, *, step: int | None = None, epoch: int | None = None, ramp: int = 0, mode: str = SCALE,
+                 **params: Any):
+        if (step is None) == (epoch is None):
+            raise ValueError(f"At needs exactly one of step= or epoch=, received step={step!r}, epoch={epoch!r}")
+        for label, v in (("step", step), ("epoch", epoch)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"At {label} must be a non-negative int, received {label}={v!r}")
+        if isinstance(ramp, bool) or not isinstance(ramp, int) or ramp < 0:
+            raise ValueError(f"At ramp must be a non-negative number of steps, received ramp={ramp!r}")
+        if mode not in MODES:
+            raise ValueError(f"At mode must be one of {', '.join(MODES)}, received mode={mode!r}")
+        if not params:
+            raise ValueError("At needs at least one parameter, e.g. At(step=1000, lr=1e-4)")
+        self.step, self.epoch, self.ramp, self.mode, self.params = step, epoch, ramp, mode, dict(params)
+
+    def __repr__(self) -> str:
+        when = f"step={self.step}" if self.step is not None else f"epoch={self.epoch}"
+        extra = (f", ramp={self.ramp}" if self.ramp else "") + (f", mode={self.mode!r}" if self.mode != SCALE else "")
+        return f"At({when}, {', '.join(f'{k}={v!r}' for k, v in self.params.items())}{extra})"
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "ramp": self.ramp, "mode": self.mode, "params": self.params}
+
+
+@dataclass
+class Change:
+    name: str  # base name: lr, weight_decay, ... or a custom Param's name
+    group: int | None  # None: every param group
+    value: Any
+    custom: Param | None = None
+
+
+@dataclass
+class Decision:
+    """Base of what an adapter is asked to do. ``source``: schedule, api, cli, widget, preset."""
+
+    source: str
+    request_id: int | None = None
+    requested_by: str | None = None
+    quiet: bool = False  # an intermediate step of a ramp or a pin: no event
+
+
+@dataclass
+class SetParams(Decision):
+    changes: list[Change] = field(default_factory=list)
+    mode: str = SCALE
+    label: str | None = None  # the preset's or schedule item's description
+
+
+@dataclass
+class SaveCheckpoint(Decision):
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rollback(Decision):
+    checkpoint_id: int | None = None
+    path: str | None = None
+    same_run: bool = True
+
+
+@dataclass
+class Stop(Decision):
+    reason: str | None = None
+
+
+class Controller:
+    """Schedules, presets, custom params and live requests of one run.
+
+    The recorder's writer thread calls ``offer()`` with new pending requests; the training
+    thread calls ``due()`` when ``step >= next_step`` and reports each decision's outcome with
+    ``resolve()``.
+    """
+
+    def __init__(self, recorder=None, *, schedule=(), presets: dict | None = None, params: dict | None = None,
+                 control: str = "manage"):
+        if control not in LEVELS:
+            raise ValueError(f"control must be one of {', '.join(LEVELS)}, received control={control!r}")
+        self.recorder = recorder
+        self.level = control
+        self.custom: dict[str, Param] = dict(params or {})
+        for name, p in self.custom.items():
+            if not isinstance(p, Param):
+                raise ValueError(f"params[{name!r}] must be a tmon_core.Param, received {type(p).__name__}")
+        schedule = list(schedule or ())
+        for item in schedule:
+            if not isinstance(item, At):
+                raise ValueError(f"schedule items must be tmon_core.At(...), received {item!r}")
+            self._validate_changes(item.params, f"schedule item {item!r}")
+        self.presets: dict[str, dict] = {}
+        for name, values in (presets or {}).items():
+            if not isinstance(values, dict) or not values:
+                raise ValueError(f"preset {name!r} must be a non-empty dict of parameter values, received {values!r}")
+            self.presets[name] = dict(self._validate_changes(values, f"preset {name!r}"))
+        self._by_step = sorted((i for i in schedule if i.step is not None), key=lambda i: i.step)
+        self._by_epoch = sorted((i for i in schedule if i.epoch is not None), key=lambda i: i.epoch)
+        self._incoming: collections.deque = collections.deque()
+        self._ramps: list[dict] = []
+        self.pins: dict[tuple[str, int | None], Any] = {}
+        self.get_value = None  # bound by the adapter: (name, group) -> current value
+        self.next_step: float = 0 if self._by_step else NEVER
+        self._recompute(0)
+
+    # ------------------------------------------------------------------ configuration
+    def _validate_changes(self, values: dict, what: str) -> list[tuple[str, Any]]:
+        out = []
+        for name, value in values.items():
+            base, _ = split_name(name)
+            norm, reason = check_value(name, value, self.custom)
+            if reason:
+                raise ValueError(f"{what}: {reason}")
+            out.append((name, norm))
+        return out
+
+    def describe(self) -> dict:
+        """What readers (widget, CLI) need to know about this run's control."""
+        return {
+            "level": self.level,
+            "params": sorted({"lr", "weight_decay", "momentum", "betas", "eps"} | set(self.custom)),
+            "custom_params": {k: {"bounds": p.bounds, "type": p.type.__name__} for k, p in self.custom.items()},
+            "presets": self.presets,
+            "schedule": [i.to_dict() for i in self._by_step + self._by_epoch],
+        }
+
+    # ------------------------------------------------------------------ writer thread side
+    def offer(self, requests: list[dict]) -> None:
+        """New pending requests from the store (writer thread)."""
+        if requests:
+            self._incoming.extend(requests)
+            self.next_step = 0
+
+    # ------------------------------------------------------------------ training thread side
+    def on_epoch_start(self, epoch: int, step: int) -> None:
+        while self._by_epoch and self._by_epoch[0].epoch <= epoch:
+            item = self._by_epoch.pop(0)
+            self._by_step.insert(0, At(step=step, ramp=item.ramp, mode=item.mode, **item.params))
+            self.next_step = min(self.next_step, step)
+
+    def due(self, step: int) -> list[Decision]:
+        """The decisions to apply before the batch at ``step``."""
+        out: list[Decision] = self._ramp_steps(step)  # ramps already running (a new one starts below)
+        while self._by_step and self._by_step[0].step <= step:
+            item = self._by_step.pop(0)
+            out += self._from_schedule(item, step)
+        for (name, group), value in self.pins.items():
+            out.append(SetParams(source="pin", quiet=True, changes=[self._change(name, group, value)], mode="set"))
+        while self._incoming:
+            req = self._incoming.popleft()
+            decision = self._from_request(req, step)
+            if decision is not None:
+                out.append(decision)
+        self._recompute(step)
+        return out
+
+    def _recompute(self, step: int) -> None:
+        nxt = self._by_step[0].step if self._by_step else NEVER
+        if self._ramps or self.pins:
+            nxt = min(nxt, step + 1)
+        self.next_step = nxt
+        # offer() may have queued a request while we computed: never overwrite its wake-up
+        if self._incoming:
+            self.next_step = 0
+
+    def _change(self, name: str, group: int | None, value: Any) -> Change:
+        return Change(name, group, value, self.custom.get(name))
+
+    def _from_schedule(self, item: At, step: int) -> list[Decision]:
+        changes = []
+        for full, value in item.params.items():
+            name, group = split_name(full)
+            changes.append(self._change(name, group, check_value(full, value, self.custom)[0]))
+        if item.ramp and self.get_value is not None:
+            ramp = {"start": step, "end": step + item.ramp, "mode": item.mode, "label": repr(item),
+                    "changes": [(c, self._current(c)) for c in changes]}
+            self._ramps.append(ramp)
+            return self._ramp_steps(step, only=ramp)
+        if item.mode == "pin":
+            for c in changes:
+                self.pins[(c.name, c.group)] = c.value
+        return [SetParams(source="schedule", changes=changes, mode="set" if item.mode == "pin" else item.mode,
+                          label=repr(item))]
+
+    def _current(self, c: Change):
+        try:
+            return c.custom.get() if c.custom else self.get_value(c.name, c.group)
+        except Exception:
+            return None
+
+    def _ramp_steps(self, step: int, only: dict | None = None) -> list[Decision]:
+        out = []
+        for ramp in [only] if only else list(self._ramps):
+            frac = min(1.0, (step - ramp["start"]) / max(1, ramp["end"] - ramp["start"]))
+            changes = []
+            for c, start in ramp["changes"]:
+                if isinstance(start, (int, float)) and isinstance(c.value, (int, float)):
+                    changes.append(Change(c.name, c.group, start + (c.value - start) * frac, c.custom))
+                else:
+                    changes.append(c)
+            first, last = step == ramp["start"], frac >= 1.0
+            pin = ramp["mode"] == "pin"
+            out.append(SetParams(source="schedule", changes=changes, mode="set" if pin else ramp["mode"],
+                                 label=ramp["label"], quiet=not (first or last)))
+            if last and ramp in self._ramps:
+                self._ramps.remove(ramp)
+                if pin:  # a pinned ramp holds its target once it gets there
+                    for c in changes:
+                        self.pins[(c.name, c.group)] = c.value
+        return out
+
+    def _from_request(self, req: dict, step: int) -> Decision | None:
+        kind, payload = req["kind"], req.get("payload") or {}
+        common = {"source": payload.get("source") or "api", "request_id": req["id"],
+                  "requested_by": req.get("requested_by")}
+        need = REQUIRED_LEVEL.get(kind)
+        if need is None:
+            return self._reject(req, step, f"unknown request kind {kind!r}")
+        if LEVELS.index(self.level) < LEVELS.index(need):
+            return self._reject(req, step, f"this run's control level is {self.level!r}; {kind} needs {need!r} "
+                                           f"(TMonCallback(control={need!r}))")
+        if kind in ("set_param", "preset"):
+            if kind == "preset":
+                name = payload.get("name")
+                if name not in self.presets:
+                    known = ", ".join(sorted(self.presets)) or "none"
+                    return self._reject(req, step, f"unknown preset {name!r}; presets of this run: {known}")
+                values, label = self.presets[name], f"preset {name!r}"
+                common["source"] = "preset"
+            else:
+                values, label = payload.get("values") or {}, None
+            mode = payload.get("mode") or SCALE
+            if mode not in MODES:
+                return self._reject(req, step, f"mode must be one of {', '.join(MODES)}, received {mode!r}")
+            changes = []
+            for full, value in values.items():
+                try:
+                    name, group = split_name(full)
+                except ValueError as exc:
+                    return self._reject(req, step, str(exc))
+                if payload.get("group") is not None:
+                    group = payload["group"]
+                norm, reason = check_value(full, value, self.custom)
+                if reason:
+                    return self._reject(req, step, reason)
+                changes.append(self._change(name, group, norm))
+            if not changes:
+                return self._reject(req, step, "no parameter given")
+            if mode == "pin":
+                for c in changes:
+                    self.pins[(c.name, c.group)] = c.value
+            return SetParams(changes=changes, mode="set" if mode == "pin" else mode, label=label, **common)
+        if kind == "checkpoint":
+            tags = payload.get("tags") or []
+            return SaveCheckpoint(description=payload.get("description"), tags=list(tags), **common)
+        if kind == "rollback":
+            ckpt = payload.get("checkpoint")
+            if not ckpt:
+                return self._reject(req, step, f"checkpoint {payload.get('checkpoint_id')!r} is not recorded in this store")
+            same_run = ckpt.get("run_id") == (self.recorder.run_id if self.recorder else None)
+            if not same_run and not payload.get("compatible"):
+                return self._reject(req, step, f"checkpoint {ckpt['id']} belongs to run {ckpt.get('run_id')}, not this "
+                                               f"run; pass compatible=True to load it anyway")
+            if ckpt.get("deleted"):
+                return self._reject(req, step, f"checkpoint {ckpt['id']} was deleted ({ckpt['path']})")
+            return Rollback(checkpoint_id=ckpt["id"], path=ckpt["path"], same_run=same_run, **common)
+        return Stop(reason=payload.get("reason"), **common)
+
+    # ------------------------------------------------------------------ outcomes
+    def _reject(self, req: dict, step: int, reason: str) -> None:
+        self._report(req["id"], "rejected", step, reason=reason)
+        if self.recorder is not None:
+            self.recorder.event(REQUEST_REJECTED, step=step, message=reason,
+                                data={"request_id": req["id"], "kind": req["kind"], "payload": req.get("payload"),
+                                      "requested_by": req.get("requested_by")})
+        return None
+
+    def resolve(self, decision: Decision, step: int, *, applied: bool, old: Any = None, new: Any = None,
+                reason: str | None = None, event: str | None = None, data: dict | None = None) -> None:
+        """Record what happened to ``decision``: the request row, and an event."""
+        if not applied and isinstance(decision, SetParams):
+            for c in decision.changes:  # a rejected pin must not be re-applied every step
+                self.pins.pop((c.name, c.group), None)
+        if decision.request_id is not None:
+            self._report(decision.request_id, "applied" if applied else "rejected", step, old=old, new=new,
+                         reason=reason)
+        if self.recorder is None or (decision.quiet and applied):
+            return
+        base = {"request_id": decision.request_id, "source": decision.source, "requested_by": decision.requested_by}
+        if not applied:
+            self.recorder.event(REQUEST_REJECTED, step=step, message=reason, data={**base, **(data or {})})
+            return
+        if isinstance(decision, SetParams):
+            msg = ", ".join(f"{c.name}{'' if c.group is None else '@%d' % c.group}: {_short(old.get(_key(c)) if isinstance(old, dict) else old)}"
+                            f" -> {_short(new.get(_key(c)) if isinstance(new, dict) else new)}" for c in decision.changes)
+            self.recorder.event(event or PARAM_CHANGE, step=step, message=msg,
+                                data={**base, "mode": decision.mode, "label": decision.label, "old": old, "new": new,
+                                      **(data or {})})
+        else:
+            self.recorder.event(event or type(decision).__name__.lower(), step=step, message=reason,
+                                data={**base, "old": old, "new": new, **(data or {})})
+
+    def _report(self, request_id: int, status: str, step: int, **fields) -> None:
+        if self.recorder is not None:
+            self.recorder.resolve_request(request_id, status=status, applied_step=step, applied_at=time.time(),
+                                          **fields)
+
+
+def _key(c: Change) -> str:
+    return c.name if c.group is None else f"{c.name}@{c.group}"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return repr(v)
