@@ -97,7 +97,7 @@ def _shards(index_path: str) -> list[str]:
         raise CheckpointError(index_path, f"unreadable shard index ({exc})") from None
     base = os.path.dirname(index_path)
     paths = [os.path.join(base, f) for f in files]
-    missing = [f for f, p in zip(files, paths) if not os.path.exists(p)]
+    missing = [f for f, p in zip(files, paths, strict=True) if not os.path.exists(p)]
     if missing:
         raise CheckpointError(index_path, f"{len(missing)} shard(s) listed in the index are missing: {', '.join(missing[:5])}")
     return paths
@@ -130,7 +130,7 @@ def _trainer_state(path: str, ck: Checkpoint) -> None:
     if isinstance(state.get("epoch"), (int, float)):
         ck.epoch = float(state["epoch"])
     for k, v in state.items():
-        if k in ("log_history", "stateful_callbacks"):
+        if k in ("log_history", "stateful_callbacks", "global_step", "epoch", "total_flos"):
             continue
         flatten(f"trainer.{k}", v, ck.params)
     for entry in state.get("log_history") or []:

@@ -101,8 +101,7 @@ class H5Checkpoint(Checkpoint):
         index = name.rsplit("/", 1)[-1]
         value = plain(ds[()])
         if index == "0" and isinstance(value, int):
-            self.params["optimizer.iterations"] = value
-            self.step = value
+            self.step = value  # the optimizer's step counter: the checkpoint's position, not a parameter
         elif index == "1" and isinstance(value, float):
             self.params["optimizer.learning_rate"] = value
         else:

@@ -49,6 +49,7 @@ def safe_load(path: str) -> Any:
         if "Weights only load failed" in msg:
             detail = re.search(r"WeightsUnpickler error: ([^\n]*)", msg)
             why = detail.group(1).strip() if detail else msg.splitlines()[0]
+            why = why.split(" was not an allowed global")[0]  # torch goes on to suggest allowlisting it: not here
             raise CheckpointError(path, "refused to unpickle: the file holds objects that torch.load(weights_only=True) "
                                         f"does not allow ({why}); tmon never fully unpickles a checkpoint, since that "
                                         "can run code from the file. Re-save the weights as a state_dict or "
@@ -160,11 +161,7 @@ def _lightning(path: str, obj: dict) -> TorchCheckpoint:
     ck = TorchCheckpoint(path, obj["state_dict"], "lightning")
     ck.step = _int(obj.get("global_step"))
     ck.epoch = _num(obj.get("epoch"))
-    p = ck.params
-    if ck.step is not None:
-        p["global_step"] = ck.step
-    if ck.epoch is not None:
-        p["epoch"] = ck.epoch
+    p = ck.params  # global_step and epoch are the checkpoint's position, shown with it, not parameters
     if obj.get("pytorch-lightning_version"):
         p["lightning_version"] = obj["pytorch-lightning_version"]
     flatten("hparams", obj.get("hyper_parameters") or {}, p)

@@ -1,0 +1,74 @@
+"""Checkpoints recorded in a store: find the row of a checkpoint id (or of a file path), and read
+the run's metrics as they stood when the checkpoint was written.
+
+Which point belongs to a checkpoint: a checkpoint recorded at ``step`` N holds the weights after N
+optimizer steps. The Lightning and Keras adapters log a batch's metrics at its 0-based index (so
+the last batch inside the checkpoint is N-1, and epoch-end metrics land on N-1, sometimes written
+just after the checkpoint row); the HF adapter logs at HF's 1-based ``global_step`` (so it is N,
+written before ``on_save``). Taking the last point with ``step < N``, or with ``step == N`` written
+no later than the checkpoint row, is right for both, and never picks a batch that ran after the save.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import select
+
+from ..store import Run, Store
+from ..store.schema import CheckpointRow
+from .errors import CheckpointError
+
+#: the step window searched first for the last point before a checkpoint; widened x16 until found
+FIRST_WINDOW = 256
+
+
+def open_store_for(store: Any) -> tuple[Store, bool]:
+    """``(store, owned)``: a ``Store`` given as is, else one opened (never created) at the URL."""
+    if isinstance(store, Store):
+        return store, False
+    try:
+        return Store(store, create=False), True
+    except FileNotFoundError as exc:
+        raise CheckpointError(None, f"cannot look up recorded checkpoints: {exc}") from None
+
+
+def checkpoint_row(store: Store, ckpt_id: int) -> dict:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(CheckpointRow).where(CheckpointRow.id == int(ckpt_id))).mappings().first()
+    if row is None:
+        raise CheckpointError(ckpt_id, f"no checkpoint with id {ckpt_id} in {store} "
+                                       "(ids are the 'id' column of Run.checkpoints())")
+    return dict(row)
+
+
+def row_for_path(store: Store, path: str) -> dict | None:
+    """The newest recorded checkpoint at ``path`` (absolute), or None."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(CheckpointRow).where(CheckpointRow.path == os.path.abspath(path))
+                           .order_by(CheckpointRow.wall_time.desc()).limit(1)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def metrics_at(run: Run, step: int | None, wall_time: float) -> dict[str, tuple[float, int | None]]:
+    """Every metric of ``run`` at the checkpoint: key -> (value, the step it was logged at)."""
+    out = {}
+    for key in run.metric_keys():
+        if step is None:
+            df = run.metrics(key, x="time", end=wall_time)
+            if len(df):
+                out[key] = (float(df.value.iloc[-1]), int(df.step.iloc[-1]))
+            continue
+        window = FIRST_WINDOW
+        while True:
+            lo = max(0, step - window)
+            df = run.metrics(key, start=lo, end=step)
+            df = df[(df.step < step) | (df.wall_time <= wall_time)]
+            if len(df):
+                out[key] = (float(df.value.iloc[-1]), int(df.step.iloc[-1]))
+                break
+            if lo == 0:
+                break
+            window *= 16
+    return out
