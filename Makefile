@@ -8,7 +8,18 @@ PIP     = $(VENV)/bin/pip
 # the CPU build of torch, installed first so no dependency pulls a multi-GB CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup system-deps demo test test-fast clean
+
+# System packages the test suite uses: a PostgreSQL server for the postgres tests. Installed
+# with apt when missing and running as root (CI); otherwise those tests skip with the reason.
+system-deps:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	  else \
+	    echo "note: no PostgreSQL server here and not root: the postgres tests will skip (apt-get install postgresql)"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +33,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+test: setup system-deps
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -19,3 +19,31 @@ def _isolated_default_store(tmp_path, monkeypatch):
     """No test writes ./tmon.db of the checkout: the default store points into the test's tmp dir."""
     monkeypatch.setenv("TMON_STORE", f"sqlite:///{tmp_path}/default.db")
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server of the tests' own (see tests/pg.py)."""
+    reason = None
+    try:
+        import psycopg  # noqa: F401
+
+        from tests.pg import PgServer
+
+        server = PgServer()
+    except Exception as exc:  # no binaries, no driver, cannot start
+        reason = f"no PostgreSQL server for the tests: {type(exc).__name__}: {exc}"
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI installs PostgreSQL: these tests must run there)")
+        pytest.skip(reason)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database on the test server."""
+    if os.environ.get("TMON_TEST_POSTGRES"):
+        return os.environ["TMON_TEST_POSTGRES"]
+    return pg_server.new_database()
