@@ -255,8 +255,11 @@ class Controller:
 
     def _from_request(self, req: dict, step: int) -> Decision | None:
         kind, payload = req["kind"], req.get("payload") or {}
-        common = {"source": payload.get("source") or "api", "request_id": req["id"],
+        source = payload.get("source")
+        common = {"source": source if isinstance(source, str) else "api", "request_id": req["id"],
                   "requested_by": req.get("requested_by")}
+        if not isinstance(kind, str):
+            return self._reject(req, step, f"unknown request kind {kind!r:.50}")
         need = REQUIRED_LEVEL.get(kind)
         if need is None:
             return self._reject(req, step, f"unknown request kind {kind!r}")
@@ -266,15 +269,20 @@ class Controller:
         if kind in ("set_param", "preset"):
             if kind == "preset":
                 name = payload.get("name")
-                if name not in self.presets:
+                if not isinstance(name, str) or name not in self.presets:
                     known = ", ".join(sorted(self.presets)) or "none"
                     return self._reject(req, step, f"unknown preset {name!r}; presets of this run: {known}")
                 values, label = self.presets[name], f"preset {name!r}"
                 common["source"] = "preset"
             else:
                 values, label = payload.get("values") or {}, None
+            if not isinstance(values, dict):
+                return self._reject(req, step, f"values must be a JSON object of parameter -> value, received {values!r:.100}")
+            group = payload.get("group")
+            if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
+                return self._reject(req, step, f"group must be a param group index >= 0, received {group!r:.50}")
             mode = payload.get("mode") or SCALE
-            if mode not in MODES:
+            if not isinstance(mode, str) or mode not in MODES:
                 return self._reject(req, step, f"mode must be one of {', '.join(MODES)}, received {mode!r}")
             changes = []
             for full, value in values.items():
@@ -283,7 +291,7 @@ class Controller:
                 except ValueError as exc:
                     return self._reject(req, step, str(exc))
                 if payload.get("group") is not None:
-                    group = payload["group"]
+                    group = payload["group"]  # checked above
                 norm, reason = check_value(full, value, self.custom)
                 if reason:
                     return self._reject(req, step, reason)
@@ -296,19 +304,25 @@ class Controller:
             return SetParams(changes=changes, mode="set" if mode == "pin" else mode, label=label, **common)
         if kind == "checkpoint":
             tags = payload.get("tags") or []
-            return SaveCheckpoint(description=payload.get("description"), tags=list(tags), **common)
+            desc = payload.get("description")
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                return self._reject(req, step, f"tags must be a list of strings, received {tags!r:.100}")
+            if desc is not None and not isinstance(desc, str):
+                return self._reject(req, step, f"description must be a string, received {desc!r:.100}")
+            return SaveCheckpoint(description=desc, tags=list(tags), **common)
         if kind == "rollback":
             ckpt = payload.get("checkpoint")
-            if not ckpt:
+            if not isinstance(ckpt, dict) or not isinstance(ckpt.get("path"), str):
                 return self._reject(req, step, f"checkpoint {payload.get('checkpoint_id')!r} is not recorded in this store")
             same_run = ckpt.get("run_id") == (self.recorder.run_id if self.recorder else None)
-            if not same_run and not payload.get("compatible"):
+            if not same_run and payload.get("compatible") is not True:
                 return self._reject(req, step, f"checkpoint {ckpt['id']} belongs to run {ckpt.get('run_id')}, not this "
                                                f"run; pass compatible=True to load it anyway")
             if ckpt.get("deleted"):
                 return self._reject(req, step, f"checkpoint {ckpt['id']} was deleted ({ckpt['path']})")
             return Rollback(checkpoint_id=ckpt["id"], path=ckpt["path"], same_run=same_run, **common)
-        return Stop(reason=payload.get("reason"), **common)
+        reason = payload.get("reason")
+        return Stop(reason=reason if isinstance(reason, str) else None, **common)
 
     # ------------------------------------------------------------------ outcomes
     def _reject(self, req: dict, step: int, reason: str) -> None:

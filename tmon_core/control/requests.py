@@ -54,7 +54,7 @@ class Request:
             raise KeyError(f"no request {self.id} in {self.store}")
         out = dict(row)
         for k in ("payload", "old_value", "new_value"):
-            out[k] = json.loads(out[k]) if out[k] else None
+            out[k] = _decode(out[k])
         return out
 
     @property
@@ -132,11 +132,21 @@ def requests(run):
             select(RequestRow).where(RequestRow.run_id == run.id).order_by(RequestRow.id)).mappings()]
     for r in rows:
         for k in ("payload", "old_value", "new_value"):
-            r[k] = json.loads(r[k]) if r[k] else None
+            r[k] = _decode(r[k])
     cols = [c for c in RequestRow.__table__.columns.keys() if c != "run_id"]
     df = pd.DataFrame(rows, columns=cols)
     df["applied_step"] = df["applied_step"].astype("Int64")
     return df
+
+
+def _decode(text: str | None):
+    """A stored JSON column; a row written by hand with broken JSON reads as its raw text."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _payload_json(payload: dict) -> str:

@@ -71,8 +71,9 @@ class TensorStats:
         return self.n_changed / self.numel if self.numel else 0.0
 
 
-def chunk_bounds(shape: tuple[int, ...], chunk: int = CHUNK) -> list[tuple[int, int]]:
+def chunk_bounds(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, int]]:
     """Slices of the flattened tensor, aligned to whole rows where rows are short (HDF5 reads rows)."""
+    chunk = chunk or CHUNK
     numel = math.prod(shape)
     row = math.prod(shape[1:]) if len(shape) > 1 else 1
     step = max(1, chunk // row) * row if 0 < row <= chunk else chunk
@@ -100,7 +101,7 @@ def _float_type(*dtypes) -> type:
 
 
 def compare(read_a: Reader, read_b: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None,
-            chunk: int = CHUNK) -> TensorStats:
+            chunk: int | None = None) -> TensorStats:
     """Stats of ``b - a`` for two tensors of ``shape`` read through ``read_a``/``read_b``."""
     st = TensorStats(numel=math.prod(shape))
     for a, b in _pairs(read_a, read_b, chunk_bounds(shape, chunk), pool):
@@ -113,7 +114,8 @@ def compare(read_a: Reader, read_b: Reader, shape: tuple[int, ...], pool: Thread
     return st
 
 
-def norm_sq(read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None, chunk: int = CHUNK) -> float:
+def norm_sq(read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None,
+            chunk: int | None = None) -> float:
     """Σx² of one tensor (for tensors only one side has)."""
     total = 0.0
     for a, _ in _pairs(read, None, chunk_bounds(shape, chunk), pool):
@@ -122,7 +124,12 @@ def norm_sq(read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | Non
             total += float(np.dot(x, x))
         else:
             x = a.astype(_float_type(a.dtype), copy=False)
-            total += sum(float(np.dot(x[s:s + BLOCK], x[s:s + BLOCK])) for s in range(0, x.size, BLOCK))
+            with np.errstate(over="ignore"):
+                part = sum(float(np.dot(x[s:s + BLOCK], x[s:s + BLOCK])) for s in range(0, x.size, BLOCK))
+            if math.isinf(part) and x.dtype != np.float64:  # float32 overflow: redo in float64
+                x = x.astype(np.float64)
+                part = float(np.dot(x, x))
+            total += part
     return total
 
 
@@ -140,6 +147,11 @@ def _int_chunk(st: TensorStats, a: np.ndarray, b: np.ndarray) -> None:
 
 
 def _float_chunk(st: TensorStats, a: np.ndarray, b: np.ndarray, ftype) -> None:
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow are handled below
+        _float_chunk_inner(st, a, b, ftype)
+
+
+def _float_chunk_inner(st: TensorStats, a: np.ndarray, b: np.ndarray, ftype) -> None:
     x, y = a.astype(ftype, copy=False), b.astype(ftype, copy=False)
     d = np.subtract(y, x)
     sa = sb = sd = ab = 0.0

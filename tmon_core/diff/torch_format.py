@@ -47,8 +47,9 @@ def safe_load(path: str) -> Any:
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg:
-            detail = re.search(r"WeightsUnpickler error: ([^\n]*)", msg)
-            why = detail.group(1).strip() if detail else msg.splitlines()[0]
+            detail = (re.search(r"WeightsUnpickler error: ([^\n]*)", msg)
+                      or re.search(r"([^\n]*unsupported GLOBAL[^\n]*)", msg, re.IGNORECASE))
+            why = detail.group(1).strip().rstrip(".") if detail else "a type outside the allowed set"
             why = why.split(" was not an allowed global")[0]  # torch goes on to suggest allowlisting it: not here
             raise CheckpointError(path, "refused to unpickle: the file holds objects that torch.load(weights_only=True) "
                                         f"does not allow ({why}); tmon never fully unpickles a checkpoint, since that "

@@ -198,11 +198,22 @@ class StoreWriter:
         ).mappings().all()
         out = []
         for r in rows:
-            req = {"id": r["id"], "kind": r["kind"], "payload": json.loads(r["payload"]) if r["payload"] else {},
-                   "requested_by": r["requested_by"]}
+            # a request row is data from anyone who can write the store: never trust its shape
+            try:
+                payload = json.loads(r["payload"]) if r["payload"] else {}
+                if not isinstance(payload, dict):
+                    raise ValueError(f"a JSON object is needed, received {type(payload).__name__}")
+            except ValueError as exc:
+                conn.execute(update(RequestRow).where(RequestRow.id == r["id"]).values(
+                    status="rejected", applied_at=time.time(), reason=f"payload is not a valid JSON object: {exc}"))
+                self._last_request = max(self._last_request, r["id"])
+                continue
+            req = {"id": r["id"], "kind": r["kind"], "payload": payload, "requested_by": r["requested_by"]}
             if req["kind"] == "rollback":
-                ck = conn.execute(select(CheckpointRow).where(
-                    CheckpointRow.id == req["payload"].get("checkpoint_id"))).mappings().first()
+                cid = payload.get("checkpoint_id")
+                ck = None
+                if isinstance(cid, int) and not isinstance(cid, bool):
+                    ck = conn.execute(select(CheckpointRow).where(CheckpointRow.id == cid)).mappings().first()
                 req["payload"]["checkpoint"] = dict(ck) if ck else None
             out.append(req)
         return out
