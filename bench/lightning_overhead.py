@@ -1,0 +1,422 @@
+"""What does TMonCallback add to each step of a Lightning fit, next to Lightning's own loggers?
+
+A tiny MLP (examples/tiny_lightning.py) is fitted on CPU for ~3000 steps in one epoch, with
+``log_every_n_steps=1`` and 5 scalars ``self.log``-ged per step. Configurations: bare
+(``logger=False``), NullLogger (a Logger that drops everything: what Lightning itself spends once
+any logger is attached), TMonCallback (default 1 s hardware sampler, store in a temp dir),
+CSVLogger, TensorBoardLogger, MLFlowLogger (local SQLite tracking URI).
+
+[1] The fits run interleaved in rounds, in a rotating order; per step = wall time from
+    ``on_train_batch_start`` of step 50 to ``on_train_batch_start`` of the last step (so every timed
+    step includes its logger work) / the steps in between. Median over rounds, overhead vs bare,
+    tmon's overhead as a fraction of each peer's.
+[2] The same fits, read in ways that other tenants of a shared machine disturb less: the median of
+    5 equal blocks of each timed window, and CPU time (training thread; whole process).
+[3] Each configuration's per-step logging path alone, inside a live fit: at step 60 a probe runs
+    Lightning's own ``_logger_connector.log_metrics`` (what it calls every step: tensors -> floats,
+    then each logger's ``log_metrics`` and ``save``) plus, for tmon, its per-batch hooks, a few
+    thousand times, then waits for the background threads to write it all; it counts wall time and
+    CPU time of the training thread and of every other thread (tmon's writer and sampler,
+    TensorBoard's event writer). A step costs a few ms and the noise on this machine is +-10 %, so
+    [1] cannot resolve tens of us; [3] can.
+
+Targets: tmon's overhead <= 1/5 of TensorBoardLogger's and <= 1/2 of CSVLogger's.
+
+    .venv/bin/python bench/lightning_overhead.py [--quick] [--steps N] [--rounds R] [--configs a,b]
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+from _util import header, median, num, ok, parse_args, table
+
+WARMUP_STEPS = 50
+BLOCKS = 5  # the timed window is also cut into this many blocks (of ~590 steps at 3000 steps)
+PROBE_AT = 60  # the step at which [3]'s probe runs
+SCALARS = ("train/loss", "train/mae", "train/max_err", "train/pred_mean", "train/pred_std")
+
+CONFIGS = ["bare", "NullLogger", "TMonCallback", "CSVLogger", "TensorBoardLogger", "MLFlowLogger"]
+#: not run by default; pick with --configs to split tmon's overhead into its parts
+OPTIONAL = ["TMonCallback-nosampler"]
+
+
+def _quiet() -> None:
+    """Silence Lightning's, MLflow's and alembic's info output and the usual warnings (after the
+    imports: importing lightning and mlflow sets their loggers' levels)."""
+    import lightning.pytorch  # noqa: F401
+
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        pass
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mlflow", "alembic",
+                 "tmon"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+
+
+def build_classes():
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.loggers import Logger
+    from torch import nn
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from examples.tiny_lightning import make
+
+    TinyRegressor, SyntheticData = make("lightning.pytorch")
+
+    class FiveScalars(TinyRegressor):
+        """TinyRegressor whose training step ``self.log``s 5 scalars (on_step only)."""
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            pred = self(x)
+            loss = nn.functional.mse_loss(pred, y)
+            with torch.no_grad():
+                err = (pred - y).abs()
+                self.log("train/loss", loss, on_step=True, on_epoch=False)
+                self.log("train/mae", err.mean(), on_step=True, on_epoch=False)
+                self.log("train/max_err", err.max(), on_step=True, on_epoch=False)
+                self.log("train/pred_mean", pred.mean(), on_step=True, on_epoch=False)
+                self.log("train/pred_std", pred.std(), on_step=True, on_epoch=False)
+            return loss
+
+    class StepTimer(pl.Callback):
+        """Wall clock at the start of every step from ``WARMUP_STEPS`` to the last; process and
+        training-thread CPU clocks at both ends."""
+
+        def __init__(self, last_step: int):
+            self.last = last_step
+            self.walls: list[float] = []
+            self.t0 = self.t1 = self.c0 = self.c1 = self.m0 = self.m1 = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            gs = trainer.global_step
+            if gs >= WARMUP_STEPS:
+                now = time.perf_counter()
+                self.walls.append(now)
+                if gs == WARMUP_STEPS:
+                    self.t0, self.c0, self.m0 = now, time.process_time(), time.thread_time()
+                elif gs == self.last:
+                    self.t1, self.c1, self.m1 = now, time.process_time(), time.thread_time()
+
+    class NullLogger(Logger):
+        """A logger that drops everything: what Lightning itself spends once any logger is attached
+        (converting the logged tensors to floats every step), the floor under every logger."""
+
+        name = "null"
+        version = 0
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    class Probe(pl.Callback):
+        """[3]: at step ``PROBE_AT``, run one step's logging path ``iters`` times in a tight loop."""
+
+        def __init__(self, iters: int, tmon_cb=None):
+            self.iters = iters
+            self.tmon_cb = tmon_cb
+            self.result: dict | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step != PROBE_AT or self.result is not None:
+                return
+            lc = trainer._logger_connector
+            # what ResultCollection hands the connector each step: 0-d tensors
+            metrics = {k: torch.tensor(0.5 + i) for i, k in enumerate(SCALARS)}
+            outputs = {"loss": torch.tensor(0.5)}
+            cb = self.tmon_cb
+            n = self.iters
+            gc.collect()
+            w0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
+            if cb is None:
+                for _ in range(n):
+                    lc.log_metrics(metrics)
+            else:
+                for _ in range(n):
+                    cb.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+                    cb.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+                    lc.log_metrics(metrics)
+            w1, m1 = time.perf_counter(), time.thread_time()
+            # let the background threads finish writing what the loop produced
+            if cb is not None:
+                cb.session.recorder.flush()
+            for lg in trainer.loggers:
+                exp = getattr(lg, "_experiment", None)
+                if exp is not None and hasattr(exp, "flush"):
+                    exp.flush()
+            w2, c2, m2 = time.perf_counter(), time.process_time(), time.thread_time()
+            self.result = {"wall": (w1 - w0) / n * 1e6, "main": (m1 - m0) / n * 1e6,
+                           "background": ((c2 - c0) - (m2 - m0)) / n * 1e6, "drain_s": w2 - w1, "iters": n}
+
+    return pl, FiveScalars, SyntheticData, StepTimer, NullLogger, Probe
+
+
+def _instrument(cb, timer) -> dict:
+    """Time TMonCallback's per-step entry points in the training thread (measurement only: each
+    wrapped method runs unchanged). Only steps inside the timed window count."""
+    clock = {"on_train_batch_start": 0.0, "on_train_batch_end": 0.0, "log_metrics": 0.0}
+
+    def wrap(obj, name, key):
+        fn = getattr(obj, name)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                if timer.t0 is not None and timer.t1 is None:
+                    clock[key] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+    wrap(cb, "on_train_batch_start", "on_train_batch_start")
+    wrap(cb, "on_train_batch_end", "on_train_batch_end")
+    wrap(cb._logger, "log_metrics", "log_metrics")
+    return clock
+
+
+def make_config(config: str, tmp: str, tag: str, classes, mlflow_uri: str):
+    """(logger for the Trainer, TMonCallback or None, its store path or None)."""
+    NullLogger = classes[4]
+    if config.startswith("TMonCallback"):
+        from tmon_callbacks.lightning import TMonCallback
+
+        store = os.path.join(tmp, f"tmon_{tag}.db")
+        kw = {"sample_interval": None} if config.endswith("-nosampler") else {}
+        return False, TMonCallback(store=store, run_name=f"bench-{tag}", **kw), store  # sampler at 1 s by default
+    if config == "bare":
+        return False, None, None
+    if config == "NullLogger":
+        return NullLogger(), None, None
+    if config == "CSVLogger":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=tmp, name=f"csv_{tag}"), None, None
+    if config == "TensorBoardLogger":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=tmp, name=f"tb_{tag}"), None, None
+    if config == "MLFlowLogger":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return (MLFlowLogger(experiment_name="tmon-bench", run_name=tag, tracking_uri=mlflow_uri, save_dir=None,
+                             artifact_location=os.path.join(tmp, "mlflow-artifacts")), None, None)
+    raise ValueError(config)
+
+
+def _fit(classes, steps: int, tmp: str, logger, callbacks: list) -> float:
+    pl, FiveScalars, SyntheticData = classes[:3]
+    import torch
+
+    torch.manual_seed(0)
+    # one epoch of exactly ``steps`` batches of 16 (SyntheticData keeps 75 % for training)
+    data = SyntheticData(n=(steps * 16 * 4 + 2) // 3, batch_size=16)
+    model = FiveScalars(log_metrics=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, max_steps=steps, log_every_n_steps=1, logger=logger,
+        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp,
+    )
+    gc.collect()
+    t = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    if trainer.global_step != steps:
+        raise RuntimeError(f"the fit ran {trainer.global_step} steps, not {steps}")
+    return time.perf_counter() - t
+
+
+def one_fit(config: str, steps: int, tmp: str, tag: str, classes, mlflow_uri: str) -> dict:
+    StepTimer = classes[3]
+    timer = StepTimer(steps - 1)
+    logger, cb, store = make_config(config, tmp, tag, classes, mlflow_uri)
+    callbacks: list = [timer]
+    if cb is not None:
+        hook_clock = _instrument(cb, timer)
+        callbacks.append(cb)
+    t_fit = _fit(classes, steps, tmp, logger, callbacks)
+    n = steps - 1 - WARMUP_STEPS
+    # noise-robust figure: cut the timed window into BLOCKS equal blocks, keep the median block
+    # (a burst of load from another tenant inflates a block or two, not the median)
+    w = timer.walls
+    size = (len(w) - 1) // BLOCKS
+    blocks = [(w[(i + 1) * size] - w[i * size]) / size * 1e6 for i in range(BLOCKS)]
+    out = {"us_step": (timer.t1 - timer.t0) / n * 1e6, "block_us_step": median(blocks),
+           "cpu_us_step": (timer.c1 - timer.c0) / n * 1e6, "main_us_step": (timer.m1 - timer.m0) / n * 1e6,
+           "fit_s": t_fit}
+    if store is not None:
+        from tmon_core import Store
+
+        out["tmon_hooks_us_step"] = {k: v / n * 1e6 for k, v in hook_clock.items()}
+        with Store(store) as s:
+            run = s.latest_run()
+            out["tmon_points"] = run.count_points()
+            out["tmon_train_loss"] = len(run.metrics("train/loss"))
+            out["tmon_samples"] = len(run.samples())
+            out["tmon_status"] = run.status
+    return out
+
+
+def isolated(config: str, iters: int, tmp: str, tag: str, classes, mlflow_uri: str) -> dict:
+    Probe = classes[5]
+    logger, cb, _store = make_config(config, tmp, tag, classes, mlflow_uri)
+    probe = Probe(iters, cb)
+    _fit(classes, PROBE_AT + 5, tmp, logger, [probe] + ([cb] if cb is not None else []))
+    return probe.result
+
+
+def _tm_over(over: dict, c: str) -> str:
+    tm = over.get("TMonCallback")
+    if tm is None or c.startswith(("bare", "TMonCallback")):
+        return ""
+    return f"{tm / over[c]:.2f}" if over[c] > 0 else "n/a (<= 0)"
+
+
+def _targets(label: str, over: dict) -> None:
+    tm = over.get("TMonCallback")
+    if tm is None:
+        return
+    for peer, frac in (("TensorBoardLogger", 1 / 5), ("CSVLogger", 1 / 2)):
+        if peer not in over:
+            continue
+        if over[peer] <= 0:
+            verdict = "inconclusive (the peer's overhead is below this measurement's noise)"
+        else:
+            verdict = ok(tm <= frac * over[peer])
+        print(f"target {label}: tmon {tm:+.0f} us/step <= {frac:.2f} x {peer} ({over[peer]:+.0f}) "
+              f"= {frac * over[peer]:.0f}: {verdict}")
+
+
+def main() -> int:
+    def extra(p):
+        p.add_argument("--steps", type=int, default=None, help="steps per fit (default 3000, 400 with --quick)")
+        p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, 1 with --quick)")
+        p.add_argument("--configs", default=",".join(CONFIGS),
+                       help="comma-separated subset of " + ",".join(CONFIGS + OPTIONAL))
+        p.add_argument("--iters", type=int, default=None,
+                       help="[3] loop iterations per config (default 3000, 500 with --quick; MLflow gets 1/10)")
+
+    args = parse_args(__doc__.split("\n\n")[0], extra)
+    header("bench/lightning_overhead.py: per-step cost of logging in a Lightning fit", args.quick)
+    _quiet()
+    steps = args.steps or (400 if args.quick else 3000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    iters = args.iters or (500 if args.quick else 3000)
+    configs = [c for c in args.configs.split(",") if c]
+    if set(configs) - set(CONFIGS + OPTIONAL) or "bare" not in configs:
+        print(f"--configs must name 'bare' and only {CONFIGS + OPTIONAL}; received {configs}")
+        return 2
+    import lightning
+    import torch
+
+    classes = build_classes()
+    print(f"lightning {lightning.__version__} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+          f"{steps} steps per fit, timed from step {WARMUP_STEPS} | {rounds} round(s), rotating order")
+    sys.stdout.flush()
+
+    results: dict[str, list[dict]] = {c: [] for c in configs}
+    iso: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="tmon-bench-pl-") as tmp:
+        mlflow_uri = "sqlite:///" + os.path.join(tmp, "mlflow.db")
+        if "MLFlowLogger" in configs:
+            import mlflow
+
+            t0 = time.perf_counter()
+            mlflow.MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # creates the DB (migrations) once
+            print(f"(MLflow tracking DB created in {time.perf_counter() - t0:.1f} s, outside the timings)")
+        # one untimed warm-up fit so imports and first-time set-up hit no configuration
+        _fit(classes, 120, tmp, False, [])
+        for r in range(rounds):
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            for c in order:
+                res = one_fit(c, steps, tmp, f"{c}_{r}", classes, mlflow_uri)
+                results[c].append(res)
+                print(f"  round {r + 1}/{rounds} {c:<18} {res['us_step']:8.0f} us/step  (CPU: training thread "
+                      f"{res['main_us_step']:6.0f}, process {res['cpu_us_step']:6.0f} us/step; "
+                      f"fit {res['fit_s']:5.1f} s)")
+                sys.stdout.flush()
+        for c in configs:
+            if c != "bare":
+                iso[c] = isolated(c, max(50, iters // 10) if c == "MLFlowLogger" else iters, tmp, f"iso_{c}",
+                                  classes, mlflow_uri)
+
+    def stat(key):
+        return {c: median([x[key] for x in results[c]]) for c in configs}
+
+    med, blk, cpu, main_cpu = stat("us_step"), stat("block_us_step"), stat("cpu_us_step"), stat("main_us_step")
+    over = {c: med[c] - med["bare"] for c in configs}
+    bover = {c: blk[c] - blk["bare"] for c in configs}
+    cover = {c: cpu[c] - cpu["bare"] for c in configs}
+    rows = []
+    for c in configs:
+        spread = [x["us_step"] for x in results[c]]
+        b = c == "bare"
+        rows.append([c, num(med[c], "{:,.0f}"), f"{min(spread):,.0f}-{max(spread):,.0f}",
+                     "" if b else num(over[c], "{:+,.0f}"), "" if b else f"{med[c] / med['bare']:.3f}x",
+                     _tm_over(over, c)])
+    table(["config", "us/step", "min-max over rounds", "overhead us/step", "vs bare", "tmon overhead / this"],
+          rows, title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps=1: {steps} "
+                      f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; median over {rounds} round(s) of "
+                      f"each fit's mean us/step")
+    rows = []
+    for c in configs:
+        b = c == "bare"
+        rows.append([c, num(blk[c], "{:,.0f}"), "" if b else num(bover[c], "{:+,.0f}"), _tm_over(bover, c),
+                     num(main_cpu[c], "{:,.0f}"), "" if b else num(main_cpu[c] - main_cpu["bare"], "{:+,.0f}"),
+                     num(cpu[c], "{:,.0f}"), "" if b else num(cover[c], "{:+,.0f}"), _tm_over(cover, c)])
+    table(["config", "us/step", "overhead", "tmon / this", "thread CPU us/step", "thread CPU +",
+           "process CPU us/step", "process CPU +", "tmon / this"], rows,
+          title=f"[2] the same fits, read in ways other tenants disturb less: wall us/step = median of {BLOCKS} "
+                f"equal blocks of each timed window; CPU us/step = training thread (thread_time) and whole process "
+                f"(all threads); medians over rounds; '+' = minus bare")
+    rows = []
+    iso_total = {}
+    for c in configs:
+        if c == "bare":
+            continue
+        x = iso[c]
+        iso_total[c] = x["main"] + x["background"]
+        rows.append([c, f"{x['iters']:,}", num(x["wall"], "{:,.1f}"), num(x["main"], "{:,.1f}"),
+                     num(x["background"], "{:,.1f}"), num(iso_total[c], "{:,.1f}"), _tm_over(iso_total, c),
+                     num(x["drain_s"], "{:.2f}")])
+    if rows:
+        table(["config", "iterations", "wall us/step", "training-thread CPU", "other threads CPU",
+               "CPU us/step", "tmon / this", "drain s"], rows,
+              title=f"[3] one step's logging path alone, in a live fit at step {PROBE_AT}: Lightning's "
+                    f"_logger_connector.log_metrics(5 tensors) (+ TMonCallback's batch hooks for tmon), in a loop; "
+                    f"'other threads' = CPU of writer/sampler/event threads until all was written ('drain s' after "
+                    f"the loop). bare = 0 (no logger: Lightning returns at once)")
+    _targets("[1] wall, mean", over)
+    _targets("[2] wall, median block", bover)
+    _targets("[2] process CPU", cover)
+    _targets("[3] CPU, logging path alone", iso_total)
+    if "TMonCallback" in results:
+        hooks: dict[str, list[float]] = {}
+        for x in results["TMonCallback"]:
+            for k, v in x["tmon_hooks_us_step"].items():
+                hooks.setdefault(k, []).append(v)
+        parts = ", ".join(f"{k} {median(v):.1f}" for k, v in hooks.items())
+        total = sum(median(v) for v in hooks.values())
+        print(f"TMonCallback's own time in the training thread during the fits (us/step, GIL waits included): "
+              f"{parts}; total {total:.1f}")
+        last = results["TMonCallback"][-1]
+        print(f"tmon store check (last fit): status={last['tmon_status']}, points={last['tmon_points']:,}, "
+              f"train/loss points={last['tmon_train_loss']:,} (expected {steps:,}), "
+              f"hardware samples={last['tmon_samples']}: {ok(last['tmon_train_loss'] == steps)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
