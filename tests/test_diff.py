@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 
 from tmon_core.cli import main as tmon_main  # noqa: E402
-from tmon_core.diff import CheckpointError, diff, open_checkpoint  # noqa: E402
+from tmon_core.diff import CheckpointError, diff  # noqa: E402
 from tmon_core.diff import compare as compare_mod  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
