@@ -3,6 +3,8 @@
     tmon runs                          the runs of the store, newest first
     tmon show RUN                      status, steps, duration, last metrics, peak memory
     tmon export RUN --format csv|json|parquet [-o FILE]
+    tmon prune --older-than 30d [--keep-checkpoints] [--dry-run]
+    tmon delete RUN [--keep-checkpoints] [--dry-run]
 
 Features add their own subcommands (control: set, checkpoint, rollback, stop, requests;
 diff: diff), registered through ``COMMAND_MODULES``.
@@ -165,6 +167,34 @@ def cmd_export(store: Store, args) -> int:
     return 0
 
 
+def cmd_prune(store: Store, args) -> int:
+    from .store.retention import prune
+
+    rep = prune(store, args.older_than, keep_checkpoints=args.keep_checkpoints, dry_run=args.dry_run)
+    _print_removal(rep, args.dry_run)
+    return 0
+
+
+def cmd_delete(store: Store, args) -> int:
+    from .store.retention import delete_run
+
+    rep = delete_run(store, _resolve(store, args.run).id, delete_checkpoints=not args.keep_checkpoints,
+                     dry_run=args.dry_run)
+    _print_removal(rep, args.dry_run)
+    return 0
+
+
+def _print_removal(rep: dict, dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
+    if not rep["runs"]:
+        print("no run is old enough")
+        return
+    rows = ", ".join(f"{n} {t.removeprefix('tmon_')}" for t, n in rep["rows"].items() if n)
+    print(f"{verb} from {len(rep['runs'])} run(s) ({', '.join(rep['runs'][:10])}): {rows or 'no rows'}")
+    for path in rep["files"]:
+        print(f"  {verb} {path}")
+
+
 def _json_num(v: float):
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf: "nan", "inf", "-inf"
 
@@ -207,7 +237,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     e.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     e.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
     e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet)")
-    handlers = {"runs": cmd_runs, "show": cmd_show, "export": cmd_export, **_extra_commands(sub)}
+    pr = sub.add_parser("prune", help="remove points, samples, logs and checkpoint files of old runs")
+    pr.add_argument("--older-than", required=True, help="30d, 12h, 90m ...: runs that ended longer ago")
+    pr.add_argument("--keep-checkpoints", action="store_true", help="leave checkpoint files on disk")
+    pr.add_argument("--dry-run", action="store_true", help="only list what would go")
+    de = sub.add_parser("delete", help="delete a run and everything it recorded")
+    de.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
+    de.add_argument("--keep-checkpoints", action="store_true", help="leave checkpoint files on disk")
+    de.add_argument("--dry-run", action="store_true", help="only list what would go")
+    handlers = {"runs": cmd_runs, "show": cmd_show, "export": cmd_export, "prune": cmd_prune,
+                "delete": cmd_delete, **_extra_commands(sub)}
     # --store after the subcommand works too
     for sp in sub.choices.values():
         sp.add_argument("--store", dest="store_sub", help=argparse.SUPPRESS)
@@ -225,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return handlers[args.command](store, args)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         print(f"tmon: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
     finally:
