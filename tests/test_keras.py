@@ -190,3 +190,43 @@ def test_constructor_rejects_bad_options_by_name():
         TMonCallback(log_grad_norm=True)
     with pytest.raises(ValueError, match="sample_interval"):
         TMonCallback(sample_interval=-1)
+
+
+def test_same_store_three_frameworks_read_the_same_way(tmp_path, store_url, capsys):
+    """A Lightning fit, a HF training and a Keras fit into one store: three runs with the same
+    metric names, read by the same query API and ``tmon show``."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    from lightning.pytorch import Trainer as LightningTrainer
+    from transformers import Trainer as HFTrainer
+
+    from examples.tiny_lightning import make
+    from tests.test_hf import TokenData, args, tiny_bert
+    from tmon_callbacks.hf import TMonCallback as HFCallback
+    from tmon_callbacks.lightning import TMonCallback as LightningCallback
+    from tmon_core import cli
+
+    opts = {"flush_interval": 0.1, "sample_interval": None}
+    TinyRegressor, SyntheticData = make("lightning.pytorch")
+    lightning_cb = LightningCallback(store_url, **opts)
+    LightningTrainer(max_epochs=1, callbacks=[lightning_cb], default_root_dir=tmp_path, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                     log_every_n_steps=1).fit(TinyRegressor(), SyntheticData(n=64, batch_size=16))
+    hf_cb = HFCallback(store_url, **opts)
+    HFTrainer(model=tiny_bert(), train_dataset=TokenData(32), callbacks=[hf_cb],
+              args=args(tmp_path / "hf", num_train_epochs=1, save_strategy="no")).train()
+    keras_cb = TMonCallback(store_url, **opts)
+    x, y = data(64)
+    mlp(keras.optimizers.SGD(0.05)).fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[keras_cb])
+
+    store = open_store(store_url)
+    runs = store.runs()
+    assert sorted(runs.framework) == ["hf", "keras", "lightning"] and (runs.status == "completed").all()
+    common = {keys.LOSS, keys.LR, keys.MOMENTUM, keys.STEP_TIME, keys.DATA_TIME, keys.EPOCH}
+    for cb in (lightning_cb, hf_cb, keras_cb):
+        run = store.run(cb.run_id)
+        assert common <= set(run.metric_keys()), (run.info()["framework"], run.metric_keys())
+        assert len(run.metrics(keys.LR)) >= 3 and run.events().type.isin([ev.TRAIN_START, ev.TRAIN_END]).sum() == 2
+        assert cli.main(["--store", store_url, "show", cb.run_id]) == 0
+        out = capsys.readouterr().out
+        assert "status    completed" in out and "steps     " in out and " lr " in out
