@@ -131,8 +131,8 @@ def reclaim(store) -> None:
     if engine.dialect.name == "sqlite":
         raw = engine.raw_connection()
         try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            raw.driver_connection.execute("VACUUM")
+            raw.driver_connection.execute("VACUUM")  # in WAL mode it writes through the log...
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ...which this empties
         finally:
             raw.close()
     else:
