@@ -154,14 +154,16 @@ def test_one_callback_two_trainings_two_runs_with_best_model_metric(tmp_path, st
     for i in range(2):
         trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), eval_dataset=TokenData(16, seed=1),
                           callbacks=[cb], args=args(tmp_path / str(i), eval_strategy="epoch", save_strategy="epoch",
-                                                    load_best_model_at_end=True, metric_for_best_model="loss"))
+                                                    load_best_model_at_end=True, metric_for_best_model="loss",
+                                                    run_name=f"from-args-{i}"))
         trainer.train()
         ids.append(cb.run_id)
     assert ids[0] != ids[1]
     store = open_store(store_url)
-    for rid in ids:
+    for i, rid in enumerate(ids):
         run = store.run(rid)
         assert run.status == "completed" and run.metrics(keys.LOSS).step.tolist() == list(range(1, 9))
+        assert run.info()["name"] == f"from-args-{i}"  # HF's run_name, as W&B and MLflow get it
         # each checkpoint carries the metric HF picks the best model by, as evaluated at its step
         ckpts = run.checkpoints()
         eval_loss = run.metrics("eval_loss")

@@ -41,6 +41,7 @@ regardless. HF computes ``grad_norm`` itself (before clipping) and logs it with 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import os
@@ -84,7 +85,7 @@ class TMonCallback(TrainerCallback):
 
     Args:
         store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
-        run_name: readable name of the run; default ``hf-<date>-<time>``.
+        run_name: readable name of the run; default ``TrainingArguments.run_name``, else ``hf-<date>-<time>``.
         flush_interval: seconds between writes to the store.
         sample_interval: seconds between hardware samples; None turns sampling off.
         heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
@@ -181,16 +182,18 @@ class TMonCallback(TrainerCallback):
         local_rank = args.local_process_index
         session = None
         run_id = None
+        opts = self.options
+        if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
+            opts = dataclasses.replace(opts, run_name=args.run_name)  # the name HF gives W&B, MLflow...
         if args.process_index == 0:
-            session = RunSession(self.options, "hf", global_rank=0, local_rank=local_rank,
-                                 node_rank=_node_rank(args))
+            session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=_node_rank(args))
             run_id = session.run_id
         if args.world_size > 1:
             from accelerate.utils import broadcast_object_list
 
             run_id = broadcast_object_list([run_id], from_process=0)[0]
         if session is None:
-            session = RunSession(self.options, "hf", global_rank=args.process_index, local_rank=local_rank,
+            session = RunSession(opts, "hf", global_rank=args.process_index, local_rank=local_rank,
                                  node_rank=_node_rank(args), run_id=run_id)
         self.session, self.run_id = session, run_id
         self._session_call = self._train_calls
