@@ -40,6 +40,8 @@ class CallbackOptions:
     presets: dict | None = None
     params: dict | None = None
     control: str = "manage"
+    tags: list[str] | None = None
+    notes: str | None = None
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -59,6 +61,10 @@ class CallbackOptions:
             )
         if self.run_name is not None and not isinstance(self.run_name, str):
             raise ValueError(f"run_name must be a string, received run_name={self.run_name!r}")
+        if self.tags is not None and (isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags)):
+            raise ValueError(f"tags must be a list of non-empty strings, received tags={self.tags!r}")
+        if self.notes is not None and not isinstance(self.notes, str):
+            raise ValueError(f"notes must be a string, received notes={self.notes!r}")
         if not isinstance(self.log_grad_norm, bool):
             raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
         if self.store is not None:
@@ -91,7 +97,7 @@ class RunSession:
             self.recorder = Recorder(
                 opts.store, run_name=opts.run_name, run_id=None if self.writes_metrics else run_id,
                 framework=framework, config=config, flush_interval=opts.flush_interval,
-                heartbeat_timeout=opts.heartbeat_timeout,
+                heartbeat_timeout=opts.heartbeat_timeout, tags=opts.tags, notes=opts.notes,
             )
             if local_rank == 0 and opts.sample_interval is not None:
                 self.recorder.start_sampler(opts.sample_interval, node_rank=node_rank, gpus=opts.gpus)

@@ -104,6 +104,7 @@ def build(package: str):
             params: name -> ``tmon_core.Param``: your own steerable knobs.
             control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
                 | ``admin`` (also rollback and stop). See ``tmon_core.control``.
+            tags, notes: labels and free text stored with the run.
 
         One instance can serve several ``fit()`` calls: each is its own run.
         """
@@ -112,12 +113,13 @@ def build(package: str):
                      flush_interval: float = 0.5, sample_interval: float | None = 1.0,
                      heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
                      schedule=None, presets: dict | None = None, params: dict | None = None,
-                     control: str = "manage"):
+                     control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
             super().__init__()
             self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
                                            sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
                                            log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
-                                           presets=presets, params=params, control=control)
+                                           presets=presets, params=params, control=control, tags=tags,
+                                           notes=notes)
             self.session: RunSession | None = None
             self.run_id: str | None = None
             self._logger = _TMonLogger(self)

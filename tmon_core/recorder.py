@@ -122,6 +122,7 @@ class Recorder:
         heartbeat_timeout: seconds without a heartbeat after which readers call the run ``lost``.
         max_buffer: the most unwritten points kept in memory while the store is failing.
         close_timeout: how long ``close()`` keeps retrying the final write.
+        tags, notes: labels and free text stored with the run (for filtering and comparing runs).
     """
 
     def __init__(
@@ -137,6 +138,8 @@ class Recorder:
         max_buffer: int = 1_000_000,
         close_timeout: float = 15.0,
         busy_timeout: float = 5.0,
+        tags: list[str] | None = None,
+        notes: str | None = None,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
             raise ValueError(f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}")
@@ -145,6 +148,10 @@ class Recorder:
                 f"heartbeat_timeout must be a number of seconds above flush_interval={flush_interval}, "
                 f"received heartbeat_timeout={heartbeat_timeout!r}"
             )
+        if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags)):
+            raise ValueError(f"tags must be a list of non-empty strings, received tags={tags!r}")
+        if notes is not None and not isinstance(notes, str):
+            raise ValueError(f"notes must be a string, received notes={notes!r}")
         if not isinstance(max_buffer, int) or max_buffer < 1000:
             raise ValueError(f"max_buffer must be an int >= 1000 points, received max_buffer={max_buffer!r}")
         self.url = resolve_url(store)
@@ -170,6 +177,8 @@ class Recorder:
             "pid": os.getpid(),
             "config": to_json(self._config),
             "dropped_points": 0,
+            "tags": to_json(list(tags)) if tags else None,
+            "notes": notes,
         }
         self._attach = run_id is not None
         self._metrics: collections.deque = collections.deque()

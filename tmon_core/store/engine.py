@@ -103,6 +103,8 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
             version = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
         if version is not None:
             _check_version(engine, version)
+            if version < SCHEMA_VERSION:
+                _upgrade(engine)
             return version
     if not create:
         raise FileNotFoundError(f"no tmon store at {engine.url.render_as_string(hide_password=True)}")
@@ -114,6 +116,20 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
             existing = SCHEMA_VERSION
     _check_version(engine, existing)
     return existing
+
+
+def _upgrade(engine: Engine) -> None:
+    from .migrations import upgrade
+
+    if engine.dialect.name == "sqlite":
+        # a reader engine's deferred BEGIN would fail on a lock upgrade: upgrade through a writer
+        writer = create_store_engine(engine.url.render_as_string(hide_password=False), writer=True)
+        try:
+            upgrade(writer)
+        finally:
+            writer.dispose()
+    else:
+        upgrade(engine)
 
 
 def _check_version(engine: Engine, version: int) -> None:

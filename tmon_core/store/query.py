@@ -88,7 +88,7 @@ class Store:
 
     def runs(self):
         """One row per run, newest first: id, name, status, framework, created_at, ended_at,
-        duration (s), last_step, host, pid."""
+        duration (s), last_step, host, pid, tags."""
         pd = _pd()
         with self.engine.connect() as conn:
             rows = conn.execute(select(RunRow).order_by(RunRow.created_at.desc())).mappings().all()
@@ -101,8 +101,10 @@ class Store:
                 "status": effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"], now),
                 "framework": r["framework"], "created_at": r["created_at"], "ended_at": r["ended_at"],
                 "duration": end - r["created_at"], "last_step": r["last_step"], "host": r["host"], "pid": r["pid"],
+                "tags": _loads(r["tags"]) or [],
             })
-        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "host", "pid"]
+        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "host", "pid",
+                "tags"]
         return pd.DataFrame(out, columns=cols)
 
     def run(self, run_id: str) -> Run:
@@ -153,6 +155,7 @@ class Run:
         r = self._row()
         r["status"] = effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
         r["config"] = _loads(r["config"]) or {}
+        r["tags"] = _loads(r["tags"]) or []
         r["error"] = _loads(r["error"])
         return r
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # see migrations.py for the history and the upgrades
 
 #: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``
 SUMMARY_BASE = 16
@@ -67,6 +67,8 @@ class RunRow(Base):
     config: Mapped[str | None] = mapped_column(Text)  # JSON object
     error: Mapped[str | None] = mapped_column(Text)  # JSON object: type, message, traceback
     dropped_points: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    tags: Mapped[str | None] = mapped_column(Text)  # JSON list (schema 2)
+    notes: Mapped[str | None] = mapped_column(Text)  # (schema 2)
 
     __table_args__ = (Index("ix_tmon_runs_created_at", "created_at"),)
 
