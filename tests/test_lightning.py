@@ -144,6 +144,28 @@ def test_one_callback_two_fits_two_runs_no_thread_leak(tmp_path, store_url):
     assert threading.active_count() <= before
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_two_callbacks_in_one_trainer_and_a_second_fit_leak_no_threads_or_connections(tmp_path, store_url):
+    other = f"sqlite:///{tmp_path}/other.db"
+    model, data = TinyRegressor(), SyntheticData(n=64, batch_size=16)
+    trainer(tmp_path, [TMonCallback(store_url, flush_interval=0.1)], max_epochs=1, enable_checkpointing=False).fit(
+        model, data)  # warm-up: imports, thread pools, sqlite module state
+    threads, fds = threading.active_count(), _open_fds()
+    a, b = TMonCallback(store_url, flush_interval=0.1), TMonCallback(other, flush_interval=0.1)
+    for _ in range(2):  # a second fit in the same process (kernel), same callback objects
+        trainer(tmp_path, [a, b], max_epochs=1, enable_checkpointing=False).fit(model, data)
+    time.sleep(0.3)
+    assert threading.active_count() <= threads
+    assert _open_fds() <= fds  # every SQLite file and WAL the runs opened is closed again
+    assert len(open_store(store_url).runs()) == 3 and len(open_store(other).runs()) == 2
+    for url in (store_url, other):
+        for rid in open_store(url).runs().id:
+            assert open_store(url).run(rid).metrics("loss").step.tolist() == [0, 1, 2]
+
+
 def test_unwritable_store_training_finishes_with_a_warning(tmp_path):
     (tmp_path / "afile").write_text("not a directory")
     cb = TMonCallback(f"sqlite:///{tmp_path}/afile/tmon.db", flush_interval=0.1, sample_interval=None)

@@ -71,6 +71,8 @@ def test_store_locked_by_another_writer_then_released_loses_nothing(store_url, t
     assert df.step.tolist() == list(range(500))
     assert rec.dropped == 0
     assert any(p.startswith("tmon store recovered") for p in rec.problems)
+    gap = open_store(store_url).run(rec.run_id).events("store_gap")
+    assert len(gap) == 1 and gap.data[0]["until"] - gap.data[0]["since"] >= 0.5 and gap.data[0]["dropped_points"] == 0
 
 
 def test_buffer_cap_drops_oldest_and_counts_them(store_url, tmp_path):

@@ -421,6 +421,12 @@ def build(package: str):
                     return cb.dirpath
             return os.path.join(trainer.default_root_dir, "checkpoints")
 
+        @property
+        @override
+        def state_key(self) -> str:
+            # two tmon callbacks in one Trainer (e.g. two stores) must not share checkpoint state
+            return self._generate_state_key(store=str(self.options.store), run_name=self.options.run_name)
+
         @override
         def state_dict(self) -> dict[str, Any]:
             return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint

@@ -111,11 +111,16 @@ def cmd_show(store: Store, args) -> int:
                   f"({int(samples.children_count.max())} processes at most)")
         if samples.swap_used.notna().any():
             print(f"  swap used       {_fmt_bytes(samples.swap_used.max())}")
-        nodes = samples.groupby(["host", "node_rank"], dropna=False).size()
-        if len(nodes) > 1:
-            print(f"  nodes sampled   {len(nodes)}")
-    gpus = run.gpu_samples()
-    if not gpus.empty:
+    nodes = run.nodes()
+    if len(nodes) > 1:
+        print("per node")
+        for n in nodes.itertuples():
+            gpu = (f", {n.gpus} GPU peak {_fmt_bytes(n.gpu_mem_used_peak)} of {_fmt_bytes(n.gpu_mem_total)}"
+                   if n.gpus else "")
+            print(f"  node {n.node_rank} ({n.host}): RAM {_fmt_bytes(n.ram_used_peak)} of {_fmt_bytes(n.ram_total)}, "
+                  f"process {_fmt_bytes(n.proc_rss_peak)}, CPU {n.cpu_percent_mean:.0f}% mean{gpu}")
+    else:
+        gpus = run.gpu_samples()
         for gpu, g in gpus.groupby("gpu"):
             print(f"  GPU {gpu} memory    {_fmt_bytes(g.mem_used.max())} of {_fmt_bytes(g.mem_total.max())}"
                   f"  ({g.name.iloc[0]})")

@@ -18,6 +18,8 @@ CHECKPOINT = "checkpoint"
 EXCEPTION = "exception"
 OOM = "oom"
 INTERRUPT = "interrupt"
+STORE_GAP = "store_gap"  # the store could not be written for a while (data: since, until, dropped_points)
+SAMPLER = "sampler"  # what the hardware sampler cannot read here, said once
 
 # run statuses
 RUNNING = "running"

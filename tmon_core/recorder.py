@@ -187,6 +187,7 @@ class Recorder:
         self._next_step = 0
         self._unwritten: Batch | None = None
         self._warned = False
+        self._failing_since: float | None = None
         self._writer: StoreWriter | None = None
         self._engine = None
         self._wake = threading.Event()
@@ -455,13 +456,19 @@ class Recorder:
             if self.dropped:
                 batch.run_update["dropped_points"] = self.dropped
             fresh = self._writer.write(batch, poll_requests=self._request_listener is not None)
-            if self._warned and self.problems and not self.problems[-1].startswith("tmon store recovered"):
+            if self._failing_since is not None:
+                # the run record shows the outage: when, how long, what could not be kept
+                self.event(ev.STORE_GAP, message=f"the store could not be written for {_now() - self._failing_since:.1f} s",
+                           since=self._failing_since, until=_now(), dropped_points=self.dropped)
+                self._failing_since = None
                 self._problem(f"tmon store recovered: {self._safe_url()} is writable again; backlog written")
         except Exception as exc:
             if not isinstance(exc, _StoreUnavailable):
                 self._problem(f"tmon could not write to {self._safe_url()} ({type(exc).__name__}: {exc}); "
                               f"training continues, tmon keeps the data in memory and retries")
             self._keep_unwritten(batch)
+            if self._failing_since is None:
+                self._failing_since = _now()
             fresh = None
         if fresh:
             try:

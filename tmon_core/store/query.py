@@ -360,6 +360,32 @@ class Run:
         torch_allocated/reserved/max_allocated."""
         return self._table(GpuSampleRow, (GpuSampleRow.wall_time, GpuSampleRow.gpu))
 
+    def nodes(self):
+        """One row per sampled node (host, node_rank): samples, mean CPU %, peak host RAM used and
+        total, peak process RSS, peak dataloader-worker RSS and count, and, with GPUs, their count
+        and peak memory used and total (bytes)."""
+        pd = _pd()
+        s = self.samples()
+        cols = ["host", "node_rank", "samples", "cpu_percent_mean", "ram_used_peak", "ram_total", "proc_rss_peak",
+                "children_rss_peak", "children_count_peak", "gpus", "gpu_mem_used_peak", "gpu_mem_total"]
+        if s.empty:
+            return pd.DataFrame(columns=cols)
+        out = s.groupby(["host", "node_rank"], dropna=False).agg(
+            samples=("wall_time", "size"), cpu_percent_mean=("cpu_percent", "mean"), ram_used_peak=("ram_used", "max"),
+            ram_total=("ram_total", "max"), proc_rss_peak=("proc_rss", "max"),
+            children_rss_peak=("children_rss", "max"), children_count_peak=("children_count", "max"),
+        ).reset_index()
+        g = self.gpu_samples()
+        if g.empty:
+            out["gpus"], out["gpu_mem_used_peak"], out["gpu_mem_total"] = 0, None, None
+        else:
+            per = g.groupby(["host", "node_rank"], dropna=False).agg(
+                gpus=("gpu", "nunique"), gpu_mem_used_peak=("mem_used", "max"), gpu_mem_total=("mem_total", "max"),
+            ).reset_index()
+            out = out.merge(per, on=["host", "node_rank"], how="left")
+            out["gpus"] = out["gpus"].fillna(0).astype(int)
+        return out[cols]
+
     def checkpoints(self, include_deleted: bool = False):
         """Checkpoints: path, step, epoch, size_bytes, monitor, monitor_value, source, tags..."""
         where = () if include_deleted else (CheckpointRow.deleted.is_(False),)
