@@ -176,29 +176,16 @@ class TMonCallback(TrainerCallback):
                 return
             session.abandon(self._step)  # an earlier train() that raised where nothing saw it
         self._reset()
+        self.session = self.run_id = None
         wrapped = self._train_depth > 0
-        if not wrapped:
-            self._watch_train(self._find_trainer())  # added after construction: seen from the next train()
-        local_rank = args.local_process_index
-        session = None
-        run_id = None
-        opts = self.options
-        if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
-            opts = dataclasses.replace(opts, run_name=args.run_name)  # the name HF gives W&B, MLflow...
-        if args.process_index == 0:
-            session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=_node_rank(args))
-            run_id = session.run_id
-        if args.world_size > 1:
-            from accelerate.utils import broadcast_object_list
-
-            run_id = broadcast_object_list([run_id], from_process=0)[0]
+        session = self._open_session(args)
         if session is None:
-            session = RunSession(opts, "hf", global_rank=args.process_index, local_rank=local_rank,
-                                 node_rank=_node_rank(args), run_id=run_id)
-        self.session, self.run_id = session, run_id
+            return
+        self.session, self.run_id = session, session.run_id
         self._session_call = self._train_calls
         if not wrapped:
-            watch_uncaught(session, self._current_step)
+            self._watch_train(self._find_trainer())  # added after construction: seen from the next train()
+            watch_uncaught(session, self._current_step)  # ... and this one where it reaches the top level
         self._attach(args, state, model, optimizer)
         if self._rec is None:
             return
@@ -206,6 +193,29 @@ class TMonCallback(TrainerCallback):
         if state.max_steps:
             self._rec.update_run(total_steps=int(state.max_steps))
         session.event(ev.TRAIN_START, step=self._step)
+
+    def _open_session(self, args) -> RunSession | None:
+        """This process's view of the run. Every process reaches the broadcast of the run id, whatever
+        failed before it: a process missing from a collective would hang the others."""
+        local_rank, node_rank = args.local_process_index, _node_rank(args)
+        session = run_id = None
+        if args.process_index == 0:
+            try:
+                opts = self.options
+                if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
+                    opts = dataclasses.replace(opts, run_name=args.run_name)  # the name HF gives W&B, MLflow...
+                session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node_rank)
+                run_id = session.run_id
+            except Exception as exc:
+                warn_once(self, "on_train_begin", exc)
+        if args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            run_id = broadcast_object_list([run_id], from_process=0)[0]
+        if session is None and run_id is not None:
+            session = RunSession(self.options, "hf", global_rank=args.process_index, local_rank=local_rank,
+                                 node_rank=node_rank, run_id=run_id)
+        return session
 
     def _attach(self, args, state, model, optimizer) -> None:
         self._rec = self.session.recorder if self.session.writes_metrics else None
