@@ -166,6 +166,15 @@ def test_downsample_of_a_short_series_returns_it_whole(store_url):
     assert df.step.tolist() == [s * 100 for s in range(50)]
 
 
+def test_tail_returns_the_last_points_in_order(store_url):
+    rec = record(store_url, [(s, {"x": float(s)}) for s in range(1000)])
+    run = open_store(store_url).run(rec.run_id)
+    assert run.tail("x", 5).step.tolist() == [995, 996, 997, 998, 999]
+    assert run.tail("x", 5000).step.tolist() == list(range(1000))
+    with pytest.raises(ValueError, match="n must be a positive int, received n=0"):
+        run.tail("x", 0)
+
+
 def test_metrics_by_wall_time(store_url):
     rec = record(store_url, [(s, {"x": float(s)}) for s in range(100)])
     run = open_store(store_url).run(rec.run_id)

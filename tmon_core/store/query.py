@@ -206,6 +206,22 @@ class Run:
             df = df.sort_values("wall_time", kind="stable").reset_index(drop=True)
         return df
 
+    def tail(self, key: str, n: int = 100):
+        """The last ``n`` points of metric ``key`` (step, value, wall_time), oldest first: one index
+        range read however long the series, what a live chart polls."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, received n={n!r}")
+        sid = self._series_id(key)
+        with self.store.engine.connect() as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute(f"SELECT step, value, wall_time FROM tmon_points WHERE series_id = {int(sid)} "
+                            f"ORDER BY step DESC, seq DESC LIMIT {int(n)}")
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+        return self._frame(rows[::-1])
+
     def latest(self) -> dict[str, tuple[int, float]]:
         """The last point of every metric: key -> (step, value)."""
         out = {}
