@@ -167,6 +167,13 @@ def test_large_tensors_are_compared_a_slice_at_a_time(tmp_path, monkeypatch):
         assert sliced[col] == pytest.approx(expected, rel=1e-6) and whole[col] == pytest.approx(expected, rel=1e-6)
 
 
+def test_legacy_torch_file_is_read_without_mmap(tmp_path):
+    torch.save({"w": torch.ones(3), "b": torch.zeros(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.full((3,), 2.0), "b": torch.zeros(2)}, tmp_path / "new.pt")
+    d = diff(tmp_path / "old.pt", tmp_path / "new.pt")
+    assert layer(d, "w").rel_change == pytest.approx(1.0) and layer(d, "b").status == "unchanged"
+
+
 def test_wrapper_prefixes_are_matched_and_reported(tmp_path):
     torch.manual_seed(0)
     sd = torch.nn.Linear(3, 2).state_dict()
@@ -296,7 +303,9 @@ def lightning_run(tmp_path_factory):
     torch.manual_seed(0)
     model = TinyRegressor(lr=0.05)
     model.body.requires_grad_(False)
-    cb = TMonCallback(url, flush_interval=0.1, sample_interval=None)
+    from tmon_core import At  # tmon's own steering: weight decay set at step 18, between the checkpoints
+
+    cb = TMonCallback(url, flush_interval=0.1, sample_interval=None, schedule=[At(step=18, weight_decay=0.001)])
     ckpt = ModelCheckpoint(dirpath=tmp / "ckpts", monitor="val_loss", save_top_k=-1)
     trainer = Trainer(max_epochs=2, callbacks=[cb, ckpt, DropLR()], default_root_dir=tmp, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
@@ -351,6 +360,11 @@ def test_lightning_recorded_ids_read_metrics_from_the_store(lightning_run):
     assert (m.loc["loss"].step_a, m.loc["lr"].step_b) == (11, 23)
     assert m.loc["lr"][["a", "b"]].tolist() == pytest.approx([0.05, 0.01])
     assert "train_loss_epoch" in m.index
+    # tmon's scheduled change shows in the optimizer state and as a change applied in between
+    assert d.params.set_index("key").loc["optimizer.pg0.weight_decay"][["a", "b"]].tolist() == [0.0, 0.001]
+    assert [(c["step"], c["source"], c["new"]) for c in d.changes] == [(18, "schedule", {"weight_decay": 0.001})]
+    assert "step 18: weight_decay" in repr(d)
+    assert diff(id_b, id_a, store=lightning_run["url"]).changes == d.changes  # either order
     # a path recorded in the store gets the same metrics when the store is given
     by_path = diff(lightning_run["paths"][0], lightning_run["paths"][1], store=lightning_run["url"])
     assert by_path.summary["a"]["id"] == id_a
@@ -454,6 +468,18 @@ def test_keras_weights_file_from_a_saved_model(tmp_path, keras):
     k = layer(d, "layers/dense/vars/0")
     assert k.status == "changed" and k.rel_change == pytest.approx(1.0, rel=1e-6) and k.cosine == pytest.approx(1.0)
     assert layer(d, "layers/dense/vars/1").status == "unchanged"
+
+    import tempfile
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "b.keras") as src, \
+            zipfile.ZipFile(tmp_path / "deflated.keras", "w", zipfile.ZIP_DEFLATED) as out:
+        for name in src.namelist():
+            out.writestr(name, src.read(name))
+    before = set(os.listdir(tempfile.gettempdir()))
+    d = diff(tmp_path / "b.keras", tmp_path / "deflated.keras")
+    assert d.summary["unchanged"] == 2 and "extracted to a temporary file" in d.notes[0]
+    assert not {f for f in set(os.listdir(tempfile.gettempdir())) - before if f.startswith("tmon-diff-")}
 
 
 # ------------------------------------------------------------------ bad and hostile input

@@ -77,7 +77,8 @@ def diff(a, b, *, store=None) -> CheckpointDiff:
             rows, totals = _compare_all(sa.ck, sb.ck, pairs, pool)
         notes = [f"a: {n}" for n in sa.ck.notes] + [f"b: {n}" for n in sb.ck.notes] + totals.pop("notes")
         summary = {"a": sa.describe(), "b": sb.describe(), **totals, "name_mapping": mapping}
-        result = CheckpointDiff(summary, rows, _params(sa.params, sb.params), _metrics(sa.metrics, sb.metrics), notes)
+        result = CheckpointDiff(summary, rows, _params(sa.params, sb.params), _metrics(sa.metrics, sb.metrics), notes,
+                                _changes_between(sa, sb, stores))
         result.summary["params_changed"] = int(len(result.params))
         result.summary["seconds"] = time.perf_counter() - t0
         return result
@@ -142,6 +143,29 @@ def _recorded_context(side: Side, store) -> None:
         config = {}
     flatten("run", config, side.params)
     side.params["run.id"] = row["run_id"]
+
+
+def _changes_between(sa: Side, sb: Side, stores: dict) -> list[dict]:
+    """Parameter changes tmon's controller applied between two checkpoints of one run (schedules,
+    requests from the widget, API or CLI), from the run's ``param_change`` events."""
+    ra, rb = sa.row, sb.row
+    if not ra or not rb or ra["run_id"] != rb["run_id"] or ra["step"] is None or rb["step"] is None:
+        return []
+    from ..store import Run
+
+    try:
+        from ..control import PARAM_CHANGE
+    except ImportError:  # a build without the control feature records no changes
+        return []
+    lo, hi = sorted((ra["step"], rb["step"]))
+    ev = Run(stores["s"][0], ra["run_id"]).events(PARAM_CHANGE)
+    ev = ev[ev.step.notna() & (ev.step >= lo) & (ev.step < hi)]  # applied at step s: batch s ran with it
+    out = []
+    for step, message, data in zip(ev.step, ev.message, ev.data, strict=True):
+        data = data if isinstance(data, dict) else {}
+        out.append({"step": int(step), "change": message, "source": data.get("source"),
+                    "request_id": data.get("request_id"), "old": data.get("old"), "new": data.get("new")})
+    return out
 
 
 def _sample(tensors: dict, n: int = 3) -> str:

@@ -46,12 +46,15 @@ class CheckpointDiff:
         params: the hyperparameters, configuration and optimizer settings that differ
             (``params_all`` has the unchanged ones too).
         metrics: the metrics at each checkpoint, side by side, with the step each was logged at.
+        changes: parameter changes tmon's controller applied between the two checkpoints (both
+            recorded in one run): step, change, source (schedule, request...), request_id, old, new.
         notes: what was skipped or could not be read, and why.
     """
 
     def __init__(self, summary: dict, layers: list[dict], params: list[dict], metrics: list[dict],
-                 notes: list[str] | None = None):
+                 notes: list[str] | None = None, changes: list[dict] | None = None):
         pd = _pd()
+        self.changes = list(changes or [])
         self.summary = summary
         self.notes = list(notes or [])
         self.summary["notes"] = self.notes
@@ -93,7 +96,7 @@ class CheckpointDiff:
                 if r[k] is None:
                     r[k] = math.nan
         return {"summary": dict(self.summary), "layers": layers, "params": rows(self.params),
-                "metrics": rows(self.metrics)}
+                "metrics": rows(self.metrics), "changes": [dict(c) for c in self.changes]}
 
     # ------------------------------------------------------------------ display
     def _side(self, key: str) -> str:
@@ -146,6 +149,9 @@ class CheckpointDiff:
                 lines.append(f"  ... and {len(p) - max(top, 1) * 3} more")
         else:
             lines += ["", "parameters: no differences"]
+        if self.changes:
+            lines += ["", "parameter changes tmon applied between the checkpoints:"]
+            lines += [f"  step {c['step']}: {c['change']} ({c['source'] or '?'})" for c in self.changes]
         if len(self.metrics):
             lines += ["", "metrics at each checkpoint:"] + _table(self.metrics, ["key", "a", "b", "change", "step_a",
                                                                                   "step_b"])

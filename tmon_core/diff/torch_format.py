@@ -190,7 +190,7 @@ def _callback_state(ck: Checkpoint, key: str, state: Any) -> None:
             ck.metrics[f"best {m.group(1)} (EarlyStopping)"] = (_num(state["best_score"]), None)
         if "wait_count" in state:
             ck.params["early_stopping.wait_count"] = plain(state["wait_count"])
-    elif key.endswith("TMonCallback") and state.get("run_id"):
+    elif "TMonCallback" in key and state.get("run_id"):
         ck.params["tmon.run_id"] = state["run_id"]
 
 
