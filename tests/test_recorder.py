@@ -144,3 +144,23 @@ def test_writer_thread_ends_after_close(store_url):
     rec.close()
     time.sleep(0.1)
     assert {t.name for t in threading.enumerate()} - before == set()
+
+
+class Flaky:
+    """A value whose conversion fails only at flush time (adapters may hand over lazy values)."""
+
+    def __float__(self):
+        raise RuntimeError("device went away")
+
+
+def test_a_value_that_fails_to_convert_costs_only_itself(store_url):
+    rec = Recorder(store_url, flush_interval=0.05)
+    for s in range(10):
+        rec.log({"x": Flaky() if s == 4 else float(s), "y": 1.0}, step=s)
+    rec.close()
+    run = open_store(store_url).run(rec.run_id)
+    x = run.metrics("x").value.tolist()
+    assert len(x) == 10 and x[:4] == [0.0, 1.0, 2.0, 3.0] and x[5:] == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert x[4] != x[4]  # NaN, and said
+    assert any("could not be converted" in p for p in rec.problems)
+    assert len(run.metrics("y")) == 10

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import os
 import socket
 import sys
@@ -74,23 +75,40 @@ def _prepare_value(key: str, v: Any) -> Any:
     )
 
 
-def _to_floats(values: list) -> list[float]:
-    """The values of one series as Python floats: numpy converts numbers, numpy scalars and
-    bools in one call; tensors (if any) are converted in bulk, one transfer per device."""
+def _to_floats(values: list) -> tuple[list[float], int]:
+    """The values of one series as Python floats, and how many could not be converted.
+
+    numpy converts numbers, numpy scalars and bools in one call; tensors (if any) are converted
+    in bulk, one transfer per device. A value whose ``__float__`` fails at flush time (an
+    adapter may hand over lazily evaluated values) becomes NaN and is counted: one bad value
+    never costs the rest of the batch."""
     try:
-        return np.fromiter(values, dtype=np.float64, count=len(values)).tolist()
+        return np.fromiter(values, dtype=np.float64, count=len(values)).tolist(), 0
     except (TypeError, ValueError, RuntimeError):
         pass
     out = list(values)
     pending = []
+    bad = 0
     for i, v in enumerate(out):
         if _is_tensor(v):
             pending.append((out, i, v))
         elif type(v) is not float:
-            out[i] = float(v)
+            try:
+                out[i] = float(v)
+            except Exception:
+                out[i] = math.nan
+                bad += 1
     if pending:
-        _convert_tensors(pending)
-    return out
+        try:
+            _convert_tensors(pending)
+        except Exception:  # e.g. a tensor on a device that went away: one at a time
+            for target, i, t in pending:
+                try:
+                    target[i] = float(t)
+                except Exception:
+                    target[i] = math.nan
+                    bad += 1
+    return out, bad
 
 
 def _convert_tensors(pending: list[tuple[list, int, Any]]) -> None:
@@ -430,7 +448,11 @@ class Recorder:
                 ser[2].append(wall)
         batch.last_step = last if last >= 0 else None
         for key, (steps, values, walls) in points.items():
-            points[key] = (steps, _to_floats(values), walls)
+            floats, bad = _to_floats(values)
+            points[key] = (steps, floats, walls)
+            if bad:
+                self._problem(f"tmon: {bad} value(s) of metric {key!r} could not be converted to a number; "
+                              f"stored as NaN")
         ops = self._ops
         for _ in range(len(ops)):
             kind, payload = ops.popleft()

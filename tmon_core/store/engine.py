@@ -109,6 +109,7 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
     if not create:
         raise FileNotFoundError(f"no tmon store at {engine.url.render_as_string(hide_password=True)}")
     with engine.begin() as conn:
+        lock_schema(conn)
         Base.metadata.create_all(conn, checkfirst=True)
         existing = conn.execute(select(SchemaVersion.version)).scalar()
         if existing is None:
@@ -116,6 +117,18 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
             existing = SCHEMA_VERSION
     _check_version(engine, existing)
     return existing
+
+
+#: any constant: the key of the PostgreSQL advisory lock that serialises schema changes
+_SCHEMA_LOCK = 0x746D6F6E  # "tmon"
+
+
+def lock_schema(conn) -> None:
+    """Make concurrent creators/upgraders of one store take turns. SQLite: the writer engine's
+    BEGIN IMMEDIATE already does; PostgreSQL: a transaction-scoped advisory lock (two processes
+    creating tables at once otherwise collide in the catalog)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
 
 
 def _upgrade(engine: Engine) -> None:

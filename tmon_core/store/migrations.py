@@ -32,7 +32,10 @@ assert max(UPGRADES) == SCHEMA_VERSION, "every schema version needs its upgrade"
 
 def upgrade(engine: Engine) -> int:
     """Bring the store to ``SCHEMA_VERSION``; returns the version it had."""
+    from .engine import lock_schema
+
     with engine.begin() as conn:
+        lock_schema(conn)
         current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
         if current is None or current >= SCHEMA_VERSION:
             return current
