@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+
 import pytest
 from sqlalchemy import create_engine, text
 

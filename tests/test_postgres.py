@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from tmon_core import Recorder, open_store
 from tests.test_recorder import WRITER
+from tmon_core import Recorder, open_store
 
 
 def test_round_trip_query_and_downsample_on_postgres(pg_url):

@@ -115,7 +115,7 @@ def test_two_processes_write_one_sqlite_file_without_lock_errors_or_loss(store_u
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, store_url, f"p{i}", str(n)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "locked" not in err
     store = open_store(store_url)

@@ -36,12 +36,11 @@ from typing import Any
 from typing_extensions import override
 
 from tmon_core import events as ev
-from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
-from tmon_core.store.writer import json_safe
-
 from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
 from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
+from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
+from tmon_core.store.writer import json_safe
 
 from . import _torch
 from ._base import CallbackOptions, RunSession, guarded, warn_once

@@ -151,7 +151,6 @@ class Controller:
     def _validate_changes(self, values: dict, what: str) -> list[tuple[str, Any]]:
         out = []
         for name, value in values.items():
-            base, _ = split_name(name)
             norm, reason = check_value(name, value, self.custom)
             if reason:
                 raise ValueError(f"{what}: {reason}")
@@ -349,8 +348,10 @@ class Controller:
             self.recorder.event(REQUEST_REJECTED, step=step, message=reason, data={**base, **(data or {})})
             return
         if isinstance(decision, SetParams):
-            msg = ", ".join(f"{c.name}{'' if c.group is None else '@%d' % c.group}: {_short(old.get(_key(c)) if isinstance(old, dict) else old)}"
-                            f" -> {_short(new.get(_key(c)) if isinstance(new, dict) else new)}" for c in decision.changes)
+            def side(values, c):
+                return _short(values.get(_key(c)) if isinstance(values, dict) else values)
+
+            msg = ", ".join(f"{_key(c)}: {side(old, c)} -> {side(new, c)}" for c in decision.changes)
             self.recorder.event(event or PARAM_CHANGE, step=step, message=msg,
                                 data={**base, "mode": decision.mode, "label": decision.label, "old": old, "new": new,
                                       **(data or {})})

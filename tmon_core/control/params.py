@@ -9,8 +9,9 @@ in ``scale`` mode, so their ratios are kept).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: modes of a parameter change; see ``tmon_callbacks._torch.apply_param``
 SCALE = "scale"  # rescale the scheduler's base so the schedule continues from the new level

@@ -297,7 +297,7 @@ class Run:
             "SELECT bucket, n, n_nan, min_value, min_step, min_wall, max_value, max_step, max_wall "
             f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
             f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
-        for bucket, n, n_nan, lov, los, low, hiv, his, hiw in rows:
+        for bucket, _n, _n_nan, lov, los, low, hiv, his, hiw in rows:
             if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
                 out.append((bucket * width, None, None))
             elif los == his:
