@@ -423,14 +423,18 @@ def build(package: str):
         @property
         @override
         def state_key(self) -> str:
-            # two tmon callbacks in one Trainer (e.g. two stores) must not share checkpoint state
-            return self._generate_state_key(store=str(self.options.store), run_name=self.options.run_name)
+            # two tmon callbacks in one Trainer must not share checkpoint state; the run name keys it
+            # when given (stable if a resumed fit points at another store), else the store
+            if self.options.run_name:
+                return self._generate_state_key(run_name=self.options.run_name)
+            return self._generate_state_key(store=str(self.options.store))
 
         @override
         def state_dict(self) -> dict[str, Any]:
             return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
 
     TMonCallback.__module__ = f"tmon_callbacks.{'lightning' if package == 'lightning.pytorch' else 'pytorch_lightning'}"
+    TMonCallback.__qualname__ = "TMonCallback"  # not build.<locals>.TMonCallback in state keys and reprs
     return TMonCallback
 
 

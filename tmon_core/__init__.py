@@ -14,6 +14,7 @@ import os
 
 from . import events, keys
 from .control import At, Param, Request
+from .diff import CheckpointDiff, CheckpointError, diff  # note: tmon_core.diff is the function
 from .recorder import Recorder, TMonStoreWarning
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store
@@ -21,7 +22,7 @@ from .store import Run, Store, StoreVersionError, open_store
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "HardwareSampler", "Param", "Recorder", "Request", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
+    "At", "CheckpointDiff", "CheckpointError", "HardwareSampler", "Param", "Recorder", "Request", "diff", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
     "events", "keys", "latest_run", "open_store", "runs", "__version__",
 ]
 

@@ -258,20 +258,49 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return p, handlers
 
 
+class _LazyStore:
+    """Opens the store on first use, so a command that needs none (``tmon diff a.ckpt b.ckpt``)
+    creates no ``tmon.db`` in the working directory."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self._store: Store | None = None
+
+    def __getattr__(self, name):
+        if self._store is None:
+            try:
+                self._store = open_store(self.url)
+            except Exception as exc:
+                raise _CannotOpen(f"cannot open store {self.url or '(default)'}: {exc}") from exc
+        return getattr(self._store, name)
+
+    def __repr__(self) -> str:
+        return repr(self._store) if self._store is not None else f"Store({self.url or 'default'!r})"
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class _CannotOpen(Exception):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    url = getattr(args, "store_sub", None) or args.store
-    try:
-        store = open_store(url)
-    except Exception as exc:
-        print(f"tmon: cannot open store {url or '(default)'}: {exc}", file=sys.stderr)
-        return 2
+    store = _LazyStore(getattr(args, "store_sub", None) or args.store)
     try:
         return handlers[args.command](store, args)
+    except _CannotOpen as exc:
+        print(f"tmon: {exc}", file=sys.stderr)
+        return 2
     except (KeyError, ValueError) as exc:
         print(f"tmon: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `tmon export RUN | head`: the reader left, which is fine
+        sys.stderr.close()
+        return 0
     finally:
         store.close()
 

@@ -44,7 +44,7 @@ def cmd_diff(store, args) -> int:
         print(f"tmon diff: --top must be >= 0, received {args.top}", file=sys.stderr)
         return 2
     try:
-        d = diff(_ref(args.a), _ref(args.b), store=store)
+        d = diff(_ref(args.a), _ref(args.b), store=store.url)  # opened only if an id needs it
     except CheckpointError as exc:
         print(f"tmon diff: {exc}", file=sys.stderr)
         return 2

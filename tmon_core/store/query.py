@@ -121,6 +121,24 @@ class Store:
             raise KeyError(f"no run {run_id!r} in {self}")
         raise KeyError(f"{run_id!r} matches {len(ids)} runs in {self}: {', '.join(sorted(ids)[:5])}; give more of the id")
 
+    def checkpoint(self, checkpoint_id: int) -> dict:
+        """The recorded checkpoint ``checkpoint_id`` (any run) as a dict; KeyError when unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CheckpointRow).where(CheckpointRow.id == int(checkpoint_id))).mappings().first()
+        if row is None:
+            raise KeyError(f"no checkpoint {checkpoint_id} in {self}")
+        out = dict(row)
+        out["tags"] = _loads(out["tags"]) or []
+        return out
+
+    def find_checkpoint(self, path: str | os.PathLike) -> dict | None:
+        """The newest recorded checkpoint at ``path`` (absolute or relative to here), or None."""
+        path = os.path.abspath(os.fspath(path))
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CheckpointRow.id).where(CheckpointRow.path == path)
+                               .order_by(CheckpointRow.id.desc()).limit(1)).scalar()
+        return None if row is None else self.checkpoint(row)
+
     def latest_run(self) -> Run | None:
         with self.engine.connect() as conn:
             rid = conn.execute(select(RunRow.id).order_by(RunRow.created_at.desc()).limit(1)).scalar()
