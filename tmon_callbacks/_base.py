@@ -146,6 +146,31 @@ class RunSession:
             self.recorder.close(status if self.writes_metrics else None, error)
 
 
+class Rejected(Exception):
+    """A control decision this run cannot apply; the message is the reason recorded."""
+
+
+def apply_decisions(controller, decisions, step: int, apply_one) -> None:
+    """Apply each decision with ``apply_one(decision)`` and record the outcome.
+
+    ``apply_one`` returns the keyword arguments of ``Controller.resolve`` (old, new, event,
+    reason, data), or None when the outcome is recorded later (a checkpoint the framework writes
+    after the step). It raises ``Rejected`` with the reason when the run cannot take the decision;
+    any other exception rejects it too, so steering never takes the fit down. ``controller`` is
+    None on processes that only apply what another decided.
+    """
+    for d in decisions:
+        try:
+            outcome = apply_one(d)
+        except Rejected as exc:
+            controller and controller.resolve(d, step, applied=False, reason=str(exc))
+        except Exception as exc:
+            controller and controller.resolve(d, step, applied=False, reason=f"{type(exc).__name__}: {exc}")
+        else:
+            if outcome is not None:
+                controller and controller.resolve(d, step, applied=True, **outcome)
+
+
 def warn_once(obj, name: str, exc: BaseException) -> None:
     """Warn, once per ``name`` and object, that a piece of monitoring failed."""
     failed = obj.__dict__.setdefault("_tmon_failed_hooks", set())

@@ -9,6 +9,8 @@ import torch
 
 from tmon_core.keys import LR, MOMENTUM, WEIGHT_DECAY, group_key
 
+from ._base import Rejected
+
 
 def optimizer_values(optimizers) -> dict[str, Any]:
     """lr, momentum (SGD momentum or Adam's beta1) and weight decay of every param group.
@@ -96,7 +98,7 @@ def dataloader_config(loader) -> dict:
 #          whatever a scheduler does, until another change to that parameter.
 # ---------------------------------------------------------------------------------------------
 
-class ParamRejected(Exception):
+class ParamRejected(Rejected):
     """A change this optimizer cannot take; the message is the reason recorded."""
 
 
@@ -159,8 +161,16 @@ def _leaf_schedulers(schedulers):
     return out
 
 
+def unwrap_optimizer(opt):
+    """The torch optimizer behind a wrapper that holds it as ``.optimizer`` (accelerate's
+    ``AcceleratedOptimizer``, which HF's schedulers are built on), else ``opt`` itself."""
+    inner = getattr(opt, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else opt
+
+
 def _schedulers_of(schedulers, opt):
-    return [s for s in _leaf_schedulers(schedulers) if getattr(s, "optimizer", None) is opt]
+    opt = unwrap_optimizer(opt)
+    return [s for s in _leaf_schedulers(schedulers) if unwrap_optimizer(getattr(s, "optimizer", None)) is opt]
 
 
 def apply_changes(optimizers, schedulers, changes, mode: str) -> tuple[dict, dict]:
@@ -262,3 +272,23 @@ def restore_optimizer_states(optimizers, states: list) -> None:
             raise ParamRejected(f"optimizer state does not fit this optimizer: {exc}") from None
         for g, hp in zip(opt.param_groups, keep):
             g.update(hp)
+
+
+def load_model_state(module: torch.nn.Module, state: dict, path: str) -> None:
+    """Load ``state`` into ``module`` all or nothing: checked first for the module's keys (a tied
+    weight saved once, under the key of the tensor it shares, counts as present), unknown keys,
+    non-tensors and shapes."""
+    own = module.state_dict()
+    saved = {own[k].data_ptr() for k in own if k in state}
+    missing = sorted(k for k, v in own.items() if k not in state and v.data_ptr() not in saved)
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ParamRejected(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor) or v.shape != own[k].shape]
+    if bad:
+        k = bad[0]
+        got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
+        raise ParamRejected(f"checkpoint {path} does not fit this model: {len(bad)} tensors differ, e.g. {k} "
+                            f"is {got} in the checkpoint, {tuple(own[k].shape)} in the model")
+    module.load_state_dict(state, strict=False)

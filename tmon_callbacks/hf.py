@@ -19,6 +19,8 @@ HF hook → what tmon records:
 ``on_optimizer_step``            lr, momentum (beta1) and weight decay of every param group, read
                                  from the optimizer right after its step, before the scheduler moves
                                  them: the values that step used
+``on_step_begin``                control: applies the decisions due before this optimizer step
+                                 (one comparison when none is: see Control below)
 ``on_step_begin/on_step_end``    every optimizer step: those values, ``step_time``, ``data_time``,
                                  ``epoch`` (fractional, as HF counts it); ``grad_norm`` from
                                  ``on_pre_optimizer_step`` with ``log_grad_norm=True``
@@ -26,9 +28,12 @@ HF hook → what tmon records:
                                  ``learning_rate``, ``eval_loss``, ``train_runtime``...), at its step
 ``on_save``                      the checkpoint directory: step, epoch, size on disk, the metric HF
                                  tracks for ``load_best_model_at_end``; directories that
-                                 ``save_total_limit`` rotates away are marked deleted
-epoch/evaluation hooks           ``epoch_start/end``; ``validation_start`` at the first prediction
-                                 step of an evaluation, ``validation_end`` at ``on_evaluate``
+                                 ``save_total_limit`` rotates away are marked deleted. A checkpoint
+                                 a control request asked for is recorded ``source="manual"`` with
+                                 its description and tags, and the request resolved with its path
+epoch/evaluation hooks           ``epoch_start/end`` (and ``At(epoch=...)`` schedule items);
+                                 ``validation_start`` at the first prediction step of an
+                                 evaluation, ``validation_end`` at ``on_evaluate``
 ``on_train_end``                 ``train_end``; status completed; everything flushed
 ==============================  ===========================================================
 
@@ -37,6 +42,28 @@ is the step HF logs at, so ``lr`` and HF's ``loss`` line up. HF logs every ``log
 (500 by default) and its ``loss`` is the mean since the last log: ``TrainingArguments(
 logging_steps=1)`` gives the loss of every step. ``lr`` and timings are recorded every step
 regardless. HF computes ``grad_norm`` itself (before clipping) and logs it with the loss.
+
+Control (``schedule=``, ``presets=``, ``params=``, ``control=``; see ``tmon_core.control``): the
+decisions due before the optimizer step HF records as step ``k`` apply in ``on_step_begin`` (so
+``At(step=k, lr=...)`` is the ``lr`` recorded at step ``k``), on the optimizer and scheduler HF
+hands its callbacks:
+
+- parameters: through ``_torch.apply_changes``; in ``scale`` mode (default) ``lr`` rescales the
+  ``LambdaLR`` bases HF's linear/cosine/constant (warm-up) schedules are built on, so the change
+  sticks and the schedule continues its shape from the new level; ``pin`` holds the value.
+- checkpoint: ``control.should_save = True``: HF saves ``checkpoint-k`` after this step with its
+  own mechanism (weights, optimizer, scheduler, trainer state), recorded by ``on_save``. A
+  ``save_total_limit`` rotates it away like any other (then it is marked deleted).
+- rollback: model weights from the checkpoint directory's ``model.safetensors`` (or
+  ``pytorch_model.bin``, read with ``torch.load(weights_only=True)``; sharded ``.index.json``
+  too) and optimizer state from its ``optimizer.pt`` (``weights_only=True``), checked against the
+  model and optimizer before anything is loaded; the hyperparameters in effect stay, the step
+  counter and the scheduler go on. Nothing is unpickled.
+- stop: ``control.should_training_stop = True``: this step runs, then training ends as at
+  ``max_steps``; status ``completed`` with a ``stopped`` event.
+
+Under ``torchrun``/``accelerate`` process 0 decides and every process applies the same decisions
+at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over gloo).
 """
 
 from __future__ import annotations
@@ -44,6 +71,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import json
 import os
 import time
 import warnings
@@ -58,6 +86,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from typing_extensions import override
 
 from tmon_core import events as ev
+from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
+from tmon_core.control import STOPPED as STOPPED_EVENT
+from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
 from tmon_core.store.writer import json_safe
 
@@ -66,6 +97,7 @@ from ._base import (
     CallbackOptions,
     RunSession,
     TMonCallbackWarning,
+    apply_decisions,
     caller_locals,
     guarded,
     unwatch,
@@ -93,6 +125,13 @@ class TMonCallback(TrainerCallback):
             reports the norm before clipping; tmon can only measure it after, so with clipping on
             (``max_grad_norm > 0``, HF's default) this warns and leaves ``grad_norm`` to HF's logs.
         gpus: sample GPUs through NVML when present.
+        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch. ``At(step=k)``
+            applies before the optimizer step HF records as step ``k``.
+        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
+        params: name -> ``tmon_core.Param``: your own steerable knobs.
+        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
+            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
+        tags, notes: labels and free text stored with the run.
 
     Pass it in ``Trainer(callbacks=[...])``: then an exception that ends ``train()`` is seen where
     it happens. Added later with ``trainer.add_callback``, it is seen from the next ``train()`` on,
@@ -102,11 +141,15 @@ class TMonCallback(TrainerCallback):
 
     def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
                  flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
+                 schedule=None, presets: dict | None = None, params: dict | None = None,
+                 control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
         super().__init__()
         self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
                                        sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                       log_grad_norm=log_grad_norm, gpus=gpus)
+                                       log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
+                                       presets=presets, params=params, control=control, tags=tags,
+                                       notes=notes)
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._train_calls = 0  # train() calls seen by the wrapper
@@ -116,6 +159,9 @@ class TMonCallback(TrainerCallback):
 
     def _reset(self) -> None:
         self._rec = None
+        self._ctl = None
+        self._link = None
+        self._pending_saves: list = []
         self._step = 0
         self._t_step = None
         self._t_last_end = None
@@ -187,6 +233,10 @@ class TMonCallback(TrainerCallback):
             self._watch_train(self._find_trainer())  # added after construction: seen from the next train()
             watch_uncaught(session, self._current_step)  # ... and this one where it reaches the top level
         self._attach(args, state, model, optimizer)
+        if args.world_size > 1:  # every process takes part in sharing decisions, from the first step
+            from ._ddp import DecisionLink
+
+            self._link = DecisionLink(self.options)
         if self._rec is None:
             return
         self._rec.update_config(**self._config(args, state, model, optimizer, kwargs))
@@ -219,8 +269,12 @@ class TMonCallback(TrainerCallback):
 
     def _attach(self, args, state, model, optimizer) -> None:
         self._rec = self.session.recorder if self.session.writes_metrics else None
+        self._ctl = self.session.controller
         self._model = model
         self._optimizer = optimizer
+        if self._ctl is not None:
+            inner = _torch.unwrap_optimizer(optimizer)
+            self._ctl.get_value = lambda name, group: _torch.read_param([inner], name, group)
         self._step = state.global_step
         self._t_last_end = None
         clipping = bool(args.max_grad_norm) and args.max_grad_norm > 0
@@ -262,6 +316,7 @@ class TMonCallback(TrainerCallback):
             "optimizers": _torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
             "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
             "training_args": json_safe(args.to_dict()),
+            "control": self._ctl.describe() if self._ctl is not None else None,
         }
         if model is not None:
             cfg.update(_torch.model_summary(model))
@@ -291,6 +346,13 @@ class TMonCallback(TrainerCallback):
     @override
     def on_step_begin(self, args, state, control, **kwargs):
         self._t_step = _perf()
+        step = state.global_step + 1  # the step HF records this optimizer step at
+        if self._link is not None:  # several processes: process 0 decides, every process applies at this step
+            decisions = self._link.exchange(self._ctl, step)
+            if decisions:
+                self._apply(decisions, step, control, kwargs)
+        elif self._ctl is not None and step >= self._ctl.next_step:  # the hot path's one check
+            self._apply(self._ctl.due(step), step, control, kwargs)
 
     @override
     @guarded
@@ -353,6 +415,8 @@ class TMonCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._t_last_end = None
         self._epoch = int(state.epoch or 0)
+        if self._ctl is not None:
+            self._ctl.on_epoch_start(self._epoch, state.global_step + 1)
         self.session and self.session.event(ev.EPOCH_START, step=state.global_step, epoch=self._epoch)
 
     @override
@@ -383,6 +447,7 @@ class TMonCallback(TrainerCallback):
     @override
     @guarded
     def on_save(self, args, state, control, **kwargs):
+        manual, self._pending_saves = self._pending_saves, []
         if self._rec is None:
             return
         path = os.path.join(args.output_dir, f"{_CHECKPOINT_PREFIX}-{state.global_step}")
@@ -391,9 +456,20 @@ class TMonCallback(TrainerCallback):
             path = max(found, key=os.path.getmtime) if found else None
         if path is not None:
             monitor, value = self._monitored(args, state)
+            # a checkpoint asked for by control requests (several in one step share the directory)
+            description = "; ".join(d.description for d in manual if d.description) or None
+            tags = list(dict.fromkeys(t for d in manual for t in d.tags))
             self._rec.checkpoint(path, step=state.global_step, epoch=state.epoch, monitor=monitor,
-                                 monitor_value=value, source="Trainer")
+                                 monitor_value=value, source="manual" if manual else "Trainer",
+                                 description=description, tags=tags)
             self._known_ckpts.add(os.path.abspath(path))
+        for d in manual:
+            if path is None:
+                self._ctl.resolve(d, state.global_step, applied=False,
+                                  reason=f"the Trainer wrote no {_CHECKPOINT_PREFIX}-{state.global_step} directory")
+            else:
+                self._ctl.resolve(d, state.global_step, applied=True, new={"path": os.path.abspath(path)},
+                                  reason=d.description)
         self._scan_removed(args)
         self._t_last_end = _perf()
 
@@ -412,6 +488,39 @@ class TMonCallback(TrainerCallback):
         for path in [p for p in self._known_ckpts if not os.path.exists(p)]:
             self._known_ckpts.discard(path)
             self._rec.checkpoint_removed(path)
+
+    # ------------------------------------------------------------ control decisions
+    def _apply(self, decisions, step: int, control, kw: dict) -> None:
+        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step, control, kw))
+
+    def _apply_one(self, d, step: int, control, kw: dict) -> dict | None:
+        optimizer = _torch.unwrap_optimizer(_given(kw, "optimizer", self._optimizer))
+        if isinstance(d, SetParams):
+            scheduler = kw.get("lr_scheduler")
+            scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+            old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [],
+                                            d.changes, d.mode)
+            return {"old": old, "new": new}
+        if isinstance(d, SaveCheckpoint):
+            control.should_save = True  # HF saves after this step; on_save records it and resolves d
+            self._pending_saves.append(d)
+            return None
+        if isinstance(d, Rollback):
+            model = _given(kw, "model", self._model)
+            state, optimizer_state, ckpt_step = _read_hf_checkpoint(d.path)
+            if optimizer_state is not None:
+                _torch.check_optimizer_states([optimizer], [optimizer_state])
+            _torch.load_model_state(model, state, d.path)
+            if optimizer_state is not None:
+                _torch.restore_optimizer_states([optimizer], [optimizer_state])
+            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                                     "checkpoint_step": ckpt_step,
+                                                     "optimizer_restored": optimizer_state is not None},
+                    "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        if isinstance(d, Stop):
+            control.should_training_stop = True  # this step runs, then the Trainer ends as it does at max_steps
+            return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
+        raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
 
 
 _watching_classes: dict[type, type] = {}
@@ -446,6 +555,62 @@ def _watching_class(cls: type) -> type:
             "train": train, "_tmon_watches_train": True, "__module__": cls.__module__,
             "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
     return sub
+
+
+def _given(kw: dict, name: str, default):
+    value = kw.get(name)
+    return default if value is None else value
+
+
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers.utils SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+
+
+def _read_hf_checkpoint(path: str) -> tuple[dict, dict | None, int | None]:
+    """Model state, optimizer state (None when the directory has none) and step of an HF checkpoint
+    directory, or of a single weights file. safetensors and ``torch.load(weights_only=True)`` only:
+    nothing is unpickled. Raises ParamRejected with the reason when something is missing or unreadable."""
+    if os.path.isfile(path):
+        files, folder = [path], None
+    elif os.path.isdir(path):
+        folder = path
+        files = [os.path.join(path, n) for n in _WEIGHTS if os.path.isfile(os.path.join(path, n))][:1]
+        for index in (f"{n}.index.json" for n in _WEIGHTS):  # sharded: the index names the shard files
+            if not files and os.path.isfile(os.path.join(path, index)):
+                try:
+                    with open(os.path.join(path, index)) as f:
+                        shards = sorted(set(json.load(f)["weight_map"].values()))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise _torch.ParamRejected(f"cannot read {index} in {path}: {type(exc).__name__}: {exc}") from None
+                files = [os.path.join(path, os.path.basename(str(s))) for s in shards]
+        if not files:
+            raise _torch.ParamRejected(f"checkpoint {path} holds no model weights ({', '.join(_WEIGHTS)} or their "
+                                       f".index.json)")
+    else:
+        raise _torch.ParamRejected(f"checkpoint {path} does not exist")
+    state: dict = {}
+    for file in files:
+        if file.endswith(".safetensors"):
+            if not os.path.isfile(file):
+                raise _torch.ParamRejected(f"checkpoint file {file} does not exist")
+            try:
+                from safetensors.torch import load_file
+
+                state.update(load_file(file, device="cpu"))
+            except Exception as exc:
+                raise _torch.ParamRejected(f"cannot read checkpoint {file}: {type(exc).__name__}: "
+                                           f"{str(exc)[:300]}") from None
+        else:
+            state.update(_torch.load_checkpoint_file(file))
+    optimizer_state = step = None
+    if folder is not None:
+        if os.path.exists(os.path.join(folder, "optimizer.pt")):
+            optimizer_state = _torch.load_checkpoint_file(os.path.join(folder, "optimizer.pt"))
+        try:
+            with open(os.path.join(folder, "trainer_state.json")) as f:
+                step = json.load(f).get("global_step")
+        except (OSError, ValueError, AttributeError):
+            pass
+    return state, optimizer_state, step if isinstance(step, int) else None
 
 
 def _node_rank(args) -> int:
