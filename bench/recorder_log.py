@@ -7,6 +7,8 @@ the recorder get into SQLite?
 (b) sustained throughput: log N points as fast as possible (flush_interval 0.5 s), ``close()``, and
     count points / time until everything is in the store (checked with ``Run.count_points()``),
     next to raw ``sqlite3.executemany`` into a similar table. Target: >= 500k points/s.
+(c) the writer thread's CPU per flush at training-like cadences (12 and 100 metrics per step; 10,
+    170 and 1000 steps per 0.5 s flush): what the background writer costs a real run.
 
     .venv/bin/python bench/recorder_log.py [--quick]
 """
@@ -228,10 +230,26 @@ class _Clock:
 
 
 def tmon_throughput(path: str, steps: int) -> dict:
-    drain, write = _Clock(), _Clock()
-    orig_drain, orig_write = Recorder._drain, StoreWriter.write
-    Recorder._drain = drain.wrap(orig_drain)  # measurement only: the wrapped methods run unchanged
+    from sqlalchemy.engine import Connection
+
+    import tmon_core.store.writer as writer_mod
+
+    drain, write, summ, pts, sums = _Clock(), _Clock(), _Clock(), _Clock(), _Clock()
+    orig_drain, orig_write, orig_exec = Recorder._drain, StoreWriter.write, Connection.exec_driver_sql
+    orig_summarize = getattr(writer_mod, "summarize", None)
+
+    def exec_timed(self, sql, *a, **kw):  # splits the writer's SQL time into points / summaries
+        clock = pts if "INTO tmon_points" in sql else sums if "INTO tmon_summaries" in sql else None
+        if clock is None:
+            return orig_exec(self, sql, *a, **kw)
+        return clock.wrap(orig_exec)(self, sql, *a, **kw)
+
+    # measurement only: the wrapped functions run unchanged
+    Recorder._drain = drain.wrap(orig_drain)
     StoreWriter.write = write.wrap(orig_write)
+    Connection.exec_driver_sql = exec_timed
+    if orig_summarize is not None:
+        writer_mod.summarize = summ.wrap(orig_summarize)
     try:
         m = float_metrics()
         gc.collect()
@@ -247,43 +265,68 @@ def tmon_throughput(path: str, steps: int) -> dict:
         t_end = time.perf_counter()
         cpu = time.process_time() - cpu0
     finally:
-        Recorder._drain, StoreWriter.write = orig_drain, orig_write
+        Recorder._drain, StoreWriter.write, Connection.exec_driver_sql = orig_drain, orig_write, orig_exec
+        if orig_summarize is not None:
+            writer_mod.summarize = orig_summarize
     n = steps * len(m)
     with Store(path) as store:
         stored = store.run(rec.run_id).count_points()
     return {"points": n, "stored": stored, "dropped": rec.dropped, "open": t_open - t0,
             "log": t_logged - t_open, "close": t_end - t_logged, "total": t_end - t_open, "cpu": cpu,
-            "drain_wall": drain.wall, "write_wall": write.wall, "flushes": write.calls}
+            "drain_wall": drain.wall, "write_wall": write.wall, "flushes": write.calls,
+            "summarize_wall": summ.wall, "points_sql_wall": pts.wall, "summaries_sql_wall": sums.wall}
 
 
-_RAW_SCHEMA = """
-CREATE TABLE points (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, step INTEGER NOT NULL,
-                     value REAL, wall_time REAL NOT NULL);
-CREATE INDEX ix_points_series_step ON points (series_id, step);
-"""
+_FIELDS = ("series_id", "step", "seq", "value", "wall_time")
 
 
-def _raw_conn(path: str) -> sqlite3.Connection:
+def _raw_layout():
+    """DDL and INSERT for a plain-sqlite3 copy of tmon's current points table (compiled from tmon's
+    own schema, so the comparison follows schema changes), and how to order a row's fields."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from tmon_core.store.schema import PointRow
+
+    t = PointRow.__table__
+    ddl = [str(CreateTable(t).compile(dialect=sqlite_dialect.dialect()))]
+    ddl += [str(CreateIndex(ix).compile(dialect=sqlite_dialect.dialect())) for ix in t.indexes]
+    cols = []
+    for c in t.columns:
+        if c.name in _FIELDS:
+            cols.append(c.name)
+        elif not (c.primary_key and c.autoincrement is not False) and not c.nullable:
+            raise RuntimeError(f"tmon_points has a column this bench does not know how to fill: {c.name}")
+    insert = f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    idx = [_FIELDS.index(c) for c in cols]
+    pick = None if idx == list(range(len(_FIELDS))) else idx
+    return ddl, insert, pick
+
+
+def _raw_conn(path: str, ddl: list[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_RAW_SCHEMA)
+    for stmt in ddl:
+        conn.execute(stmt)
     return conn
 
 
 def raw_prebuilt(path: str, steps: int, chunk: int) -> dict:
     """executemany of rows built beforehand (not timed), one transaction per ``chunk`` rows."""
+    ddl, insert, pick = _raw_layout()
     m = float_metrics()
     sids = {k: i + 1 for i, k in enumerate(m)}
     wall = time.time()
-    rows = [(sids[k], i, v, wall) for i in range(steps) for k, v in m.items()]
+    rows = [(sids[k], i, j, v, wall) for i in range(steps) for j, (k, v) in enumerate(m.items())]
+    if pick is not None:
+        rows = [tuple(r[x] for x in pick) for r in rows]
     gc.collect()
     t0 = time.perf_counter()
-    conn = _raw_conn(path)
+    conn = _raw_conn(path, ddl)
     for j in range(0, len(rows), chunk):
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO points (series_id, step, value, wall_time) VALUES (?, ?, ?, ?)",
-                         rows[j:j + chunk])
+        conn.executemany(insert, rows[j:j + chunk])
         conn.execute("COMMIT")
     conn.close()
     total = time.perf_counter() - t0
@@ -293,27 +336,29 @@ def raw_prebuilt(path: str, steps: int, chunk: int) -> dict:
 def raw_loop(path: str, steps: int, flush_steps: int) -> dict:
     """The same producer loop as the recorder (a dict per step), single-threaded: append tuples,
     executemany + commit every ``flush_steps`` steps. No summaries, no NaN handling."""
+    ddl, insert, pick = _raw_layout()
     m = float_metrics()
     sids = {k: i + 1 for i, k in enumerate(m)}
     gc.collect()
     t0 = time.perf_counter()
-    conn = _raw_conn(path)
+    conn = _raw_conn(path, ddl)
     buf: list = []
     app = buf.append
     now = time.time
-    sql = "INSERT INTO points (series_id, step, value, wall_time) VALUES (?, ?, ?, ?)"
+    seq = 0
     for i in range(steps):
         w = now()
         for k, v in m.items():
-            app((sids[k], i, v, w))
+            app((sids[k], i, seq, v, w))
+            seq += 1
         if (i + 1) % flush_steps == 0:
             conn.execute("BEGIN")
-            conn.executemany(sql, buf)
+            conn.executemany(insert, buf if pick is None else [tuple(r[x] for x in pick) for r in buf])
             conn.execute("COMMIT")
             buf.clear()
     if buf:
         conn.execute("BEGIN")
-        conn.executemany(sql, buf)
+        conn.executemany(insert, buf if pick is None else [tuple(r[x] for x in pick) for r in buf])
         conn.execute("COMMIT")
     conn.close()
     total = time.perf_counter() - t0
@@ -352,7 +397,8 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
          num(loop_rate / 1e3, "{:,.0f}"), ratio(loop_rate, raw_rate), ""],
     ]
     table(["writer", "points", "seconds", "k points/s", "vs raw prebuilt", "target"], rows,
-          title=f"(b) sustained write throughput: {steps:,} steps x 5 metrics, median of {rounds} rounds")
+          title=f"(b) sustained write throughput: {steps:,} steps x 5 metrics, median of {rounds} rounds; raw sqlite3 "
+                f"writes into a copy of tmon's points table (same DDL, WAL, synchronous=NORMAL), no summaries")
     rows = [
         ["log() loop (main thread)", num(tm["log"], "{:.2f}"), num(tm["log"] / n * 1e6, "{:.2f}") + " us/point"],
         ["close() until all written", num(tm["close"], "{:.2f}"), ""],
@@ -360,12 +406,58 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
          num(tm["drain_wall"] / n * 1e6, "{:.2f}") + " us/point"],
         ["writer: StoreWriter.write (SQL + summaries)", num(tm["write_wall"], "{:.2f}"),
          num(tm["write_wall"] / n * 1e6, "{:.2f}") + " us/point"],
+        ["  of which INSERT INTO tmon_points", num(tm["points_sql_wall"], "{:.2f}"),
+         num(tm["points_sql_wall"] / n * 1e6, "{:.2f}") + " us/point"],
+        ["  of which summarize() (numpy)", num(tm["summarize_wall"], "{:.2f}"),
+         num(tm["summarize_wall"] / n * 1e6, "{:.2f}") + " us/point"],
+        ["  of which INSERT/UPSERT tmon_summaries", num(tm["summaries_sql_wall"], "{:.2f}"),
+         num(tm["summaries_sql_wall"] / n * 1e6, "{:.2f}") + " us/point"],
         ["process CPU (all threads)", num(tm["cpu"], "{:.2f}"), num(tm["cpu"] / n * 1e6, "{:.2f}") + " us/point"],
         ["Recorder() open (schema)", num(tm["open"], "{:.3f}"), "not in the rate"],
     ]
-    table(["tmon breakdown (median round)", "seconds", "per point"], rows,
+    table(["tmon breakdown (median round; wall time in each part)", "seconds", "per point"], rows,
           title=f"    writer flushes: {tm['flushes']}; count_points() == points logged, nothing dropped, "
                 f"every round: {ok(count_ok)}")
+
+
+def part_c(tmp: str, reps: int) -> None:
+    """The writer thread's CPU per flush at training-like cadences: a flush every 0.5 s carries
+    (steps per 0.5 s) x (metrics per step) points. Public API only: log, then ``flush()`` (the
+    writer thread does the work while this thread waits; its CPU = process CPU - this thread's)."""
+    rows = []
+    for n_series in (12, 100):
+        keys = [f"metric_{i:03d}" for i in range(n_series)]
+        for steps in (10, 170, 1000):
+            rec = Recorder(os.path.join(tmp, f"c_{n_series}_{steps}.db"), run_name="bench-flush",
+                           flush_interval=60.0, heartbeat_timeout=120.0)
+            state = {"step": 0}
+
+            def log_steps(k, rec=rec, keys=keys, state=state):
+                step = state["step"]
+                for _ in range(k):
+                    rec.log({key: 0.5 + (step % 7) * 0.01 for key in keys}, step)
+                    step += 1
+                state["step"] = step
+
+            log_steps(steps)
+            rec.flush()  # first flush creates the run and the series rows: not timed
+            cpus = []
+            for _ in range(reps):
+                log_steps(steps)
+                gc.collect()
+                c0, m0 = time.process_time(), time.thread_time()
+                rec.flush()
+                cpus.append((time.process_time() - c0) - (time.thread_time() - m0))
+            rec.close()
+            cpu = median(cpus)
+            pts = steps * n_series
+            rows.append([f"{n_series}", f"{steps:,}", f"{pts:,}", num(cpu * 1e3, "{:.2f}"), num(cpu / pts * 1e6, "{:.2f}"),
+                         num(cpu / steps * 1e6, "{:,.0f}"), num(cpu / 0.5 * 100, "{:.2f}")])
+    table(["metrics/step", "steps/flush", "points/flush", "writer CPU ms/flush", "us/point", "us/step",
+           "% of a core at 1 flush / 0.5 s"], rows,
+          title=f"(c) writer thread CPU per flush (median of {reps}): 170 steps/flush = a ~3 ms step (the Lightning "
+                f"bench), 10 = a 50 ms step, 1000 = a 0.5 ms step; the fixed part per flush (summaries for every "
+                f"series at every level, the transaction, the heartbeat) dominates at small batches")
 
 
 def main() -> int:
@@ -379,6 +471,7 @@ def main() -> int:
         part_a(tmp, n, rounds, with_tensors=True)
         part_a2(tmp, n // 2)
         part_b(tmp, steps, 1 if args.quick else 3)
+        part_c(tmp, 3 if args.quick else 10)
     return 0
 
 
