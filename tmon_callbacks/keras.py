@@ -12,13 +12,16 @@ Keras hook → what tmon records:
                                  size; finds the ``ModelCheckpoint`` callbacks of this fit; wraps
                                  ``model.train_function`` for the fit, so an exception raised by a
                                  step ends the run failed (Keras has no exception hook)
-``on_train_batch_begin``         the learning rate of the step about to run, read from the
-                                 optimizer (a ``LearningRateSchedule`` is evaluated at the
-                                 optimizer's iteration count, on the writer thread, off the hot path)
+``on_train_batch_begin``         control: applies the decisions due before this step (one
+                                 comparison when none is: see Control below); then the learning
+                                 rate of the step about to run, read from the optimizer (a
+                                 ``LearningRateSchedule`` is evaluated at the optimizer's iteration
+                                 count, on the writer thread, off the hot path)
 ``on_train_batch_end``           every batch: the ``logs`` under Keras' names (``loss``, your
                                  metrics: Keras reports them as running means over the epoch so far,
                                  as its progress bar shows them), ``lr``, ``momentum`` (SGD momentum
                                  or beta_1), ``weight_decay``, ``step_time``, ``data_time``, ``epoch``
+``on_epoch_begin``               ``epoch_start``; ``At(epoch=...)`` schedule items become due
 ``on_epoch_end``                 the epoch's logs that the batches did not carry (``val_*``, and
                                  anything callbacks added) at the step of the epoch's last batch
 ``ModelCheckpoint`` saves        ``checkpoint`` rows and events: path, step, epoch, size, the
@@ -33,6 +36,24 @@ at step ``k`` is the one that step used.
 
 An exception raised outside a step (the data pipeline, another callback) is seen when it reaches
 the top level of the script, thread or notebook cell; until then the run stays ``running``.
+
+Control (``schedule=``, ``presets=``, ``params=``, ``control=``; see ``tmon_core.control``),
+applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``lr`` recorded at ``k``):
+
+- parameters: the optimizer's own attributes (``_keras``: ``lr`` → ``learning_rate``,
+  ``momentum`` → ``momentum`` or Adam's ``beta_1``, ``betas``, ``eps`` → ``epsilon``,
+  ``weight_decay``); one the optimizer lacks is rejected with the reason. A float learning rate is
+  a variable, assigned. A ``LearningRateSchedule`` is wrapped: ``scale`` (default) multiplies the
+  schedule from now on so it continues from the new level, ``set`` holds for this step only,
+  ``pin`` for every step until the next change (``_keras.ScaledSchedule``, saved with the model).
+- checkpoint: ``model.save`` to ``tmon-<run>-step=<k>.keras`` in the first ``ModelCheckpoint``'s
+  directory (else ``./tmon-checkpoints``), recorded ``source="manual"`` with description and tags.
+- rollback: ``model.load_weights`` (Keras' loader, ``.keras`` / ``.weights.h5``: arrays only,
+  nothing unpickled) restores weights and optimizer state; the iteration count and the
+  learning-rate variable keep their current values. All or nothing: a file that does not load
+  completely leaves the model as it was, and the request is rejected with the reason.
+- stop: ``model.stop_training = True``: this step runs, then the fit ends (as ``EarlyStopping``
+  ends it); status ``completed`` with a ``stopped`` event.
 """
 
 from __future__ import annotations
@@ -55,10 +76,23 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on th
 from typing_extensions import override
 
 from tmon_core import events as ev
+from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
+from tmon_core.control import STOPPED as STOPPED_EVENT
+from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
 from tmon_core.store.writer import json_safe
 
-from ._base import CallbackOptions, RunSession, caller_locals, guarded, unwatch, watch_uncaught
+from . import _keras
+from ._base import (
+    CallbackOptions,
+    Rejected,
+    RunSession,
+    apply_decisions,
+    caller_locals,
+    guarded,
+    unwatch,
+    watch_uncaught,
+)
 
 _perf = time.perf_counter
 _PLAIN = (float, int)
@@ -116,17 +150,27 @@ class TMonCallback(keras.callbacks.Callback):
         heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
         log_grad_norm: must stay False: Keras hands callbacks no gradients.
         gpus: sample GPUs through NVML when present.
+        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch.
+        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
+        params: name -> ``tmon_core.Param``: your own steerable knobs.
+        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
+            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
+        tags, notes: labels and free text stored with the run.
 
     One instance can serve several ``fit()`` calls: each is its own run.
     """
 
     def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
                  flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True):
+                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
+                 schedule=None, presets: dict | None = None, params: dict | None = None,
+                 control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
         super().__init__()
         self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
                                        sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                       log_grad_norm=log_grad_norm, gpus=gpus)
+                                       log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
+                                       presets=presets, params=params, control=control, tags=tags,
+                                       notes=notes)
         if log_grad_norm:
             raise ValueError("log_grad_norm=True is not available with Keras: Model.fit hands callbacks no "
                              f"gradients; received log_grad_norm={log_grad_norm!r}")
@@ -136,6 +180,7 @@ class TMonCallback(keras.callbacks.Callback):
 
     def _reset(self) -> None:
         self._rec = None
+        self._ctl = None
         self._step = 0
         self._last_step = None
         self._epoch = 0
@@ -165,6 +210,9 @@ class TMonCallback(keras.callbacks.Callback):
         session = self.session = RunSession(self.options, "keras")
         self.run_id = session.run_id
         self._rec = session.recorder
+        self._ctl = session.controller
+        if self._ctl is not None:
+            self._ctl.get_value = lambda name, group: _keras.read_param(self._optimizer(), name, group)
         fit_locals = caller_locals(lambda obj: obj is model) or {}
         callback_list = caller_locals(
             lambda obj: isinstance(obj, keras.callbacks.CallbackList) and any(c is self for c in obj.callbacks))
@@ -236,6 +284,7 @@ class TMonCallback(keras.callbacks.Callback):
             "optimizers": [{"class": type(o).__name__, "config": json_safe(o.get_config())} for o in opts],
             "loss": json_safe(getattr(model, "loss", None)),
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "control": self._ctl.describe() if self._ctl is not None else None,
         }
         try:
             cfg["num_parameters"] = model.count_params()
@@ -301,6 +350,8 @@ class TMonCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self._t_batch = _perf()
         self._batch_begin = batch
+        if self._ctl is not None and self._step >= self._ctl.next_step:  # the hot path's one check
+            self._apply(self._ctl.due(self._step), self._step)
         if self._rec is None:
             return
         if self._scan_next_batch:
@@ -351,6 +402,8 @@ class TMonCallback(keras.callbacks.Callback):
         self._scan_checkpoints()  # saved at the last epoch's end by a callback listed after this one
         self._epoch = epoch
         self._t_last_end = None
+        if self._ctl is not None:
+            self._ctl.on_epoch_start(epoch, self._step)
         self._readers = self._optimizer_readers()  # a callback may have swapped the lr for a schedule
         self.session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
 
@@ -402,6 +455,50 @@ class TMonCallback(keras.callbacks.Callback):
                     self._rec.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
                                          monitor_value=value if type(value) in _PLAIN else None,
                                          source="ModelCheckpoint")
+
+
+    # ------------------------------------------------------------ control decisions
+    def _optimizer(self):
+        opts = self._optimizers()
+        if len(opts) != 1:
+            raise Rejected(f"tmon steers a model with one optimizer; this one has {len(opts)}")
+        return opts[0]
+
+    def _apply(self, decisions, step: int) -> None:
+        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step))
+
+    def _apply_one(self, d, step: int) -> dict:
+        model = self.model
+        if isinstance(d, SetParams):
+            old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
+            if any(c.name == "lr" for c in d.changes):
+                self._readers = self._optimizer_readers()  # the lr may now be another schedule object
+            return {"old": old, "new": new}
+        if isinstance(d, SaveCheckpoint):
+            folder = self._manual_dir()
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
+            model.save(path)  # Keras' own format: weights, optimizer state, config
+            self._known_ckpts[path] = os.path.getmtime(path)  # not a ModelCheckpoint file, whatever its glob
+            self._rec.checkpoint(path, step=step, epoch=self._epoch, source="manual", description=d.description,
+                                 tags=d.tags)
+            return {"new": {"path": path}, "reason": d.description}
+        if isinstance(d, Rollback):
+            _keras.load_weights(model, d.path)
+            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path},
+                    "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        if isinstance(d, Stop):
+            model.stop_training = True  # this batch runs, then fit ends as EarlyStopping ends it
+            return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
+        raise Rejected(f"unknown decision {type(d).__name__}")
+
+    def _manual_dir(self) -> str:
+        """The directory of this fit's first ModelCheckpoint (when it has no placeholders), else ./tmon-checkpoints."""
+        for cb in self._checkpoints:
+            path = cb.filepath
+            if isinstance(path, str) and "://" not in path and "{" not in os.path.dirname(path):
+                return os.path.dirname(os.path.abspath(path))
+        return os.path.abspath("tmon-checkpoints")
 
 
 __all__ = ["TMonCallback"]
