@@ -42,6 +42,9 @@ class CallbackOptions:
     control: str = "manage"
     tags: list[str] | None = None
     notes: str | None = None
+    capture_logs: bool = True  # logging records at WARNING+ and warnings.warn calls, kept with the run
+    capture_output: bool = False  # also every line printed to stdout/stderr
+    report: str = "auto"  # "auto": tmon_core.report() when the run ends (session.report); "off"
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -67,6 +70,11 @@ class CallbackOptions:
             raise ValueError(f"notes must be a string, received notes={self.notes!r}")
         if not isinstance(self.log_grad_norm, bool):
             raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
+        for name in ("capture_logs", "capture_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, received {name}={getattr(self, name)!r}")
+        if self.report not in ("auto", "off"):
+            raise ValueError(f"report must be 'auto' or 'off', received report={self.report!r}")
         if self.store is not None:
             from tmon_core.store import resolve_url
 
@@ -107,6 +115,15 @@ class RunSession:
             self.controller = opts.make_controller(self.recorder)
             self.recorder.on_requests(self.controller.offer)
         self.ended = False
+        self.report = None  # the tmon_core.Report of this run once it ended (report="auto")
+        self._capture = None
+        if self.writes_metrics and self.recorder is not None and (opts.capture_logs or opts.capture_output):
+            try:
+                from ._capture import LogCapture
+
+                self._capture = LogCapture(self.recorder, output=opts.capture_output).start()
+            except Exception as exc:
+                warn_once(self, "capture_logs", exc)
 
     def event(self, type: str, /, **kw) -> None:
         if self.writes_metrics and self.recorder is not None:
@@ -141,9 +158,25 @@ class RunSession:
         if self.ended:
             return
         self.ended = True
+        if self._capture is not None:
+            try:
+                self._capture.stop()
+            except Exception as exc:
+                warn_once(self, "capture_logs", exc)
         if self.recorder is not None:
             # a rank that only samples must leave the run's status to rank 0
             self.recorder.close(status if self.writes_metrics else None, error)
+            if self.writes_metrics and self.opts.report == "auto":
+                self._make_report()
+
+    def _make_report(self) -> None:
+        """The run's report, computed from the store once everything is written; never raises."""
+        try:
+            from tmon_core.analysis import report
+
+            self.report = report(self.run_id, store=self.recorder.url)
+        except Exception as exc:
+            warn_once(self, "report", exc)
 
 
 class Rejected(Exception):
