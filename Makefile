@@ -10,14 +10,22 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup system-deps demo test test-fast clean
 
-# System packages the test suite uses: a PostgreSQL server for the postgres tests. Installed
-# with apt when missing and running as root (CI); otherwise those tests skip with the reason.
+# System packages the test suite uses: a PostgreSQL server for the postgres tests, chromium for
+# the JupyterLab browser tests (driven by playwright's Python API; never `playwright install`).
+# Installed with apt when missing and running as root (CI); otherwise those tests skip with the reason.
 system-deps:
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
 	  else \
 	    echo "note: no PostgreSQL server here and not root: the postgres tests will skip (apt-get install postgresql)"; \
+	  fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  else \
+	    echo "note: no chromium here and not root: the browser tests will skip (apt-get install chromium)"; \
 	  fi; \
 	fi
 
