@@ -6,6 +6,7 @@ is recorded and how. Nothing here imports a framework.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -87,6 +88,28 @@ class CallbackOptions:
 
         return Controller(recorder, schedule=self.schedule, presets=self.presets, params=self.params,
                           control=self.control)
+
+
+def make_options(store, options: dict, owner: str = "TMonCallback") -> CallbackOptions:
+    """The options of an adapter's constructor, checked: an unknown name is a TypeError that
+    lists the valid ones (not swallowed), a bad value a ValueError naming it."""
+    known = {f.name for f in dataclasses.fields(CallbackOptions)} - {"store"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"its options are: store, {', '.join(sorted(known))}")
+    return CallbackOptions(store=store, **options)
+
+
+def options_signature(cls) -> None:
+    """Give ``cls.__init__(self, store=None, **options)`` the explicit signature of the options,
+    so help(), IDEs and docs show every option with its default."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("store", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    for f in dataclasses.fields(CallbackOptions):
+        if f.name != "store":
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default))
+    cls.__init__.__signature__ = inspect.Signature(params)
 
 
 class RunSession:

@@ -43,7 +43,7 @@ from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 from tmon_core.store.writer import json_safe
 
 from . import _torch
-from ._base import CallbackOptions, RunSession, guarded, warn_once
+from ._base import RunSession, guarded, make_options, options_signature, warn_once
 from ._ddp import DecisionLink
 
 _perf = time.perf_counter
@@ -108,17 +108,9 @@ def build(package: str):
         One instance can serve several ``fit()`` calls: each is its own run.
         """
 
-        def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
-                     flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                     heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
-                     schedule=None, presets: dict | None = None, params: dict | None = None,
-                     control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
+        def __init__(self, store: str | os.PathLike | None = None, **options: Any):
             super().__init__()
-            self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
-                                           sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                           log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
-                                           presets=presets, params=params, control=control, tags=tags,
-                                           notes=notes)
+            self.options = make_options(store, options)
             self.session: RunSession | None = None
             self.run_id: str | None = None
             self._logger = _TMonLogger(self)
@@ -434,7 +426,8 @@ def build(package: str):
             return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
 
     TMonCallback.__module__ = f"tmon_callbacks.{'lightning' if package == 'lightning.pytorch' else 'pytorch_lightning'}"
-    TMonCallback.__qualname__ = "TMonCallback"  # not build.<locals>.TMonCallback in state keys and reprs
+    TMonCallback.__qualname__ = "TMonCallback"
+    options_signature(TMonCallback)  # not build.<locals>.TMonCallback in state keys and reprs
     return TMonCallback
 
 

@@ -94,12 +94,13 @@ from tmon_core.store.writer import json_safe
 
 from . import _torch
 from ._base import (
-    CallbackOptions,
     RunSession,
     TMonCallbackWarning,
     apply_decisions,
     caller_locals,
     guarded,
+    make_options,
+    options_signature,
     unwatch,
     warn_once,
     watch_uncaught,
@@ -139,17 +140,9 @@ class TMonCallback(TrainerCallback):
     One instance can serve several ``train()`` calls: each is its own run.
     """
 
-    def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
-                 flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
-                 schedule=None, presets: dict | None = None, params: dict | None = None,
-                 control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
+    def __init__(self, store: str | os.PathLike | None = None, **options: Any):
         super().__init__()
-        self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
-                                       sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                       log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
-                                       presets=presets, params=params, control=control, tags=tags,
-                                       notes=notes)
+        self.options = make_options(store, options)
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._train_calls = 0  # train() calls seen by the wrapper
@@ -622,3 +615,6 @@ def _node_rank(args) -> int:
 
 
 __all__ = ["TMonCallback"]
+
+
+options_signature(TMonCallback)

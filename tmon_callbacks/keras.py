@@ -84,12 +84,13 @@ from tmon_core.store.writer import json_safe
 
 from . import _keras
 from ._base import (
-    CallbackOptions,
     Rejected,
     RunSession,
     apply_decisions,
     caller_locals,
     guarded,
+    make_options,
+    options_signature,
     unwatch,
     watch_uncaught,
 )
@@ -160,20 +161,12 @@ class TMonCallback(keras.callbacks.Callback):
     One instance can serve several ``fit()`` calls: each is its own run.
     """
 
-    def __init__(self, store: str | os.PathLike | None = None, *, run_name: str | None = None,
-                 flush_interval: float = 0.5, sample_interval: float | None = 1.0,
-                 heartbeat_timeout: float = 30.0, log_grad_norm: bool = False, gpus: bool = True,
-                 schedule=None, presets: dict | None = None, params: dict | None = None,
-                 control: str = "manage", tags: list[str] | None = None, notes: str | None = None):
+    def __init__(self, store: str | os.PathLike | None = None, **options: Any):
         super().__init__()
-        self.options = CallbackOptions(store=store, run_name=run_name, flush_interval=flush_interval,
-                                       sample_interval=sample_interval, heartbeat_timeout=heartbeat_timeout,
-                                       log_grad_norm=log_grad_norm, gpus=gpus, schedule=schedule,
-                                       presets=presets, params=params, control=control, tags=tags,
-                                       notes=notes)
-        if log_grad_norm:
+        self.options = make_options(store, options)
+        if self.options.log_grad_norm:
             raise ValueError("log_grad_norm=True is not available with Keras: Model.fit hands callbacks no "
-                             f"gradients; received log_grad_norm={log_grad_norm!r}")
+                             f"gradients; received log_grad_norm={self.options.log_grad_norm!r}")
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._reset()
@@ -502,3 +495,6 @@ class TMonCallback(keras.callbacks.Callback):
 
 
 __all__ = ["TMonCallback"]
+
+
+options_signature(TMonCallback)
