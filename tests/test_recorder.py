@@ -164,3 +164,21 @@ def test_a_value_that_fails_to_convert_costs_only_itself(store_url):
     assert x[4] != x[4]  # NaN, and said
     assert any("could not be converted" in p for p in rec.problems)
     assert len(run.metrics("y")) == 10
+
+
+def test_tensors_are_converted_in_bulk_not_one_by_one(store_url):
+    torch = pytest.importorskip("torch")
+
+    class Counted(torch.Tensor):
+        calls = 0
+
+        def __float__(self):
+            Counted.calls += 1
+            return super().__float__()
+
+    rec = Recorder(store_url, flush_interval=0.05)
+    for s in range(50):
+        rec.log({"loss": torch.tensor(float(s)).as_subclass(Counted)}, step=s)
+    rec.close()
+    assert open_store(store_url).run(rec.run_id).metrics("loss").value.tolist() == [float(s) for s in range(50)]
+    assert Counted.calls == 0  # one stacked transfer per flush, never a per-value __float__ (a GPU sync each)

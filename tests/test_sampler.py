@@ -96,3 +96,32 @@ def test_nvml_gpu_figures_and_torch_allocator(store_url):
     assert len(g) >= 2 and (g.mem_total > g.mem_used).all() and (g.mem_used > 256 * 1024 * 1024).all()
     assert (g.torch_allocated >= 256 * 1024 * 1024).all()
     del x
+
+
+def test_children_forked_by_another_thread_are_seen_at_every_sample():
+    """fit_in_background trains in a thread: its dataloader workers are that thread's children."""
+    import threading
+
+    ctx = mp.get_context("fork")
+    workers, ready, done = [], threading.Event(), threading.Event()
+
+    def trainer_thread():
+        workers.extend(ctx.Process(target=_sleep, args=(5,)) for _ in range(3))
+        for w in workers:
+            w.start()
+        ready.set()
+        done.wait(10)  # the thread stays alive, as a training thread does
+
+    t = threading.Thread(target=trainer_thread)
+    t.start()
+    ready.wait(5)
+    try:
+        collector = ProcessCollector(full_scan_every=30)
+        counts = [collector.collect()["children_count"] for _ in range(10)]
+        assert counts == [3] * 10
+    finally:
+        for w in workers:
+            w.terminate()
+            w.join()
+        done.set()
+        t.join()

@@ -66,7 +66,7 @@ def _prepare_value(key: str, v: Any) -> Any:
     if _is_tensor(v):
         if v.numel() != 1:
             raise TypeError(f"metric {key!r}: a tensor value must hold one element, received shape {tuple(v.shape)}")
-        return v.detach()
+        return v.detach() if v.requires_grad else v  # detach only costs where there is a graph to drop
     if hasattr(v, "__float__") and not isinstance(v, (str, bytes)):
         return v
     raise TypeError(
@@ -82,10 +82,13 @@ def _to_floats(values: list) -> tuple[list[float], int]:
     in bulk, one transfer per device. A value whose ``__float__`` fails at flush time (an
     adapter may hand over lazily evaluated values) becomes NaN and is counted: one bad value
     never costs the rest of the batch."""
-    try:
-        return np.fromiter(values, dtype=np.float64, count=len(values)).tolist(), 0
-    except (TypeError, ValueError, RuntimeError):
-        pass
+    torch = sys.modules.get("torch")
+    if torch is None or not any(isinstance(v, torch.Tensor) for v in values):
+        # (np.fromiter would take tensors too, one __float__ each: a device sync per value on a GPU)
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(values)).tolist(), 0
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            pass
     out = list(values)
     pending = []
     bad = 0
@@ -95,6 +98,8 @@ def _to_floats(values: list) -> tuple[list[float], int]:
         elif type(v) is not float:
             try:
                 out[i] = float(v)
+            except OverflowError:  # an int beyond float range: the nearest float is ±inf
+                out[i] = (math.inf if v > 0 else -math.inf) if isinstance(v, int) else math.nan
             except Exception:
                 out[i] = math.nan
                 bad += 1
@@ -120,7 +125,7 @@ def _convert_tensors(pending: list[tuple[list, int, Any]]) -> None:
         t = item[2]
         groups.setdefault((t.device, t.dtype), []).append(item)
     for items in groups.values():
-        stacked = torch.stack([t.reshape(()) for _, _, t in items])
+        stacked = torch.stack([t if t.dim() == 0 else t.reshape(()) for _, _, t in items])
         floats = stacked.to(device="cpu", dtype=torch.float64).tolist()
         for (target, idx, _), f in zip(items, floats):
             target[idx] = f
@@ -239,7 +244,10 @@ class Recorder:
         elif type(step) is not int or step < 0:
             step = self._check_step(step)
         self._next_step = step + 1
-        self._metrics.append((step, _now(), copy if copy is not None else metrics.copy()))
+        if copy is None:  # only Python floats and ints: the writer can take the entry as a numpy row
+            self._metrics.append((step, _now(), metrics.copy(), True))
+        else:
+            self._metrics.append((step, _now(), copy, False))
 
     @staticmethod
     def _check_step(step: Any) -> int:
@@ -433,26 +441,48 @@ class Recorder:
         points = batch.points
         metrics = self._metrics
         popleft = metrics.popleft
-        get = points.get
+        entries = [popleft() for _ in range(len(metrics))]
+        # entries of plain numbers with the same keys (nearly all of them: an adapter logs the same
+        # keys every step) become one 2-D array; the rest (tensors, numpy scalars, lazy values) go
+        # value by value, tensors in bulk per device
+        groups: dict[tuple, list] = {}
+        slow: dict[str, tuple[list, list, list]] = {}
+        chunks: dict[str, list[tuple]] = {}
         last = -1
-        for _ in range(len(metrics)):
-            step, wall, d = popleft()
-            if step > last:
-                last = step
-            for k, v in d.items():
-                ser = get(k)
-                if ser is None:
-                    ser = points[k] = ([], [], [])
-                ser[0].append(step)
-                ser[1].append(v)
-                ser[2].append(wall)
-        batch.last_step = last if last >= 0 else None
-        for key, (steps, values, walls) in points.items():
+        for e in entries:
+            if e[0] > last:
+                last = e[0]
+            if e[3]:
+                groups.setdefault(tuple(e[2]), []).append(e)
+            else:
+                for k, v in e[2].items():
+                    ser = slow.get(k)
+                    if ser is None:
+                        ser = slow[k] = ([], [], [])
+                    ser[0].append(e[0])
+                    ser[1].append(v)
+                    ser[2].append(e[1])
+        for keys, group in groups.items():
+            n = len(group)
+            steps = np.fromiter((e[0] for e in group), dtype=np.int64, count=n)
+            walls = np.fromiter((e[1] for e in group), dtype=np.float64, count=n)
+            try:
+                table = np.array([tuple(e[2].values()) for e in group], dtype=np.float64)
+                columns = [table[:, j] for j in range(len(keys))]
+            except (OverflowError, TypeError, ValueError):  # an int beyond float range: value by value
+                columns = [np.asarray(_to_floats([e[2][k] for e in group])[0]) for k in keys]
+            for k, col in zip(keys, columns):
+                chunks.setdefault(k, []).append((steps, col, walls))
+        for key, (steps, values, walls) in slow.items():
             floats, bad = _to_floats(values)
-            points[key] = (steps, floats, walls)
             if bad:
                 self._problem(f"tmon: {bad} value(s) of metric {key!r} could not be converted to a number; "
                               f"stored as NaN")
+            chunks.setdefault(key, []).append((np.asarray(steps, dtype=np.int64), np.asarray(floats, dtype=np.float64),
+                                               np.asarray(walls, dtype=np.float64)))
+        for key, parts in chunks.items():
+            points[key] = parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
+        batch.last_step = last if last >= 0 else None
         ops = self._ops
         for _ in range(len(ops)):
             kind, payload = ops.popleft()
@@ -506,9 +536,11 @@ class Recorder:
         excess = total - self.max_buffer
         if excess > 0:
             dropped = 0
-            for s, v, w in batch.points.values():
+            for key, (s, v, w) in list(batch.points.items()):
                 cut = min(len(s), -(-excess * len(s) // total))  # each series gives up its share
-                del s[:cut], v[:cut], w[:cut]
+                keep = np.argsort(w, kind="stable")[cut:]  # the oldest go
+                keep.sort()
+                batch.points[key] = (s[keep], v[keep], w[keep])
                 dropped += cut
             self.dropped += dropped
             self._problem(f"tmon dropped the {dropped} oldest unwritten points of run {self.run_id}: "

@@ -53,8 +53,10 @@ class ProcessCollector(Collector):
                 pids.update(c.pid for c in self._proc.children(recursive=True))
             except psutil.Error:
                 pass
-        elif not self._fast:
-            pids.update(self._children)  # between slow scans, keep the last known children
+        else:
+            # between full scans keep the children found before (e.g. workers forked by another
+            # thread than the main one, which the fast path does not see); dead ones drop out below
+            pids.update(self._children)
         self._n += 1
         return pids
 

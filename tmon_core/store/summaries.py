@@ -43,7 +43,7 @@ class Buckets:
 
 def _merge(keys: np.ndarray, src: Buckets) -> Buckets:
     """Group ``src`` rows by ``keys`` (already sorted ascending) into one bucket per key."""
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    starts = np.concatenate(([0], np.flatnonzero(keys[1:] != keys[:-1]) + 1))  # np.r_ is 4x slower here
     lo_nan = np.isnan(src.min_v)
     lo = np.where(lo_nan, np.inf, src.min_v)
     # primary: key, then value, then real values before NaN placeholders (a real +inf wins)
@@ -52,7 +52,7 @@ def _merge(keys: np.ndarray, src: Buckets) -> Buckets:
     hi_nan = np.isnan(src.max_v)
     hi = np.where(hi_nan, -np.inf, src.max_v)
     o_hi = np.lexsort((~hi_nan, hi, keys))
-    ends = np.r_[starts[1:], len(keys)] - 1
+    ends = np.append(starts[1:], len(keys)) - 1
     last = o_hi[ends]
     return Buckets(
         bucket=keys[starts],
@@ -74,5 +74,11 @@ def summarize(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[
     levels = [_merge(steps // SUMMARY_BASE, raw)]
     for _ in range(1, SUMMARY_LEVELS):
         prev = levels[-1]
-        levels.append(_merge(prev.bucket // SUMMARY_FACTOR, prev))
+        if len(prev.bucket) == 1:
+            # one bucket already: every coarser level holds the same row under its own bucket
+            # number (most levels of a typical flush; ~15 numpy calls saved per level)
+            levels.append(Buckets(prev.bucket // SUMMARY_FACTOR, prev.n, prev.n_nan, prev.min_v, prev.min_s,
+                                  prev.min_w, prev.max_v, prev.max_s, prev.max_w))
+        else:
+            levels.append(_merge(prev.bucket // SUMMARY_FACTOR, prev))
     return levels

@@ -65,7 +65,8 @@ def json_safe(obj: Any, _depth: int = 0) -> Any:
 class Batch:
     """What the writer thread collected since the last successful write."""
 
-    points: dict[str, tuple[list, list, list]] = field(default_factory=dict)  # key -> steps, values, walls
+    # key -> (steps int64, values float64, wall times float64): numpy arrays, end to end
+    points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     gpu_samples: list[dict] = field(default_factory=list)
@@ -87,10 +88,9 @@ class Batch:
     def absorb(self, newer: Batch) -> None:
         """Append a newer batch to this (older, unwritten) one."""
         for key, (s, v, w) in newer.points.items():
-            mine = self.points.setdefault(key, ([], [], []))
-            mine[0].extend(s)
-            mine[1].extend(v)
-            mine[2].extend(w)
+            mine = self.points.get(key)
+            self.points[key] = (s, v, w) if mine is None else tuple(
+                np.concatenate((a, b)) for a, b in zip(mine, (s, v, w)))
         self.events += newer.events
         self.samples += newer.samples
         self.gpu_samples += newer.gpu_samples
@@ -233,24 +233,23 @@ class StoreWriter:
             self._series[key] = sid
         return sid
 
-    def _write_points(self, conn, points: dict[str, tuple[list, list, list]]) -> None:
+    def _write_points(self, conn, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         rows: list[tuple] = []
         summary_rows: list[tuple] = []
-        for key, (steps, values, walls) in points.items():
-            if not steps:
+        for key, (s, v, w) in points.items():
+            n = len(s)
+            if not n:
                 continue
             sid = self._series_id(conn, key)
-            s = np.asarray(steps, dtype=np.int64)
-            v = np.asarray(values, dtype=np.float64)
-            w = np.asarray(walls, dtype=np.float64)
             nan = np.isnan(v)
-            stored = values
             if nan.any():  # NaN is stored as NULL (what SQLite would do anyway, made explicit)
                 stored = v.astype(object)
                 stored[nan] = None
                 stored = stored.tolist()
-            n = len(steps)
-            rows.extend(zip(itertools.repeat(sid, n), steps, range(self._seq, self._seq + n), stored, walls))
+            else:
+                stored = v.tolist()
+            rows.extend(zip(itertools.repeat(sid, n), s.tolist(), range(self._seq, self._seq + n), stored,
+                            w.tolist()))
             self._seq += n
             for level, b in enumerate(summarize(s, v, w)):
                 summary_rows.extend(b.rows(sid, level))
