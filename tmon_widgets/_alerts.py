@@ -1,0 +1,85 @@
+"""Alerts raised live: NaN/inf loss, memory above the warning threshold, an OOM, a failed step, a
+rejected request, a store outage, a lost run. Each is raised once (per run and kind of cause)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+#: host RAM and GPU memory, as a fraction of the total: drawn on the Hardware tab, alerted above warning
+RAM_WARNING, RAM_CRITICAL = 0.90, 0.97
+GPU_MEM_WARNING, GPU_MEM_CRITICAL = 0.90, 0.97
+#: GPU temperature (°C)
+GPU_TEMP_WARNING, GPU_TEMP_CRITICAL = 83.0, 90.0
+
+#: event types that raise an alert, with its level
+EVENT_ALERTS = {"oom": "critical", "exception": "critical", "request_rejected": "warning", "store_gap": "warning",
+                "interrupt": "warning"}
+
+
+def is_loss_key(key: str) -> bool:
+    return "loss" in key.lower()
+
+
+class Alerts:
+    """The alerts of the runs a Monitor shows, oldest first."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+        self._seen: set = set()
+        self._seen_events: set = set()
+
+    def add(self, run_id: str, kind: str, message: str, *, level: str = "warning", step=None, dedupe=None) -> bool:
+        key = (run_id, kind, dedupe if dedupe is not None else message)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.items.append({"run_id": run_id, "kind": kind, "level": level, "message": message, "step": step,
+                           "time": time.time()})
+        return True
+
+    def nonfinite(self, run_id: str, key: str, step, value) -> None:
+        if is_loss_key(key):
+            what = "NaN" if isinstance(value, float) and math.isnan(value) else "inf"
+            self.add(run_id, "nan_loss", f"{key} is {what} at step {step}", level="critical", step=step, dedupe=key)
+
+    def from_events(self, run_id: str, events) -> None:
+        """Alerts for the run's events (a DataFrame from ``Run.events()``), each event once."""
+        if events is None or not len(events):
+            return
+        for row in events.itertuples(index=False):
+            level = EVENT_ALERTS.get(row.type)
+            if level is None:
+                continue
+            ident = (run_id, row.type, row.wall_time, row.message)
+            if ident in self._seen_events:
+                continue
+            self._seen_events.add(ident)
+            step = None if row.step is None or str(row.step) == "<NA>" else int(row.step)
+            msg = row.message or row.type
+            label = {"oom": "out of memory", "exception": "training failed", "request_rejected": "request rejected",
+                     "store_gap": "store outage", "interrupt": "interrupted"}[row.type]
+            self.add(run_id, row.type, f"{label}: {msg}"[:300], level=level, step=step, dedupe=ident)
+
+    def from_sample(self, run_id: str, host: dict | None, gpus: list[dict]) -> None:
+        """Alerts for the latest hardware sample of a run (host dict, list of per-GPU dicts)."""
+        if host:
+            used, total = host.get("ram_used"), host.get("ram_total")
+            if _num(used) and _num(total) and total > 0 and used / total >= RAM_WARNING:
+                self.add(run_id, "memory", f"host RAM at {100 * used / total:.0f}% "
+                                          f"(warning at {100 * RAM_WARNING:.0f}%)", dedupe="ram")
+        for g in gpus:
+            used, total = g.get("mem_used"), g.get("mem_total")
+            if _num(used) and _num(total) and total > 0 and used / total >= GPU_MEM_WARNING:
+                self.add(run_id, "memory", f"GPU {g.get('gpu')} memory at {100 * used / total:.0f}% "
+                                          f"(warning at {100 * GPU_MEM_WARNING:.0f}%)", dedupe=f"gpu{g.get('gpu')}")
+            temp = g.get("temperature_c")
+            if _num(temp) and temp >= GPU_TEMP_WARNING:
+                self.add(run_id, "temperature", f"GPU {g.get('gpu')} at {temp:.0f} °C", dedupe=f"t{g.get('gpu')}")
+
+    def for_run(self, run_id: str) -> list[dict]:
+        return [a for a in self.items if a["run_id"] == run_id]
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,182 @@
+"""One metric of one run as a chart holds it: at most ``max_points`` points, extremes kept, grown by
+incremental reads of only the new rows.
+
+The first read asks the store for a min/max-downsampled series (``Run.metrics(key, max_points)``,
+which reads the summaries kept at write time: a few hundred rows however long the run). Each later
+read asks for the rows after the last step held (``Run.metrics(key, start=last + 1)``). When the
+points held pass ``max_points`` they are folded into buckets of a power-of-two step width, each
+keeping its smallest and largest value: the cost of a refresh depends on the points that arrived
+since the last one and on ``max_points``, never on the length of the run. Bucket edges stay put as
+the run grows (the width only doubles), so a live line does not shimmer.
+
+No ipywidgets here: tests and the benchmark use it as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_EMPTY_I = np.empty(0, dtype=np.int64)
+_EMPTY_F = np.empty(0, dtype=np.float64)
+
+
+def minmax_downsample(x: np.ndarray, y: np.ndarray, max_points: int, width: float | None = None,
+                      origin: float = 0.0) -> tuple[np.ndarray, float]:
+    """Indices of the points to keep so that at most ``max_points`` remain, and the bucket width used.
+
+    ``x`` ascending. Buckets are ``width`` wide (a power of two times the smallest width that fits,
+    or ``width`` when given and wide enough); each keeps the index of its smallest and of its
+    largest finite ``y``; a bucket with no finite value keeps its first point (a NaN stays visible).
+    """
+    n = len(x)
+    if n <= max_points:
+        return np.arange(n), width or 0.0
+    buckets = max(1, max_points // 2)
+    need = (float(x[-1] - x[0]) + 1.0) / buckets
+    w = width if width and width >= need else 0.0
+    if not w:
+        w = 2.0 ** math.ceil(math.log2(max(need, 1e-12)))
+    while True:
+        b = np.floor((x - origin) / w).astype(np.int64)
+        if b[-1] - b[0] + 1 <= buckets:
+            break
+        w *= 2
+    finite = np.isfinite(y)
+    key = np.where(finite, y, np.inf)
+    order = np.lexsort((key, b))  # by bucket, then value; non-finite last in each bucket
+    bs = b[order]
+    starts = np.flatnonzero(np.r_[True, bs[1:] != bs[:-1]])
+    counts = np.add.reduceat(finite[order].astype(np.int64), starts)
+    lo = order[starts]
+    hi = order[starts + np.maximum(counts, 1) - 1]
+    keep = np.unique(np.concatenate([lo, hi]))
+    return keep, w
+
+
+class Series:
+    """The points of ``key`` in ``run`` that a chart shows, kept current by :meth:`update`.
+
+    ``start``/``end`` (steps) bound the series (a zoomed view); ``window`` keeps only the last
+    ``window`` steps (a "last N steps" view). ``nonfinite`` collects the (step, value) of NaN/inf
+    values seen in raw reads since the caller last cleared it (for live alerts).
+    """
+
+    def __init__(self, run, key: str, max_points: int = 2000, *, start: int | None = None, end: int | None = None,
+                 window: int | None = None):
+        if not isinstance(max_points, int) or max_points < 4:
+            raise ValueError(f"max_points must be an int >= 4, received max_points={max_points!r}")
+        self.run, self.key, self.max_points = run, key, max_points
+        self.start, self.end, self.window = start, end, window
+        self.step, self.value, self.wall = _EMPTY_I, _EMPTY_F, _EMPTY_F
+        self.last_step: int | None = None  # the last step read from the store
+        self.width = 0.0
+        self.nonfinite: list[tuple[int, float]] = []
+        self.reads = 0  # store reads made (for tests and the benchmark)
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def _lower(self, last: int | None) -> int | None:
+        if self.window is not None and last is not None:
+            lo = last - self.window + 1
+            return lo if self.start is None else max(lo, self.start)
+        return self.start
+
+    def load(self, last_hint: int | None = None) -> bool:
+        """(Re)read the series, downsampled by the store. True when it holds points."""
+        if self.window is not None and last_hint is None:
+            tail = self.run.tail(self.key, 1)
+            last_hint = int(tail.step.iloc[-1]) if len(tail) else None
+        self.reads += 1
+        df = self.run.metrics(self.key, max_points=self.max_points, start=self._lower(last_hint), end=self.end)
+        self._set(df.step.to_numpy(np.int64), df.value.to_numpy(np.float64), df.wall_time.to_numpy(np.float64))
+        self.width = 0.0
+        self.last_step = int(self.step[-1]) if len(self.step) else None
+        if self.window is not None and self.last_step is not None:
+            self._trim()
+        self._fold()
+        return len(self.step) > 0
+
+    def update(self, last_hint: int | None = None) -> bool:
+        """Read the points after the last step held; True when something changed.
+
+        ``last_hint``: the run's last step, when known; a gap wider than a few times ``max_points``
+        (a tab hidden for an hour) is read downsampled rather than row by row.
+        """
+        if self.last_step is None:
+            return self.load(last_hint)
+        if self.end is not None and self.last_step >= self.end:
+            return False
+        if last_hint is not None and last_hint - self.last_step > 4 * self.max_points:
+            return self.load(last_hint)
+        self.reads += 1
+        df = self.run.metrics(self.key, start=self.last_step + 1, end=self.end)
+        if not len(df):
+            return False
+        step = df.step.to_numpy(np.int64)
+        value = df.value.to_numpy(np.float64)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            self.nonfinite += list(zip(step[bad].tolist(), value[bad].tolist()))
+        self._set(np.concatenate([self.step, step]), np.concatenate([self.value, value]),
+                  np.concatenate([self.wall, df.wall_time.to_numpy(np.float64)]))
+        self.last_step = int(step[-1])
+        if self.window is not None:
+            self._trim()
+        self._fold()
+        return True
+
+    def _set(self, step, value, wall) -> None:
+        self.step, self.value, self.wall = step, value, wall
+
+    def _trim(self) -> None:
+        lo = self._lower(self.last_step)
+        if lo is not None and len(self.step) and self.step[0] < lo:
+            i = int(np.searchsorted(self.step, lo))
+            self._set(self.step[i:], self.value[i:], self.wall[i:])
+
+    def _fold(self) -> None:
+        if len(self.step) <= self.max_points:
+            return
+        keep, self.width = minmax_downsample(self.step.astype(np.float64), self.value, self.max_points, self.width)
+        self._set(self.step[keep], self.value[keep], self.wall[keep])
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average with TensorBoard's debiasing; NaN/inf points are skipped (kept as NaN)."""
+    if weight <= 0 or not len(values):
+        return values
+    out = np.full(len(values), np.nan)
+    last, num = 0.0, 0
+    for i, v in enumerate(values.tolist()):
+        if not math.isfinite(v):
+            continue
+        last = last * weight + (1 - weight) * v
+        num += 1
+        out[i] = last / (1 - weight**num)
+    return out
+
+
+def epoch_axis(steps: np.ndarray, epoch_steps: np.ndarray, epoch_values: np.ndarray) -> np.ndarray:
+    """Fractional epochs for ``steps``, from the run's ``epoch`` series.
+
+    Integer epochs (Lightning, Keras: the epoch of each step) become ``e + fraction of the epoch's
+    steps done``; fractional ones (HF) are interpolated as they are.
+    """
+    ok = np.isfinite(epoch_values)
+    es, ev = epoch_steps[ok], epoch_values[ok]
+    if not len(es):
+        return np.full(len(steps), np.nan)
+    if not np.all(np.equal(np.mod(ev, 1), 0)):
+        return np.interp(steps, es, ev)
+    epochs = np.unique(ev)
+    first = np.array([es[ev == e].min() for e in epochs], dtype=np.float64)
+    # where each epoch ends: the next epoch's first step; the last epoch gets the previous one's length
+    lengths = np.diff(first)
+    tail = lengths[-1] if len(lengths) else max(1.0, float(es[ev == epochs[-1]].max() - first[-1] + 1))
+    edges = np.r_[first, first[-1] + tail]
+    idx = np.clip(np.searchsorted(first, steps, side="right") - 1, 0, len(epochs) - 1)
+    frac = (steps - edges[idx]) / np.maximum(edges[idx + 1] - edges[idx], 1.0)
+    return epochs[idx] + np.clip(frac, 0.0, 0.999)

@@ -1,0 +1,171 @@
+"""The Hardware tab: CPU, RAM (with the dataloader workers' share), swap, and per GPU memory,
+utilization, power and temperature over time; warning/critical thresholds drawn; events marked.
+
+Samples are read every few seconds (``Run.samples()``/``gpu_samples()``) and at most
+``max_points`` per line reach the browser (min/max per time bucket).
+"""
+
+from __future__ import annotations
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+
+from . import _alerts as al
+from . import _format as f
+from ._series import minmax_downsample
+
+GB = 1e9
+#: events marked on the hardware charts
+EVENT_COLORS = {"checkpoint": "#2ca02c", "param_change": "#ff7f0e", "rollback": "#d62728", "oom": "#d62728",
+                "exception": "#d62728", "stopped": "#555555", "store_gap": "#e69500"}
+
+
+class _TimeChart:
+    def __init__(self, title: str, ylabel: str, xs, ymin=None, ymax=None):
+        self.ys = bq.LinearScale(min=ymin, max=ymax)
+        self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
+        self.fig = bq.Figure(
+            title=title, marks=[], animation_duration=0, legend_location="top-left",
+            axes=[bq.Axis(scale=xs, label="seconds since the run started", num_ticks=6, grid_lines="dashed"),
+                  bq.Axis(scale=self.ys, orientation="vertical", label=ylabel, tick_format=".3g",
+                          grid_lines="dashed")],
+            fig_margin={"top": 36, "bottom": 42, "left": 60, "right": 14},
+            layout=widgets.Layout(height="240px", width="auto", min_width="320px"))
+        self.lines: dict[str, bq.Lines] = {}
+        self.thresholds: list[bq.Lines] = []
+        self.events = bq.Lines(x=np.zeros((1, 2)), y=np.array([[0.0, 1.0]]), scales={"x": xs, "y": self.rule_scale},
+                               colors=["#999999"], line_style="dotted", visible=False, preserve_domain={"x": True})
+        self.xs = xs
+
+    def set_line(self, name: str, x: np.ndarray, y: np.ndarray, color: str, max_points: int, style="solid") -> None:
+        line = self.lines.get(name)
+        if line is None:
+            line = self.lines[name] = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
+                                               colors=[color], labels=[name], display_legend=True, line_style=style,
+                                               stroke_width=1.5)
+            self._marks()
+        keep, _ = minmax_downsample(x, y, max_points)
+        with line.hold_sync():
+            line.x, line.y = x[keep], y[keep]
+
+    def threshold(self, warning: float, critical: float) -> None:
+        for value, color, label in ((warning, "#e69500", "warning"), (critical, "#d62728", "critical")):
+            self.thresholds.append(bq.Lines(x=np.array([0.0, 1.0]), y=np.array([value, value]),
+                                            scales={"x": self.rule_scale, "y": self.ys}, colors=[color],
+                                            line_style="dashed", labels=[f"{label} {value:g}"], display_legend=True,
+                                            stroke_width=1))
+        self._marks()
+
+    def mark_events(self, x: np.ndarray, colors: list[str]) -> None:
+        if not len(x):
+            self.events.visible = False
+            return
+        with self.events.hold_sync():
+            self.events.x = np.repeat(x[:, None], 2, axis=1)
+            self.events.y = np.tile(np.array([[0.0, 1.0]]), (len(x), 1))
+            self.events.colors = colors
+            self.events.visible = True
+
+    def _marks(self) -> None:
+        self.fig.marks = list(self.lines.values()) + self.thresholds + [self.events]
+
+
+class HardwareTab:
+    def __init__(self, monitor):
+        self.mon = monitor
+        self.xs = bq.LinearScale()
+        self.note = widgets.HTML()
+        self.cpu = _TimeChart("CPU", "% of all cores", self.xs, ymin=0.0)
+        self.ram = _TimeChart("RAM", "% of host RAM", self.xs, ymin=0.0, ymax=100.0)
+        self.ram.threshold(100 * al.RAM_WARNING, 100 * al.RAM_CRITICAL)
+        self.swap = _TimeChart("swap", "GB used", self.xs, ymin=0.0)
+        self.gpu_mem = _TimeChart("GPU memory", "% of GPU memory", self.xs, ymin=0.0, ymax=100.0)
+        self.gpu_mem.threshold(100 * al.GPU_MEM_WARNING, 100 * al.GPU_MEM_CRITICAL)
+        self.gpu_util = _TimeChart("GPU utilization", "%", self.xs, ymin=0.0, ymax=100.0)
+        self.gpu_power = _TimeChart("GPU power", "W", self.xs, ymin=0.0)
+        self.gpu_temp = _TimeChart("GPU temperature", "°C", self.xs)
+        self.gpu_temp.threshold(al.GPU_TEMP_WARNING, al.GPU_TEMP_CRITICAL)
+        lay = widgets.Layout(grid_template_columns="repeat(2, minmax(320px, 1fr))", width="100%", grid_gap="4px")
+        self.host_grid = widgets.GridBox([self.cpu.fig, self.ram.fig, self.swap.fig], layout=lay)
+        self.gpu_grid = widgets.GridBox([self.gpu_mem.fig, self.gpu_util.fig, self.gpu_power.fig, self.gpu_temp.fig],
+                                        layout=lay)
+        self.gpu_box = widgets.VBox([widgets.HTML("<b>GPUs</b>"), self.gpu_grid])
+        self.summary = widgets.HTML()
+        self.widget = widgets.VBox([self.note, self.summary, self.host_grid, self.gpu_box])
+        self.samples = None
+        self.gpus = None
+
+    def read(self) -> None:
+        """Read the primary run's samples and raise memory alerts on the latest ones (monitor lock held)."""
+        rs = self.mon.runs[0]
+        self.samples = rs.run.samples()
+        self.gpus = rs.run.gpu_samples()
+        host = self.samples.iloc[-1].to_dict() if len(self.samples) else None
+        gpus = []
+        if len(self.gpus):
+            last = self.gpus.wall_time.max()
+            gpus = [r._asdict() for r in self.gpus[self.gpus.wall_time >= last - 1e-6].itertuples(index=False)]
+        self.mon.alerts.from_sample(rs.id, host, gpus)
+
+    def render(self) -> None:
+        if not self.mon.runs or self.samples is None:
+            return
+        rs = self.mon.runs[0]
+        t0 = float(rs.info.get("created_at") or 0.0)
+        s, g = self.samples, self.gpus
+        mp = self.mon.max_points
+        if not len(s):
+            self.note.value = f.note("no hardware samples for this run (sampling off: sample_interval=None, or "
+                                     "none written yet)")
+        else:
+            self.note.value = ""
+            nodes = list(s.groupby(["host", "node_rank"], dropna=False))
+            multi = len(nodes) > 1
+            for i, ((host, rank), part) in enumerate(nodes):
+                tag = f" {host}:{rank}" if multi else ""
+                color = f.PALETTE[i % len(f.PALETTE)]
+                x = part.wall_time.to_numpy(np.float64) - t0
+                total = part.ram_total.to_numpy(np.float64, na_value=np.nan)
+
+                def col(name, part=part):
+                    return part[name].to_numpy(np.float64, na_value=np.nan)
+
+                self.cpu.set_line("cpu" + tag, x, col("cpu_percent"), color, mp)
+                self.ram.set_line("host used" + tag, x, 100 * col("ram_used") / total, color, mp)
+                self.ram.set_line("this process" + tag, x, 100 * col("proc_rss") / total, f.PALETTE[(i + 1) % 10], mp,
+                                  "dashed")
+                self.ram.set_line("dataloader workers" + tag, x, 100 * col("children_rss") / total,
+                                  f.PALETTE[(i + 2) % 10], mp, "dotted")
+                self.swap.set_line("swap" + tag, x, col("swap_used") / GB, color, mp)
+            last = s.iloc[-1]
+            self.summary.value = ("latest: " + " · ".join([
+                f"CPU {f.number(last.cpu_percent, 3)}%",
+                f"RAM {f.size(last.ram_used)} of {f.size(last.ram_total)}",
+                f"process {f.size(last.proc_rss)}",
+                f"workers {f.size(last.children_rss)} ({f.number(last.children_count)} processes)",
+                f"swap {f.size(last.swap_used)}"]))
+        if g is None or not len(g):
+            self.gpu_box.children = [widgets.HTML("<b>GPUs</b>"), widgets.HTML(f.note(
+                "no GPU samples: no NVIDIA GPU seen by NVML on the training machine, or gpus=False"))]
+        else:
+            self.gpu_box.children = [widgets.HTML("<b>GPUs</b>"), self.gpu_grid]
+            for i, ((host, rank, gpu), part) in enumerate(g.groupby(["host", "node_rank", "gpu"], dropna=False)):
+                tag = f"GPU {gpu}" + (f" {host}:{rank}" if g.host.nunique() > 1 or g.node_rank.nunique() > 1 else "")
+                color = f.PALETTE[i % len(f.PALETTE)]
+                x = part.wall_time.to_numpy(np.float64) - t0
+
+                def col(name, part=part):
+                    return part[name].to_numpy(np.float64, na_value=np.nan)
+
+                self.gpu_mem.set_line(tag, x, 100 * col("mem_used") / col("mem_total"), color, mp)
+                self.gpu_util.set_line(tag, x, col("util_percent"), color, mp)
+                self.gpu_power.set_line(tag, x, col("power_watts"), color, mp)
+                self.gpu_temp.set_line(tag, x, col("temperature_c"), color, mp)
+        ev = self.mon.events
+        if ev is not None and len(ev):
+            part = ev[ev.type.isin(list(EVENT_COLORS))]
+            x = part.wall_time.to_numpy(np.float64) - t0
+            colors = [EVENT_COLORS[t] for t in part.type]
+            for chart in (self.cpu, self.ram, self.swap, self.gpu_mem, self.gpu_util, self.gpu_power, self.gpu_temp):
+                chart.mark_events(x, colors)

@@ -1,0 +1,363 @@
+"""``Monitor``: a live view of a tmon run in a notebook, and the controls to steer it.
+
+>>> from tmon_widgets import Monitor
+>>> Monitor()                          # the latest run of the default store     # doctest: +SKIP
+>>> Monitor(run_id, store=url)         # any run, e.g. one training on another machine into PostgreSQL
+>>> Monitor(runs=[a, b, c])            # compare runs
+
+Reads through ``tmon_core``'s query and control APIs only. A thread of its own refreshes the view
+every ``interval`` seconds (0.5 by default) with incremental reads, so charts move while
+``trainer.fit()`` blocks the cell and when the run is written by another process; at most
+``max_points`` points per line reach the browser, and each line's x and y travel in one message
+(``hold_sync``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import traceback
+import weakref
+
+import ipywidgets as widgets
+
+from tmon_core.store import Run, Store, open_store
+
+from . import _format as f
+from . import _live
+from ._alerts import Alerts
+from ._control import Control
+from ._runs import RunState
+from .checkpoints import CheckpointsTab
+from .events import EventsTab
+from .hardware import HardwareTab
+from .header import Header
+from .metrics import MetricsTab
+from .parameters import ParametersTab
+from .report import ReportTab
+
+TAB_TITLES = ("Metrics", "Hardware", "Checkpoints", "Parameters", "Report", "Events")
+#: seconds between reads of what changes slowly (events, latest values, run list, hardware, requests)
+SLOW_INTERVAL = 2.0
+#: the main thread must be inside a cell this long before the controls say clicks would queue
+BUSY_AFTER = 1.0
+
+_monitors: weakref.WeakSet = weakref.WeakSet()
+
+
+class Monitor(widgets.VBox):
+    """A live view of one run (or several, compared), with controls that steer it.
+
+    Args:
+        run: a run id, a unique prefix of one, a run name, ``"latest"`` or a ``tmon_core.Run``;
+            default: the latest run of the store (the Monitor waits for one if there is none yet).
+        store: a store URL, a SQLite path or an open ``tmon_core.Store``; default ``$TMON_STORE`` or
+            ``sqlite:///tmon.db``.
+        runs: several runs to compare (overlaid on the same charts; the first one is steered).
+        interval: seconds between refreshes; None: no refresh thread (call :meth:`refresh`).
+        max_points: the most points per line sent to the browser.
+        metrics: the metric keys shown first (default: the loss family, validation metrics, lr).
+        x: ``"step"``, ``"epoch"`` or ``"time"``.
+    """
+
+    def __init__(self, run=None, *, store=None, runs=None, interval: float | None = 0.5, max_points: int = 2000,
+                 metrics: list[str] | None = None, x: str = "step", _resolve=None, _waiting: str | None = None):
+        super().__init__()
+        if interval is not None and (not isinstance(interval, (int, float)) or interval < 0.05):
+            raise ValueError(f"interval must be >= 0.05 seconds or None, received interval={interval!r}")
+        if not isinstance(max_points, int) or isinstance(max_points, bool) or max_points < 4:
+            raise ValueError(f"max_points must be an int >= 4, received max_points={max_points!r}")
+        if run is not None and runs is not None:
+            raise ValueError("give run= or runs=, not both")
+        self.lock = threading.RLock()
+        self.interval, self.max_points = interval, max_points
+        self._own_store = not isinstance(store, Store)
+        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        self.runs: list[RunState] = []
+        self.alerts = Alerts()
+        self.events = None  # the primary run's events (a DataFrame), read every SLOW_INTERVAL
+        self.latest: dict[str, dict] = {}  # run id -> {key: (step, value)}
+        self.updating = False
+        self.busy = False
+        self._busy_since: float | None = None
+        self._busy_probe = _live.main_thread_in_cell
+        self.refresh_count = 0
+        self.last_refresh_s = 0.0
+        self._last_slow = -1e9
+        self._value_cache: dict = {}
+        self._error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.control = Control(self)
+
+        refs = list(runs) if runs is not None else ([run] if run is not None else [])
+        self._resolve = _resolve
+        self.waiting_for = _waiting or f"waiting for a run in {self.store}"
+        if not refs and _resolve is None:
+            self._resolve = self._latest_id
+        self.header = Header(self)
+        self.metrics = MetricsTab(self, metrics=metrics, x=x)
+        self.hardware = HardwareTab(self)
+        self.checkpoints = CheckpointsTab(self)
+        self.parameters = ParametersTab(self)
+        self.report = ReportTab(self)
+        self.events_tab = EventsTab(self)
+        self._tabs = [self.metrics, self.hardware, self.checkpoints, self.parameters, self.report, self.events_tab]
+        self.tabs = widgets.Tab(children=[t.widget for t in self._tabs], titles=TAB_TITLES)
+        self.tabs.observe(self._on_tab, names="selected_index")
+        self.footer = widgets.HTML()
+        self.children = [self.header.widget, self.tabs, self.footer]
+        self.add_class("tmon-monitor")
+        if refs:
+            self._attach(refs)
+        self.refresh(slow=True)
+        _monitors.add(self)
+        if interval is not None:
+            self._thread = threading.Thread(target=self._loop, name="tmon-monitor", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ runs
+    def _latest_id(self) -> str | None:
+        r = self.store.latest_run()
+        return r.id if r is not None else None
+
+    def _run(self, ref) -> Run:
+        if isinstance(ref, Run):
+            return ref if ref.store is self.store else self.store.run(ref.id)
+        if ref == "latest":
+            r = self.store.latest_run()
+            if r is None:
+                raise KeyError(f"{self.store} holds no runs yet")
+            return r
+        return self.store.run(ref)
+
+    def _attach(self, refs) -> None:
+        seen = {rs.id for rs in self.runs}
+        for ref in refs:
+            run = self._run(ref)
+            if run.id in seen:
+                continue
+            seen.add(run.id)
+            self.runs.append(RunState(run, f.PALETTE[len(self.runs) % len(f.PALETTE)]))
+        self.metrics._dirty = True
+
+    def set_overlays(self, run_ids: list[str]) -> None:
+        """Show these runs over the primary one (compare mode); [] shows the primary run alone."""
+        with self.lock:
+            if not self.runs:
+                return
+            self.runs = self.runs[:1]
+            self._attach(run_ids)
+            self.metrics._drop_series()
+            self.metrics._dirty = True
+            self._last_slow = -1e9
+        self.refresh()
+
+    def run_name(self, run_id: str) -> str:
+        return next((rs.name for rs in self.runs if rs.id == run_id), run_id[:8])
+
+    @property
+    def run(self) -> Run | None:
+        """The primary run (the one the controls steer)."""
+        return self.runs[0].run if self.runs else None
+
+    # ------------------------------------------------------------------ helpers for the tabs
+    @contextlib.contextmanager
+    def quiet(self):
+        """Set widget values without their observers acting as if the user had changed them."""
+        prev, self.updating = self.updating, True
+        try:
+            yield
+        finally:
+            self.updating = prev
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def loss_key(self) -> str | None:
+        keys = self.metrics.keys
+        if "loss" in keys:
+            return "loss"
+        cands = [k for k in keys if "loss" in k and not k.startswith(("val", "eval", "test"))]
+        return sorted(cands, key=len)[0] if cands else None
+
+    def value_at(self, key: str, step: int):
+        """The last value of ``key`` logged at or before ``step`` in the primary run (cached)."""
+        ck = (self.runs[0].id, key, step)
+        if ck in self._value_cache:
+            return self._value_cache[ck]
+        try:
+            df = self.runs[0].run.metrics(key, start=max(0, step - 256), end=step)
+        except KeyError:
+            return None
+        v = float(df.value.iloc[-1]) if len(df) else None
+        self._value_cache[ck] = v
+        return v
+
+    # ------------------------------------------------------------------ refresh
+    def refresh(self, slow: bool = False) -> float:
+        """Read what changed and update the view; returns the seconds it took."""
+        with self.lock:
+            t0 = time.perf_counter()
+            try:
+                self._refresh(slow)
+                self._error = None
+            except Exception as exc:
+                self._error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self.footer.value = f.note(f"refresh failed: {f.esc(self._error)} (retrying)", "error")
+                raise
+            else:
+                if self.footer.value and "refresh failed" in self.footer.value:
+                    self.footer.value = ""
+            self.last_refresh_s = time.perf_counter() - t0
+            self.refresh_count += 1
+            return self.last_refresh_s
+
+    def _refresh(self, slow: bool) -> None:
+        if not self.runs and self._resolve is not None:
+            rid = self._resolve()
+            if rid:
+                self._attach([rid])
+                slow = True
+        if not self.runs:
+            self.header.render()
+            return
+        for rs in self.runs:
+            rs.refresh()
+        now = time.monotonic()
+        slow = slow or now - self._last_slow >= SLOW_INTERVAL
+        if slow:
+            self._last_slow = now
+            self._read_slow()
+        self._update_busy()
+        visible = self._tabs[self.tabs.selected_index or 0]
+        if visible is self.metrics or slow:
+            self.metrics.refresh(slow)
+        if slow and (visible is self.hardware or self.refresh_count % 5 == 0):
+            self.hardware.read()
+        if visible is self.hardware and slow:
+            self.hardware.render()
+        polled = self.control.poll() if self.control.pending else False
+        for tab in (self.checkpoints, self.parameters):
+            tab.banner.value = self.control.banner("manage")
+            if visible is tab and (slow or polled or self.control.pending):
+                tab.refresh()
+        if visible is self.events_tab and slow:
+            self.events_tab.refresh()
+        if visible is self.report:
+            self.report.refresh()
+        note = None
+        if self.busy and self.runs[0].running:
+            note = ("⏳ this kernel is busy running a cell: the charts keep updating, but clicks on the controls "
+                    "are queued until the cell ends (Parameters tab says how to steer now)")
+        self.header.render(note)
+
+    def _read_slow(self) -> None:
+        primary = self.runs[0]
+        self.events = primary.run.events()
+        self.alerts.from_events(primary.id, self.events)
+        for rs in self.runs:
+            self.latest[rs.id] = rs.run.latest()
+            if "epoch" in self.latest[rs.id]:
+                rs.epoch = self.latest[rs.id]["epoch"][1]
+            rs.measure_rate(list(self.latest[rs.id]))
+            if rs.status == "lost":
+                self.alerts.add(rs.id, "lost", f"no heartbeat for {rs.info.get('heartbeat_timeout', 0):.0f} s: "
+                                               "the training process may be gone", level="critical", dedupe="lost")
+        if self.runs:
+            self.metrics.update_overlay_options(self.store.runs())
+
+    def _update_busy(self) -> None:
+        try:
+            in_cell = self._busy_probe()
+        except Exception:
+            in_cell = False
+        now = time.monotonic()
+        if not in_cell:
+            self._busy_since = None
+            self.busy = False
+            return
+        if self._busy_since is None:
+            self._busy_since = now
+        self.busy = now - self._busy_since >= BUSY_AFTER
+
+    def refresh_tab(self, tab) -> None:
+        with self.lock:
+            if self.runs:
+                tab.refresh()
+
+    def _on_tab(self, change) -> None:
+        idx = change["new"]
+        if idx is None:
+            return
+        tab = self._tabs[idx]
+        try:
+            with self.lock:
+                if not self.runs:
+                    return
+                if tab is self.hardware:
+                    self.hardware.read()
+                    self.hardware.render()
+                elif tab is self.metrics:
+                    self.metrics.refresh(True)
+                else:
+                    tab.refresh()
+        except Exception as exc:
+            self.footer.value = f.note(f"{TAB_TITLES[idx]}: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
+
+    def select(self, title: str) -> None:
+        """Show the tab called ``title`` (``"Metrics"``, ``"Hardware"``, ``"Checkpoints"``...)."""
+        self.tabs.selected_index = TAB_TITLES.index(title)
+
+    # ------------------------------------------------------------------ the refresh thread
+    def _loop(self) -> None:
+        final_ticks = 0
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.wait(self.interval if failures == 0 else min(30.0, self.interval * 2**failures))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+                failures = 0
+            except Exception:
+                failures += 1
+                continue
+            if self.runs and all(rs.final for rs in self.runs) and not self.control.pending:
+                final_ticks += 1
+                if final_ticks >= 3:  # a few more reads: the last points are written with the status
+                    break
+            else:
+                final_ticks = 0
+        self._thread = None
+
+    @property
+    def live(self) -> bool:
+        """True while the refresh thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop_refresh(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop_refresh()
+        super().close()
+        if self._own_store:
+            self.store.close()
+
+    # ------------------------------------------------------------------ export
+    def export_csv(self, path=None) -> str:
+        """Write every point of the visible series (long format) to ``path`` (default: a new file here)."""
+        with self.lock:
+            return self.metrics.export_csv(path)
+
+    def __repr__(self) -> str:
+        runs = ", ".join(f"{rs.name} ({rs.status})" for rs in self.runs) or self.waiting_for
+        return f"Monitor({runs})"
