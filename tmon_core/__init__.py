@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from . import events, keys
+from .analysis import Report, report
 from .control import At, Param, Request
 from .diff import CheckpointDiff, CheckpointError, diff  # note: tmon_core.diff is the function
 from .recorder import Recorder, TMonStoreWarning
@@ -22,8 +23,8 @@ from .store import Run, Store, StoreVersionError, open_store
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "CheckpointDiff", "CheckpointError", "HardwareSampler", "Param", "Recorder", "Request", "diff", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
-    "events", "keys", "latest_run", "open_store", "runs", "__version__",
+    "At", "CheckpointDiff", "CheckpointError", "HardwareSampler", "Param", "Recorder", "Report", "Request", "diff", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
+    "events", "keys", "latest_run", "open_store", "report", "runs", "__version__",
 ]
 
 

@@ -1,0 +1,320 @@
+"""Everything the rules read about one run, loaded once through the query API.
+
+Series are read whole up to ``RAW_STEPS`` steps; beyond that the loss is still read whole (the
+first NaN step must be exact), other series as min/max summaries of ``DOWNSAMPLED`` points (they
+keep every extreme, so peaks and stalls still show) and their steady-state statistics come from
+the last ``TAIL`` points.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from .. import events as ev
+from .. import keys as K
+from .model import Thresholds
+from .terms import framework_of, terms_for
+
+RAW_STEPS = 200_000
+DOWNSAMPLED = 20_000
+TAIL = 20_000
+LOSS_KEYS = (K.LOSS, "train_loss_step", "train_loss", "loss_step")
+#: validation loss keys, in the order they are looked for (then any key with val/eval and loss)
+VAL_LOSS_KEYS = ("val_loss", "eval_loss", "val_loss_epoch", "validation_loss", "valid_loss", "test_loss")
+
+
+@dataclass
+class Series:
+    key: str
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64, NaN where NaN was logged
+    walls: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def finite(self) -> Series:
+        ok = np.isfinite(self.values)
+        return Series(self.key, self.steps[ok], self.values[ok], self.walls[ok])
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _int(v: Any) -> int | None:
+    f = _num(v)
+    return int(f) if f is not None and f == int(f) else None
+
+
+class RunData:
+    def __init__(self, run, thresholds: Thresholds):
+        self.run = run
+        self.t = thresholds
+        self.info = run.info()
+        self.config: dict = self.info.get("config") or {}
+        self.framework = framework_of(self.info)
+        self.terms = terms_for(self.framework, self.config)
+        self.status: str = self.info["status"]
+        self.keys = set(run.metric_keys())
+        self.last_step: int | None = self.info.get("last_step")
+        self.big = (self.last_step or 0) > RAW_STEPS
+        self._series: dict[tuple, Series | None] = {}
+
+    # ------------------------------------------------------------------ series
+    def series(self, key: str, *, full: bool = False, tail: bool = False) -> Series | None:
+        """Metric ``key`` (None when the run has none): whole, or for long runs downsampled
+        (``full`` forces the whole series, ``tail`` gives the last points instead)."""
+        if key not in self.keys:
+            return None
+        mode = "full" if full or not self.big else "tail" if tail else "down"
+        cache_key = (key, mode)
+        if cache_key not in self._series:
+            if mode == "full":
+                df = self.run.metrics(key)
+            elif mode == "tail":
+                df = self.run.tail(key, TAIL)
+            else:
+                df = self.run.metrics(key, max_points=DOWNSAMPLED)
+            self._series[cache_key] = Series(key, df.step.to_numpy(np.int64), df.value.to_numpy(np.float64),
+                                             df.wall_time.to_numpy(np.float64))
+        return self._series[cache_key]
+
+    @cached_property
+    def loss(self) -> Series | None:
+        for key in LOSS_KEYS:
+            s = self.series(key, full=True)
+            if s is not None and len(s):
+                return s
+        return None
+
+    @cached_property
+    def val_loss(self) -> Series | None:
+        candidates = [k for k in VAL_LOSS_KEYS if k in self.keys]
+        candidates += sorted(k for k in self.keys if k not in candidates and "loss" in k.lower()
+                             and any(p in k.lower() for p in ("val", "eval", "valid")))
+        for key in candidates:
+            s = self.series(key)
+            if s is not None and len(s):
+                return s
+        return None
+
+    @cached_property
+    def lr(self) -> Series | None:
+        return self.series(K.LR)
+
+    def lr_at(self, step: int) -> float | None:
+        """The learning rate in effect at ``step`` (the last one recorded at or before it)."""
+        s = self.lr
+        if s is None or not len(s):
+            return None
+        i = int(np.searchsorted(s.steps, step, side="right")) - 1
+        return _num(s.values[max(i, 0)])
+
+    @cached_property
+    def timing(self) -> dict[str, np.ndarray] | None:
+        """Per step: ``step``, ``step_time`` and ``data_time`` (NaN where not recorded), steady state."""
+        st = self.series(K.STEP_TIME, tail=True)
+        if st is None or not len(st):
+            return None
+        dt = self.series(K.DATA_TIME, tail=True)
+        data = np.full(len(st), np.nan)
+        if dt is not None and len(dt):
+            idx = np.searchsorted(dt.steps, st.steps)
+            idx_c = np.clip(idx, 0, len(dt) - 1)
+            hit = dt.steps[idx_c] == st.steps
+            data[hit] = dt.values[idx_c[hit]]
+        return {"step": st.steps, "step_time": st.values, "data_time": data, "wall": st.walls}
+
+    # ------------------------------------------------------------------ tables
+    @cached_property
+    def samples(self):
+        return self.run.samples()
+
+    @cached_property
+    def gpu(self):
+        return self.run.gpu_samples()
+
+    @cached_property
+    def events(self):
+        return self.run.events()
+
+    @cached_property
+    def logs(self):
+        return self.run.logs()
+
+    @cached_property
+    def checkpoints(self):
+        return self.run.checkpoints()
+
+    def events_of(self, *types: str):
+        e = self.events
+        return e[e.type.isin(types)] if not e.empty else e
+
+    # ------------------------------------------------------------------ configuration
+    @cached_property
+    def batch_size(self) -> int | None:
+        return _int(self.terms.batch_size().current)
+
+    @cached_property
+    def accumulation(self) -> int:
+        return _int(self.terms.accumulation().current) or 1
+
+    @cached_property
+    def precision(self) -> str:
+        p = self.config.get("precision")
+        return str(p) if p is not None else "32-true"
+
+    @cached_property
+    def fp16(self) -> bool:
+        return self.precision.startswith("16") or self.precision in ("fp16", "float16", "mixed_float16")
+
+    @cached_property
+    def full_precision(self) -> bool:
+        return self.precision in ("32-true", "32", "float32", "64-true", "64", "float64") or self.precision == "None"
+
+    @cached_property
+    def num_workers(self) -> int | None:
+        return _int(self.terms.num_workers().current)
+
+    @cached_property
+    def num_parameters(self) -> int | None:
+        return _int(self.config.get("num_parameters"))
+
+    # ------------------------------------------------------------------ time
+    @cached_property
+    def duration(self) -> float:
+        end = self.info.get("ended_at") or self.info.get("heartbeat_at") or time.time()
+        return max(0.0, end - self.info["created_at"])
+
+    @cached_property
+    def steps_done(self) -> int | None:
+        return None if self.last_step is None else int(self.last_step) + 1
+
+    # ------------------------------------------------------------------ hardware
+    @cached_property
+    def gpu_peaks(self) -> list[dict]:
+        """Per GPU: name, peak memory used (NVML) and total, peak torch allocation, mean utilization."""
+        g = self.gpu
+        out = []
+        if g.empty:
+            return out
+        for (host, node, gpu), part in g.groupby(["host", "node_rank", "gpu"], dropna=False):
+            used = part.mem_used.astype(float)
+            total = part.mem_total.astype(float).max()
+            if used.notna().any():
+                i = used.idxmax()
+                peak, at_wall = float(used[i]), float(part.wall_time[i])
+            else:
+                peak = at_wall = None
+            alloc = part.torch_max_allocated.astype(float)
+            util = part.util_percent.astype(float)
+            out.append({
+                "host": host, "node_rank": int(node), "gpu": int(gpu), "name": part.name.dropna().iloc[0]
+                if part.name.notna().any() else None, "samples": len(part),
+                "peak_mem_bytes": peak, "mem_total_bytes": _num(total), "peak_at": at_wall,
+                "peak_fraction": peak / total if peak is not None and total and total > 0 else None,
+                "torch_peak_allocated_bytes": _num(alloc.max()) if alloc.notna().any() else None,
+                "mean_util_percent": _num(util.mean()) if util.notna().any() else None,
+            })
+        return out
+
+    @cached_property
+    def gpu_peak(self) -> dict | None:
+        """The GPU whose memory came closest to full."""
+        peaks = [p for p in self.gpu_peaks if p["peak_fraction"] is not None]
+        return max(peaks, key=lambda p: p["peak_fraction"]) if peaks else None
+
+    @cached_property
+    def host_peak(self) -> dict | None:
+        s = self.samples
+        if s.empty or not s.ram_used.notna().any() or not s.ram_total.notna().any():
+            return None
+        frac = s.ram_used.astype(float) / s.ram_total.astype(float)
+        i = frac.idxmax()
+        row = s.loc[i]
+        swap = s.swap_used.astype(float)
+        kids = s.children_count.astype(float).fillna(0)
+        return {
+            "samples": len(s), "ram_used_bytes": float(row.ram_used), "ram_total_bytes": float(row.ram_total),
+            "fraction": float(frac[i]), "wall_time": float(row.wall_time),
+            "step": _int(row.step), "proc_rss_bytes": _num(row.proc_rss), "workers_rss_bytes": _num(row.children_rss),
+            "workers": _int(row.children_count) or 0,
+            "peak_proc_rss_bytes": _num(s.proc_rss.max()),
+            "peak_workers_rss_bytes": _num(s.children_rss.max()), "max_workers": int(kids.max()),
+            "swap_start_bytes": _num(swap.dropna().iloc[0]) if swap.notna().any() else None,
+            "swap_peak_bytes": _num(swap.max()) if swap.notna().any() else None,
+            "cpu_mean_percent": _num(s.cpu_percent.astype(float).mean()),
+        }
+
+    def memory_at(self, wall_time: float | None) -> dict | None:
+        """The hardware sample nearest ``wall_time``: host RAM, swap, process and workers' RSS, and
+        each GPU's memory and utilization then; ``offset_s`` is how far the sample is from that time."""
+        if wall_time is None:
+            return None
+        out: dict[str, Any] = {}
+        s = self.samples
+        if not s.empty:
+            walls = s.wall_time.to_numpy(float)
+            i = _nearest(walls, wall_time)
+            row = s.iloc[i]
+            out.update({
+                "sample_time": float(walls[i]), "offset_s": round(float(walls[i] - wall_time), 3),
+                "ram_used_bytes": _num(row.ram_used), "ram_total_bytes": _num(row.ram_total),
+                "ram_fraction": _num(row.ram_used / row.ram_total) if _num(row.ram_total) else None,
+                "swap_used_bytes": _num(row.swap_used), "proc_rss_bytes": _num(row.proc_rss),
+                "workers_rss_bytes": _num(row.children_rss), "workers": _int(row.children_count),
+                "cpu_percent": _num(row.cpu_percent),
+            })
+        g = self.gpu
+        if not g.empty:
+            walls = g.wall_time.to_numpy(float)
+            i = _nearest(walls, wall_time)
+            at = g[g.wall_time == walls[i]]
+            out["gpus"] = [{"gpu": int(r.gpu), "mem_used_bytes": _num(r.mem_used), "mem_total_bytes": _num(r.mem_total),
+                            "util_percent": _num(r.util_percent), "torch_allocated_bytes": _num(r.torch_allocated)}
+                           for r in at.itertuples()]
+            out.setdefault("sample_time", float(walls[i]))
+            out.setdefault("offset_s", round(float(walls[i] - wall_time), 3))
+        return out or None
+
+    # ------------------------------------------------------------------ what the logs and events say
+    @cached_property
+    def log_entries(self) -> list[dict]:
+        from .rules.logs import collect
+
+        return collect(self)
+
+    @cached_property
+    def ooms(self) -> list[dict]:
+        """Every sign of an out-of-memory error: oom events, the run's error, log lines."""
+        return [e for e in self.log_entries if e["category"] == "oom"]
+
+    @cached_property
+    def failure(self) -> dict | None:
+        err = self.info.get("error")
+        return err if isinstance(err, dict) else None
+
+    def failed_step(self) -> int | None:
+        e = self.events_of(ev.EXCEPTION, ev.OOM)
+        if not e.empty and e.step.notna().any():
+            return int(e.step.dropna().iloc[-1])
+        return self.last_step
+
+
+def _nearest(sorted_values: np.ndarray, x: float) -> int:
+    i = int(np.searchsorted(sorted_values, x))
+    if i <= 0:
+        return 0
+    if i >= len(sorted_values):
+        return len(sorted_values) - 1
+    return i if sorted_values[i] - x < x - sorted_values[i - 1] else i - 1
