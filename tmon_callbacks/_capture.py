@@ -93,9 +93,9 @@ class LogCapture:
             self.skipped += 1
             return
         self.stored += 1
-        nxt = self.recorder._next_step  # the step the run is at, as the hardware sampler reads it
+        # the step being computed: one past the last step recorded (0 before the first)
         self.recorder.log_record(level, message[:MAX_MESSAGE], logger=logger, source=source,
-                                 step=nxt - 1 if nxt > 0 else None, wall_time=wall_time)
+                                 step=self.recorder._next_step, wall_time=wall_time)
 
 
 def _dispatch(level: str, message: str, logger: str | None, source: str, output: bool = False) -> None:

@@ -9,8 +9,8 @@
   when the CPU is saturated (>= ``cpu_saturated``, 90 %) or the run is input-bound (same advice),
   info otherwise (the model or batch is small for the GPU).
 * ``throughput.stalls`` — steps taking >= ``stall_factor`` (10) × the median and >= ``stall_min_s``
-  (1 s), away from validation, checkpoints and epoch boundaries: warning when they cost >= 10 % of
-  the training time, info otherwise. Mostly waiting for data: a deeper prefetch (or workers).
+  (1 s), away from validation, checkpoints and epoch boundaries: warning when 3 or more cost >= 10 %
+  of the training time, info otherwise. Mostly waiting for data: a deeper prefetch (or workers).
 * ``throughput.uneven`` (info) — (p90 - p10) / median step time > ``step_time_spread`` (1.0), for
   steps of at least ``min_step_s``.
 """
@@ -183,7 +183,8 @@ def _stalls(d):
     spent = float(total.sum())
     data_part = float(data[keep].sum() / max(1e-12, total[keep].sum()))
     worst = int(np.argmax(np.where(keep, total, -1)))
-    sev = WARNING if spent > 0 and lost / spent >= 0.10 else INFO
+    # one hiccup is not a pattern: a warning takes 3 stalls costing 10 % of the time
+    sev = WARNING if int(keep.sum()) >= 3 and spent > 0 and lost / spent >= 0.10 else INFO
     evidence = {"count": int(keep.sum()), "steps": [int(s) for s in steps[:20]], "stall_time_s": lost,
                 "share_of_training": lost / spent if spent else None, "median_step_s": median, "limit_s": limit,
                 "longest_step": int(st.steps[worst]), "longest_s": float(total[worst]),
