@@ -97,10 +97,11 @@ class JupyterLab:
                 with urllib.request.urlopen(self.url + "/api/status", timeout=2) as r:
                     json.load(r)
                 break
-            except Exception:
+            except Exception as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("JupyterLab did not start:\n" + (root / "jupyterlab.log").read_text()[-3000:])
+                    raise RuntimeError("JupyterLab did not start:\n"
+                                       + (root / "jupyterlab.log").read_text()[-3000:]) from exc
                 time.sleep(0.3)
 
     def stop(self) -> None:
@@ -135,5 +136,19 @@ def run_all(page) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
-def kernel_idle(page) -> bool:
-    return page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
+def cells_running(page) -> bool:
+    """True while a cell of the open notebook is queued or running (its prompt shows ``[*]``).
+
+    The kernel's status is no guide: with ipykernel 7 the widget comm messages handled beside a
+    busy cell report ``idle`` while the cell still runs.
+    """
+    return page.evaluate("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                         ".some(p => p.textContent.includes('*'))")
+
+
+def dismiss_notifications(page) -> None:
+    """Close JupyterLab's 'news' toast so it does not cover screenshots."""
+    try:
+        page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").first.click(timeout=1000)
+    except Exception:
+        pass

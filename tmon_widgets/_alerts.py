@@ -56,7 +56,7 @@ class Alerts:
                 continue
             self._seen_events.add(ident)
             step = None if row.step is None or str(row.step) == "<NA>" else int(row.step)
-            msg = row.message or row.type
+            msg = row.message if isinstance(row.message, str) and row.message else row.type
             label = {"oom": "out of memory", "exception": "training failed", "request_rejected": "request rejected",
                      "store_gap": "store outage", "interrupt": "interrupted"}[row.type]
             self.add(run_id, row.type, f"{label}: {msg}"[:300], level=level, step=step, dedupe=ident)

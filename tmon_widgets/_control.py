@@ -54,7 +54,10 @@ class Sent:
         if self.status == "applied":
             i = self.info
             change = ""
-            if i.get("new_value") not in (None, {}, []):
+            new = i.get("new_value")
+            if self.kind == "checkpoint" and isinstance(new, dict) and new.get("path"):
+                change = f": saved <code>{f.esc(str(new['path']))}</code>"
+            elif new not in (None, {}, []):
                 change = f": {f.esc(f.number(i.get('old_value')))} → {f.esc(f.number(i.get('new_value')))}"
             return f.note(f"{head}: <b>applied at step {i.get('applied_step')}</b>{change}", "ok")
         return f.note(f"{head}: <b>rejected</b>: {f.esc(str(self.info.get('reason')))}", "error")

@@ -17,6 +17,13 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 esc = html.escape
 
 
+def text(v: Any) -> str:
+    """A cell of a DataFrame as text: None, NaN and pandas' NA read as ''."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NAType", "NaTType"):
+        return ""
+    return str(v)
+
+
 def badge(text: str, color: str) -> str:
     return (f'<span style="background:{color};color:white;border-radius:8px;padding:1px 8px;'
             f'font-size:0.85em;font-weight:600">{esc(text)}</span>')

@@ -71,10 +71,11 @@ class CheckpointsTab:
         rows = []
         for r in df.itertuples(index=False):
             step = None if str(r.step) == "<NA>" else int(r.step)
-            row = {"id": r.id, "step": step, "epoch": r.epoch, "source": r.source,
-                   "monitor": f"{r.monitor} = {f.number(r.monitor_value)}" if r.monitor else "",
+            row = {"id": r.id, "step": step, "epoch": r.epoch,
+                   "monitor": f"{r.monitor} = {f.number(r.monitor_value)}" if f.text(r.monitor) else "",
                    "size": f.size(r.size_bytes), "tags": ", ".join(r.tags or []),
-                   "description": r.description or "", "file": os.path.basename(r.path)}
+                   "description": f.text(r.description), "file": os.path.basename(r.path),
+                   "source": f.text(r.source)}
             if loss_key and step is not None:
                 row[loss_key] = self.mon.value_at(loss_key, step)
             rows.append(row)

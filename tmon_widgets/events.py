@@ -41,7 +41,7 @@ class EventsTab:
             part = ev if want is None else ev[ev.type.isin(list(want))]
             for r in part.tail(SHOWN).iloc[::-1].itertuples(index=False):
                 rows.append({"at": f.clock(r.wall_time), "step": None if str(r.step) == "<NA>" else int(r.step),
-                             "type": r.type, "message": (r.message or "")[:300]})
+                             "type": r.type, "message": f.text(r.message)[:300]})
         self.events.value = f.table(rows, ["at", "step", "type", "message"], empty="no events")
         try:
             logs = rs.run.logs()
@@ -51,5 +51,6 @@ class EventsTab:
         if logs is not None and len(logs):
             for r in logs.tail(SHOWN).iloc[::-1].itertuples(index=False):
                 rows.append({"at": f.clock(r.wall_time), "step": None if str(r.step) == "<NA>" else int(r.step),
-                             "level": r.level, "from": r.logger or r.source, "message": (r.message or "")[:500]})
+                             "level": r.level, "from": f.text(r.logger) or f.text(r.source),
+                             "message": f.text(r.message)[:500]})
         self.logs.value = f.table(rows, ["at", "step", "level", "from", "message"], empty="nothing captured")

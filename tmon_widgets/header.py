@@ -40,7 +40,7 @@ class Header:
                 color = "#d62728" if a["level"] == "critical" else "#e69500"
                 who = "" if len(mon.runs) == 1 else f"{f.esc(mon.run_name(a['run_id']))}: "
                 chips.append(f'<span class="tmon-alert" style="border:1px solid {color};color:{color};border-radius:4px;'
-                             f'padding:0 6px;margin-right:4px;display:inline-block">⚠ {who}{f.esc(a["message"])}</span>')
+                             f'padding:0 6px;margin-right:4px;display:inline-block">{who}{f.esc(a["message"])}</span>')
             more = len(mon.alerts.items) - len(alerts)
             tail = f' <span style="color:#777">+{more} earlier (Events tab)</span>' if more > 0 else ""
             parts.append(f'<div style="margin-top:4px">{"".join(chips)}{tail}</div>')

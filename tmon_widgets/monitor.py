@@ -233,24 +233,30 @@ class Monitor(widgets.VBox):
             self._read_slow()
         self._update_busy()
         visible = self._tabs[self.tabs.selected_index or 0]
-        if visible is self.metrics or slow:
+        # while a cell runs, the kernel does not hear which tab the browser shows: keep every tab current
+        blind = self.busy
+
+        def shown(tab):
+            return visible is tab or blind
+
+        if shown(self.metrics) or slow:
             self.metrics.refresh(slow)
-        if slow and (visible is self.hardware or self.refresh_count % 5 == 0):
+        if slow and (shown(self.hardware) or self.refresh_count % 5 == 0):
             self.hardware.read()
-        if visible is self.hardware and slow:
+        if shown(self.hardware) and slow:
             self.hardware.render()
         polled = self.control.poll() if self.control.pending else False
         for tab in (self.checkpoints, self.parameters):
             tab.banner.value = self.control.banner("manage")
-            if visible is tab and (slow or polled or self.control.pending):
+            if shown(tab) and (slow or polled or self.control.pending):
                 tab.refresh()
-        if visible is self.events_tab and slow:
+        if shown(self.events_tab) and slow:
             self.events_tab.refresh()
         if visible is self.report:
             self.report.refresh()
         note = None
         if self.busy and self.runs[0].running:
-            note = ("⏳ this kernel is busy running a cell: the charts keep updating, but clicks on the controls "
+            note = ("<b>busy kernel</b>: this kernel is running a cell: the charts keep updating, but clicks on the controls "
                     "are queued until the cell ends (Parameters tab says how to steer now)")
         self.header.render(note)
 

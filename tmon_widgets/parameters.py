@@ -64,6 +64,7 @@ class _ParamRow:
         self.apply.on_click(lambda _b: tab.apply(self))
         self.widget = widgets.HBox([widgets.HTML(f"<b>{f.esc(name)}</b>", layout=widgets.Layout(width="120px")),
                                     self.current, self.input, self.apply], layout=widgets.Layout(align_items="center"))
+        self.widget.add_class(f"tmon-param-{name}")
 
     def _edited(self, _change) -> None:
         if not self.tab.mon.updating:

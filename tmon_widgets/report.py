@@ -33,7 +33,8 @@ class ReportTab:
         self.button = widgets.Button(description="refresh report", icon="refresh", layout=widgets.Layout(width="140px"))
         self.button.on_click(lambda _b: self.compute(force=True))
         self.status = widgets.HTML()
-        self.body = widgets.HTML()
+        self.body = widgets.HTML(f.note("the report is computed when this tab is opened (and again when the run "
+                                        "ends, or with <i>refresh report</i>)"))
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.body])
         self.report = None
         self._computed_at = 0.0
