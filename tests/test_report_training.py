@@ -116,7 +116,7 @@ def test_dataloader_workers_memory_from_a_real_fit(tmp_path, store_url):
     r = tmon_core.report(cb.run_id, store=store_url, save=False,
                          thresholds={"memory_warning": 0.01, "memory_critical": 0.99, "memory_target": 0.01})
     (h,) = by_rule(r, "memory.host")
-    assert h.severity == "warning" and h.evidence["workers"] == 2
+    assert h.severity == "warning" and h.evidence["max_workers"] == 2 and h.evidence["per_worker_rss_bytes"] > 2**20
     nw = rec_for(r, "num_workers")
     assert (nw.current_value, nw.recommended_value, nw.code) == (2, 0, "DataLoader(num_workers=0)")
     assert "frees up to" in nw.impact

@@ -244,6 +244,7 @@ class RunData:
         row = s.loc[i]
         swap = s.swap_used.astype(float)
         kids = s.children_count.astype(float).fillna(0)
+        each = (s.children_rss.astype(float) / kids.where(kids > 0)).dropna()
         return {
             "samples": len(s), "ram_used_bytes": float(row.ram_used), "ram_total_bytes": float(row.ram_total),
             "fraction": float(frac[i]), "wall_time": float(row.wall_time),
@@ -251,6 +252,7 @@ class RunData:
             "workers": _int(row.children_count) or 0,
             "peak_proc_rss_bytes": _num(s.proc_rss.max()),
             "peak_workers_rss_bytes": _num(s.children_rss.max()), "max_workers": int(kids.max()),
+            "per_worker_rss_bytes": _num(each.max()) if len(each) else None,
             "swap_start_bytes": _num(swap.dropna().iloc[0]) if swap.notna().any() else None,
             "swap_peak_bytes": _num(swap.max()) if swap.notna().any() else None,
             "cpu_mean_percent": _num(s.cpu_percent.astype(float).mean()),

@@ -258,16 +258,18 @@ def _host(d):
     swap_growth = None
     if h["swap_peak_bytes"] is not None and h["swap_start_bytes"] is not None:
         swap_growth = h["swap_peak_bytes"] - h["swap_start_bytes"]
-    workers = h["workers"] or 0
-    per_worker = h["workers_rss_bytes"] / workers if workers and h["workers_rss_bytes"] else None
-    training = (h["proc_rss_bytes"] or 0) + (h["workers_rss_bytes"] or 0)
-    evidence = {**h, "swap_growth_bytes": swap_growth, "per_worker_rss_bytes": per_worker}
+    # the workers as they were at their largest (the RAM peak may fall between epochs, with none alive)
+    workers = h["max_workers"] or 0
+    per_worker = h["per_worker_rss_bytes"]
+    workers_rss = h["peak_workers_rss_bytes"] or 0
+    training = (h["peak_proc_rss_bytes"] or 0) + workers_rss
+    evidence = {**h, "swap_growth_bytes": swap_growth}
     pressure = None
     if frac >= t.memory_warning:
         pressure = CRITICAL if frac >= t.memory_critical else WARNING
         share = f"; this training used {fmt_bytes(training)}" if training else ""
         if workers:
-            share += f" (its {workers} dataloader workers {fmt_bytes(h['workers_rss_bytes'])})"
+            share += f" (its {workers} dataloader workers {fmt_bytes(workers_rss)})"
         yield Finding("memory.host", pressure, f"Host RAM at {pct(frac)}",
                       f"Host RAM peaked at {fmt_bytes(h['ram_used_bytes'])} of {fmt_bytes(h['ram_total_bytes'])} "
                       f"({pct(frac)}){' at step ' + str(h['step']) if h['step'] is not None else ''}{share}.", evidence,
@@ -277,8 +279,8 @@ def _host(d):
         yield Finding("memory.swap", WARNING, f"The host swapped {fmt_bytes(swap_growth)} during the run",
                       f"Swap use grew from {fmt_bytes(h['swap_start_bytes'])} to {fmt_bytes(h['swap_peak_bytes'])}: "
                       "RAM ran short and pages went to disk, which stalls whatever touches them.", evidence)
-    if workers and training and (h["workers_rss_bytes"] or 0) / training >= 0.5:
-        yield Finding("memory.workers", INFO, f"Dataloader workers hold {pct(h['workers_rss_bytes'] / training)} "
+    if workers and training and workers_rss / training >= 0.5:
+        yield Finding("memory.workers", INFO, f"Dataloader workers hold {pct(workers_rss / training)} "
                       "of the training's RAM",
                       f"{workers} workers, about {fmt_bytes(per_worker)} RSS each (RSS counts pages a worker shares "
                       "with the main process once per worker, so the real figure can be lower).", evidence)
