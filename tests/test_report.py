@@ -263,6 +263,13 @@ def test_overfitting_recommends_early_stopping_the_best_checkpoint_and_weight_de
     assert (wd.current_value, wd.recommended_value) == (0.0, 0.01)
 
 
+def test_a_noisy_but_improving_validation_loss_is_not_overfitting(store_url):
+    rng = np.random.default_rng(5)
+    vals = {s: 0.3 + 2.0 * math.exp(-s / 300) + 0.03 * rng.standard_normal() for s in range(49, 2000, 50)}
+    rid = build_run(store_url, config=PL_CFG, steps=2000, series={"loss": decaying(2000, 2.0, 0.25), "val_loss": vals})
+    assert not by_rule(report(store_url, rid), "stability.overfitting")
+
+
 def test_exploding_gradient_norm_recommends_clipping_at_the_typical_norm(store_url):
     rng = np.random.default_rng(3)
     gn = (1.0 + 0.05 * rng.standard_normal(300)).tolist()

@@ -301,9 +301,13 @@ def _overfitting(d, f):
     val = val.finite()
     if len(val) < 3 or f is None or not len(f):
         return
-    b = int(np.argmin(val.values))
-    best = float(val.values[b])
-    after = val.values[b + 1:]
+    values = val.values
+    if len(values) >= 6:  # many evaluations: judge the median of each three, not single noisy ones
+        padded = np.concatenate([values[:1], values, values[-1:]])
+        values = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    b = int(np.argmin(values))
+    best = float(values[b])
+    after = values[b + 1:]
     if len(after) < 2:
         return
     limit = best + d.t.overfit_rise * abs(best)
@@ -317,11 +321,12 @@ def _overfitting(d, f):
         return
     best_step = int(steps[b])
     ckpt = _nearest_checkpoint(d, best_step)
-    evidence = {"key": val.key, "best_step": best_step, "best_value": best, "last_value": float(val.values[-1]),
+    evidence = {"key": val.key, "best_step": best_step, "best_value": float(val.values[b]),
+                "last_value": float(val.values[-1]),
                 "evaluations": len(val), "evaluations_after_best": len(after), "train_loss_at_best": train_best,
                 "train_loss_at_end": train_last, "checkpoint_at_best": ckpt}
     yield Finding("stability.overfitting", WARNING, f"Overfitting after step {best_step}",
-                  f"{val.key} was best at step {best_step} ({fmt_value(best)}) and rose to "
+                  f"{val.key} was best at step {best_step} ({fmt_value(float(val.values[b]))}) and rose to "
                   f"{fmt_value(float(val.values[-1]))} over the next {len(after)} evaluations, while the training loss "
                   f"kept falling ({fmt_value(train_best)} → {fmt_value(train_last)}).", evidence, step=best_step)
     t = d.terms
