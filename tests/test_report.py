@@ -114,6 +114,20 @@ def test_headroom_with_activation_checkpointing_on_suggests_switching_it_off(sto
     assert off.recommended_value is False and off.code == "TrainingArguments(activation_checkpointing=False)"
 
 
+def test_an_oom_the_hf_trainer_recovered_from_starts_the_next_run_at_the_batch_that_worked(store_url):
+    cfg = HF_CFG | {"train_batch_size": 16}  # auto_find_batch_size settled on 16 after an OOM at 32
+    msg = "out of memory: the Trainer retries with train_batch_size=16 (auto_find_batch_size)"
+    rid = build_run(store_url, framework="hf", config=cfg, steps=30, series={"loss": decaying(30)},
+                    at={0: [event(ev.OOM, 0, msg)]})
+    r = report(store_url, rid)
+    (oom,) = by_rule(r, "memory.oom")
+    assert oom.severity == "warning" and "went on and completed" in oom.detail
+    assert r.log_errors[0]["category"] == "oom" and r.log_errors[0]["source"] == "event"
+    bs = rec_for(r, "per_device_train_batch_size")
+    assert (bs.current_value, bs.recommended_value) == (32, 16)
+    assert rec_for(r, "gradient_accumulation_steps").recommended_value == 2
+
+
 def test_oom_message_numbers_are_read():
     msg = ("CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity of 79.25 GiB of which 1.2 GiB "
            "is free. Including non-PyTorch memory, this process has 77.90 GiB memory in use.")
