@@ -6,9 +6,21 @@ from __future__ import annotations
 import math
 import time
 
+
+def _memory_thresholds() -> tuple[float, float]:
+    """The report's memory thresholds (``tmon_core.analysis.Thresholds``), so the widget and the report agree."""
+    try:
+        from tmon_core.analysis import Thresholds
+
+        t = Thresholds()
+        return float(t.memory_warning), float(t.memory_critical)
+    except Exception:
+        return 0.85, 0.95
+
+
 #: host RAM and GPU memory, as a fraction of the total: drawn on the Hardware tab, alerted above warning
-RAM_WARNING, RAM_CRITICAL = 0.90, 0.97
-GPU_MEM_WARNING, GPU_MEM_CRITICAL = 0.90, 0.97
+RAM_WARNING, RAM_CRITICAL = _memory_thresholds()
+GPU_MEM_WARNING, GPU_MEM_CRITICAL = RAM_WARNING, RAM_CRITICAL
 #: GPU temperature (°C)
 GPU_TEMP_WARNING, GPU_TEMP_CRITICAL = 83.0, 90.0
 

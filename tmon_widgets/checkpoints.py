@@ -62,9 +62,7 @@ class CheckpointsTab:
         rs = self.mon.runs[0] if self.mon.runs else None
         if rs is None:
             return
-        self.banner.value = self.ctl.banner("manage")
-        self.create.disabled = not self.ctl.allowed("manage")
-        self.rollback.disabled = not self.ctl.allowed("admin")
+        self.gate()
         df = rs.run.checkpoints()
         self._rows = df
         loss_key = self.mon.loss_key()
@@ -90,6 +88,12 @@ class CheckpointsTab:
                 self.pick.options = opts
                 self.pick.value = keep
         self._status()
+
+    def gate(self) -> None:
+        """What the run's policy and the kernel allow now: the banner, enabled buttons (no store read)."""
+        self.banner.value = self.ctl.banner("manage")
+        self.create.disabled = not self.ctl.allowed("manage")
+        self.rollback.disabled = not self.ctl.allowed("admin")
 
     def _status(self) -> None:
         mine = [s for s in self.ctl.sent if s.kind in ("checkpoint", "rollback")]
@@ -203,8 +207,8 @@ class CheckpointsTab:
                        tooltip=bq.Tooltip(fields=["x", "y"], labels=["tensor", "relative change"],
                                           formats=["", ".3g"]))
         fig = bq.Figure(marks=[bars], title=f"most-changed tensors (relative change ‖b−a‖/‖a‖, top {len(t)})",
-                        axes=[bq.Axis(scale=xs, orientation="vertical", tick_style={"font-size": "10px"}),
-                              bq.Axis(scale=ys, label="relative change", tick_format=".2g")],
+                        axes=[bq.Axis(scale=xs, side="left", tick_style={"font-size": "10px"}),
+                              bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2g")],
                         fig_margin={"top": 36, "bottom": 42, "left": 260, "right": 20}, animation_duration=0,
                         layout=widgets.Layout(height=f"{max(220, 22 * len(t) + 80)}px", width="auto"))
         s = d.summary

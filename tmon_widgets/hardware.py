@@ -28,7 +28,7 @@ class _TimeChart:
         self.fig = bq.Figure(
             title=title, marks=[], animation_duration=0, legend_location="top-left",
             axes=[bq.Axis(scale=xs, label="seconds since the run started", num_ticks=6, grid_lines="dashed"),
-                  bq.Axis(scale=self.ys, orientation="vertical", label=ylabel, tick_format=".3g",
+                  bq.Axis(scale=self.ys, side="left", label=ylabel, tick_format=".3g",
                           grid_lines="dashed")],
             fig_margin={"top": 36, "bottom": 42, "left": 60, "right": 14},
             layout=widgets.Layout(height="240px", width="auto", min_width="320px"))

@@ -85,7 +85,7 @@ class _Chart:
         self.ys = bq.LogScale() if log else bq.LinearScale()
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
         self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6)
-        self.y_axis = bq.Axis(scale=self.ys, orientation="vertical", tick_format=".3g", grid_lines="dashed")
+        self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3g", grid_lines="dashed")
         self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], title=fam, animation_duration=0,
                              legend_location="top-right", fig_margin={"top": 36, "bottom": 42, "left": 64, "right": 14},
                              layout=widgets.Layout(height="270px", width="auto", min_width="320px"))

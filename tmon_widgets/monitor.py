@@ -247,7 +247,7 @@ class Monitor(widgets.VBox):
             self.hardware.render()
         polled = self.control.poll() if self.control.pending else False
         for tab in (self.checkpoints, self.parameters):
-            tab.banner.value = self.control.banner("manage")
+            tab.gate()
             if shown(tab) and (slow or polled or self.control.pending):
                 tab.refresh()
         if shown(self.events_tab) and slow:

@@ -128,17 +128,7 @@ class ParametersTab:
         rs = self.mon.runs[0] if self.mon.runs else None
         if rs is None:
             return
-        ctl = rs.control
-        self.banner.value = self.ctl.banner("manage")
-        spec_key = (tuple(ctl.get("params") or ()), tuple(sorted((ctl.get("presets") or {}).items(), key=str)))
-        if spec_key != self._spec_key:
-            self._spec_key = spec_key
-            self._build(ctl)
-        manage, admin = self.ctl.allowed("manage"), self.ctl.allowed("admin")
-        for row in self.rows.values():
-            row.apply.disabled = not manage
-        self.apply_preset.disabled = not manage or not self.preset.options
-        self.stop.disabled = not admin
+        self.gate()
         latest = self.mon.latest.get(rs.id, {})
         for name, row in self.rows.items():
             key = CURRENT_KEY.get(name, name)
@@ -152,6 +142,23 @@ class ParametersTab:
         self._history(rs)
         mine = [s for s in self.ctl.sent if s.kind in ("set_param", "preset", "stop")]
         self.status.value = "".join(s.html() for s in mine[-3:])
+
+    def gate(self) -> None:
+        """The rows the run describes, the banner, enabled buttons (no store read)."""
+        rs = self.mon.runs[0] if self.mon.runs else None
+        if rs is None:
+            return
+        ctl = rs.control
+        self.banner.value = self.ctl.banner("manage")
+        spec_key = (tuple(ctl.get("params") or ()), tuple(sorted((ctl.get("presets") or {}).items(), key=str)))
+        if spec_key != self._spec_key:
+            self._spec_key = spec_key
+            self._build(ctl)
+        manage, admin = self.ctl.allowed("manage"), self.ctl.allowed("admin")
+        for row in self.rows.values():
+            row.apply.disabled = not manage
+        self.apply_preset.disabled = not manage or not self.preset.options
+        self.stop.disabled = not admin
 
     def _build(self, ctl: dict) -> None:
         custom = ctl.get("custom_params") or {}

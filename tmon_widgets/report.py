@@ -73,7 +73,10 @@ class ReportTab:
             self.status.value = ""
             return
         try:
-            r = fn(rs.id, store=self.mon.store.url)
+            try:  # a report of a run still going is a preview: not saved with the run
+                r = fn(rs.id, store=self.mon.store.url, save=not rs.running)
+            except TypeError:
+                r = fn(rs.id, store=self.mon.store.url)
         except Exception as exc:
             self.body.value = f.note(f"report not available: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
             self.status.value = ""
@@ -83,16 +86,10 @@ class ReportTab:
             self.status.value = ""
             return
         self.report = r
-        head = ""
-        health = getattr(r, "health", None)
-        if health is not None:
-            color = {"good": "#2ca02c", "ok": "#2ca02c", "healthy": "#2ca02c", "warning": "#e69500",
-                     "poor": "#d62728", "bad": "#d62728", "critical": "#d62728"}.get(str(health).lower(), "#7f7f7f")
-            head = f"health {f.badge(str(health), color)} "
         when = "findings so far (the run is still going)" if rs.running else f"the run is {rs.status}"
         try:
             body = r._repr_html_()
         except Exception as exc:
             body = f.note(f"the report could not be drawn: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
-        self.body.value = f"<div>{head}<span style='color:#777'>{f.esc(when)}</span></div>{body}"
+        self.body.value = f"<div style='color:#777'>{f.esc(when)}</div>{body}"
         self.status.value = f'<span style="color:#777">computed at {f.clock(time.time())}</span>'

@@ -1,0 +1,528 @@
+"""The Monitor without a browser: widget state (``get_state()``, the lines' x/y) against the store.
+
+Real runs: a tiny Lightning fit (metrics, checkpoints, hardware samples), a Recorder standing in
+for a live training (control requests), a long synthetic series (downsampling). The browser and
+real-kernel tests are in test_browser.py and test_widgets_kernel.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("bqplot")
+
+import tmon_widgets  # noqa: E402
+from tmon_core import Recorder, open_store  # noqa: E402
+from tmon_widgets import Monitor, fit_in_background  # noqa: E402
+from tmon_widgets import _series as series  # noqa: E402
+from tmon_widgets import monitor as monitor_mod  # noqa: E402
+from tmon_widgets.metrics import default_keys, family, group  # noqa: E402
+
+
+def arr(widget, name):
+    """A bqplot array trait as the browser receives it (decoded from ``get_state()``)."""
+    st = widget.get_state()[name]
+    return np.frombuffer(st["value"], dtype=st["dtype"]).reshape(st["shape"])
+
+
+def lightning_fit(url, tmp_dir, epochs=2, **model_kw):
+    lp = pytest.importorskip("lightning.pytorch")
+    from examples.tiny_lightning import make
+    from tmon_callbacks.lightning import TMonCallback
+
+    Model, Data = make()
+    ckpt = lp.callbacks.ModelCheckpoint(dirpath=os.path.join(tmp_dir, "ckpts"), save_top_k=-1)
+    cb = TMonCallback(url, sample_interval=0.1, run_name=model_kw.pop("run_name", None))
+    trainer = lp.Trainer(max_epochs=epochs, callbacks=[cb, ckpt], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(tmp_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            trainer.fit(Model(**model_kw), Data())
+        except Exception:
+            pass
+    return cb.run_id
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Two finished Lightning runs in one store (the second with sleeps, so it has hardware samples)."""
+    d = tmp_path_factory.mktemp("recorded")
+    url = f"sqlite:///{d}/tmon.db"
+    a = lightning_fit(url, d / "a", epochs=2, run_name="first")
+    b = lightning_fit(url, d / "b", epochs=2, run_name="second", lr=0.02, sleep=0.02)
+    return url, a, b
+
+
+def line(mon, key, run_id=None):
+    run_id = run_id or mon.runs[0].id
+    for chart in mon.metrics.charts.values():
+        if (run_id, key) in chart.lines:
+            return chart.lines[(run_id, key)]
+    raise KeyError(key)
+
+
+# ---------------------------------------------------------------------------- pure parts
+def test_import_error_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bqplot", None)
+    from tmon_widgets import _deps
+
+    with pytest.raises(ImportError, match=r"tmon_widgets needs ipywidgets and bqplot: pip install 'tmon\[widgets\]'"):
+        _deps.require()
+    with pytest.raises(ImportError, match="pip install 'tmon"):
+        tmon_widgets.__getattr__("Monitor")
+
+
+def test_downsampling_keeps_extremes_and_stable_buckets():
+    rng = np.random.default_rng(0)
+    x = np.arange(100_000, dtype=np.float64)
+    y = rng.normal(size=len(x))
+    y[12_345], y[77_777], y[500] = 50.0, -40.0, np.nan
+    keep, width = series.minmax_downsample(x, y, 2000)
+    assert len(keep) <= 2000
+    assert 12_345 in keep and 77_777 in keep
+    assert np.all(np.diff(x[keep]) > 0)
+    # growing the series never moves the old bucket edges (the width only doubles)
+    keep2, width2 = series.minmax_downsample(np.arange(150_000.0), np.r_[y, rng.normal(size=50_000)], 2000, width)
+    assert width2 in (width, 2 * width) and math.log2(width2).is_integer()
+    # a bucket of only NaN keeps one NaN point: a NaN loss stays visible
+    y2 = np.ones(10_000)
+    y2[4000:4400] = np.nan  # wider than a bucket (128 steps here)
+    keep, w = series.minmax_downsample(np.arange(10_000.0), y2, 200)
+    assert np.isnan(y2[keep]).any()
+
+
+def test_ema_and_epoch_axis():
+    v = np.array([1.0, np.nan, 3.0, 5.0])
+    s = series.ema(v, 0.5)
+    assert s[0] == pytest.approx(1.0) and np.isnan(s[1])
+    assert s[2] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75)
+    # integer epochs (Lightning): 10 steps per epoch -> fractions within each
+    steps = np.arange(30.0)
+    e = series.epoch_axis(steps, steps, np.floor(steps / 10))
+    assert e[0] == 0 and e[5] == pytest.approx(0.5) and e[25] == pytest.approx(2.5)
+    # fractional epochs (HF) are interpolated
+    assert series.epoch_axis(np.array([5.0]), np.array([0.0, 10.0]), np.array([0.0, 1.0]))[0] == pytest.approx(0.5)
+
+
+def test_metric_families_and_groups():
+    assert family("train_loss_step") == family("val_loss") == family("loss") == "loss"
+    assert family("lr/pg1") == "lr" and family("eval/accuracy") == "accuracy"
+    assert group("val_acc") == "val" and group("eval_loss") == "val" and group("lr/opt1/pg0") == "optimizer"
+    assert group("step_time") == "system" and group("train_acc") == "train"
+    keys = ["loss", "train_loss_step", "val_loss", "val_acc", "train_acc", "lr", "lr/pg1", "momentum", "step_time"]
+    assert default_keys(keys) == ["loss", "train_loss_step", "val_loss", "train_acc", "val_acc", "lr"]
+
+
+# ---------------------------------------------------------------------------- a recorded run
+def test_lines_match_the_store(recorded):
+    url, a, _ = recorded
+    mon = Monitor(a, store=url, interval=None)
+    run = open_store(url).run(a)
+    assert mon.runs[0].status == "completed" and "first" in mon.header.html.value
+    assert "completed" in mon.header.html.value and f"<b>{run.info()['last_step']}</b>" in mon.header.html.value
+    shown = mon.metrics.selected
+    assert {"loss", "val_loss", "lr"} <= set(shown)
+    for key in shown:
+        df = run.metrics(key)
+        raw, smooth = line(mon, key)
+        np.testing.assert_array_equal(arr(raw, "x"), df.step.to_numpy(np.float64))
+        np.testing.assert_allclose(arr(raw, "y"), df.value.to_numpy())
+        assert not smooth.visible
+    assert set(mon.metrics.charts) == {family(k) for k in shown}
+    # the latest-values table and the markers at the checkpoints
+    assert "val_loss" in mon.metrics.latest.value
+    rules, _tips = mon.metrics.charts["loss"].markers["checkpoint"]
+    ev = run.events("checkpoint")
+    assert rules.visible and sorted(arr(rules, "x")[:, 0]) == sorted(ev.step.astype(float))
+    mon.close()
+
+
+def test_options_smoothing_axes_log_timeframe_and_export(recorded, tmp_path):
+    url, a, _ = recorded
+    mon = Monitor(a, store=url, interval=None, metrics=["loss", "epoch"])
+    run = mon.runs[0].run
+    df = run.metrics("loss")
+    mon.metrics.smoothing.value = 0.6
+    raw, smooth = line(mon, "loss")
+    assert smooth.visible and raw.opacities == [0.3]
+    np.testing.assert_allclose(arr(smooth, "y"), series.ema(df.value.to_numpy(), 0.6))
+    mon.metrics.xaxis.value = "time"
+    raw, _ = line(mon, "loss")
+    np.testing.assert_allclose(arr(raw, "x"), df.wall_time.to_numpy() - run.info()["created_at"])
+    mon.metrics.xaxis.value = "epoch"
+    raw, _ = line(mon, "loss")
+    ep = run.metrics("epoch")
+    expect = series.epoch_axis(df.step.to_numpy(float), ep.step.to_numpy(float), ep.value.to_numpy())
+    np.testing.assert_allclose(arr(raw, "x"), expect)
+    assert arr(raw, "x").max() < 2 and arr(raw, "x").min() == 0
+    mon.metrics.xaxis.value = "step"
+    mon.metrics.yscale.value = "log"
+    assert type(mon.metrics.charts["loss"].ys).__name__ == "LogScale"
+    mon.metrics.yscale.value = "linear"
+    mon.metrics.timeframe.options = list(mon.metrics.timeframe.options) + [("last 10 steps", 10)]
+    mon.metrics.timeframe.value = 10
+    raw, _ = line(mon, "loss")
+    last = int(df.step.max())
+    np.testing.assert_array_equal(arr(raw, "x"), np.arange(last - 9, last + 1, dtype=float))
+    path = mon.export_csv(tmp_path / "out.csv")
+    import pandas as pd
+
+    out = pd.read_csv(path)
+    assert set(out.key) == {"loss", "epoch"} and len(out[out.key == "loss"]) == 10
+    assert "wrote" in mon.metrics.export_out.value
+    mon.close()
+
+
+def test_compare_runs_and_overlay(recorded):
+    url, a, b = recorded
+    mon = Monitor(runs=[a, b], store=url, interval=None)
+    run_a, run_b = (open_store(url).run(r) for r in (a, b))
+    ra, _ = line(mon, "loss", a)
+    rb, _ = line(mon, "loss", b)
+    np.testing.assert_allclose(arr(ra, "y"), run_a.metrics("loss").value.to_numpy())
+    np.testing.assert_allclose(arr(rb, "y"), run_b.metrics("loss").value.to_numpy())
+    assert ra.colors != rb.colors and ra.labels == ["first: loss"] and rb.labels == ["second: loss"]
+    assert "first" in mon.header.html.value and "second" in mon.header.html.value
+    mon.close()
+    # the same from the overlay picker of a single-run Monitor
+    mon = Monitor(a, store=url, interval=None)
+    assert b in [v for _label, v in mon.metrics.overlay.options]
+    mon.metrics.overlay.value = (b,)
+    assert [rs.id for rs in mon.runs] == [a, b]
+    np.testing.assert_allclose(arr(line(mon, "loss", b)[0], "y"), run_b.metrics("loss").value.to_numpy())
+    mon.metrics.overlay.value = ()
+    assert [rs.id for rs in mon.runs] == [a]
+    mon.close()
+
+
+def test_hardware_tab_draws_the_samples(recorded):
+    url, _, b = recorded
+    mon = Monitor(b, store=url, interval=None)
+    mon.select("Hardware")
+    s = mon.runs[0].run.samples()
+    assert len(s) >= 2
+    ram = mon.hardware.ram.lines["host used"]
+    np.testing.assert_allclose(arr(ram, "y"), 100 * s.ram_used / s.ram_total)
+    np.testing.assert_allclose(arr(ram, "x"), s.wall_time - mon.runs[0].info["created_at"])
+    from tmon_core.analysis import Thresholds
+
+    t = Thresholds()  # the widget draws (and alerts on) the report's thresholds
+    assert [th.y[0] for th in mon.hardware.ram.thresholds] == pytest.approx(
+        [100 * t.memory_warning, 100 * t.memory_critical])
+    if not len(mon.runs[0].run.gpu_samples()):
+        assert "no GPU samples" in mon.hardware.gpu_box.children[1].value
+    mon.close()
+
+
+def test_report_and_diff_views_render(recorded):
+    url, a, _ = recorded
+    mon = Monitor(a, store=url, interval=None)
+    mon.select("Report")
+    mon.report._thread.join(60)
+    body = mon.report.body.value
+    assert "tmon report" in body and "the run is completed" in body
+    assert mon.report.report.health in ("good", "warning", "critical")
+    # the diff of two checkpoints picked in the list
+    mon.select("Checkpoints")
+    cks = mon.runs[0].run.checkpoints()
+    assert len(cks) >= 2 and "epoch=0" in mon.checkpoints.table.value
+    first, second = int(cks.id.iloc[0]), int(cks.id.iloc[1])
+    mon.checkpoints.pick.value = (first, second)
+    mon.checkpoints.diff.click()
+    mon.checkpoints._diff_thread.join(60)
+    d = mon.checkpoints.last_diff
+    assert d is not None and d.summary["a"]["id"] == first and d.summary["b"]["id"] == second
+    fig = mon.checkpoints.diff_out.children[1]
+    bars = fig.marks[0]
+    top = d.top(15)
+    np.testing.assert_allclose(arr(bars, "y")[::-1], top.rel_change.to_numpy())
+    assert list(bars.x[::-1]) == list(top.name)
+    assert "metrics at each checkpoint" in mon.checkpoints.diff_out.children[2].value
+    mon.close()
+
+
+def test_report_not_available(recorded, monkeypatch):
+    url, a, _ = recorded
+    from tmon_widgets import report as report_mod
+
+    monkeypatch.setattr(report_mod, "report_function", lambda: None)
+    mon = Monitor(a, store=url, interval=None)
+    mon.select("Report")
+    mon.report._thread.join(10)
+    assert "report not available" in mon.report.body.value
+    mon.close()
+
+
+# ---------------------------------------------------------------------------- live: a Recorder stands in for the fit
+CONTROL = {"level": "admin", "params": ["lr", "momentum", "weight_decay", "betas", "eps", "dropout"],
+           "custom_params": {"dropout": {"bounds": [0.0, 0.9], "type": "float"}},
+           "presets": {"cool-down": {"lr": 1e-5}}, "schedule": [
+               {"step": 5, "epoch": None, "ramp": 0, "mode": "scale", "params": {"lr": 0.01}},
+               {"step": 5000, "epoch": None, "ramp": 100, "mode": "pin", "params": {"lr": 0.001}}]}
+
+
+@pytest.fixture
+def live(store_url):
+    rec = Recorder(store_url, run_name="live", framework="test", config={"control": CONTROL, "batch_size": 32},
+                   flush_interval=0.05)
+    rec.update_run(total_steps=1000)
+    for step in range(20):
+        rec.log({"loss": 1.0 / (step + 1), "lr": 0.1, "momentum": 0.9, "epoch": 0}, step)
+    rec.flush()
+    yield rec
+    if not rec.closed:
+        rec.close()
+
+
+def test_controls_create_the_right_requests(live, store_url, tmp_path):
+    mon = Monitor(live.run_id, store=store_url, interval=None)
+    mon.select("Parameters")
+    run = mon.runs[0].run
+    p = mon.parameters
+    assert set(p.rows) == set(CONTROL["params"])
+    assert "now <b>0.1</b>" in p.rows["lr"].current.value and p.rows["lr"].input.value == pytest.approx(0.1)
+    p.rows["lr"].input.value = 0.05
+    p.mode.value = "pin"
+    p.rows["lr"].apply.click()
+    p.rows["dropout"].input.value = 0.3
+    p.rows["dropout"].apply.click()
+    p.preset.value = "cool-down"
+    p.apply_preset.click()
+    p.stop_reason.value = "enough"
+    p.stop.click()
+    assert len(run.requests()) == 3, "stop asks for a second click"
+    p.stop.click()
+    # checkpoints: create one now; roll back to a recorded one (two clicks)
+    ck_file = tmp_path / "a.ckpt"
+    ck_file.write_bytes(b"x")
+    live.checkpoint(ck_file, step=10, source="ModelCheckpoint")
+    live.flush()
+    mon.select("Checkpoints")
+    c = mon.checkpoints
+    c.description.value = "before the change"
+    c.tags.value = "good, keep"
+    c.create.click()
+    cid = int(run.checkpoints().id.iloc[0])
+    c.pick.value = (cid,)
+    c.rollback.click()
+    c.rollback.click()
+    reqs = run.requests()
+    got = [(r.kind, {k: v for k, v in r.payload.items() if k != "source"}) for r in reqs.itertuples()]
+    assert got == [
+        ("set_param", {"values": {"lr": 0.05}, "group": None, "mode": "pin"}),
+        ("set_param", {"values": {"dropout": 0.3}, "group": None, "mode": "pin"}),
+        ("preset", {"name": "cool-down"}),
+        ("stop", {"reason": "enough"}),
+        ("checkpoint", {"description": "before the change", "tags": ["good", "keep"]}),
+        ("rollback", {"checkpoint_id": cid, "compatible": False}),
+    ]
+    assert set(reqs.status) == {"pending"} and all(r["source"] == "widget" for r in reqs.payload)
+    # the outcome shows once the training records it
+    live.resolve_request(int(reqs.id.iloc[0]), status="applied", applied_step=20, applied_at=time.time(),
+                         old_value='{"lr": 0.1}', new_value='{"lr": 0.05}')
+    live.resolve_request(int(reqs.id.iloc[2]), status="rejected", applied_step=20, applied_at=time.time(),
+                         reason="unknown preset")
+    live.flush()
+    mon.select("Parameters")
+    mon.refresh(slow=True)
+    hist = p.history.value
+    assert "applied at step 20" in hist and "rejected: unknown preset" in hist
+    assert "<b>rejected</b>: unknown preset" in p.status.value  # the last three sent from here
+    # tags edited in place; the schedule shows what is done and what is to come
+    mon.select("Checkpoints")
+    c.pick.value = (cid,)
+    c.edit_tags.value = "best"
+    c.save_tags.click()
+    assert run.checkpoints().set_index("id").loc[cid, "tags"] == ["best"]
+    assert "✓ done" in p.schedule.value and "to come in 4,981 steps" in p.schedule.value
+    mon.close()
+
+
+def test_controls_follow_the_policy_and_a_busy_kernel(store_url, monkeypatch):
+    rec = Recorder(store_url, run_name="viewonly", config={"control": dict(CONTROL, level="view")})
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    mon.select("Parameters")
+    assert "control level is <b>view</b>" in mon.parameters.banner.value
+    assert mon.parameters.rows["lr"].apply.disabled and mon.parameters.stop.disabled
+    assert mon.checkpoints.create.disabled
+    mon.close()
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    assert "there is no training to steer" in mon.parameters.banner.value
+    mon.close()
+
+    rec = Recorder(store_url, run_name="busy", config={"control": dict(CONTROL, level="manage")})
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    monkeypatch.setattr(monitor_mod, "BUSY_AFTER", 0.0)
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    mon._busy_probe = lambda: True
+    mon.refresh()
+    banner = mon.parameters.banner.value
+    assert "busy running a cell" in banner and "Jupyter queues clicks" in banner
+    assert f"tmon set {rec.run_id[:8]} lr=1e-4 --store {store_url}" in banner and "fit_in_background" in banner
+    assert "queued until the cell ends" in mon.header.html.value
+    assert mon.parameters.rows["lr"].apply.disabled is False  # clickable: the banner says what a click does
+    mon.close()
+    rec.close()
+
+
+def test_live_refresh_reads_only_new_rows_and_raises_alerts(store_url):
+    rec = Recorder(store_url, run_name="growing", flush_interval=0.05)
+    for step in range(3000):
+        rec.log({"loss": math.sin(step / 50) + (40.0 if step == 1234 else 0.0)}, step)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None, max_points=200, metrics=["loss"])
+    s = mon.metrics.series[(rec.run_id, "loss")]
+    assert len(s) <= 200 and s.value.max() == pytest.approx(40.0 + math.sin(1234 / 50))
+    calls = []
+    real = s.run.metrics
+
+    def counting(key, *a, **kw):
+        df = real(key, *a, **kw)
+        calls.append((kw.get("start"), kw.get("max_points"), len(df)))
+        return df
+
+    s.run.metrics = counting
+    for chunk in range(5):
+        for step in range(3000 + 100 * chunk, 3100 + 100 * chunk):
+            rec.log({"loss": -30.0 if step == 3333 else math.sin(step / 50)}, step)
+        rec.flush()
+        mon.refresh()
+    assert [c[1] for c in calls] == [None] * 5 and [c[2] for c in calls] == [100] * 5
+    assert [c[0] for c in calls] == [3000, 3100, 3200, 3300, 3400]
+    raw, _ = line(mon, "loss")
+    y = arr(raw, "y")
+    assert len(y) <= 200 and y.max() == pytest.approx(40.0 + math.sin(1234 / 50)) and y.min() == -30.0
+    assert arr(raw, "x")[-1] == 3499
+    # a NaN loss and a rejected request raise alerts in the header
+    rec.log({"loss": float("nan")}, 3500)
+    rec.event("request_rejected", step=3500, message="lr=20.0 is out of bounds")
+    rec.flush()
+    mon.refresh(slow=True)
+    kinds = {a["kind"] for a in mon.alerts.items}
+    assert {"nan_loss", "request_rejected"} <= kinds
+    assert "loss is NaN at step 3500" in mon.header.html.value
+    assert "request rejected: lr=20.0 is out of bounds" in mon.header.html.value
+    rec.close()
+    mon.close()
+
+
+def test_refresh_thread_follows_a_run_and_stops_when_it_ends(store_url):
+    rec = Recorder(store_url, run_name="threaded", flush_interval=0.05)
+    mon = Monitor(store=store_url, interval=0.1, metrics=["loss"])
+    assert mon.live
+    for step in range(50):
+        rec.log({"loss": float(step)}, step)
+        time.sleep(0.01)
+    rec.flush()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            if arr(line(mon, "loss")[0], "x")[-1] == 49:
+                break
+        except KeyError:
+            pass
+        time.sleep(0.05)
+    assert arr(line(mon, "loss")[0], "x")[-1] == 49
+    rec.close()
+    deadline = time.time() + 10
+    while mon.live and time.time() < deadline:
+        time.sleep(0.05)
+    assert not mon.live and mon.runs[0].status == "completed"
+    mon.close()
+
+
+def test_monitor_waits_for_the_first_run(store_url):
+    mon = Monitor(store=store_url, interval=None)
+    assert "waiting for a run" in mon.header.html.value
+    rec = Recorder(store_url, run_name="late")
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    mon.refresh()
+    assert mon.runs and mon.runs[0].name == "late"
+    rec.close()
+    mon.close()
+
+
+# ---------------------------------------------------------------------------- fit_in_background, auto display
+def test_fit_in_background_handle():
+    fit = fit_in_background(lambda a, b=0: a + b, 1, b=2)
+    assert fit.monitor is None  # no notebook here: nothing to display
+    assert fit.wait(10) == 3 and fit.result() == 3 and fit.exception() is None and fit.done()
+
+    def boom():
+        raise ValueError("boom")
+
+    fit = fit_in_background(boom)
+    with pytest.raises(ValueError, match="boom"):
+        fit.wait(10)
+    assert isinstance(fit.exception(), ValueError)
+    gate = threading.Event()
+    fit = fit_in_background(gate.wait, 5)
+    with pytest.raises(RuntimeError, match="still running"):
+        fit.result()
+    with pytest.raises(TimeoutError):
+        fit.wait(0.1)
+    gate.set()
+    assert fit.wait(5) is True
+
+
+def test_fit_in_background_stops_a_lightning_fit(store_url, tmp_path):
+    lp = pytest.importorskip("lightning.pytorch")
+    from examples.tiny_lightning import make
+    from tmon_callbacks.lightning import TMonCallback
+
+    Model, Data = make()
+    cb = TMonCallback(store_url, sample_interval=None)
+    trainer = lp.Trainer(max_epochs=100, callbacks=[cb], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    fit = fit_in_background(trainer.fit, Model(sleep=0.01), Data())
+    deadline = time.time() + 60
+    while fit.run_id is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert fit.run_id is not None and fit._store_url == store_url
+    time.sleep(0.5)
+    how = fit.stop()
+    assert how == "trainer.should_stop = True"  # control="manage": no stop request, the framework's flag
+    fit.wait(60)
+    run = open_store(store_url).run(fit.run_id)
+    assert run.status == "completed" and run.info()["last_step"] < 100 * 12
+
+
+def test_auto_display_only_in_a_kernel(store_url, monkeypatch):
+    from tmon_widgets import auto
+
+    assert auto.maybe_display("abc", store_url) is None  # no kernel in pytest
+    monkeypatch.setattr(auto._live, "in_kernel", lambda: True)
+    assert auto.enabled()
+    monkeypatch.setenv("TMON_WIDGET", "0")
+    assert not auto.enabled()
+    monkeypatch.delenv("TMON_WIDGET")
+    shown = []
+    monkeypatch.setattr(auto._live, "display", shown.append)
+    rec = Recorder(store_url, run_name="auto")
+    rec.flush()
+    mon = auto.maybe_display(rec.run_id, store_url, interval=None)
+    assert shown == [mon] and mon.runs[0].id == rec.run_id
+    t = threading.Thread(target=lambda: shown.append(auto.maybe_display(rec.run_id, store_url)))
+    t._tmon_background = True  # a fit_in_background thread shows its own Monitor
+    t.start()
+    t.join()
+    assert shown[-1] is None
+    with pytest.warns(RuntimeWarning, match="could not be shown"):
+        assert auto.maybe_display("no-such-run", store_url) is None
+    mon.close()
+    rec.close()
