@@ -203,3 +203,19 @@ def test_a_failing_report_warns_once_and_never_raises(store_url, monkeypatch):
         s.end()
     assert s.report is None and s.ended
     assert tmon_core.open_store(store_url).run(s.run_id).status == "completed"
+
+
+def test_a_record_a_handler_also_printed_is_one_log_error_in_the_report(store_url, capsys):
+    lg = logging.getLogger("printed")
+    handler = logging.StreamHandler(sys.stderr)
+    lg.addHandler(handler)
+    try:
+        s = session(store_url, capture_output=True)
+        lg.error("disk quota nearly reached")
+        s.end()
+    finally:
+        lg.removeHandler(handler)
+    assert "disk quota nearly reached" in capsys.readouterr().err
+    assert sorted(logs(store_url, s).source) == ["logging", "stderr"]  # both kept as captured...
+    entries = [e for e in s.report.log_errors if "disk quota" in e["message"]]
+    assert [(e["source"], e["count"]) for e in entries] == [("logging", 1)]  # ... reported once

@@ -239,7 +239,9 @@ class RunData:
         s = self.samples
         if s.empty or not s.ram_used.notna().any() or not s.ram_total.notna().any():
             return None
-        frac = s.ram_used.astype(float) / s.ram_total.astype(float)
+        frac = (s.ram_used.astype(float) / s.ram_total.astype(float)).dropna()
+        if frac.empty:
+            return None
         i = frac.idxmax()
         row = s.loc[i]
         swap = s.swap_used.astype(float)

@@ -113,13 +113,18 @@ def collect(d) -> list[dict]:
 
 def _drop_echoes(rows: list[dict]) -> list[dict]:
     """A record that a handler also printed (captured as a logging record and as a stderr line)."""
-    seen = [(r["wall_time"], r["message"].splitlines()[0] if r["message"] else "") for r in rows
-            if r["source"] not in ("stdout", "stderr")]
+    import bisect
+
+    seen = sorted((r["wall_time"], r["message"].splitlines()[0] if r["message"] else "") for r in rows
+                  if r["source"] not in ("stdout", "stderr"))
+    times = [t for t, _ in seen]
     out = []
     for r in rows:
-        if r["source"] in ("stdout", "stderr") and any(
-                abs(w - r["wall_time"]) < 2 and first and first in r["message"] for w, first in seen):
-            continue
+        if r["source"] in ("stdout", "stderr"):
+            lo = bisect.bisect_left(times, r["wall_time"] - 2)
+            hi = bisect.bisect_right(times, r["wall_time"] + 2)
+            if any(first and first in r["message"] for _, first in seen[lo:hi]):
+                continue
         out.append(r)
     return out
 
