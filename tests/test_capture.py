@@ -207,10 +207,10 @@ def test_a_failing_report_warns_once_and_never_raises(store_url, monkeypatch):
 
 def test_a_record_a_handler_also_printed_is_one_log_error_in_the_report(store_url, capsys):
     lg = logging.getLogger("printed")
-    handler = logging.StreamHandler(sys.stderr)
+    s = session(store_url, capture_output=True)
+    handler = logging.StreamHandler(sys.stderr)  # made during the run: it writes through the tee
     lg.addHandler(handler)
     try:
-        s = session(store_url, capture_output=True)
         lg.error("disk quota nearly reached")
         s.end()
     finally:

@@ -11,7 +11,10 @@ its time and the step the run was at:
   before (and ``pytest``'s or a notebook's own warning capture keeps working);
 * optionally, every line written to ``sys.stdout`` / ``sys.stderr`` (``source="stdout"`` /
   ``"stderr"``), through a tee that writes to the original stream first; a progress bar that
-  redraws itself with ``\\r`` is kept as its last state, once per line.
+  redraws itself with ``\\r`` is kept as its last state, once per line. Only writes that go through
+  ``sys.stdout``/``sys.stderr`` during the run are seen: not a handler that kept a reference to
+  the stream from before the run (its WARNING+ records are captured as logging records anyway),
+  nor what C code or child processes write to the file descriptors.
 
 tmon's own records (the ``tmon`` logger, ``TMonStoreWarning``, ``TMonCallbackWarning``) are kept
 with ``source="tmon"``: they say when monitoring itself had trouble (a store that could not be
