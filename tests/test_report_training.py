@@ -178,3 +178,23 @@ def test_a_real_fit_keeps_its_warnings_and_errors_and_the_user_still_sees_them(t
     assert "bad batch at step 3" in errs.detail
     entry = next(x for x in r.log_errors if "bad batch" in x["message"])
     assert entry["memory"] is not None and not math.isnan(entry["memory"]["ram_used_bytes"])
+
+
+def test_the_callback_takes_the_capture_and_report_options(tmp_path, store_url, capsys):
+    cb = fit(tmp_path, store_url, _Chatty(), SyntheticData(n=64, batch_size=16), max_epochs=1, report="off",
+             capture_logs=False)
+    assert cb.session.report is None and tmon_core.open_store(store_url).run(cb.run_id).logs().empty
+    cb = fit(tmp_path, store_url, _Printing(), SyntheticData(n=64, batch_size=16), max_epochs=1, capture_output=True)
+    assert "batch 2 printed" in capsys.readouterr().out
+    logs = tmon_core.open_store(store_url).run(cb.run_id).logs()
+    assert logs[logs.source == "stdout"].message.tolist() == ["batch 2 printed"]
+    assert cb.session.report is not None
+    with pytest.raises(ValueError, match="report must be 'auto' or 'off'"):
+        TMonCallback(store_url, report="later")
+
+
+class _Printing(TinyRegressor):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 2:
+            print("batch 2 printed")
+        return super().training_step(batch, batch_idx)
