@@ -545,3 +545,13 @@ def test_cli_report_text_and_json(store_url):
         assert conn.execute("SELECT COUNT(*) FROM tmon_reports").fetchone()[0] == 1  # --no-save saved nothing
     out = subprocess.run([TMON, "report", "nope", "--store", store_url], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "no run 'nope'" in out.stderr
+
+
+def test_a_host_memory_error_is_a_host_oom_even_with_gpus(store_url):
+    rid = build_run(store_url, config=PL_CFG, steps=10, series={"loss": decaying(10)},
+                    samples=[(host(30 * GiB), [gpu(20 * GiB)])] * 3, status=ev.FAILED,
+                    error={"type": "builtins.MemoryError", "message": "", "traceback": "MemoryError", "oom": True})
+    r = report(store_url, rid)
+    (oom,) = by_rule(r, "memory.oom")
+    assert oom.evidence["device"] == "host" and oom.severity == "critical"
+    assert rec_for(r, "DataLoader(batch_size").recommended_value == 32  # no figures: halve 64

@@ -171,7 +171,13 @@ def _oom(d):
         if parsed.get("tried"):
             break
     mem = first.get("memory") or {}
-    device = "GPU" if (parsed or d.gpu_peaks or re.search(r"cuda|gpu", first["message"], re.I)) else "host"
+    text = " ".join(e["message"] for e in ooms)
+    if re.search(r"\bMemoryError\b|Cannot allocate memory|DefaultCPUAllocator", text) and not parsed:
+        device = "host"
+    elif parsed or re.search(r"cuda|gpu|device", text, re.I) or d.gpu_peaks:
+        device = "GPU"
+    else:
+        device = "host"
     capacity = parsed.get("capacity")
     used = None
     if parsed.get("in_use") is not None:
