@@ -17,6 +17,22 @@ except ImportError:
     pass
 
 
+#: what `make test` installs; in CI a missing one must fail the run, not skip its tests quietly
+CI_MODULES = ("lightning", "pytorch_lightning", "transformers", "accelerate", "keras", "safetensors", "h5py",
+              "ipywidgets", "bqplot", "psycopg", "pyarrow", "hypothesis")
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("CI") != "true":
+        return
+    import importlib.util
+
+    missing = [m for m in CI_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise pytest.UsageError(f"CI must run every test, but these packages are not installed: {', '.join(missing)} "
+                                f"(make test installs them through pyproject's extras)")
+
+
 @pytest.fixture
 def store_url(tmp_path):
     return f"sqlite:///{tmp_path}/tmon.db"
