@@ -7,6 +7,8 @@ import pytest
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# Keras runs on the torch backend in these tests (tensorflow is not installed); set before any import
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
 try:  # tiny models on a 2-core machine: one torch thread is ~10x faster than two fighting
