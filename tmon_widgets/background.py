@@ -97,6 +97,24 @@ class BackgroundFit:
             return self.monitor.runs[0].id
         return None
 
+    def wait_for_run(self, timeout: float = 60.0):
+        """The ``tmon_core.Run`` this fit records, once its tmon callback opened it (``TimeoutError`` after
+        ``timeout`` s; ``RuntimeError`` if the fit ended without opening one)."""
+        from tmon_core.store import open_store
+
+        deadline = time.monotonic() + timeout
+        while True:
+            rid = self.run_id if self._callbacks or self.monitor is None else self._resolve()
+            if rid is not None:
+                store = self.monitor.store if self.monitor is not None else open_store(self._store_url)
+                return store.run(rid)
+            if self._done.is_set():
+                raise RuntimeError("the fit ended without opening a tmon run"
+                                   + (f": {type(self._exc).__name__}: {self._exc}" if self._exc else ""))
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no tmon run opened after {timeout:g} s: does the fit have a TMonCallback?")
+            time.sleep(0.05)
+
     def _resolve(self) -> str | None:
         rid = self.run_id
         if rid is None and not self._callbacks and self.monitor is not None:

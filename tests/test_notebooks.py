@@ -1,0 +1,57 @@
+"""Every notebook in notebooks/ runs top to bottom (nbclient, a real kernel, CPU), each in its own
+tmp dir with its own store, and is stored without outputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.widgets_harness import REPO, kernel_env, need_modules
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+#: what each notebook needs beyond tmon[widgets] and lightning
+NEEDS = {"02-quickstart-hf.ipynb": ("transformers", "accelerate"), "03-quickstart-keras.ipynb": ("keras",)}
+
+
+def test_there_are_notebooks_and_they_are_stored_without_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01-quickstart-lightning.ipynb", "02-quickstart-hf.ipynb", "03-quickstart-keras.ipynb",
+            "04-steering-a-run.ipynb", "05-after-the-run.ipynb", "06-watching-another-process.ipynb"} <= names
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name} is stored with outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path: Path, tmp_path, monkeypatch):
+    need_modules("nbclient", "nbformat", "ipykernel", "ipywidgets", "bqplot", "lightning",
+                 *NEEDS.get(path.name, ()))
+    import nbformat
+    from nbclient import NotebookClient
+
+    for k, v in kernel_env(tmp_path).items():
+        if os.environ.get(k) != v:
+            monkeypatch.setenv(k, v)
+    work = tmp_path / path.name
+    shutil.copy(path, work)
+    nb = nbformat.read(str(work), as_version=4)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    took = time.perf_counter() - t0
+    print(f"\n{path.name}: {took:.1f} s")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    # every notebook that trains shows a Monitor (a widget view in its outputs)
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, f"{path.name} displayed no widget"
