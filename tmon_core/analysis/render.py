@@ -62,6 +62,8 @@ def _headline(r) -> list[str]:
 def _change(rec) -> str:
     if rec.current_value is None and rec.recommended_value is None:
         return ""
+    if rec.current_value is None:
+        return f"→ {_value(rec.recommended_value)}"
     return f"{_value(rec.current_value)} → {_value(rec.recommended_value)}"
 
 

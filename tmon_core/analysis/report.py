@@ -125,9 +125,16 @@ def build(run, thresholds: Thresholds) -> Report:
 
 
 def rank(recs: list[Recommendation]) -> list[Recommendation]:
-    """Most severe first, then by priority; one recommendation per setting (the most severe kept,
+    """Most severe first; within a severity, each rule's advice together (the rule whose first advice
+    ranks highest first), in its own order; one recommendation per setting (the most severe kept,
     the rules that also asked for it listed in its evidence)."""
-    order = sorted(range(len(recs)), key=lambda i: (RANK.get(recs[i].severity, 9), recs[i].priority, i))
+    lead: dict[tuple, tuple] = {}
+    for i, r in enumerate(recs):
+        key = (RANK.get(r.severity, 9), r.rule)
+        lead[key] = min(lead.get(key, (r.priority, i)), (r.priority, i))
+    order = sorted(range(len(recs)), key=lambda i: (RANK.get(recs[i].severity, 9),
+                                                    lead[(RANK.get(recs[i].severity, 9), recs[i].rule)],
+                                                    recs[i].priority, i))
     kept: dict[str, Recommendation] = {}
     out = []
     for i in order:

@@ -117,7 +117,8 @@ def _nonfinite(d, loss, state):
               + (f" with lr {fmt_value(lr)}" if lr is not None else "")
               + f"; {int(bad.sum())} of {len(loss)} recorded values are non-finite"
               + ("; it recovered later." if recovered else " and it did not recover: the weights are likely NaN.")
-              + (f" Just before, the loss was {fmt_value(last)}, {trend:.1f}× its recent median." if trend else ""))
+              + (f" Just before, the loss was {fmt_value(last)}, {trend:.1f}× its recent median." if trend and trend >= 1.5
+                 else ""))
     yield Finding("stability.nonfinite", CRITICAL, f"{kind} loss from step {step}", detail, evidence, step=step,
                   wall_time=float(loss.walls[i0]))
     yield from _lr_advice(d, "stability.nonfinite", CRITICAL, lr, 0.1,
