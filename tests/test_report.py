@@ -555,3 +555,28 @@ def test_a_host_memory_error_is_a_host_oom_even_with_gpus(store_url):
     (oom,) = by_rule(r, "memory.oom")
     assert oom.evidence["device"] == "host" and oom.severity == "critical"
     assert rec_for(r, "DataLoader(batch_size").recommended_value == 32  # no figures: halve 64
+
+
+@pytest.mark.parametrize("message,path,value", [
+    ("RuntimeError: DataLoader worker (pid 77) is killed by signal: Bus error. It is possible that dataloader's "
+     "workers are out of shared memory. Please try to raise your shared memory limit.", "--shm-size", "8g"),
+    ("RuntimeError: Too many open files. Communication with the workers is no longer possible.",
+     "set_sharing_strategy", "file_system"),
+])
+def test_dataloader_crash_causes_get_their_own_advice(store_url, message, path, value):
+    rid = build_run(store_url, config=PL_CFG, steps=10, series={"loss": decaying(10)}, status=ev.FAILED,
+                    error={"type": "builtins.RuntimeError", "message": message, "traceback": "", "oom": False})
+    r = report(store_url, rid)
+    (f,) = by_rule(r, "logs.dataloader")
+    assert f.severity == "critical"
+    assert rec_for(r, path).recommended_value == value
+
+
+def test_a_run_still_going_reports_what_it_has_so_far(store_url):
+    rec = build_run(store_url, config=PL_CFG, steps=20, series={"loss": decaying(20)}, status=None)
+    try:
+        r = report(store_url, rec.run_id, save=False)
+        assert r.summary["status"] == "running" and by_rule(r, "lifecycle.running")[0].severity == "info"
+        assert load_report(rec.run_id, store=store_url) is None
+    finally:
+        rec.close()
