@@ -387,22 +387,31 @@ def test_live_refresh_reads_only_new_rows_and_raises_alerts(store_url):
     mon = Monitor(rec.run_id, store=store_url, interval=None, max_points=200, metrics=["loss"])
     s = mon.metrics.series[(rec.run_id, "loss")]
     assert len(s) <= 200 and s.value.max() == pytest.approx(40.0 + math.sin(1234 / 50))
-    calls = []
-    real = s.run.metrics
+    reads = []  # rows each store read returned, per refresh
+    real_metrics, real_tail = s.run.metrics, s.run.tail
 
-    def counting(key, *a, **kw):
-        df = real(key, *a, **kw)
-        calls.append((kw.get("start"), kw.get("max_points"), len(df)))
+    def metrics(key, *a, **kw):
+        df = real_metrics(key, *a, **kw)
+        reads[-1].append(("metrics", kw.get("start"), kw.get("max_points"), len(df)))
         return df
 
-    s.run.metrics = counting
+    def tail(key, n):
+        df = real_tail(key, n)
+        reads[-1].append(("tail", n, len(df)))
+        return df
+
+    s.run.metrics, s.run.tail = metrics, tail
     for chunk in range(5):
         for step in range(3000 + 100 * chunk, 3100 + 100 * chunk):
             rec.log({"loss": -30.0 if step == 3333 else math.sin(step / 50)}, step)
         rec.flush()
+        reads.append([])
         mon.refresh()
-    assert [c[1] for c in calls] == [None] * 5 and [c[2] for c in calls] == [100] * 5
-    assert [c[0] for c in calls] == [3000, 3100, 3200, 3300, 3400]
+    # each refresh reads about what arrived (100 rows), never the 3,000+ rows of the series
+    for r in reads:
+        assert 1 <= len(r) <= 2 and sum(x[-1] for x in r) <= 300, r
+        assert all(x[0] == "tail" or (x[1] is not None and x[2] is None) for x in r), r
+    assert s.last_step == 3499 and s.reads == 1 + 5
     raw, _ = line(mon, "loss")
     y = arr(raw, "y")
     assert len(y) <= 200 and y.max() == pytest.approx(40.0 + math.sin(1234 / 50)) and y.min() == -30.0

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+#: the most rows an incremental read asks for before it falls back to a range read
+TAIL = 1024
 _EMPTY_I = np.empty(0, dtype=np.int64)
 _EMPTY_F = np.empty(0, dtype=np.float64)
 
@@ -74,6 +76,7 @@ class Series:
         self.width = 0.0
         self.nonfinite: list[tuple[int, float]] = []
         self.reads = 0  # store reads made (for tests and the benchmark)
+        self._tail = 64
 
     def __len__(self) -> int:
         return len(self.step)
@@ -112,7 +115,7 @@ class Series:
         if last_hint is not None and last_hint - self.last_step > 4 * self.max_points:
             return self.load(last_hint)
         self.reads += 1
-        df = self.run.metrics(self.key, start=self.last_step + 1, end=self.end)
+        df = self._new_rows()
         if not len(df):
             return False
         step = df.step.to_numpy(np.int64)
@@ -127,6 +130,19 @@ class Series:
             self._trim()
         self._fold()
         return True
+
+    def _new_rows(self):
+        """The rows after ``last_step``: the series' last ``TAIL`` rows (one index range read, however
+        long the series), or, when more than that arrived since the last read, a range read."""
+        if self.end is None:
+            n = self._tail
+            tail = self.run.tail(self.key, n)
+            new = int((tail.step.to_numpy() > self.last_step).sum())
+            # ask for about twice what arrived last time: a refresh reads a few dozen rows
+            self._tail = min(TAIL, max(32, 2 * new + 16))
+            if new < len(tail) or len(tail) < n:
+                return tail.iloc[len(tail) - new:]
+        return self.run.metrics(self.key, start=self.last_step + 1, end=self.end)
 
     def _set(self, step, value, wall) -> None:
         self.step, self.value, self.wall = step, value, wall

@@ -122,6 +122,7 @@ class MetricsTab:
         self._zoom_pending = False
         self._setting_scale = False
         self._colors: dict[str, str] = {}
+        self._written: dict[str, tuple] = {}  # run id -> what the run row said at the last read
         self._dirty = True  # lines must be redrawn (options changed)
         self.xs = bq.LinearScale()
         self.xs.observe(self._on_domain, names=["min", "max"])
@@ -279,6 +280,11 @@ class MetricsTab:
         window = self.timeframe.value
         changed: set[tuple[str, str]] = set()
         for rs in mon.runs:
+            # nothing was written since the last read (no flush moved the heartbeat or the last step)
+            written = (rs.last_step, rs.info.get("heartbeat_at"), rs.status, tuple(selected), window)
+            if not self._dirty and not slow and self._written.get(rs.id) == written:
+                continue
+            self._written[rs.id] = written
             for key in selected:
                 ident = (rs.id, key)
                 s = self.series.get(ident)
