@@ -531,7 +531,35 @@ def test_auto_display_only_in_a_kernel(store_url, monkeypatch):
     t.start()
     t.join()
     assert shown[-1] is None
-    with pytest.warns(RuntimeWarning, match="could not be shown"):
-        assert auto.maybe_display("no-such-run", store_url) is None
+    # a run not in the store yet: the Monitor waits for it
+    late = auto.maybe_display("not-yet", store_url, interval=None)
+    assert late is not None and not late.runs and "waiting for run not-yet" in late.header.html.value
+    late.close()
+    def broken(*a, **kw):
+        raise RuntimeError("no comm")
+
+    monkeypatch.setattr(monitor_mod.Monitor, "__init__", broken)
+    with pytest.warns(RuntimeWarning, match="could not be shown.*no comm"):  # a widget problem never stops the fit
+        assert auto.maybe_display(rec.run_id, store_url) is None
     mon.close()
     rec.close()
+
+
+def test_pan_zoom_rereads_the_visible_range_in_detail(store_url):
+    rec = Recorder(store_url, run_name="zoom")
+    for step in range(20_000):
+        rec.log({"loss": math.sin(step / 7.0)}, step)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None, max_points=400, metrics=["loss"])
+    raw, _ = line(mon, "loss")
+    assert len(arr(raw, "x")) <= 400 and arr(raw, "x")[-1] == 19_999
+    mon.metrics.panzoom.value = True
+    assert mon.metrics.charts["loss"].fig.interaction is not None
+    with mon.metrics.xs.hold_sync():  # what the browser sends after a wheel zoom
+        mon.metrics.xs.min, mon.metrics.xs.max = 1000.0, 1100.0
+    mon.refresh()
+    x = arr(line(mon, "loss")[0], "x")
+    np.testing.assert_array_equal(x, np.arange(999, 1102, dtype=float))  # every point of the range, not 400 of 20k
+    mon.metrics.reset_zoom.click()
+    assert mon.metrics.xs.min is None and len(arr(line(mon, "loss")[0], "x")) <= 400
+    mon.close()

@@ -35,7 +35,20 @@ def maybe_display(run_id: str, store_url: str | None = None, **kwargs):
     try:
         from .monitor import Monitor
 
-        mon = Monitor(run_id, store=store_url, **kwargs)
+        try:
+            mon = Monitor(run_id, store=store_url, **kwargs)
+        except KeyError:  # the run row is not written yet (the store was busy): show it when it is
+            holder: list = []
+
+            def resolve():
+                try:
+                    return holder[0].store.run(run_id).id
+                except (KeyError, IndexError):
+                    return None
+
+            mon = Monitor(store=store_url, _resolve=resolve, _waiting=f"waiting for run {run_id} to reach the store",
+                          **kwargs)
+            holder.append(mon)
         _live.display(mon)
         return mon
     except Exception as exc:  # never take the fit down

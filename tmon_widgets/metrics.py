@@ -217,6 +217,7 @@ class MetricsTab:
         self.mon.refresh()
 
     def _drop_series(self) -> None:
+        self._dirty = True
         self.series.clear()
         self.epochs.clear()
         for c in self.charts.values():
@@ -473,8 +474,8 @@ class MetricsTab:
         if not len(s):
             return None, None
         mode = self.xaxis.value
-        if mode == "step":
-            return max(0, int(np.floor(lo))), int(np.ceil(hi))
+        if mode == "step":  # one point beyond each edge, so the line runs to the frame
+            return max(0, int(np.floor(lo)) - 1), int(np.ceil(hi)) + 1
         x = self.x_values(rs, s.step, s.wall)
         ok = np.isfinite(x)
         if ok.sum() < 2:

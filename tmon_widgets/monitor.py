@@ -356,6 +356,8 @@ class Monitor(widgets.VBox):
         return self._thread is not None and self._thread.is_alive()
 
     def stop_refresh(self) -> None:
+        if not hasattr(self, "_stop"):  # __init__ failed early (ipywidgets closes widgets when collected)
+            return
         self._stop.set()
         self._wake.set()
         t = self._thread
@@ -365,7 +367,7 @@ class Monitor(widgets.VBox):
     def close(self) -> None:
         self.stop_refresh()
         super().close()
-        if self._own_store:
+        if getattr(self, "_own_store", False):
             self.store.close()
 
     # ------------------------------------------------------------------ export
