@@ -563,3 +563,64 @@ def test_pan_zoom_rereads_the_visible_range_in_detail(store_url):
     mon.metrics.reset_zoom.click()
     assert mon.metrics.xs.min is None and len(arr(line(mon, "loss")[0], "x")) <= 400
     mon.close()
+
+
+def test_gpu_samples_are_drawn_with_thresholds_and_alerts(store_url):
+    rec = Recorder(store_url, run_name="gpu")
+    t0 = time.time()
+    for i in range(5):
+        host = {"wall_time": t0 + i, "host": "h", "node_rank": 0, "cpu_percent": 50.0, "ram_total": 100,
+                "ram_used": 40, "swap_used": 0, "proc_rss": 10, "children_rss": 5, "children_count": 2}
+        gpus = [{"wall_time": t0 + i, "host": "h", "node_rank": 0, "gpu": g, "name": "H100", "mem_used": used,
+                 "mem_total": 80, "util_percent": 90.0, "power_watts": 300.0, "temperature_c": 60.0 + 5 * i}
+                for g, used in ((0, 10 + 2 * i), (1, 70 + 2 * i))]
+        rec.sample(host, gpus)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    mon.select("Hardware")
+    hw = mon.hardware
+    assert hw.gpu_box.children[1] is hw.gpu_grid
+    np.testing.assert_allclose(arr(hw.gpu_mem.lines["GPU 0"], "y"), [100 * (10 + 2 * i) / 80 for i in range(5)])
+    np.testing.assert_allclose(arr(hw.gpu_temp.lines["GPU 1"], "y"), [60.0 + 5 * i for i in range(5)])
+    assert set(hw.gpu_util.lines) == {"GPU 0", "GPU 1"} and len(hw.gpu_mem.thresholds) == 2
+    # GPU 1 ends at 78 of 80 GB (97.5 %): a memory alert in the header
+    assert any(a["kind"] == "memory" and "GPU 1 memory at 98%" in a["message"] for a in mon.alerts.items)
+    assert "GPU 1 memory at 98%" in mon.header.html.value
+    mon.close()
+    rec.close()
+
+
+def test_fit_in_background_finds_the_tmon_callback_of_each_framework():
+    from tmon_widgets.background import _tmon_callbacks
+
+    class TMonCallback:
+        options = object()
+
+    class Other:
+        pass
+
+    cb = TMonCallback()
+
+    class LightningTrainer:  # trainer.fit: the callbacks are on the trainer
+        callbacks = [Other(), cb]
+
+        def fit(self):
+            pass
+
+    class Handler:
+        callbacks = [cb]
+
+    class HFTrainer:  # trainer.train: on its callback handler
+        callback_handler = Handler()
+
+        def train(self):
+            pass
+
+    class KerasModel:  # model.fit(..., callbacks=[...])
+        def fit(self, x, callbacks=None):
+            pass
+
+    assert _tmon_callbacks(LightningTrainer().fit, (), {}) == [cb]
+    assert _tmon_callbacks(HFTrainer().train, (), {}) == [cb]
+    assert _tmon_callbacks(KerasModel().fit, (1,), {"callbacks": [Other(), cb]}) == [cb]
+    assert _tmon_callbacks(lambda: None, (), {}) == []

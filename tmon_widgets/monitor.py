@@ -250,7 +250,7 @@ class Monitor(widgets.VBox):
         blind_due = blind and now - self._last_blind >= BLIND_INTERVAL
         if blind_due:
             self._last_blind = now
-        if (slow and visible is self.hardware) or blind_due or (slow and self._slow_count % 5 == 0):
+        if (slow and visible is self.hardware) or blind_due or (slow and self._slow_count % 5 == 1):
             self.hardware.read()
         if (visible is self.hardware and slow) or blind_due:
             self.hardware.render()
@@ -320,6 +320,7 @@ class Monitor(widgets.VBox):
                     self.metrics.refresh(True)
                 else:
                     tab.refresh()
+                self.header.render()  # what the tab read may have raised an alert
         except Exception as exc:
             self.footer.value = f.note(f"{TAB_TITLES[idx]}: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
 
