@@ -1,5 +1,6 @@
 """The demo: train a tiny Lightning model on synthetic data with TMonCallback on the embedded
-SQLite default (./tmon.db), then print what was recorded, as a user would look at it.
+SQLite default (./tmon.db), then print what was recorded and the run's report, as a user would
+look at them.
 
     python examples/demo.py [--epochs 5] [--store sqlite:///tmon.db]
 """
@@ -48,7 +49,10 @@ def main() -> int:
     print(run.metrics("train_loss_step").iloc[::16].to_string(index=False))
     print("\nevents:")
     print(run.events()[["step", "type", "message"]].astype(object).fillna("").to_string(index=False))
-    print("\nthe same from a terminal:  tmon runs  |  tmon show latest  |  tmon export latest --format csv")
+    print("\n=== the report: what went well, what went wrong, what to change ===\n")
+    print(tmon_core.report(run.id, store=args.store))
+    print("\nthe same from a terminal:  tmon runs  |  tmon show latest  |  tmon report latest  |  "
+          "tmon export latest --format csv")
     return 0
 
 
