@@ -408,8 +408,9 @@ class TMonCallback(keras.callbacks.Callback):
         logs = dict(logs or {})
         if self._rec is not None:
             last = self._batch_logs
-            values = {k: v for k, v in logs.items()
-                      if type(v) in _PLAIN and (k not in last or last[k] != v)}
+            # only what the batches did not carry (val_*...): a batch key's epoch value is its last
+            # running mean again, a second point at the same step
+            values = {k: v for k, v in logs.items() if type(v) in _PLAIN and k not in last}
             if values:
                 self._rec.log(values, self._last_step if self._last_step is not None else self._step)
         self._ckpt_context = (self._step, epoch, logs)
