@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from examples.tiny_lightning import make  # noqa: E402
+from tests.control_helpers import handed_over  # noqa: E402
 from tmon_callbacks.lightning import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
 
@@ -50,14 +51,6 @@ def fit(tmp_path, cb, probe, model=None, epochs=2, n=256, **kw):
                 log_every_n_steps=1, **kw)
     t.fit(model or TinyRegressor(), SyntheticData(n=n, batch_size=16))  # 12 steps per epoch at n=256
     return t
-
-
-def handed_over(cb, timeout=5.0):
-    """Block the training thread until tmon's writer has fetched the pending requests, so they
-    apply at the very next step (tests that are not about latency stay deterministic)."""
-    deadline = time.time() + timeout
-    while cb._ctl._incoming.__len__() == 0 and time.time() < deadline:
-        time.sleep(0.01)
 
 
 def recorded_checkpoints(run, timeout=5.0):

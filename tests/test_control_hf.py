@@ -18,6 +18,7 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
+from tests.control_helpers import handed_over  # noqa: E402
 from tests.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
@@ -63,14 +64,6 @@ def train(tmp_path, cb, probe, n=32, **kw):
 def linear(k, base=1e-3, total=8):
     """HF's default schedule (linear decay, no warm-up) at the step HF records as ``k``."""
     return base * (total - (k - 1)) / total
-
-
-def handed_over(cb, timeout=5.0):
-    """Block the training thread until tmon's writer has fetched the pending requests, so they
-    apply at the very next step (tests that are not about latency stay deterministic)."""
-    deadline = time.time() + timeout
-    while len(cb._ctl._incoming) == 0 and time.time() < deadline:
-        time.sleep(0.01)
 
 
 def recorded_checkpoints(run, timeout=5.0):

@@ -20,6 +20,7 @@ if keras.backend.backend() != "torch":
     pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
                 allow_module_level=True)
 
+from tests.control_helpers import handed_over  # noqa: E402
 from tests.test_keras import data, mlp  # noqa: E402
 from tmon_callbacks._keras import ScaledSchedule  # noqa: E402
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
@@ -65,14 +66,6 @@ def fit(cb, probe, optimizer, n=64, epochs=3, callbacks=(), model=None):
     x, y = data(n)
     model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False, callbacks=[cb, probe, *callbacks])
     return model
-
-
-def handed_over(cb, timeout=5.0):
-    """Block the training thread until tmon's writer has fetched the pending requests, so they
-    apply at the very next step (tests that are not about latency stay deterministic)."""
-    deadline = time.time() + timeout
-    while len(cb._ctl._incoming) == 0 and time.time() < deadline:
-        time.sleep(0.01)
 
 
 def recorded(run, source="manual", timeout=5.0):

@@ -1,0 +1,19 @@
+"""Helpers shared by the control tests of the three frameworks."""
+
+from __future__ import annotations
+
+import time
+
+from tmon_core import open_store
+
+
+def handed_over(cb, timeout: float = 10.0) -> None:
+    """Block the training thread until tmon's writer has handed every pending request of the run
+    to the controller, so they all apply at the very next step (tests that are not about latency
+    stay deterministic, also when a burst of requests spans two polls on a loaded machine)."""
+    rec = cb.session.recorder
+    with open_store(rec.url) as store:
+        pending = int((store.run(cb.run_id).requests().status == "pending").sum())
+    deadline = time.time() + timeout
+    while len(cb._ctl._incoming) < pending and time.time() < deadline:
+        time.sleep(0.01)
