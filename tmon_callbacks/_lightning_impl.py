@@ -104,6 +104,11 @@ def build(package: str):
             control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
                 | ``admin`` (also rollback and stop). See ``tmon_core.control``.
             tags, notes: labels and free text stored with the run.
+            capture_logs: keep Python logging records at WARNING and above and warnings.warn calls
+                with the run (what the user sees is unchanged).
+            capture_output: also keep every line printed to stdout/stderr.
+            report: ``"auto"`` (default) makes ``tmon_core.report()`` when the run ends
+                (``callback.session.report``); ``"off"``.
 
         One instance can serve several ``fit()`` calls: each is its own run.
         """
