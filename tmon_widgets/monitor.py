@@ -259,6 +259,8 @@ class Monitor(widgets.VBox):
             tab.gate()
             if (visible is tab and (slow or polled or self.control.pending)) or blind_due or (blind and polled):
                 tab.refresh()
+            elif tab is self.parameters and slow:
+                tab.show_current()
         if (visible is self.events_tab and slow) or blind_due:
             self.events_tab.refresh()
         if visible is self.report:

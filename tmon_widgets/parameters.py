@@ -129,6 +129,16 @@ class ParametersTab:
         if rs is None:
             return
         self.gate()
+        self.show_current()
+        self._history(rs)
+        mine = [s for s in self.ctl.sent if s.kind in ("set_param", "preset", "stop")]
+        self.status.value = "".join(s.html() for s in mine[-3:])
+
+    def show_current(self) -> None:
+        """The current values and the schedule's progress, from what the Monitor read (no store read)."""
+        rs = self.mon.runs[0] if self.mon.runs else None
+        if rs is None:
+            return
         latest = self.mon.latest.get(rs.id, {})
         for name, row in self.rows.items():
             key = CURRENT_KEY.get(name, name)
@@ -139,9 +149,6 @@ class ParametersTab:
                 continue
             row.show(latest[key][1] if key in latest else None)
         self._schedule(rs)
-        self._history(rs)
-        mine = [s for s in self.ctl.sent if s.kind in ("set_param", "preset", "stop")]
-        self.status.value = "".join(s.html() for s in mine[-3:])
 
     def gate(self) -> None:
         """The rows the run describes, the banner, enabled buttons (no store read)."""
