@@ -260,6 +260,9 @@ def test_blocked_cell_says_clicks_queue_and_they_never_reach_the_run(lab, browse
         _tab(page, "Parameters")
         page.wait_for_function("() => document.body.innerText.includes('Jupyter queues clicks')", timeout=20_000)
         assert "tmon set" in page.inner_text(".tmon-monitor")
+        # the tab the kernel cannot see being shown still follows the run
+        page.wait_for_function("() => document.querySelector('.tmon-param-lr').innerText.includes('now 0.01')",
+                               timeout=20_000)
         _shot(page, tmp_path / "monitor-blocked.png")
         page.locator("button.widget-button", has_text="apply lr").first.click()
         time.sleep(2)
