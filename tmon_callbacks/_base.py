@@ -46,6 +46,7 @@ class CallbackOptions:
     capture_logs: bool = True  # logging records at WARNING+ and warnings.warn calls, kept with the run
     capture_output: bool = False  # also every line printed to stdout/stderr
     report: str = "auto"  # "auto": tmon_core.report() when the run ends (session.report); "off"
+    widget: bool = True  # in a notebook, display a live tmon_widgets.Monitor when the run starts
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -71,7 +72,7 @@ class CallbackOptions:
             raise ValueError(f"notes must be a string, received notes={self.notes!r}")
         if not isinstance(self.log_grad_norm, bool):
             raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
-        for name in ("capture_logs", "capture_output"):
+        for name in ("capture_logs", "capture_output", "widget"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, received {name}={getattr(self, name)!r}")
         if self.report not in ("auto", "off"):
@@ -137,6 +138,14 @@ class RunSession:
         if self.writes_metrics and self.recorder is not None:
             self.controller = opts.make_controller(self.recorder)
             self.recorder.on_requests(self.controller.offer)
+        self.monitor = None  # the Monitor shown in a notebook (widget=True), else None
+        if self.writes_metrics and self.recorder is not None and opts.widget:
+            try:
+                from tmon_widgets.auto import maybe_display
+
+                self.monitor = maybe_display(self.run_id, self.recorder.url)
+            except Exception as exc:  # never stop a fit for a widget
+                warn_once(self, "widget", exc)
         self.ended = False
         self.report = None  # the tmon_core.Report of this run once it ended (report="auto")
         self._capture = None

@@ -312,6 +312,9 @@ def build(package: str):
             self._t_last_end = None
             if self._ctl is not None:
                 self._ctl.on_epoch_start(trainer.current_epoch, self._step)
+            if self._rec is not None and self._ckpt_dirs:
+                # ModelCheckpoint removes a top-k loser after its logger hook ran: see it now
+                self._scan_checkpoints()
             self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
 
         @override

@@ -151,6 +151,7 @@ class Run:
     def __init__(self, store: Store, run_id: str):
         self.store = store
         self.id = run_id
+        self._series_ids: dict[str, int] = {}  # a run's series only grow: cached, re-read on a miss
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, status={self.status!r})"
@@ -181,12 +182,16 @@ class Run:
     def _series(self) -> dict[str, int]:
         with self.store.engine.connect() as conn:
             rows = conn.execute(select(SeriesRow.key, SeriesRow.id).where(SeriesRow.run_id == self.id)).all()
-        return dict(rows)
+        self._series_ids = dict(rows)
+        return dict(self._series_ids)
 
     def metric_keys(self) -> list[str]:
         return sorted(self._series())
 
     def _series_id(self, key: str) -> int:
+        sid = self._series_ids.get(key)
+        if sid is not None:
+            return sid
         series = self._series()
         if key not in series:
             known = ", ".join(sorted(series)[:30]) or "none"
