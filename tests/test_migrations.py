@@ -21,8 +21,10 @@ def _v1_statements(dialect: str) -> list[str]:
     ddl = "\n".join(line for line in lines if not line.startswith("--"))
     return [s.strip() for s in ddl.split(";") if s.strip()] + [
         "INSERT INTO tmon_schema (version, created_at) VALUES (1, 1700000000)", V1_RUN,
-        "INSERT INTO tmon_series (id, run_id, key) VALUES (1, 'oldrun', 'loss')",
-        "INSERT INTO tmon_points (series_id, step, seq, value, wall_time) VALUES (1, 0, 0, 2.5, 1700000001)",
+        # ids from the database's own sequence, as a store written by tmon 1 has them
+        "INSERT INTO tmon_series (run_id, key) VALUES ('oldrun', 'loss')",
+        "INSERT INTO tmon_points (series_id, step, seq, value, wall_time) "
+        "SELECT id, 0, 0, 2.5, 1700000001 FROM tmon_series WHERE run_id = 'oldrun'",
     ]
 
 
@@ -37,6 +39,7 @@ def _check_upgraded(url):
     rec = Recorder(url, flush_interval=0.05, tags=["after-upgrade"], notes="written by the new code")
     rec.log({"loss": 1.0}, step=0)
     rec.close()
+    assert not rec.problems, rec.problems
     new = store.run(rec.run_id).info()
     assert new["tags"] == ["after-upgrade"] and new["notes"] == "written by the new code"
     assert store.runs().tags.tolist() == [["after-upgrade"], []]
