@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 from tmon_core import open_store
@@ -17,3 +18,13 @@ def handed_over(cb, timeout: float = 10.0) -> None:
     deadline = time.time() + timeout
     while len(cb._ctl._incoming) < pending and time.time() < deadline:
         time.sleep(0.01)
+
+
+#: a second process asking a running run for lr=0.02 and printing "<request id> <outcome>"
+LIVE = textwrap.dedent("""
+    import sys
+    from tmon_core import open_store
+    url, run_id = sys.argv[1], sys.argv[2]
+    req = open_store(url).run(run_id).set_param("lr", 0.02, requested_by="second-process")
+    print(req.id, req.wait(timeout=30), flush=True)
+""")

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from examples.tiny_lightning import make  # noqa: E402
-from tests.control_helpers import handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over  # noqa: E402
 from tmon_callbacks.lightning import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
 
@@ -111,13 +111,6 @@ def test_pin_mode_holds_the_value_against_the_scheduler_and_a_ramp_is_linear(tmp
     assert events.step.tolist() == [4, 8]  # ramp start and end, not every intermediate step
 
 
-LIVE = textwrap.dedent("""
-    import sys, time
-    from tmon_core import open_store
-    url, run_id = sys.argv[1], sys.argv[2]
-    req = open_store(url).run(run_id).set_param("lr", 0.02, requested_by="second-process")
-    print(req.id, req.wait(timeout=30), flush=True)
-""")
 
 
 @pytest.mark.slow

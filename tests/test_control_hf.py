@@ -18,7 +18,7 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from tests.control_helpers import handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over  # noqa: E402
 from tests.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
@@ -96,13 +96,6 @@ def test_schedule_changes_lr_at_the_exact_step_and_weight_decay_at_an_epoch(tmp_
     assert run.info()["config"]["control"]["schedule"][0]["step"] == 3
 
 
-LIVE = textwrap.dedent("""
-    import sys
-    from tmon_core import open_store
-    url, run_id = sys.argv[1], sys.argv[2]
-    req = open_store(url).run(run_id).set_param("lr", 0.02, requested_by="second-process")
-    print(req.id, req.wait(timeout=30), flush=True)
-""")
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in th
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import textwrap  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -20,7 +19,7 @@ if keras.backend.backend() != "torch":
     pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
                 allow_module_level=True)
 
-from tests.control_helpers import handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over  # noqa: E402
 from tests.test_keras import data, mlp  # noqa: E402
 from tmon_callbacks._keras import ScaledSchedule  # noqa: E402
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
@@ -122,13 +121,6 @@ def test_scale_set_and_pin_on_a_learning_rate_schedule(tmp_path, store_url):
     assert float(loaded.optimizer.learning_rate) == pytest.approx(float(opt.learning_rate))
 
 
-LIVE = textwrap.dedent("""
-    import sys
-    from tmon_core import open_store
-    url, run_id = sys.argv[1], sys.argv[2]
-    req = open_store(url).run(run_id).set_param("lr", 0.02, requested_by="second-process")
-    print(req.id, req.wait(timeout=30), flush=True)
-""")
 
 
 @pytest.mark.slow
