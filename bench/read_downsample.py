@@ -9,7 +9,8 @@ median of several repetitions each:
 * ``Run.metrics(key, max_points=2000)``: the whole run downsampled (target <= 100 ms);
 * ``Run.metrics(key, max_points=2000, start=..., end=...)``: a 10 % zoom window (target <= 20 ms);
 
-next to plain SQL on the same table (``sqlite3``, no tmon code): all points into numpy, and a
+next to plain SQL (``sqlite3``, no tmon code) on the same points stored one row per point (the
+long format tmon used up to schema 2): all points into numpy, and a
 ``GROUP BY`` min/max downsample to 2000 buckets (whole run and the 10 % window), and numpy min/max
 per bucket over points already in memory. Checks: the downsampled frames hold the global min and
 max value of the series (of the window, for the zoom), and no more rows than ``max_points``.
@@ -91,8 +92,18 @@ def main() -> int:
         store = Store(path)
         run = store.run(run_id)
         stored = run.count_points()
-        raw = sqlite3.connect(path)
-        sid = raw.execute("SELECT id FROM tmon_series WHERE run_id = ? AND key = ?", (run_id, KEY)).fetchone()[0]
+        # the peer: the same points one row per point (ARCHITECTURE.md's long format, clustered by
+        # series and step, as tmon stored them up to schema 2), in its own file; filling it is not timed
+        raw = sqlite3.connect(os.path.join(tmp, "long.db"))
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
+                    "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID")
+        sid = 1
+        full = run.metrics(KEY)
+        raw.executemany("INSERT INTO tmon_points VALUES (?, ?, ?, ?, ?)",
+                        zip([sid] * len(full), full.step.tolist(), range(len(full)),
+                            [None if v != v else v for v in full.value.tolist()], full.wall_time.tolist()))
+        raw.commit()
         width = -(-n // BUCKETS)
         wwidth = -(-(hi_step - lo_step + 1) // BUCKETS)
 

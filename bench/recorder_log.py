@@ -239,7 +239,7 @@ def tmon_throughput(path: str, steps: int) -> dict:
     orig_summarize = getattr(writer_mod, "summarize", None)
 
     def exec_timed(self, sql, *a, **kw):  # splits the writer's SQL time into points / summaries
-        clock = pts if "INTO tmon_points" in sql else sums if "INTO tmon_summaries" in sql else None
+        clock = pts if "INTO tmon_chunks" in sql else sums if "INTO tmon_summaries" in sql else None
         if clock is None:
             return orig_exec(self, sql, *a, **kw)
         return clock.wrap(orig_exec)(self, sql, *a, **kw)
@@ -279,28 +279,16 @@ def tmon_throughput(path: str, steps: int) -> dict:
 
 _FIELDS = ("series_id", "step", "seq", "value", "wall_time")
 
+# the peer: one row per point, the long format of ARCHITECTURE.md (tmon's own layout up to schema 2,
+# clustered by series and step); tmon now writes chunks of arrays instead (see store/schema.py)
+_LONG_DDL = ["CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
+             "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID"]
+
 
 def _raw_layout():
-    """DDL and INSERT for a plain-sqlite3 copy of tmon's current points table (compiled from tmon's
-    own schema, so the comparison follows schema changes), and how to order a row's fields."""
-    from sqlalchemy.dialects import sqlite as sqlite_dialect
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
-    from tmon_core.store.schema import PointRow
-
-    t = PointRow.__table__
-    ddl = [str(CreateTable(t).compile(dialect=sqlite_dialect.dialect()))]
-    ddl += [str(CreateIndex(ix).compile(dialect=sqlite_dialect.dialect())) for ix in t.indexes]
-    cols = []
-    for c in t.columns:
-        if c.name in _FIELDS:
-            cols.append(c.name)
-        elif not (c.primary_key and c.autoincrement is not False) and not c.nullable:
-            raise RuntimeError(f"tmon_points has a column this bench does not know how to fill: {c.name}")
-    insert = f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    idx = [_FIELDS.index(c) for c in cols]
-    pick = None if idx == list(range(len(_FIELDS))) else idx
-    return ddl, insert, pick
+    """DDL and INSERT for the plain-sqlite3 long-format peer, and how to order a row's fields."""
+    insert = f"INSERT INTO tmon_points ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
+    return _LONG_DDL, insert, None
 
 
 def _raw_conn(path: str, ddl: list[str]) -> sqlite3.Connection:
@@ -398,7 +386,8 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
     ]
     table(["writer", "points", "seconds", "k points/s", "vs raw prebuilt", "target"], rows,
           title=f"(b) sustained write throughput: {steps:,} steps x 5 metrics, median of {rounds} rounds; raw sqlite3 "
-                f"writes into a copy of tmon's points table (same DDL, WAL, synchronous=NORMAL), no summaries")
+                f"writes one row per point (long format, clustered by series and step; WAL, synchronous=NORMAL), "
+                f"no summaries; tmon writes chunks of arrays plus summaries")
     rows = [
         ["log() loop (main thread)", num(tm["log"], "{:.2f}"), num(tm["log"] / n * 1e6, "{:.2f}") + " us/point"],
         ["close() until all written", num(tm["close"], "{:.2f}"), ""],
@@ -406,7 +395,7 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
          num(tm["drain_wall"] / n * 1e6, "{:.2f}") + " us/point"],
         ["writer: StoreWriter.write (SQL + summaries)", num(tm["write_wall"], "{:.2f}"),
          num(tm["write_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["  of which INSERT INTO tmon_points", num(tm["points_sql_wall"], "{:.2f}"),
+        ["  of which INSERT INTO tmon_chunks", num(tm["points_sql_wall"], "{:.2f}"),
          num(tm["points_sql_wall"] / n * 1e6, "{:.2f}") + " us/point"],
         ["  of which summarize() (numpy)", num(tm["summarize_wall"], "{:.2f}"),
          num(tm["summarize_wall"] / n * 1e6, "{:.2f}") + " us/point"],

@@ -1,5 +1,6 @@
 """A store written with the first schema is upgraded when today's code opens it."""
 
+import math
 import os
 import sqlite3
 
@@ -23,8 +24,10 @@ def _v1_statements(dialect: str) -> list[str]:
         "INSERT INTO tmon_schema (version, created_at) VALUES (1, 1700000000)", V1_RUN,
         # ids from the database's own sequence, as a store written by tmon 1 has them
         "INSERT INTO tmon_series (run_id, key) VALUES ('oldrun', 'loss')",
+    ] + [  # one row per point, as schemas 1 and 2 stored them: NaN as NULL, a step logged twice
         "INSERT INTO tmon_points (series_id, step, seq, value, wall_time) "
-        "SELECT id, 0, 0, 2.5, 1700000001 FROM tmon_series WHERE run_id = 'oldrun'",
+        f"SELECT id, {step}, {seq}, {value}, {1700000001 + seq} FROM tmon_series WHERE run_id = 'oldrun'"
+        for step, seq, value in ((0, 0, "2.5"), (2, 3, "1.5"), (1, 1, "NULL"), (2, 2, "1.75"))
     ]
 
 
@@ -32,7 +35,11 @@ def _check_upgraded(url):
     store = open_store(url)
     run = store.run("oldrun")
     assert run.info()["config"] == {"lr": 0.1} and run.info()["tags"] == []
-    assert run.metrics("loss").value.tolist() == [2.5]
+    loss = run.metrics("loss")
+    assert loss.step.tolist() == [0, 1, 2, 2] and loss.wall_time.tolist() == [1700000001, 1700000002, 1700000003,
+                                                                              1700000004]
+    assert loss.value.iloc[0] == 2.5 and math.isnan(loss.value.iloc[1]) and loss.value.iloc[2:].tolist() == [1.75, 1.5]
+    assert run.count_points() == 4 and run.latest() == {"loss": (2, 1.5)}
     with store.engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM tmon_schema ORDER BY id")).scalars().all()
     assert versions == list(range(1, SCHEMA_VERSION + 1))

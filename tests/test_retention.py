@@ -40,7 +40,7 @@ def test_prune_keeps_records_removes_bulk_and_files(store_url, tmp_path):
     store = open_store(store_url)
     size_before = disk_size(tmp_path)
     dry = prune(store, 1.0, dry_run=True)
-    assert dry["runs"] == [old] and dry["rows"]["tmon_points"] == 2000 and dry["files"] == [str(old_ckpt)]
+    assert dry["runs"] == [old] and dry["rows"]["points"] == 2000 and dry["files"] == [str(old_ckpt)]
     assert old_ckpt.exists() and store.run(old).count_points() == 2000  # a dry run touches nothing
     rep = prune(store, 1.0)
     assert rep["runs"] == [old] and not old_ckpt.exists() and new_ckpt.exists()

@@ -117,7 +117,7 @@ def test_store_is_sqlite_wal(store_url, tmp_path):
     con = sqlite3.connect(tmp_path / "tmon.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"tmon_runs", "tmon_series", "tmon_points", "tmon_events", "tmon_samples", "tmon_gpu_samples",
+    assert {"tmon_runs", "tmon_series", "tmon_chunks", "tmon_summaries", "tmon_events", "tmon_samples", "tmon_gpu_samples",
             "tmon_checkpoints", "tmon_requests", "tmon_logs", "tmon_reports", "tmon_schema"} <= tables
     assert con.execute("SELECT version FROM tmon_schema").fetchone()[0] == SCHEMA_VERSION
 

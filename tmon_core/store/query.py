@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import Engine, select, text
 
 from ..events import LOST, RUNNING
+from . import chunks
 from .engine import create_store_engine, ensure_schema, resolve_url
 from .schema import (
     SUMMARY_LEVELS,
@@ -215,12 +216,12 @@ class Run:
         with self.store.engine.connect() as conn:
             lo, hi = self._step_bounds(conn, sid, x, start, end)
             if lo is None:
-                return self._frame([])
+                return self._frame(*chunks.decode([]))
             if max_points is not None and self._count_at_most(conn, sid, lo, hi, max_points):
-                rows = self._downsample(conn, sid, lo, hi, max_points)
+                s, v, w = self._downsample(conn, sid, lo, hi, max_points)
             else:
-                rows = self._raw(conn, sid, lo, hi)
-        df = self._frame(rows)
+                s, v, w = self._raw(conn, sid, lo, hi)
+        df = self._frame(s, v, w)
         if x == "time":
             if start is not None:
                 df = df[df.wall_time >= start]
@@ -230,58 +231,81 @@ class Run:
         return df
 
     def tail(self, key: str, n: int = 100):
-        """The last ``n`` points of metric ``key`` (step, value, wall_time), oldest first: one index
-        range read however long the series, what a live chart polls."""
+        """The last ``n`` points of metric ``key`` (step, value, wall_time), oldest first: the newest
+        chunks only, however long the series, what a live chart polls."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, received n={n!r}")
         sid = self._series_id(key)
         with self.store.engine.connect() as conn:
-            cur = conn.connection.dbapi_connection.cursor()
-            try:
-                cur.execute(f"SELECT step, value, wall_time FROM tmon_points WHERE series_id = {int(sid)} "
-                            f"ORDER BY step DESC, seq DESC LIMIT {int(n)}")
-                rows = cur.fetchall()
-            finally:
-                cur.close()
-        return self._frame(rows[::-1])
+            s, v, w = self._last(conn, sid, n)
+        return self._frame(s, v, w)
 
     def latest(self) -> dict[str, tuple[int, float]]:
         """The last point of every metric: key -> (step, value)."""
         out = {}
         with self.store.engine.connect() as conn:
             for key, sid in sorted(self._series().items()):
-                row = conn.exec_driver_sql(
-                    "SELECT step, value FROM tmon_points WHERE series_id = " + str(int(sid))
-                    + " ORDER BY step DESC, seq DESC LIMIT 1").first()
-                if row is not None:
-                    out[key] = (row[0], math.nan if row[1] is None else row[1])
+                s, v, _ = self._last(conn, sid, 1)
+                if len(s):
+                    out[key] = (int(s[-1]), float(v[-1]))
         return out
 
     @staticmethod
-    def _frame(rows):
-        pd = _pd()
-        if not len(rows):
-            return pd.DataFrame({"step": np.array([], dtype=np.int64), "value": np.array([], dtype=float),
-                                 "wall_time": np.array([], dtype=float)})
-        arr = np.array(rows, dtype=np.float64)  # None (stored NaN) becomes NaN here
-        return pd.DataFrame({"step": arr[:, 0].astype(np.int64), "value": arr[:, 1], "wall_time": arr[:, 2]})
+    def _frame(steps, values, walls):
+        return _pd().DataFrame({"step": np.asarray(steps, dtype=np.int64), "value": np.asarray(values, dtype=float),
+                                "wall_time": np.asarray(walls, dtype=float)})
+
+    @staticmethod
+    def _fetch(conn, sql: str) -> list[tuple]:
+        # the driver's own cursor: plain tuples of bytes, no Row objects
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            cur.execute(sql)
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    def _last(self, conn, sid: int, n: int):
+        """The ``n`` points with the largest steps (the later-written first among equal steps)."""
+        index = conn.exec_driver_sql(
+            f"SELECT id, first_step, last_step, n FROM tmon_chunks WHERE series_id = {int(sid)} "
+            f"ORDER BY last_step DESC, id DESC").fetchall()  # the index and the small columns only
+        take, count, floor = [], 0, None
+        for cid, first, last, k in index:
+            if count >= n and last < floor:
+                break  # n points at or above ``floor`` are taken: this chunk and the ones after are older
+            take.append(cid)
+            count += k
+            floor = first if floor is None else min(floor, first)
+        if not take:
+            return chunks.decode([])
+        s, v, w = self._read_chunks(conn, f"id IN ({', '.join(str(int(c)) for c in take)})")
+        return s[-n:], v[-n:], w[-n:]
+
+    def _read_chunks(self, conn, where: str, lo: int | None = None, hi: int | None = None):
+        return chunks.decode(
+            self._fetch(conn, f"SELECT {chunks.READ_COLUMNS} FROM tmon_chunks WHERE {where} ORDER BY id"), lo, hi)
 
     def _step_bounds(self, conn, sid, x, start, end):
         if x == "time" and (start is not None or end is not None):
-            # no index on wall time: one scan of the series (steps grow with time within a run)
+            # no index on wall time: the chunks' time ranges pick which to decode
             cond = [f"series_id = {int(sid)}"]
             if start is not None:
-                cond.append(f"wall_time >= {float(start)!r}")
+                cond.append(f"last_wall >= {float(start)!r}")
             if end is not None:
-                cond.append(f"wall_time <= {float(end)!r}")
-            return tuple(conn.exec_driver_sql(
-                f"SELECT MIN(step), MAX(step) FROM tmon_points WHERE {' AND '.join(cond)}").first())
-        # two single-aggregate queries: each is one index lookup (MIN and MAX together scan the range)
-        q = f"SELECT step FROM tmon_points WHERE series_id = {int(sid)} ORDER BY step"
-        lo = conn.exec_driver_sql(q + " LIMIT 1").scalar()
+                cond.append(f"first_wall <= {float(end)!r}")
+            s, _, w = self._read_chunks(conn, " AND ".join(cond))
+            keep = np.ones(len(s), dtype=bool)
+            if start is not None:
+                keep &= w >= start
+            if end is not None:
+                keep &= w <= end
+            s = s[keep]
+            return (int(s.min()), int(s.max())) if len(s) else (None, None)
+        lo, hi = conn.exec_driver_sql(
+            f"SELECT MIN(first_step), MAX(last_step) FROM tmon_chunks WHERE series_id = {int(sid)}").first()
         if lo is None:
             return None, None
-        hi = conn.exec_driver_sql(q + " DESC LIMIT 1").scalar()
         if x == "step":
             if start is not None:
                 lo = max(lo, math.ceil(start))
@@ -290,14 +314,8 @@ class Run:
         return (lo, hi) if lo <= hi else (None, None)
 
     def _raw(self, conn, sid, lo, hi):
-        # the driver's own cursor: plain tuples, which numpy converts ~50x faster than Row objects
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
-            cur.execute(f"SELECT step, value, wall_time FROM tmon_points WHERE series_id = {int(sid)} "
-                        f"AND step >= {int(lo)} AND step <= {int(hi)} ORDER BY step, seq")
-            return cur.fetchall()
-        finally:
-            cur.close()
+        return self._read_chunks(
+            conn, f"series_id = {int(sid)} AND first_step <= {int(hi)} AND last_step >= {int(lo)}", lo, hi)
 
     def _count_at_most(self, conn, sid, lo, hi, max_points) -> bool:
         """True when [lo, hi] holds more than ``max_points`` points (estimated from summaries)."""
@@ -314,24 +332,29 @@ class Run:
         b0, b1 = -(-lo // width), (hi + 1) // width - 1  # buckets lying wholly inside [lo, hi]
         out: list[tuple] = []
         if b0 > b1:  # the range is narrower than a bucket: min/max of the raw points
-            return _min_max_rows(self._raw(conn, sid, lo, hi))
-        out += _min_max_rows(self._raw(conn, sid, lo, b0 * width - 1)) if lo < b0 * width else []
-        rows = conn.exec_driver_sql(
-            "SELECT bucket, n, n_nan, min_value, min_step, min_wall, max_value, max_step, max_wall "
-            f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
-            f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
-        for bucket, _n, _n_nan, lov, los, low, hiv, his, hiw in rows:
-            if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
-                out.append((bucket * width, None, None))
-            elif los == his:
-                out.append((los, lov, low))
-            elif los < his:
-                out += [(los, lov, low), (his, hiv, hiw)]
-            else:
-                out += [(his, hiv, hiw), (los, lov, low)]
-        if (b1 + 1) * width <= hi:
-            out += _min_max_rows(self._raw(conn, sid, (b1 + 1) * width, hi))
-        return [(s, v, math.nan if w is None else w) for s, v, w in out]
+            out = _min_max_rows(*self._raw(conn, sid, lo, hi))
+        else:
+            if lo < b0 * width:
+                out += _min_max_rows(*self._raw(conn, sid, lo, b0 * width - 1))
+            rows = conn.exec_driver_sql(
+                "SELECT bucket, min_value, min_step, min_wall, max_value, max_step, max_wall "
+                f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
+                f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
+            for bucket, lov, los, low, hiv, his, hiw in rows:
+                if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
+                    out.append((bucket * width, math.nan, math.nan))
+                elif los == his:
+                    out.append((los, lov, low))
+                elif los < his:
+                    out += [(los, lov, low), (his, hiv, hiw)]
+                else:
+                    out += [(his, hiv, hiw), (los, lov, low)]
+            if (b1 + 1) * width <= hi:
+                out += _min_max_rows(*self._raw(conn, sid, (b1 + 1) * width, hi))
+        if not out:
+            return chunks.decode([])
+        arr = np.array(out, dtype=np.float64).reshape(-1, 3)
+        return arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2]
 
     # -------------------------------------------------------------- control (tmon_core.control.requests)
     def set_param(self, name: str, value: Any, *, group: int | None = None, mode: str = "scale", **kw):
@@ -438,7 +461,7 @@ class Run:
         """How many metric points the run holds, over all keys."""
         with self.store.engine.connect() as conn:
             return conn.execute(
-                text("SELECT COUNT(*) FROM tmon_points p JOIN tmon_series s ON p.series_id = s.id WHERE s.run_id = :r"),
+                text("SELECT SUM(c.n) FROM tmon_chunks c JOIN tmon_series s ON c.series_id = s.id WHERE s.run_id = :r"),
                 {"r": self.id},
             ).scalar() or 0
 
@@ -457,16 +480,19 @@ def _level_for(span: int, buckets: int) -> int:
     return SUMMARY_LEVELS - 1
 
 
-def _min_max_rows(rows) -> list[tuple]:
-    """Reduce raw (step, value, wall) rows to their min and max points, in step order."""
-    finite = [r for r in rows if r[1] is not None]
-    if not finite:
-        return [rows[0]] if rows else []
-    lo = min(finite, key=lambda r: r[1])
-    hi = max(finite, key=lambda r: r[1])
-    if lo is hi or lo[0] == hi[0] and lo[1] == hi[1]:
-        return [lo]
-    return sorted([lo, hi], key=lambda r: r[0])
+def _min_max_rows(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[tuple]:
+    """The smallest and the largest of step-ordered points, in step order (one NaN point when all are NaN)."""
+    if not len(steps):
+        return []
+    finite = ~np.isnan(values)
+    if not finite.any():
+        return [(int(steps[0]), math.nan, float(walls[0]))]
+    idx = np.flatnonzero(finite)
+    lo = idx[np.argmin(values[idx])]
+    hi = idx[np.argmax(values[idx])]
+    if lo == hi or steps[lo] == steps[hi] and values[lo] == values[hi]:
+        return [(int(steps[lo]), float(values[lo]), float(walls[lo]))]
+    return [(int(steps[i]), float(values[i]), float(walls[i])) for i in sorted((lo, hi), key=lambda i: steps[i])]
 
 
 def open_store(url: str | os.PathLike | None = None) -> Store:

@@ -18,10 +18,10 @@ from sqlalchemy import delete, func, select, text, update
 from ..events import RUNNING
 from .schema import (
     CheckpointRow,
+    ChunkRow,
     EventRow,
     GpuSampleRow,
     LogRow,
-    PointRow,
     ReportRow,
     RequestRow,
     RunRow,
@@ -46,11 +46,14 @@ def _counts(conn, run_ids: list[str], tables) -> dict[str, int]:
     series = select(SeriesRow.id).where(SeriesRow.run_id.in_(run_ids)).scalar_subquery()
     out = {}
     for model in tables:
-        if model in (PointRow, SummaryRow):
+        if model in (ChunkRow, SummaryRow):
             q = select(func.count()).select_from(model).where(model.series_id.in_(series))
         else:
             q = select(func.count()).select_from(model).where(model.run_id.in_(run_ids))
         out[model.__tablename__] = conn.execute(q).scalar() or 0
+        if model is ChunkRow:  # what the user logged, not how it is packed
+            out["points"] = conn.execute(
+                select(func.sum(ChunkRow.n)).where(ChunkRow.series_id.in_(series))).scalar() or 0
     return out
 
 
@@ -68,14 +71,14 @@ def _remove_files(conn, run_ids: list[str], dry_run: bool) -> list[str]:
     return gone
 
 
-BULKY = (PointRow, SummaryRow, SampleRow, GpuSampleRow, LogRow)
+BULKY = (ChunkRow, SummaryRow, SampleRow, GpuSampleRow, LogRow)
 EVERYTHING = BULKY + (SeriesRow, EventRow, CheckpointRow, RequestRow, ReportRow)
 
 
 def _delete_rows(conn, run_ids: list[str], tables) -> None:
     series = select(SeriesRow.id).where(SeriesRow.run_id.in_(run_ids)).scalar_subquery()
     for model in tables:  # points and summaries first: they hang off the series
-        if model in (PointRow, SummaryRow):
+        if model in (ChunkRow, SummaryRow):
             conn.execute(delete(model).where(model.series_id.in_(series)))
         else:
             conn.execute(delete(model).where(model.run_id.in_(run_ids)))

@@ -1,0 +1,95 @@
+"""The chunked points store against a plain model of what was logged (hypothesis).
+
+Points go through the real ``StoreWriter`` into a real SQLite file in several flushes (several
+series per flush, NaN and +-inf, steps logged again as after a rollback); then every reader
+(``metrics``, ``tail``, ``latest``, ``count_points``) and every summary row is compared with the
+same answer computed from the list of points.
+"""
+
+import math
+import time
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from tmon_core import open_store
+from tmon_core.store.engine import create_store_engine, ensure_schema
+from tmon_core.store.schema import SUMMARY_LEVELS, summary_width
+from tmon_core.store.writer import Batch, StoreWriter
+
+value = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), st.sampled_from([math.nan, 0.0, -0.0]))
+point = st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 5000), value)
+flushes = st.lists(st.lists(point, min_size=0, max_size=60), min_size=1, max_size=5)
+
+
+def _write(url, batches):
+    engine = create_store_engine(url, writer=True)
+    ensure_schema(engine)
+    writer = StoreWriter(engine, "r", {"id": "r", "name": "r", "status": "completed", "created_at": time.time(),
+                                       "heartbeat_timeout": 30.0})
+    logged = []  # (key, step, value, wall, order) in write order
+    wall = 1_700_000_000.0
+    for points in batches:
+        batch = Batch()
+        per: dict[str, list] = {}
+        for key, step, v in points:
+            wall += 0.25
+            per.setdefault(key, []).append((step, v, wall))
+        for key, rows in per.items():
+            batch.points[key] = tuple(np.array(c, dtype=dt) for c, dt in zip(zip(*rows), (np.int64, float, float)))
+            logged += [(key, s, v, w, len(logged) + i) for i, (s, v, w) in enumerate(rows)]
+        writer.write(batch)
+    engine.dispose()
+    return logged
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(x == y or (x != x and y != y) for x, y in zip(a, b))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=flushes, n=st.integers(1, 80))
+def test_readers_and_summaries_match_the_logged_points(tmp_path_factory, batches, n):
+    url = f"sqlite:///{tmp_path_factory.mktemp('chunks')}/s.db"
+    logged = _write(url, batches)
+    store = open_store(url)
+    run = store.run("r")
+    assert run.count_points() == len(logged)
+    latest = {}
+    for key in sorted({p[0] for p in logged}):
+        want = sorted((p for p in logged if p[0] == key), key=lambda p: (p[1], p[4]))  # step, then write order
+        df = run.metrics(key)
+        assert df.step.tolist() == [p[1] for p in want]
+        assert _same(df.value.tolist(), [p[2] for p in want]) and df.wall_time.tolist() == [p[3] for p in want]
+        tail = run.tail(key, n)
+        assert tail.step.tolist() == [p[1] for p in want[-n:]] and _same(tail.value.tolist(), [p[2] for p in want[-n:]])
+        latest[key] = (want[-1][1], want[-1][2])
+        lo, hi = want[0][1], want[-1][1]
+        mid = run.metrics(key, start=(lo + hi) / 3, end=(lo + hi) / 2)
+        assert mid.step.tolist() == [p[1] for p in want if (lo + hi) / 3 <= p[1] <= (lo + hi) / 2]
+        with store.engine.connect() as conn:
+            sid = conn.execute(text("SELECT id FROM tmon_series WHERE key = :k"), {"k": key}).scalar()
+            rows = conn.execute(text("SELECT level, bucket, n, n_nan, min_value, min_step, min_wall, max_value, "
+                                     "max_step, max_wall FROM tmon_summaries WHERE series_id = :s"), {"s": sid}).all()
+        got = {(r[0], r[1]): r[2:] for r in rows}
+        expect = {}
+        for level in range(SUMMARY_LEVELS):
+            width = summary_width(level)
+            for b in sorted({p[1] // width for p in want}):
+                pts = [p for p in want if p[1] // width == b]
+                real = [p[2] for p in pts if p[2] == p[2]]
+                expect[(level, b)] = (len(pts), len(pts) - len(real), min(real, default=None), max(real, default=None),
+                                      {(p[2], p[1], p[3]) for p in pts})
+        assert set(got) == set(expect)
+        for k, (count, nans, lo, hi, pts) in expect.items():
+            g = got[k]
+            assert g[:2] == (count, nans), k
+            if lo is None:  # every point NaN: NULL extremes
+                assert g[2] is None and g[5] is None, (k, g)
+            else:  # the extremes, each a real logged point of the bucket (any one of equal values)
+                assert g[2] == lo and g[5] == hi and tuple(g[2:5]) in pts and tuple(g[5:8]) in pts, (k, g)
+    got_latest = run.latest()
+    assert set(got_latest) == set(latest)
+    assert all(got_latest[k][0] == s and _same([got_latest[k][1]], [v]) for k, (s, v) in latest.items())
