@@ -67,6 +67,15 @@ def test_readers_and_summaries_match_the_logged_points(tmp_path_factory, batches
         assert tail.step.tolist() == [p[1] for p in want[-n:]] and _same(tail.value.tolist(), [p[2] for p in want[-n:]])
         latest[key] = (want[-1][1], want[-1][2])
         lo, hi = want[0][1], want[-1][1]
+        real = [p[2] for p in want if p[2] == p[2]]
+        for m in (2, 7, 40):
+            small = run.metrics(key, max_points=m)
+            assert len(small) <= m and small.step.is_monotonic_increasing
+            assert set(zip(small.step, small.wall_time)) <= {(p[1], p[3]) for p in want}  # real points only
+            if real and len(want) > m:
+                assert small.value.min() == min(real) and small.value.max() == max(real)
+            elif len(want) <= m:
+                assert small.step.tolist() == [p[1] for p in want]
         mid = run.metrics(key, start=(lo + hi) / 3, end=(lo + hi) / 2)
         assert mid.step.tolist() == [p[1] for p in want if (lo + hi) / 3 <= p[1] <= (lo + hi) / 2]
         with store.engine.connect() as conn:

@@ -32,7 +32,7 @@ class TMonCallbackWarning(RuntimeWarning):
 class CallbackOptions:
     store: str | os.PathLike | None = None
     run_name: str | None = None
-    flush_interval: float = 0.5
+    flush_interval: float = 1.0
     sample_interval: float | None = 1.0  # None: no hardware sampling
     heartbeat_timeout: float = 30.0
     log_grad_norm: bool = False

@@ -116,6 +116,29 @@ def _to_floats(values: list) -> tuple[list[float], int]:
     return out, bad
 
 
+def _column(values: list) -> tuple[np.ndarray, int]:
+    """One metric's values from a group of entries as float64, and how many were not numbers.
+    The usual columns take one call: all plain numbers (numpy), or all one-element tensors of one
+    device and dtype (one stack and one transfer); anything else goes value by value."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN:
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(values)), 0
+        except OverflowError:
+            pass
+    elif len(kinds) == 1:
+        torch = sys.modules.get("torch")
+        if torch is not None and issubclass(next(iter(kinds)), torch.Tensor):
+            try:
+                stacked = torch.stack(values).reshape(-1)  # fails on mixed shapes, devices or dtypes
+                if stacked.numel() == len(values):
+                    return stacked.to(device="cpu", dtype=torch.float64).numpy(), 0
+            except (RuntimeError, TypeError):
+                pass
+    floats, bad = _to_floats(values)
+    return np.asarray(floats, dtype=np.float64), bad
+
+
 def _convert_tensors(pending: list[tuple[list, int, Any]]) -> None:
     """Turn the tensors in ``pending`` into floats, one transfer per (device, dtype)."""
     import torch  # only reached when tensors were logged, so torch is already imported
@@ -156,7 +179,7 @@ class Recorder:
         run_id: str | None = None,
         framework: str | None = None,
         config: dict | None = None,
-        flush_interval: float = 0.5,
+        flush_interval: float = 1.0,
         heartbeat_timeout: float = 30.0,
         max_buffer: int = 1_000_000,
         close_timeout: float = 15.0,
@@ -442,44 +465,38 @@ class Recorder:
         metrics = self._metrics
         popleft = metrics.popleft
         entries = [popleft() for _ in range(len(metrics))]
-        # entries of plain numbers with the same keys (nearly all of them: an adapter logs the same
-        # keys every step) become one 2-D array; the rest (tensors, numpy scalars, lazy values) go
-        # value by value, tensors in bulk per device
+        # entries with the same keys (nearly all of them: an adapter logs the same keys every step)
+        # are converted together: plain numbers as one 2-D array, other values column by column
+        # (a column of tensors in one transfer per device); never value by value unless a column
+        # mixes kinds
         groups: dict[tuple, list] = {}
-        slow: dict[str, tuple[list, list, list]] = {}
         chunks: dict[str, list[tuple]] = {}
         last = -1
         for e in entries:
             if e[0] > last:
                 last = e[0]
-            if e[3]:
-                groups.setdefault(tuple(e[2]), []).append(e)
-            else:
-                for k, v in e[2].items():
-                    ser = slow.get(k)
-                    if ser is None:
-                        ser = slow[k] = ([], [], [])
-                    ser[0].append(e[0])
-                    ser[1].append(v)
-                    ser[2].append(e[1])
-        for keys, group in groups.items():
+            groups.setdefault((tuple(e[2]), e[3]), []).append(e)
+        for (keys, plain), group in groups.items():
             n = len(group)
             steps = np.fromiter((e[0] for e in group), dtype=np.int64, count=n)
             walls = np.fromiter((e[1] for e in group), dtype=np.float64, count=n)
-            try:
-                table = np.array([tuple(e[2].values()) for e in group], dtype=np.float64)
-                columns = [table[:, j] for j in range(len(keys))]
-            except (OverflowError, TypeError, ValueError):  # an int beyond float range: value by value
-                columns = [np.asarray(_to_floats([e[2][k] for e in group])[0]) for k in keys]
+            columns = None
+            if plain:
+                try:
+                    table = np.array([tuple(e[2].values()) for e in group], dtype=np.float64)
+                    columns = [table[:, j] for j in range(len(keys))]
+                except (OverflowError, TypeError, ValueError):  # an int beyond float range: column by column
+                    pass
+            if columns is None:
+                columns = []
+                for k in keys:
+                    floats, bad = _column([e[2][k] for e in group])
+                    if bad:
+                        self._problem(f"tmon: {bad} value(s) of metric {k!r} could not be converted to a number; "
+                                      f"stored as NaN")
+                    columns.append(floats)
             for k, col in zip(keys, columns):
                 chunks.setdefault(k, []).append((steps, col, walls))
-        for key, (steps, values, walls) in slow.items():
-            floats, bad = _to_floats(values)
-            if bad:
-                self._problem(f"tmon: {bad} value(s) of metric {key!r} could not be converted to a number; "
-                              f"stored as NaN")
-            chunks.setdefault(key, []).append((np.asarray(steps, dtype=np.int64), np.asarray(floats, dtype=np.float64),
-                                               np.asarray(walls, dtype=np.float64)))
         for key, parts in chunks.items():
             points[key] = parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
         batch.last_step = last if last >= 0 else None

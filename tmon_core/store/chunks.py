@@ -16,7 +16,7 @@ STEP = np.dtype("<i8")
 FLOAT = np.dtype("<f8")
 
 #: the columns a reader selects, in the order ``decode`` expects them
-READ_COLUMNS = "steps, vals, walls"
+READ_COLUMNS = "first_step, n, steps, vals, walls"
 
 
 def encode(series_id: int, steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[tuple]:
@@ -27,8 +27,15 @@ def encode(series_id: int, steps: np.ndarray, values: np.ndarray, walls: np.ndar
     rows = []
     for i in range(0, len(steps), CHUNK_POINTS):
         s, v, w = steps[i:i + CHUNK_POINTS], values[i:i + CHUNK_POINTS], walls[i:i + CHUNK_POINTS]
-        rows.append((series_id, len(s), int(s.min()), int(s.max()), float(w.min()), float(w.max()),
-                     s.tobytes(), v.tobytes(), w.tobytes()))
+        if len(s) <= 64:  # python's min/max beat numpy's per-call cost on a few points
+            sl, wl = s.tolist(), w.tolist()
+            bounds = min(sl), max(sl), min(wl), max(wl)
+        else:
+            bounds = int(s.min()), int(s.max()), float(w.min()), float(w.max())
+        n = len(s)
+        # consecutive steps (one value per step, the usual case) are implied by first_step and n
+        implied = n > 1 and bounds[1] - bounds[0] == n - 1 and int(s[0]) == bounds[0] and bool((np.diff(s) == 1).all())
+        rows.append((series_id, n, *bounds, b"" if implied else s.tobytes(), v.tobytes(), w.tobytes()))
     return rows
 
 
@@ -38,9 +45,10 @@ def decode(rows, lo: int | None = None, hi: int | None = None) -> tuple[np.ndarr
     rows = list(rows)
     if not rows:
         return np.empty(0, STEP), np.empty(0, FLOAT), np.empty(0, FLOAT)
-    steps = np.concatenate([np.frombuffer(r[0], STEP) for r in rows])
-    values = np.concatenate([np.frombuffer(r[1], FLOAT) for r in rows])
-    walls = np.concatenate([np.frombuffer(r[2], FLOAT) for r in rows])
+    steps = np.concatenate([np.frombuffer(r[2], STEP) if len(r[2]) else np.arange(r[0], r[0] + r[1], dtype=STEP)
+                            for r in rows])
+    values = np.concatenate([np.frombuffer(r[3], FLOAT) for r in rows])
+    walls = np.concatenate([np.frombuffer(r[4], FLOAT) for r in rows])
     if lo is not None or hi is not None:
         keep = np.ones(len(steps), dtype=bool)
         if lo is not None:

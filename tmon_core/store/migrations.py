@@ -23,8 +23,9 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import BigInteger, Column, Engine, Float, Integer, LargeBinary, Text, select, text
 
-from . import chunks
+from . import chunks, summaries
 from .schema import SCHEMA_VERSION, SchemaVersion
+from .writer import CHUNK_INSERT, CHUNK_WIDTH, insert_rows
 
 
 def _v2(op: Operations) -> None:
@@ -48,8 +49,9 @@ def _v3(op: Operations) -> None:
     )
     op.create_index("ix_tmon_chunks_series_steps", "tmon_chunks", ["series_id", "first_step", "last_step"])
     conn = op.get_bind()
-    insert = text("INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, "
-                  "walls) VALUES (:a, :b, :c, :d, :e, :f, :g, :h, :i)")
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    # summary buckets widened (16 -> 256 steps at the finest level): rebuilt from the points
+    conn.execute(text("DELETE FROM tmon_summaries"))
     series = conn.execute(text("SELECT DISTINCT series_id FROM tmon_points ORDER BY series_id")).scalars().all()
     for sid in series:
         result = conn.execute(text(
@@ -59,8 +61,9 @@ def _v3(op: Operations) -> None:
             steps = np.array([r[0] for r in part], dtype=np.int64)
             values = np.array([math.nan if r[1] is None else r[1] for r in part], dtype=np.float64)  # NULL was NaN
             walls = np.array([r[2] for r in part], dtype=np.float64)
-            rows = chunks.encode(sid, steps, values, walls)
-            conn.execute(insert, [dict(zip("abcdefghi", r)) for r in rows])
+            insert_rows(conn, CHUNK_INSERT, CHUNK_WIDTH, chunks.encode(sid, steps, values, walls), ph)
+            insert_rows(conn, summaries.SUMMARY_INSERT, summaries.SUMMARY_WIDTH,
+                        summaries.summarize([(sid, steps, values, walls)]), ph, summaries.upsert_clause())
     op.drop_table("tmon_points")
 
 

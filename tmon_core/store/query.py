@@ -21,8 +21,10 @@ from sqlalchemy import Engine, select, text
 
 from ..events import LOST, RUNNING
 from . import chunks
+from .summaries import Buckets, merge
 from .engine import create_store_engine, ensure_schema, resolve_url
 from .schema import (
+    RAW_DOWNSAMPLE_POINTS,
     SUMMARY_LEVELS,
     CheckpointRow,
     EventRow,
@@ -217,10 +219,24 @@ class Run:
             lo, hi = self._step_bounds(conn, sid, x, start, end)
             if lo is None:
                 return self._frame(*chunks.decode([]))
-            if max_points is not None and self._count_at_most(conn, sid, lo, hi, max_points):
-                s, v, w = self._downsample(conn, sid, lo, hi, max_points)
+            count = self._count_at_most(conn, sid, lo, hi) if max_points is not None else 0
+            # a downsampled line keeps the range's first and last point (a live chart ends at the
+            # newest value) and the min and max of (max_points - 2) // 2 buckets
+            if count > RAW_DOWNSAMPLE_POINTS:
+                s, v, w = self._downsample(conn, sid, lo, hi, max_points if max_points < 4 else max_points - 2)
+                if max_points >= 4:
+                    head = self._raw(conn, sid, lo, min(hi, lo + 4095))
+                    tail = self._raw(conn, sid, max(lo, hi - 4095), hi)
+                    s, v, w = _with_ends(s, v, w, head, tail)
             else:
                 s, v, w = self._raw(conn, sid, lo, hi)
+                if max_points is not None and len(s) > max_points:
+                    if max_points < 4:  # no room for the ends: the range's min and max
+                        s, v, w = _bucket_min_max(s, v, w, lo, hi, 1)
+                    else:
+                        ends = (s, v, w)
+                        s, v, w = _bucket_min_max(s, v, w, lo, hi, (max_points - 2) // 2)
+                        s, v, w = _with_ends(s, v, w, ends, ends)
         df = self._frame(s, v, w)
         if x == "time":
             if start is not None:
@@ -317,16 +333,18 @@ class Run:
         return self._read_chunks(
             conn, f"series_id = {int(sid)} AND first_step <= {int(hi)} AND last_step >= {int(lo)}", lo, hi)
 
-    def _count_at_most(self, conn, sid, lo, hi, max_points) -> bool:
-        """True when [lo, hi] holds more than ``max_points`` points (estimated from summaries)."""
+    def _count_at_most(self, conn, sid, lo, hi) -> int:
+        """At least the number of points in [lo, hi] (summed over the summary buckets that touch it)."""
         level = _level_for(hi - lo + 1, 8)
         width = summary_width(level)
         n = conn.exec_driver_sql(
             f"SELECT SUM(n) FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
             f"AND bucket >= {lo // width} AND bucket <= {hi // width}").scalar()
-        return (n or 0) > max_points
+        return n or 0
 
     def _downsample(self, conn, sid, lo, hi, max_points):
+        """min/max per bucket of the finest summary level with at most ``max_points // 2`` buckets in
+        [lo, hi]; the partial buckets at either end from the points themselves."""
         level = _level_for(hi - lo + 1, max(1, max_points // 2))
         width = summary_width(level)
         b0, b1 = -(-lo // width), (hi + 1) // width - 1  # buckets lying wholly inside [lo, hi]
@@ -343,7 +361,7 @@ class Run:
             for bucket, lov, los, low, hiv, his, hiw in rows:
                 if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
                     out.append((bucket * width, math.nan, math.nan))
-                elif los == his:
+                elif los == his and lov == hiv:
                     out.append((los, lov, low))
                 elif los < his:
                     out += [(los, lov, low), (his, hiv, hiw)]
@@ -478,6 +496,45 @@ def _level_for(span: int, buckets: int) -> int:
         if -(-span // summary_width(level)) + 1 <= buckets:
             return level
     return SUMMARY_LEVELS - 1
+
+
+def _with_ends(steps, values, walls, head, tail):
+    """Downsampled points plus the first point of ``head`` and the last of ``tail`` (raw arrays)
+    where they are missing, in step order."""
+    extra = []
+    for arrays, i in ((head, 0), (tail, -1)):
+        if len(arrays[0]):
+            p = (int(arrays[0][i]), float(arrays[1][i]), float(arrays[2][i]))
+            same = (steps == p[0]) & (walls == p[2])
+            if not same.any() and p not in extra:
+                extra.append(p)
+    if not extra:
+        return steps, values, walls
+    s = np.concatenate([steps, [p[0] for p in extra]]).astype(np.int64)
+    v = np.concatenate([values, [p[1] for p in extra]])
+    w = np.concatenate([walls, [p[2] for p in extra]])
+    order = np.argsort(s, kind="stable")
+    return s[order], v[order], w[order]
+
+
+def _bucket_min_max(steps, values, walls, lo: int, hi: int, buckets: int):
+    """Step-ordered points reduced to the smallest and largest point of each of ``buckets`` equal
+    step ranges over [lo, hi], in step order (what the summaries hold, computed from the points)."""
+    width = max(1, -(-(hi - lo + 1) // buckets))
+    raw = Buckets(series=np.zeros(len(steps), dtype=np.int64), bucket=steps, n=np.ones(len(steps), dtype=np.int64),
+                  n_nan=np.isnan(values).astype(np.int64), min_v=values, min_s=steps, min_w=walls,
+                  max_v=values, max_s=steps, max_w=walls)
+    b = merge((steps - lo) // width, raw)
+    first = b.min_s <= b.max_s
+    # one point when min and max are the same point (same step and value) or every point is NaN
+    one = ((b.min_s == b.max_s) & (b.min_v == b.max_v)) | np.isnan(b.min_v)
+    out_s = np.stack([np.where(first, b.min_s, b.max_s), np.where(first, b.max_s, b.min_s)], axis=1)
+    out_v = np.stack([np.where(first, b.min_v, b.max_v), np.where(first, b.max_v, b.min_v)], axis=1)
+    out_w = np.stack([np.where(first, b.min_w, b.max_w), np.where(first, b.max_w, b.min_w)], axis=1)
+    keep = np.stack([np.ones(len(one), dtype=bool), ~one], axis=1)
+    s1 = np.where(one, b.min_s, out_s[:, 0])  # a single point is the minimum (a NaN point when all are)
+    out_s[:, 0], out_v[:, 0], out_w[:, 0] = s1, np.where(one, b.min_v, out_v[:, 0]), np.where(one, b.min_w, out_w[:, 0])
+    return out_s[keep], out_v[keep], out_w[keep]
 
 
 def _min_max_rows(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[tuple]:

@@ -7,8 +7,9 @@ Conventions a plain-SQL reader needs to know:
 * Times are UNIX seconds (float, UTC).
 * Metric keys are interned per run in ``tmon_series``; points reference a series id.
 * Metric points are stored in chunks (``tmon_chunks``): one row holds the points of one series
-  from one flush (at most ``CHUNK_POINTS``) as three little-endian arrays: ``steps`` (int64),
-  ``vals`` (float64; NaN and +-inf stored bit for bit) and ``walls`` (float64 UNIX seconds).
+  from one flush (at most ``CHUNK_POINTS``) as three little-endian arrays: ``steps`` (int64;
+  empty when the steps are ``first_step, first_step + 1, ...``, the common case), ``vals``
+  (float64; NaN and +-inf stored bit for bit) and ``walls`` (float64 UNIX seconds).
   ``np.frombuffer(row.vals, "<f8")`` reads one; ``Run.metrics()`` reads a series as a
   DataFrame and ``tmon export`` writes long-format CSV/JSON/parquet. Within a series, points
   are ordered by step, then by the order they were written (chunk ``id``, then position).
@@ -16,7 +17,7 @@ Conventions a plain-SQL reader needs to know:
   thread's CPU (B-tree insert and parameter binding; ~600k points/s at most), more than all of
   CSVLogger's per-step cost at a dozen metrics; a chunk costs ~0.01 us per point.
 * ``tmon_summaries`` holds min/max summaries of each series at several resolutions
-  (bucket width ``16 * 4**level`` steps; ``min_value``/``max_value`` NULL when every point of
+  (bucket width ``256 * 4**level`` steps; ``min_value``/``max_value`` NULL when every point of
   the bucket was NaN), maintained by the writer at flush time so that a chart of a
   million-point series reads a few hundred rows instead of a million.
 """
@@ -38,10 +39,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 3  # see migrations.py for the history and the upgrades
 
-#: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``
-SUMMARY_BASE = 16
+#: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``. Ranges of
+#: up to ``RAW_DOWNSAMPLE_POINTS`` points are downsampled from the points themselves (decoding
+#: chunks is cheap), so the finest level only serves ranges longer than that: a coarse base keeps
+#: the rows each flush upserts few (2 per series and level at a 1 s flush of ~3 ms steps).
+SUMMARY_BASE = 256
 SUMMARY_FACTOR = 4
-SUMMARY_LEVELS = 11  # the coarsest bucket spans 16 * 4**10 ≈ 16.8M steps
+SUMMARY_LEVELS = 9  # the coarsest bucket spans 256 * 4**8 ≈ 16.8M steps
+RAW_DOWNSAMPLE_POINTS = 1 << 18
 
 #: most points one ``tmon_chunks`` row holds (a bigger flush of one series writes several rows)
 CHUNK_POINTS = 8192

@@ -57,7 +57,7 @@ def _pick(values: np.ndarray, is_nan: np.ndarray, best: np.ndarray, real: np.nda
     return hit[np.append(True, g[1:] != g[:-1])]
 
 
-def _merge(keys: np.ndarray, src: Buckets) -> Buckets:
+def merge(keys: np.ndarray, src: Buckets) -> Buckets:
     """Group ``src`` rows by (series, ``keys``), both already sorted ascending, into one bucket each:
     O(n) reductions, no sort. Ties keep the first minimum and the last maximum."""
     change = (keys[1:] != keys[:-1]) | (src.series[1:] != src.series[:-1])
@@ -101,7 +101,7 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
         series=series, bucket=steps, n=np.ones(len(steps), dtype=np.int64), n_nan=np.isnan(values).astype(np.int64),
         min_v=values, min_s=steps, min_w=walls, max_v=values, max_s=steps, max_w=walls,
     )
-    level = _merge(steps // SUMMARY_BASE, raw)
+    level = merge(steps // SUMMARY_BASE, raw)
     rows = level.rows(0)
     for lv in range(1, SUMMARY_LEVELS):
         if len(level.bucket) == len(parts):
@@ -109,6 +109,28 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
             # bucket numbers (most levels of a typical flush; ~15 numpy calls saved per level)
             level = level.coarser(level.bucket // SUMMARY_FACTOR)
         else:
-            level = _merge(level.bucket // SUMMARY_FACTOR, level)
+            level = merge(level.bucket // SUMMARY_FACTOR, level)
         rows += level.rows(lv)
     return rows
+
+
+SUMMARY_INSERT = ("INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
+                  "max_value, max_step, max_wall)")
+SUMMARY_WIDTH = 11
+
+
+def upsert_clause() -> str:
+    """What makes an INSERT of summary rows merge into existing buckets: counts add up; the
+    smaller minimum and the larger maximum win (NULL, an all-NaN bucket, loses to any value)."""
+    t = "tmon_summaries"
+    better_lo = f"({t}.min_value IS NULL OR excluded.min_value < {t}.min_value)"
+    better_hi = f"({t}.max_value IS NULL OR excluded.max_value > {t}.max_value)"
+    return (
+        f" ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
+        f"n = {t}.n + excluded.n, n_nan = {t}.n_nan + excluded.n_nan, "
+        + ", ".join(f"{c} = CASE WHEN {better_lo} THEN excluded.{c} ELSE {t}.{c} END"
+                    for c in ("min_value", "min_step", "min_wall"))
+        + ", "
+        + ", ".join(f"{c} = CASE WHEN {better_hi} THEN excluded.{c} ELSE {t}.{c} END"
+                    for c in ("max_value", "max_step", "max_wall"))
+    )
