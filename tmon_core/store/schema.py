@@ -15,7 +15,7 @@ Conventions a plain-SQL reader needs to know:
   are ordered by step, then by the order they were written (chunk ``id``, then position).
   Why chunks and not one row per point: a row per point costs SQLite ~1.3-1.6 us of the writer
   thread's CPU (B-tree insert and parameter binding; ~600k points/s at most), more than all of
-  CSVLogger's per-step cost at a dozen metrics; a chunk costs ~0.01 us per point.
+  CSVLogger's per-step cost at a dozen metrics; a chunk costs ~0.02-0.04 us per point.
 * ``tmon_summaries`` holds min/max summaries of each series at several resolutions
   (bucket width ``256 * 4**level`` steps; ``min_value``/``max_value`` NULL when every point of
   the bucket was NaN), maintained by the writer at flush time so that a chart of a
