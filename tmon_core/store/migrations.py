@@ -18,7 +18,6 @@ import math
 import time
 
 import numpy as np
-
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import BigInteger, Column, Engine, Float, Integer, LargeBinary, Text, select, text

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, select, text
 
 from ..events import LOST, RUNNING
 from . import chunks
-from .summaries import Buckets, merge
 from .engine import create_store_engine, ensure_schema, resolve_url
 from .schema import (
     RAW_DOWNSAMPLE_POINTS,
@@ -35,6 +34,7 @@ from .schema import (
     SeriesRow,
     summary_width,
 )
+from .summaries import Buckets, merge
 
 
 def _pd():
@@ -221,22 +221,21 @@ class Run:
                 return self._frame(*chunks.decode([]))
             count = self._count_at_most(conn, sid, lo, hi) if max_points is not None else 0
             # a downsampled line keeps the range's first and last point (a live chart ends at the
-            # newest value) and the min and max of (max_points - 2) // 2 buckets
+            # newest value) when there is room for them, and the min and max of each bucket
+            ends = max_points is not None and max_points >= 4
+            budget = max_points - 2 if ends else max_points
             if count > RAW_DOWNSAMPLE_POINTS:
-                s, v, w = self._downsample(conn, sid, lo, hi, max_points if max_points < 4 else max_points - 2)
-                if max_points >= 4:
+                s, v, w = self._downsample(conn, sid, lo, hi, budget)
+                if ends:
                     head = self._raw(conn, sid, lo, min(hi, lo + 4095))
                     tail = self._raw(conn, sid, max(lo, hi - 4095), hi)
                     s, v, w = _with_ends(s, v, w, head, tail)
             else:
-                s, v, w = self._raw(conn, sid, lo, hi)
+                s, v, w = raw = self._raw(conn, sid, lo, hi)
                 if max_points is not None and len(s) > max_points:
-                    if max_points < 4:  # no room for the ends: the range's min and max
-                        s, v, w = _bucket_min_max(s, v, w, lo, hi, 1)
-                    else:
-                        ends = (s, v, w)
-                        s, v, w = _bucket_min_max(s, v, w, lo, hi, (max_points - 2) // 2)
-                        s, v, w = _with_ends(s, v, w, ends, ends)
+                    s, v, w = _bucket_min_max(s, v, w, lo, hi, max(1, budget // 2))
+                    if ends:
+                        s, v, w = _with_ends(s, v, w, raw, raw)
         df = self._frame(s, v, w)
         if x == "time":
             if start is not None:
@@ -538,18 +537,10 @@ def _bucket_min_max(steps, values, walls, lo: int, hi: int, buckets: int):
 
 
 def _min_max_rows(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[tuple]:
-    """The smallest and the largest of step-ordered points, in step order (one NaN point when all are NaN)."""
+    """The smallest and the largest of step-ordered points as (step, value, wall) rows, in step order."""
     if not len(steps):
         return []
-    finite = ~np.isnan(values)
-    if not finite.any():
-        return [(int(steps[0]), math.nan, float(walls[0]))]
-    idx = np.flatnonzero(finite)
-    lo = idx[np.argmin(values[idx])]
-    hi = idx[np.argmax(values[idx])]
-    if lo == hi or steps[lo] == steps[hi] and values[lo] == values[hi]:
-        return [(int(steps[lo]), float(values[lo]), float(walls[lo]))]
-    return [(int(steps[i]), float(values[i]), float(walls[i])) for i in sorted((lo, hi), key=lambda i: steps[i])]
+    return list(zip(*_bucket_min_max(steps, values, walls, int(steps[0]), int(steps[-1]), 1)))
 
 
 def open_store(url: str | os.PathLike | None = None) -> Store:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, select, update
 
+from . import chunks
 from .schema import (
     CheckpointRow,
     EventRow,
@@ -25,7 +26,6 @@ from .schema import (
     SampleRow,
     SeriesRow,
 )
-from . import chunks
 from .summaries import SUMMARY_INSERT, SUMMARY_WIDTH, summarize, upsert_clause
 
 
