@@ -101,6 +101,48 @@ def test_loss_is_recorded_when_the_user_logs_nothing(tmp_path, store_url):
     assert set(run.metric_keys()) == {"loss", "lr", "momentum", "weight_decay", "step_time", "data_time", "epoch"}
 
 
+class _LogsLossToo(TinyRegressor):
+    """Logs its own ``loss`` (the key tmon uses for the returned loss) and an ``mae`` every step."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        pred = self(x)
+        loss = torch.nn.functional.mse_loss(pred, y)
+        self.log("loss", 2 * loss.detach(), on_step=True)
+        self.log("mae", (pred - y).abs().mean(), on_step=True)
+        return loss
+
+
+@pytest.mark.parametrize("every, accumulate", [(1, 1), (3, 2)])
+def test_batch_values_and_self_log_values_keep_lightnings_steps(tmp_path, store_url, every, accumulate):
+    # tmon records a logging step's batch values and self.log values together: whatever the
+    # cadence, both keep the steps Lightning's own CSVLogger writes, and a key logged by both
+    # (here "loss") keeps both values
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    csv = CSVLogger(tmp_path, name="csv")
+    Trainer(callbacks=[cb], default_root_dir=tmp_path, logger=csv, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, max_epochs=2, log_every_n_steps=every,
+            accumulate_grad_batches=accumulate, limit_val_batches=0).fit(
+        _LogsLossToo(log_metrics=False), SyntheticData(n=256, batch_size=16))  # 12 batches per epoch
+    import pandas as pd
+
+    theirs = pd.read_csv(os.path.join(csv.log_dir, "metrics.csv"))
+    run = open_store(store_url).run(cb.run_id)
+    mae = run.metrics("mae")
+    assert len(mae) > 0 and mae.step.tolist() == theirs.dropna(subset=["mae"]).step.tolist()
+    assert mae.value.tolist() == pytest.approx(theirs.dropna(subset=["mae"]).mae.tolist())
+    per_batch = [b // accumulate for b in range(24)]  # every batch, at the optimizer step it belongs to
+    assert run.metrics("lr").step.tolist() == per_batch
+    loss = run.metrics("loss")
+    users = theirs.dropna(subset=["loss"])
+    assert sorted(loss.step.tolist()) == sorted(per_batch + users.step.tolist())
+    doubled = loss[loss.step.isin(users.step)].groupby("step").value.max()
+    assert doubled.tolist() == pytest.approx(users.loss.tolist(), rel=1e-5)
+    assert run.metrics("epoch").value.tolist() == [b // 12 for b in range(24)]
+
+
 @pytest.mark.parametrize("fail_with, event_type", [("RuntimeError", ev.EXCEPTION), ("OutOfMemoryError", ev.OOM)])
 def test_exception_in_training_step_marks_failed_and_keeps_points(tmp_path, store_url, fail_with, event_type):
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)

@@ -55,7 +55,15 @@ def test_bad_values_and_steps_are_clear_errors(store_url):
         rec.log({"acc": 1.0}, step=-1)
     with pytest.raises(ValueError, match="step=1.5"):
         rec.log({"acc": 1.0}, step=1.5)
+    with pytest.raises(ValueError, match="wall_time must be seconds since the epoch.*received wall_time='now'"):
+        rec.log({"acc": 1.0}, step=0, wall_time="now")
+    with pytest.raises(ValueError, match="wall_time=nan"):
+        rec.log({"acc": 1.0}, step=0, wall_time=float("nan"))
+    rec.log({"acc": 1.0}, step=0, wall_time=1_700_000_000)  # a given wall time is kept as given
+    rec.log({"acc": 2.0}, step=1)
     rec.close()
+    acc = open_store(store_url).run(rec.run_id).metrics("acc")
+    assert acc.wall_time[0] == 1_700_000_000.0 and acc.wall_time[1] > 1_700_000_000 and acc.value.tolist() == [1, 2]
 
 
 def test_constructor_errors_name_the_argument(store_url):

@@ -22,7 +22,10 @@ epoch/validation hooks           ``epoch_start``/``epoch_end``, ``validation_sta
 ==============================  ===========================================================
 
 The step of a per-batch record is Lightning's logging step (the number of optimizer steps
-taken before this batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up.
+taken before this batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up. On a
+logging step the batch's values wait in the callback from ``on_train_batch_end`` until Lightning
+hands its loggers the ``self.log`` values, a moment later, and both go to the recorder as one
+entry (with the batch's own wall time): half the entries for the writer to convert per step.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ._base import RunSession, guarded, make_options, options_signature, warn_on
 from ._ddp import DecisionLink
 
 _perf = time.perf_counter
+_now = time.time
 
 
 def build(package: str):
@@ -158,6 +162,7 @@ def build(package: str):
             self._opt_values = None
             self._t_last_end = None
             self._grad_norm = None
+            self._held = None  # (values, step, wall time) of the last batch, not yet recorded
             self._optimizers: list = []
             self._known_ckpts: dict[str, float] = {}
             self._ckpt_dirs: list[str] = []
@@ -222,6 +227,7 @@ def build(package: str):
             self._detach(trainer)
             if not self.session.ended:
                 if self._rec is not None:
+                    self._release()
                     self._scan_checkpoints()
                     self.session.event(ev.TRAIN_END, step=self._step)
                 self.session.end(ev.COMPLETED)
@@ -232,6 +238,8 @@ def build(package: str):
             try:
                 if self.session is not None:
                     self._detach(trainer)
+                    if self._rec is not None:
+                        self._release()  # the last batch before the crash is kept
                     self.session.fail(exception, self._step)
                     self._trainer = None
             except Exception:  # never mask the user's exception with one of ours
@@ -246,6 +254,8 @@ def build(package: str):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
             self._t_batch = _perf()
             step = self._step
+            if self._held is not None:
+                self._release()
             if self._link is not None:  # DDP: rank 0 decides, every rank applies at this step
                 decisions = self._link.exchange(self._ctl, step)
                 if decisions:
@@ -292,16 +302,44 @@ def build(package: str):
             if self._grad_norm is not None:
                 values[GRAD_NORM] = self._grad_norm
                 self._grad_norm = None
-            rec.log(values, step)
+            self._release()
+            every = trainer.log_every_n_steps
+            if every and (step + 1) % every == 0:
+                # a logging step: Lightning hands its loggers this step's self.log values right after
+                # this hook; held until then, the step is one recorder entry, not two. Released
+                # unmerged by the next batch, epoch end, validation or the end of the fit.
+                self._held = (values, step, _now())
+            else:
+                rec.log(values, step)
             self._t_last_end = _perf()
+
+        def _release(self) -> None:
+            """Record the held batch values on their own (no self.log values came for their step)."""
+            held = self._held
+            if held is not None:
+                self._held = None
+                self._rec.log(held[0], held[1], wall_time=held[2])
 
         def _on_logged(self, metrics: dict, step: int | None) -> None:
             if self._rec is None or not metrics:
                 return
-            metrics = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
-            if metrics:
+            extra = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
+            held = self._held
+            if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(extra):
+                self._held = None
+                values, at, wall = held
+                values.update(extra)
                 try:
-                    self._rec.log(metrics, self._step if step is None else step)
+                    self._rec.log(values, at, wall_time=wall)
+                    return
+                except (TypeError, ValueError):  # one of the self.log values: record ours, then say which
+                    for k in extra:
+                        del values[k]
+                    self._rec.log(values, at, wall_time=wall)
+            self._release()
+            if extra:
+                try:
+                    self._rec.log(extra, self._step if step is None else step)
                 except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
                     warn_once(self, "log_metrics", exc)
 
@@ -320,11 +358,15 @@ def build(package: str):
         @override
         @guarded
         def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if self._held is not None:
+                self._release()
             self.session and self.session.event(ev.EPOCH_END, step=self._step, epoch=trainer.current_epoch)
 
         @override
         @guarded
         def on_validation_start(self, trainer, pl_module) -> None:
+            if self._held is not None:
+                self._release()
             if self.session is not None and not trainer.sanity_checking:
                 self.session.event(ev.VALIDATION_START, step=self._step, epoch=trainer.current_epoch)
 

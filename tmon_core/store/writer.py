@@ -5,6 +5,7 @@ Only the recorder's writer thread calls this; nothing here runs on the training 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -114,7 +115,14 @@ CHUNK_INSERT = "INSERT INTO tmon_chunks (series_id, n, first_step, last_step, fi
 CHUNK_WIDTH = 9
 
 
-def insert_rows(conn, head: str, width: int, rows: list[tuple], ph: str, tail: str = "") -> None:
+def raw_cursor(conn):
+    """A DBAPI cursor inside ``conn``'s transaction. The writer's per-flush statements go through it:
+    SQLAlchemy's execution context costs tens of microseconds per statement, paid again in GIL
+    hand-offs while a fit runs, and these statements need none of it (their SQL is fixed text)."""
+    return conn.connection.dbapi_connection.cursor()
+
+
+def insert_rows(conn, head: str, width: int, rows: list[tuple], ph: str, tail: str = "", cursor=None) -> None:
     """``head VALUES (...), (...), ... tail`` for ``rows`` of ``width`` values, in a few statements.
 
     Not ``executemany``: it runs one statement per row, and Python's sqlite3 module releases and
@@ -124,14 +132,19 @@ def insert_rows(conn, head: str, width: int, rows: list[tuple], ph: str, tail: s
     from flush to flush and the driver's statement cache keeps them compiled."""
     limit = (32_766 if conn.dialect.name == "sqlite" else 65_535) // width  # the drivers' bound-parameter caps
     size = 1 << (limit.bit_length() - 1)
+    cur = cursor if cursor is not None else raw_cursor(conn)
     i = 0
     while i < len(rows):
         while size > len(rows) - i:
             size >>= 1
-        part = rows[i:i + size]
-        values = ", ".join(["(" + ", ".join([ph] * width) + ")"] * size)
-        conn.exec_driver_sql(f"{head} VALUES {values}{tail}", tuple(itertools.chain.from_iterable(part)))
+        cur.execute(_statement(head, width, size, ph, tail), tuple(itertools.chain.from_iterable(rows[i:i + size])))
         i += size
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(head: str, width: int, size: int, ph: str, tail: str) -> str:
+    values = ", ".join(["(" + ", ".join([ph] * width) + ")"] * size)
+    return f"{head} VALUES {values}{tail}"
 
 
 class StoreWriter:
@@ -155,22 +168,24 @@ class StoreWriter:
                           f"AND status = 'pending' AND id > {ph} ORDER BY id")
         self._ph = ph
         self._summary_tail = upsert_clause()
+        self._heads: dict[tuple, str] = {}  # (table, columns) -> "INSERT INTO table (columns)"
 
     def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False) -> list[dict]:
         """Write ``batch`` in one transaction; with ``poll_requests``, return the run's control
         requests that became pending since the last call (rollbacks with their checkpoint row)."""
         fresh: list[dict] = []
         with self.engine.begin() as conn:
+            cur = raw_cursor(conn)
             if not self._run_created:
                 exists = conn.execute(select(RunRow.id).where(RunRow.id == self.run_id)).scalar()
                 if exists is None:
                     conn.execute(RunRow.__table__.insert().values(**self._run_row))
-            self._write_points(conn, batch.points)
-            self._insert(conn, EventRow, batch.events)
-            self._insert(conn, SampleRow, batch.samples)
-            self._insert(conn, GpuSampleRow, batch.gpu_samples)
-            self._insert(conn, CheckpointRow, batch.checkpoints)
-            self._insert(conn, LogRow, batch.logs)
+            self._write_points(conn, cur, batch.points)
+            self._insert(conn, cur, EventRow, batch.events)
+            self._insert(conn, cur, SampleRow, batch.samples)
+            self._insert(conn, cur, GpuSampleRow, batch.gpu_samples)
+            self._insert(conn, cur, CheckpointRow, batch.checkpoints)
+            self._insert(conn, cur, LogRow, batch.logs)
             if batch.removed_checkpoints:
                 conn.execute(update(CheckpointRow).where(
                     CheckpointRow.run_id == self.run_id, CheckpointRow.path.in_(batch.removed_checkpoints),
@@ -185,11 +200,11 @@ class StoreWriter:
                                                       RequestRow.status == "pending").values(
                     status="rejected", reason=batch.reject_pending, applied_at=time.time()))
             elif poll_requests:
-                fresh = self._pending_requests(conn)
+                fresh = self._pending_requests(conn, cur)
             values = dict(batch.run_update)
             if heartbeat and batch.last_step is not None and not values:
                 # every flush of a training run: a prepared statement, no SQL construction
-                conn.exec_driver_sql(self._heartbeat_sql, (time.time(), batch.last_step, self.run_id))
+                cur.execute(self._heartbeat_sql, (time.time(), batch.last_step, self.run_id))
             else:
                 if heartbeat:
                     values["heartbeat_at"] = time.time()
@@ -202,8 +217,9 @@ class StoreWriter:
             self._last_request = max(r["id"] for r in fresh)
         return fresh
 
-    def _pending_requests(self, conn) -> list[dict]:
-        rows = conn.exec_driver_sql(self._poll_sql, (self.run_id, self._last_request)).mappings().all()
+    def _pending_requests(self, conn, cur) -> list[dict]:
+        cur.execute(self._poll_sql, (self.run_id, self._last_request))
+        rows = [dict(zip(("id", "kind", "payload", "requested_by"), r)) for r in cur.fetchall()]
         out = []
         for r in rows:
             # a request row is data from anyone who can write the store: never trust its shape
@@ -226,9 +242,25 @@ class StoreWriter:
             out.append(req)
         return out
 
-    def _insert(self, conn, model, rows: list[dict]) -> None:
-        if rows:
-            conn.execute(model.__table__.insert(), [dict(r, run_id=self.run_id) for r in rows])
+    def _insert(self, conn, cur, model, rows: list[dict]) -> None:
+        """Rows of a side table (events, samples...), grouped by the columns they name (a column a
+        row leaves out gets its default), in multi-row statements of fixed text."""
+        if not rows:
+            return
+        groups: dict[tuple, list[tuple]] = {}
+        run_id = self.run_id
+        for r in rows:
+            groups.setdefault(tuple(r), []).append((run_id, *r.values()))
+        for names, values in groups.items():
+            head = self._heads.get((model, names))
+            if head is None:
+                table = model.__table__
+                unknown = [c for c in names if c not in table.columns or c == "run_id"]
+                if unknown:
+                    raise ValueError(f"{table.name} has no column(s) {unknown} that tmon can write")
+                head = f"INSERT INTO {table.name} (run_id, {', '.join(names)})"
+                self._heads[(model, names)] = head
+            insert_rows(conn, head, len(names) + 1, values, self._ph, cursor=cur)
 
     def _series_id(self, conn, key: str) -> int:
         sid = self._series.get(key)
@@ -240,7 +272,7 @@ class StoreWriter:
             self._series[key] = sid
         return sid
 
-    def _write_points(self, conn, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def _write_points(self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         rows: list[tuple] = []
         parts = []
         for key, (s, v, w) in points.items():
@@ -249,5 +281,5 @@ class StoreWriter:
                 rows += chunks.encode(sid, s, v, w)
                 parts.append((sid, s, v, w))
         if rows:
-            insert_rows(conn, CHUNK_INSERT, CHUNK_WIDTH, rows, self._ph)
-            insert_rows(conn, SUMMARY_INSERT, SUMMARY_WIDTH, summarize(parts), self._ph, self._summary_tail)
+            insert_rows(conn, CHUNK_INSERT, CHUNK_WIDTH, rows, self._ph, cursor=cur)
+            insert_rows(conn, SUMMARY_INSERT, SUMMARY_WIDTH, summarize(parts), self._ph, self._summary_tail, cur)
