@@ -42,7 +42,13 @@ def _check_upgraded(url):
     assert run.count_points() == 4 and run.latest() == {"loss": (2, 1.5)}
     with store.engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM tmon_schema ORDER BY id")).scalars().all()
+        # v3 rebuilt the summaries from the points; v4 records that they hold every chunk
+        covered, top = conn.execute(text(
+            "SELECT s.summarized_chunk, (SELECT MAX(id) FROM tmon_chunks c WHERE c.series_id = s.id) "
+            "FROM tmon_series s WHERE s.run_id = 'oldrun'")).one()
+        finest = conn.execute(text("SELECT n, n_nan, min_value, max_value FROM tmon_summaries WHERE level = 0")).one()
     assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert top is not None and covered == top and tuple(finest) == (4, 1, 1.5, 2.5)
     rec = Recorder(url, flush_interval=0.05, tags=["after-upgrade"], notes="written by the new code")
     rec.log({"loss": 1.0}, step=0)
     rec.close()

@@ -51,10 +51,12 @@ def test_bad_values_and_steps_are_clear_errors(store_url):
     rec = Recorder(store_url, flush_interval=0.05)
     with pytest.raises(TypeError, match="'acc'.*str"):
         rec.log({"acc": "high"}, step=0)
-    with pytest.raises(ValueError, match="step must be a non-negative integer, received step=-1"):
+    with pytest.raises(ValueError, match="step must be a non-negative integer below 2[*][*]63, received step=-1"):
         rec.log({"acc": 1.0}, step=-1)
     with pytest.raises(ValueError, match="step=1.5"):
         rec.log({"acc": 1.0}, step=1.5)
+    with pytest.raises(ValueError, match=f"received step={2**63}"):
+        rec.log({"acc": 1.0}, step=2**63)
     with pytest.raises(ValueError, match="wall_time must be seconds since the epoch.*received wall_time='now'"):
         rec.log({"acc": 1.0}, step=0, wall_time="now")
     with pytest.raises(ValueError, match="wall_time=nan"):

@@ -10,6 +10,8 @@ History:
     2  runs gain ``tags`` (JSON list) and ``notes``
     3  metric points move from one row per point (``tmon_points``) to chunks of arrays
        (``tmon_chunks``): the writer's CPU per point falls ~100x (see schema.py)
+    4  series gain ``summarized_chunk``: the summaries are brought up to date every few flushes,
+       not at every flush, and readers add the chunks above that id (see schema.py)
 """
 
 from __future__ import annotations
@@ -66,7 +68,15 @@ def _v3(op: Operations) -> None:
     op.drop_table("tmon_points")
 
 
-UPGRADES = {2: _v2, 3: _v3}
+def _v4(op: Operations) -> None:
+    op.add_column("tmon_series", Column("summarized_chunk", BigInteger, nullable=False, server_default="0"))
+    # every chunk written so far is in the summaries (schema 3 summarized at every flush)
+    op.get_bind().execute(text(
+        "UPDATE tmon_series SET summarized_chunk = COALESCE("
+        "(SELECT MAX(id) FROM tmon_chunks WHERE tmon_chunks.series_id = tmon_series.id), 0)"))
+
+
+UPGRADES = {2: _v2, 3: _v3, 4: _v4}
 assert max(UPGRADES) == SCHEMA_VERSION, "every schema version needs its upgrade"
 
 

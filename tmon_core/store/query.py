@@ -34,7 +34,7 @@ from .schema import (
     SeriesRow,
     summary_width,
 )
-from .summaries import Buckets, merge
+from .summaries import Buckets, merge, with_points
 
 
 def _pd():
@@ -224,7 +224,7 @@ class Run:
             # newest value) when there is room for them, and the min and max of each bucket
             ends = max_points is not None and max_points >= 4
             budget = max_points - 2 if ends else max_points
-            if count > RAW_DOWNSAMPLE_POINTS:
+            if count > max(RAW_DOWNSAMPLE_POINTS, max_points or 0):  # (else every point may fit)
                 s, v, w = self._downsample(conn, sid, lo, hi, budget)
                 if ends:
                     head = self._raw(conn, sid, lo, min(hi, lo + 4095))
@@ -332,14 +332,23 @@ class Run:
         return self._read_chunks(
             conn, f"series_id = {int(sid)} AND first_step <= {int(hi)} AND last_step >= {int(lo)}", lo, hi)
 
+    @staticmethod
+    def _summarized(conn, sid) -> int:
+        """The id of the last chunk of series ``sid`` that the summaries hold."""
+        return conn.exec_driver_sql(f"SELECT summarized_chunk FROM tmon_series WHERE id = {int(sid)}").scalar() or 0
+
     def _count_at_most(self, conn, sid, lo, hi) -> int:
-        """At least the number of points in [lo, hi] (summed over the summary buckets that touch it)."""
+        """At least the number of points in [lo, hi]: summed over the summary buckets that touch it,
+        and over the chunks that touch it and are not in the summaries yet."""
         level = _level_for(hi - lo + 1, 8)
         width = summary_width(level)
         n = conn.exec_driver_sql(
             f"SELECT SUM(n) FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
             f"AND bucket >= {lo // width} AND bucket <= {hi // width}").scalar()
-        return n or 0
+        fresh = conn.exec_driver_sql(
+            f"SELECT SUM(n) FROM tmon_chunks WHERE series_id = {int(sid)} AND id > {self._summarized(conn, sid)} "
+            f"AND first_step <= {int(hi)} AND last_step >= {int(lo)}").scalar()
+        return (n or 0) + (fresh or 0)
 
     def _downsample(self, conn, sid, lo, hi, max_points):
         """min/max per bucket of the finest summary level with at most ``max_points // 2`` buckets in
@@ -357,9 +366,15 @@ class Run:
                 "SELECT bucket, min_value, min_step, min_wall, max_value, max_step, max_wall "
                 f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
                 f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
+            # the points written since the summaries were last brought up to date (a few flushes;
+            # a killed run keeps them for good)
+            first, last = b0 * width, (b1 + 1) * width - 1
+            fresh = self._read_chunks(conn, f"series_id = {int(sid)} AND id > {self._summarized(conn, sid)} "
+                                            f"AND first_step <= {last} AND last_step >= {first}", first, last)
+            rows = with_points(rows, *fresh, width)
             for bucket, lov, los, low, hiv, his, hiw in rows:
-                if lov is None:  # every point of the bucket was NaN: keep one NaN so it shows
-                    out.append((bucket * width, math.nan, math.nan))
+                if lov is None:  # every point of the bucket was NaN: keep one (a real one) so it shows
+                    out.append((bucket * width if los is None else los, math.nan, math.nan if low is None else low))
                 elif los == his and lov == hiv:
                     out.append((los, lov, low))
                 elif los < his:

@@ -9,6 +9,7 @@ shows real points and never hides a spike.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,35 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
             level = merge(level.bucket // SUMMARY_FACTOR, level)
         rows += level.rows(lv)
     return rows
+
+
+def with_points(rows: list[tuple], steps: np.ndarray, values: np.ndarray, walls: np.ndarray,
+                width: int) -> list[tuple]:
+    """Stored summary rows ``(bucket, min (value, step, wall), max (value, step, wall))`` of one
+    series and level, with points the summaries do not hold yet (the chunks written since they
+    were last brought up to date): the rows those points would have made, buckets they add
+    included, ordered by bucket. An all-NaN bucket has None extremes, as stored."""
+    if not len(steps):
+        return rows
+    k = len(rows)
+    # (an all-NaN bucket stores NULL extremes but the step and wall time of one of its NaN points)
+    stored = np.array([[math.nan if x is None else x for x in r] for r in rows], dtype=np.float64).reshape(k, 7)
+    steps = np.asarray(steps, dtype=np.int64)
+    keys = np.concatenate((stored[:, 0].astype(np.int64), steps // width))
+    order = np.argsort(keys, kind="stable")  # a stored row before the new points of its bucket
+    nan = np.concatenate((np.isnan(stored[:, 1]), np.isnan(values))).astype(np.int64)
+    src = Buckets(
+        series=np.zeros(len(keys), dtype=np.int64), bucket=keys, n=np.ones(len(keys), dtype=np.int64), n_nan=nan,
+        min_v=np.concatenate((stored[:, 1], values)), min_s=np.concatenate((stored[:, 2].astype(np.int64), steps)),
+        min_w=np.concatenate((stored[:, 3], walls)), max_v=np.concatenate((stored[:, 4], values)),
+        max_s=np.concatenate((stored[:, 5].astype(np.int64), steps)), max_w=np.concatenate((stored[:, 6], walls)),
+    )
+    src = Buckets(*(a[order] for a in (src.series, src.bucket, src.n, src.n_nan, src.min_v, src.min_s, src.min_w,
+                                       src.max_v, src.max_s, src.max_w)))
+    out = merge(src.bucket, src)
+    return [(b, None if nn == n else lv, ls, lw, None if nn == n else hv, hs, hw) for b, n, nn, lv, ls, lw, hv, hs, hw
+            in zip(out.bucket.tolist(), out.n.tolist(), out.n_nan.tolist(), out.min_v.tolist(), out.min_s.tolist(),
+                   out.min_w.tolist(), out.max_v.tolist(), out.max_s.tolist(), out.max_w.tolist())]
 
 
 SUMMARY_INSERT = ("INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy import Engine, select, update
 
 from . import chunks
 from .schema import (
+    SUMMARY_EVERY_FLUSHES,
+    SUMMARY_EVERY_POINTS,
     CheckpointRow,
     EventRow,
     GpuSampleRow,
@@ -169,10 +172,15 @@ class StoreWriter:
         self._ph = ph
         self._summary_tail = upsert_clause()
         self._heads: dict[tuple, str] = {}  # (table, columns) -> "INSERT INTO table (columns)"
+        # points written as chunks but not yet in the summaries: (series id, steps, values, walls)
+        self._unsummarized: list[tuple] = []
+        self._unsummarized_points = 0
+        self._unsummarized_flushes = 0
 
-    def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False) -> list[dict]:
+    def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False, final: bool = False) -> list[dict]:
         """Write ``batch`` in one transaction; with ``poll_requests``, return the run's control
-        requests that became pending since the last call (rollbacks with their checkpoint row)."""
+        requests that became pending since the last call (rollbacks with their checkpoint row).
+        ``final``: the run's last write, which brings the summaries up to date."""
         fresh: list[dict] = []
         with self.engine.begin() as conn:
             cur = raw_cursor(conn)
@@ -180,7 +188,7 @@ class StoreWriter:
                 exists = conn.execute(select(RunRow.id).where(RunRow.id == self.run_id)).scalar()
                 if exists is None:
                     conn.execute(RunRow.__table__.insert().values(**self._run_row))
-            self._write_points(conn, cur, batch.points)
+            committed = self._write_points(conn, cur, batch.points, final)
             self._insert(conn, cur, EventRow, batch.events)
             self._insert(conn, cur, SampleRow, batch.samples)
             self._insert(conn, cur, GpuSampleRow, batch.gpu_samples)
@@ -213,6 +221,7 @@ class StoreWriter:
                 if values:
                     conn.execute(update(RunRow).where(RunRow.id == self.run_id).values(**values))
         self._run_created = True
+        committed()
         if fresh:
             self._last_request = max(r["id"] for r in fresh)
         return fresh
@@ -262,24 +271,57 @@ class StoreWriter:
                 self._heads[(model, names)] = head
             insert_rows(conn, head, len(names) + 1, values, self._ph, cursor=cur)
 
-    def _series_id(self, conn, key: str) -> int:
-        sid = self._series.get(key)
+    def _series_id(self, conn, key: str, new: dict[str, int]) -> int:
+        sid = self._series.get(key) or new.get(key)
         if sid is None:
             q = select(SeriesRow.id).where(SeriesRow.run_id == self.run_id, SeriesRow.key == key)
             sid = conn.execute(q).scalar()
             if sid is None:
                 sid = conn.execute(SeriesRow.__table__.insert().values(run_id=self.run_id, key=key)).inserted_primary_key[0]
-            self._series[key] = sid
+            new[key] = sid  # cached once the transaction commits: a rolled-back id must not be reused
         return sid
 
-    def _write_points(self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def _write_points(self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      final: bool) -> Callable[[], None]:
+        """Insert the points' chunks; bring the summaries up to date when they are due. Returns
+        what to remember once the transaction has committed."""
         rows: list[tuple] = []
         parts = []
+        new: dict[str, int] = {}
+        memo: dict = {}
         for key, (s, v, w) in points.items():
             if len(s):
-                sid = self._series_id(conn, key)
-                rows += chunks.encode(sid, s, v, w)
+                sid = self._series_id(conn, key, new)
+                rows += chunks.encode(sid, s, v, w, memo)
                 parts.append((sid, s, v, w))
         if rows:
             insert_rows(conn, CHUNK_INSERT, CHUNK_WIDTH, rows, self._ph, cursor=cur)
-            insert_rows(conn, SUMMARY_INSERT, SUMMARY_WIDTH, summarize(parts), self._ph, self._summary_tail, cur)
+        pending = self._unsummarized + parts
+        n_pending = self._unsummarized_points + sum(len(p[1]) for p in parts)
+        flushes = self._unsummarized_flushes + bool(parts)
+        if pending and (final or flushes >= SUMMARY_EVERY_FLUSHES or n_pending >= SUMMARY_EVERY_POINTS):
+            insert_rows(conn, SUMMARY_INSERT, SUMMARY_WIDTH, summarize(_by_series(pending)), self._ph,
+                        self._summary_tail, cur)
+            # the largest chunk id now: this transaction holds the write lock (SQLite) and wrote
+            # every chunk of these series, so each of them is in the summaries up to it
+            cur.execute("SELECT MAX(id) FROM tmon_chunks")
+            top = cur.fetchone()[0]
+            sids = sorted({p[0] for p in pending})
+            cur.execute(f"UPDATE tmon_series SET summarized_chunk = {int(top)} "
+                        f"WHERE id IN ({', '.join(str(int(i)) for i in sids)})")
+            pending, n_pending, flushes = [], 0, 0
+
+        def committed() -> None:
+            self._series.update(new)
+            self._unsummarized, self._unsummarized_points, self._unsummarized_flushes = pending, n_pending, flushes
+
+        return committed
+
+
+def _by_series(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple]:
+    """One part per series id, the arrays of its parts concatenated in write order."""
+    grouped: dict[int, list[tuple]] = {}
+    for p in parts:
+        grouped.setdefault(p[0], []).append(p[1:])
+    return [(sid, *(ps[0] if len(ps) == 1 else (np.concatenate(c) for c in zip(*ps))))
+            for sid, ps in grouped.items()]
