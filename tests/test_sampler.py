@@ -53,6 +53,24 @@ def test_children_are_counted_with_their_memory():
     assert ProcessCollector().collect()["children_count"] == 0
 
 
+def test_host_figures_read_from_proc_agree_with_psutil():
+    import psutil
+
+    host = HostCollector()
+    host.setup()
+    if not host._proc:
+        pytest.skip("no Linux /proc here: the collector uses psutil itself")
+    busy = [sum(i * i for i in range(200_000)) for _ in range(3)]  # some CPU between the two reads
+    psutil.cpu_percent(None)
+    assert busy
+    ours, vm, swap = host.collect(), psutil.virtual_memory(), psutil.swap_memory()
+    assert ours["ram_total"] == vm.total and abs(ours["ram_available"] - vm.available) < 64 * 2**20
+    assert ours["ram_used"] == ours["ram_total"] - ours["ram_available"]
+    assert abs(ours["swap_used"] - swap.used) < 64 * 2**20 and 0 < ours["cpu_percent"] <= 100
+    host._proc = False  # the psutil path (other systems, a hidden /proc) records the same fields
+    assert set(host.collect()) == set(ours)
+
+
 class Broken(HostCollector):
     name = "broken"
 
