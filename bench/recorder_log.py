@@ -230,24 +230,22 @@ class _Clock:
 
 
 def tmon_throughput(path: str, steps: int) -> dict:
-    from sqlalchemy.engine import Connection
-
     import tmon_core.store.writer as writer_mod
 
     drain, write, summ, pts, sums = _Clock(), _Clock(), _Clock(), _Clock(), _Clock()
-    orig_drain, orig_write, orig_exec = Recorder._drain, StoreWriter.write, Connection.exec_driver_sql
+    orig_drain, orig_write, orig_insert = Recorder._drain, StoreWriter.write, writer_mod.insert_rows
     orig_summarize = getattr(writer_mod, "summarize", None)
 
-    def exec_timed(self, sql, *a, **kw):  # splits the writer's SQL time into points / summaries
-        clock = pts if "INTO tmon_chunks" in sql else sums if "INTO tmon_summaries" in sql else None
+    def insert_timed(conn, head, *a, **kw):  # splits the writer's SQL time into points / summaries
+        clock = pts if "INTO tmon_chunks" in head else sums if "INTO tmon_summaries" in head else None
         if clock is None:
-            return orig_exec(self, sql, *a, **kw)
-        return clock.wrap(orig_exec)(self, sql, *a, **kw)
+            return orig_insert(conn, head, *a, **kw)
+        return clock.wrap(orig_insert)(conn, head, *a, **kw)
 
     # measurement only: the wrapped functions run unchanged
     Recorder._drain = drain.wrap(orig_drain)
     StoreWriter.write = write.wrap(orig_write)
-    Connection.exec_driver_sql = exec_timed
+    writer_mod.insert_rows = insert_timed
     if orig_summarize is not None:
         writer_mod.summarize = summ.wrap(orig_summarize)
     try:
@@ -265,7 +263,7 @@ def tmon_throughput(path: str, steps: int) -> dict:
         t_end = time.perf_counter()
         cpu = time.process_time() - cpu0
     finally:
-        Recorder._drain, StoreWriter.write, Connection.exec_driver_sql = orig_drain, orig_write, orig_exec
+        Recorder._drain, StoreWriter.write, writer_mod.insert_rows = orig_drain, orig_write, orig_insert
         if orig_summarize is not None:
             writer_mod.summarize = orig_summarize
     n = steps * len(m)

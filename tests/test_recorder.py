@@ -1,5 +1,6 @@
 """The recorder under real conditions: tensors, a failing or locked store, several processes."""
 
+import math
 import os
 import sqlite3
 import subprocess
@@ -23,6 +24,9 @@ def test_tensors_are_detached_and_converted_at_flush(store_url):
         rec.log({"loss": loss, "half": torch.tensor(0.5, dtype=torch.bfloat16), "i": torch.tensor(s)}, step=s)
     with pytest.raises(TypeError, match="one element"):
         rec.log({"vec": torch.ones(3)}, step=20)
+    with pytest.raises(TypeError, match="'loss'.*one element"):  # a key set seen before: checked all the same
+        rec.log({"loss": torch.ones(2, requires_grad=True), "half": torch.tensor(0.5, dtype=torch.bfloat16),
+                 "i": torch.tensor(0)}, step=20)
     rec.close()
     run = open_store(store_url).run(rec.run_id)
     assert run.metrics("loss").value.tolist() == [3.0 * (s + 1) for s in range(20)]
@@ -182,3 +186,26 @@ def test_tensors_are_converted_in_bulk_not_one_by_one(store_url):
     rec.close()
     assert open_store(store_url).run(rec.run_id).metrics("loss").value.tolist() == [float(s) for s in range(50)]
     assert Counted.calls == 0  # one stacked transfer per flush, never a per-value __float__ (a GPU sync each)
+
+
+def test_repeated_key_sets_keep_every_value_whatever_its_type(store_url):
+    # log() packs a key set it has seen before straight into a row; types that change from call
+    # to call (int, float, bool, numpy, tensor, a value converted only at flush) all land exactly
+    import numpy as np
+    torch = pytest.importorskip("torch")
+
+    class Lazy:  # a value whose float is only taken by the writer
+        def __float__(self):
+            return 7.5
+
+    cycle = [1, 2.5, True, np.float32(0.25), np.int64(3), torch.tensor(4.0), Lazy(), torch.tensor(5, dtype=torch.int32),
+             10**400]
+    rec = Recorder(store_url, flush_interval=0.05)
+    for step in range(len(cycle) * 3):
+        rec.log({"v": cycle[step % len(cycle)], "step_twice": float(step)}, step=step)
+    rec.close()
+    assert not rec.problems
+    run = open_store(store_url).run(rec.run_id)
+    want = [1.0, 2.5, 1.0, 0.25, 3.0, 4.0, 7.5, 5.0, math.inf] * 3
+    assert run.metrics("v").value.tolist() == want
+    assert run.metrics("step_twice").value.tolist() == [float(s) for s in range(len(want))]

@@ -61,18 +61,41 @@ def _row_dtype(width: int) -> np.dtype:
 _MAX_STEP = 2**63 - 1
 
 
+def _packable(t: type) -> bool:
+    """Values of type ``t`` go into a packed row as they are: Python and numpy numbers (their
+    ``__float__`` is exact and cheap). Anything else (a tensor: ``__float__`` would sync its
+    device; a lazy value) stays an object for the writer."""
+    return issubclass(t, (float, int, np.floating, np.integer, np.bool_))
+
+
+def _picker(idx: tuple[int, ...]):
+    """A function returning the values at ``idx`` of a tuple, as a tuple."""
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda t: (t[i],)
+    if not idx:
+        return lambda t: ()
+    return operator.itemgetter(*idx)
+
+
 class _Block:
-    """What ``log()`` received with one key set: per entry one packed row (step, wall time, one
-    float64 per key, 0.0 where the value is an object), or ``(row, objects)`` where some values
-    are objects (tensors, numpy scalars) for the writer to convert. Rows are packed in the
-    training thread while the values are in its cache; the writer reads contiguous bytes.
-    A block lives as long as its recorder: one per distinct key set."""
+    """What ``log()`` received with one key set and one pattern of value types. Each entry is one
+    packed row (step, wall time, the numbers) or, when some values are objects (tensors, other
+    lazy values), ``(row, objects)``. Rows are packed in the training thread while the values are
+    in its cache, and appended in one call, so the writer never sees half an entry and reads
+    contiguous bytes rather than a dozen scattered objects per step. A block lives as long as
+    its recorder: one per distinct key set and type pattern."""
 
-    __slots__ = ("width", "pack", "rows")
+    __slots__ = ("keys", "numbers", "objects", "tensors", "pick_numbers", "pick_objects", "pack", "rows")
 
-    def __init__(self, width: int):
-        self.width = width
-        self.pack = struct.Struct(f"<qd{width}d").pack
+    def __init__(self, keys: tuple[str, ...], objects: tuple[int, ...], tensors: tuple[int, ...] = ()):
+        self.keys = keys
+        self.objects = objects  # positions (in keys) of the values kept as objects
+        self.numbers = tuple(i for i in range(len(keys)) if i not in objects)
+        self.tensors = tensors  # positions in the objects tuple that hold tensors (checked per call)
+        self.pick_numbers = _picker(self.numbers) if objects else None
+        self.pick_objects = _picker(objects)
+        self.pack = struct.Struct(f"<qd{len(self.numbers)}d").pack
         self.rows: collections.deque = collections.deque()  # appended by log(), popped by the writer
 
 
@@ -260,7 +283,7 @@ class Recorder:
             "notes": notes,
         }
         self._attach = run_id is not None
-        self._blocks: dict[tuple, _Block] = {}  # (keys, keys with object values) -> what log() received
+        self._blocks: dict[tuple, _Block] = {}  # (keys, value types) -> what log() received
         self._ops: collections.deque = collections.deque()
         self._ok_keys: set[str] = set()
         self._next_step = 0
@@ -287,46 +310,85 @@ class Recorder:
         defaults to now. Costs a few microseconds: the values are converted and written by the
         writer thread.
         """
-        copy = None
-        odd = ()  # the keys whose values are not Python numbers (tensors, numpy scalars)
-        ok = self._ok_keys
-        for k, v in metrics.items():
-            if k not in ok:
-                ok.add(check_key(k))
-            if type(v) not in _PLAIN:
-                if copy is None:
-                    copy, others = dict(metrics), []
-                v = _prepare_value(k, v)
-                if type(v) in _PLAIN:
-                    copy[k] = v
-                else:  # kept as an object for the writer; a placeholder in the numbers
-                    copy[k] = 0.0
-                    odd += (k,)
-                    others.append(v)
+        # the usual call: a key set and value types seen before
+        values = tuple(metrics.values())
+        block = self._blocks.get((tuple(metrics), tuple(map(type, values))))
+        if block is None:
+            return self._log_new(metrics, step, wall_time)
         if step is None:
             step = self._next_step
         elif type(step) is not int or not 0 <= step <= _MAX_STEP:
             step = self._check_step(step)
-        self._next_step = step + 1
         if wall_time is None:
             wall_time = _now()
         elif type(wall_time) is not float or not math.isfinite(wall_time):
             wall_time = self._check_wall_time(wall_time)
-        values = metrics if copy is None else copy
-        sig = (tuple(values), odd)
-        block = self._blocks.get(sig)
-        if block is None:
-            block = self._blocks.setdefault(sig, _Block(len(values)))
         try:
-            row = block.pack(step, wall_time, *values.values())
-        except (OverflowError, struct.error):  # an int beyond float range: the writer converts it (to +-inf)
-            held = dict(zip(odd, others)) if odd else {}
-            others = [held[k] if k in held else values[k] for k in sig[0]]  # every value an object
-            odd = sig[0]
-            block = self._blocks.get((odd, odd)) or self._blocks.setdefault((odd, odd), _Block(len(odd)))
-            row = block.pack(step, wall_time, *itertools.repeat(0.0, len(odd)))
-        # one append: the writer never sees half an entry
-        block.rows.append((row, tuple(others)) if odd else row)
+            entry = self._entry(block, values, step, wall_time)
+        except (OverflowError, struct.error):  # an int beyond float range
+            return self._log_new(metrics, step, wall_time)
+        self._next_step = step + 1
+        block.rows.append(entry)  # one append: the writer never sees half an entry
+
+    @staticmethod
+    def _entry(block: _Block, values: tuple, step: int, wall_time: float):
+        """One entry of ``block``: the packed row, with the object values where there are some
+        (tensors checked: one element each, detached where they carry a graph)."""
+        if block.pick_numbers is None:
+            return block.pack(step, wall_time, *values)
+        objects = block.pick_objects(values)
+        if block.tensors:
+            detached = None
+            for i in block.tensors:
+                t = objects[i]
+                if t.numel() != 1:
+                    _prepare_value(block.keys[block.objects[i]], t)  # raises the clear error
+                if t.requires_grad:
+                    detached = detached or list(objects)
+                    detached[i] = t.detach()
+            if detached is not None:
+                objects = tuple(detached)
+        return block.pack(step, wall_time, *block.pick_numbers(values)), objects
+
+    def _log_new(self, metrics: dict[str, Any], step: Any, wall_time: Any) -> None:
+        """``log()`` for a new key set or pattern of value types, or an int too big for a float:
+        keys and values are checked one by one, and the pattern gets its block."""
+        ok = self._ok_keys
+        objects, tensors = [], []
+        for i, (k, v) in enumerate(metrics.items()):
+            if k not in ok:
+                ok.add(check_key(k))
+            t = type(v)
+            if t is float or t is int:
+                continue
+            _prepare_value(k, v)  # raises on a value tmon cannot record
+            if not _packable(t):
+                if _is_tensor(v):
+                    tensors.append(len(objects))
+                objects.append(i)
+        if step is None:
+            step = self._next_step
+        elif type(step) is not int or not 0 <= step <= _MAX_STEP:
+            step = self._check_step(step)
+        if wall_time is None:
+            wall_time = _now()
+        elif type(wall_time) is not float or not math.isfinite(wall_time):
+            wall_time = self._check_wall_time(wall_time)
+        keys, values = tuple(metrics), tuple(metrics.values())
+        sig = (keys, tuple(map(type, values)))
+        block = self._blocks.get(sig) or self._blocks.setdefault(sig, _Block(keys, tuple(objects), tuple(tensors)))
+        try:
+            entry = self._entry(block, values, step, wall_time)
+        except (OverflowError, struct.error):
+            # an int beyond float range: every value of the entry goes to the writer as an object
+            # (it stores such an int as +-inf)
+            sig = (keys, None)
+            tensors = [i for i, v in enumerate(values) if _is_tensor(v)]
+            block = self._blocks.get(sig) or self._blocks.setdefault(
+                sig, _Block(keys, tuple(range(len(keys))), tuple(tensors)))
+            entry = self._entry(block, values, step, wall_time)
+        self._next_step = step + 1
+        block.rows.append(entry)
 
     @staticmethod
     def _check_step(step: Any) -> int:
@@ -524,30 +586,29 @@ class Recorder:
         batch = Batch()
         waiters: list[threading.Event] = []
         points = batch.points
-        # each key set's rows are one 2-D array; its object values (tensors, numpy scalars) are
+        # each block's rows are one 2-D array; its object values (tensors, lazy values) are
         # converted column by column, a column of tensors in one call
         chunks: dict[str, list[tuple]] = {}
         last = -1
-        for (keys, odd), block in list(self._blocks.items()):
+        for block in list(self._blocks.values()):
             rows = block.rows
             entries = list(itertools.starmap(rows.popleft, itertools.repeat((), len(rows))))
             if not entries:
                 continue
-            if odd:
+            if block.objects:
                 objects = list(map(_SECOND, entries))
                 entries = map(_FIRST, entries)
-            table = np.frombuffer(b"".join(entries), dtype=_row_dtype(block.width))
-            steps, walls, table = np.array(table["step"]), np.array(table["wall"]), table["values"]
+            table = np.frombuffer(b"".join(entries), dtype=_row_dtype(len(block.numbers)))
+            steps, walls, numbers = np.array(table["step"]), np.array(table["wall"]), table["values"]
             last = max(last, int(steps.max()))
-            for j, k in enumerate(keys):
-                if k in odd:
-                    col, bad = _column(list(map(operator.itemgetter(odd.index(k)), objects)))
-                    if bad:
-                        self._problem(f"tmon: {bad} value(s) of metric {k!r} could not be converted to a number; "
-                                      f"stored as NaN")
-                else:
-                    col = table[:, j]
-                chunks.setdefault(k, []).append((steps, col, walls))
+            for i, j in enumerate(block.numbers):
+                chunks.setdefault(block.keys[j], []).append((steps, numbers[:, i], walls))
+            for i, j in enumerate(block.objects):
+                col, bad = _column(list(map(operator.itemgetter(i), objects)))
+                if bad:
+                    self._problem(f"tmon: {bad} value(s) of metric {block.keys[j]!r} could not be converted to a "
+                                  f"number; stored as NaN")
+                chunks.setdefault(block.keys[j], []).append((steps, col, walls))
         for key, parts in chunks.items():
             points[key] = parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
         batch.last_step = last if last >= 0 else None
