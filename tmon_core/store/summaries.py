@@ -89,15 +89,17 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
     """Summary rows of every level for one flush: ``parts`` is ``(series_id, steps, values, walls)``
     per series. All series go through one numpy pipeline (a flush of 12 series costs about what
     one did when each had its own)."""
-    parts = [p for p in parts if len(p[1])]
+    parts = sorted((p for p in parts if len(p[1])), key=lambda p: p[0])  # (stable: a series' parts in order)
     if not parts:
         return []
     series = np.concatenate([np.full(len(s), sid, dtype=np.int64) for sid, s, _, _ in parts])
     steps = np.concatenate([s for _, s, _, _ in parts]).astype(np.int64, copy=False)
     values = np.concatenate([v for _, _, v, _ in parts]).astype(np.float64, copy=False)
     walls = np.concatenate([w for _, _, _, w in parts]).astype(np.float64, copy=False)
-    order = np.lexsort((steps, series))  # stable: equal steps keep their logged order
-    series, steps, values, walls = series[order], steps[order], values[order], walls[order]
+    d_series, d_steps = np.diff(series), np.diff(steps)
+    if not ((d_series > 0) | ((d_series == 0) & (d_steps >= 0))).all():  # not already in order (a rollback)
+        order = np.lexsort((steps, series))  # stable: equal steps keep their logged order
+        series, steps, values, walls = series[order], steps[order], values[order], walls[order]
     raw = Buckets(
         series=series, bucket=steps, n=np.ones(len(steps), dtype=np.int64), n_nan=np.isnan(values).astype(np.int64),
         min_v=values, min_s=steps, min_w=walls, max_v=values, max_s=steps, max_w=walls,
