@@ -52,13 +52,13 @@ log = logging.getLogger("tmon")
 
 _PLAIN = frozenset({float, int})
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_MAX_STEP = 2**63 - 1
 
 
 @functools.cache
 def _row_dtype(width: int) -> np.dtype:
     """The numpy view of ``width``-key rows packed by ``_Block.pack``."""
     return np.dtype([("step", "<i8"), ("wall", "<f8"), ("values", "<f8", (width,))])
-_MAX_STEP = 2**63 - 1
 
 
 def _packable(t: type) -> bool:
