@@ -310,11 +310,6 @@ class Recorder:
         defaults to now. Costs a few microseconds: the values are converted and written by the
         writer thread.
         """
-        # the usual call: a key set and value types seen before
-        values = tuple(metrics.values())
-        block = self._blocks.get((tuple(metrics), tuple(map(type, values))))
-        if block is None:
-            return self._log_new(metrics, step, wall_time)
         if step is None:
             step = self._next_step
         elif type(step) is not int or not 0 <= step <= _MAX_STEP:
@@ -323,6 +318,11 @@ class Recorder:
             wall_time = _now()
         elif type(wall_time) is not float or not math.isfinite(wall_time):
             wall_time = self._check_wall_time(wall_time)
+        # the usual call: a key set and value types seen before
+        values = tuple(metrics.values())
+        block = self._blocks.get((tuple(metrics), tuple(map(type, values))))
+        if block is None:
+            return self._log_new(metrics, step, wall_time)
         try:
             entry = self._entry(block, values, step, wall_time)
         except (OverflowError, struct.error):  # an int beyond float range
@@ -350,9 +350,10 @@ class Recorder:
                 objects = tuple(detached)
         return block.pack(step, wall_time, *block.pick_numbers(values)), objects
 
-    def _log_new(self, metrics: dict[str, Any], step: Any, wall_time: Any) -> None:
-        """``log()`` for a new key set or pattern of value types, or an int too big for a float:
-        keys and values are checked one by one, and the pattern gets its block."""
+    def _log_new(self, metrics: dict[str, Any], step: int, wall_time: float) -> None:
+        """``log()`` (step and wall time checked) for a new key set or pattern of value types, or
+        an int too big for a float: keys and values are checked one by one, and the pattern gets
+        its block."""
         ok = self._ok_keys
         objects, tensors = [], []
         for i, (k, v) in enumerate(metrics.items()):
@@ -366,14 +367,6 @@ class Recorder:
                 if _is_tensor(v):
                     tensors.append(len(objects))
                 objects.append(i)
-        if step is None:
-            step = self._next_step
-        elif type(step) is not int or not 0 <= step <= _MAX_STEP:
-            step = self._check_step(step)
-        if wall_time is None:
-            wall_time = _now()
-        elif type(wall_time) is not float or not math.isfinite(wall_time):
-            wall_time = self._check_wall_time(wall_time)
         keys, values = tuple(metrics), tuple(metrics.values())
         sig = (keys, tuple(map(type, values)))
         block = self._blocks.get(sig) or self._blocks.setdefault(sig, _Block(keys, tuple(objects), tuple(tensors)))
