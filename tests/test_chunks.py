@@ -73,6 +73,7 @@ def _write(url, batches, closed):
     if closed:
         writer.write(Batch(), final=True)
         summarized = len(logged)
+    writer.close()
     engine.dispose()
     return logged, summarized
 

@@ -209,3 +209,41 @@ def test_repeated_key_sets_keep_every_value_whatever_its_type(store_url):
     want = [1.0, 2.5, 1.0, 0.25, 3.0, 4.0, 7.5, 5.0, math.inf] * 3
     assert run.metrics("v").value.tolist() == want
     assert run.metrics("step_twice").value.tolist() == [float(s) for s in range(len(want))]
+
+
+def test_logged_tensors_are_let_go_once_written_and_freed_by_the_logging_thread(store_url):
+    # the writer hands the tensors it converted back: the next log() frees them (in a training
+    # process, freeing a tensor on the writer thread costs a GIL hand-off each); a run that logs
+    # nothing more lets the next flush free them, and close() whatever is left
+    import weakref
+
+    torch = pytest.importorskip("torch")
+    w = torch.ones(2, requires_grad=True)
+    freed_on: list[str] = []
+
+    def logged(rec, s):
+        loss = (w * s).sum()  # carries a graph: the recorder keeps a detached view of it
+        kept = torch.tensor(float(s))
+        weakref.finalize(kept, lambda: freed_on.append(threading.current_thread().name))
+        rec.log({"loss": loss, "kept": kept}, step=s)
+        return weakref.ref(kept)
+
+    rec = Recorder(store_url, flush_interval=30, heartbeat_timeout=60)
+    refs = [logged(rec, s) for s in range(5)]
+    assert all(r() is not None for r in refs)  # not written yet: held
+    assert rec.flush()
+    assert all(r() is not None for r in refs)  # written; still referenced until the next log()
+    refs.append(logged(rec, 5))
+    assert all(r() is None for r in refs[:5])
+    assert freed_on == [threading.current_thread().name] * 5
+
+    assert rec.flush()  # nothing logged after this write...
+    assert refs[5]() is not None
+    assert rec.flush()  # ...so the next one lets go of it
+    assert refs[5]() is None
+    refs.append(logged(rec, 6))
+    rec.close()
+    assert refs[6]() is None
+    run = open_store(store_url).run(rec.run_id)
+    assert run.metrics("kept").value.tolist() == [float(s) for s in range(7)]
+    assert run.metrics("loss").value.tolist() == [2.0 * s for s in range(7)]

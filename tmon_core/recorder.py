@@ -172,10 +172,19 @@ def _to_floats(values: list) -> tuple[list[float], int]:
     return out, bad
 
 
-def _column(values: list) -> tuple[np.ndarray, int]:
+def _numpy_safe(torch, dtype) -> bool:
+    """A CPU tensor of ``dtype`` has a numpy view (bfloat16 and complex go through ``.to``)."""
+    return dtype in (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16,
+                     torch.int8, torch.uint8, torch.bool)
+
+
+def _column(values: list, spent=None) -> tuple[np.ndarray, int]:
     """One metric's values from a group of entries as float64, and how many were not numbers.
     The usual columns take one call: all plain numbers (numpy), or all one-element tensors of one
-    device and dtype (one stack and one transfer); anything else goes value by value."""
+    device and dtype (one stack and one transfer); anything else goes value by value.
+
+    ``spent`` receives the tensors made here, for the training thread to free (see
+    ``Recorder._spent``); the returned array then owns its memory."""
     kinds = set(map(type, values))
     if kinds <= _PLAIN:
         try:
@@ -186,9 +195,17 @@ def _column(values: list) -> tuple[np.ndarray, int]:
         torch = sys.modules.get("torch")
         if torch is not None and issubclass(next(iter(kinds)), torch.Tensor):
             try:
-                stacked = torch.stack(values).reshape(-1)  # fails on mixed shapes, devices or dtypes
-                if stacked.numel() == len(values):
-                    return stacked.to(device="cpu", dtype=torch.float64).numpy(), 0
+                # as few torch calls as can be: each releases the GIL, which in the writer thread
+                # is a hand-off to the training thread and a wait to get it back
+                stacked = torch.stack(values)  # fails on mixed shapes, devices or dtypes
+                if stacked.dim() != 1:
+                    stacked = stacked.reshape(-1)
+                if len(stacked) == len(values):
+                    if stacked.device.type != "cpu" or not _numpy_safe(torch, stacked.dtype):
+                        stacked = stacked.to(device="cpu", dtype=torch.float64)  # one transfer
+                    if spent is not None:
+                        spent.append(stacked)  # the array below owns its memory
+                    return np.array(stacked.numpy(), dtype=np.float64), 0
             except (RuntimeError, TypeError):
                 pass
     floats, bad = _to_floats(values)
@@ -284,6 +301,10 @@ class Recorder:
         }
         self._attach = run_id is not None
         self._blocks: dict[tuple, _Block] = {}  # (keys, value types) -> what log() received
+        # what the writer has converted and no longer needs, for log() to free: freeing a tensor
+        # releases the GIL, and in the writer each release is a hand-off to the training thread
+        # and a wait to get it back (in a Lightning fit, 27 of the writer's 46 waits per flush)
+        self._spent: collections.deque = collections.deque()
         self._ops: collections.deque = collections.deque()
         self._ok_keys: set[str] = set()
         self._next_step = 0
@@ -329,6 +350,11 @@ class Recorder:
             return self._log_new(metrics, step, wall_time)
         self._next_step = step + 1
         block.rows.append(entry)  # one append: the writer never sees half an entry
+        if self._spent:  # tensors the writer is done with, freed here (see _spent)
+            try:
+                self._spent.popleft()
+            except IndexError:  # the writer emptied it in between
+                pass
 
     @staticmethod
     def _entry(block: _Block, values: tuple, step: int, wall_time: float):
@@ -500,6 +526,7 @@ class Recorder:
         self._stop.set()
         self._wake.set()
         self._thread.join(self.close_timeout + 5)
+        self._spent.clear()
         if self._unwritten is not None:
             n = self._unwritten.n_points()
             self.dropped += n
@@ -508,6 +535,8 @@ class Recorder:
                 f"{self.run_id} to {self._safe_url()}: they are lost",
                 force=True,
             )
+        if self._writer is not None:
+            self._writer.close()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -583,6 +612,9 @@ class Recorder:
         # converted column by column, a column of tensors in one call
         chunks: dict[str, list[tuple]] = {}
         last = -1
+        if self._spent:  # nothing was logged since the last flush: free them here after all
+            self._spent.clear()
+        spent: list = []  # what this flush converts, handed back in one piece (see _spent)
         for block in list(self._blocks.values()):
             rows = block.rows
             entries = list(itertools.starmap(rows.popleft, itertools.repeat((), len(rows))))
@@ -597,11 +629,15 @@ class Recorder:
             for i, j in enumerate(block.numbers):
                 chunks.setdefault(block.keys[j], []).append((steps, numbers[:, i], walls))
             for i, j in enumerate(block.objects):
-                col, bad = _column(list(map(operator.itemgetter(i), objects)))
+                col, bad = _column(list(map(operator.itemgetter(i), objects)), spent)
                 if bad:
                     self._problem(f"tmon: {bad} value(s) of metric {block.keys[j]!r} could not be converted to a "
                                   f"number; stored as NaN")
                 chunks.setdefault(block.keys[j], []).append((steps, col, walls))
+            if block.objects:
+                spent.append(objects)
+        if spent:
+            self._spent.append(spent)
         for key, parts in chunks.items():
             points[key] = parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
         batch.last_step = last if last >= 0 else None

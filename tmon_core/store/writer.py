@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from . import chunks
 from .schema import (
@@ -176,13 +176,49 @@ class StoreWriter:
         self._unsummarized: list[tuple] = []
         self._unsummarized_points = 0
         self._unsummarized_flushes = 0
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        """The writer's own connection, kept from flush to flush: a pool checkout and return (and
+        the pool's reset) cost as much as a small flush's statements."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._conn = self.engine.connect()
+        return conn
+
+    def close(self) -> None:
+        """Give the connection back (the engine's owner disposes of the engine)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a broken connection: nothing left to give back
+                pass
+
+    def _discard(self) -> None:
+        """After a failed write: the next one starts on a fresh connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                pass
 
     def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False, final: bool = False) -> list[dict]:
         """Write ``batch`` in one transaction; with ``poll_requests``, return the run's control
         requests that became pending since the last call (rollbacks with their checkpoint row).
         ``final``: the run's last write, which brings the summaries up to date."""
+        try:
+            return self._write(batch, heartbeat, poll_requests, final)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _write(self, batch: Batch, heartbeat: bool, poll_requests: bool, final: bool) -> list[dict]:
         fresh: list[dict] = []
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             cur = raw_cursor(conn)
             if not self._run_created:
                 exists = conn.execute(select(RunRow.id).where(RunRow.id == self.run_id)).scalar()
