@@ -13,9 +13,11 @@ CSVLogger, TensorBoardLogger, MLFlowLogger (local SQLite tracking URI).
 [2] The same fits, read in ways that other tenants of a shared machine disturb less: the median of
     5 equal blocks of each timed window, and CPU time (training thread; whole process).
 [3] Each configuration's per-step logging path alone, inside a live fit: at step 60 a probe runs
-    Lightning's own ``_logger_connector.log_metrics`` (what it calls every step: tensors -> floats,
-    then each logger's ``log_metrics`` and ``save``) plus, for tmon, its per-batch hooks, a few
-    thousand times in the training thread; added to it, the CPU that the other threads (tmon's
+    what Lightning does for it every step, a few thousand times in the training thread: dispatch
+    the six per-step callback hooks (to TMonCallback for tmon: a callback costs ~1.5 us per hook
+    in Lightning's dispatcher even when it does nothing) and ``_logger_connector.log_metrics``
+    (tensors -> floats, then each logger's ``log_metrics`` and ``save``); minus the same dispatch
+    with no callback (what every fit pays). Added to it, the CPU that the other threads (tmon's
     writer and sampler, TensorBoard's event writer) spent per step in the fits of [1]. A step costs
     a few ms and the noise on this machine is +-10 %, so [1] cannot resolve tens of us; [3] can.
 
@@ -122,7 +124,13 @@ def build_classes():
             pass
 
     class Probe(pl.Callback):
-        """[3]: at step ``PROBE_AT``, run one step's logging path ``iters`` times in a tight loop."""
+        """[3]: at step ``PROBE_AT``, run one step's logging path ``iters`` times in a tight loop:
+        Lightning's dispatch of the six per-step callback hooks (to tmon's callback for tmon, to no
+        callback for the loggers) and its ``_logger_connector.log_metrics``; minus the same six
+        dispatches to no callback without ``log_metrics`` (what every fit pays, bare included).
+        The two loops alternate in ``ROUNDS`` rounds; medians."""
+
+        ROUNDS = 7
 
         def __init__(self, iters: int, tmon_cb=None):
             self.iters = iters
@@ -132,24 +140,46 @@ def build_classes():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.global_step != PROBE_AT or self.result is not None:
                 return
+            from lightning.pytorch.trainer import call
+
             lc = trainer._logger_connector
             # what ResultCollection hands the connector each step: 0-d tensors
             metrics = {k: torch.tensor(0.5 + i) for i, k in enumerate(SCALARS)}
             outputs = {"loss": torch.tensor(0.5)}
-            cb = self.tmon_cb
-            n = self.iters
-            gc.collect()
-            w0, m0 = time.perf_counter(), time.thread_time()
-            if cb is None:
+            loss, opt = outputs["loss"], trainer.optimizers[0]
+            hooked = [self.tmon_cb] if self.tmon_cb is not None else []
+            n = max(1, self.iters // self.ROUNDS)
+            saved = trainer.callbacks
+
+            def steps(callbacks, log: bool):
+                trainer.callbacks = callbacks
+                hooks = call._call_callback_hooks
+                gc.collect()
+                w0, m0 = time.perf_counter(), time.thread_time()
                 for _ in range(n):
-                    lc.log_metrics(metrics)
-            else:
-                for _ in range(n):
-                    cb.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-                    cb.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-                    lc.log_metrics(metrics)
-            w1, m1 = time.perf_counter(), time.thread_time()
-            self.result = {"wall": (w1 - w0) / n * 1e6, "main": (m1 - m0) / n * 1e6, "iters": n}
+                    hooks(trainer, "on_train_batch_start", batch, batch_idx)
+                    hooks(trainer, "on_before_backward", loss)
+                    hooks(trainer, "on_after_backward")
+                    hooks(trainer, "on_before_optimizer_step", opt)
+                    hooks(trainer, "on_before_zero_grad", opt)
+                    hooks(trainer, "on_train_batch_end", outputs, batch, batch_idx)
+                    if log:
+                        lc.log_metrics(metrics)
+                w1, m1 = time.perf_counter(), time.thread_time()
+                return (w1 - w0) / n * 1e6, (m1 - m0) / n * 1e6
+
+            walls, mains, floors = [], [], []
+            try:
+                for _ in range(self.ROUNDS):
+                    w, m = steps(hooked, True)
+                    fw, fm = steps([], False)
+                    walls.append(w - fw)
+                    mains.append(m - fm)
+                    floors.append(fm)
+            finally:
+                trainer.callbacks = saved
+            self.result = {"wall": median(walls), "main": median(mains), "floor": median(floors),
+                           "iters": n * self.ROUNDS}
 
     return pl, FiveScalars, SyntheticData, StepTimer, NullLogger, Probe
 
@@ -298,7 +328,7 @@ def _targets(label: str, over: dict) -> None:
 def main() -> int:
     def extra(p):
         p.add_argument("--steps", type=int, default=None, help="steps per fit (default 3000, 300 with --quick)")
-        p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, 1 with --quick)")
+        p.add_argument("--rounds", type=int, default=None, help="rounds (default 5, 1 with --quick)")
         p.add_argument("--configs", default=",".join(CONFIGS),
                        help="comma-separated subset of " + ",".join(CONFIGS + OPTIONAL))
         p.add_argument("--iters", type=int, default=None,
@@ -308,7 +338,7 @@ def main() -> int:
     header("bench/lightning_overhead.py: per-step cost of logging in a Lightning fit", args.quick)
     _quiet()
     steps = args.steps or (300 if args.quick else 3000)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 5)
     iters = args.iters or (300 if args.quick else 3000)
     configs = [c for c in args.configs.split(",") if c]
     if set(configs) - set(CONFIGS + OPTIONAL) or "bare" not in configs:
@@ -352,31 +382,35 @@ def main() -> int:
         return {c: median([x[key] for x in results[c]]) for c in configs}
 
     med, blk, cpu, main_cpu = stat("us_step"), stat("block_us_step"), stat("cpu_us_step"), stat("main_us_step")
-    over = {c: med[c] - med["bare"] for c in configs}
-    bover = {c: blk[c] - blk["bare"] for c in configs}
-    cover = {c: cpu[c] - cpu["bare"] for c in configs}
+    def paired(key):
+        """Overhead = the median over rounds of (this fit - the bare fit of the same round): fits of
+        one round run back to back, so a slow drift of the machine's load cancels out."""
+        return {c: median([x[key] - b[key] for x, b in zip(results[c], results["bare"])]) for c in configs}
+
+    over, bover, cover = paired("us_step"), paired("block_us_step"), paired("cpu_us_step")
+    mover = paired("main_us_step")
     rows = []
     for c in configs:
         spread = [x["us_step"] for x in results[c]]
         b = c == "bare"
         rows.append([c, num(med[c], "{:,.0f}"), f"{min(spread):,.0f}-{max(spread):,.0f}",
-                     "" if b else num(over[c], "{:+,.0f}"), "" if b else f"{med[c] / med['bare']:.3f}x",
+                     "" if b else num(over[c], "{:+,.0f}"), "" if b else f"{1 + over[c] / med['bare']:.3f}x",
                      _tm_over(over, c)])
     table(["config", "us/step", "min-max over rounds", "overhead us/step", "vs bare", "tmon overhead / this"],
           rows, title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps=1: {steps} "
-                      f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; median over {rounds} round(s) of "
-                      f"each fit's mean us/step")
+                      f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; us/step: median over {rounds} round(s) "
+                      f"of each fit's mean; overhead: median over rounds of (fit - that round's bare fit)")
     rows = []
     for c in configs:
         b = c == "bare"
         rows.append([c, num(blk[c], "{:,.0f}"), "" if b else num(bover[c], "{:+,.0f}"), _tm_over(bover, c),
-                     num(main_cpu[c], "{:,.0f}"), "" if b else num(main_cpu[c] - main_cpu["bare"], "{:+,.0f}"),
+                     num(main_cpu[c], "{:,.0f}"), "" if b else num(mover[c], "{:+,.0f}"),
                      num(cpu[c], "{:,.0f}"), "" if b else num(cover[c], "{:+,.0f}"), _tm_over(cover, c)])
     table(["config", "us/step", "overhead", "tmon / this", "thread CPU us/step", "thread CPU +",
            "process CPU us/step", "process CPU +", "tmon / this"], rows,
           title=f"[2] the same fits, read in ways other tenants disturb less: wall us/step = median of {BLOCKS} "
                 f"equal blocks of each timed window; CPU us/step = training thread (thread_time) and whole process "
-                f"(all threads); medians over rounds; '+' = minus bare")
+                f"(all threads); medians over rounds; '+' = median over rounds of (fit - that round's bare fit)")
     # CPU of every thread but the training thread, per step, in the fits (tmon's writer and sampler,
     # TensorBoard's event writer...): CPU time, so other tenants disturb it little
     bg = {c: median([x["cpu_us_step"] - x["main_us_step"] for x in results[c]]) for c in configs}
@@ -392,11 +426,13 @@ def main() -> int:
     if rows:
         table(["config", "iterations", "wall us/step", "training-thread CPU", "other threads CPU (fits)",
                "CPU us/step", "tmon / this"], rows,
-              title=f"[3] one step's logging path alone, in a live fit at step {PROBE_AT}: Lightning's "
-                    f"_logger_connector.log_metrics(5 tensors) (+ TMonCallback's batch hooks for tmon) in a loop, "
-                    f"timed in the training thread; plus the CPU the other threads (tmon's writer and sampler, "
-                    f"TensorBoard's event writer) used per step in the fits of [1] (median over rounds, minus "
-                    f"bare's). bare = 0: without a logger Lightning returns at once")
+              title=f"[3] one step's logging path alone, in a live fit at step {PROBE_AT}: Lightning's dispatch of "
+                    f"the 6 per-step callback hooks (to TMonCallback for tmon, to no callback for the loggers) and "
+                    f"its _logger_connector.log_metrics(5 tensors), in a loop, timed in the training thread, minus "
+                    f"the same dispatch to no callback (median of {classes[5].ROUNDS} alternating rounds; that floor "
+                    f"was {median([x['floor'] for x in iso.values()]):.1f} us); plus the CPU the other threads "
+                    f"(tmon's writer and sampler, TensorBoard's event writer) used per step in the fits of [1] "
+                    f"(median over rounds, minus bare's). bare = 0")
     _targets("[1] wall, mean", over)
     _targets("[2] wall, median block", bover)
     _targets("[2] process CPU", cover)

@@ -101,6 +101,27 @@ def test_loss_is_recorded_when_the_user_logs_nothing(tmp_path, store_url):
     assert set(run.metric_keys()) == {"loss", "lr", "momentum", "weight_decay", "step_time", "data_time", "epoch"}
 
 
+@pytest.mark.parametrize("grad_norm", [False, True])
+def test_lightning_calls_only_the_batch_hooks_tmon_uses(tmp_path, store_url, grad_norm):
+    # Lightning calls every per-batch hook of every callback (~1.5 us each, a profiler context and
+    # the call) even when it does nothing: its SimpleProfiler shows which ones it called
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None, log_grad_norm=grad_norm)
+    profiler = SimpleProfiler()
+    trainer(tmp_path, [cb], max_epochs=1, enable_checkpointing=False, profiler=profiler).fit(
+        TinyRegressor(), SyntheticData(n=64, batch_size=16))
+    called = {name.rsplit(".", 1)[1]: len(d) for name, d in profiler.recorded_durations.items()
+              if name.startswith("[Callback]TMonCallback")}
+    assert called["on_train_batch_start"] == called["on_train_batch_end"] == 3
+    assert "on_before_backward" not in called and "on_after_backward" not in called
+    assert "on_before_zero_grad" not in called and "on_validation_batch_end" not in called
+    assert called.get("on_before_optimizer_step") == (3 if grad_norm else None)
+    run = open_store(store_url).run(cb.run_id)
+    assert run.metrics("loss").step.tolist() == [0, 1, 2]
+    assert ("grad_norm" in run.metric_keys()) == grad_norm
+
+
 class _LogsLossToo(TinyRegressor):
     """Logs its own ``loss`` (the key tmon uses for the returned loss) and an ``mae`` every step."""
 

@@ -197,3 +197,20 @@ def test_metrics_by_wall_time(store_url):
     assert part.step.iloc[0] <= 50 and part.wall_time.min() >= mid
     with pytest.raises(ValueError, match="x must be 'step' or 'time', received x='epoch'"):
         run.metrics("x", x="epoch")
+
+
+def test_a_second_recorder_attached_to_a_run_extends_its_series(store_url):
+    # run_id= attaches: keys the run already has keep their series, new ones get theirs, and a
+    # flush meeting many new keys at once creates them all
+    first = Recorder(store_url)
+    first.log({"loss": 1.0, "acc": 0.5}, step=0)
+    first.close(status=None)
+    keys = ["loss"] + [f"layer{i}/grad" for i in range(600)]  # more than one SELECT ... IN (...)
+    second = Recorder(store_url, run_id=first.run_id)
+    second.log(dict.fromkeys(keys, 2.0), step=1)
+    second.close()
+    run = open_store(store_url).run(first.run_id)
+    assert sorted(run.metric_keys()) == sorted(set(keys) | {"acc"})
+    assert run.metrics("loss")[["step", "value"]].values.tolist() == [[0, 1.0], [1, 2.0]]
+    assert run.metrics("layer599/grad").value.tolist() == [2.0]
+    assert run.status == "completed"

@@ -28,7 +28,6 @@ from .schema import (
     RequestRow,
     RunRow,
     SampleRow,
-    SeriesRow,
 )
 from .summaries import SUMMARY_INSERT, SUMMARY_WIDTH, summarize, upsert_clause
 
@@ -116,6 +115,7 @@ def _placeholder(engine: Engine) -> str | None:
 
 CHUNK_INSERT = "INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, walls)"
 CHUNK_WIDTH = 9
+SERIES_INSERT = "INSERT INTO tmon_series (run_id, key)"
 
 
 def raw_cursor(conn):
@@ -307,15 +307,30 @@ class StoreWriter:
                 self._heads[(model, names)] = head
             insert_rows(conn, head, len(names) + 1, values, self._ph, cursor=cur)
 
-    def _series_id(self, conn, key: str, new: dict[str, int]) -> int:
-        sid = self._series.get(key) or new.get(key)
-        if sid is None:
-            q = select(SeriesRow.id).where(SeriesRow.run_id == self.run_id, SeriesRow.key == key)
-            sid = conn.execute(q).scalar()
-            if sid is None:
-                sid = conn.execute(SeriesRow.__table__.insert().values(run_id=self.run_id, key=key)).inserted_primary_key[0]
-            new[key] = sid  # cached once the transaction commits: a rolled-back id must not be reused
-        return sid
+    def _resolve_series(self, conn, cur, keys: list[str], new: dict[str, int]) -> None:
+        """Put the ids of the series of ``keys`` this writer does not know yet into ``new``,
+        creating those the run does not have: a few statements for all of them (a fit's first
+        flush meets a dozen keys at once; one SELECT and one INSERT each cost a writer in a
+        training process about a millisecond)."""
+        missing = [k for k in keys if k not in self._series]
+        if not missing:
+            return
+        new.update(self._select_series(cur, missing))  # made by an earlier writer of this run
+        todo = [k for k in missing if k not in new]
+        if todo:
+            insert_rows(conn, SERIES_INSERT, 2, [(self.run_id, k) for k in todo], self._ph, cursor=cur)
+            new.update(self._select_series(cur, todo))
+        # (cached once the transaction commits: a rolled-back id must not be reused)
+
+    def _select_series(self, cur, keys: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        ph = self._ph
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            cur.execute(f"SELECT key, id FROM tmon_series WHERE run_id = {ph} AND key IN ({', '.join([ph] * len(part))})",
+                        (self.run_id, *part))
+            out.update(cur.fetchall())
+        return out
 
     def _write_points(self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                       final: bool) -> Callable[[], None]:
@@ -325,9 +340,11 @@ class StoreWriter:
         parts = []
         new: dict[str, int] = {}
         memo: dict = {}
+        self._resolve_series(conn, cur, [k for k, p in points.items() if len(p[0])], new)
+        known = self._series
         for key, (s, v, w) in points.items():
             if len(s):
-                sid = self._series_id(conn, key, new)
+                sid = known.get(key) or new[key]
                 rows += chunks.encode(sid, s, v, w, memo)
                 parts.append((sid, s, v, w))
         if rows:
