@@ -175,7 +175,7 @@ def build(package: str):
             self._opt_values = None
             self._t_last_end = None
             self._grad_norm = None
-            self._held = None  # (values, step, wall time) of the last batch, not yet recorded
+            self._held = None  # (values, step, wall time, epoch) of the last batch, not yet recorded
             self._optimizers: list = []
             self._known_ckpts: dict[str, float] = {}
             self._ckpt_dirs: list[str] = []
@@ -311,18 +311,19 @@ def build(package: str):
                 values[STEP_TIME] = now - t0
                 if self._t_last_end is not None:
                     values[DATA_TIME] = t0 - self._t_last_end
-            values[EPOCH] = trainer.current_epoch
             if self._grad_norm is not None:
                 values[GRAD_NORM] = self._grad_norm
                 self._grad_norm = None
-            self._release()
+            if self._held is not None:
+                self._release()
             every = trainer.log_every_n_steps
             if every and (step + 1) % every == 0:
                 # a logging step: Lightning hands its loggers this step's self.log values right after
                 # this hook; held until then, the step is one recorder entry, not two. Released
                 # unmerged by the next batch, epoch end, validation or the end of the fit.
-                self._held = (values, step, _now())
+                self._held = (values, step, _now(), trainer.current_epoch)
             else:
+                values[EPOCH] = trainer.current_epoch
                 rec.log(values, step)
             self._t_last_end = _perf()
 
@@ -331,25 +332,32 @@ def build(package: str):
             held = self._held
             if held is not None:
                 self._held = None
-                self._rec.log(held[0], held[1], wall_time=held[2])
+                values = held[0]
+                values[EPOCH] = held[3]
+                self._rec.log(values, held[1], wall_time=held[2])
 
         def _on_logged(self, metrics: dict, step: int | None) -> None:
             if self._rec is None or not metrics:
                 return
-            extra = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
             held = self._held
-            if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(extra):
+            # (the held values have no epoch yet: the "epoch" Lightning adds to every logged dict
+            # must not stop the merge; ours is set after, so the entry's keys keep one order)
+            if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(metrics):
                 self._held = None
-                values, at, wall = held
-                values.update(extra)
+                values, at, wall, epoch = held
+                values.update(metrics)
+                values[EPOCH] = epoch
                 try:
                     self._rec.log(values, at, wall_time=wall)
                     return
                 except (TypeError, ValueError):  # one of the self.log values: record ours, then say which
-                    for k in extra:
-                        del values[k]
+                    for k in metrics:
+                        if k != EPOCH:
+                            del values[k]
                     self._rec.log(values, at, wall_time=wall)
-            self._release()
+            else:
+                self._release()
+            extra = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
             if extra:
                 try:
                     self._rec.log(extra, self._step if step is None else step)

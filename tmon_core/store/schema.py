@@ -55,8 +55,10 @@ RAW_DOWNSAMPLE_POINTS = 1 << 18
 
 #: the writer brings the summaries up to date after this many flushes that wrote points, or as
 #: soon as this many points wait (and when the run ends): a reader decodes at most about that
-#: many unsummarized points per series on top of the summaries
-SUMMARY_EVERY_FLUSHES = 10
+#: many unsummarized points per series on top of the summaries. Bringing them up to date costs a
+#: writer inside a fit ~10 ms (numpy, then an upsert of a few hundred rows): at every 10th flush
+#: that was a third of the writer's CPU
+SUMMARY_EVERY_FLUSHES = 30
 SUMMARY_EVERY_POINTS = 1 << 16
 
 #: most points one ``tmon_chunks`` row holds (a bigger flush of one series writes several rows)
