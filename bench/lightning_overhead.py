@@ -25,6 +25,12 @@ CSVLogger, TensorBoardLogger, MLFlowLogger (local SQLite tracking URI).
     but a lower bound: in a hot loop the code's caches stay warm, where in a fit each step runs it
     cold. It favours a logger with much code per step: CSVLogger (fsspec, csv, a file opened and
     closed per step) costs ~50 us here and ~+220 us in [1].
+[4] The same path timed inside the fits of [1]: the training thread's CPU in Lightning's
+    callback dispatch (every hook of every callback) and its logger path
+    (``_LoggerConnector.log_metrics``) during the timed window, minus that of the same round's bare
+    fit (median over rounds), plus the other threads' CPU as in [3]. It counts each logger's own
+    calls with the caches a fit leaves them (what [3] misses) and leaves out what the noise of
+    [1] drowns (the rest of the step).
 
 Targets: tmon's overhead <= 1/5 of TensorBoardLogger's and <= 1/2 of CSVLogger's.
 
@@ -267,6 +273,35 @@ def _fit(classes, steps: int, tmp: str, logger, callbacks: list) -> float:
     return time.perf_counter() - t
 
 
+def _clock_logging_path(timer) -> tuple[dict, callable]:
+    """[4]: training-thread CPU inside Lightning's callback dispatch (every hook of every callback)
+    and its logger path (``_LoggerConnector.log_metrics``) during the timed window of one fit.
+    Returns the clock and what undoes the wrapping."""
+    from lightning.pytorch.trainer import call
+    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+
+    clock = {"dispatch": 0.0, "log_metrics": 0.0}
+    hooks, log_metrics = call._call_callback_hooks, _LoggerConnector.log_metrics
+
+    def timed(fn, key):
+        def wrapper(*a, **kw):
+            t0 = time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                if timer.t0 is not None and timer.t1 is None:
+                    clock[key] += time.thread_time() - t0
+        return wrapper
+
+    call._call_callback_hooks = timed(hooks, "dispatch")
+    _LoggerConnector.log_metrics = timed(log_metrics, "log_metrics")
+
+    def undo():
+        call._call_callback_hooks, _LoggerConnector.log_metrics = hooks, log_metrics
+
+    return clock, undo
+
+
 def one_fit(config: str, steps: int, tmp: str, tag: str, classes, mlflow_uri: str) -> dict:
     StepTimer = classes[3]
     timer = StepTimer(steps - 1)
@@ -275,7 +310,11 @@ def one_fit(config: str, steps: int, tmp: str, tag: str, classes, mlflow_uri: st
     if cb is not None:
         hook_clock = _instrument(cb, timer)
         callbacks.append(cb)
-    t_fit = _fit(classes, steps, tmp, logger, callbacks)
+    path_clock, undo = _clock_logging_path(timer)
+    try:
+        t_fit = _fit(classes, steps, tmp, logger, callbacks)
+    finally:
+        undo()
     n = steps - 1 - WARMUP_STEPS
     # noise-robust figure: cut the timed window into BLOCKS equal blocks, keep the median block
     # (a burst of load from another tenant inflates a block or two, not the median)
@@ -284,7 +323,7 @@ def one_fit(config: str, steps: int, tmp: str, tag: str, classes, mlflow_uri: st
     blocks = [(w[(i + 1) * size] - w[i * size]) / size * 1e6 for i in range(BLOCKS)]
     out = {"us_step": (timer.t1 - timer.t0) / n * 1e6, "block_us_step": median(blocks),
            "cpu_us_step": (timer.c1 - timer.c0) / n * 1e6, "main_us_step": (timer.m1 - timer.m0) / n * 1e6,
-           "fit_s": t_fit}
+           "fit_s": t_fit, "path_us_step": (path_clock["dispatch"] + path_clock["log_metrics"]) / n * 1e6}
     if store is not None:
         from tmon_core import Store
 
@@ -454,10 +493,30 @@ def main() -> int:
                     f"was {median([x['floor'] for x in iso.values()]):.1f} us); plus the CPU the other threads "
                     f"(tmon's writer and sampler, TensorBoard's event writer) used per step in the fits of [1] "
                     f"(median over rounds, minus bare's). bare = 0")
+    # [4]: the logging path timed inside the real fits, paired with each round's bare fit
+    pover = paired("path_us_step")
+    path_total = {}
+    rows = []
+    for c in configs:
+        if c == "bare":
+            continue
+        path_total[c] = pover[c] + bg[c] - bg["bare"]
+        q = statistics.quantiles(diffs(c, "path_us_step"), n=4) if len(results[c]) > 1 else None
+        rows.append([c, len(results[c]), num(pover[c], "{:+,.1f}"),
+                     "" if q is None else f"{q[0]:+,.1f}..{q[2]:+,.1f}", num(bg[c] - bg["bare"], "{:,.1f}"),
+                     num(path_total[c], "{:,.1f}"), _tm_over(path_total, c)])
+    if rows:
+        table(["config", "rounds", "training-thread CPU in the path, + vs bare", "quartiles",
+               "other threads CPU", "CPU us/step", "tmon / this"], rows,
+              title="[4] the same path timed inside the fits of [1], cold caches and all: training-thread CPU spent in "
+                    "Lightning's callback dispatch (every hook of every callback) and its logger path "
+                    "(_LoggerConnector.log_metrics), per timed step, median over rounds of (fit - that round's bare "
+                    "fit); plus the other threads' CPU as in [3]")
     _targets("[1] wall, mean", over)
     _targets("[2] wall, median block", bover)
     _targets("[2] process CPU", cover)
     _targets("[3] CPU, logging path alone", iso_total)
+    _targets("[4] CPU, logging path in the fits", path_total)
     if "TMonCallback" in results:
         hooks: dict[str, list[float]] = {}
         for x in results["TMonCallback"]:

@@ -122,6 +122,24 @@ def test_lightning_calls_only_the_batch_hooks_tmon_uses(tmp_path, store_url, gra
     assert ("grad_norm" in run.metric_keys()) == grad_norm
 
 
+def test_a_subclass_keeps_the_batch_hooks_it_defines(tmp_path, store_url):
+    calls = []
+
+    class Mine(TMonCallback):
+        def on_after_backward(self, trainer, pl_module):
+            calls.append(("after_backward", trainer.global_step))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+            calls.append(("before_step", trainer.global_step))
+
+    cb = Mine(store_url, flush_interval=0.1, sample_interval=None)
+    trainer(tmp_path, [cb], max_epochs=1, enable_checkpointing=False).fit(
+        TinyRegressor(), SyntheticData(n=64, batch_size=16))
+    assert calls == [(name, s) for s in range(3) for name in ("after_backward", "before_step")]
+    assert open_store(store_url).run(cb.run_id).metrics("loss").step.tolist() == [0, 1, 2]
+
+
 class _LogsLossToo(TinyRegressor):
     """Logs its own ``loss`` (the key tmon uses for the returned loss) and an ``mae`` every step."""
 

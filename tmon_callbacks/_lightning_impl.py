@@ -131,11 +131,13 @@ def build(package: str):
                 # Lightning calls every per-batch hook of every callback, ~1.5 us each (a profiler
                 # context, the state key, the call) even when the hook does nothing; its
                 # dispatcher skips an attribute that is not callable, so the hooks tmon has no
-                # use for are not callable on this instance
+                # use for are not callable on this instance (unless a subclass defines them)
                 unused = _UNUSED_BATCH_HOOKS if self.options.log_grad_norm else (
                     *_UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
                 for name in unused:
-                    setattr(self, name, None)
+                    owner = next(k for k in type(self).__mro__ if name in vars(k))
+                    if owner is Callback or owner is TMonCallback:
+                        setattr(self, name, None)
 
         # ------------------------------------------------------------ lifecycle
         @override
