@@ -199,27 +199,27 @@ def build_classes():
     return pl, FiveScalars, SyntheticData, StepTimer, NullLogger, Probe
 
 
+def _in_window(fn, clock: dict, key: str, timer, now=time.perf_counter):
+    """``fn``, unchanged, adding the time it takes (by ``now``) to ``clock[key]`` while ``timer``'s
+    timed window is open."""
+
+    def timed(*a, **kw):
+        t0 = now()
+        try:
+            return fn(*a, **kw)
+        finally:
+            if timer.t0 is not None and timer.t1 is None:
+                clock[key] += now() - t0
+
+    return timed
+
+
 def _instrument(cb, timer) -> dict:
     """Time TMonCallback's per-step entry points in the training thread (measurement only: each
     wrapped method runs unchanged). Only steps inside the timed window count."""
     clock = {"on_train_batch_start": 0.0, "on_train_batch_end": 0.0, "log_metrics": 0.0}
-
-    def wrap(obj, name, key):
-        fn = getattr(obj, name)
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                if timer.t0 is not None and timer.t1 is None:
-                    clock[key] += time.perf_counter() - t0
-
-        setattr(obj, name, timed)
-
-    wrap(cb, "on_train_batch_start", "on_train_batch_start")
-    wrap(cb, "on_train_batch_end", "on_train_batch_end")
-    wrap(cb._logger, "log_metrics", "log_metrics")
+    for obj, name in ((cb, "on_train_batch_start"), (cb, "on_train_batch_end"), (cb._logger, "log_metrics")):
+        setattr(obj, name, _in_window(getattr(obj, name), clock, name, timer))
     return clock
 
 
@@ -282,19 +282,8 @@ def _clock_logging_path(timer) -> tuple[dict, callable]:
 
     clock = {"dispatch": 0.0, "log_metrics": 0.0}
     hooks, log_metrics = call._call_callback_hooks, _LoggerConnector.log_metrics
-
-    def timed(fn, key):
-        def wrapper(*a, **kw):
-            t0 = time.thread_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                if timer.t0 is not None and timer.t1 is None:
-                    clock[key] += time.thread_time() - t0
-        return wrapper
-
-    call._call_callback_hooks = timed(hooks, "dispatch")
-    _LoggerConnector.log_metrics = timed(log_metrics, "log_metrics")
+    call._call_callback_hooks = _in_window(hooks, clock, "dispatch", timer, time.thread_time)
+    _LoggerConnector.log_metrics = _in_window(log_metrics, clock, "log_metrics", timer, time.thread_time)
 
     def undo():
         call._call_callback_hooks, _LoggerConnector.log_metrics = hooks, log_metrics
