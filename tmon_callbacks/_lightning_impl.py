@@ -135,8 +135,8 @@ def build(package: str):
                 unused = _UNUSED_BATCH_HOOKS if self.options.log_grad_norm else (
                     *_UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
                 for name in unused:
-                    owner = next(k for k in type(self).__mro__ if name in vars(k))
-                    if owner is Callback or owner is TMonCallback:
+                    owner = next((k for k in type(self).__mro__ if name in vars(k)), None)
+                    if owner is Callback or owner is TMonCallback:  # (None: this Lightning has no such hook)
                         setattr(self, name, None)
 
         # ------------------------------------------------------------ lifecycle
