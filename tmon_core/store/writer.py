@@ -186,23 +186,16 @@ class StoreWriter:
             conn = self._conn = self.engine.connect()
         return conn
 
-    def close(self) -> None:
-        """Give the connection back (the engine's owner disposes of the engine)."""
+    def close(self, broken: bool = False) -> None:
+        """Give the connection back (the engine's owner disposes of the engine). ``broken``: after
+        a failed write, throw it away instead, so the next write starts on a fresh one."""
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                if broken:
+                    conn.invalidate()
                 conn.close()
             except Exception:  # a broken connection: nothing left to give back
-                pass
-
-    def _discard(self) -> None:
-        """After a failed write: the next one starts on a fresh connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:
                 pass
 
     def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False, final: bool = False) -> list[dict]:
@@ -212,7 +205,7 @@ class StoreWriter:
         try:
             return self._write(batch, heartbeat, poll_requests, final)
         except BaseException:
-            self._discard()
+            self.close(broken=True)
             raise
 
     def _write(self, batch: Batch, heartbeat: bool, poll_requests: bool, final: bool) -> list[dict]:
