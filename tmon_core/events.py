@@ -6,6 +6,16 @@ Events (``tmon_events.type``), in the order a fit produces them:
 ``checkpoint`` (data: path, size_bytes, epoch, monitor, monitor_value, source), ``train_end``;
 and when things go wrong ``exception`` (data: type, message, traceback), ``oom`` (an
 out-of-memory error, in place of ``exception``), ``interrupt`` (KeyboardInterrupt).
+
+``train_end`` carries why the fit ended in its data: ``{"reason": <one of END_REASONS>, ...}``
+(with e.g. ``callback``: "EarlyStopping", ``monitor``, ``patience`` for ``early_stopping``).
+
+Evaluation after the fit (Lightning ``trainer.test()``/``validate()``, HF ``trainer.evaluate()``,
+Keras ``model.evaluate()``) is recorded into the same run, whose status stays as it was, between
+``evaluation_start`` and ``evaluation_end`` (data: ``{"stage": "test" | "validate" | "evaluate"}``).
+
+A record the store refused on its own (text it cannot hold, a value out of range) is written as a
+``record_refused`` event (data: ``table``, ``field``, ``reason``) while the rest of its batch is kept.
 """
 
 TRAIN_START = "train_start"
@@ -20,6 +30,28 @@ OOM = "oom"
 INTERRUPT = "interrupt"
 STORE_GAP = "store_gap"  # the store could not be written for a while (data: since, until, dropped_points)
 SAMPLER = "sampler"  # what the hardware sampler cannot read here, said once
+EVALUATION_START = "evaluation_start"  # evaluation after the fit, recorded into the ended run
+EVALUATION_END = "evaluation_end"
+RECORD_REFUSED = "record_refused"  # one record the store would not take; the others were written
+
+# why a fit ended: ``train_end``'s data["reason"]
+END_MAX_STEPS = "max_steps"
+END_MAX_EPOCHS = "max_epochs"
+END_EARLY_STOPPING = "early_stopping"  # an EarlyStopping callback (data: callback, monitor, patience...)
+END_STOP_REQUEST = "stop_request"  # tmon's stop control request
+END_TIME_LIMIT = "time_limit"  # Lightning max_time, or a framework's own time budget
+END_SHOULD_STOP = "should_stop"  # another callback or the user's code asked the loop to stop
+END_DATA_EXHAUSTED = "data_exhausted"  # the data ran out before any limit (iterable datasets)
+END_EXCEPTION = "exception"
+END_INTERRUPT = "interrupt"
+END_REASONS = (END_MAX_STEPS, END_MAX_EPOCHS, END_EARLY_STOPPING, END_STOP_REQUEST, END_TIME_LIMIT,
+               END_SHOULD_STOP, END_DATA_EXHAUSTED, END_EXCEPTION, END_INTERRUPT)
+
+# the run config's key listing the framework callbacks in use with their settings:
+# [{"name": "EarlyStopping", "monitor": "val_loss", "mode": "min", "patience": 3, "min_delta": 0.0},
+#  {"name": "ModelCheckpoint", "monitor": "val_loss", "mode": "min", "save_top_k": 2, "save_last": True},
+#  {"name": "ReduceLROnPlateau", "monitor": "val_loss", "factor": 0.1, "patience": 10}, ...]
+CONFIG_CALLBACKS = "callbacks"
 
 # run statuses
 RUNNING = "running"
