@@ -6,6 +6,7 @@ is recorded and how. Nothing here imports a framework.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import inspect
@@ -147,6 +148,7 @@ class RunSession:
             except Exception as exc:  # never stop a fit for a widget
                 warn_once(self, "widget", exc)
         self.ended = False
+        self._evaluation = None  # (recorder, stage, step) between begin_evaluation and end_evaluation
         self.report = None  # the tmon_core.Report of this run once it ended (report="auto")
         self._capture = None
         if self.writes_metrics and self.recorder is not None and (opts.capture_logs or opts.capture_output):
@@ -189,6 +191,8 @@ class RunSession:
     def end(self, status: str = ev.COMPLETED, error: dict | None = None) -> None:
         if self.ended:
             return
+        if self._evaluation is not None:
+            self.end_evaluation()
         self.ended = True
         if self._capture is not None:
             try:
@@ -201,6 +205,78 @@ class RunSession:
             if self.writes_metrics and self.opts.report == "auto":
                 self._make_report()
 
+    # ------------------------------------------------------------ evaluation after the fit
+    def begin_evaluation(self, stage: str, step: int | None = None) -> None:
+        """Evaluation after the fit ("test", "validate", "evaluate"): reopen the ended run (a Recorder
+        attached by run id, status left as it is) and record an `evaluation_start` event.
+
+        While the fit is still running (evaluation inside it) the live run records it. ``step``
+        defaults to the run's last training step, so the evaluation's metrics sit beside the
+        training values they judge. Never raises: a failure is one warning and the fit's record
+        stays as it was.
+        """
+        try:
+            if not self.writes_metrics or self.recorder is None:
+                return
+            if self._evaluation is not None:  # a previous evaluation that never ended
+                self.end_evaluation()
+            rec = self.recorder
+            if self.ended:
+                rec = _attach_recorder(self)
+            at = self._last_step() if step is None else step
+            self._evaluation = (rec, stage, at)
+            rec.event(ev.EVALUATION_START, step=at, stage=stage)
+        except Exception as exc:
+            self._evaluation = None
+            warn_once(self, "begin_evaluation", exc)
+
+    def log_evaluation(self, metrics: dict, step: int | None = None) -> None:
+        """Record an evaluation's metrics (key -> number or one-element tensor) at ``step`` (default:
+        the step ``begin_evaluation`` used). Without ``begin_evaluation`` first, one is begun with
+        stage "evaluate". A key or value tmon refuses is named in a warning; the others are kept."""
+        try:
+            if not self.writes_metrics or self.recorder is None or not metrics:
+                return
+            if self._evaluation is None:
+                self.begin_evaluation("evaluate", step)
+                if self._evaluation is None:
+                    return
+            rec, _stage, at = self._evaluation
+            at = at if step is None else step
+            values = dict(metrics)  # the framework's dict is not ours to keep or change
+            try:
+                rec.log(values, at)
+            except (TypeError, ValueError):
+                for k, v in values.items():  # one refused value must not cost the others
+                    try:
+                        rec.log({k: v}, at)
+                    except (TypeError, ValueError) as exc:
+                        warn_once(self, f"log_evaluation[{k!r}]", exc)
+        except Exception as exc:
+            warn_once(self, "log_evaluation", exc)
+
+    def end_evaluation(self, step: int | None = None) -> None:
+        """`evaluation_end`, everything written, the attached recorder closed with status=None."""
+        evaluation, self._evaluation = self._evaluation, None
+        if evaluation is None:
+            return
+        rec, stage, at = evaluation
+        try:
+            rec.event(ev.EVALUATION_END, step=at if step is None else step, stage=stage)
+        except Exception as exc:
+            warn_once(self, "end_evaluation", exc)
+        finally:
+            if rec is not self.recorder:
+                _attached.discard(rec)
+                try:
+                    rec.close(None)  # None: the run keeps the status its fit gave it
+                except Exception as exc:
+                    warn_once(self, "end_evaluation", exc)
+
+    def _last_step(self) -> int:
+        # the step after the last one logged, as the recorder counts it (0 before any)
+        return max(0, getattr(self.recorder, "_next_step", 1) - 1)
+
     def _make_report(self) -> None:
         """The run's report, computed from the store once everything is written; never raises."""
         try:
@@ -209,6 +285,32 @@ class RunSession:
             self.report = report(self.run_id, store=self.recorder.url)
         except Exception as exc:
             warn_once(self, "report", exc)
+
+
+# recorders attached to an ended run for its evaluation: closed at exit with status None should
+# end_evaluation never come (tmon_core's own exit hook would mark the run interrupted)
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _attach_recorder(session: RunSession) -> Recorder:
+    from tmon_core import recorder as recorder_module
+
+    done = session.recorder
+    rec = Recorder(done.url, run_id=session.run_id, flush_interval=session.opts.flush_interval,
+                   heartbeat_timeout=session.opts.heartbeat_timeout)
+    recorder_module._live.discard(rec)
+    _attached.add(rec)
+    rec._next_step = done._next_step  # a metric logged without a step follows the fit's last one
+    return rec
+
+
+@atexit.register
+def _close_attached() -> None:
+    for rec in list(_attached):
+        try:
+            rec.close(None)
+        except Exception:
+            pass
 
 
 class Rejected(Exception):
