@@ -686,6 +686,10 @@ class Recorder:
             try:
                 self._request_listener(fresh)
             except Exception as exc:  # the batch is written: a listener error must not rewrite it
+                # nor leave the requests pending for ever (the poll has moved past them)
+                reason = f"the run could not take the request: {type(exc).__name__}: {exc}"[:1000]
+                for r in fresh:
+                    self.resolve_request(r["id"], status="rejected", applied_at=_now(), reason=reason)
                 self._problem(f"tmon control: could not take requests {[r['id'] for r in fresh]}: {exc}")
         for w in waiters:
             w.set()

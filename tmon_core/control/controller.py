@@ -191,7 +191,10 @@ class Controller:
             out.append(SetParams(source="pin", quiet=True, changes=[self._change(name, group, value)], mode="set"))
         while self._incoming:
             req = self._incoming.popleft()
-            decision = self._from_request(req, step)
+            try:
+                decision = self._from_request(req, step)
+            except Exception as exc:  # whatever a request holds, it ends rejected, never in the fit
+                decision = self._reject(req, step, f"cannot read the request: {type(exc).__name__}: {exc}"[:1000])
             if decision is not None:
                 out.append(decision)
         self._recompute(step)

@@ -256,27 +256,30 @@ class StoreWriter:
         return fresh
 
     def _pending_requests(self, conn, cur) -> list[dict]:
+        from ..control.requests import parse_request_row  # (control imports the store)
+
         cur.execute(self._poll_sql, (self.run_id, self._last_request))
         rows = [dict(zip(("id", "kind", "payload", "requested_by"), r)) for r in cur.fetchall()]
         out = []
         for r in rows:
-            # a request row is data from anyone who can write the store: never trust its shape
+            # a request row is data from anyone who can write the store: whatever it holds, it ends
+            # here as a request for the controller or rejected with the reason, never as an error
+            # that fails the batch (and so every later flush) of a training run
             try:
-                payload = json.loads(r["payload"]) if r["payload"] else {}
-                if not isinstance(payload, dict):
-                    raise ValueError(f"a JSON object is needed, received {type(payload).__name__}")
-            except ValueError as exc:
+                req = parse_request_row(r)
+                if req["kind"] == "rollback":
+                    cid = req["payload"].get("checkpoint_id")
+                    ck = None
+                    if isinstance(cid, int) and not isinstance(cid, bool):  # bounded to 64 bits by the parser
+                        ck = conn.execute(select(CheckpointRow).where(CheckpointRow.id == cid)).mappings().first()
+                    req["payload"]["checkpoint"] = dict(ck) if ck else None
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                # (not counted in _last_request: should this transaction fail, the row is pending
+                # again and the next poll rejects it again)
                 conn.execute(update(RequestRow).where(RequestRow.id == r["id"]).values(
-                    status="rejected", applied_at=time.time(), reason=f"payload is not a valid JSON object: {exc}"))
-                self._last_request = max(self._last_request, r["id"])
+                    status="rejected", applied_at=time.time(), reason=reason[:1000]))
                 continue
-            req = {"id": r["id"], "kind": r["kind"], "payload": payload, "requested_by": r["requested_by"]}
-            if req["kind"] == "rollback":
-                cid = payload.get("checkpoint_id")
-                ck = None
-                if isinstance(cid, int) and not isinstance(cid, bool):
-                    ck = conn.execute(select(CheckpointRow).where(CheckpointRow.id == cid)).mappings().first()
-                req["payload"]["checkpoint"] = dict(ck) if ck else None
             out.append(req)
         return out
 
