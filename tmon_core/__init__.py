@@ -19,12 +19,13 @@ from .diff import CheckpointDiff, CheckpointError, diff  # note: tmon_core.diff 
 from .recorder import Recorder, TMonStoreWarning
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store
+from .track import track
 
 __version__ = "0.1.0"
 
 __all__ = [
     "At", "CheckpointDiff", "CheckpointError", "HardwareSampler", "Param", "Recorder", "Report", "Request", "diff", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
-    "events", "keys", "latest_run", "open_store", "report", "runs", "__version__",
+    "events", "keys", "latest_run", "open_store", "report", "runs", "track", "__version__",
 ]
 
 

@@ -18,6 +18,10 @@ dataloader workers     ``DataLoader(num_workers=...)``      ``TrainingArguments(
 
 and activation checkpointing, pinned memory, persistent workers, gradient clipping, learning rate,
 weight decay, early stopping, learning-rate schedules, the DDP timeout.
+
+A plain PyTorch loop (``tmon_core.track``) gets the code to write in the loop: ``DataLoader(batch_size=...)``,
+``torch.nn.utils.clip_grad_norm_(...)``, ``with torch.autocast(...)``, ``optimizer.step()`` once every ... batches
+(under 🤗 Accelerate: ``Accelerator(mixed_precision=...)``, ``Accelerator(gradient_accumulation_steps=...)``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-LIGHTNING, HF, KERAS, GENERIC = "lightning", "hf", "keras", "generic"
+LIGHTNING, HF, KERAS, PYTORCH, GENERIC = "lightning", "hf", "keras", "pytorch", "generic"
 
 
 def literal(value: Any) -> str:
@@ -57,11 +61,13 @@ def framework_of(info: dict) -> str:
         return HF
     if name == "keras":
         return KERAS
+    if name in ("pytorch", "torch"):
+        return PYTORCH
     return GENERIC
 
 
 def terms_for(framework: str, config: dict) -> Terms:
-    return {LIGHTNING: LightningTerms, HF: HFTerms, KERAS: KerasTerms}.get(framework, Terms)(config)
+    return {LIGHTNING: LightningTerms, HF: HFTerms, KERAS: KerasTerms, PYTORCH: PyTorchTerms}.get(framework, Terms)(config)
 
 
 def _num(v: Any) -> float | None:
@@ -350,3 +356,104 @@ class KerasTerms(Terms):
     def save_best(self, monitor: str) -> Setting:
         return Setting(f'model.fit(callbacks=[keras.callbacks.ModelCheckpoint(filepath, monitor="{monitor}", '
                        "save_best_only=...)])")
+
+
+@dataclass
+class _CodeSetting(Setting):
+    """A setting whose value is code (``torch.bfloat16``), pasted as it is rather than as a string."""
+
+    def code(self, value: Any) -> str | None:
+        if self.path is None:
+            return None
+        return self.path.replace("...", str(value), 1)
+
+
+class PyTorchTerms(Terms):
+    """A hand-written PyTorch loop (``tmon_core.track``): the advice is code for the loop itself, or
+    the ``Accelerator`` argument when the loop runs under 🤗 Accelerate (config ``launcher``)."""
+
+    name = PYTORCH
+
+    def _accelerate(self) -> bool:
+        return self.cfg.get("launcher") == "accelerate"
+
+    def _opt(self) -> str:
+        return self.optimizer_class() or "AdamW"
+
+    def batch_size(self) -> Setting:
+        return Setting("DataLoader(dataset, batch_size=...)", self.cfg.get("batch_size"))
+
+    def accumulation(self) -> Setting:
+        current = self.cfg.get("accumulate_grad_batches") or 1
+        if self._accelerate():
+            return Setting("Accelerator(gradient_accumulation_steps=...) with the step under "
+                           "`with accelerator.accumulate(model):`", current)
+        return Setting("optimizer.step() and optimizer.zero_grad() once every ... batches, each batch's loss "
+                       "divided by that number before backward()", current)
+
+    def checkpointing(self) -> Setting:
+        return Setting("torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) around the large blocks "
+                       "in forward() (a transformers model: model.gradient_checkpointing_enable())", None)
+
+    def precision(self, target: str) -> Setting:
+        if self._accelerate():
+            return Setting("Accelerator(mixed_precision=...)", self.cfg.get("mixed_precision"))
+        path = 'with torch.autocast(device_type="cuda", dtype=...): around the forward pass and the loss'
+        if not target.startswith("bf16"):
+            path += ', with scaler = torch.amp.GradScaler("cuda"): scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()'
+        return _CodeSetting(path, self.cfg.get("precision"))
+
+    def precision_value(self, target: str) -> Any:
+        if self._accelerate():
+            return "bf16" if target.startswith("bf16") else "fp16"
+        return "torch.bfloat16" if target.startswith("bf16") else "torch.float16"
+
+    def num_workers(self) -> Setting:
+        return Setting("DataLoader(num_workers=...)", self.cfg.get("num_workers"))
+
+    def pin_memory(self) -> Setting:
+        return Setting("DataLoader(pin_memory=...)", self.cfg.get("pin_memory"))
+
+    def persistent_workers(self) -> Setting:
+        return Setting("DataLoader(persistent_workers=...)", self.cfg.get("persistent_workers"))
+
+    def prefetch_factor(self) -> Setting:
+        return Setting("DataLoader(prefetch_factor=...)", self.cfg.get("prefetch_factor"))
+
+    def grad_clip(self) -> Setting:
+        clip = "accelerator.clip_grad_norm_" if self._accelerate() else "torch.nn.utils.clip_grad_norm_"
+        return Setting(f"{clip}(model.parameters(), max_norm=...) between backward() and optimizer.step()",
+                       self.cfg.get("gradient_clip_val"))
+
+    def lr(self) -> Setting:
+        return Setting(f"torch.optim.{self._opt()}(model.parameters(), lr=...)", _num(self.optimizer_value("lr")))
+
+    def weight_decay(self) -> Setting:
+        return Setting(f"torch.optim.{self._opt()}(model.parameters(), weight_decay=...)",
+                       self.optimizer_value("weight_decay"))
+
+    def early_stopping(self, monitor: str) -> Setting:
+        return Setting(f"after each evaluation: stop the epoch loop (break) once {monitor} has not improved for "
+                       "... evaluations")
+
+    def plateau_schedule(self, monitor: str) -> Setting:
+        return Setting("scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=...), with "
+                       f"scheduler.step({monitor}) after each evaluation")
+
+    def milestone_schedule(self, step: int, old: float) -> Setting:
+        return Setting(f"scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[{step}], gamma=...), "
+                       "with scheduler.step() after every optimizer.step()")
+
+    def ddp_timeout(self) -> Setting:
+        if self._accelerate():
+            return Setting("Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta("
+                           "seconds=...))])", None)
+        return Setting("torch.distributed.init_process_group(timeout=datetime.timedelta(seconds=...))", None)
+
+    def load_checkpoint(self) -> Setting:
+        return Setting('state = torch.load(..., weights_only=True); model.load_state_dict(state.get('
+                       '"model_state_dict", state))')
+
+    def save_best(self, monitor: str) -> Setting:
+        return Setting(f"after each evaluation, when {monitor} improved: torch.save(model.state_dict(), path); "
+                       f't.checkpoint(path, monitor="{monitor}", monitor_value={monitor})')
