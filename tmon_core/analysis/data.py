@@ -162,6 +162,22 @@ class RunData:
 
     # ------------------------------------------------------------------ configuration
     @cached_property
+    def callbacks(self) -> list[dict]:
+        """The framework callbacks the run had, with their settings (``events.CONFIG_CALLBACKS``; empty
+        for runs recorded before adapters wrote it)."""
+        cbs = self.config.get(ev.CONFIG_CALLBACKS)
+        return [c for c in cbs if isinstance(c, dict)] if isinstance(cbs, list) else []
+
+    @cached_property
+    def end_reason(self) -> str | None:
+        """Why the fit ended (``train_end``'s data["reason"], one of ``events.END_REASONS``), when recorded."""
+        e = self.events_of(ev.TRAIN_END)
+        for data in reversed(list(e.data)) if not e.empty else ():
+            if isinstance(data, dict) and data.get("reason") in ev.END_REASONS:
+                return data["reason"]
+        return None
+
+    @cached_property
     def batch_size(self) -> int | None:
         return _int(self.terms.batch_size().current)
 

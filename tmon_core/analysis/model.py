@@ -26,6 +26,7 @@ class Finding:
     evidence: dict = field(default_factory=dict)
     step: int | None = None
     wall_time: float | None = None
+    confidence: float | None = None  # 0-1: how far the evidence stands out of the run's own noise (None: a fact)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,11 +73,11 @@ class Thresholds:
     stall_min_s: float = 1.0  # ... and at least this long is a stall
     step_time_spread: float = 1.0  # (p90 - p10) / median step time above this: uneven steps ...
     min_step_s: float = 0.010  # ... judged only when the median step is at least this long
-    spike_factor: float = 3.0  # a loss this many times the recent median ...
-    spike_mads: float = 10.0  # ... and this many robust deviations above it is a spike
+    spike_factor: float = 2.0  # a loss at least this many times its recent median ...
+    spike_sigmas: float = 9.0  # ... and this many units of the run's own noise above it is a spike
     divergence_factor: float = 2.0  # smoothed loss ending this many times above its best: divergence
     plateau_min_steps: int = 500  # the shortest run judged for a plateau
-    plateau_improvement: float = 0.01  # relative improvement over the last quarter below this: plateau
+    plateau_improvement: float = 0.02  # last third's improvement, +2 standard errors, below this: plateau
     overfit_rise: float = 0.05  # validation loss this much (relative) above its best, twice in a row
     grad_explode_factor: float = 10.0  # late grad norm this many times the early one: exploding
     grad_vanish_factor: float = 1e-3  # late grad norm below this fraction of the early one: vanishing
