@@ -39,6 +39,10 @@ def _json_safe(v):
     return v
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def cmd_diff(store, args) -> int:
     if args.top < 0:
         print(f"tmon diff: --top must be >= 0, received {args.top}", file=sys.stderr)
@@ -46,7 +50,11 @@ def cmd_diff(store, args) -> int:
     try:
         d = diff(_ref(args.a), _ref(args.b), store=store.url)  # opened only if an id needs it
     except CheckpointError as exc:
-        print(f"tmon diff: {exc}", file=sys.stderr)
+        print(f"tmon diff: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except (MemoryError, RecursionError, OSError) as exc:  # what a reader missed: still one line, not a traceback
+        print(f"tmon diff: cannot compare {args.a} and {args.b}: {type(exc).__name__}: {_one_line(str(exc))}",
+              file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(_json_safe(d.to_dict()), indent=1, default=str))

@@ -105,10 +105,7 @@ def _open_side(ref, store, stores: dict) -> Side:
     if isinstance(ref, (int, np.integer)):
         ref = int(ref)
         row = recorded.checkpoint_row(get_store(), ref)
-        if not os.path.exists(row["path"]):
-            gone = " (removed by the checkpoint callback's top-k policy)" if row.get("deleted") else ""
-            raise CheckpointError(ref, f"recorded at {row['path']} (run {row['run_id']}, step {row['step']}), "
-                                       f"but that file no longer exists{gone}")
+        recorded.check_current(get_store(), row)
         ck = open_checkpoint(row["path"])
     else:
         ck = open_checkpoint(ref)
@@ -239,25 +236,13 @@ def _compare_all(ca: Checkpoint, cb: Checkpoint, pairs, pool) -> tuple[list[dict
         if why:
             row["status"] = "skipped"
             notes.append(f"{name}: not compared, {why}")
-        elif ia is None or ib is None:
-            row["status"] = "added" if ia is None else "removed"
-            ck, n, i = (cb, nb, ib) if ia is None else (ca, na, ia)
-            norm = math.sqrt(compare.norm_sq(_reader(ck, n), i.shape, pool))
-            row["norm_b" if ia is None else "norm_a"] = norm
-            bytes_read += i.numel * _itemsize(i.dtype)
-        elif ia.shape != ib.shape:
-            row["status"] = "shape_changed"
-            row["norm_a"] = math.sqrt(compare.norm_sq(_reader(ca, na), ia.shape, pool))
-            row["norm_b"] = math.sqrt(compare.norm_sq(_reader(cb, nb), ib.shape, pool))
-            bytes_read += ia.numel * _itemsize(ia.dtype) + ib.numel * _itemsize(ib.dtype)
         else:
-            st = compare.compare(_reader(ca, na), _reader(cb, nb), ia.shape, pool)
-            bytes_read += ia.numel * (_itemsize(ia.dtype) + _itemsize(ib.dtype))
-            row.update(norm_a=st.norm_a, norm_b=st.norm_b, norm_diff=st.norm_diff, rel_change=st.rel_change,
-                       cosine=st.cosine, max_abs_diff=st.max_abs_diff, frac_changed=st.frac_changed)
-            row["status"] = "changed" if st.n_changed else "unchanged"
-            for k in ("numel", "sq_a", "sq_b", "sq_diff", "dot", "n_changed"):
-                setattr(tot, k, getattr(tot, k) + getattr(st, k))
+            try:
+                bytes_read += _compare_pair(row, ca, cb, na, nb, ia, ib, tot, pool)
+            except (OSError, MemoryError, RuntimeError) as exc:  # CheckpointError passes: it names its file
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise CheckpointError(None, f"reading tensor {name!r} of {ca.path} / {cb.path} failed "
+                                            f"({type(exc).__name__}: {first})") from None
         counts[row["status"]] += 1
         rows.append(row)
     compared = counts["changed"] + counts["unchanged"]
@@ -266,6 +251,32 @@ def _compare_all(ca: Checkpoint, cb: Checkpoint, pairs, pool) -> tuple[list[dict
               "rel_change": tot.rel_change, "cosine": tot.cosine, "norm_a": tot.norm_a, "norm_b": tot.norm_b,
               "bytes_read": bytes_read, "notes": notes}
     return rows, totals
+
+
+def _compare_pair(row: dict, ca: Checkpoint, cb: Checkpoint, na, nb, ia: TensorInfo | None, ib: TensorInfo | None,
+                  tot: compare.TensorStats, pool) -> int:
+    """Fill ``row`` with the numbers of one pair (or one side); the bytes read."""
+    bytes_read = 0
+    if ia is None or ib is None:
+        row["status"] = "added" if ia is None else "removed"
+        ck, n, i = (cb, nb, ib) if ia is None else (ca, na, ia)
+        norm = math.sqrt(compare.norm_sq(_reader(ck, n), i.shape, pool))
+        row["norm_b" if ia is None else "norm_a"] = norm
+        bytes_read += i.numel * _itemsize(i.dtype)
+    elif ia.shape != ib.shape:
+        row["status"] = "shape_changed"
+        row["norm_a"] = math.sqrt(compare.norm_sq(_reader(ca, na), ia.shape, pool))
+        row["norm_b"] = math.sqrt(compare.norm_sq(_reader(cb, nb), ib.shape, pool))
+        bytes_read += ia.numel * _itemsize(ia.dtype) + ib.numel * _itemsize(ib.dtype)
+    else:
+        st = compare.compare(_reader(ca, na), _reader(cb, nb), ia.shape, pool)
+        bytes_read += ia.numel * (_itemsize(ia.dtype) + _itemsize(ib.dtype))
+        row.update(norm_a=st.norm_a, norm_b=st.norm_b, norm_diff=st.norm_diff, rel_change=st.rel_change,
+                   cosine=st.cosine, max_abs_diff=st.max_abs_diff, frac_changed=st.frac_changed)
+        row["status"] = "changed" if st.n_changed else "unchanged"
+        for k in ("numel", "sq_a", "sq_b", "sq_diff", "dot", "n_changed"):
+            setattr(tot, k, getattr(tot, k) + getattr(st, k))
+    return bytes_read
 
 
 # ------------------------------------------------------------------ params and metrics

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import guard
 from .errors import CheckpointError
 
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".tar")
@@ -71,6 +73,8 @@ class Checkpoint:
         self.notes: list[str] = []
         #: names that are present but cannot be compared (non-numeric): name -> why
         self.unreadable: dict[str, str] = {}
+        #: what reading the parameters may still visit (see ``MAX_PARAM_VALUES``)
+        self.budget = Budget()
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError
@@ -89,23 +93,34 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open ``path`` (a checkpoint file or a HF checkpoint directory) with the reader its content needs."""
+    """Open ``path`` (a checkpoint file or a HF checkpoint directory) with the reader its content needs.
+
+    Only a regular file or a directory is opened (symlinks followed, then checked): a FIFO, a
+    device or a socket is refused before ``open()``, which could otherwise block or never end."""
     path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise CheckpointError(path, "no such file or directory")
-    if os.path.isdir(path):
+    if stat.S_ISDIR(guard.entry(path).st_mode):
         from .hf_format import open_directory
 
-        return open_directory(path)
+        ck = open_directory(path)
+    else:
+        ck = _open_file(path)
+    if ck.budget.spent:
+        ck.notes.append(f"parameters: more than {MAX_PARAM_VALUES} values; the rest were not read")
+    return ck
+
+
+def _open_file(path: str) -> Checkpoint:
+    fd, size = guard.open_regular(path)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             head = f.read(16)
+            if size == 0:
+                raise CheckpointError(path, "the file is empty")
+            kind = sniff(head, size, path, f)
     except OSError as exc:
         raise CheckpointError(path, f"cannot read the file: {exc.strerror or exc}") from None
-    if size == 0:
-        raise CheckpointError(path, "the file is empty")
-    kind = sniff(head, size, path)
+    finally:
+        os.close(fd)
     if kind == "safetensors":
         from .safetensors_format import SafetensorsCheckpoint
 
@@ -127,11 +142,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
                                 f".h5, .keras or a Hugging Face checkpoint directory); the file starts with {head[:8]!r}")
 
 
-def sniff(head: bytes, size: int, path: str) -> str | None:
-    """The reader for a file starting with ``head``: safetensors, keras, h5, torch, or None."""
+def sniff(head: bytes, size: int, path: str, f=None) -> str | None:
+    """The reader for a file starting with ``head``: safetensors, keras, h5, torch, or None.
+    ``f``: the file, open, for a zip's member list."""
     lower = path.lower()
     if head.startswith(ZIP_MAGIC) or lower.endswith(".keras"):
-        return "keras" if _is_keras_zip(path) else "torch"
+        return "keras" if _is_keras_zip(path, f, size) else "torch"
     if head.startswith(HDF5_MAGIC) or lower.endswith(H5_SUFFIXES):
         return "h5"
     if lower.endswith(".safetensors"):
@@ -145,11 +161,15 @@ def sniff(head: bytes, size: int, path: str) -> str | None:
     return None
 
 
-def _is_keras_zip(path: str) -> bool:
+def _is_keras_zip(path: str, f=None, size: int | None = None) -> bool:
     import zipfile
 
     try:
-        with zipfile.ZipFile(path) as z:
+        if f is None:
+            with open(path, "rb") as own:
+                return _is_keras_zip(path, own, os.fstat(own.fileno()).st_size)
+        guard.check_zip(path, f, size)
+        with zipfile.ZipFile(f) as z:
             names = set(z.namelist())
     except zipfile.BadZipFile:
         if path.lower().endswith(".keras"):
@@ -162,7 +182,29 @@ def _is_keras_zip(path: str) -> bool:
 
 
 # ------------------------------------------------------------------ parameters
-def plain(value: Any) -> Any:
+#: values one checkpoint's parameters may visit in all: a pickle can share one container many times
+#: over, so a small file can describe a tree too large to walk
+MAX_PARAM_VALUES = 200_000
+#: deepest nesting of dicts flattened into dotted keys, and of lists kept as lists
+MAX_PARAM_DEPTH = 32
+MAX_LIST_DEPTH = 3
+
+
+class Budget:
+    """What is left of ``MAX_PARAM_VALUES`` for one checkpoint; ``spent`` once it ran out."""
+
+    def __init__(self, values: int = MAX_PARAM_VALUES):
+        self.left = values
+        self.spent = False
+
+    def take(self) -> bool:
+        self.left -= 1
+        if self.left < 0:
+            self.spent = True
+        return not self.spent
+
+
+def plain(value: Any, budget: Budget | None = None, _depth: int = 0) -> Any:
     """A JSON-friendly, comparable form of a parameter value (small tensors become lists)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -178,30 +220,46 @@ def plain(value: Any) -> Any:
             return value.tolist()
         return f"<tensor {list(value.shape)} {str(value.dtype).removeprefix('torch.')}>"
     if isinstance(value, (list, tuple)):
-        if len(value) > MAX_PARAM_LIST:
+        if len(value) > MAX_PARAM_LIST or _depth >= MAX_LIST_DEPTH:
             return f"<list of {len(value)}>"
-        return [plain(v) for v in value]
+        budget = budget or Budget()
+        return [plain(v, budget, _depth + 1) if budget.take() else "<not read>" for v in value]
+    if isinstance(value, dict):  # repr() of a dict sharing its values could run for ever: walk it, bounded
+        if len(value) > MAX_PARAM_LIST or _depth >= MAX_LIST_DEPTH:
+            return f"<dict of {len(value)}>"
+        budget = budget or Budget()
+        return {str(k): plain(v, budget, _depth + 1) if budget.take() else "<not read>" for k, v in value.items()}
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
+    if isinstance(value, (set, frozenset)):
+        if len(value) > MAX_PARAM_LIST or not all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+            return f"<set of {len(value)}>"
     return repr(value)
 
 
-def flatten(prefix: str, value: Any, out: dict[str, Any], skip: frozenset = frozenset()) -> dict[str, Any]:
-    """Flatten nested dicts (and lists of dicts) into ``out`` under dotted keys."""
-    if isinstance(value, dict):
+def flatten(prefix: str, value: Any, out: dict[str, Any], skip: frozenset = frozenset(),
+            budget: Budget | None = None, _depth: int = 0) -> dict[str, Any]:
+    """Flatten nested dicts (and lists of dicts) into ``out`` under dotted keys; at most
+    ``budget``'s values visited and ``MAX_PARAM_DEPTH`` levels followed."""
+    budget = budget or Budget()
+    if not budget.take():
+        return out
+    if _depth >= MAX_PARAM_DEPTH and isinstance(value, (dict, list, tuple)):
+        out[prefix] = f"<nested more than {MAX_PARAM_DEPTH} levels deep: not read>"
+    elif isinstance(value, dict):
         for k, v in value.items():
             if k in skip:
                 continue
-            flatten(f"{prefix}.{k}" if prefix else str(k), v, out, skip)
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out, skip, budget, _depth + 1)
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
         for i, v in enumerate(value):
-            flatten(f"{prefix}.{i}", v, out, skip)
+            flatten(f"{prefix}.{i}", v, out, skip, budget, _depth + 1)
     else:
-        out[prefix] = plain(value)
+        out[prefix] = plain(value, budget)
     return out
 
 
-def optimizer_params(states: list, out: dict[str, Any]) -> None:
+def optimizer_params(states: list, out: dict[str, Any], budget: Budget | None = None) -> None:
     """The hyperparameters of each param group of torch optimizer state dicts (not the state tensors)."""
     several = len(states) > 1
     for i, state in enumerate(states):
@@ -213,12 +271,12 @@ def optimizer_params(states: list, out: dict[str, Any]) -> None:
                 continue
             for k, v in group.items():
                 if k == "params":
-                    out[f"{prefix}.pg{j}.n_params"] = len(v) if isinstance(v, (list, tuple)) else plain(v)
+                    out[f"{prefix}.pg{j}.n_params"] = len(v) if isinstance(v, (list, tuple)) else plain(v, budget)
                 else:
-                    out[f"{prefix}.pg{j}.{k}"] = plain(v)
+                    out[f"{prefix}.pg{j}.{k}"] = plain(v, budget)
 
 
-def scheduler_params(states: list, out: dict[str, Any]) -> None:
+def scheduler_params(states: list, out: dict[str, Any], budget: Budget | None = None) -> None:
     """The scalar state of LR schedulers (``last_epoch``, ``base_lrs``, ``_last_lr``...)."""
     several = len(states) > 1
     for i, state in enumerate(states):
@@ -228,4 +286,4 @@ def scheduler_params(states: list, out: dict[str, Any]) -> None:
         for k, v in state.items():
             if k in ("lr_lambdas", "_get_lr_called_within_step", "_is_initial") or isinstance(v, dict):
                 continue
-            out[f"{prefix}.{k.lstrip('_')}"] = plain(v)
+            out[f"{prefix}.{str(k).lstrip('_')}"] = plain(v, budget)

@@ -12,9 +12,9 @@ full pickle of ``TrainingArguments``: never loaded.
 from __future__ import annotations
 
 import glob
-import json
 import os
 
+from . import guard
 from .errors import CheckpointError
 from .formats import Checkpoint, flatten, optimizer_params, scheduler_params
 
@@ -89,12 +89,15 @@ def _weights(path: str) -> Checkpoint:
 
 
 def _shards(index_path: str) -> list[str]:
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        files = list(dict.fromkeys(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(index_path, f"unreadable shard index ({exc})") from None
+    index = guard.read_json(index_path, "the shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(index_path, "unreadable shard index: expected {\"weight_map\": {tensor name: shard file "
+                                          "name}}")
+    files = list(dict.fromkeys(weight_map.values()))
+    outside = [f for f in files if f in ("", ".", "..") or os.path.basename(f) != f or os.path.isabs(f)]
+    if outside:  # shards sit beside their index; anything else is not this checkpoint's
+        raise CheckpointError(index_path, f"the shard index names {outside[0]!r}, not a file in its directory")
     base = os.path.dirname(index_path)
     paths = [os.path.join(base, f) for f in files]
     missing = [f for f, p in zip(files, paths, strict=True) if not os.path.exists(p)]
@@ -105,20 +108,19 @@ def _shards(index_path: str) -> list[str]:
 
 def _read_json(path: str, name: str, ck: Checkpoint):
     p = os.path.join(path, name)
-    if not os.path.exists(p):
+    if not os.path.lexists(p):
         return None
     try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        ck.notes.append(f"{name} unreadable ({exc}); its parameters are missing")
+        return guard.read_json(p, name)
+    except CheckpointError as exc:
+        ck.notes.append(f"{name} unreadable ({exc.reason}); its parameters are missing")
         return None
 
 
 def _config(path: str, ck: Checkpoint) -> None:
     cfg = _read_json(path, "config.json", ck)
     if isinstance(cfg, dict):
-        flatten("config", cfg, ck.params)
+        flatten("config", cfg, ck.params, budget=ck.budget)
 
 
 def _trainer_state(path: str, ck: Checkpoint) -> None:
@@ -132,8 +134,9 @@ def _trainer_state(path: str, ck: Checkpoint) -> None:
     for k, v in state.items():
         if k in ("log_history", "stateful_callbacks", "global_step", "epoch", "total_flos"):
             continue
-        flatten(f"trainer.{k}", v, ck.params)
-    for entry in state.get("log_history") or []:
+        flatten(f"trainer.{k}", v, ck.params, budget=ck.budget)
+    history = state.get("log_history")
+    for entry in history if isinstance(history, list) else ():
         if not isinstance(entry, dict):
             continue
         step = entry.get("step") if isinstance(entry.get("step"), int) else None
@@ -155,7 +158,7 @@ def _optimizer(path: str, ck: Checkpoint) -> None:
             ck.notes.append(f"{name} not read: {exc.reason}")
             continue
         if isinstance(state, dict):
-            reader([state], ck.params)
+            reader([state], ck.params, ck.budget)
         else:
             ck.notes.append(f"{name} not read: it holds a {type(state).__name__}, not a state dict")
         del state

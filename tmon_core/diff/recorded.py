@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ..store import Run, Store
 from ..store.schema import CheckpointRow
@@ -44,11 +44,43 @@ def checkpoint_row(store: Store, ckpt_id: int) -> dict:
 
 
 def row_for_path(store: Store, path: str) -> dict | None:
-    """The newest recorded checkpoint at ``path`` (absolute), or None."""
+    """The newest recorded checkpoint at ``path`` (absolute) not marked deleted, or None: a deleted
+    row's file is gone or was written again, so what is there now is not that checkpoint."""
     with store.engine.connect() as conn:
-        row = conn.execute(select(CheckpointRow).where(CheckpointRow.path == os.path.abspath(path))
-                           .order_by(CheckpointRow.wall_time.desc()).limit(1)).mappings().first()
+        row = conn.execute(select(CheckpointRow).where(CheckpointRow.path == os.path.abspath(path),
+                                                       CheckpointRow.deleted.is_(False))
+                           .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)).mappings().first()
     return dict(row) if row is not None else None
+
+
+def newer_at_path(store: Store, row: dict) -> dict | None:
+    """The newest checkpoint recorded at ``row``'s path after it (any run), or None."""
+    with store.engine.connect() as conn:
+        newer = conn.execute(select(CheckpointRow).where(CheckpointRow.path == row["path"],
+                                                         or_(CheckpointRow.wall_time > row["wall_time"],
+                                                             and_(CheckpointRow.wall_time == row["wall_time"],
+                                                                  CheckpointRow.id > row["id"])))
+                             .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)
+                             ).mappings().first()
+    return dict(newer) if newer is not None else None
+
+
+def check_current(store: Store, row: dict) -> None:
+    """Refuse a recorded checkpoint whose file is gone or holds something else now: its row is
+    marked deleted, or a later checkpoint was written to the same path. Reading the path would
+    label this record with another checkpoint's weights."""
+    where = f"recorded at {row['path']} (run {row['run_id']}, step {row['step']})"
+    newer = newer_at_path(store, row)
+    if newer is not None:
+        raise CheckpointError(row["id"], f"{where}, but that file was overwritten since: checkpoint {newer['id']} "
+                                         f"(run {newer['run_id']}, step {newer['step']}) was written to the same path; "
+                                         f"diff {newer['id']}, or pass the path to compare the file as it is now")
+    if not os.path.exists(row["path"]):
+        gone = " (removed by the checkpoint callback's top-k policy)" if row.get("deleted") else ""
+        raise CheckpointError(row["id"], f"{where}, but that file no longer exists{gone}")
+    if row.get("deleted"):
+        raise CheckpointError(row["id"], f"{where}, but the store marks it deleted or overwritten: the file there now "
+                                         "is not that checkpoint; pass the path to compare the file as it is now")
 
 
 def metrics_at(run: Run, step: int | None, wall_time: float) -> dict[str, tuple[float, int | None]]:

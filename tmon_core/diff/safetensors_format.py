@@ -9,7 +9,6 @@ slice per side, whatever the tensor's size, and bfloat16/float8 need no torch to
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
@@ -17,8 +16,10 @@ import numpy as np
 
 from .errors import CheckpointError
 from .formats import Checkpoint, TensorInfo
+from .guard import _short, human_bytes, is_int, load_json, numel, open_regular, shape_of
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
+MAX_DEPTH = 8  # a header is name -> {dtype, shape: [...], data_offsets: [...]}: 3 levels deep
 
 #: safetensors dtype -> (our name, numpy type the bytes are read as)
 DTYPES = {
@@ -71,10 +72,7 @@ class _File:
 
     def __init__(self, path: str):
         self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise CheckpointError(path, f"cannot open: {exc.strerror or exc}") from None
+        self.fd, self.size = open_regular(path)
         try:
             self._parse()
         except BaseException:
@@ -82,41 +80,54 @@ class _File:
             raise
 
     def _parse(self) -> None:
-        path = self.path
-        size = os.fstat(self.fd).st_size
+        path, size = self.path, self.size
         if size < 8:
             raise CheckpointError(path, f"truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
         (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
         if n > MAX_HEADER:
-            raise CheckpointError(path, f"corrupt safetensors header: it claims {n} bytes of header (not a safetensors file?)")
+            raise CheckpointError(path, f"corrupt safetensors header: it claims {n} bytes of header, more than the "
+                                        f"{MAX_HEADER} accepted (not a safetensors file?)")
         if 8 + n > size:
             raise CheckpointError(path, f"truncated: the header needs {8 + n} bytes, the file has {size}")
-        try:
-            header = json.loads(os.pread(self.fd, n, 8).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(path, f"corrupt safetensors header: {exc}") from None
+        header = load_json(os.pread(self.fd, n, 8), path, "corrupt safetensors header", MAX_DEPTH)
         if not isinstance(header, dict):
             raise CheckpointError(path, "corrupt safetensors header: not a JSON object")
         self.data_start = 8 + n
         available = size - self.data_start
         meta = header.pop("__metadata__", None) or {}
-        self.metadata = meta if isinstance(meta, dict) else {}
+        # the format's metadata is text to text; anything else is not kept (it could nest or be huge)
+        self.metadata = {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
         self.entries: dict[str, tuple[str, tuple[int, ...], int]] = {}  # name -> code, shape, absolute offset
         for name, e in sorted(header.items(), key=lambda kv: _begin(kv[1])):
-            try:
-                code, shape, (begin, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(path, f"corrupt safetensors header: bad entry for {name!r}: {e!r}") from None
-            if code not in DTYPES:
-                raise CheckpointError(path, f"tensor {name!r} has dtype {code}, which tmon cannot compare")
-            numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            if min(shape, default=0) < 0 or end - begin != numel * np.dtype(DTYPES[code][1]).itemsize or begin < 0:
-                raise CheckpointError(path, f"corrupt safetensors header: {name!r} is {code}{list(shape)} but spans "
-                                            f"bytes {begin}..{end}")
-            if end > available:
-                raise CheckpointError(path, f"truncated: tensor {name!r} ends at byte {self.data_start + end}, "
-                                            f"the file has {size} bytes")
-            self.entries[name] = (code, shape, self.data_start + begin)
+            self.entries[name] = self._entry(name, e, available)
+
+    def _entry(self, name: str, e, available: int) -> tuple[str, tuple[int, ...], int]:
+        """One header entry, every field checked against the format and the file's size."""
+        path = self.path
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
+            raise CheckpointError(path, f"corrupt safetensors header: entry {name!r} is not an object with dtype, "
+                                        f"shape and data_offsets ({_short(e)})")
+        code = e["dtype"]
+        if code not in DTYPES:
+            raise CheckpointError(path, f"tensor {name!r} has dtype {_short(code)}, which tmon cannot compare "
+                                        f"(expected one of {', '.join(DTYPES)})")
+        shape = shape_of(path, name, e["shape"])
+        offsets = e["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
+            raise CheckpointError(path, f"tensor {name!r}: data_offsets must be two integers [begin, end], "
+                                        f"received {_short(offsets)}")
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            raise CheckpointError(path, f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets}: "
+                                        "expected 0 <= begin <= end")
+        if end > available:
+            raise CheckpointError(path, f"truncated: tensor {name!r} ends at byte {self.data_start + end}, the file "
+                                        f"has {self.size} bytes (data_offsets {offsets} outside the data)")
+        nbytes = numel(shape) * np.dtype(DTYPES[code][1]).itemsize  # Python ints: no overflow to 0
+        if end - begin != nbytes:
+            raise CheckpointError(path, f"corrupt safetensors header: {name!r} is {code}{list(shape)} "
+                                        f"({human_bytes(nbytes)}) but spans bytes {begin}..{end}")
+        return code, shape, self.data_start + begin
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         code, _, offset = self.entries[name]
@@ -126,8 +137,11 @@ class _File:
             pos, want = offset + start * raw.itemsize, raw.nbytes
             got = 0
             while got < want:  # pread may return less than asked for
-                n = os.preadv(self.fd, [view[got:]], pos + got) if hasattr(os, "preadv") else \
-                    _pread_into(self.fd, view[got:], pos + got)
+                try:
+                    n = os.preadv(self.fd, [view[got:]], pos + got) if hasattr(os, "preadv") else \
+                        _pread_into(self.fd, view[got:], pos + got)
+                except OSError as exc:
+                    raise CheckpointError(self.path, f"cannot read {name!r}: {exc.strerror or exc}") from None
                 if n == 0:
                     raise CheckpointError(self.path, f"truncated while reading {name!r} (the file shrank?)")
                 got += n
@@ -147,9 +161,10 @@ def _pread_into(fd: int, view: memoryview, pos: int) -> int:
 
 def _begin(e) -> int:
     try:
-        return int(e["data_offsets"][0])
-    except (KeyError, TypeError, ValueError, IndexError):
+        begin = e["data_offsets"][0]
+    except (KeyError, TypeError, IndexError):
         return -1
+    return begin if is_int(begin) else -1
 
 
 class SafetensorsCheckpoint(Checkpoint):

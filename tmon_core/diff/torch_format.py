@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from . import guard
 from .errors import CheckpointError
-from .formats import Checkpoint, TensorInfo, flatten, optimizer_params, plain, scheduler_params
+from .formats import Budget, Checkpoint, TensorInfo, flatten, optimizer_params, plain, scheduler_params
 
 #: where training loops commonly keep the model's state dict inside a checkpoint dict
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "optimizers")
 SCHEDULER_KEYS = ("lr_schedulers", "scheduler", "lr_scheduler", "scheduler_state_dict", "schedulers")
 STEP_KEYS = ("global_step", "step", "iteration", "iter")
+#: most bytes a tensor may span beyond its storage (an ``expand()``ed view, a sparse tensor made
+#: dense): reading it makes that copy, so a tiny file could otherwise ask for terabytes
+MAX_MATERIALIZED = 64 * 1024 * 1024
+#: how far nested dicts are searched for tensors, and how many values that search may visit
+MAX_NESTING = 16
+MAX_NESTED_VALUES = 1_000_000
 
 
 def import_torch(path: str):
@@ -35,6 +42,7 @@ def import_torch(path: str):
 def safe_load(path: str) -> Any:
     """``torch.load(path, weights_only=True)``, memory-mapped when the file allows; every failure a
     ``CheckpointError`` that says why."""
+    guard.entry(path, dir_ok=False)  # torch opens it by name: no FIFO or device past this point
     torch = import_torch(path)
     try:
         try:
@@ -96,6 +104,8 @@ class TorchCheckpoint(Checkpoint):
             self.tensors[name] = TensorInfo(tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch."))
             if t.device.type == "meta":
                 self.unreadable[name] = "a meta tensor (no data saved)"
+            else:
+                _check_extent(path, name, t)
         if skipped:
             self.notes.append(f"{len(skipped)} non-tensor state entries not compared: {', '.join(skipped[:5])}"
                               + (" ..." if len(skipped) > 5 else ""))
@@ -128,6 +138,26 @@ class TorchCheckpoint(Checkpoint):
         self._flat = None  # drops the last reference to the mapped file
 
 
+def _check_extent(path: str, name: str, t) -> None:
+    """Refuse a tensor that claims more elements than its file holds, beyond ``MAX_MATERIALIZED``:
+    a strided view over a small storage (stride 0), or a sparse tensor with a vast dense shape."""
+    import torch
+
+    nbytes = t.numel() * t.element_size()
+    if nbytes <= MAX_MATERIALIZED:
+        return
+    if t.layout != torch.strided or t.is_quantized:
+        stored = "a sparse or quantized tensor"
+        raise CheckpointError(path, f"tensor {name!r}: {stored} of shape {list(t.shape)} would take "
+                                    f"{guard.human_bytes(nbytes)} to compare densely, more than the "
+                                    f"{guard.human_bytes(MAX_MATERIALIZED)} accepted")
+    held = t.untyped_storage().nbytes()
+    if nbytes > held:
+        raise CheckpointError(path, f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} is "
+                                    f"{guard.human_bytes(nbytes)} of elements over a storage of {held} bytes (an "
+                                    f"overlapping view, as expand() makes); re-save it with .contiguous()")
+
+
 def to_numpy(t) -> np.ndarray:
     """A 1-d torch tensor as numpy; bfloat16 and float8 widened to float32, complex as (re, im) pairs."""
     import torch
@@ -144,6 +174,16 @@ def to_numpy(t) -> np.ndarray:
 
 def open_torch(path: str) -> TorchCheckpoint:
     obj = safe_load(path)
+    try:
+        return _interpret(path, obj)
+    except CheckpointError:
+        raise
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+        raise CheckpointError(path, f"a checkpoint of unexpected structure ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]})") from None
+
+
+def _interpret(path: str, obj) -> TorchCheckpoint:
     if _is_tensor(obj):
         return TorchCheckpoint(path, {"tensor": obj})
     if not isinstance(obj, dict):
@@ -165,13 +205,18 @@ def _lightning(path: str, obj: dict) -> TorchCheckpoint:
     p = ck.params  # global_step and epoch are the checkpoint's position, shown with it, not parameters
     if obj.get("pytorch-lightning_version"):
         p["lightning_version"] = obj["pytorch-lightning_version"]
-    flatten("hparams", obj.get("hyper_parameters") or {}, p)
-    flatten("datamodule", obj.get("datamodule_hyper_parameters") or {}, p)
-    optimizer_params(list(obj.get("optimizer_states") or []), p)
-    scheduler_params(list(obj.get("lr_schedulers") or []), p)
-    for key, state in (obj.get("callbacks") or {}).items():
+    flatten("hparams", obj.get("hyper_parameters") or {}, p, budget=ck.budget)
+    flatten("datamodule", obj.get("datamodule_hyper_parameters") or {}, p, budget=ck.budget)
+    optimizer_params(_list(obj.get("optimizer_states")), p, ck.budget)
+    scheduler_params(_list(obj.get("lr_schedulers")), p, ck.budget)
+    callbacks = obj.get("callbacks")
+    for key, state in (callbacks.items() if isinstance(callbacks, dict) else ()):
         _callback_state(ck, str(key), state)
     return ck
+
+
+def _list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else []
 
 
 def _callback_state(ck: Checkpoint, key: str, state: Any) -> None:
@@ -189,7 +234,7 @@ def _callback_state(ck: Checkpoint, key: str, state: Any) -> None:
         if m and state.get("best_score") is not None:
             ck.metrics[f"best {m.group(1)} (EarlyStopping)"] = (_num(state["best_score"]), None)
         if "wait_count" in state:
-            ck.params["early_stopping.wait_count"] = plain(state["wait_count"])
+            ck.params["early_stopping.wait_count"] = plain(state["wait_count"], ck.budget)
     elif "TMonCallback" in key and state.get("run_id"):
         ck.params["tmon.run_id"] = state["run_id"]
 
@@ -201,32 +246,40 @@ def _training_dict(path: str, obj: dict) -> TorchCheckpoint:
         sd, rest = obj[sd_key], {k: v for k, v in obj.items() if k != sd_key}
     else:  # tensors at the top level or in nested dicts (e.g. {"encoder": sd, "decoder": sd})
         sd, rest = {}, {}
-        _collect(obj, "", sd, rest)
+        try:
+            _collect(obj, "", sd, rest, Budget(MAX_NESTED_VALUES))
+        except CheckpointError as exc:
+            raise CheckpointError(path, exc.reason) from None
         if not sd:
             raise CheckpointError(path, f"holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
     ck = TorchCheckpoint(path, sd)
     p = ck.params
     for key, value in rest.items():
         if key in OPTIMIZER_KEYS:
-            optimizer_params(value if isinstance(value, (list, tuple)) else [value], p)
+            optimizer_params(value if isinstance(value, (list, tuple)) else [value], p, ck.budget)
         elif key in SCHEDULER_KEYS:
-            scheduler_params(value if isinstance(value, (list, tuple)) else [value], p)
+            scheduler_params(value if isinstance(value, (list, tuple)) else [value], p, ck.budget)
         elif not _is_tensor(value) or value.numel() <= 1:
-            flatten(str(key), value, p)
+            flatten(str(key), value, p, budget=ck.budget)
     ck.step = next((_int(obj[k]) for k in STEP_KEYS if _int(obj.get(k)) is not None), None)
     ck.epoch = _num(obj.get("epoch"))
     return ck
 
 
-def _collect(obj: dict, prefix: str, tensors: dict, rest: dict) -> None:
+def _collect(obj: dict, prefix: str, tensors: dict, rest: dict, budget: Budget, depth: int = 0) -> None:
+    """Tensors of nested dicts under dotted names; the walk is bounded (a pickle can nest one dict
+    in itself, or share it down many levels)."""
     for k, v in obj.items():
+        if not budget.take():
+            raise CheckpointError(None, f"more than {MAX_NESTED_VALUES} nested values around the tensors")
         name = f"{prefix}{k}"
         if k in OPTIMIZER_KEYS or k in SCHEDULER_KEYS:
             rest[name] = v
         elif _is_tensor(v):
             tensors[name] = v
-        elif isinstance(v, dict) and any(_is_tensor(x) or isinstance(x, dict) for x in v.values()):
-            _collect(v, f"{name}.", tensors, rest)
+        elif isinstance(v, dict) and depth < MAX_NESTING and any(_is_tensor(x) or isinstance(x, dict)
+                                                                  for x in v.values()):
+            _collect(v, f"{name}.", tensors, rest, budget, depth + 1)
         else:
             rest[name] = v
 
