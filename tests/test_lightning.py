@@ -156,7 +156,9 @@ class _LogsLossToo(TinyRegressor):
 def test_batch_values_and_self_log_values_keep_lightnings_steps(tmp_path, store_url, every, accumulate):
     # tmon records a logging step's batch values and self.log values together: whatever the
     # cadence, both keep the steps Lightning's own CSVLogger writes, and a key logged by both
-    # (here "loss") keeps both values
+    # (here "loss") keeps both values. Between Lightning's logging steps tmon keeps the self.log
+    # values too (issue 15: they were lost), and with accumulation there is one record per
+    # optimizer step (issue 15: there was one per micro-batch)
     from lightning.pytorch.loggers import CSVLogger
 
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
@@ -169,17 +171,20 @@ def test_batch_values_and_self_log_values_keep_lightnings_steps(tmp_path, store_
 
     theirs = pd.read_csv(os.path.join(csv.log_dir, "metrics.csv"))
     run = open_store(store_url).run(cb.run_id)
+    steps = list(range(24 // accumulate))  # one per optimizer step
     mae = run.metrics("mae")
-    assert len(mae) > 0 and mae.step.tolist() == theirs.dropna(subset=["mae"]).step.tolist()
-    assert mae.value.tolist() == pytest.approx(theirs.dropna(subset=["mae"]).mae.tolist())
-    per_batch = [b // accumulate for b in range(24)]  # every batch, at the optimizer step it belongs to
-    assert run.metrics("lr").step.tolist() == per_batch
+    assert mae.step.tolist() == steps
+    logged = theirs.dropna(subset=["mae"])
+    at_theirs = mae[mae.step.isin(logged.step)]
+    assert len(logged) > 0 and at_theirs.step.tolist() == logged.step.tolist()
+    assert at_theirs.value.tolist() == pytest.approx(logged.mae.tolist())
+    assert run.metrics("lr").step.tolist() == steps
     loss = run.metrics("loss")
     users = theirs.dropna(subset=["loss"])
-    assert sorted(loss.step.tolist()) == sorted(per_batch + users.step.tolist())
+    assert sorted(loss.step.tolist()) == sorted(steps + users.step.tolist())
     doubled = loss[loss.step.isin(users.step)].groupby("step").value.max()
     assert doubled.tolist() == pytest.approx(users.loss.tolist(), rel=1e-5)
-    assert run.metrics("epoch").value.tolist() == [b // 12 for b in range(24)]
+    assert run.metrics("epoch").value.tolist() == [s * accumulate // 12 for s in steps]
 
 
 @pytest.mark.parametrize("fail_with, event_type", [("RuntimeError", ev.EXCEPTION), ("OutOfMemoryError", ev.OOM)])
@@ -193,8 +198,10 @@ def test_exception_in_training_step_marks_failed_and_keeps_points(tmp_path, stor
     assert run.metrics("loss").step.tolist() == list(range(7))
     assert run.metrics("train_loss_step").step.tolist() == list(range(7))
     events = run.events()
-    assert events.type.iloc[-1] == event_type
-    data = events.data.iloc[-1]
+    # the exception, then why the fit ended (issue 15: train_end carries the reason)
+    assert events.type.tolist()[-2:] == [event_type, ev.TRAIN_END]
+    assert events.data.iloc[-1] == {"reason": ev.END_EXCEPTION}
+    data = events.data.iloc[-2]
     assert data["type"].endswith(fail_with) and data["oom"] == (fail_with == "OutOfMemoryError")
     assert "Traceback" in data["traceback"]
     assert run.info()["error"]["type"].endswith(fail_with)

@@ -71,6 +71,15 @@ class CallbackOptions:
             raise ValueError(f"tags must be a list of non-empty strings, received tags={self.tags!r}")
         if self.notes is not None and not isinstance(self.notes, str):
             raise ValueError(f"notes must be a string, received notes={self.notes!r}")
+        from tmon_core.store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
+
+        # what the store would refuse or cut fails here, at construction, not mid-fit
+        if self.run_name is not None:
+            check_text("run_name", self.run_name, MAX_RUN_NAME)
+        for tag in self.tags or ():
+            check_text("tags", tag, MAX_TAG)
+        if self.notes is not None:
+            check_text("notes", self.notes, MAX_NOTES)
         if not isinstance(self.log_grad_norm, bool):
             raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
         for name in ("capture_logs", "capture_output", "widget"):
@@ -163,8 +172,9 @@ class RunSession:
         if self.writes_metrics and self.recorder is not None:
             self.recorder.event(type, **kw)
 
-    def fail(self, exc: BaseException, step: int | None) -> None:
-        """End the run because ``exc`` escaped the framework's training loop."""
+    def fail(self, exc: BaseException, step: int | None, record_train_end: bool = False) -> None:
+        """End the run because ``exc`` escaped the framework's training loop; ``record_train_end``
+        also records ``train_end`` with the reason (exception or interrupt) after it."""
         if self.ended or self.recorder is None:
             return
         info = None
@@ -176,6 +186,9 @@ class RunSession:
             else:
                 kind = ev.OOM if is_oom(exc) else ev.EXCEPTION
                 self.event(kind, step=step, message=f"{info['type']}: {info['message'][:500]}", data=info)
+            if record_train_end:
+                self.event(ev.TRAIN_END, step=step,
+                           reason=ev.END_INTERRUPT if status == ev.INTERRUPTED else ev.END_EXCEPTION)
         finally:  # whatever happened above, the run ends with the right status
             self.end(status, info)
 

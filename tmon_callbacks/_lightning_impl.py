@@ -7,25 +7,40 @@ Lightning hook → what tmon records:
                                  (each node's local rank 0); the run id is broadcast to all ranks
 ``on_train_start``               ``train_start`` event; config (hparams, precision, batch size,
                                  accumulate_grad_batches, dataloader workers, devices, strategy,
-                                 optimizers, schedulers); attaches tmon's logger
+                                 optimizers, schedulers, the callbacks in use: ``callbacks``);
+                                 attaches tmon's logger
 ``self.log`` (via the logger)    every metric Lightning hands its loggers, at Lightning's step,
                                  at the cadence of ``log_every_n_steps``
-``on_train_batch_start/end``     every batch: ``loss``, ``lr``/``momentum``/``weight_decay`` per
-                                 param group (as the batch's optimizer step used them), ``step_time``, ``data_time``, ``epoch`` (and
-                                 ``grad_norm`` from ``on_before_optimizer_step`` when asked)
+``on_train_batch_start/end``     every optimizer step: ``loss`` (what ``training_step`` returned;
+                                 with ``accumulate_grad_batches=N`` the mean over the step's N
+                                 micro-batches), ``lr``/``momentum``/``weight_decay`` per param group
+                                 (as the step's optimizer update used them), ``step_time`` (seconds
+                                 in the step's batches), ``data_time`` (seconds waiting for them,
+                                 the epoch's first included), ``epoch`` (and ``grad_norm`` from
+                                 ``on_before_optimizer_step`` when asked); between logging steps
+                                 also the step's ``self.log`` values, as Lightning would hand them
+                                 to its loggers there
 ``ModelCheckpoint`` saves        ``checkpoint`` rows and events (path, size, step, monitor value);
                                  files its top-k policy removes are marked deleted
 epoch/validation hooks           ``epoch_start``/``epoch_end``, ``validation_start``/``end``
-``on_exception``                 ``exception`` or ``oom`` event; status failed (interrupted on
-                                 KeyboardInterrupt)
-``teardown("fit")``              ``train_end``; status completed; everything flushed
+``on_exception``                 ``exception`` or ``oom`` event, ``train_end`` (reason exception or
+                                 interrupt); status failed (interrupted on KeyboardInterrupt)
+``teardown("fit")``              ``train_end`` with why the fit ended (``events.END_REASONS``:
+                                 early_stopping with the callback's settings, time_limit, max_steps,
+                                 max_epochs, stop_request, should_stop); status completed
+``setup/teardown("test"|         ``trainer.test()``/``validate()`` after the fit: recorded into the
+"validate")``                    fit's run between ``evaluation_start``/``end`` (status unchanged)
 ==============================  ===========================================================
 
-The step of a per-batch record is Lightning's logging step (the number of optimizer steps
-taken before this batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up. On a
-logging step the batch's values wait in the callback from ``on_train_batch_end`` until Lightning
-hands its loggers the ``self.log`` values, a moment later, and both go to the recorder as one
-entry (with the batch's own wall time): half the entries for the writer to convert per step.
+Steps are Lightning's logging steps (``_batches_that_stepped``: optimizer steps taken before the
+batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up. Validation events carry the
+step of the training batch they follow, the step Lightning logs the validation metrics at (the
+``epoch_end`` event carries the next step). On a logging step the batch's values wait in the
+callback from ``on_train_batch_end`` until Lightning hands its loggers the ``self.log`` values, a
+moment later, and both go to the recorder as one entry (with the batch's own wall time): half the
+entries for the writer to convert per step. Between logging steps the ``self.log`` values are read
+from Lightning's result collection (tensors as they are, converted by the writer thread, no
+device sync) into the batch's entry, so there is one entry per step either way.
 """
 
 from __future__ import annotations
@@ -59,7 +74,9 @@ def build(package: str):
     pl = importlib.import_module(package)
     Callback = pl.Callback
     Logger = importlib.import_module(f"{package}.loggers").Logger
-    ModelCheckpoint = importlib.import_module(f"{package}.callbacks").ModelCheckpoint
+    callbacks_module = importlib.import_module(f"{package}.callbacks")
+    ModelCheckpoint = callbacks_module.ModelCheckpoint
+    EarlyStopping, Timer = callbacks_module.EarlyStopping, callbacks_module.Timer
 
     skips_none = _dispatch_skips_non_callables(package)
 
@@ -144,6 +161,7 @@ def build(package: str):
         @guarded
         def setup(self, trainer, pl_module, stage: str) -> None:
             if stage != "fit":
+                self._begin_evaluation(trainer, stage)
                 return
             self._reset()
             run_id = None
@@ -172,12 +190,22 @@ def build(package: str):
             self._schedulers: list = []
             self._trainer = None
             self._step = 0
+            self._batch_step = 0  # the step the last training batch was recorded at
             self._last_global_step = 0
             self._t_batch = None
             self._opt_values = None
             self._t_last_end = None
             self._grad_norm = None
             self._held = None  # (values, step, wall time, epoch) of the last batch, not yet recorded
+            # gradient accumulation: the micro-batches of the step in progress (loss sum, count,
+            # seconds in the step, seconds waiting for data)
+            self._accum = 1
+            self._micro = None
+            self._results = None  # Lightning's result collection for self.log values (see _logged_now)
+            self._fork_names: dict = {}
+            self._captured = None  # (step, keys) of self.log values recorded from the result collection
+            self._stop_request = False
+            self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
             self._optimizers: list = []
             self._known_ckpts: dict[str, float] = {}
             self._ckpt_dirs: list[str] = []
@@ -188,8 +216,13 @@ def build(package: str):
             self._optimizers = list(trainer.optimizers)
             self._schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
             self._step = self._last_global_step = trainer.global_step
+            # 0: every batch is a step (manual optimization: Lightning counts batches, not the
+            # optimizer steps they take); N > 1: N micro-batches per optimizer step
+            self._accum = (0 if not pl_module.automatic_optimization else
+                           1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches)
             if self._rec is None:
                 return
+            self._results = _result_collection(trainer)
             self._ckpt_dirs = [cb.dirpath for cb in trainer.checkpoint_callbacks
                                if isinstance(cb, ModelCheckpoint) and cb.dirpath]
             self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
@@ -227,6 +260,7 @@ def build(package: str):
                 **_torch.model_summary(pl_module),
                 "hparams": json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
                 "control": self._ctl.describe() if self._ctl is not None else None,
+                ev.CONFIG_CALLBACKS: _callbacks_config(trainer.callbacks, self, ModelCheckpoint, EarlyStopping),
             }
             dm = trainer.datamodule
             if dm is not None and getattr(dm, "hparams", None):
@@ -237,28 +271,76 @@ def build(package: str):
         @override
         @guarded
         def teardown(self, trainer, pl_module, stage: str) -> None:
-            if stage != "fit" or self.session is None:
+            if stage != "fit":
+                if self._evaluating is not None:
+                    self._detach(trainer)
+                    self._evaluating = None
+                    self.session.end_evaluation()
+                return
+            if self.session is None:
                 return
             self._detach(trainer)
             if not self.session.ended:
                 if self._rec is not None:
                     self._release()
                     self._scan_checkpoints()
-                    self.session.event(ev.TRAIN_END, step=self._step)
+                    self.session.event(ev.TRAIN_END, step=self._step, **self._end_reason(trainer))
                 self.session.end(ev.COMPLETED)
             self._trainer = None
+
+        def _end_reason(self, trainer) -> dict:
+            """Why the fit ended: ``train_end``'s data (``reason``, one of ``events.END_REASONS``, and
+            what the stopping callback says of itself)."""
+            if self._stop_request:
+                return {"reason": ev.END_STOP_REQUEST}
+            for cb in trainer.callbacks:
+                if isinstance(cb, EarlyStopping):
+                    why = getattr(cb, "stopping_reason", None)  # (Lightning >= 2.6)
+                    stopped = cb.stopped_epoch > 0 if why is None else getattr(why, "name", "") != "NOT_STOPPED"
+                    if stopped:
+                        return {"reason": ev.END_EARLY_STOPPING, "callback": type(cb).__name__, "monitor": cb.monitor,
+                                "mode": cb.mode, "patience": cb.patience, "min_delta": abs(float(cb.min_delta)),
+                                "stopped_epoch": cb.stopped_epoch, "wait_count": cb.wait_count,
+                                "message": getattr(cb, "stopping_reason_message", None)}
+                if isinstance(cb, Timer):
+                    left = cb.time_remaining()
+                    if left is not None and left <= 0:
+                        return {"reason": ev.END_TIME_LIMIT, "callback": type(cb).__name__,
+                                "elapsed_s": cb.time_elapsed()}
+            if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+                return {"reason": ev.END_MAX_STEPS, "max_steps": trainer.max_steps}
+            if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+                return {"reason": ev.END_MAX_EPOCHS, "max_epochs": trainer.max_epochs}
+            if trainer.should_stop:
+                return {"reason": ev.END_SHOULD_STOP}
+            return {"reason": ev.END_DATA_EXHAUSTED}
 
         @override
         def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
             try:
+                if self._evaluating is not None:  # the fit's run keeps its status
+                    self._detach(trainer)
+                    self._evaluating = None
+                    self.session.end_evaluation()
+                    return
                 if self.session is not None:
                     self._detach(trainer)
                     if self._rec is not None:
                         self._release()  # the last batch before the crash is kept
-                    self.session.fail(exception, self._step)
+                    self.session.fail(exception, self._step, record_train_end=True)
                     self._trainer = None
             except Exception:  # never mask the user's exception with one of ours
                 pass
+
+        def _begin_evaluation(self, trainer, stage: str) -> None:
+            """``trainer.test()`` / ``validate()`` after this callback's fit: recorded into that run."""
+            session = self.session
+            if stage not in ("test", "validate") or session is None or not session.ended:
+                return
+            self._evaluating = stage
+            session.begin_evaluation(stage, step=self._step)
+            if self._logger not in trainer.loggers:
+                trainer.loggers = list(trainer.loggers) + [self._logger]
 
         def _detach(self, trainer) -> None:
             if self._logger in trainer.loggers:
@@ -292,42 +374,106 @@ def build(package: str):
         @guarded
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
             step = self._step
+            self._batch_step = step
             gs = trainer.global_step
-            if gs != self._last_global_step:  # an optimizer step happened: the next batch logs at step+1
+            # Lightning's logging step advances once per batch that ends an accumulation window
+            # (every batch in manual optimization, however many optimizers it steps)
+            stepped = gs != self._last_global_step or self._accum == 0
+            if stepped:
                 self._last_global_step = gs
                 self._step = step + 1
             rec = self._rec
             if rec is None:
                 return
             now = _perf()
-            values = self._opt_values or _torch.optimizer_values(self._optimizers)
-            self._opt_values = None
             if isinstance(outputs, dict):
                 loss = outputs.get("loss")
             else:
                 loss = outputs  # a bare tensor returned by training_step
+            t0 = self._t_batch
+            busy = wait = None
+            if t0 is not None:
+                busy = now - t0
+                if self._t_last_end is not None:
+                    wait = t0 - self._t_last_end
+            if self._accum > 1:
+                # one record per optimizer step: Lightning hands back each micro-batch's loss divided
+                # by accumulate_grad_batches; their sum over the window is the mean of what
+                # training_step returned (rescaled when the epoch's last window is short)
+                micro = self._micro
+                if micro is None:
+                    micro = self._micro = [None, 0, 0.0, None]
+                if loss is not None:
+                    micro[0] = loss if micro[0] is None else micro[0] + loss
+                    micro[1] += 1
+                if busy is not None:
+                    micro[2] += busy
+                if wait is not None:
+                    micro[3] = wait if micro[3] is None else micro[3] + wait
+                if not stepped:
+                    self._t_last_end = _perf()
+                    return
+                self._micro = None
+                loss = micro[0]
+                if loss is not None and micro[1] != self._accum:
+                    loss = loss * (self._accum / micro[1])
+                busy, wait = micro[2], micro[3]
+            values = self._opt_values or _torch.optimizer_values(self._optimizers)
+            self._opt_values = None
             if loss is not None:
                 values[LOSS] = loss
-            t0 = self._t_batch
-            if t0 is not None:
-                values[STEP_TIME] = now - t0
-                if self._t_last_end is not None:
-                    values[DATA_TIME] = t0 - self._t_last_end
+            if busy is not None:
+                values[STEP_TIME] = busy
+            if wait is not None:
+                values[DATA_TIME] = wait
             if self._grad_norm is not None:
                 values[GRAD_NORM] = self._grad_norm
                 self._grad_norm = None
             if self._held is not None:
                 self._release()
             every = trainer.log_every_n_steps
-            if every and (step + 1) % every == 0:
+            if every and ((step + 1) % every == 0 or trainer.should_stop) or trainer.fast_dev_run:
                 # a logging step: Lightning hands its loggers this step's self.log values right after
                 # this hook; held until then, the step is one recorder entry, not two. Released
                 # unmerged by the next batch, epoch end, validation or the end of the fit.
                 self._held = (values, step, _now(), trainer.current_epoch)
             else:
+                # between Lightning's logging steps: this step's self.log values, as Lightning would
+                # hand them to its loggers here, ride along (tensors, converted by the writer)
+                plain = len(values)
+                if self._results:
+                    self._logged_now(values, step)
                 values[EPOCH] = trainer.current_epoch
-                rec.log(values, step)
+                try:
+                    rec.log(values, step)
+                except (TypeError, ValueError) as exc:  # a self.log key or value tmon refuses
+                    own = dict(list(values.items())[:plain])
+                    own[EPOCH] = values[EPOCH]
+                    rec.log(own, step)
+                    self._captured = None
+                    warn_once(self, "self.log values", exc)
             self._t_last_end = _perf()
+
+        def _logged_now(self, values: dict, step: int) -> None:
+            """Add to ``values`` the ``self.log`` values of this step that Lightning would hand its
+            loggers at a logging step (``on_step`` ones, the last value of each), read from its result
+            collection: Lightning has no public accessor that does not also convert the progress bar's
+            values to floats (a device sync each). A name tmon records itself keeps tmon's value."""
+            names = self._fork_names
+            captured = []
+            for key, rm in self._results.items():
+                meta = rm.meta
+                if meta.on_step and meta.logger and not rm.has_reset:
+                    v = rm._forward_cache
+                    if v is None:
+                        continue
+                    name = names.get(key)
+                    if name is None:
+                        name = names[key] = self._results._forked_name(rm, True)[1]
+                    if name not in values:
+                        values[name] = v
+                        captured.append(name)
+            self._captured = (step, captured)
 
         def _release(self) -> None:
             """Record the held batch values on their own (no self.log values came for their step)."""
@@ -339,8 +485,17 @@ def build(package: str):
                 self._rec.log(values, held[1], wall_time=held[2])
 
         def _on_logged(self, metrics: dict, step: int | None) -> None:
+            if self._evaluating is not None:  # trainer.test()/validate() after the fit
+                if self.session is not None:
+                    self.session.log_evaluation({k: v for k, v in metrics.items() if k != EPOCH}, step)
+                return
             if self._rec is None or not metrics:
                 return
+            captured = self._captured
+            if captured is not None and step == captured[0] and captured[1]:
+                # Lightning logged a step tmon took as a non-logging one (a callback after tmon set
+                # should_stop): its values are recorded already
+                metrics = {k: v for k, v in metrics.items() if k not in captured[1]}
             held = self._held
             # (the held values have no epoch yet: the "epoch" Lightning adds to every logged dict
             # must not stop the merge; ours is set after, so the entry's keys keep one order)
@@ -370,7 +525,9 @@ def build(package: str):
         @override
         @guarded
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._t_last_end = None
+            # the epoch's data iterator is made (workers started) and its first batch fetched after
+            # this hook: that wait is the first batch's data_time
+            self._t_last_end = _perf()
             if self._ctl is not None:
                 self._ctl.on_epoch_start(trainer.current_epoch, self._step)
             if self._rec is not None and self._ckpt_dirs:
@@ -390,15 +547,15 @@ def build(package: str):
         def on_validation_start(self, trainer, pl_module) -> None:
             if self._held is not None:
                 self._release()
-            if self.session is not None and not trainer.sanity_checking:
-                self.session.event(ev.VALIDATION_START, step=self._step, epoch=trainer.current_epoch)
+            if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
+                self.session.event(ev.VALIDATION_START, step=self._batch_step, epoch=trainer.current_epoch)
 
         @override
         @guarded
         def on_validation_end(self, trainer, pl_module) -> None:
-            if self.session is not None and not trainer.sanity_checking:
-                self.session.event(ev.VALIDATION_END, step=self._step, epoch=trainer.current_epoch)
-            self._t_last_end = None  # validation time is not data-loading time
+            if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
+                self.session.event(ev.VALIDATION_END, step=self._batch_step, epoch=trainer.current_epoch)
+            self._t_last_end = _perf()  # validation time is not data-loading time
 
         def _scan_checkpoints(self, record: bool = True) -> None:
             """Record checkpoint files that appeared (or were rewritten) since the last scan."""
@@ -475,6 +632,7 @@ def build(package: str):
                         "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
             if isinstance(d, Stop):
                 trainer.should_stop = True
+                self._stop_request = True
                 return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
             raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
 
@@ -523,6 +681,51 @@ def _dispatch_skips_non_callables(package: str) -> bool:
         return "if callable(fn):" in inspect.getsource(call._call_callback_hooks)
     except Exception:
         return False
+
+
+def _result_collection(trainer):
+    """Lightning's collection of the fit's ``self.log`` values, when it has the shape tmon reads
+    (``_logged_now``), else None: values between logging steps are then not recorded."""
+    try:
+        results = trainer.fit_loop.epoch_loop._results
+        results._forked_name  # noqa: B018 (the method _logged_now calls)
+        return results if isinstance(results, dict) else None
+    except AttributeError:
+        return None
+
+
+#: settings recorded per framework callback (others by class name); read with getattr, so a
+#: Lightning without one of them records the rest
+_CALLBACK_SETTINGS = {
+    "EarlyStopping": ("monitor", "mode", "patience", "min_delta", "stopping_threshold", "divergence_threshold",
+                      "check_on_train_epoch_end"),
+    "ModelCheckpoint": ("monitor", "mode", "save_top_k", "save_last", "save_weights_only", "dirpath", "filename"),
+    "LearningRateMonitor": ("logging_interval", "log_momentum", "log_weight_decay"),
+    "StochasticWeightAveraging": ("_swa_epoch_start", "_annealing_epochs", "_annealing_strategy"),
+}
+
+
+def _callbacks_config(callbacks, own, ModelCheckpoint, EarlyStopping) -> list[dict]:
+    """The run config's ``events.CONFIG_CALLBACKS``: each callback of the fit but tmon's, with the
+    settings later advice and comparisons need."""
+    out = []
+    for cb in callbacks:
+        if cb is own:
+            continue
+        name = type(cb).__name__
+        kind = ("ModelCheckpoint" if isinstance(cb, ModelCheckpoint) else
+                "EarlyStopping" if isinstance(cb, EarlyStopping) else name)
+        item = {"name": name}
+        for attr in _CALLBACK_SETTINGS.get(kind, ()):
+            if hasattr(cb, attr):
+                v = getattr(cb, attr)
+                if attr == "min_delta":  # stored signed by mode
+                    v = abs(float(v))
+                item[attr.lstrip("_")] = v
+        if kind == "Timer" and getattr(cb, "_duration", None) is not None:
+            item["duration_s"] = cb._duration
+        out.append(json_safe(item))
+    return out
 
 
 def _check_keys(module, state: dict) -> tuple[list, list]:
