@@ -22,6 +22,7 @@ from tests.control_helpers import LIVE, handed_over  # noqa: E402
 from tests.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
+from tmon_core import events as ev  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +78,7 @@ def test_schedule_changes_lr_at_the_exact_step_and_weight_decay_at_an_epoch(tmp_
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None,
                       schedule=[At(step=3, lr=2e-3), At(epoch=1, weight_decay=0.01)])
     probe = Probe()
-    train(tmp_path, cb, probe)
+    trainer = train(tmp_path, cb, probe)
     lrs = [probe.lrs[k][0] for k in range(1, 9)]
     # before step 3, HF's linear schedule; at 3 the new level; then the same line, rescaled (scale mode)
     factor = 2e-3 / linear(3)
@@ -87,7 +88,8 @@ def test_schedule_changes_lr_at_the_exact_step_and_weight_decay_at_an_epoch(tmp_
     run = open_store(store_url).run(cb.run_id)
     assert run.metrics("lr").step.tolist() == list(range(1, 9))
     assert run.metrics("lr").value.tolist() == pytest.approx(lrs)
-    assert run.metrics("learning_rate").value.tolist() == pytest.approx(lrs)  # what HF itself logged
+    hf_lr = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert hf_lr == pytest.approx(lrs) and "learning_rate" not in run.metric_keys()  # HF's, stored once as lr
     changes = run.events("param_change")
     assert changes.step.tolist() == [3, 5]
     assert changes.data[0]["source"] == "schedule"
@@ -273,6 +275,8 @@ def test_stop_request_ends_training_cleanly(tmp_path, store_url):
     assert run.status == "completed"
     assert run.events("stopped").step.tolist() == [4]
     assert run.events("stopped").message.tolist() == ["enough"]
+    end = run.events(ev.TRAIN_END)
+    assert end.step.tolist() == [4] and end.data[0]["reason"] == ev.END_STOP_REQUEST
 
 
 def test_presets_and_custom_params(tmp_path, store_url):

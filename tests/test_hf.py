@@ -12,7 +12,13 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 import torch  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from tmon_callbacks._base import TMonCallbackWarning  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
@@ -89,13 +95,14 @@ def test_train_records_steps_logs_eval_checkpoints_config_and_completes(tmp_path
     assert cfg["optimizers"][0]["class"] == "AdamW" and cfg["optimizers"][0]["param_groups"] == 2
 
     # every step, at HF's global step: lr of both param groups as the optimizer used it, which is
-    # what HF itself logs as learning_rate; weight decay per group; fractional epoch; timings
+    # what HF itself logs as learning_rate (stored once, as lr); weight decay per group; fractional
+    # epoch; timings
     steps = list(range(1, 9))
-    hf_lr = run.metrics("learning_rate")
-    assert hf_lr.step.tolist() == steps
+    hf_lr = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert len(hf_lr) == 8 and "learning_rate" not in run.metric_keys()
     for key in (keys.LR, "lr/pg1"):
         lr = run.metrics(key)
-        assert lr.step.tolist() == steps and lr.value.tolist() == pytest.approx(hf_lr.value.tolist())
+        assert lr.step.tolist() == steps and lr.value.tolist() == pytest.approx(hf_lr)
     assert lr.value.is_monotonic_decreasing and lr.value.iloc[0] == pytest.approx(1e-3)
     assert run.metrics(keys.WEIGHT_DECAY).value.eq(0.01).all() and run.metrics("weight_decay/pg1").value.eq(0).all()
     assert run.metrics(keys.MOMENTUM).value.eq(0.9).all()  # AdamW's beta1
@@ -126,6 +133,12 @@ def test_train_records_steps_logs_eval_checkpoints_config_and_completes(tmp_path
     events = run.events()
     types = [t for t in events.type if t != "sampler"]
     assert types[:2] == [ev.TRAIN_START, ev.EPOCH_START] and types[-1] == ev.TRAIN_END
+    assert events[events.type == ev.TRAIN_END].data.iloc[0]["reason"] == ev.END_MAX_EPOCHS
+    trainer_entry = cfg[ev.CONFIG_CALLBACKS][0]
+    assert trainer_entry == {"name": "Trainer", "eval_strategy": "epoch", "eval_steps": None, "save_strategy": "steps",
+                             "save_steps": 3, "save_total_limit": 2, "load_best_model_at_end": False,
+                             "metric_for_best_model": None, "monitor": None, "mode": None}
+    assert [c["name"] for c in cfg[ev.CONFIG_CALLBACKS][1:]] == ["DefaultFlowCallback", "PrinterCallback"]
     assert types.count(ev.EPOCH_END) == 2 and types.count(ev.CHECKPOINT) == 3
     assert types.count(ev.VALIDATION_START) == types.count(ev.VALIDATION_END) == 2
     assert len(run.samples()) >= 1
@@ -256,3 +269,106 @@ def test_log_grad_norm_records_every_step_unless_hf_clips(tmp_path, store_url, m
         assert grad.step.tolist() == [1, 2, 3, 4]  # every step, not only HF's logging steps 2 and 4
         assert grad.value.iloc[[1, 3]].tolist() == pytest.approx(hf, rel=1e-4)
         assert not warned
+
+
+class OneShot(torch.utils.data.IterableDataset):
+    """Token samples that can be read once: a second epoch finds no data."""
+
+    def __init__(self, n: int):
+        self.items = iter(TokenData(n))
+
+    def __iter__(self):
+        yield from self.items
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("case", ["max_epochs", "max_steps", "should_stop", "data_exhausted"])
+def test_train_end_says_why_the_training_ended(tmp_path, store_url, case):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    kw, data, callbacks = {"save_strategy": "no"}, TokenData(32), [cb]
+    if case == "max_steps":
+        kw["max_steps"] = 3
+    elif case == "should_stop":
+        callbacks.append(StopAt(3))
+    elif case == "data_exhausted":  # 20 samples, batch 8: steps 1-3, then an epoch with nothing in it
+        kw.update(max_steps=10, accelerator_config={"dispatch_batches": False})  # dispatching fails on no data
+        data = OneShot(20)
+    trainer = Trainer(model=tiny_bert(), train_dataset=data, callbacks=callbacks, args=args(tmp_path, **kw))
+    trainer.train()
+    end = open_store(store_url).run(cb.run_id).events(ev.TRAIN_END)
+    expected_step = {"max_epochs": 8, "max_steps": 3, "should_stop": 3, "data_exhausted": 3}[case]
+    assert end.step.tolist() == [trainer.state.global_step] == [expected_step]
+    assert end.data[0]["reason"] == case and case in ev.END_REASONS
+
+
+def test_early_stopping_recorded_with_its_settings_and_the_best_model(tmp_path, store_url):
+    """HF's EarlyStoppingCallback stops the run: train_end says so with the callback's settings; the
+    run's config lists it and HF's own best-model and checkpoint settings, which advice reads."""
+    from transformers import EarlyStoppingCallback
+
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    stopper = EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=0.5)
+    trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), eval_dataset=TokenData(16, seed=1),
+                      callbacks=[cb, stopper], compute_metrics=lambda p: {"score": 1.0},  # never improves
+                      args=args(tmp_path, num_train_epochs=5, eval_strategy="steps", eval_steps=2, save_steps=2,
+                                save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="score"))
+    trainer.train()
+    assert trainer.state.global_step == 6  # best at step 2, no improvement at 4 and 6: stopped of 20 steps
+
+    run = open_store(store_url).run(cb.run_id)
+    assert run.status == "completed"
+    end = run.events(ev.TRAIN_END)
+    assert end.step.tolist() == [6]
+    assert end.data[0] == {"reason": ev.END_EARLY_STOPPING, "callback": "EarlyStoppingCallback", "monitor": "eval_score",
+                           "mode": "max", "patience": 2, "threshold": 0.5, "max_steps": 20,
+                           "best_model_checkpoint": trainer.state.best_model_checkpoint, "best_metric": 1.0}
+    assert end.data[0]["best_model_checkpoint"].endswith("checkpoint-2")
+    callbacks = run.info()["config"][ev.CONFIG_CALLBACKS]
+    assert callbacks[0] == {"name": "Trainer", "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps",
+                            "save_steps": 2, "save_total_limit": 1, "load_best_model_at_end": True,
+                            "metric_for_best_model": "score", "monitor": "eval_score", "mode": "max"}
+    assert {"name": "EarlyStoppingCallback", "monitor": "eval_score", "mode": "max", "patience": 2,
+            "threshold": 0.5} in callbacks
+    assert run.metrics("eval_score").step.tolist() == [2, 4, 6]
+
+
+def test_evaluation_after_training_goes_into_the_run(tmp_path, store_url):
+    """run_clm.py's ending: train(), then evaluate(), perplexity from its eval_loss, log_metrics and
+    save_metrics; then a predict(). What reaches callbacks is recorded into the ended run, at its last
+    step, between evaluation_start and evaluation_end, its status kept."""
+    import math
+
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    trainer = Trainer(model=tiny_bert(), train_dataset=TokenData(32), eval_dataset=TokenData(16, seed=1),
+                      callbacks=[cb], args=args(tmp_path, save_strategy="no"))
+    trainer.train()
+    metrics = trainer.evaluate()
+    metrics["perplexity"] = math.exp(metrics["eval_loss"])
+    trainer.log_metrics("eval", metrics)  # prints only: no callback sees it
+    trainer.save_metrics("eval", metrics)
+    predicted = trainer.predict(TokenData(8, seed=2))
+
+    run = open_store(store_url).run(cb.run_id)
+    assert run.status == "completed"
+    eval_loss = run.metrics("eval_loss")
+    assert eval_loss.step.tolist() == [8] and eval_loss.value.tolist() == pytest.approx([metrics["eval_loss"]])
+    assert run.metrics("eval_runtime").step.tolist() == [8]
+    assert run.metrics("test_loss").value.tolist() == pytest.approx([predicted.metrics["test_loss"]])
+    assert "perplexity" not in run.metric_keys()  # never handed to a callback: exp(eval_loss) is its record
+    events = run.events()
+    after = events[events.type.isin([ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END])]
+    assert after.type.tolist() == [ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END, ev.EVALUATION_START,
+                                   ev.EVALUATION_END]
+    assert [d["stage"] for d in after.data.iloc[1:]] == ["evaluate", "evaluate", "test", "test"]
+    assert (after.step == 8).all()
+    # the evaluations did not read as a second validation inside the fit
+    assert ev.VALIDATION_START not in events.type.tolist()
+

@@ -15,7 +15,12 @@ HF hook → what tmon records:
                                  node's local process 0); the run id is broadcast to all processes;
                                  ``train_start`` event; config: ``TrainingArguments``, the model
                                  config, batch size, gradient accumulation, gradient checkpointing,
-                                 precision, dataloader workers, world size, optimizer, scheduler
+                                 precision, dataloader workers, world size, optimizer, scheduler;
+                                 ``callbacks``: HF's own evaluation, checkpoint and best-model
+                                 settings (the ``Trainer`` item: save_total_limit,
+                                 load_best_model_at_end, metric_for_best_model as ``monitor``/``mode``)
+                                 then each callback of the trainer (``EarlyStoppingCallback``:
+                                 monitor, mode, patience, threshold)
 ``on_optimizer_step``            lr, momentum (beta1) and weight decay of every param group, read
                                  from the optimizer right after its step, before the scheduler moves
                                  them: the values that step used
@@ -25,7 +30,8 @@ HF hook → what tmon records:
                                  ``epoch`` (fractional, as HF counts it); ``grad_norm`` from
                                  ``on_pre_optimizer_step`` with ``log_grad_norm=True``
 ``on_log``                       everything HF logs, under HF's names (``loss``, ``grad_norm``,
-                                 ``learning_rate``, ``eval_loss``, ``train_runtime``...), at its step
+                                 ``eval_loss``, ``train_runtime``...), at its step, but the two keys
+                                 tmon records every step itself (see "HF's logs" below)
 ``on_save``                      the checkpoint directory: step, epoch, size on disk, the metric HF
                                  tracks for ``load_best_model_at_end``; directories that
                                  ``save_total_limit`` rotates away are marked deleted. A checkpoint
@@ -34,7 +40,17 @@ HF hook → what tmon records:
 epoch/evaluation hooks           ``epoch_start/end`` (and ``At(epoch=...)`` schedule items);
                                  ``validation_start`` at the first prediction step of an
                                  evaluation, ``validation_end`` at ``on_evaluate``
-``on_train_end``                 ``train_end``; status completed; everything flushed
+``on_train_end``                 ``train_end`` with why the loop ended in its data (below); status
+                                 completed; everything flushed
+after ``train()``                ``trainer.evaluate()``: into the ended run, its status kept, at the
+                                 fit's last step: ``evaluation_start`` (stage ``evaluate``) at its first
+                                 prediction step, what HF logs (``eval_*``) from ``on_log``,
+                                 ``evaluation_end`` at ``on_evaluate``; ``trainer.predict()`` likewise
+                                 (stage ``test``, its ``test_*`` metrics from ``on_predict``: predict
+                                 logs nothing). A ``trainer.log(...)`` of the user's after the fit is
+                                 recorded the same way. Values that reach no callback are not:
+                                 run_clm.py's ``perplexity`` (computed from the returned ``eval_loss``
+                                 and only printed by ``log_metrics``, written by ``save_metrics``)
 ==============================  ===========================================================
 
 Steps are HF's ``global_step``: the number of optimizer steps done, so the first step is 1. That
@@ -42,6 +58,22 @@ is the step HF logs at, so ``lr`` and HF's ``loss`` line up. HF logs every ``log
 (500 by default) and its ``loss`` is the mean since the last log: ``TrainingArguments(
 logging_steps=1)`` gives the loss of every step. ``lr`` and timings are recorded every step
 regardless. HF computes ``grad_norm`` itself (before clipping) and logs it with the loss.
+
+HF's logs: every key keeps HF's name (it is what ``trainer_state.json``'s ``log_history`` holds),
+except a key that tmon records at every step itself under its cross-framework name, which is stored
+once, under tmon's: ``learning_rate`` is ``lr`` (HF logs param group 0's lr of the step just done,
+tmon reads every group from the optimizer at that moment: the same number, at every step instead of
+every ``logging_steps``; under a ``pin`` control request tmon's is the one the optimizer used) and
+``epoch`` is ``epoch``. ``grad_norm`` is HF's own unless ``log_grad_norm=True`` measures it.
+
+Why the loop ended (``train_end``'s ``data["reason"]``, ``tmon_core.events``): ``max_steps`` or
+``max_epochs`` when it reached ``state.max_steps`` (whichever of ``TrainingArguments.max_steps`` /
+``num_train_epochs`` set it; a stop asked for at that last step changes nothing); else
+``stop_request`` (tmon's stop), ``early_stopping`` (an ``EarlyStoppingCallback`` whose patience ran
+out: ``callback``, ``monitor``, ``mode``, ``patience``, ``threshold``), ``data_exhausted`` (an epoch
+found no batch: an iterable dataset ran dry), else ``should_stop`` (another callback or the user set
+``control.should_training_stop``). With ``load_best_model_at_end`` the data also names the
+checkpoint HF loaded (``best_model_checkpoint``, ``best_metric``).
 
 Control (``schedule=``, ``presets=``, ``params=``, ``control=``; see ``tmon_core.control``): the
 decisions due before the optimizer step HF records as step ``k`` apply in ``on_step_begin`` (so
@@ -73,6 +105,7 @@ import functools
 import glob
 import json
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -109,6 +142,8 @@ from ._base import (
 _perf = time.perf_counter
 _PLAIN = (int, float)
 _CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+# keys HF logs that tmon records at every step itself, under its own names: kept once (module docstring)
+_RECORDED_PER_STEP = frozenset({EPOCH, "learning_rate"})
 
 
 class TMonCallback(TrainerCallback):
@@ -168,6 +203,11 @@ class TMonCallback(TrainerCallback):
         self._eval_step = None
         self._eval_metrics: dict = {}
         self._known_ckpts: set[str] = set()
+        self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
+        self._stop_requested = False
+        self._epoch_first_step = None
+        self._empty_epoch = False  # an epoch without a single optimizer step: the data ran out
+        self._evaluating_after_fit = False  # an evaluation after the fit is open in the session
 
     # ------------------------------------------------------------ seeing exceptions
     @override
@@ -214,6 +254,8 @@ class TMonCallback(TrainerCallback):
                     self._rec.update_config(train_batch_size=state.train_batch_size)
                 return
             session.abandon(self._step)  # an earlier train() that raised where nothing saw it
+        elif session is not None:
+            session.end_evaluation()  # the previous run's evaluation after its fit, if one never finished
         self._reset()
         self.session = self.run_id = None
         wrapped = self._train_depth > 0
@@ -232,6 +274,7 @@ class TMonCallback(TrainerCallback):
             self._link = DecisionLink(self.options)
         if self._rec is None:
             return
+        self._callbacks = _trainer_callbacks(self)
         self._rec.update_config(**self._config(args, state, model, optimizer, kwargs))
         if state.max_steps:
             self._rec.update_run(total_steps=int(state.max_steps))
@@ -310,6 +353,7 @@ class TMonCallback(TrainerCallback):
             "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
             "training_args": json_safe(args.to_dict()),
             "control": self._ctl.describe() if self._ctl is not None else None,
+            ev.CONFIG_CALLBACKS: self._callbacks_config(args, state),
         }
         if model is not None:
             cfg.update(_torch.model_summary(model))
@@ -319,6 +363,33 @@ class TMonCallback(TrainerCallback):
         cfg.update(_torch.dataloader_config(kw.get("train_dataloader")))
         return cfg
 
+    def _callbacks_config(self, args, state) -> list[dict]:
+        """``config["callbacks"]``: HF's own evaluation, checkpointing and best-model settings (the
+        ``Trainer`` entry: they are no callback), then every callback of the trainer but tmon's, with
+        the settings advice reads for those it knows."""
+        monitor, mode = _best_metric(args)
+        entries: list[dict] = [{
+            "name": "Trainer",
+            "eval_strategy": _plain(args.eval_strategy),
+            "eval_steps": state.eval_steps if _plain(args.eval_strategy) == "steps" else None,
+            "save_strategy": _plain(args.save_strategy),
+            "save_steps": state.save_steps if _plain(args.save_strategy) == "steps" else None,
+            "save_total_limit": args.save_total_limit,
+            "load_best_model_at_end": bool(args.load_best_model_at_end),
+            "metric_for_best_model": args.metric_for_best_model,
+            "monitor": monitor,
+            "mode": mode,
+        }]
+        for cb in self._callbacks:
+            if isinstance(cb, TMonCallback):
+                continue
+            entry: dict[str, Any] = {"name": type(cb).__name__}
+            if isinstance(cb, transformers.EarlyStoppingCallback):
+                entry.update(monitor=monitor, mode=mode, patience=cb.early_stopping_patience,
+                             threshold=cb.early_stopping_threshold)
+            entries.append(entry)
+        return entries
+
     @override
     @guarded
     def on_train_end(self, args, state, control, **kwargs):
@@ -327,10 +398,36 @@ class TMonCallback(TrainerCallback):
             return
         if self._rec is not None:
             self._scan_removed(args)
-            session.event(ev.TRAIN_END, step=state.global_step)
+            session.event(ev.TRAIN_END, step=state.global_step, data=self._end_reason(args, state))
         unwatch(session)
         session.end(ev.COMPLETED)
         self._model = self._optimizer = None
+
+    def _end_reason(self, args, state) -> dict:
+        """``train_end``'s data: why the loop ended. A fit that reached its length ended by it, whatever
+        else asked to stop at that last step."""
+        if state.max_steps and state.global_step >= state.max_steps:
+            info: dict[str, Any] = {"reason": ev.END_MAX_STEPS if args.max_steps > 0 else ev.END_MAX_EPOCHS}
+        elif self._stop_requested:
+            info = {"reason": ev.END_STOP_REQUEST}
+        else:
+            stopper = next((cb for cb in self._callbacks if isinstance(cb, transformers.EarlyStoppingCallback)
+                            and cb.early_stopping_patience_counter >= cb.early_stopping_patience), None)
+            if stopper is not None:
+                monitor, mode = _best_metric(args)
+                info = {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, "monitor": monitor,
+                        "mode": mode, "patience": stopper.early_stopping_patience,
+                        "threshold": stopper.early_stopping_threshold}
+            elif self._empty_epoch:
+                info = {"reason": ev.END_DATA_EXHAUSTED}
+            else:  # another callback, or the user's code, set control.should_training_stop
+                info = {"reason": ev.END_SHOULD_STOP}
+        info.update(max_steps=state.max_steps)
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            # what the Trainer loaded before this hook: the model the user goes on with
+            info.update(best_model_checkpoint=os.path.abspath(state.best_model_checkpoint),
+                        best_metric=state.best_metric)
+        return info
 
     def _current_step(self) -> int:
         return self._step
@@ -391,10 +488,14 @@ class TMonCallback(TrainerCallback):
         skip_grad_norm = self._per_step_grad_norm
         values = {}
         for k, v in logs.items():
-            if k == EPOCH or (skip_grad_norm and k == GRAD_NORM):  # recorded every step already
+            # recorded every step already, under tmon's names (see "HF's logs" in the module docstring)
+            if k in _RECORDED_PER_STEP or (skip_grad_norm and k == GRAD_NORM):
                 continue
             if type(v) in _PLAIN or (hasattr(v, "__float__") and not isinstance(v, (str, bytes))):
                 values[k] = v
+        if self.session.ended:  # after the fit: trainer.evaluate(), or the user's own trainer.log
+            self._log_after_fit(values, state.global_step)
+            return
         if values:
             try:
                 self._rec.log(values, state.global_step)
@@ -407,6 +508,7 @@ class TMonCallback(TrainerCallback):
     @guarded
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._t_last_end = None
+        self._epoch_first_step = state.global_step
         self._epoch = int(state.epoch or 0)
         if self._ctl is not None:
             self._ctl.on_epoch_start(self._epoch, state.global_step + 1)
@@ -415,13 +517,35 @@ class TMonCallback(TrainerCallback):
     @override
     @guarded
     def on_epoch_end(self, args, state, control, **kwargs):
+        if self._epoch_first_step == state.global_step:  # HF found no batch in this epoch's data
+            self._empty_epoch = True
         self.session and self.session.event(ev.EPOCH_END, step=state.global_step, epoch=self._epoch)
 
     @override
     def on_prediction_step(self, args, state, control, **kwargs):
-        if not self._in_eval and self.session is not None and not self.session.ended:
-            self._in_eval = True
-            self.session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
+        if not self._in_eval and self.session is not None:
+            self._begin_eval(state)
+
+    @guarded
+    def _begin_eval(self, state) -> None:
+        self._in_eval = True
+        session = self.session
+        if not session.ended:
+            session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
+        elif session.writes_metrics:  # evaluate() or predict() after the fit: into the run, status kept
+            session.begin_evaluation(_after_fit_stage(), state.global_step)
+            self._evaluating_after_fit = True
+
+    def _log_after_fit(self, values: dict, step: int) -> None:
+        session = self.session
+        if not values or not session.writes_metrics:
+            return
+        if self._evaluating_after_fit:
+            session.log_evaluation(values, step)
+        else:  # no prediction step came first (a trainer.log of the user's): its own short evaluation
+            session.begin_evaluation("evaluate", step)
+            session.log_evaluation(values, step)
+            session.end_evaluation(step)
 
     @override
     @guarded
@@ -430,12 +554,20 @@ class TMonCallback(TrainerCallback):
         self._eval_step, self._eval_metrics = state.global_step, dict(metrics or {})
         if self.session is not None and not self.session.ended:
             self.session.event(ev.VALIDATION_END, step=state.global_step, epoch=self._epoch)
+        elif self._evaluating_after_fit:  # its metrics came through on_log, as HF logged them
+            self._evaluating_after_fit = False
+            self.session.end_evaluation(state.global_step)
         self._t_last_end = _perf()
 
     @override
     @guarded
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         self._in_eval = False
+        if self._evaluating_after_fit:  # predict() logs nothing: its metrics (test_loss...) are recorded here
+            self._evaluating_after_fit = False
+            values = {k: v for k, v in (metrics or {}).items() if type(v) in _PLAIN}
+            self.session.log_evaluation(values, state.global_step)
+            self.session.end_evaluation(state.global_step)
 
     @override
     @guarded
@@ -468,11 +600,9 @@ class TMonCallback(TrainerCallback):
 
     def _monitored(self, args, state) -> tuple[str | None, float | None]:
         """The metric HF compares checkpoints by, and its value at this step (None when not evaluated now)."""
-        name = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
+        name, _mode = _best_metric(args)
         if name is None:
             return None, None
-        if not name.startswith("eval_"):
-            name = f"eval_{name}"
         value = self._eval_metrics.get(name) if self._eval_step == state.global_step else None
         return name, value
 
@@ -512,6 +642,7 @@ class TMonCallback(TrainerCallback):
                     "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
         if isinstance(d, Stop):
             control.should_training_stop = True  # this step runs, then the Trainer ends as it does at max_steps
+            self._stop_requested = True
             return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
         raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
 
@@ -548,6 +679,44 @@ def _watching_class(cls: type) -> type:
             "train": train, "_tmon_watches_train": True, "__module__": cls.__module__,
             "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
     return sub
+
+
+def _trainer_callbacks(cb: TMonCallback) -> list:
+    """The callback list of the trainer calling ``cb`` now (set-up hooks only: it reads the calling frames)."""
+    from transformers.trainer_callback import CallbackHandler
+
+    found = caller_locals(lambda o: isinstance(o, CallbackHandler) and any(c is cb for c in o.callbacks))
+    return found["self"].callbacks if found else []
+
+
+def _after_fit_stage() -> str:
+    """``"test"`` inside ``Trainer.predict`` (its metrics are ``test_*``), else ``"evaluate"``."""
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            if frame.f_code.co_name in ("predict", "evaluate") and isinstance(frame.f_locals.get("self"), Trainer):
+                return "test" if frame.f_code.co_name == "predict" else "evaluate"
+            frame = frame.f_back
+        return "evaluate"
+    finally:
+        del frame
+
+
+def _best_metric(args) -> tuple[str | None, str | None]:
+    """The metric HF picks the best checkpoint (and ``EarlyStoppingCallback`` stops) by, as HF logs it
+    (``eval_`` added as HF adds it), and "min" or "max"."""
+    name = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
+    if name is None:
+        return None, None
+    if not name.startswith("eval_"):
+        name = f"eval_{name}"
+    return name, "max" if args.greater_is_better else "min"
+
+
+def _plain(value):
+    return getattr(value, "value", value)  # HF's str enums (IntervalStrategy...) as their strings
 
 
 def _given(kw: dict, name: str, default):
