@@ -24,6 +24,7 @@ from tests.test_keras import data, mlp  # noqa: E402
 from tmon_callbacks._keras import ScaledSchedule  # noqa: E402
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
+from tmon_core import events as ev  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -323,6 +324,8 @@ def test_stop_request_ends_the_fit_cleanly(tmp_path, store_url):
     run = open_store(store_url).run(cb.run_id)
     assert run.status == "completed"
     assert run.events("stopped").step.tolist() == [6] and run.events("stopped").message.tolist() == ["enough"]
+    end = run.events(ev.TRAIN_END)
+    assert end.data[0]["reason"] == ev.END_STOP_REQUEST
 
 
 def test_presets_custom_params_and_constructor_checks(tmp_path, store_url):

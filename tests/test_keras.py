@@ -106,6 +106,10 @@ def test_fit_records_batches_epochs_lr_checkpoints_and_completes(tmp_path, store
     types = [t for t in run.events().type if t != "sampler"]
     assert types[:2] == [ev.TRAIN_START, ev.EPOCH_START] and types[-1] == ev.TRAIN_END
     assert types.count(ev.EPOCH_END) == types.count(ev.VALIDATION_END) == types.count(ev.CHECKPOINT) == 3
+    assert run.events(ev.TRAIN_END).data[0] == {"reason": ev.END_MAX_EPOCHS, "epochs": 3}
+    assert cfg[ev.CONFIG_CALLBACKS] == [{"name": "ModelCheckpoint", "monitor": "val_loss", "mode": "auto",
+                                         "save_best_only": False, "save_weights_only": False, "save_freq": "epoch",
+                                         "filepath": ckpt.filepath}]
     assert model.train_function.__name__ != "step_function"  # the fit's wrapper is gone
 
 
@@ -230,3 +234,100 @@ def test_same_store_three_frameworks_read_the_same_way(tmp_path, store_url, caps
         assert cli.main(["--store", store_url, "show", cb.run_id]) == 0
         out = capsys.readouterr().out
         assert "status    completed" in out and "steps     " in out and " lr " in out
+
+
+def test_reduce_lr_on_plateau_and_early_stopping_as_keras_logged_them(tmp_path, store_url):
+    """ReduceLROnPlateau fires at the end of epochs 1 and 2 (nothing beats min_delta), EarlyStopping
+    ends the fit after epoch 3 of 10: tmon's lr at each step is what CSVLogger's learning_rate column
+    says for that step's epoch, train_end says why the fit ended, the config lists both callbacks."""
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=10.0)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, min_delta=10.0, mode="min")
+    csv = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+    model = mlp(keras.optimizers.SGD(0.1))
+    x, y = data(100)
+    history = model.fit(x, y, batch_size=16, epochs=10, validation_split=0.2, verbose=0,
+                        callbacks=[cb, plateau, stop, csv])
+    logged = np.genfromtxt(tmp_path / "log.csv", delimiter=",", names=True)
+    assert logged["learning_rate"].tolist() == pytest.approx([0.1, 0.1, 0.05, 0.025])  # fired at epochs 1, 2 (not 3)
+
+    run = open_store(store_url).run(cb.run_id)
+    lr = run.metrics(keys.LR)
+    assert lr.step.tolist() == list(range(20))
+    assert lr.value.tolist() == pytest.approx(np.repeat(logged["learning_rate"], 5).tolist())  # 5 steps per epoch
+    assert run.metrics("val_loss").value.tolist() == pytest.approx(history.history["val_loss"])
+    assert "learning_rate" not in run.metric_keys()  # ReduceLROnPlateau's epoch-log copy of lr: stored once
+
+    end = run.events(ev.TRAIN_END)
+    assert end.step.tolist() == [20]
+    assert end.data[0] == {"reason": ev.END_EARLY_STOPPING, "callback": "EarlyStopping", "monitor": "val_loss",
+                           "mode": "min", "patience": 3, "min_delta": 10.0, "baseline": None,
+                           "restore_best_weights": False, "start_from_epoch": 0, "stopped_epoch": 3, "best_epoch": 0}
+    assert run.info()["config"][ev.CONFIG_CALLBACKS] == [
+        {"name": "ReduceLROnPlateau", "monitor": "val_loss", "mode": "auto", "factor": 0.5, "patience": 1,
+         "min_delta": 10.0, "cooldown": 0, "min_lr": 0.0},
+        {"name": "EarlyStopping", "monitor": "val_loss", "mode": "min", "patience": 3, "min_delta": 10.0,
+         "baseline": None, "restore_best_weights": False, "start_from_epoch": 0},
+        {"name": "CSVLogger"}]
+
+
+def batches(n: int):
+    """A generator of ``n`` batches of 16, read once."""
+    x, y = data(16 * n)
+    for i in range(n):
+        yield x[16 * i:16 * (i + 1)], y[16 * i:16 * (i + 1)]
+
+
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+@pytest.mark.parametrize("case", ["max_epochs", "should_stop", "data_exhausted"])
+def test_train_end_says_why_the_fit_ended(tmp_path, store_url, case):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    model = mlp(keras.optimizers.SGD(0.05))
+    if case == "data_exhausted":  # 7 batches for 3 epochs of 4: epoch 1 gets 3, epoch 2 none
+        model.fit(batches(7), steps_per_epoch=4, epochs=3, verbose=0, callbacks=[cb])
+    else:
+        stopper = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda b, logs: b == 1 and setattr(model, "stop_training", case == "should_stop"))
+        x, y = data(64)
+        model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[cb, stopper])
+    run = open_store(store_url).run(cb.run_id)
+    end = run.events(ev.TRAIN_END)
+    assert end.data[0]["reason"] == case and case in ev.END_REASONS
+    steps = len(run.metrics(keys.LOSS))
+    assert end.step.tolist() == [steps]  # the number of steps run
+    if case == "data_exhausted":
+        assert steps < 12  # not 7: Keras' generator adapter replays the batches it peeked at
+    else:
+        assert steps == {"max_epochs": 12, "should_stop": 2}[case]
+
+
+def test_evaluate_after_the_fit_goes_into_the_run(tmp_path, store_url):
+    """keras-io's mnist_convnet ending: ``model.evaluate(x_test, y_test)`` without callbacks, after the
+    fit. Recorded into the ended run as test_<name> at its last step, status kept; once another fit
+    trained the model, its evaluations are no longer this run's."""
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    model = mlp(keras.optimizers.Adam(0.01))
+    x, y = data(64)
+    model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb])  # 3 steps an epoch
+    xt, yt = data(32, seed=1)
+    score = model.evaluate(xt, yt, verbose=0)  # [loss, accuracy]
+    again = model.evaluate(xt, yt, verbose=0, return_dict=True, callbacks=[cb])  # cb listed: recorded once
+    model.save(tmp_path / "after.keras")  # the evaluate wrapper is nothing Keras saves
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # no tmon: a later fit of the model
+    model.evaluate(xt, yt, verbose=0)
+
+    store = open_store(store_url)
+    assert len(store.runs()) == 1
+    run = store.run(cb.run_id)
+    assert run.status == "completed"
+    test_loss = run.metrics("test_loss")
+    assert test_loss.step.tolist() == [5, 5] and test_loss.value.tolist() == pytest.approx([score[0], again["loss"]])
+    assert run.metrics("test_accuracy").value.tolist() == pytest.approx([score[1], again["accuracy"]])
+    assert run.metrics(keys.LOSS).step.tolist() == list(range(6))  # the fit's own loss untouched
+    evals = run.events()
+    evals = evals[evals.type.isin([ev.EVALUATION_START, ev.EVALUATION_END])]
+    assert evals.type.tolist() == [ev.EVALUATION_START, ev.EVALUATION_END] * 2
+    assert {d["stage"] for d in evals.data} == {"evaluate"} and (evals.step == 5).all()
+    assert "evaluate" not in vars(model)  # the later fit's evaluate found the model retrained and let go
+    keras.saving.load_model(tmp_path / "after.keras")
+

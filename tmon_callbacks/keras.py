@@ -9,7 +9,11 @@ Keras hook → what tmon records:
 ``on_train_begin``               opens the run and the hardware sampler; ``train_start`` event;
                                  config: optimizer class and config, batch size, epochs, steps per
                                  epoch, dtype policy (mixed precision), jit_compile, the model's
-                                 size; finds the ``ModelCheckpoint`` callbacks of this fit; wraps
+                                 size; ``callbacks``: the fit's callbacks but Keras' own History and
+                                 ProgbarLogger (``EarlyStopping``: monitor, mode, patience,
+                                 min_delta...; ``ModelCheckpoint``: monitor, mode, save_best_only...;
+                                 ``ReduceLROnPlateau``: monitor, factor, patience...); finds the
+                                 ``ModelCheckpoint`` callbacks of this fit; wraps
                                  ``model.train_function`` for the fit, so an exception raised by a
                                  step ends the run failed (Keras has no exception hook)
 ``on_train_batch_begin``         control: applies the decisions due before this step (one
@@ -23,12 +27,33 @@ Keras hook → what tmon records:
                                  or beta_1), ``weight_decay``, ``step_time``, ``data_time``, ``epoch``
 ``on_epoch_begin``               ``epoch_start``; ``At(epoch=...)`` schedule items become due
 ``on_epoch_end``                 the epoch's logs that the batches did not carry (``val_*``, and
-                                 anything callbacks added) at the step of the epoch's last batch
+                                 anything callbacks added) at the step of the epoch's last batch,
+                                 but ``learning_rate``: ReduceLROnPlateau and LearningRateScheduler
+                                 copy the optimizer's lr there, which tmon records at every step as
+                                 ``lr`` (stored once)
 ``ModelCheckpoint`` saves        ``checkpoint`` rows and events: path, step, epoch, size, the
                                  monitored value (files found by the checkpoint's own file pattern)
 ``on_test_begin/end`` in a fit   ``validation_start`` / ``validation_end``
-``on_train_end``                 ``train_end``; status completed; everything flushed
+``on_train_end``                 ``train_end`` with why the fit ended in its data (below); status
+                                 completed; everything flushed; ``model.evaluate`` watched (below)
+``model.evaluate()`` after it    into the ended run, its status kept, at the fit's last step:
+                                 ``evaluation_start``/``evaluation_end`` (stage ``evaluate``) and the
+                                 evaluation's logs as ``test_<name>`` (``test_loss``...: Keras' word
+                                 for evaluate, as the fit's validation is ``val_<name>``)
 ==============================  ===========================================================
+
+``model.evaluate(x, y)`` is usually called without callbacks: at the end of the fit the model gets
+an ``evaluate`` of its own (an instance attribute wrapping Keras') that adds this callback to the
+evaluation's callbacks, so ``on_test_begin/end`` see it. Once another fit trained the model (its
+optimizer's iteration count moved), its evaluations are no longer this run's and the wrapper removes
+itself; a fit with a TMonCallback removes it at its start.
+
+Why the fit ended (``train_end``'s ``data["reason"]``, ``tmon_core.events``): ``max_epochs`` when it
+ran every epoch, the last one whole (a stop asked for in that last epoch changes nothing); else
+``stop_request`` (tmon's stop), ``early_stopping`` (an ``EarlyStopping`` that fired: its settings,
+``mode`` as it compared, ``stopped_epoch``, ``best_epoch``), ``should_stop`` (another callback, e.g.
+``TerminateOnNaN``, or the user set ``model.stop_training``), else ``data_exhausted`` (the last epoch
+ran short of ``steps_per_epoch``: Keras warned that the input ran out of data).
 
 Steps count optimizer steps from the optimizer's iteration count at the start of the fit (0 for
 a new model), as Lightning's do: batch ``k`` is recorded at step ``k``, and the ``lr`` recorded
@@ -58,6 +83,7 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -97,6 +123,11 @@ from ._base import (
 
 _perf = time.perf_counter
 _PLAIN = (float, int)
+# keys ReduceLROnPlateau and LearningRateScheduler add to the epoch's logs: the lr tmon records at every
+# step, read from the optimizer, kept once (as ``lr``)
+_LR_LOG_KEY = "learning_rate"
+# callbacks Keras adds to every fit by itself (not listed in config["callbacks"])
+_KERAS_DEFAULTS = ("History", "ProgbarLogger")
 _PRECISION = {"float32": "32-true", "mixed_float16": "16-mixed", "mixed_bfloat16": "bf16-mixed",
               "float16": "16-true", "bfloat16": "bf16-true", "float64": "64-true"}
 
@@ -190,6 +221,13 @@ class TMonCallback(keras.callbacks.Callback):
         self._ckpt_context: tuple = (0, 0, {})
         self._scan_every = 0
         self._scan_next_batch = False
+        self._callbacks: list = []  # this fit's callbacks (read again at its end: what stopped it)
+        self._stop_requested = False
+        self._epoch_first_step = 0
+        self._epoch_steps = 0  # batches run in the last epoch that ended
+        self._last_epoch = None  # the last epoch that ended
+        self._end_iterations = None  # the optimizer's iteration count when the fit ended
+        self._evaluating_after_fit = False
 
     # ------------------------------------------------------------ lifecycle
     @override
@@ -198,8 +236,11 @@ class TMonCallback(keras.callbacks.Callback):
         if self.session is not None and not self.session.ended:
             self._unwrap()
             self.session.abandon(self._step)  # an earlier fit that raised where nothing saw it
+        elif self.session is not None:
+            self.session.end_evaluation()  # the previous run's evaluation, if one never finished
         self._reset()
         model = self.model
+        _unwatch_evaluate(model)  # evaluations from now on belong to this fit's run
         session = self.session = RunSession(self.options, "keras")
         self.run_id = session.run_id
         self._rec = session.recorder
@@ -209,7 +250,7 @@ class TMonCallback(keras.callbacks.Callback):
         fit_locals = caller_locals(lambda obj: obj is model) or {}
         callback_list = caller_locals(
             lambda obj: isinstance(obj, keras.callbacks.CallbackList) and any(c is self for c in obj.callbacks))
-        callbacks = callback_list["self"].callbacks if callback_list else []
+        callbacks = self._callbacks = callback_list["self"].callbacks if callback_list else []
         self._checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
         self._ckpt_globs = [(_checkpoint_glob(c.filepath), c) for c in self._checkpoints
                             if isinstance(c.filepath, str) and "://" not in c.filepath]
@@ -278,6 +319,8 @@ class TMonCallback(keras.callbacks.Callback):
             "loss": json_safe(getattr(model, "loss", None)),
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "control": self._ctl.describe() if self._ctl is not None else None,
+            ev.CONFIG_CALLBACKS: [_callback_entry(c) for c in self._callbacks
+                                  if not isinstance(c, TMonCallback) and type(c).__name__ not in _KERAS_DEFAULTS],
         }
         try:
             cfg["num_parameters"] = model.count_params()
@@ -294,9 +337,34 @@ class TMonCallback(keras.callbacks.Callback):
             return
         self._unwrap()
         self._scan_checkpoints()
-        session.event(ev.TRAIN_END, step=self._step)
+        session.event(ev.TRAIN_END, step=self._step, data=self._end_reason())
         unwatch(session)
         session.end(ev.COMPLETED)
+        if session.writes_metrics and session.recorder is not None:
+            self._end_iterations = self._iterations()
+            _watch_evaluate(self)
+
+    def _end_reason(self) -> dict:
+        """``train_end``'s data: why the fit ended. A fit that ran all its epochs (the last one whole)
+        ended by its length, whatever else asked to stop at that last epoch."""
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if self._last_epoch is not None and self._last_epoch + 1 == epochs and (
+                not isinstance(steps, int) or self._epoch_steps >= steps):
+            return {"reason": ev.END_MAX_EPOCHS, "epochs": epochs}
+        if self._stop_requested:
+            return {"reason": ev.END_STOP_REQUEST}
+        stopper = next((c for c in self._callbacks
+                        if isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0), None)
+        if stopper is not None:
+            settings = {k: v for k, v in _callback_entry(stopper).items() if k != "name"}
+            return {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, **settings,
+                    "mode": _resolved_mode(stopper), "stopped_epoch": stopper.stopped_epoch,
+                    "best_epoch": getattr(stopper, "best_epoch", None)}
+        if getattr(self.model, "stop_training", False):  # another callback (TerminateOnNaN...) or the user
+            return {"reason": ev.END_SHOULD_STOP}
+        # every epoch ran, the last short of steps_per_epoch: Keras warned that the input ran out of data
+        return {"reason": ev.END_DATA_EXHAUSTED, "steps_per_epoch": steps, "last_epoch_steps": self._epoch_steps}
 
     def _current_step(self) -> int:
         return self._step
@@ -394,6 +462,7 @@ class TMonCallback(keras.callbacks.Callback):
             return
         self._scan_checkpoints()  # saved at the last epoch's end by a callback listed after this one
         self._epoch = epoch
+        self._epoch_first_step = self._step
         self._t_last_end = None
         if self._ctl is not None:
             self._ctl.on_epoch_start(epoch, self._step)
@@ -410,25 +479,49 @@ class TMonCallback(keras.callbacks.Callback):
             last = self._batch_logs
             # only what the batches did not carry (val_*...): a batch key's epoch value is its last
             # running mean again, a second point at the same step
-            values = {k: v for k, v in logs.items() if type(v) in _PLAIN and k not in last}
+            values = {k: v for k, v in logs.items() if type(v) in _PLAIN and k not in last
+                      and not k.startswith(_LR_LOG_KEY)}
             if values:
                 self._rec.log(values, self._last_step if self._last_step is not None else self._step)
         self._ckpt_context = (self._step, epoch, logs)
         self._scan_checkpoints()
+        self._last_epoch, self._epoch_steps = epoch, self._step - self._epoch_first_step
         self.session.event(ev.EPOCH_END, step=self._step, epoch=epoch)
 
     @override
     @guarded
     def on_test_begin(self, logs=None):
-        if self.session is not None and not self.session.ended:  # the validation of a fit
+        session = self.session
+        if session is None:
+            return
+        if not session.ended:  # the validation of a fit
             self._wrap("test_function")
-            self.session.event(ev.VALIDATION_START, step=self._step, epoch=self._epoch)
+            session.event(ev.VALIDATION_START, step=self._step, epoch=self._epoch)
+        elif self._after_fit():  # model.evaluate() after the fit: into its run, status kept
+            session.begin_evaluation("evaluate", self._evaluation_step())
+            self._evaluating_after_fit = True
 
     @override
     @guarded
     def on_test_end(self, logs=None):
-        if self.session is not None and not self.session.ended:
-            self.session.event(ev.VALIDATION_END, step=self._step, epoch=self._epoch)
+        session = self.session
+        if session is None:
+            return
+        if not session.ended:
+            session.event(ev.VALIDATION_END, step=self._step, epoch=self._epoch)
+        elif self._evaluating_after_fit:
+            self._evaluating_after_fit = False
+            step = self._evaluation_step()
+            # test_<name>, as the fit's own validation is val_<name>: evaluate's "loss" is not the fit's
+            session.log_evaluation({f"test_{k}": v for k, v in (logs or {}).items() if type(v) in _PLAIN}, step)
+            session.end_evaluation(step)
+
+    def _after_fit(self) -> bool:
+        """Whether the model is still as this callback's fit left it: no fit has trained it since."""
+        return self._end_iterations is not None and self._iterations() == self._end_iterations
+
+    def _evaluation_step(self) -> int:
+        return self._last_step if self._last_step is not None else self._step
 
     def _scan_checkpoints(self, record: bool = True) -> None:
         """Record the files ``ModelCheckpoint`` wrote (or rewrote) since the last scan."""
@@ -483,6 +576,7 @@ class TMonCallback(keras.callbacks.Callback):
                     "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
         if isinstance(d, Stop):
             model.stop_training = True  # this batch runs, then fit ends as EarlyStopping ends it
+            self._stop_requested = True
             return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
         raise Rejected(f"unknown decision {type(d).__name__}")
 
@@ -493,6 +587,68 @@ class TMonCallback(keras.callbacks.Callback):
             if isinstance(path, str) and "://" not in path and "{" not in os.path.dirname(path):
                 return os.path.dirname(os.path.abspath(path))
         return os.path.abspath("tmon-checkpoints")
+
+
+def _callback_entry(cb) -> dict:
+    """One ``config["callbacks"]`` item: the callback's class and the settings advice reads."""
+    entry: dict[str, Any] = {"name": type(cb).__name__}
+    names: tuple = ()
+    if isinstance(cb, keras.callbacks.EarlyStopping):
+        names = ("monitor", "mode", "patience", "min_delta", "baseline", "restore_best_weights", "start_from_epoch")
+    elif isinstance(cb, keras.callbacks.ModelCheckpoint):
+        names = ("monitor", "mode", "save_best_only", "save_weights_only", "save_freq", "filepath")
+    elif isinstance(cb, keras.callbacks.ReduceLROnPlateau):
+        names = ("monitor", "mode", "factor", "patience", "min_delta", "cooldown", "min_lr")
+    for name in names:
+        value = getattr(cb, name, None)
+        if name == "min_delta" and isinstance(value, _PLAIN):
+            value = abs(value)  # Keras negates it once it knows the monitored value must fall
+        entry[name] = value if value is None or type(value) in (bool, int, float, str) else json_safe(value)
+    return entry
+
+
+def _resolved_mode(cb) -> str:
+    """"min" or "max" as the callback compares (``mode="auto"`` resolved by Keras at its first epoch)."""
+    op = getattr(cb, "monitor_op", None)
+    return "min" if op is keras.ops.less else "max" if op is keras.ops.greater else cb.mode
+
+
+def _watch_evaluate(cb: TMonCallback) -> None:
+    """Route ``model.evaluate`` through ``cb`` after its fit: ``model.evaluate(x, y)`` is called without
+    callbacks, as in keras-io's examples, and its result belongs to the run that trained the model.
+
+    The model gets an instance attribute wrapping its own ``evaluate``: it adds ``cb`` to the
+    evaluation's callbacks (``on_test_begin/end`` record it) while no other fit has trained the model
+    since, and removes itself once one has. The next fit with a TMonCallback removes it at its start.
+    """
+    model = cb.model
+    _unwatch_evaluate(model)
+    original = model.evaluate
+
+    @functools.wraps(original)
+    def evaluate(*args, **kwargs):
+        callbacks = args[6] if len(args) > 6 else kwargs.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # the validation of a fit without tmon
+            return original(*args, **kwargs)
+        if not cb._after_fit():  # trained again since: its evaluations are not this run's
+            _unwatch_evaluate(model)
+            return original(*args, **kwargs)
+        listed = list(callbacks) if isinstance(callbacks, (list, tuple)) else [] if callbacks is None else [callbacks]
+        if not any(c is cb for c in listed):
+            listed.append(cb)
+            if len(args) > 6:
+                args = (*args[:6], listed, *args[7:])
+            else:
+                kwargs["callbacks"] = listed
+        return original(*args, **kwargs)
+
+    evaluate._tmon_run_evaluation = True
+    setattr(model, "evaluate", evaluate)
+
+
+def _unwatch_evaluate(model) -> None:
+    if getattr(vars(model).get("evaluate"), "_tmon_run_evaluation", False):
+        delattr(model, "evaluate")
 
 
 __all__ = ["TMonCallback"]
