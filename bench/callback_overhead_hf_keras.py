@@ -160,6 +160,10 @@ def bench_hf(steps: int, rounds: int, tmp: str) -> None:
         "TMonCallback()": ("none", {}),
         "TMonCallback(sample_interval=None)": ("none", {"sample_interval": None}),
     }
+    skipped = {}
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        skipped["report_to=tensorboard"] = "needs tensorboard (or tensorboardX) installed"
+        del variants["report_to=tensorboard"]
     rounds_ = Rounds(list(variants))
     for r in range(rounds):
         for name in rounds_.order(r):
@@ -183,7 +187,7 @@ def bench_hf(steps: int, rounds: int, tmp: str) -> None:
             trainer.train()
             rounds_.add(name, clock.ends, timer.total if timer else None, steps)
     rounds_.report(f"(a) HF Trainer, tiny BERT (hidden 32, 2 layers), batch 8, logging_steps=1: {steps} steps x "
-                   f"{rounds} rounds per variant", ["report_to=tensorboard"], {})
+                   f"{rounds} rounds per variant", ["report_to=tensorboard"], skipped)
 
 
 # ------------------------------------------------------------------------------------- (b) Keras
