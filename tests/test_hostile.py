@@ -43,11 +43,73 @@ def test_non_numeric_values_are_clear_errors(store_url, value, error):
 def test_multi_element_tensor_is_a_clear_error(store_url):
     torch = pytest.importorskip("torch")
     rec = Recorder(store_url, flush_interval=0.05)
-    with pytest.raises(TypeError, match=r"one element, received shape \(2, 2\)"):
+    with pytest.raises(TypeError, match=r"'x': a tensor value must hold one element, received a tensor of shape \(2, 2\)"):
         rec.log({"x": torch.ones(2, 2)}, step=0)
     rec.log({"x": torch.ones(1, 1)}, step=0)  # one element in any shape is a scalar
     rec.close()
     assert open_store(store_url).run(rec.run_id).metrics("x").value.tolist() == [1.0]
+
+
+def _refused():
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    return [
+        (np.array([1.0, 2.0, 3.0]), r"'v': a numpy array value must hold one element, received an array of shape \(3,\)"),
+        (torch.tensor([1.0, 2.0, 3.0]), r"'v': a tensor value must hold one element, received a tensor of shape \(3,\)"),
+        (np.array([], dtype=np.float32), r"'v': a numpy array value must hold one element"),
+        (np.complex128(1 + 2j), r"'v': value must be a real number, received complex128"),
+        (np.array([1 + 2j]), r"'v': a numpy array value must hold a real number, received dtype complex128"),
+        (torch.tensor(1 + 2j), r"'v': a tensor value must be real, received a torch.complex64 tensor"),
+        (1 + 2j, r"'v': value must be a real number, received complex"),
+        (torch.ones(1, device="meta"), r"'v': a meta tensor has no value to record"),
+        (np.array(["1.0"]), r"'v': a numpy array value must hold a real number, received dtype <U3"),
+    ]
+
+
+def test_one_rule_for_values_at_log_the_same_for_numpy_and_torch(store_url):
+    """Accepted and stored as its value: a number, a 0-d or one-element array or tensor. Refused at
+    log() with the key and the type: more than one element, complex, a meta tensor."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    rec = Recorder(store_url, flush_interval=0.05)
+    accepted = {"np0d": np.array(2.5), "np1": np.array([4.0]), "np11": np.array([[5]], dtype=np.int32),
+                "t0d": torch.tensor(2.5), "t1": torch.ones(1), "t11": torch.full((1, 1), 5, dtype=torch.int32),
+                "npf": np.float32(0.5), "bf16": torch.tensor([1.5], dtype=torch.bfloat16)}
+    rec.log(accepted, step=0)
+    rec.log(accepted, step=1)  # the same pattern again: the block's path
+    for value, error in _refused():
+        with pytest.raises(TypeError, match=error):
+            rec.log({"v": value}, step=2)
+        with pytest.raises(TypeError, match=error):  # also in a key set seen before with a real value
+            rec.log({"np0d": np.array(1.0), "v": value}, step=2)
+    rec.log({"np0d": np.array(1.0), "v": 1.0}, step=2)
+    rec.close()
+    run = open_store(store_url).run(rec.run_id)
+    expected = {"np0d": 2.5, "np1": 4.0, "np11": 5.0, "t0d": 2.5, "t1": 1.0, "t11": 5.0, "npf": 0.5, "bf16": 1.5}
+    for key, value in expected.items():
+        assert run.metrics(key).value.tolist()[:2] == [value, value], key
+    assert run.metrics("v").step.tolist() == [2]  # nothing refused reached the store
+    assert not rec.problems
+
+
+def test_a_refused_shape_under_a_pattern_seen_before_is_refused_at_once(store_url):
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    rec = Recorder(store_url, flush_interval=0.05)
+    rec.log({"a": np.array([1.0]), "t": torch.ones(1)}, step=0)
+    with pytest.raises(TypeError, match=r"'a': a numpy array value must hold one element, received an array of shape \(2,\)"):
+        rec.log({"a": np.array([1.0, 2.0]), "t": torch.ones(1)}, step=1)
+    with pytest.raises(TypeError, match=r"'t': a tensor value must hold one element, received a tensor of shape \(2,\)"):
+        rec.log({"a": np.array([1.0]), "t": torch.ones(2)}, step=1)
+    with pytest.raises(TypeError, match=r"'a': a numpy array value must hold a real number, received dtype complex128"):
+        rec.log({"a": np.array([1j]), "t": torch.ones(1)}, step=1)
+    rec.log({"a": np.array([3.0]), "t": torch.ones(1) * 2}, step=1)
+    rec.close()
+    run = open_store(store_url).run(rec.run_id)
+    assert run.metrics("a").value.tolist() == [1.0, 3.0] and run.metrics("t").value.tolist() == [1.0, 2.0]
 
 
 def _controller(store_url, **kw):

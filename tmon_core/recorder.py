@@ -86,13 +86,15 @@ class _Block:
     contiguous bytes rather than a dozen scattered objects per step. A block lives as long as
     its recorder: one per distinct key set and type pattern."""
 
-    __slots__ = ("keys", "numbers", "objects", "tensors", "pick_numbers", "pick_objects", "pack", "rows")
+    __slots__ = ("keys", "numbers", "objects", "tensors", "arrays", "pick_numbers", "pick_objects", "pack", "rows")
 
-    def __init__(self, keys: tuple[str, ...], objects: tuple[int, ...], tensors: tuple[int, ...] = ()):
+    def __init__(self, keys: tuple[str, ...], objects: tuple[int, ...], tensors: tuple[int, ...] = (),
+                 arrays: tuple[int, ...] = ()):
         self.keys = keys
         self.objects = objects  # positions (in keys) of the values kept as objects
         self.numbers = tuple(i for i in range(len(keys)) if i not in objects)
         self.tensors = tensors  # positions in the objects tuple that hold tensors (checked per call)
+        self.arrays = arrays  # ... and numpy arrays (checked per call: a type says nothing of a shape)
         self.pick_numbers = _picker(self.numbers) if objects else None
         self.pick_objects = _picker(objects)
         self.pack = struct.Struct(f"<qd{len(self.numbers)}d").pack
@@ -116,13 +118,31 @@ def _is_tensor(v: Any) -> bool:
 
 
 def _prepare_value(key: str, v: Any) -> Any:
-    """Validate a non-plain metric value on the hot path; detach tensors (no device sync)."""
+    """Validate a non-plain metric value on the hot path; detach tensors (no device sync).
+
+    The rule, the same for numpy and torch: a number, or a 0-d or one-element array or tensor of
+    real numbers (stored as its value); anything holding more than one element, a complex value,
+    a ``meta`` tensor (which has no value) is refused here, naming the key and the type."""
     if type(v) is bool:
         return float(v)
     if _is_tensor(v):
         if v.numel() != 1:
-            raise TypeError(f"metric {key!r}: a tensor value must hold one element, received shape {tuple(v.shape)}")
+            raise TypeError(f"metric {key!r}: a tensor value must hold one element, received a tensor of shape "
+                            f"{tuple(v.shape)}")
+        if v.is_complex():
+            raise TypeError(f"metric {key!r}: a tensor value must be real, received a {v.dtype} tensor")
+        if v.is_meta:
+            raise TypeError(f"metric {key!r}: a meta tensor has no value to record (torch.device('meta'))")
         return v.detach() if v.requires_grad else v  # detach only costs where there is a graph to drop
+    if isinstance(v, np.ndarray):
+        if v.size != 1:
+            raise TypeError(f"metric {key!r}: a numpy array value must hold one element, received an array of "
+                            f"shape {v.shape}")
+        if v.dtype.kind not in "biuf":
+            raise TypeError(f"metric {key!r}: a numpy array value must hold a real number, received dtype {v.dtype}")
+        return v
+    if isinstance(v, (complex, np.complexfloating)):
+        raise TypeError(f"metric {key!r}: value must be a real number, received {type(v).__name__}: {v!r:.80}")
     if hasattr(v, "__float__") and not isinstance(v, (str, bytes)):
         return v
     raise TypeError(
@@ -150,10 +170,14 @@ def _to_floats(values: list) -> tuple[list[float], int]:
     bad = 0
     for i, v in enumerate(out):
         if _is_tensor(v):
+            if v.is_complex() or v.is_meta:  # logged where real tensors were before: no value to keep
+                out[i] = math.nan
+                bad += 1
+                continue
             pending.append((out, i, v))
         elif type(v) is not float:
             try:
-                out[i] = float(v)
+                out[i] = float(v.item() if isinstance(v, np.ndarray) else v)  # (numpy 2 refuses float() of 1-d)
             except OverflowError:  # an int beyond float range: the nearest float is ±inf
                 out[i] = (math.inf if v > 0 else -math.inf) if isinstance(v, int) else math.nan
             except Exception:
@@ -191,6 +215,11 @@ def _column(values: list, spent=None) -> tuple[np.ndarray, int]:
             return np.fromiter(values, dtype=np.float64, count=len(values)), 0
         except OverflowError:
             pass
+    elif kinds == {np.ndarray}:  # one element each, real (checked by log())
+        try:
+            return np.fromiter(map(np.ndarray.item, values), dtype=np.float64, count=len(values)), 0
+        except (TypeError, ValueError, OverflowError):
+            pass
     elif len(kinds) == 1:
         torch = sys.modules.get("torch")
         if torch is not None and issubclass(next(iter(kinds)), torch.Tensor):
@@ -198,6 +227,8 @@ def _column(values: list, spent=None) -> tuple[np.ndarray, int]:
                 # as few torch calls as can be: each releases the GIL, which in the writer thread
                 # is a hand-off to the training thread and a wait to get it back
                 stacked = torch.stack(values)  # fails on mixed shapes, devices or dtypes
+                if stacked.is_complex() or stacked.is_meta:
+                    raise TypeError  # value by value below: each one NaN and counted
                 if stacked.dim() != 1:
                     stacked = stacked.reshape(-1)
                 if len(stacked) == len(values):
@@ -363,11 +394,16 @@ class Recorder:
         if block.pick_numbers is None:
             return block.pack(step, wall_time, *values)
         objects = block.pick_objects(values)
+        if block.arrays:
+            for i in block.arrays:
+                a = objects[i]
+                if a.size != 1 or a.dtype.kind not in "biuf":
+                    _prepare_value(block.keys[block.objects[i]], a)  # raises the clear error
         if block.tensors:
             detached = None
             for i in block.tensors:
                 t = objects[i]
-                if t.numel() != 1:
+                if t.numel() != 1:  # (dtype and device: checked when the pattern was new, and by the writer)
                     _prepare_value(block.keys[block.objects[i]], t)  # raises the clear error
                 if t.requires_grad:
                     detached = detached or list(objects)
@@ -381,7 +417,7 @@ class Recorder:
         an int too big for a float: keys and values are checked one by one, and the pattern gets
         its block."""
         ok = self._ok_keys
-        objects, tensors = [], []
+        objects, tensors, arrays = [], [], []
         for i, (k, v) in enumerate(metrics.items()):
             if k not in ok:
                 ok.add(check_key(k))
@@ -392,10 +428,13 @@ class Recorder:
             if not _packable(t):
                 if _is_tensor(v):
                     tensors.append(len(objects))
+                elif isinstance(v, np.ndarray):
+                    arrays.append(len(objects))
                 objects.append(i)
         keys, values = tuple(metrics), tuple(metrics.values())
         sig = (keys, tuple(map(type, values)))
-        block = self._blocks.get(sig) or self._blocks.setdefault(sig, _Block(keys, tuple(objects), tuple(tensors)))
+        block = self._blocks.get(sig) or self._blocks.setdefault(
+            sig, _Block(keys, tuple(objects), tuple(tensors), tuple(arrays)))
         try:
             entry = self._entry(block, values, step, wall_time)
         except (OverflowError, struct.error):
@@ -403,8 +442,9 @@ class Recorder:
             # (it stores such an int as +-inf)
             sig = (keys, None)
             tensors = [i for i, v in enumerate(values) if _is_tensor(v)]
+            arrays = [i for i, v in enumerate(values) if isinstance(v, np.ndarray)]
             block = self._blocks.get(sig) or self._blocks.setdefault(
-                sig, _Block(keys, tuple(range(len(keys))), tuple(tensors)))
+                sig, _Block(keys, tuple(range(len(keys))), tuple(tensors), tuple(arrays)))
             entry = self._entry(block, values, step, wall_time)
         self._next_step = step + 1
         block.rows.append(entry)
