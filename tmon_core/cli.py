@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -131,6 +132,8 @@ def cmd_show(store: Store, args) -> int:
 
 
 def cmd_export(store: Store, args) -> int:
+    if args.output:
+        _check_output(args.output)  # before the export's work, not after it
     run = _resolve(store, args.run)
     frames = []
     for key in run.metric_keys():
@@ -204,6 +207,14 @@ def _json_num(v: float):
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf: "nan", "inf", "-inf"
 
 
+def _check_output(path: str) -> None:
+    if os.path.isdir(path):
+        raise _UserError(f"cannot write {path}: it is a directory; give a file name (-o {os.path.join(path, 'run.csv')})")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise _UserError(f"cannot write {path}: the directory {os.path.dirname(path) or parent} does not exist")
+
+
 def _write_text(path: str | None, text: str) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as f:
@@ -269,9 +280,12 @@ class _LazyStore:
     def __getattr__(self, name):
         if self._store is None:
             try:
-                self._store = open_store(self.url)
+                # no command creates a store: each reads runs that a store must already hold
+                self._store = open_store(self.url, create=False)
+            except FileNotFoundError as exc:
+                raise _CannotOpen(str(exc)) from exc
             except Exception as exc:
-                raise _CannotOpen(f"cannot open store {self.url or '(default)'}: {exc}") from exc
+                raise _CannotOpen(f"cannot open store {self.url or '(default)'}: {_one_line(exc)}") from exc
         return getattr(self._store, name)
 
     def __repr__(self) -> str:
@@ -286,23 +300,67 @@ class _CannotOpen(Exception):
     pass
 
 
+class _UserError(Exception):
+    """A command cannot do what was asked; the message says why (exit status 2)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: a database error without SQLAlchemy's SQL and background link."""
+    orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError: the driver's own error
+    text = str(orig if orig is not None else exc) or type(exc).__name__
+    return " ".join(text.split())[:500]
+
+
+def _store_error(exc: BaseException, store: _LazyStore) -> str:
+    """What a database error during a command means to its user."""
+    from .store.engine import DEFAULT_BUSY_TIMEOUT_MS
+
+    where = store.url or os.environ.get("TMON_STORE") or "tmon.db"
+    text = _one_line(exc)
+    if "locked" in text or "busy" in text:
+        return (f"the store {where} is locked: another process held its write lock for longer than the busy "
+                f"timeout ({DEFAULT_BUSY_TIMEOUT_MS / 1000:g} s); try again when it is done")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return f"the store {where} is damaged ({text}); its undamaged runs may still read with sqlite3's .recover"
+    return f"store error on {where}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     store = _LazyStore(getattr(args, "store_sub", None) or args.store)
     try:
         return handlers[args.command](store, args)
-    except _CannotOpen as exc:
+    except (_CannotOpen, _UserError) as exc:
         print(f"tmon: {exc}", file=sys.stderr)
         return 2
     except (KeyError, ValueError) as exc:
-        print(f"tmon: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        print(f"tmon: {_one_line(exc.args[0]) if exc.args else exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `tmon export RUN | head`: the reader left, which is fine
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        what = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else _one_line(exc)
+        print(f"tmon: {what}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError) or type(exc).__module__ == "sqlite3":
+            print(f"tmon: {_store_error(exc, store)}", file=sys.stderr)
+            return 1
+        if os.environ.get("TMON_DEBUG"):
+            raise
+        # a bug of tmon's rather than the user's: still one line, with the way to see more
+        print(f"tmon: {args.command} failed: {type(exc).__name__}: {_one_line(exc)} (TMON_DEBUG=1 shows the "
+              f"traceback)", file=sys.stderr)
+        return 1
     finally:
-        store.close()
+        try:
+            store.close()
+        except Exception:
+            pass
 
 
 if __name__ == "__main__":

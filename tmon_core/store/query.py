@@ -58,7 +58,13 @@ class Store:
     """A tmon store opened for reading (and for control requests, later)."""
 
     def __init__(self, url: str | os.PathLike | None = None, *, create: bool = True):
+        """``create=False``: open an existing store only; a missing one is a ``FileNotFoundError``
+        ("no tmon store at PATH") and nothing is created (a SQLite file is never made to read it)."""
         self.url = resolve_url(url)
+        if not create:
+            path = sqlite_path(self.url)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"no tmon store at {path}")
         self.engine: Engine = create_store_engine(self.url, writer=False)
         self._write_engine: Engine | None = None
         try:
@@ -558,6 +564,17 @@ def _min_max_rows(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> l
     return list(zip(*_bucket_min_max(steps, values, walls, int(steps[0]), int(steps[-1]), 1)))
 
 
-def open_store(url: str | os.PathLike | None = None) -> Store:
-    """Open (and on first use create) the store at ``url``; default ``$TMON_STORE`` or ``sqlite:///tmon.db``."""
-    return Store(url)
+def open_store(url: str | os.PathLike | None = None, *, create: bool = True) -> Store:
+    """Open (and on first use create) the store at ``url``; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+    ``create=False`` opens an existing store only (FileNotFoundError when there is none)."""
+    return Store(url, create=create)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite store URL (absolute), or None for another database or an in-memory one."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+        return None
+    return os.path.abspath(u.database)
