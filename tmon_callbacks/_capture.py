@@ -34,8 +34,10 @@ import threading
 import time
 import warnings
 
+from tmon_core.store.text import cut
+
 MAX_RECORDS = 10_000  # per run: a warning logged at every step must not flood the store
-MAX_MESSAGE = 20_000  # characters kept of one record (a traceback included)
+MAX_MESSAGE = 20_000  # characters kept of one record (a traceback included); a longer one ends with a marker
 _WARNING = logging.WARNING
 
 _lock = threading.RLock()
@@ -97,7 +99,7 @@ class LogCapture:
             return
         self.stored += 1
         # the step being computed: one past the last step recorded (0 before the first)
-        self.recorder.log_record(level, message[:MAX_MESSAGE], logger=logger, source=source,
+        self.recorder.log_record(level, cut(message, MAX_MESSAGE), logger=logger, source=source,
                                  step=self.recorder._next_step, wall_time=wall_time)
 
 

@@ -43,7 +43,8 @@ def check_key(key: object) -> str:
     """Return ``key`` if it is a valid metric key, else raise ``ValueError`` saying why.
 
     A key is a non-empty string of at most 250 characters with no control characters
-    (newlines, tabs, NUL...): they break CSV exports, terminals and SQL consoles.
+    (newlines, tabs, NUL...): they break CSV exports, terminals and SQL consoles; and no lone
+    surrogates (``os.fsdecode`` of a name that is not UTF-8): no database can store them.
     Keys are never silently rewritten, so what a user queries is what they logged.
     """
     if not isinstance(key, str):
@@ -57,4 +58,7 @@ def check_key(key: object) -> str:
     for ch in key:
         if ord(ch) < 32 or 127 <= ord(ch) < 160:
             raise ValueError(f"metric key must not contain control characters, received {key!r}")
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            raise ValueError(f"metric key must be valid Unicode text, received {key!r} holding the lone surrogate "
+                             f"{ch!r} (a name decoded from bytes that are not UTF-8?)")
     return key

@@ -46,6 +46,8 @@ import numpy as np
 from . import events as ev
 from .keys import check_key
 from .store.engine import create_store_engine, ensure_schema, resolve_url
+from .store.records import clean_batch, describe, error_text, store_failure
+from .store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
 from .store.writer import Batch, StoreWriter, to_json
 
 log = logging.getLogger("tmon")
@@ -302,6 +304,14 @@ class Recorder:
             raise ValueError(f"tags must be a list of non-empty strings, received tags={tags!r}")
         if notes is not None and not isinstance(notes, str):
             raise ValueError(f"notes must be a string, received notes={notes!r}")
+        if run_name is not None:
+            check_text("run_name", run_name, MAX_RUN_NAME)
+        for tag in tags or ():
+            check_text("tags", tag, MAX_TAG)
+        if notes is not None:
+            check_text("notes", notes, MAX_NOTES)
+        if framework is not None:
+            check_text("framework", framework, 64)
         if not isinstance(max_buffer, int) or max_buffer < 1000:
             raise ValueError(f"max_buffer must be an int >= 1000 points, received max_buffer={max_buffer!r}")
         self.url = resolve_url(store)
@@ -340,7 +350,7 @@ class Recorder:
         self._ok_keys: set[str] = set()
         self._next_step = 0
         self._unwritten: Batch | None = None
-        self._warned = False
+        self._refusals: dict[tuple, int] = {}  # (table, field) -> records the store refused
         self._failing_since: float | None = None
         self._writer: StoreWriter | None = None
         self._engine = None
@@ -596,16 +606,17 @@ class Recorder:
         return self.url.split("@")[-1] if "@" in self.url else self.url
 
     def _problem(self, message: str, force: bool = False) -> None:
-        """Say what went wrong: logged and warned once, then only counted while it repeats."""
+        """Say what went wrong, once: a ``TMonStoreWarning`` (one channel: a logging line as well
+        printed every message twice), then only counted while it repeats."""
         if self.problems and self.problems[-1] == message and not force:
             self.repeated_problems += 1
             return
         self.problems.append(message)
         del self.problems[:-100]  # a days-long outage must not grow memory
-        log.warning(message)
-        if force or not self._warned:
-            self._warned = True
+        try:
             warnings.warn(message, TMonStoreWarning, stacklevel=2)
+        except Exception:  # warnings turned into errors (-W error): still never raise into training
+            log.warning(message)
 
     def _open_store(self) -> bool:
         try:
@@ -622,8 +633,9 @@ class Recorder:
         except ValueError:
             raise
         except Exception as exc:
-            self._problem(f"tmon cannot open its store {self._safe_url()} ({type(exc).__name__}: {exc}); "
+            self._problem(f"tmon cannot open its store {self._safe_url()} ({error_text(exc)}); "
                           f"training continues, tmon keeps the data in memory and retries")
+            self._reconnect()
             return False
 
     def _run_writer(self) -> None:
@@ -690,12 +702,17 @@ class Recorder:
                 batch.reject_pending = payload
             elif kind == "run":
                 batch.run_update.update(payload)
+            elif kind == "removed_checkpoints":
+                batch.removed_checkpoints.append((payload, len(batch.checkpoints)))
             else:
                 getattr(batch, kind).append(payload)
         return batch, waiters
 
     def _flush_once(self) -> None:
         batch, waiters = self._drain()
+        # each record is checked once, before it can join a backlog: a record the store cannot
+        # hold leaves the batch here and costs only itself
+        refused = clean_batch(batch)
         if self._unwritten is not None:
             self._unwritten.absorb(batch)
             batch = self._unwritten
@@ -706,8 +723,19 @@ class Recorder:
             if self.dropped:
                 batch.run_update["dropped_points"] = self.dropped
             # closing: the last write brings the summaries up to date (close() queued everything first)
-            fresh = self._writer.write(batch, poll_requests=self._request_listener is not None,
-                                       final=self._stop.is_set())
+            final = self._stop.is_set()
+            try:
+                fresh = self._writer.write(batch, poll_requests=self._request_listener is not None, final=final)
+            except Exception as exc:
+                if store_failure(exc) or not self._writer.probe():
+                    raise
+                # the store takes writes, so a record of this batch is what fails: write the others
+                fresh = None
+                more, rest, error = self._writer.write_each(batch, final=final)
+                refused += more
+                if rest is not None:  # the store itself failed meanwhile: the rest waits
+                    batch = rest
+                    raise error from None
             if self._failing_since is not None:
                 # the run record shows the outage: when, how long, what could not be kept
                 self.event(ev.STORE_GAP, message=f"the store could not be written for {_now() - self._failing_since:.1f} s",
@@ -716,12 +744,15 @@ class Recorder:
                 self._problem(f"tmon store recovered: {self._safe_url()} is writable again; backlog written")
         except Exception as exc:
             if not isinstance(exc, _StoreUnavailable):
-                self._problem(f"tmon could not write to {self._safe_url()} ({type(exc).__name__}: {exc}); "
+                self._problem(f"tmon could not write to {self._safe_url()} ({error_text(exc)}); "
                               f"training continues, tmon keeps the data in memory and retries")
+                self._reconnect()
             self._keep_unwritten(batch)
             if self._failing_since is None:
                 self._failing_since = _now()
             fresh = None
+        for r in refused:
+            self._refused(r)
         if fresh:
             try:
                 self._request_listener(fresh)
@@ -733,6 +764,30 @@ class Recorder:
                 self._problem(f"tmon control: could not take requests {[r['id'] for r in fresh]}: {exc}")
         for w in waiters:
             w.set()
+
+    def _refused(self, refusal: dict) -> None:
+        """Say that the store refused one record (the others were written): a ``record_refused``
+        event for each, a warning for the first of each table and field."""
+        if refusal.get("type") != ev.RECORD_REFUSED:  # (a refused refusal is not reported again)
+            self.event(ev.RECORD_REFUSED, message=f"tmon could not store a {describe(refusal)}", data=refusal)
+        seen = (refusal["table"], refusal.get("field"))
+        self._refusals[seen] = self._refusals.get(seen, 0) + 1
+        if self._refusals[seen] == 1:
+            self._problem(f"tmon could not store a {describe(refusal)}; the run's other records were written "
+                          f"(each record refused is a {ev.RECORD_REFUSED!r} event of run {self.run_id})")
+
+    def _reconnect(self) -> None:
+        """After a failed write: every pooled connection goes. SQLite opens a file read-only for
+        good when it was read-only at connect time, so a store made writable again is only seen
+        by new connections (the engine's ``connect`` hook also makes the -wal/-shm files it
+        created while the file was read-only writable again)."""
+        if self._writer is not None:
+            self._writer.close(broken=True)
+        if self._engine is not None:
+            try:
+                self._engine.dispose()
+            except Exception:
+                pass
 
     def _keep_unwritten(self, batch: Batch) -> None:
         """Hold a batch for the next try, dropping the oldest points beyond ``max_buffer``."""
@@ -778,7 +833,7 @@ def path_size(path: str) -> int | None:
                         pass
             return total
         return os.path.getsize(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path no file can have (NUL, a lone surrogate)
         return None
 
 

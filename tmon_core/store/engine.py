@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
@@ -18,7 +19,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 
 class StoreVersionError(RuntimeError):
-    """The store was written by a newer tmon than this one."""
+    """The store was written by a newer tmon than this one, or its version is not one tmon wrote."""
 
 
 def resolve_url(url: str | os.PathLike | None = None) -> str:
@@ -76,6 +77,8 @@ def create_store_engine(url: str, *, writer: bool, busy_timeout_ms: int = DEFAUL
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        if path and path != ":memory:":
+            writable_sidecars(path)
 
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
@@ -86,6 +89,25 @@ def create_store_engine(url: str, *, writer: bool, busy_timeout_ms: int = DEFAUL
         conn.connection.dbapi_connection.execute(begin)
 
     return engine
+
+
+def writable_sidecars(path: str) -> None:
+    """Give back write permission to the database's ``-wal``/``-shm`` files this user owns.
+
+    SQLite creates them with the database file's permission bits (``unixOpenSharedMemory``,
+    ``findCreateFileMode``), whatever the umask: opened while the file was read-only (0444),
+    they are created 0444 and stay so after the file is made writable again, and every later
+    connection then opens them read-only and fails with "attempt to write a readonly database",
+    for as long as the process runs. Read-only sidecars are never what the user meant: the
+    file's own permission keeps deciding who writes the store."""
+    for suffix in ("-wal", "-shm"):
+        side = path + suffix
+        try:
+            st = os.stat(side)
+            if st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWUSR:
+                os.chmod(side, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+        except OSError:  # gone, or not ours to change
+            pass
 
 
 def ensure_schema(engine: Engine, *, create: bool = True) -> int:
@@ -150,6 +172,12 @@ def _upgrade(engine: Engine) -> None:
 
 
 def _check_version(engine: Engine, version: int) -> None:
+    if type(version) is not int or version < 1:
+        raise StoreVersionError(
+            f"the tmon store at {engine.url.render_as_string(hide_password=True)} has schema version {version!r} in "
+            f"its tmon_schema table, which no tmon writes (versions are 1 to {SCHEMA_VERSION}): the table was "
+            f"changed by something else than tmon; tmon will not read or upgrade this store"
+        )
     if version > SCHEMA_VERSION:
         raise StoreVersionError(
             f"the tmon store at {engine.url.render_as_string(hide_password=True)} has schema version {version}, "

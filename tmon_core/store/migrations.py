@@ -87,6 +87,11 @@ def upgrade(engine: Engine) -> int:
     with engine.begin() as conn:
         lock_schema(conn)
         current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
+        if current is not None and (type(current) is not int or current < 1):  # no tmon wrote it
+            from .engine import StoreVersionError
+
+            raise StoreVersionError(f"cannot upgrade a tmon store from schema version {current!r}: tmon's versions "
+                                    f"are 1 to {SCHEMA_VERSION}")
         if current is None or current >= SCHEMA_VERSION:
             return current
         op = Operations(MigrationContext.configure(conn))

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, false, select, update
 
 from . import chunks
+from .records import clean_row, error_text, refusal, store_failure
 from .schema import (
     SUMMARY_EVERY_FLUSHES,
     SUMMARY_EVERY_POINTS,
@@ -76,7 +77,9 @@ class Batch:
     gpu_samples: list[dict] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
-    removed_checkpoints: list[str] = field(default_factory=list)
+    # (path, how many of this batch's checkpoints were recorded before the removal): a save, a
+    # removal and a save of one path in one batch must end with the last save live
+    removed_checkpoints: list[tuple[str, int]] = field(default_factory=list)
     request_updates: list[dict] = field(default_factory=list)
     reject_pending: str | None = None  # the run ended: refuse what is still pending, with this reason
     run_update: dict = field(default_factory=dict)
@@ -98,14 +101,53 @@ class Batch:
         self.events += newer.events
         self.samples += newer.samples
         self.gpu_samples += newer.gpu_samples
+        shift = len(self.checkpoints)
+        self.removed_checkpoints += [(p, pos + shift) for p, pos in newer.removed_checkpoints]
         self.checkpoints += newer.checkpoints
         self.logs += newer.logs
-        self.removed_checkpoints += newer.removed_checkpoints
         self.request_updates += newer.request_updates
         self.reject_pending = newer.reject_pending or self.reject_pending
         self.run_update.update(newer.run_update)
         if newer.last_step is not None:
             self.last_step = newer.last_step
+
+    def records(self) -> list[tuple[Batch, str, dict]]:
+        """This batch cut into one-record batches, in an order that writes the same thing (each
+        with its table and the fields that identify it): a metric's points, one row, one run field.
+        The writer bisects a batch the store refuses along this list."""
+        out: list[tuple[Batch, str, dict]] = []
+        last = self.last_step
+        for key, arrays in self.points.items():
+            if len(arrays[0]):
+                out.append((Batch(points={key: arrays}, last_step=last), "tmon_series",
+                            {"key": key, "step": int(arrays[0][0]), "points": len(arrays[0])}))
+        for attr, table in (("events", "tmon_events"), ("samples", "tmon_samples"),
+                            ("gpu_samples", "tmon_gpu_samples"), ("logs", "tmon_logs")):
+            for row in getattr(self, attr):
+                out.append((Batch(**{attr: [row]}, last_step=last), table, row))
+        removals = sorted(self.removed_checkpoints, key=lambda r: r[1])
+        j = 0
+        for i, row in enumerate(self.checkpoints + [None]):
+            while j < len(removals) and removals[j][1] <= i:
+                out.append((Batch(removed_checkpoints=[(removals[j][0], 0)], last_step=last), "tmon_checkpoints",
+                            {"path": removals[j][0]}))
+                j += 1
+            if row is not None:
+                out.append((Batch(checkpoints=[row], last_step=last), "tmon_checkpoints", row))
+        for upd in self.request_updates:
+            out.append((Batch(request_updates=[upd], last_step=last), "tmon_requests", upd))
+        for name, value in self.run_update.items():
+            out.append((Batch(run_update={name: value}, last_step=last), "tmon_runs", {"field": name}))
+        if self.reject_pending:
+            out.append((Batch(reject_pending=self.reject_pending, last_step=last), "tmon_requests", {}))
+        return out
+
+    @staticmethod
+    def merged(parts: list[Batch]) -> Batch:
+        out = Batch()
+        for part in parts:
+            out.absorb(part)
+        return out
 
 
 def _placeholder(engine: Engine) -> str | None:
@@ -156,7 +198,10 @@ class StoreWriter:
     def __init__(self, engine: Engine, run_id: str, run_row: dict):
         self.engine = engine
         self.run_id = run_id
-        self._run_row = run_row
+        row, refused = clean_row(RunRow, run_row)
+        if refused is not None:
+            raise ValueError(f"tmon cannot create run {run_id}: its {refused['field']} {refused['reason']}")
+        self._run_row = row
         self._run_created = False
         self._last_request = 0
         self._series: dict[str, int] = {}
@@ -208,6 +253,50 @@ class StoreWriter:
             self.close(broken=True)
             raise
 
+    def probe(self) -> bool:
+        """Whether the store takes a write now (the run's heartbeat, nothing else): after a batch
+        failed, tells "a record of the batch is bad" from "the store is down"."""
+        try:
+            self.write(Batch())
+            return True
+        except Exception:
+            return False
+
+    def write_each(self, batch: Batch, final: bool = False) -> tuple[list[dict], Batch | None, BaseException | None]:
+        """Write what the store takes of ``batch``, whose write failed while the store itself takes
+        writes (``probe()``): the batch is written in halves, a failing half in halves again, down
+        to the record that fails alone, which is refused. The other records are written, in
+        their order, a bad one costing about two failed writes per halving (log2 of the batch).
+
+        Returns the refusals (``records.refusal``), and, when the store itself failed meanwhile,
+        what is left unwritten (from the first record not written, in order) and that error."""
+        parts = batch.records()
+        refused: list[dict] = []
+        error: list[BaseException] = []
+
+        def attempt(lo: int, hi: int) -> int:  # the index of the first record left unwritten
+            try:
+                self.write(Batch.merged([p for p, _, _ in parts[lo:hi]]), final=final)
+                return hi
+            except Exception as exc:
+                if store_failure(exc):
+                    error.append(exc)
+                    return lo
+                if hi - lo == 1:
+                    if not self.probe():  # the store went away meanwhile: the record is not to blame
+                        error.append(exc)
+                        return lo
+                    refused.append(_refusal(parts[lo][1], parts[lo][2], exc))
+                    return hi
+                mid = (lo + hi) // 2
+                done = attempt(lo, mid)
+                return done if done < mid else attempt(mid, hi)
+
+        done = attempt(0, len(parts)) if parts else 0
+        if done < len(parts):
+            return refused, Batch.merged([p for p, _, _ in parts[done:]]), error[0]
+        return refused, None, None
+
     def _write(self, batch: Batch, heartbeat: bool, poll_requests: bool, final: bool) -> list[dict]:
         fresh: list[dict] = []
         conn = self._connection()
@@ -221,12 +310,9 @@ class StoreWriter:
             self._insert(conn, cur, EventRow, batch.events)
             self._insert(conn, cur, SampleRow, batch.samples)
             self._insert(conn, cur, GpuSampleRow, batch.gpu_samples)
-            self._insert(conn, cur, CheckpointRow, batch.checkpoints)
+            if batch.checkpoints or batch.removed_checkpoints:
+                self._write_checkpoints(conn, cur, batch.checkpoints, batch.removed_checkpoints)
             self._insert(conn, cur, LogRow, batch.logs)
-            if batch.removed_checkpoints:
-                conn.execute(update(CheckpointRow).where(
-                    CheckpointRow.run_id == self.run_id, CheckpointRow.path.in_(batch.removed_checkpoints),
-                ).values(deleted=True))
             for upd in batch.request_updates:
                 upd = dict(upd)
                 rid = upd.pop("id")
@@ -282,6 +368,26 @@ class StoreWriter:
                 continue
             out.append(req)
         return out
+
+    def _write_checkpoints(self, conn, cur, saves: list[dict], removals: list[tuple[str, int]]) -> None:
+        """A path saved again or removed no longer holds the step its older rows name (Keras'
+        ``ModelCheckpoint("best.keras", save_best_only=True)``, Lightning's ``last.ckpt``): those
+        rows end deleted, in this transaction, before this batch's rows go in. Of this batch's
+        saves of one path, the last stays live unless a removal of the path came after it."""
+        last_save = {r["path"]: i for i, r in enumerate(saves)}
+        removed_after: dict[str, int] = {}  # path -> saves recorded before its last removal
+        for path, pos in removals:
+            removed_after[path] = max(removed_after.get(path, -1), pos)
+        paths = sorted(last_save.keys() | removed_after.keys())
+        for i in range(0, len(paths), 500):
+            conn.execute(update(CheckpointRow).where(
+                CheckpointRow.run_id == self.run_id, CheckpointRow.deleted == false(),
+                CheckpointRow.path.in_(paths[i:i + 500])).values(deleted=True))
+        rows = []
+        for i, r in enumerate(saves):
+            deleted = last_save[r["path"]] != i or removed_after.get(r["path"], -1) > i
+            rows.append(r if r.get("deleted") is deleted else {**r, "deleted": deleted})
+        self._insert(conn, cur, CheckpointRow, rows)
 
     def _insert(self, conn, cur, model, rows: list[dict]) -> None:
         """Rows of a side table (events, samples...), grouped by the columns they name (a column a
@@ -365,6 +471,21 @@ class StoreWriter:
             self._unsummarized, self._unsummarized_points, self._unsummarized_flushes = pending, n_pending, flushes
 
         return committed
+
+
+def _refusal(table: str, ident: dict, exc: BaseException) -> dict:
+    """The refusal of a record the database would not take: the field when its error names a
+    column of the table (a constraint, a trigger's message), else the field is unknown."""
+    reason = f"refused by the database ({error_text(exc)})"
+    if table == "tmon_runs":
+        return refusal(table, ident["field"], reason, {})
+    if table == "tmon_series":
+        return refusal(table, "key", reason, ident)
+    from .schema import TABLES
+
+    names = [c.name for c in TABLES[table].columns if c.name != "run_id"]
+    named = [n for n in names if f".{n}" in reason or f'"{n}"' in reason or f"column {n}" in reason]
+    return refusal(table, named[0] if len(named) == 1 else None, reason, ident)
 
 
 def _by_series(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple]:
