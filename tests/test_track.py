@@ -344,3 +344,63 @@ def test_without_with_finish_ends_the_run(store_url):
     run = open_store(store_url).run(t.run_id)
     assert run.status == "completed" and run.metrics("loss").value.tolist() == [0.0, 1.0, 2.0]
     assert run.events(ev.TRAIN_END).data[0]["reason"] == ev.END_MAX_STEPS  # no t.batches: no epochs to tell
+
+
+DDP_LOOP = """
+import json, os, sys
+import torch, torch.distributed as dist
+import torch.nn.functional as F
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+import tmon_core
+from tmon_core import At
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=1.0)
+used = []
+with tmon_core.track(optimizer=opt, model=model, store=sys.argv[1], schedule=[At(step=3, lr=0.1)], flush_interval=0.05,
+                     sample_interval=None, report="off") as t:
+    for step in range(6):
+        opt.zero_grad()
+        F.mse_loss(model(torch.randn(4, 8)), torch.randn(4, 1)).backward()
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        t.step(loss=float(step))
+print(json.dumps({"rank": dist.get_rank(), "run_id": t.run_id, "used": used}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_record_one_run_and_apply_the_schedule_at_the_same_step(tmp_path, store_url):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_loop.py"
+    script.write_text(DDP_LOOP)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "PYTHONPATH": os.getcwd() + os.pathsep + os.path.dirname(
+                   os.path.dirname(os.path.abspath(__file__)))}
+        procs.append(subprocess.Popen([sys.executable, str(script), store_url], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert outs[0]["run_id"] == outs[1]["run_id"]
+    assert outs[0]["used"] == outs[1]["used"] == pytest.approx([1.0] * 3 + [0.1] * 3)
+    store = open_store(store_url)
+    assert len(store.runs()) == 1
+    run = store.run(outs[0]["run_id"])
+    assert run.status == "completed" and run.metrics("loss").value.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert run.metrics("lr").value.tolist() == pytest.approx([1.0] * 3 + [0.1] * 3)
+    assert run.info()["config"]["world_size"] == 2

@@ -183,8 +183,12 @@ class Tracker:
         distributed = world > 1 and dist.is_available() and dist.is_initialized()
         session = run_id = None
         if rank == 0:
-            session = RunSession(self.options, "pytorch", global_rank=0, local_rank=local_rank, node_rank=node_rank)
-            run_id = session.run_id
+            try:
+                session = RunSession(self.options, "pytorch", global_rank=0, local_rank=local_rank,
+                                     node_rank=node_rank)
+                run_id = session.run_id
+            except Exception as exc:  # the loop trains unrecorded rather than not at all; said once
+                warn_once(self, "track", exc)
         if distributed:
             from ._ddp import DecisionLink
 
@@ -443,11 +447,11 @@ class Tracker:
                 self._describe_loader(loader)
             if self._ctl is not None:
                 self._ctl.on_epoch_start(epoch, self._step)  # At(epoch=...) items become due at this step
-                self._apply_due(self._step)
             if self._rec is not None:
                 session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
         except Exception as exc:
             warn_once(self, "batches", exc)
+        self._apply_due(self._step)  # (every process of a distributed run comes here: outside the try)
         perf = _perf
         it = iter(loader)
         try:
@@ -521,8 +525,15 @@ class Tracker:
 
     # ------------------------------------------------------------ control decisions
     def _apply_due(self, step: int) -> None:
-        if self._link is None and self._ctl is not None and step >= self._ctl.next_step:
-            self._apply(self._ctl.due(step), step)
+        """The decisions due before the optimizer step recorded as ``step`` (off the per-step path:
+        at the start and at each epoch's start; every process calls it at the same point)."""
+        if self._link is not None:
+            self._exchange(step)
+        elif self._ctl is not None and step >= self._ctl.next_step:
+            try:
+                self._apply(self._ctl.due(step), step)
+            except Exception as exc:
+                warn_once(self, "control", exc)
 
     def _exchange(self, step: int) -> None:
         try:
