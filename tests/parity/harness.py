@@ -94,9 +94,9 @@ class Rule:
     def covers(self, key: str) -> bool:
         return self.keys is None or key in self.keys
 
-    def pairs(self, pairs: dict, tmon: Table, ref: Table) -> None:
-        """Adjust which tmon key each framework key is compared with (``pairs``: ref key -> tmon key,
-        or None to leave the key out)."""
+    def pairs(self, pairs: list, tmon: Table, ref: Table) -> None:
+        """Adjust which tmon key each framework key is compared with (``pairs``: a list of
+        (ref key, tmon key), at first each framework key with its own name)."""
 
     def points(self, key: str, tmon_pts: list, ref_pts: list) -> tuple[list, list]:
         return tmon_pts, ref_pts
@@ -107,8 +107,9 @@ class Rule:
 
 @dataclass
 class Rename(Rule):
-    """tmon's ``tmon_key`` is compared with the framework's ``ref_key`` (also when tmon has none of
-    ``ref_key`` itself, e.g. the loss a framework logs under the user's name)."""
+    """tmon's ``tmon_key`` is compared with the framework's ``ref_key`` in place of tmon's own
+    ``ref_key`` (a value tmon stores under its cross-framework name only, e.g. HF's
+    ``learning_rate`` as ``lr``)."""
 
     tmon_key: str = ""
     ref_key: str = ""
@@ -119,7 +120,18 @@ class Rename(Rule):
 
     def pairs(self, pairs, tmon, ref):
         if self.ref_key in ref:
-            pairs[self.ref_key] = self.tmon_key
+            pairs[:] = [p for p in pairs if p[0] != self.ref_key]
+            pairs.append((self.ref_key, self.tmon_key))
+
+
+class Also(Rename):
+    """tmon's ``tmon_key`` is compared with the framework's ``ref_key`` as well as tmon's own
+    ``ref_key`` (e.g. tmon's ``loss`` with the loss the user logs under a name of their own, which
+    tmon records as is too)."""
+
+    def pairs(self, pairs, tmon, ref):
+        if self.ref_key in ref:
+            pairs.append((self.ref_key, self.tmon_key))
 
 
 @dataclass
@@ -131,9 +143,7 @@ class Ignore(Rule):
         super().__init__(why=why, keys=tuple(keys))
 
     def pairs(self, pairs, tmon, ref):
-        for k in self.keys:
-            if k in pairs or k in ref:
-                pairs[k] = None
+        pairs[:] = [p for p in pairs if p[0] not in self.keys]
 
 
 @dataclass
@@ -146,6 +156,27 @@ class AtReferenceSteps(Rule):
             return tmon_pts, ref_pts
         steps = {s for s, _ in ref_pts}
         return [p for p in tmon_pts if p[0] in steps], ref_pts
+
+
+@dataclass
+class RepeatedInEveryRow(Rule):
+    """The framework writes ``keys`` into every row it logs, whatever the row is about (Lightning's
+    ``epoch``: in validation, epoch-end and evaluation rows too), so one step can hold several
+    values, or a value at a step with no training record: at each step tmon has, tmon's value must
+    be one of the framework's there; the framework's other rows are not compared."""
+
+    def points(self, key, tmon_pts, ref_pts):
+        if not self.covers(key):
+            return tmon_pts, ref_pts
+        theirs = _by_step(ref_pts)
+        keep_tmon, keep_ref = [], []
+        for s, vs in _by_step(tmon_pts).items():
+            if s not in theirs:
+                continue
+            # one framework value per step: tmon's several values at one step stay a mismatch
+            keep_tmon += [(s, v) for v in vs]
+            keep_ref.append((s, next((w for w in theirs[s] if _same(vs[0], w, 1e-9, 0.0)), theirs[s][0])))
+        return keep_tmon, keep_ref
 
 
 @dataclass
@@ -198,7 +229,7 @@ class Mismatch:
 @dataclass
 class Result:
     mismatches: list[Mismatch] = field(default_factory=list)
-    compared: dict = field(default_factory=dict)  # ref key -> (tmon key, points compared)
+    compared: dict = field(default_factory=dict)  # (ref key, tmon key) -> points compared
     rules: list = field(default_factory=list)
 
     @property
@@ -247,13 +278,10 @@ def compare(tmon: Table, ref: Table, rules: Iterable[Rule] = (), *, rel: float =
     configuration cannot pass by comparing nothing."""
     rules = list(rules)
     result = Result(rules=rules)
-    pairs: dict[str, str | None] = {k: k for k in ref}
+    pairs: list[tuple[str, str]] = [(k, k) for k in ref]
     for r in rules:
         r.pairs(pairs, tmon, ref)
-    for rkey in sorted(pairs):
-        tkey = pairs[rkey]
-        if tkey is None:
-            continue
+    for rkey, tkey in sorted(set(pairs)):
         ref_pts = ref.get(rkey, [])
         if tkey not in tmon:
             result.mismatches.append(Mismatch(rkey, None, None, f"{len(ref_pts)} point(s)",
@@ -265,7 +293,7 @@ def compare(tmon: Table, ref: Table, rules: Iterable[Rule] = (), *, rel: float =
             tmon_pts, ref_pts = r.points(rkey, tmon_pts, ref_pts)
             tol = r.tolerance(rkey) or tol
         r_rel, r_abs = tol or (rel, abs_tol)
-        result.compared[rkey] = (tkey, len(ref_pts))
+        result.compared[(rkey, tkey)] = len(ref_pts)
         got, want = _by_step(tmon_pts), _by_step(ref_pts)
         name = rkey if tkey == rkey else f"{rkey} (tmon {tkey})"
         for step in sorted(got.keys() | want.keys()):
@@ -280,8 +308,9 @@ def compare(tmon: Table, ref: Table, rules: Iterable[Rule] = (), *, rel: float =
             for a, b in zip(g, w):
                 if not _same(a, b, r_rel, r_abs):
                     result.mismatches.append(Mismatch(name, step, a, b, "values differ"))
+    compared_keys = {k for k, _ in result.compared}
     for k in require:
-        if k not in result.compared:
+        if k not in compared_keys:
             result.mismatches.append(Mismatch(k, None, None, None, "required key was not compared: "
                                               "the framework's log has no such key, or a rule left it out"))
     if not result.compared:

@@ -2,13 +2,22 @@
 
 import math
 
-from tests.parity.harness import AtReferenceSteps, Ignore, Rename, StepOffset, compare, from_records, read_csv
+from tests.parity.harness import (
+    Also,
+    AtReferenceSteps,
+    Ignore,
+    Rename,
+    StepOffset,
+    compare,
+    from_records,
+    read_csv,
+)
 
 
 def test_equal_tables_pass_and_every_kind_of_difference_is_named(tmp_path):
     ref = {"val_loss": [(9, 0.5)], "train_loss": [(0, 1.0), (1, 0.9)]}
     tmon = {"val_loss": [(9, 0.5)], "train_loss": [(0, 1.0), (1, 0.9)], "lr": [(0, 0.1), (1, 0.1)]}
-    assert compare(tmon, ref).check().compared == {"val_loss": ("val_loss", 1), "train_loss": ("train_loss", 2)}
+    assert compare(tmon, ref).check().compared == {("val_loss", "val_loss"): 1, ("train_loss", "train_loss"): 2}
 
     bad = {"val_loss": [(8, 0.5)], "train_loss": [(0, 1.0), (1, 0.9), (1, 0.8)]}
     text = str(compare(bad, {**ref, "acc": [(1, 0.5)]}))
@@ -23,13 +32,16 @@ def test_equal_tables_pass_and_every_kind_of_difference_is_named(tmp_path):
 def test_rules_throttled_steps_offset_rename_ignore_and_required_keys(tmp_path):
     tmon = {"loss": [(s, 1.0 / (s + 1)) for s in range(10)]}
     ref = {"train_loss": [(s + 1, 1.0 / (s + 1)) for s in (4, 9)], "grad_norm_total": [(5, 3.0)]}
+    tmon["train_loss"] = [(s, 1.0 / (s + 1)) for s in (4, 9)]
     result = compare(tmon, ref, rules=[
         Rename("loss", "train_loss", why="the user's name for it"),
         StepOffset(-1, why="this framework counts from 1"),
         AtReferenceSteps(why="the framework logs every 5th step"),
         Ignore("grad_norm_total", why="not recorded by design"),
     ], require=["train_loss"])
-    assert result.check().compared == {"train_loss": ("loss", 2)}
+    assert result.check().compared == {("train_loss", "loss"): 2}
+    both = compare(tmon, ref, rules=[Also("loss", "train_loss"), StepOffset(-1), AtReferenceSteps(), Ignore("grad_norm_total")])
+    assert both.check().compared == {("train_loss", "loss"): 2, ("train_loss", "train_loss"): 2}
     assert not compare(tmon, ref, rules=[Rename("loss", "train_loss")], require=["x"]).ok
 
     path = tmp_path / "metrics.csv"
