@@ -333,7 +333,26 @@ def test_bad_arguments_are_clear_errors_and_bad_values_do_not_stop_training(stor
             t.step(loss=1.5, acc="high")
             t.step(loss=1.25, acc="high")
         assert sum("'acc'" in str(w.message) for w in caught) == 1  # said once, naming the value
+    with pytest.warns(RuntimeWarning, match="has ended.*t.step"):
+        t.step(loss=1.0)  # after the block: said, not silently dropped
     assert open_store(store_url).run(t.run_id).metrics("loss").value.tolist() == [1.5, 1.25]
+
+
+def test_pytorch_terms_give_loop_code_and_accelerator_arguments():
+    from tmon_core.analysis.terms import framework_of, terms_for
+
+    cfg = {"optimizers": [{"class": "AdamW", "defaults": {"lr": 3e-4, "weight_decay": 0.01}}], "num_workers": 0,
+           "batch_size": 64, "precision": "32-true"}
+    t = terms_for(framework_of({"framework": "pytorch"}), cfg)
+    assert t.name == "pytorch" and t.batch_size().current == 64
+    assert t.num_workers().code(4) == "DataLoader(num_workers=4)"
+    assert t.lr().code(1e-4) == "torch.optim.AdamW(model.parameters(), lr=0.0001)" and t.lr().current == 3e-4
+    assert t.precision("bf16-mixed").code(t.precision_value("bf16-mixed")).startswith(
+        'with torch.autocast(device_type="cuda", dtype=torch.bfloat16):')
+    assert "GradScaler" in t.precision("16-mixed").code(t.precision_value("16-mixed"))
+    acc = terms_for("pytorch", {**cfg, "launcher": "accelerate", "mixed_precision": "no"})
+    assert acc.precision("bf16-mixed").code(acc.precision_value("bf16-mixed")) == 'Accelerator(mixed_precision="bf16")'
+    assert acc.grad_clip().code(1.0).startswith("accelerator.clip_grad_norm_(model.parameters(), max_norm=1.0)")
 
 
 def test_without_with_finish_ends_the_run(store_url):

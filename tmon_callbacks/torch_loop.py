@@ -173,6 +173,7 @@ class Tracker:
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._rec = self._ctl = self._link = None
+        self._ended = False
         self._open()
         self._t_last = _perf()
 
@@ -291,8 +292,9 @@ class Tracker:
             self._detach()
             return
         try:
+            recording = self._rec is not None
             self._detach()
-            if self._rec is not None:
+            if recording:
                 self.session.event(ev.TRAIN_END, step=self._step, data=self._end_data(self._end_reason()))
         finally:
             unwatch(self.session)
@@ -337,10 +339,14 @@ class Tracker:
         return {"reason": reason, "steps": self._step, "epochs": self._epochs}
 
     def _detach(self) -> None:
+        """Stop recording and steering: hooks off; a later ``t.step()`` or ``t.log()`` warns (once)
+        that the run has ended instead of putting values where nothing will write them."""
         _open_trackers.discard(self)
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._ended = self._ended or self._rec is not None
+        self._rec = self._ctl = self._link = None
 
     # ------------------------------------------------------------ per step (the hot path)
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -389,12 +395,19 @@ class Tracker:
                 rec.log(record, step)
             except (TypeError, ValueError) as exc:  # one of your values: the others are kept, and it is named
                 self._log_valid(record, step, exc)
+        elif self._ended:
+            self._warn_ended("step")
+            return
         self._step = step = step + 1
         if self._link is not None:  # several processes: process 0 decides, every process applies at this step
             self._exchange(step)
         elif self._ctl is not None and step >= self._ctl.next_step:  # the hot path's one check
             self._apply(self._ctl.due(step), step)
         self._t_last = now  # without t.batches, step_time is the time from one t.step() to the next
+
+    def _warn_ended(self, call: str) -> None:
+        warn_once(self, call, RuntimeError(f"run {self.run_id} has ended (the track() block was left or finish() "
+                                           f"called): t.{call}() records nothing more; start another track()"))
 
     def _log_valid(self, record: dict, step: int, exc: Exception, wall_time: float | None = None) -> None:
         """Record the values tmon can take and warn, once per key, about each one it cannot."""
@@ -419,6 +432,8 @@ class Tracker:
         """Record ``values`` (your names) at ``step``: by default the step last done (0 before any),
         where a validation after an epoch belongs."""
         if self._rec is None:
+            if self._ended:
+                self._warn_ended("log")
             return
         if not isinstance(values, dict):
             raise ValueError(f"t.log takes a dict of name -> value, received {type(values).__name__}: {values!r:.80}")
