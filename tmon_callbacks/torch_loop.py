@@ -102,20 +102,11 @@ _MODEL_KEYS = ("model_state_dict", "model", "state_dict")
 _OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer")
 
 
-def _as_list(value, what: str, kind: type | tuple) -> list:
+def _as_list(value) -> list:
+    """One object or a list/tuple of them, as a list (None: empty)."""
     if value is None:
         return []
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if not isinstance(item, kind):
-            raise ValueError(f"{what} must be {_kind_name(kind)} (or a list of them), received "
-                             f"{type(item).__name__}: {item!r:.80}")
-    return items
-
-
-def _kind_name(kind) -> str:
-    names = [k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,))]
-    return " or ".join(f"a {n}" for n in names)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _is_scheduler(obj) -> bool:
@@ -132,7 +123,7 @@ class Tracker:
                  store: str | os.PathLike | None = None, total_steps: int | None = None,
                  checkpoint_dir: str | os.PathLike = "tmon-checkpoints", **options: Any):
         self.options = make_options(store, options, owner="tmon_core.track")
-        self._wrapped = _as_list(optimizer, "optimizer", object)
+        self._wrapped = _as_list(optimizer)
         self._optimizers = [_torch.unwrap_optimizer(o) for o in self._wrapped]
         for o in self._optimizers:
             if not isinstance(o, torch.optim.Optimizer):
@@ -140,7 +131,7 @@ class Tracker:
                                  f"wrapper of one), received {type(o).__name__}: {o!r:.80}")
         if model is not None and not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, received {type(model).__name__}: {model!r:.80}")
-        self._schedulers = [getattr(s, "scheduler", s) for s in _as_list(scheduler, "scheduler", object)]
+        self._schedulers = [getattr(s, "scheduler", s) for s in _as_list(scheduler)]
         for s in self._schedulers:
             if not _is_scheduler(s):
                 raise ValueError(f"scheduler must be a torch LR scheduler (with .step() and .optimizer), received "
