@@ -266,6 +266,75 @@ def test_rollback_to_a_missing_or_corrupt_file_is_rejected(tmp_path, store_url):
     assert probe.steps == list(range(12))
 
 
+def _add_checkpoint_row(store_url, run_id, path, deleted=False) -> int:
+    """A checkpoint row as anyone who can write the store can add one: no file check, no recorder."""
+    from tmon_core.store.schema import CheckpointRow
+
+    with open_store(store_url) as store, store.write_engine.begin() as conn:
+        return conn.execute(CheckpointRow.__table__.insert().values(
+            run_id=run_id, wall_time=time.time(), step=1, path=str(path), deleted=deleted)).inserted_primary_key[0]
+
+
+def test_rollback_loads_only_the_run_s_own_checkpoint_dirs_or_a_path_allowed_in_this_process(tmp_path, store_url):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    reqs, ids = {}, {}
+
+    def save(trainer, module):
+        trainer.save_checkpoint(elsewhere / "valid.ckpt")  # a real checkpoint, but not where tmon recorded any
+        reqs["ckpt"] = open_store(store_url).run(cb.run_id).request_checkpoint("mine")
+        handed_over(cb)
+
+    def attack(trainer, module):
+        run = open_store(store_url).run(cb.run_id)
+        good = recorded_checkpoints(run).iloc[0]
+        ids["mine"] = int(good.id)
+        link = os.path.join(os.path.dirname(good.path), "link.ckpt")
+        os.symlink(elsewhere / "valid.ckpt", link)  # inside the run's directory, pointing out of it
+        for name, path, deleted in (("outside", elsewhere / "valid.ckpt", False), ("passwd", "/etc/passwd", False),
+                                    ("link", link, False), ("deleted", good.path, True)):
+            ids[name] = _add_checkpoint_row(store_url, cb.run_id, path, deleted)
+            reqs[name] = run.rollback(ids[name])
+        handed_over(cb)
+
+    def allowed(trainer, module):
+        run = open_store(store_url).run(cb.run_id)
+        reqs["allowed"] = run.rollback(ids["outside"], allow_path=True)  # this process trains the run
+        reqs["passwd_allowed"] = run.rollback(ids["passwd"], allow_path=True)
+        handed_over(cb)
+
+    def mine(trainer, module):
+        run = open_store(store_url).run(cb.run_id)
+        reqs["mine"] = run.rollback(ids["mine"])
+        handed_over(cb)
+
+    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, control="admin")
+    probe = Probe({2: save, 5: attack, 8: allowed, 10: mine})
+    t = fit(tmp_path, cb, probe, epochs=1)
+    assert t.state.finished and probe.steps == list(range(12))
+    status = {k: (r.status, r.reason) for k, r in reqs.items()}
+    ckpt_dir = os.path.realpath(tmp_path / "checkpoints")
+    for name in ("outside", "passwd", "link"):
+        assert status[name][0] == "rejected", (name, status[name])
+        assert f"checkpoint {ids[name]}: checkpoint path" in status[name][1]
+        assert f"is outside the directories where this run recorded its checkpoints ({ckpt_dir})" in status[name][1]
+    assert status["deleted"][0] == "rejected"
+    assert f"checkpoint {ids['deleted']} is marked deleted" in status["deleted"][1]
+    assert status["allowed"][0] == "applied"
+    assert status["passwd_allowed"] == (
+        "rejected", "cannot read checkpoint /etc/passwd: not a torch checkpoint (torch.save writes a zip archive; "
+                    f"this file starts with {open('/etc/passwd', 'rb').read(4)!r})")
+    assert status["mine"][0] == "applied" and status["ckpt"][0] == "applied", status["mine"]
+    saved = torch.load(elsewhere / "valid.ckpt", weights_only=True)["state_dict"]
+    for k, v in saved.items():  # the allowed rollback loaded the file outside (applied before step 9)
+        assert torch.equal(probe.weights[9][k], v), k
+    # a process that does not train the run cannot allow a path
+    script = (f"from tmon_core import open_store; open_store({store_url!r}).run({cb.run_id!r})"
+              f".rollback({ids['outside']}, allow_path=True)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "allow_path=True works only in the process that trains run" in out.stderr
+
+
 def test_stop_request_ends_the_fit_cleanly(tmp_path, store_url):
     def ask(trainer, module):
         open_store(store_url).run(cb.run_id).stop("enough")

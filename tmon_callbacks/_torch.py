@@ -239,6 +239,18 @@ def load_checkpoint_file(path: str) -> dict:
 
     if not os.path.exists(path):
         raise ParamRejected(f"checkpoint file {path} does not exist")
+    if os.path.isdir(path):
+        raise ParamRejected(f"checkpoint {path} is a directory, not a torch checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ParamRejected(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else makes
+    # torch.load fail with whatever its parser trips on (IndexError for a text file)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise ParamRejected(f"cannot read checkpoint {path}: not a torch checkpoint (torch.save writes a zip "
+                            f"archive; this file starts with {head!r})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

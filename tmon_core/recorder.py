@@ -358,6 +358,7 @@ class Recorder:
         self._stop = threading.Event()
         self._sampler = None
         self._request_listener = None
+        self.checkpoint_dirs: set[str] = set()  # where checkpoint() recorded files: what rollback may load
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._open_store()
         self._thread = threading.Thread(target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True)
@@ -487,9 +488,13 @@ class Recorder:
     def checkpoint(self, path: str | os.PathLike, *, step: int | None = None, epoch: float | None = None,
                    monitor: str | None = None, monitor_value: float | None = None, source: str | None = None,
                    description: str | None = None, tags: list[str] | None = None) -> None:
-        """Record a checkpoint written at ``path`` (file or directory; its size is taken now)."""
+        """Record a checkpoint written at ``path`` (file or directory; its size is taken now).
+
+        Its real directory joins ``checkpoint_dirs``: a rollback of this run loads files there only,
+        whatever a checkpoint row in the store (which anyone who can write the store can add) says."""
         path = os.path.abspath(os.fspath(path))
         size = path_size(path)
+        self.checkpoint_dirs.add(os.path.realpath(os.path.dirname(path)))
         row = {"wall_time": _now(), "step": step, "epoch": epoch, "path": path, "size_bytes": size,
                "monitor": monitor, "monitor_value": _opt_float(monitor_value), "source": source,
                "description": description, "tags": to_json(list(tags)) if tags else None, "deleted": False}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,32 @@ ROLLBACK = "rollback"
 STOPPED = "stopped"
 
 NEVER = math.inf
+
+# Paths a user of this process allowed a rollback to load (``run.rollback(..., allow_path=True)``).
+# A request row can come from anyone who can write the store; only code running in the training
+# process can add here.
+_ALLOWED_PATHS: set[str] = set()
+
+
+def allow_rollback_path(path: str | os.PathLike) -> None:
+    """Let rollbacks of this process load ``path`` (a file, or a checkpoint directory), wherever it is."""
+    _ALLOWED_PATHS.add(os.path.realpath(os.fspath(path)))
+
+
+def rollback_path_refusal(path: str, dirs) -> str | None:
+    """Why a rollback must not load ``path``, or None: it must lie inside one of ``dirs`` (the real
+    directories where this process recorded the run's checkpoints) or have been allowed explicitly.
+    Symlinks are resolved first, so a link inside a checkpoint directory cannot point out of it."""
+    real = os.path.realpath(path)
+    if real in _ALLOWED_PATHS:
+        return None
+    for d in dirs:
+        if real == d or real.startswith(d.rstrip(os.sep) + os.sep):
+            return None
+    where = ", ".join(sorted(dirs)) or "none yet"
+    return (f"checkpoint path {path} is outside the directories where this run recorded its checkpoints ({where}); "
+            f"rollback loads only those, or a path allowed in the training process with "
+            f"run.rollback(..., allow_path=True)")
 
 
 class At:
@@ -321,7 +348,11 @@ class Controller:
                 return self._reject(req, step, f"checkpoint {ckpt['id']} belongs to run {ckpt.get('run_id')}, not this "
                                                f"run; pass compatible=True to load it anyway")
             if ckpt.get("deleted"):
-                return self._reject(req, step, f"checkpoint {ckpt['id']} was deleted ({ckpt['path']})")
+                return self._reject(req, step, f"checkpoint {ckpt['id']} is marked deleted: its file {ckpt['path']} "
+                                               f"was removed or replaced since it was recorded")
+            refusal = rollback_path_refusal(ckpt["path"], getattr(self.recorder, "checkpoint_dirs", ()))
+            if refusal is not None:
+                return self._reject(req, step, f"checkpoint {ckpt['id']}: {refusal}")
             return Rollback(checkpoint_id=ckpt["id"], path=ckpt["path"], same_run=same_run, **common)
         reason = payload.get("reason")
         return Stop(reason=reason if isinstance(reason, str) else None, **common)

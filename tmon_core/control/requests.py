@@ -123,9 +123,21 @@ def request_checkpoint(run, description: str | None = None, tags: list[str] | No
     return submit(run, "checkpoint", {"description": description, "tags": _tags(tags)}, **kw)
 
 
-def rollback(run, checkpoint_id: int, *, compatible: bool = False, **kw) -> Request:
+def rollback(run, checkpoint_id: int, *, compatible: bool = False, allow_path: bool = False, **kw) -> Request:
+    """Ask the run to restore a recorded checkpoint. The run loads only files inside the directories
+    where it recorded its own checkpoints; ``allow_path=True``, called in the process that trains
+    the run, lets it load this checkpoint's path wherever it is (another run's, with ``compatible``)."""
     if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int):
         raise ValueError(f"checkpoint_id must be the int id of a recorded checkpoint, received {checkpoint_id!r}")
+    if allow_path:
+        from .controller import allow_rollback_path
+
+        info = run.info()
+        if info.get("pid") != os.getpid() or info.get("host") != socket.gethostname():
+            raise ValueError(f"allow_path=True works only in the process that trains run {run.id} "
+                             f"(pid {info.get('pid')} on {info.get('host')}); this is pid {os.getpid()} on "
+                             f"{socket.gethostname()}")
+        allow_rollback_path(run.store.checkpoint(checkpoint_id)["path"])
     return submit(run, "rollback", {"checkpoint_id": checkpoint_id, "compatible": bool(compatible)}, **kw)
 
 

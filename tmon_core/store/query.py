@@ -410,8 +410,9 @@ class Run:
     def request_checkpoint(self, description: str | None = None, tags: list[str] | None = None, **kw):
         return _control().request_checkpoint(self, description, tags, **kw)
 
-    def rollback(self, checkpoint_id: int, *, compatible: bool = False, **kw):
-        return _control().rollback(self, checkpoint_id, compatible=compatible, **kw)
+    def rollback(self, checkpoint_id: int, *, compatible: bool = False, allow_path: bool = False, **kw):
+        """Restore a recorded checkpoint (see ``tmon_core.control.requests.rollback``)."""
+        return _control().rollback(self, checkpoint_id, compatible=compatible, allow_path=allow_path, **kw)
 
     def stop(self, reason: str | None = None, **kw):
         return _control().stop(self, reason, **kw)
