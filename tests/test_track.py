@@ -423,3 +423,35 @@ def test_two_processes_record_one_run_and_apply_the_schedule_at_the_same_step(tm
     assert run.status == "completed" and run.metrics("loss").value.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert run.metrics("lr").value.tolist() == pytest.approx([1.0] * 3 + [0.1] * 3)
     assert run.info()["config"]["world_size"] == 2
+
+
+def test_rollback_reads_the_checkpoint_layouts_a_plain_loop_saves(tmp_path):
+    from safetensors.torch import save_file
+
+    from tmon_callbacks._base import Rejected
+    from tmon_callbacks.torch_loop import _read_checkpoint
+
+    model, opt, _ = setup()
+    F.nll_loss(model(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
+    opt.step()
+    weights, opt_state = model.state_dict(), opt.state_dict()
+    torch.save(weights, tmp_path / "mnist_cnn.pt")  # pytorch/examples
+    torch.save({"epoch": 3, "model_state_dict": weights, "optimizer_state_dict": opt_state}, tmp_path / "tutorial.pt")
+    torch.save({"model": weights, "optimizer": opt_state}, tmp_path / "short.pt")
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "model.safetensors")
+    state_dir = tmp_path / "accelerate_state"  # what accelerator.save_state writes
+    state_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in weights.items()}, state_dir / "model.safetensors")
+    torch.save(opt_state, state_dir / "optimizer.bin")
+    for name, has_opt in [("mnist_cnn.pt", False), ("tutorial.pt", True), ("short.pt", True),
+                          ("model.safetensors", False), ("accelerate_state", True)]:
+        state, opts = _read_checkpoint(str(tmp_path / name))
+        assert set(state) == set(weights) and all(torch.equal(state[k], weights[k]) for k in weights), name
+        assert (opts is not None) == has_opt, name
+        if has_opt:
+            assert opts[0]["state"].keys() == opt_state["state"].keys()
+    torch.save({"epoch": 3}, tmp_path / "no_model.pt")
+    with pytest.raises(Rejected, match="holds no model state"):
+        _read_checkpoint(str(tmp_path / "no_model.pt"))
+    with pytest.raises(Rejected, match="does not exist"):
+        _read_checkpoint(str(tmp_path / "missing.pt"))
