@@ -455,3 +455,19 @@ def test_rollback_reads_the_checkpoint_layouts_a_plain_loop_saves(tmp_path):
         _read_checkpoint(str(tmp_path / "no_model.pt"))
     with pytest.raises(Rejected, match="does not exist"):
         _read_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_log_grad_norm_records_the_norm_the_optimizer_step_saw(store_url):
+    model, opt, _ = setup()
+    norms = []
+    with tmon_core.track(optimizer=opt, model=model, log_grad_norm=True, **opts(store_url)) as t:
+        for data, target in t.batches(mnist(n=96)):
+            opt.zero_grad()
+            F.nll_loss(model(data), target).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
+            opt.step()
+            opt.zero_grad()  # gone by t.step(): read by the optimizer's pre-hook
+            t.step()
+    assert open_store(store_url).run(t.run_id).metrics("grad_norm").value.tolist() == pytest.approx(norms, rel=1e-5)
+    assert max(norms) <= 0.5 + 1e-6  # after clipping, as the step used them
