@@ -188,7 +188,8 @@ def _zips(d, good, case):
             for _ in range(80):
                 w.write(b" " * (1 << 20))
         z.writestr("model.weights.h5", b"")
-    case("zip_config_bomb", d / "config_bomb.keras", good, f"config.json in the archive declares {80 << 20} bytes")
+    case("zip_config_bomb", d / "config_bomb.keras", good, f"config.json in the archive inflates",
+         f"to {80 << 20} (")
     deep = d / "config_deep.keras"
     _keras_zip(deep, b"", config=b"[" * 50_000 + b"]" * 50_000)
     case("zip_config_deep", deep, good, "config.json in the archive: nested 50000 levels deep")
@@ -206,6 +207,22 @@ def _torch_files(d, good, case):
     raw = (d / "full.pt").read_bytes()
     (d / "cut.pt").write_bytes(raw[: len(raw) // 2])
     case("torch_truncated", d / "cut.pt", good, "truncated or corrupt")
+    # a legacy (pickle) file whose storage claims 2**31 elements, cut short: never 8 GiB allocated and filled
+    torch.save({"w": torch.ones(123457)}, d / "legacy.pt", _use_new_zipfile_serialization=False)
+    raw = (d / "legacy.pt").read_bytes()
+    lie = raw.replace(b"J" + struct.pack("<i", 123457), b"J" + struct.pack("<i", 2**31 - 1), 1)
+    (d / "legacy_lie.pt").write_bytes(lie[:4000])
+    case("torch_legacy_lie", d / "legacy_lie.pt", good, "torch.load failed")
+    # a torch zip whose tensor record is deflated zeros: torch's reader would inflate 128 MiB of them
+    with zipfile.ZipFile(d / "full.pt") as src, zipfile.ZipFile(d / "zbomb.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            if info.filename.endswith("data/0"):
+                with out.open(info.filename, "w", force_zip64=True) as w:
+                    for _ in range(128):
+                        w.write(bytes(1 << 20))
+            else:
+                out.writestr(info.filename, src.read(info.filename))
+    case("torch_zip_bomb", d / "zbomb.pt", good, "data/0 in the archive inflates", "a zip bomb?")
     # a legitimate torch.save of an expand()ed view: 4 bytes on disk, 256 GiB once made contiguous
     torch.save({"w": torch.zeros(1).expand(2**36)}, d / "expanded.pt")
     case("torch_expanded", d / "expanded.pt", good, "tensor 'w': shape [68719476736] with strides [0]",
@@ -226,7 +243,8 @@ def _torch_files(d, good, case):
 COMPARED = ["torch_shared_params"]
 CASES = [*SAFETENSORS, "header_beyond_file", "header_huge", "fifo", "dev_zero", "symlink_to_device", "socket",
          "hf_fifo_weights", "hf_index_escape", "hf_index_deep", "h5_unallocated", "h5_virtual", "h5_external",
-         "zip_bomb", "zip_config_bomb", "zip_config_deep", "zip_members", "torch_truncated", "torch_expanded"]
+         "zip_bomb", "zip_config_bomb", "zip_config_deep", "zip_members", "torch_truncated", "torch_legacy_lie", "torch_zip_bomb",
+         "torch_expanded"]
 
 
 @pytest.mark.slow  # the fixture builds ~30 files and diffs them in a child importing torch

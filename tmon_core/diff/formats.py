@@ -171,6 +171,8 @@ def _is_keras_zip(path: str, f=None, size: int | None = None) -> bool:
         guard.check_zip(path, f, size)
         with zipfile.ZipFile(f) as z:
             names = set(z.namelist())
+            for info in z.infolist():  # torch's own reader would inflate a bomb just the same
+                guard.check_inflation(path, info)
     except zipfile.BadZipFile:
         if path.lower().endswith(".keras"):
             raise CheckpointError(path, "truncated or corrupt: not a readable zip archive (a .keras file is one)") \

@@ -36,6 +36,9 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 MAX_RANK = 64
 #: most members a zip (torch checkpoint, .keras archive) may list: each costs Python ~500 bytes
 MAX_ZIP_MEMBERS = 200_000
+#: a compressed zip member may inflate MAX_ZIP_RATIO times its compressed size, once over MAX_SMALL_MEMBER
+MAX_ZIP_RATIO = 100
+MAX_SMALL_MEMBER = 64 * 1024 * 1024
 
 _KIND = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
@@ -210,7 +213,18 @@ def zip_members(f, size: int) -> int | None:
 
 
 def check_zip(path: str, f, size: int) -> None:
+    """Refuse a zip listing more than ``MAX_ZIP_MEMBERS`` members, before ``zipfile`` reads the list."""
     n = zip_members(f, size)
     if n is not None and n > MAX_ZIP_MEMBERS:
         raise CheckpointError(path, f"the zip archive lists {n} members, more than the {MAX_ZIP_MEMBERS} accepted")
     f.seek(0)
+
+
+def check_inflation(path: str, info) -> None:
+    """Refuse a compressed zip member (a ``zipfile.ZipInfo``) that inflates past reason: torch and
+    Keras store their weights uncompressed, and weights deflate by a few percent, not 100x."""
+    if info.compress_type and info.file_size > MAX_SMALL_MEMBER and \
+            info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+        raise CheckpointError(path, f"{info.filename} in the archive inflates {info.compress_size} bytes to "
+                                    f"{info.file_size} ({info.file_size // max(1, info.compress_size)}x): a zip bomb? "
+                                    "not extracted")
