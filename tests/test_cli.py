@@ -92,3 +92,28 @@ def test_store_from_environment_and_missing_run(tmp_path, recorded, store_url, m
     out = subprocess.run([TMON, "runs"], capture_output=True, text=True, env=env, timeout=60)
     assert recorded.run_id in out.stdout
     assert open_store(store_url).run(recorded.run_id).status == "completed"
+
+
+def test_hf_steps_are_counted_as_hf_numbers_them_in_show_runs_and_the_report(tmp_path, store_url, capsys):
+    """HF records its global_step, which is 1 after the first optimizer step: 8 steps of 8, not 9."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import Trainer
+
+    from tests.test_hf import TokenData, args, tiny_bert
+    from tmon_callbacks.hf import TMonCallback
+    from tmon_core.cli import main
+
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None, report="off", widget=False)
+    Trainer(model=tiny_bert(), train_dataset=TokenData(32), args=args(tmp_path, num_train_epochs=2),
+            callbacks=[cb]).train()  # 32 samples / batch 8 = 4 steps per epoch, numbered 1..8
+    run = open_store(store_url).run(cb.run_id)
+    assert run.info()["last_step"] == 8 and run.info()["total_steps"] == 8
+    capsys.readouterr()
+    assert main(["--store", store_url, "show", cb.run_id]) == 0
+    assert "steps     8 of 8\n" in capsys.readouterr().out
+    assert main(["--store", store_url, "runs"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[-1] == "STEPS" and row.split()[-1] == "8"
+    assert main(["--store", store_url, "report", cb.run_id, "--json", "--no-save"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["steps"] == 8

@@ -71,7 +71,7 @@ def cmd_runs(store: Store, args) -> int:
     rows = [("ID", "NAME", "STATUS", "FRAMEWORK", "STARTED", "DURATION", "STEPS")]
     for r in df.itertuples():
         rows.append((r.id, r.name, r.status, r.framework or "-", _fmt_time(r.created_at), _fmt_duration(r.duration),
-                     "-" if r.last_step is None or r.last_step != r.last_step else str(int(r.last_step) + 1)))
+                     "-" if r.steps is None or r.steps != r.steps else str(int(r.steps))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -87,7 +87,7 @@ def cmd_show(store: Store, args) -> int:
     print(f"framework {info['framework'] or '-'}")
     print(f"host      {info['host'] or '-'} (pid {info['pid']})")
     print(f"started   {_fmt_time(info['created_at'])}   duration {_fmt_duration(end - info['created_at'])}")
-    steps = "-" if info["last_step"] is None else str(info["last_step"] + 1)
+    steps = "-" if info["steps"] is None else str(info["steps"])
     total = f" of {info['total_steps']}" if info.get("total_steps") else ""
     print(f"steps     {steps}{total}")
     if info["dropped_points"]:

@@ -214,7 +214,9 @@ class RunData:
 
     @cached_property
     def steps_done(self) -> int | None:
-        return None if self.last_step is None else int(self.last_step) + 1
+        from ..store.query import steps_done  # HF numbers its steps from 1, the others from 0
+
+        return steps_done(self.last_step, self.info.get("framework"))
 
     # ------------------------------------------------------------------ hardware
     @cached_property

@@ -47,6 +47,19 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+#: frameworks whose recorded steps start at 1: HF records its ``global_step``, 1 after the first
+#: optimizer step; Lightning, Keras and tmon's own loop count from 0
+ONE_BASED_STEPS = frozenset({"hf"})
+
+
+def steps_done(last_step: int | float | None, framework: str | None) -> int | None:
+    """How many steps a run recorded up to ``last_step``, counted the way its framework numbers them
+    (the figure ``tmon show``, ``tmon runs`` and the report print)."""
+    if last_step is None or last_step != last_step:  # (NaN: pandas' missing value)
+        return None
+    return int(last_step) + (0 if framework in ONE_BASED_STEPS else 1)
+
+
 def effective_status(status: str, heartbeat_at: float | None, timeout: float, now: float | None = None) -> str:
     """A running run whose heartbeat is older than its timeout reads as ``lost``."""
     if status == RUNNING and heartbeat_at is not None and (now or time.time()) - heartbeat_at > timeout:
@@ -97,7 +110,7 @@ class Store:
 
     def runs(self):
         """One row per run, newest first: id, name, status, framework, created_at, ended_at,
-        duration (s), last_step, host, pid, tags."""
+        duration (s), last_step, steps (how many were recorded: see ``steps_done``), host, pid, tags."""
         pd = _pd()
         with self.engine.connect() as conn:
             rows = conn.execute(select(RunRow).order_by(RunRow.created_at.desc())).mappings().all()
@@ -109,11 +122,12 @@ class Store:
                 "id": r["id"], "name": r["name"],
                 "status": effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"], now),
                 "framework": r["framework"], "created_at": r["created_at"], "ended_at": r["ended_at"],
-                "duration": end - r["created_at"], "last_step": r["last_step"], "host": r["host"], "pid": r["pid"],
+                "duration": end - r["created_at"], "last_step": r["last_step"],
+                "steps": steps_done(r["last_step"], r["framework"]), "host": r["host"], "pid": r["pid"],
                 "tags": _loads(r["tags"]) or [],
             })
-        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "host", "pid",
-                "tags"]
+        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "steps", "host",
+                "pid", "tags"]
         return pd.DataFrame(out, columns=cols)
 
     def run(self, run_id: str) -> Run:
@@ -182,6 +196,7 @@ class Run:
         """Metadata and configuration of the run (config and error decoded from JSON)."""
         r = self._row()
         r["status"] = effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
+        r["steps"] = steps_done(r["last_step"], r["framework"])
         r["config"] = _loads(r["config"]) or {}
         r["tags"] = _loads(r["tags"]) or []
         r["error"] = _loads(r["error"])
