@@ -1,7 +1,7 @@
 """What does TMonCallback add to each step of a Lightning fit, next to Lightning's own loggers?
 
 A tiny MLP (examples/tiny_lightning.py) is fitted on CPU for ~3000 steps in one epoch, with
-``log_every_n_steps=1`` and 5 scalars ``self.log``-ged per step. Configurations: bare
+``log_every_n_steps=1`` (``--log-every``) and 5 scalars ``self.log``-ged per step. Configurations: bare
 (``logger=False``), NullLogger (a Logger that drops everything: what Lightning itself spends once
 any logger is attached), TMonCallback (default 1 s hardware sampler, store in a temp dir),
 CSVLogger, TensorBoardLogger, MLFlowLogger (local SQLite tracking URI).
@@ -54,6 +54,7 @@ from _util import header, median, num, ok, parse_args, table
 WARMUP_STEPS = 50
 BLOCKS = 5  # the timed window is also cut into this many blocks (of ~590 steps at 3000 steps)
 PROBE_AT = 60  # the step at which [3]'s probe runs
+LOG_EVERY = 1  # Trainer(log_every_n_steps); --log-every
 SCALARS = ("train/loss", "train/mae", "train/max_err", "train/pred_mean", "train/pred_std")
 
 CONFIGS = ["bare", "NullLogger", "TMonCallback", "CSVLogger", "TensorBoardLogger", "MLFlowLogger"]
@@ -261,7 +262,7 @@ def _fit(classes, steps: int, tmp: str, logger, callbacks: list) -> float:
     data = SyntheticData(n=(steps * 16 * 4 + 2) // 3, batch_size=16)
     model = FiveScalars(log_metrics=False)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, max_steps=steps, log_every_n_steps=1, logger=logger,
+        accelerator="cpu", devices=1, max_epochs=1, max_steps=steps, log_every_n_steps=LOG_EVERY, logger=logger,
         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp,
     )
@@ -370,12 +371,17 @@ def main() -> int:
                        help="rounds that include MLFlowLogger (default 3: ~35 s a fit, and its overhead is 40x tmon's)")
         p.add_argument("--configs", default=",".join(CONFIGS),
                        help="comma-separated subset of " + ",".join(CONFIGS + OPTIONAL))
+        p.add_argument("--log-every", type=int, default=1,
+                       help="Trainer(log_every_n_steps) of the fits (default 1; Lightning's default is 50: tmon then "
+                            "reads the self.log values of the steps between from Lightning's result collection)")
         p.add_argument("--iters", type=int, default=None,
                        help="[3] loop iterations per config (default 3000, 300 with --quick; MLflow gets 1/10)")
 
     args = parse_args(__doc__.split("\n\n")[0], extra)
     header("bench/lightning_overhead.py: per-step cost of logging in a Lightning fit", args.quick)
     _quiet()
+    global LOG_EVERY
+    LOG_EVERY = args.log_every
     steps = args.steps or (300 if args.quick else 3000)
     rounds = args.rounds or (1 if args.quick else 12)
     iters = args.iters or (300 if args.quick else 3000)
@@ -388,7 +394,8 @@ def main() -> int:
 
     classes = build_classes()
     print(f"lightning {lightning.__version__} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
-          f"{steps} steps per fit, timed from step {WARMUP_STEPS} | {rounds} round(s), rotating order")
+          f"{steps} steps per fit, timed from step {WARMUP_STEPS} | {rounds} round(s), rotating order | "
+          f"log_every_n_steps={LOG_EVERY}")
     sys.stdout.flush()
 
     results: dict[str, list[dict]] = {c: [] for c in configs}
@@ -446,7 +453,7 @@ def main() -> int:
                      "" if b else f"{1 + over[c] / med['bare']:.3f}x", _tm_over(over, c)])
     table(["config", "rounds", "us/step", "min-max over rounds", "overhead us/step", "quartiles of overhead",
            "vs bare", "tmon overhead / this"],
-          rows, title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps=1: {steps} "
+          rows, title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps={LOG_EVERY}: {steps} "
                       f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; us/step: median over {rounds} round(s) "
                       f"of each fit's mean; overhead: median over rounds of (fit - that round's bare fit)")
     rows = []

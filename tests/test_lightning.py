@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("lightning")
 import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch import Callback, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from examples.tiny_lightning import make  # noqa: E402
@@ -230,6 +230,53 @@ def test_one_callback_two_fits_two_runs_no_thread_leak(tmp_path, store_url):
         assert run.status == "completed" and run.metrics("loss").step.tolist() == [0, 1, 2]
     time.sleep(0.2)
     assert threading.active_count() <= before
+
+
+def test_validate_after_the_fit_is_recorded_into_the_ended_run_which_keeps_its_status(tmp_path, store_url):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    before = threading.active_count()
+    t = trainer(tmp_path, [cb], max_epochs=1, enable_checkpointing=False)
+    model, data = TinyRegressor(), SyntheticData(n=64, batch_size=16)  # 3 batches
+    t.fit(model, data)
+    first = cb.run_id
+    t.validate(model, data, verbose=False)
+    run = open_store(store_url).run(first)
+    assert run.status == "completed"
+    events = run.events()
+    assert events.type.tolist()[-3:] == [ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END]
+    assert events.data.iloc[-1] == {"stage": "validate"} and events.step.iloc[-1] == 3
+    # the fit's validation after step 2, then validate() at Lightning's step 3
+    assert run.metrics("val_loss").step.tolist() == [2, 3]
+    assert run.metrics("val_loss").value.iloc[-1] == pytest.approx(float(t.callback_metrics["val_loss"]))
+    time.sleep(0.2)
+    assert threading.active_count() <= before  # the attached recorder is closed
+
+    trainer(tmp_path, [cb], max_epochs=1, enable_checkpointing=False).fit(TinyRegressor(), data)
+    assert cb.run_id != first and open_store(store_url).run(first).status == "completed"
+
+
+class _StopsAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("kw, callbacks, reason", [
+    ({"max_steps": 2}, [], ev.END_MAX_STEPS),
+    ({"max_epochs": 1}, [], ev.END_MAX_EPOCHS),
+    ({"max_epochs": 5}, [_StopsAt(2)], ev.END_SHOULD_STOP),
+])
+def test_train_end_says_why_the_fit_ended(tmp_path, store_url, kw, callbacks, reason):
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
+    trainer(tmp_path, [cb, *callbacks], enable_checkpointing=False, **kw).fit(
+        TinyRegressor(), SyntheticData(n=64, batch_size=16))
+    run = open_store(store_url).run(cb.run_id)
+    end = run.events(ev.TRAIN_END)
+    assert len(end) == 1 and end.data.iloc[0]["reason"] == reason
+    assert [c["name"] for c in run.info()["config"][ev.CONFIG_CALLBACKS]] == [type(c).__name__ for c in callbacks]
 
 
 def _open_fds() -> int:
