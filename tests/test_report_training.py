@@ -198,3 +198,28 @@ class _Printing(TinyRegressor):
         if batch_idx == 2:
             print("batch 2 printed")
         return super().training_step(batch, batch_idx)
+
+
+# ---------------------------------------------------------------------------- trust (issue 17)
+@pytest.mark.slow
+def test_a_healthy_fit_with_noisy_small_batches_is_rated_good_with_every_seed(tmp_path, store_url):
+    """Batch size 8 makes the per-batch loss jump around; no seed may turn that into a warning."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        cb = fit(tmp_path, store_url, TinyRegressor(lr=0.01), SyntheticData(n=512, batch_size=8, seed=seed),
+                 max_epochs=3, sample_interval=None)
+        r = cb.session.report
+        assert r.summary["steps"] == 144
+        assert r.health == "good", f"seed {seed}:\n{r}"
+        assert not [x for x in r.recommendations if "gradient_clip" in (x.config_path or "")]
+
+
+@pytest.mark.slow
+def test_nan_injected_at_step_60_is_critical_at_step_60(tmp_path, store_url):
+    torch.manual_seed(0)
+    cb = fit(tmp_path, store_url, TinyRegressor(lr=0.01, nan_at_step=60), SyntheticData(n=512, batch_size=8),
+             max_epochs=2, sample_interval=None)
+    r = cb.session.report
+    (f,) = by_rule(r, "stability.nonfinite")
+    assert r.health == "critical" and f.severity == "critical" and f.step == 60
+    assert "step 60" in f.title and f.confidence == 1.0

@@ -10,21 +10,23 @@ step by step.
 
 They judge a series against its own noise, in log space (a loss that halves moves as far from 1.0
 as from 0.01): the points are grouped in blocks of ``BLOCK`` consecutive points, each block
-summarised by the median of its logs and its spread; a judgement needs the evidence to stand out of
+summarised by the interquartile mean of its logs and its spread; a judgement needs the evidence to stand out of
 that spread, so a noisy run needs a larger effect than a smooth one. Chosen on the labelled corpus
 of ``bench/diagnosis.py`` (tests/diagnosis/):
 
-* spikes: a point whose log rises above the median of the two previous blocks by ``SPIKE_SIGMAS``
-  (9) times their upper spread ((q90 - median) / 1.28, the σ of a log-normal noise; mixed-difficulty
-  batches widen it, as they should) and by at least ×``SPIKE_MIN_RATIO`` (2);
-* divergence: the last block's median above the best block's by ×``divergence_factor`` and by 4
+* spikes: a point whose log rises above the previous block's level (interquartile mean) by
+  ``SPIKE_SIGMAS`` (9) times the upper spread of the ``REF_BLOCKS`` (4) blocks before it ((q90 -
+  median) / 1.28, the σ of a log-normal noise; mixed-difficulty batches widen it, as they should)
+  and by at least ×``SPIKE_MIN_RATIO`` (2), unless those blocks hold ``SPIKE_HABIT`` (4) points as
+  high already (then such batches are the run's habit); the first two blocks are not judged;
+* divergence: the last block's level above the best block's by ×``divergence_factor`` and by 4
   standard errors, having given back a quarter of the progress;
 * plateau: over the last third of the run a linear trend of the block medians whose improvement,
-  plus two standard errors, stays under ``plateau_improvement``: flat *within its confidence*;
+  at its 95 % upper bound, stays under ``plateau_improvement`` (5 %): flat *within its confidence*;
   a noisy curve still falling is not flat, and one too noisy to tell is not called flat either;
 * overfitting: the validation loss (median of three evaluations) above its best by ``overfit_rise``
   at the last two evaluations while the training blocks kept falling;
-* gradient norm: the last block's median ×``grad_explode_factor`` above (or ×``grad_vanish_factor``
+* gradient norm: the last block's level ×``grad_explode_factor`` above (or ×``grad_vanish_factor``
   below) the first three blocks' median, or non-finite norms.
 
 A series with values <= 0 (not a loss of the usual kind) is judged for NaN/inf only: ratios mean
@@ -41,9 +43,12 @@ import numpy as np
 BLOCK = 32
 SPIKE_SIGMAS = 9.0
 SPIKE_MIN_RATIO = 2.0
+REF_BLOCKS = 4  # a point's reference: the blocks before its own, up to this many
+SPIKE_HABIT = 4  # excursions past the limit in the reference blocks that make them this run's habit
 SPIKE_SCALE_FLOOR = 0.02  # a very smooth curve: a 2 % wiggle is not its noise unit
 _Q90 = 1.2816  # q90 of a standard normal: (q90 - median) / _Q90 is σ for Gaussian log-noise
-_MEDIAN_SE = 1.2533 * 1.4826  # SE of a block median = this × MAD / sqrt(n) for Gaussian noise
+_ONE_SIDED = 1.645  # z of a one-sided 95 % bound
+_MEDIAN_SE = 1.15  # SE of a 32-point interquartile mean of Gaussian noise, in σ/sqrt(n)  # SE of a block median = this × MAD / sqrt(n) for Gaussian noise
 
 
 @dataclass
@@ -69,21 +74,59 @@ def _arr(x, dtype) -> np.ndarray:
     return np.asarray(x, dtype=dtype).reshape(-1)
 
 
+class _Grow:
+    """An array appended to in place (capacity doubles): no copy of the whole per update."""
+
+    def __init__(self, dtype) -> None:
+        self.data = np.empty(64, dtype)
+        self.n = 0
+
+    def extend(self, x: np.ndarray) -> None:
+        need = self.n + len(x)
+        if need > len(self.data):
+            grown = np.empty(max(need, 2 * len(self.data)), self.data.dtype)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:need] = x
+        self.n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.data[:self.n]
+
+    def last(self, default: float = 0.0):
+        return self.data[self.n - 1] if self.n else default
+
+
 class Blocks:
-    """Finite positive points in blocks of ``BLOCK``: per complete block the median, the spread
-    ((q75 - q25) / 1.349, σ for Gaussian noise) and the upper spread ((q90 - median) / 1.28) of the
-    logs, and its first/last step; the partial block waits. Values <= 0 stop it (``nonpositive_step``)."""
+    """Finite positive points in blocks of ``BLOCK``: per complete block the level (interquartile
+    mean of the logs), the spread ((q75 - q25) / 1.349, σ for Gaussian noise), the upper spread ((q90
+    - median) / 1.28), its first/last step, and running sums for the trend over any range of blocks
+    in O(1); the partial block waits. Values <= 0 stop it (``nonpositive_step``)."""
 
     def __init__(self) -> None:
-        self.med = np.empty(0)
-        self.sd = np.empty(0)
-        self.up = np.empty(0)
-        self.first = np.empty(0, np.int64)
-        self.last = np.empty(0, np.int64)
+        self._med, self._sd, self._up = _Grow(float), _Grow(float), _Grow(float)
+        self._first, self._last = _Grow(np.int64), _Grow(np.int64)
+        # prefix sums (first entry 0) of the level, its square and index × level: trends in O(1)
+        self._cy, self._cyy, self._ciy = _Grow(float), _Grow(float), _Grow(float)
+        for c in (self._cy, self._cyy, self._ciy):
+            c.extend(np.zeros(1))
+        self.best_index = -1  # the lowest level's block (the first of equals)
         self.pending_log = np.empty(0)
         self.pending_steps = np.empty(0, np.int64)
+        self.sorted = np.empty((0, BLOCK))  # the last complete blocks' logs, sorted (REF_BLOCKS between updates)
+        self.sorted_from = 0  # the block index of sorted[0]
         self.count = 0  # points taken
         self.nonpositive_step: int | None = None
+
+    med = property(lambda self: self._med.view)
+    sd = property(lambda self: self._sd.view)
+    up = property(lambda self: self._up.view)
+    first = property(lambda self: self._first.view)
+    last = property(lambda self: self._last.view)
+
+    def __len__(self) -> int:
+        return self._med.n
 
     def update(self, steps: np.ndarray, logs: np.ndarray) -> None:
         if not len(logs):
@@ -95,21 +138,53 @@ class Blocks:
         if k:
             full = np.sort(all_log[:k].reshape(-1, BLOCK), axis=1)
             fsteps = all_steps[:k].reshape(-1, BLOCK)
-            med = (full[:, BLOCK // 2 - 1] + full[:, BLOCK // 2]) / 2
+            # the interquartile mean: robust to a spike like the median, yet steady when a share of
+            # hard batches puts the median on the edge between two modes
+            med = full[:, BLOCK // 4:3 * BLOCK // 4].mean(axis=1)
             q25, q75, q90 = (full[:, int(q * (BLOCK - 1))] * (1 - q * (BLOCK - 1) % 1)
                              + full[:, int(q * (BLOCK - 1)) + 1] * (q * (BLOCK - 1) % 1) for q in (0.25, 0.75, 0.9))
-            self.med = np.concatenate([self.med, med])
-            self.sd = np.concatenate([self.sd, (q75 - q25) / 1.349])
-            self.up = np.concatenate([self.up, (q90 - med) / _Q90])
-            self.first = np.concatenate([self.first, fsteps[:, 0]])
-            self.last = np.concatenate([self.last, fsteps[:, -1]])
+            q50 = (full[:, BLOCK // 2 - 1] + full[:, BLOCK // 2]) / 2
+            n0 = len(self)
+            j = int(np.argmin(med))
+            if self.best_index < 0 or med[j] < self._med.data[self.best_index]:
+                self.best_index = n0 + j
+            idx = np.arange(n0, n0 + len(med), dtype=float)
+            for c, v in ((self._cy, med), (self._cyy, med * med), (self._ciy, idx * med)):
+                # the same additions in the same order however the points arrive
+                c.extend(np.cumsum(np.concatenate([[c.last()], v]))[1:])
+            self._med.extend(med)
+            self._sd.extend((q75 - q25) / 1.349)
+            self._up.extend((q90 - q50) / _Q90)
+            self._first.extend(fsteps[:, 0])
+            self._last.extend(fsteps[:, -1])
+            self.sorted = np.concatenate([self.sorted, full])
         self.pending_log = all_log[k:]
         self.pending_steps = all_steps[k:]
 
-    def se(self, i) -> np.ndarray:
-        """Standard error of block ``i``'s median."""
-        return _MEDIAN_SE * self.sd[i] / math.sqrt(BLOCK)
+    def trend(self, i0: int) -> tuple[float, float, float, int]:
+        """Over blocks ``i0``.. to the last: the slope of the level per block, its standard error, the
+        mean level and the number of blocks."""
+        n = len(self)
+        m = n - i0
+        cy, cyy, ciy = self._cy.data, self._cyy.data, self._ciy.data
+        sy, syy, siy = cy[n] - cy[i0], cyy[n] - cyy[i0], ciy[n] - ciy[i0]
+        si = (i0 + n - 1) * m / 2.0
+        sii = ((n - 1) * n * (2 * n - 1) - (i0 - 1) * i0 * (2 * i0 - 1)) / 6.0
+        sxx = sii - si * si / m
+        sxy = siy - si * sy / m
+        slope = sxy / sxx
+        sse = max(syy - sy * sy / m - slope * sxy, 0.0)
+        return slope, math.sqrt(sse / max(m - 2, 1) / sxx), sy / m, m
 
+    def trim(self) -> None:
+        """Keep only the last sorted blocks that the next points' references need."""
+        drop = max(0, len(self.sorted) - REF_BLOCKS)
+        self.sorted = self.sorted[drop:]
+        self.sorted_from += drop
+
+    def se(self, i) -> np.ndarray:
+        """Standard error of block ``i``'s level (its interquartile mean)."""
+        return _MEDIAN_SE * self.sd[i] / math.sqrt(BLOCK)
 
 class _Positive:
     """Splits new points into non-finite ones, and finite ones turned into logs (stopping at the first
@@ -204,11 +279,30 @@ class Spikes:
         if not judged.any():
             return
         bj = b[judged]
-        ref = (blocks.med[bj - 2] + blocks.med[bj - 1]) / 2
-        scale = np.maximum((blocks.up[bj - 2] + blocks.up[bj - 1]) / 2, SPIKE_SCALE_FLOOR)
+        ub, inv = np.unique(bj, return_inverse=True)
+        # level: the last block's; noise: the upper spread over up to REF_BLOCKS blocks (one block can
+        # hold by chance few of a run's hard batches)
+        ref_b = blocks.med[ub - 1]
+        total = np.zeros(len(ub))
+        for j in range(1, REF_BLOCKS + 1):  # summed in the same order however the points arrived
+            total += np.where(ub - j >= 0, blocks.up[np.clip(ub - j, 0, None)], 0.0)
+        scale_b = np.maximum(total / np.minimum(ub, REF_BLOCKS), SPIKE_SCALE_FLOOR)
+        limit_b = ref_b + np.maximum(self.sigmas * scale_b, self.min_log)
+        # excursions this large that the reference blocks hold already are this run's noise (a share of
+        # hard batches), not spikes; an earlier spike or two is no habit
+        srt = blocks.sorted
+        over = np.zeros(len(ub), int)
+        for j in range(1, REF_BLOCKS + 1):
+            has = ub - j >= 0
+            rows = np.clip(ub - j - blocks.sorted_from, 0, None)
+            # as far above their own block's level (an older block sits higher on a falling curve)
+            own = blocks.med[np.clip(ub - j, 0, None)] + (limit_b - ref_b)
+            over += np.where(has, (srt[rows] > own[:, None]).sum(axis=1), 0)
+        habit = over >= SPIKE_HABIT
+        ref, scale = ref_b[inv], scale_b[inv]
         rise = logs[judged] - ref
         z = rise / scale
-        hit = (z > self.sigmas) & (rise > self.min_log)
+        hit = (z > self.sigmas) & (rise > self.min_log) & ~habit[inv]
         if not hit.any():
             return
         gi = idx[judged][hit]
@@ -239,7 +333,7 @@ def divergence(blocks: Blocks, factor: float) -> Detection | None:
     m = blocks.med
     if len(m) < 5:
         return None
-    b = int(np.argmin(m))
+    b = blocks.best_index
     if b >= len(m) - 1:
         return None
     best, first, final = float(m[b]), float(m[0]), float(m[-1])
@@ -248,7 +342,9 @@ def divergence(blocks: Blocks, factor: float) -> Detection | None:
     need = max(math.log(factor), noise, 0.25 * progress)
     if rise <= need:
         return None
-    onset = int(blocks.first[b + 1])
+    excess = m[b + 1:] - best
+    clear = np.flatnonzero(excess > max(math.log(1.25), noise / 2))
+    onset = _departure(blocks, excess, int(clear[0]), b + 1) if len(clear) else int(blocks.first[b + 1])
     return Detection("divergence", onset, _conf(rise / need), {
         "best_smoothed_loss": math.exp(best), "best_step": int(blocks.last[b]), "final_smoothed_loss": math.exp(final),
         "first_smoothed_loss": math.exp(first), "turn_step": onset, "lost_all": progress > 0 and final >= first,
@@ -273,39 +369,58 @@ def plateau(blocks: Blocks, min_steps: float, improvement: float) -> Detection |
     span = int(blocks.last[-1] - blocks.first[0])
     if span < min_steps:
         return None
-    centers = (blocks.first + blocks.last) / 2.0
-    sel = centers >= blocks.last[-1] - span / 3.0
-    if sel.sum() < 4:
+    # the last third: blocks whose middle step is in it
+    i0 = int(np.searchsorted(blocks.first, blocks.last[-1] - span / 3.0 - BLOCK))
+    while i0 < len(m) and (blocks.first[i0] + blocks.last[i0]) / 2.0 < blocks.last[-1] - span / 3.0:
+        i0 += 1
+    if len(m) - i0 < 4:
         return None
-    x, y = centers[sel], m[sel]
-    slope, se = _trend(x, y)
-    width = float(x[-1] - x[0])
-    drop, drop_se = -slope * width, se * width  # improvement over the window, in log (≈ relative) units
-    level = float(y.mean())
+    slope, se, level, nb = blocks.trend(i0)
+    # improvement over the window in log (≈ relative) units; the trend is per block (per BLOCK points)
+    drop, drop_se = float(-slope * (nb - 1)), float(se * (nb - 1))
     overall = float(m[0]) - level
-    ev = {"from_step": int(blocks.first[sel][0]), "to_step": int(blocks.last[-1]), "improvement": drop,
+    ev = {"from_step": int(blocks.first[i0]), "to_step": int(blocks.last[-1]), "improvement": drop,
           "improvement_se": drop_se, "start_loss": math.exp(float(m[0])), "level": math.exp(level),
-          "overall_improvement": overall, "blocks": int(sel.sum()), "window": BLOCK}
-    if overall < improvement and drop + 2 * drop_se < improvement:
-        return Detection("no_progress", int(blocks.first[0]), _conf(improvement / max(overall, drop + 2 * drop_se,
-                                                                                       1e-9)), ev)
-    if drop + 2 * drop_se >= improvement:
+          "overall_improvement": overall, "blocks": nb, "window": BLOCK}
+    upper = drop + _ONE_SIDED * drop_se  # the improvement it may still be making, at 95 % confidence
+    ev["improvement_upper"] = upper
+    if overall < improvement and upper < improvement:
+        return Detection("no_progress", int(blocks.first[0]), _conf(improvement / max(overall, upper, 1e-9)), ev)
+    if upper >= improvement:
         return None
-    # where the flat part starts: walk back while the blocks stay within the plateau's band
-    spread = float(np.median(np.abs(y - level))) * 1.4826
-    band = max(3.0 * spread, math.log1p(improvement))
-    i = len(m) - 1
-    while i > 0 and abs(float(m[i - 1]) - level) <= band:
-        i -= 1
-    ev["from_step"] = int(blocks.first[i])
-    return Detection("plateau", int(blocks.first[i]), _conf(improvement / max(drop + 2 * drop_se, 1e-9)), ev)
+    onset = _flat_from(blocks, span)
+    ev["from_step"] = onset
+    return Detection("plateau", onset, _conf(improvement / max(upper, 1e-9)), ev)
+
+
+def _flat_from(blocks: Blocks, span: int, most: int = 120) -> int:
+    """Where the flat part starts: the knee of the best "falling, then flat" fit (a line in log space
+    up to the knee, constant after it) over the run after its first tenth (block levels averaged into
+    at most ``most`` points, so the cost does not grow with the run)."""
+    centers = (blocks.first + blocks.last) / 2.0
+    keep = centers >= blocks.first[0] + 0.1 * span
+    x, y = centers[keep], blocks.med[keep]
+    if len(x) > most:
+        cut = np.linspace(0, len(x), most + 1).astype(int)[:-1]
+        widths = np.diff(np.append(cut, len(x)))
+        x, y = np.add.reduceat(x, cut) / widths, np.add.reduceat(y, cut) / widths
+    cands = x[: max(len(x) - 3, 1)]
+    z = np.minimum(x[None, :] - cands[:, None], 0.0)
+    zc = z - z.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    szz = (zc * zc).sum(axis=1)
+    szy = (zc * yc[None, :]).sum(axis=1)
+    sse = np.where(szz > 0, (yc * yc).sum() - szy * szy / np.where(szz > 0, szz, 1.0), np.inf)
+    best = int(np.argmin(sse))
+    i = int(np.searchsorted(centers, cands[best]))
+    return int(blocks.first[min(i, len(centers) - 1)])
 
 
 class LossDetector:
     """NaN/inf, spikes, divergence, plateau and no progress of one loss series."""
 
     def __init__(self, *, divergence_factor: float = 2.0, plateau_min_steps: float = 500,
-                 plateau_improvement: float = 0.02, spike_sigmas: float = SPIKE_SIGMAS,
+                 plateau_improvement: float = 0.05, spike_sigmas: float = SPIKE_SIGMAS,
                  spike_min_ratio: float = SPIKE_MIN_RATIO) -> None:
         self.nonfinite = NonFinite()
         self.spikes = Spikes(spike_sigmas, spike_min_ratio)
@@ -329,6 +444,7 @@ class LossDetector:
         start = blocks.count
         blocks.update(s, logs)
         self.spikes.judge(blocks, start, s, logs, w)
+        blocks.trim()
         return self.result()
 
     def result(self) -> list[Detection]:
@@ -355,15 +471,19 @@ class LossDetector:
 class OverfitDetector:
     """Validation loss rising from its best while the training loss keeps falling."""
 
-    def __init__(self, rise: float = 0.05) -> None:
+    def __init__(self, rise: float = 0.05, train: Blocks | None = None) -> None:
+        """``train``: the training loss's blocks when a ``LossDetector`` keeps them already (its
+        ``blocks``); otherwise feed the training loss with ``update_train``."""
         self.rise = rise
         self.steps: list[int] = []
         self.values: list[float] = []
-        self.train = _Positive()
+        self._pos = _Positive()
+        self.train = train if train is not None else self._pos.blocks
 
     def update_train(self, steps, values) -> None:
-        s, logs = self.train.logs(_arr(steps, np.int64), _arr(values, np.float64))
-        self.train.blocks.update(s, logs)
+        s, logs = self._pos.logs(_arr(steps, np.int64), _arr(values, np.float64))
+        self.train.update(s, logs)
+        self.train.trim()
 
     def update(self, steps, values) -> Detection | None:
         for s, v in zip(_arr(steps, np.int64).tolist(), _arr(values, np.float64).tolist()):
@@ -373,14 +493,17 @@ class OverfitDetector:
         return self.result()
 
     def _train_at(self, lo: int, hi: int) -> float | None:
-        b = self.train.blocks
-        if not len(b.med):
+        b = self.train
+        if not len(b):
             return None
-        sel = (b.last > lo) & (b.first <= hi)
-        if not sel.any():
-            j = int(np.argmin(np.abs(b.last - hi)))
+        i0 = int(np.searchsorted(b.last, lo, side="right"))
+        i1 = int(np.searchsorted(b.first, hi, side="right"))
+        if i1 <= i0:  # no block in between: the nearest
+            j = min(max(int(np.searchsorted(b.last, hi)), 0), len(b) - 1)
+            if j > 0 and abs(int(b.last[j - 1]) - hi) <= abs(int(b.last[j]) - hi):
+                j -= 1
             return math.exp(float(b.med[j]))
-        return math.exp(float(np.median(b.med[sel])))
+        return math.exp(float(np.median(b.med[i0:i1])))
 
     def result(self) -> Detection | None:
         raw = np.asarray(self.values)
@@ -415,6 +538,28 @@ class OverfitDetector:
             "train_loss_at_end": train_last})
 
 
+def _departure(b: Blocks, excess: np.ndarray, i: int, offset: int = 3) -> int:
+    """Where a departure from a reference level began. ``excess`` is each block's distance from it
+    (block ``offset`` first), block ``i`` of it the first clearly off; the line through that block
+    and the next ones, in log space (where growth and decay are straight), is followed back to zero,
+    no further than one block before the blocks that lean that way at all."""
+    j = i + offset
+    xs = ((b.first[j:j + 4] + b.last[j:j + 4]) / 2.0).astype(float)
+    ys = excess[i:i + 4]
+    start = int(b.first[j])
+    if len(xs) < 2:
+        return start
+    k = i
+    while k > 0 and excess[k - 1] > 0:
+        k -= 1
+    floor = int(b.first[max(k + offset - 1, offset)])
+    slope, _ = _trend(xs, ys)
+    if slope <= 0:
+        return start
+    at = float(xs[0] - ys[0] / slope)
+    return int(min(max(at, float(floor)), start))
+
+
 class GradDetector:
     """Exploding (or non-finite) and vanishing gradient norms."""
 
@@ -422,12 +567,16 @@ class GradDetector:
         self.explode, self.vanish = explode, vanish
         self.nonfinite = NonFinite()
         self.pos = _Positive()
+        self._scanned = 3  # blocks looked at for the first clear departure (the reference is fixed at 3)
+        self._above: int | None = None
+        self._below: int | None = None
 
     def update(self, steps, values) -> list[Detection]:
         steps, values = _arr(steps, np.int64), _arr(values, np.float64)
         self.nonfinite.update(steps, values)
         s, logs = self.pos.logs(steps, values)
         self.pos.blocks.update(s, logs)
+        self.pos.blocks.trim()
         return self.result()
 
     def result(self) -> list[Detection]:
@@ -440,15 +589,21 @@ class GradDetector:
         ev = {"early_median": math.exp(early), "late_median": math.exp(late),
               "nonfinite": nf.evidence["count"] if nf else 0, "points": self.nonfinite.points, "window": BLOCK}
         noise = 4.0 * float(np.max(b.se(slice(0, 3))))
+        if self._scanned < len(b.med):  # only the new blocks: the first departure, once seen, stays
+            new = b.med[self._scanned:] - early
+            margin = max(math.log(2.0), noise)
+            if self._above is None and (new > margin).any():
+                self._above = self._scanned - 3 + int(np.argmax(new > margin))
+            if self._below is None and (-new > margin).any():
+                self._below = self._scanned - 3 + int(np.argmax(-new > margin))
+            self._scanned = len(b.med)
         if late - early >= math.log(self.explode) or nf:
-            above = np.flatnonzero(b.med[3:] - early > max(math.log(2.0), noise))
-            onset = int(b.first[3 + above[0]]) if len(above) else None
+            onset = _departure(b, b.med[3:] - early, self._above) if self._above is not None else None
             if nf and (onset is None or nf.onset < onset):
                 onset = nf.onset
             return [Detection("grad_explode", onset, _conf((late - early) / math.log(self.explode)) if not nf else 1.0,
                               {**ev, "first_nonfinite_step": nf.onset if nf else None})]
         if early - late >= -math.log(self.vanish):
-            below = np.flatnonzero(early - b.med[3:] > max(math.log(2.0), noise))
-            onset = int(b.first[3 + below[0]]) if len(below) else None
+            onset = _departure(b, early - b.med[3:], self._below) if self._below is not None else None
             return [Detection("grad_vanish", onset, _conf((early - late) / -math.log(self.vanish)), ev)]
         return []

@@ -77,7 +77,7 @@ class Thresholds:
     spike_sigmas: float = 9.0  # ... and this many units of the run's own noise above it is a spike
     divergence_factor: float = 2.0  # smoothed loss ending this many times above its best: divergence
     plateau_min_steps: int = 500  # the shortest run judged for a plateau
-    plateau_improvement: float = 0.02  # last third's improvement, +2 standard errors, below this: plateau
+    plateau_improvement: float = 0.05  # last third's improvement, at its 95 % upper bound, below this: plateau
     overfit_rise: float = 0.05  # validation loss this much (relative) above its best, twice in a row
     grad_explode_factor: float = 10.0  # late grad norm this many times the early one: exploding
     grad_vanish_factor: float = 1e-3  # late grad norm below this fraction of the early one: vanishing

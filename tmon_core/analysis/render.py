@@ -114,6 +114,17 @@ def text(r) -> str:
                        f"{first[0][:200] if first else ''}" + (f"  ({note})" if note else ""))
         if n > _MAX_LOG_LINES:
             out.append(f"   ... {n - _MAX_LOG_LINES} more (report.log_errors)")
+    notices = getattr(r, "library_notices", None) or []
+    if notices:
+        n = sum(e.get("count", 1) for e in notices)
+        out += ["", f"Library notices ({n}): deprecations and future changes inside installed packages, not problems "
+                    "of this run"]
+        for e in notices[:_MAX_LOG_LINES]:
+            first = (e.get("message") or "").strip().splitlines()
+            count = f" ×{e['count']}" if e.get("count", 1) > 1 else ""
+            out.append(f" -{count} {first[0][:200] if first else ''}")
+        if len(notices) > _MAX_LOG_LINES:
+            out.append(f"   ... {len(notices) - _MAX_LOG_LINES} more (report.library_notices)")
     if not r.findings and not r.recommendations:
         out += ["", "Nothing to report: no problem found in what was recorded."]
     return "\n".join(out)
@@ -171,6 +182,16 @@ def html(r) -> str:
                          f'<td><code>{_esc(first[0][:300] if first else "")}</code></td>'
                          f'<td>{_esc(_memory_note(e.get("memory")))}</td></tr>')
         parts.append("</table></details>")
+    notices = getattr(r, "library_notices", None) or []
+    if notices:
+        parts.append(f'<details><summary style="color:#555;cursor:pointer">Library notices '
+                     f'({sum(e.get("count", 1) for e in notices)}): deprecations inside installed packages, not '
+                     'problems of this run</summary><ul style="margin:4px 0 8px 0;padding-left:20px;font-size:12px">')
+        for e in notices[:100]:
+            first = (e.get("message") or "").strip().splitlines()
+            count = f" ×{e['count']}" if e.get("count", 1) > 1 else ""
+            parts.append(f'<li><code>{_esc(first[0][:300] if first else "")}</code>{count}</li>')
+        parts.append("</ul></details>")
     if not r.findings and not r.recommendations:
         parts.append('<div style="color:#2e7d32">No problem found in what was recorded.</div>')
     parts.append("</div>")

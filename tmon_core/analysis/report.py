@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import keys as K
 from .model import RANK, Finding, Recommendation, Thresholds, health_of
+from .rules.logs import LIBRARY
 
 VERSION = 1
 _OWN_KEYS = (K.LR, K.MOMENTUM, K.WEIGHT_DECAY, K.STEP_TIME, K.DATA_TIME, K.GRAD_NORM, K.EPOCH)
@@ -55,13 +56,15 @@ class Report:
 
     def __init__(self, run_id: str, health: str, summary: dict, findings: list[Finding],
                  recommendations: list[Recommendation], log_errors: list[dict], *, created_at: float | None = None,
-                 thresholds: dict | None = None, version: int = VERSION):
+                 thresholds: dict | None = None, version: int = VERSION, library_notices: list[dict] | None = None):
         self.run_id = run_id
         self.health = health
         self.summary = summary
         self.findings = findings
         self.recommendations = recommendations
         self.log_errors = log_errors
+        #: deprecation / future warnings from inside installed packages: apart from the run's own problems
+        self.library_notices = library_notices or []
         self.created_at = created_at if created_at is not None else time.time()
         self.thresholds = thresholds or {}
         self.version = version
@@ -72,7 +75,7 @@ class Report:
             "version": self.version, "run_id": self.run_id, "created_at": self.created_at, "health": self.health,
             "summary": self.summary, "findings": [f.to_dict() for f in self.findings],
             "recommendations": [r.to_dict() for r in self.recommendations], "log_errors": self.log_errors,
-            "thresholds": self.thresholds,
+            "library_notices": self.library_notices, "thresholds": self.thresholds,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -84,7 +87,7 @@ class Report:
                    [Finding(**f) for f in d.get("findings") or []],
                    [Recommendation(**r) for r in d.get("recommendations") or []],
                    d.get("log_errors") or [], created_at=d.get("created_at"), thresholds=d.get("thresholds"),
-                   version=d.get("version", VERSION))
+                   version=d.get("version", VERSION), library_notices=d.get("library_notices") or [])
 
     @classmethod
     def from_json(cls, text: str) -> Report:
@@ -117,11 +120,12 @@ def build(run, thresholds: Thresholds) -> Report:
     recs = rank(recs)
     summary = summarize(d, findings)
     summary["counts"]["recommendations"] = len(recs)
-    log_errors = d.log_entries
+    log_errors = [e for e in d.log_entries if e["category"] != LIBRARY]
+    notices = [e for e in d.log_entries if e["category"] == LIBRARY]
     return Report(run.id, health_of(findings), json_safe(summary),
                   [Finding(**json_safe(f.to_dict())) for f in findings],
                   [Recommendation(**json_safe(r.to_dict())) for r in recs],
-                  json_safe(log_errors), thresholds=json_safe(thresholds.__dict__))
+                  json_safe(log_errors), thresholds=json_safe(thresholds.__dict__), library_notices=json_safe(notices))
 
 
 def rank(recs: list[Recommendation]) -> list[Recommendation]:
@@ -180,8 +184,9 @@ def summarize(d, findings: list[Finding]) -> dict:
         "config": {"batch_size": d.batch_size, "accumulation": d.accumulation, "precision": d.precision,
                    "num_workers": d.num_workers, "world_size": d.config.get("world_size")},
         "counts": {"findings": counts, "recommendations": None,
-                   "log_errors": sum(e["count"] for e in logs if e["category"] not in ("warning", "tmon")),
-                   "log_warnings": sum(e["count"] for e in logs if e["category"] == "warning")},
+                   "log_errors": sum(e["count"] for e in logs if e["category"] not in ("warning", "tmon", LIBRARY)),
+                   "log_warnings": sum(e["count"] for e in logs if e["category"] == "warning"),
+                   "library_notices": sum(e["count"] for e in logs if e["category"] == LIBRARY)},
     }
 
 

@@ -3,12 +3,14 @@ API or the CLI, schedules, presets) and what the loss did next.
 
 ``control.lr_change`` compares the loss over ``lr_change_window`` (50) steps after a change with the
 trend of the same window before it (the before-window's mean moved along its own slope): lower by
-more than 5 % of the loss helped (info), higher by more than 5 % or non-finite hurt (warning),
-otherwise no clear effect (info). Advice: a change that helped becomes part of the next run (a
+more than 5 % of the loss and beyond three standard errors of the two means helped (info), higher
+by as much or non-finite hurt (warning), otherwise no clear effect (info). Advice: a change that helped becomes part of the next run (a
 decay: a step schedule at that step; a raise: the initial lr); one that hurt is undone.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -57,11 +59,15 @@ def _one(d, loss, f, step, old, new, w, data):
     nonfinite = len(after) < len(after_all)
     a_mean = float(after.mean()) if len(after) else float("nan")
     effect = (a_mean - expected) / scale if len(after) else float("inf")
-    verdict = "hurt" if nonfinite or effect > 0.05 else "helped" if effect < -0.05 else "unclear"
+    # a difference of means inside the run's own noise is no effect, however large it looks
+    noise = 3.0 * math.sqrt(float(before.var()) / len(before) + (float(after.var()) / len(after) if len(after) > 1
+                                                                   else 0.0)) / scale
+    clear = effect > max(0.05, noise) if effect > 0 else effect < -max(0.05, noise)
+    verdict = "hurt" if nonfinite or (effect > 0 and clear) else "helped" if clear else "unclear"
     direction = "lowered" if new < old else "raised"
     evidence = {"step": step, "old": old, "new": new, "window": w, "loss_before_mean": b_mean,
                 "loss_after_mean": a_mean if len(after) else None, "trend_expected_mean": expected,
-                "effect": effect if np.isfinite(effect) else None, "nonfinite_after": int(len(after_all) - len(after)),
+                "effect": effect if np.isfinite(effect) else None, "noise": noise, "nonfinite_after": int(len(after_all) - len(after)),
                 "source": data.get("source"), "request_id": data.get("request_id"), "verdict": verdict}
     what = f"The learning rate was {direction} from {fmt_value(old)} to {fmt_value(new)} at step {step}"
     if verdict == "hurt":

@@ -12,6 +12,10 @@ category       recognised by (case-insensitive)
 ``cuda``       "CUDA error", ``CUDA_ERROR_*``, cuDNN / cuBLAS status errors, device-side assert,
                illegal memory access
 ``nonfinite``  NaN / inf, non-finite, "not finite", overflow (e.g. fp16 loss-scale overflows)
+``library``    a DeprecationWarning / FutureWarning (or a subclass) raised inside an installed package
+               (its file under site-packages or dist-packages): a notice about a library's own future,
+               counted and shown apart, never an error nor a reason for the health rating; the user's
+               own deprecation warnings stay warnings
 ``tmon``       tmon's own records (the store could not be written...): monitoring, not training
 ``error``      any other record at ERROR or above, or an exception no pattern explains
 ``warning``    any other WARNING
@@ -41,7 +45,23 @@ PATTERNS = (
                         r"illegal memory access|CUDA kernel errors", re.I)),
     ("nonfinite", re.compile(r"\bnan\b|\b-?inf\b|non-finite|not finite|\boverflow", re.I)),
 )
-CATEGORY_ORDER = ("oom", "cuda", "nccl", "dataloader", "nonfinite", "error", "tmon", "warning")
+CATEGORY_ORDER = ("oom", "cuda", "nccl", "dataloader", "nonfinite", "error", "tmon", "warning", "library")
+LIBRARY = "library"
+# what tmon_callbacks._capture stores for a warning: "<Category>: <message> (<filename>:<lineno>)", and
+# logging.captureWarnings' "<filename>:<lineno>: <Category>: <message>"
+_NOTICE = re.compile(r"^\w*(?:DeprecationWarning|FutureWarning): .*\((?P<file>[^()]+):\d+\)\s*$"
+                     r"|^(?P<file2>\S[^:]*):\d+: \w*(?:DeprecationWarning|FutureWarning): ", re.S)
+_THIRD_PARTY = re.compile(r"[/\\](?:site|dist)-packages[/\\]")
+
+
+def library_notice(message: str, source: str | None, logger: str | None = None) -> bool:
+    """A deprecation or future warning raised inside an installed package (not the user's code)."""
+    if source not in ("warnings", "logging") or (source == "logging" and logger != "py.warnings"):
+        return False
+    m = _NOTICE.match((message or "").strip())
+    if not m:
+        return False
+    return bool(_THIRD_PARTY.search(m.group("file") or m.group("file2") or ""))
 MAX_ENTRIES = 200
 _LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30}
 
@@ -53,10 +73,12 @@ def as_step(v) -> int | None:
         return None
 
 
-def categorize(message: str, level: str = "ERROR", source: str | None = None) -> str | None:
+def categorize(message: str, level: str = "ERROR", source: str | None = None, logger: str | None = None) -> str | None:
     """The category of one message (None: an INFO line that matches nothing)."""
     if source == "tmon":
         return "tmon"
+    if library_notice(message, source, logger):
+        return LIBRARY
     for name, pattern in PATTERNS:
         if pattern.search(message):
             return name
@@ -75,7 +97,7 @@ def collect(d) -> list[dict]:
     logs = d.logs
     if not logs.empty:
         for r in logs.itertuples():
-            cat = categorize(r.message or "", r.level, r.source)
+            cat = categorize(r.message or "", r.level, r.source, r.logger)
             if cat is None:
                 continue
             raw.append({"wall_time": float(r.wall_time), "step": as_step(r.step), "level": r.level, "source": r.source, "logger": r.logger,

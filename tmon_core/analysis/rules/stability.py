@@ -70,7 +70,7 @@ def check(d):
             yield from _divergence(d, loss.key, found["divergence"])
         if "plateau" in found or "no_progress" in found:
             yield from _plateau(d, loss.key, found.get("plateau") or found["no_progress"])
-        yield from _overfitting(d, loss)
+        yield from _overfitting(d, det)
     yield from _grad_norm(d, "nonfinite" in found)
 
 
@@ -254,13 +254,11 @@ def _best_checkpoint(d, step: int) -> dict | None:
     return {"id": int(row.id), "path": row.path, "step": int(row.step), "monitor": row.monitor}
 
 
-def _overfitting(d, loss):
+def _overfitting(d, loss_det):
     val = d.val_loss
     if val is None:
         return
-    det = OverfitDetector(d.t.overfit_rise)
-    det.update_train(loss.steps, loss.values)
-    x = det.update(val.steps, val.values)
+    x = OverfitDetector(d.t.overfit_rise, train=loss_det.blocks).update(val.steps, val.values)
     if x is None:
         return
     e = x.evidence
