@@ -17,7 +17,10 @@ together with the run's heartbeat.
 A store that fails (locked, unreachable, read-only, disk full) never raises into training:
 the recorder warns once, keeps the unwritten batch (at most ``max_buffer`` points; older
 points beyond that are dropped and counted in ``dropped`` and in the run row) and retries
-at the next flush.
+at the next flush. A record the store cannot hold costs only itself: the writer makes text
+storable (``store/text.py``), refuses a value no column can hold, and when the store refuses a
+batch while it takes writes, finds the record to blame by bisection (``StoreWriter.write_each``);
+every refused record is a ``record_refused`` event and the rest of the batch is written.
 """
 
 from __future__ import annotations
