@@ -26,6 +26,9 @@ call wrapped with the training thread's CPU clock: ``t.step`` plus the optimizer
 Lightning). Ratios: each tmon overhead against the hand-written ``Recorder.log`` one and against
 ``TMonCallback``'s.
 
+[2] The per-step calls alone in a tight loop (see ``hot_path``): what the fits' columns measure
+with the noise of the whole step around them, here without it.
+
     .venv/bin/python bench/track_overhead.py [--quick] [--steps N] [--rounds R]
 """
 
@@ -187,6 +190,59 @@ def lightning(variant: str, steps: int, tmp: str, pl, TinyRegressor) -> dict:
     return clock.result(steps)
 
 
+def hot_path(iters: int, rounds: int, tmp: str) -> dict[str, float]:
+    """[2] The per-step calls alone, in a tight loop: ``opt.step()`` on parameters without gradients
+    (SGD then only walks its param groups, and torch dispatches the step hooks) followed by the
+    hand-written recording or by ``t.step(loss=loss)``, minus ``opt.step()`` alone. Rounds alternate;
+    the minimum over rounds per call (the least disturbed), in training-thread CPU µs."""
+    import torch
+
+    import tmon_core
+    from tmon_core import Recorder
+
+    model = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    w = torch.ones((), requires_grad=True)
+    loss = w * 2  # a loss with a graph, as a forward pass makes it: each recording detaches it
+    perf = time.perf_counter
+    rec = Recorder(f"sqlite:///{tmp}/hot_rec.db", framework="pytorch")
+    t = tmon_core.track(optimizer=opt, model=model, store=f"sqlite:///{tmp}/hot_track.db", report="off",
+                        widget=False, sample_interval=None)
+    step = [0]
+
+    def bare():
+        opt.step()
+
+    def by_hand():
+        t0 = perf()
+        g = opt.param_groups[0]
+        lr, momentum, wd = g["lr"], g["momentum"], g["weight_decay"]
+        opt.step()
+        now = perf()
+        rec.log({"lr": lr, "momentum": momentum, "weight_decay": wd, "loss": loss, "step_time": now - t0,
+                 "data_time": 0.001, "epoch": 0}, step[0])
+        step[0] += 1
+
+    def tracked():
+        opt.step()
+        t.step(loss=loss)
+
+    out: dict[str, list[float]] = {"bare": [], "by_hand": [], "tracked": []}
+    fns = {"bare": bare, "by_hand": by_hand, "tracked": tracked}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            gc.collect()
+            c0 = time.thread_time()
+            for _ in range(iters):
+                fn()
+            out[name].append((time.thread_time() - c0) / iters * 1e6)
+    t.finish()
+    rec.close()
+    floor = min(out["bare"])
+    return {"Recorder.log by hand": min(out["by_hand"]) - floor, "t.step + pre-hook": min(out["tracked"]) - floor,
+            "opt.step alone": floor}
+
+
 def main() -> None:
     def extra(p):
         p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 2000; quick 300)")
@@ -246,6 +302,12 @@ def main() -> None:
 
     def ratio(a, b):
         return "n/a" if a is None or b is None or b <= 0 else f"{a / b:.2f}x"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hot = hot_path(2000 if args.quick else 20000, 3 if args.quick else 7, tmp)
+    table(["per-step call", "thread CPU µs/step"], [[k, num(v, "{:,.2f}")] for k, v in hot.items()],
+          "[2] the per-step calls alone, in a tight loop (minimum over rounds; recording = total - opt.step alone)")
+    print(f"t.step vs Recorder.log by hand: {hot['t.step + pre-hook'] / hot['Recorder.log by hand']:.2f}x\n")
 
     peers = [("loop: Recorder.log", "hand-written Recorder.log")]
     if not args.no_lightning:
