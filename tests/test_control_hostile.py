@@ -3,6 +3,10 @@ the store) against a real Lightning fit, on SQLite and PostgreSQL: each bad row 
 its reason, the run keeps writing and ends completed, and good requests after them still work."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -20,6 +24,7 @@ from tmon_core.control.requests import MAX_DEPTH, MAX_PAYLOAD_CHARS, json_depth,
 from tmon_core.store.schema import RequestRow  # noqa: E402
 
 TinyRegressor, SyntheticData = make("lightning.pytorch")
+TMON = shutil.which("tmon", path=os.path.dirname(sys.executable)) or "tmon"
 
 DEEP = "[" * 20_000 + "]" * 20_000  # within the length bound, far beyond the depth bound
 HOSTILE = {
@@ -119,6 +124,13 @@ def test_hostile_rows_are_rejected_and_the_run_keeps_writing_and_obeys_later_req
         # applied before step 9, which completes; every step is in the store, none lost
         assert run.metrics("loss").step.tolist() == list(range(10))
     assert recorders[0].problems == []  # the writer never failed a batch over the rows
+    # and `tmon requests` lists them all, each on its line, with its reason
+    proc = subprocess.run([TMON, "--store", url, "requests", cb.run_id], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(HOSTILE) + 2
+    assert all(len(line) < 1500 for line in lines)
+    assert any("rejected: unknown request kind 'format_disk'" in line for line in lines)
 
 
 def test_a_listener_that_fails_rejects_its_requests_instead_of_leaving_them_pending(store_url):

@@ -124,7 +124,11 @@ def cmd_requests(store, args) -> int:
         print("no requests")
         return 0
     for r in df.itertuples():
-        what = json.dumps({k: v for k, v in (r.payload or {}).items() if k != "source" and v not in (None, [], {})})
+        if isinstance(r.payload, dict):
+            what = json.dumps({k: v for k, v in r.payload.items() if k != "source" and v not in (None, [], {})})
+        else:  # a row written by hand that is not a JSON object (it was rejected): its text, cut short
+            what = " ".join(str(r.payload or "").split())
+            what = what if len(what) <= 40 else what[:37] + "..."
         outcome = (f"applied at step {r.applied_step}" if r.status == "applied"
                    else f"rejected: {r.reason}" if r.status == "rejected" else "pending")
         print(f"{r.id:>4}  {r.kind:<10} {what:<40} {r.requested_by or '-':<24} {outcome}")
