@@ -193,26 +193,27 @@ class Tracker:
                 session = RunSession(self.options, "pytorch", global_rank=rank, local_rank=local_rank,
                                      node_rank=node_rank, run_id=run_id)
             self._link = DecisionLink(self.options)
-        elif rank != 0:
-            return  # several processes but no process group to share the run id: only process 0 records
-        if session is None:
-            return
-        self.session, self.run_id = session, run_id
-        self._rec = session.recorder if session.writes_metrics else None
-        self._ctl = session.controller
-        if self._ctl is not None and self._optimizers:
-            opts = self._optimizers
-            self._ctl.get_value = lambda name, group: _torch.read_param(opts, name, group)
-        for opt in self._optimizers:
-            self._hooks.append(opt.register_step_pre_hook(self._before_optimizer_step))
-        if self._rec is not None:
-            self._rec.update_config(**self._config(world))
-            if self._total_steps:
-                self._rec.update_run(total_steps=self._total_steps)
-            session.event(ev.TRAIN_START, step=0)
-            watch_uncaught(session, lambda: self._step)
-        _open_trackers.add(self)
-        self._apply_due(0)  # At(step=0, ...) applies to the first optimizer step
+        # (several processes but no process group to share the run id: only process 0 records)
+        if session is not None and (distributed or rank == 0):
+            self.session, self.run_id = session, run_id
+            self._rec = session.recorder if session.writes_metrics else None
+            self._ctl = session.controller
+            if self._ctl is not None and self._optimizers:
+                opts = self._optimizers
+                self._ctl.get_value = lambda name, group: _torch.read_param(opts, name, group)
+            for opt in self._optimizers:
+                self._hooks.append(opt.register_step_pre_hook(self._before_optimizer_step))
+            if self._rec is not None:
+                try:
+                    self._rec.update_config(**self._config(world))
+                except Exception as exc:  # a config tmon cannot read costs the config, not the run
+                    warn_once(self, "config", exc)
+                if self._total_steps:
+                    self._rec.update_run(total_steps=self._total_steps)
+                session.event(ev.TRAIN_START, step=0)
+                watch_uncaught(session, lambda: self._step)
+            _open_trackers.add(self)
+        self._apply_due(0)  # At(step=0, ...) applies to the first optimizer step (every process comes here)
 
     def _config(self, world: int) -> dict:
         cfg: dict[str, Any] = {
