@@ -145,14 +145,18 @@ def poison_logs(url: str) -> None:
                 "CREATE TRIGGER poison BEFORE INSERT ON tmon_logs FOR EACH ROW EXECUTE FUNCTION poison()")
 
 
-def test_a_record_the_database_refuses_costs_only_itself(db):
+def test_a_record_the_database_refuses_costs_only_itself(db, tmp_path):
     Recorder(db).close()  # the schema, for the trigger
     poison_logs(db)
     rec = quiet_recorder(db)
+    b, c = str(tmp_path / "b.ckpt"), str(tmp_path / "c.ckpt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for s in range(200):
             rec.log({"loss": float(s), "acc": s / 200}, step=s)
+            if s == 120:  # in the batch written record by record: their order still holds
+                for op, path in (("save", b), ("remove", b), ("save", b), ("save", c), ("save", c), ("remove", c)):
+                    rec.checkpoint(path, step=s) if op == "save" else rec.checkpoint_removed(path)
             rec.log_record("WARNING", "poison" if s == 120 else f"line {s}", logger="user", step=s)
             if s % 50 == 0:
                 rec.event("marker", step=s, message=f"at {s}")
@@ -173,6 +177,27 @@ def test_a_record_the_database_refuses_costs_only_itself(db):
     said = [str(w.message) for w in caught if issubclass(w.category, TMonStoreWarning)]
     assert len(said) == 1 and "tmon_logs record" in said[0] and "step 120" in said[0], said
     assert not any("could not write to" in p for p in rec.problems), rec.problems  # the store was fine
+    assert live(run) == [("b.ckpt", 120)] and len(run.checkpoints(include_deleted=True)) == 4
+
+
+def test_the_text_rule_fits_every_column_and_changes_nothing_twice():
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tmon_core.store.text import storable
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(st.characters(blacklist_categories=()), max_size=400), st.sampled_from([2, 16, 64, 250, None]))
+    def check(t, limit):
+        out = storable(t, limit)
+        out.encode("utf-8")  # no lone surrogate left
+        assert "\x00" not in out and len(out) <= (limit or 10**6)
+        assert storable(out, limit) == out
+        if t.isascii() and "\x00" not in t and len(t) <= (limit or 10**6):
+            assert out == t  # text both databases take is stored as it is
+
+    check()
 
 
 def test_a_value_no_column_can_hold_is_refused_before_the_write(db):
