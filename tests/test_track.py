@@ -269,7 +269,7 @@ def test_an_exception_in_the_loop_ends_the_run_and_is_reraised(store_url, exc):
 def test_the_report_is_made_at_the_end_and_names_pytorch_settings(store_url):
     model, opt, sched = setup()
     with tmon_core.track(optimizer=opt, model=model, scheduler=sched, config={"batch_size": 16},
-                         **opts(store_url, report="auto")) as t:
+                         **opts(store_url, report="auto", sample_interval=0.1)) as t:
         for data, target in t.batches(mnist(n=256, batch_size=16, delay=0.02)):  # input-bound: no workers
             opt.zero_grad()
             loss = F.nll_loss(model(data), target)
@@ -282,7 +282,9 @@ def test_the_report_is_made_at_the_end_and_names_pytorch_settings(store_url):
     assert "DataLoader(num_workers=1)" in codes or "DataLoader(num_workers=4)" in codes, codes
     assert any(c and c.startswith("torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)") for c in codes)
     assert any(c and c.startswith("torch.optim.Adadelta(model.parameters(), lr=") for c in codes), codes
-    assert open_store(store_url).run(t.run_id).info()["status"] == "completed"
+    run = open_store(store_url).run(t.run_id)
+    assert run.info()["status"] == "completed"
+    assert len(run.samples()) >= 2 and run.samples().proc_rss.notna().all()  # the hardware sampler ran
 
 
 def test_accelerate_wrapping_the_same_loop(store_url):
