@@ -196,14 +196,14 @@ def build(package: str):
             self._opt_values = None
             self._t_last_end = None
             self._grad_norm = None
-            self._held = None  # (values, step, wall time, epoch) of the last batch, not yet recorded
+            # (values, step, wall time, epoch, between logging steps) of the last batch, not yet recorded
+            self._held = None
             # gradient accumulation: the micro-batches of the step in progress (loss sum, count,
             # seconds in the step, seconds waiting for data)
             self._accum = 1
             self._micro = None
             self._results = None  # Lightning's result collection for self.log values (see _logged_now)
             self._fork_names: dict = {}
-            self._captured = None  # (step, keys) of self.log values recorded from the result collection
             self._stop_request = False
             self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
             self._optimizers: list = []
@@ -432,36 +432,50 @@ def build(package: str):
             if self._held is not None:
                 self._release()
             every = trainer.log_every_n_steps
-            if every and ((step + 1) % every == 0 or trainer.should_stop) or trainer.fast_dev_run:
-                # a logging step: Lightning hands its loggers this step's self.log values right after
-                # this hook; held until then, the step is one recorder entry, not two. Released
-                # unmerged by the next batch, epoch end, validation or the end of the fit.
-                self._held = (values, step, _now(), trainer.current_epoch)
-            else:
-                # between Lightning's logging steps: this step's self.log values, as Lightning would
-                # hand them to its loggers here, ride along (tensors, converted by the writer)
-                plain = len(values)
-                if self._results:
-                    self._logged_now(values, step)
-                values[EPOCH] = trainer.current_epoch
-                try:
-                    rec.log(values, step)
-                except (TypeError, ValueError) as exc:  # a self.log key or value tmon refuses
-                    own = dict(list(values.items())[:plain])
-                    own[EPOCH] = values[EPOCH]
-                    rec.log(own, step)
-                    self._captured = None
-                    warn_once(self, "self.log values", exc)
+            logs = every and ((step + 1) % every == 0 or trainer.should_stop) or trainer.fast_dev_run
+            # Held until what else belongs to the step is known, so the step is one recorder entry:
+            # on a logging step Lightning hands its loggers the step's self.log values right after
+            # this hook (merged in _on_logged); between logging steps they are read from Lightning's
+            # result collection when the entry is released (next batch, epoch end, validation, the
+            # end of the fit), after the module's and later callbacks' hooks logged theirs too
+            self._held = (values, step, _now(), trainer.current_epoch, not logs)
             self._t_last_end = _perf()
 
-        def _logged_now(self, values: dict, step: int) -> None:
-            """Add to ``values`` the ``self.log`` values of this step that Lightning would hand its
-            loggers at a logging step (``on_step`` ones, the last value of each), read from its result
-            collection: Lightning has no public accessor that does not also convert the progress bar's
-            values to floats (a device sync each). A name tmon records itself keeps tmon's value."""
+        def _release(self) -> None:
+            """Record the held batch values (no logger call came for their step): with the step's
+            ``self.log`` values when it was not a logging step."""
+            held = self._held
+            if held is None:
+                return
+            self._held = None
+            values, step, wall, epoch, between = held
+            plain = len(values)
+            if between and self._results:
+                try:
+                    self._logged_now(values)
+                except Exception as exc:  # a Lightning whose result collection reads otherwise
+                    self._results = None
+                    warn_once(self, "self.log values between logging steps", exc)
+            values[EPOCH] = epoch
+            try:
+                self._rec.log(values, step, wall_time=wall)
+            except (TypeError, ValueError) as exc:  # a self.log key or value tmon refuses
+                if len(values) == plain + 1:
+                    raise
+                own = dict(list(values.items())[:plain])
+                own[EPOCH] = epoch
+                self._rec.log(own, step, wall_time=wall)
+                warn_once(self, "self.log values", exc)
+
+        def _logged_now(self, values: dict) -> None:
+            """Add to ``values`` the ``self.log`` values Lightning would hand its loggers if this were
+            a logging step (``on_step`` ones, the last value of each), read from its result
+            collection: Lightning has no public accessor that does not also convert the progress
+            bar's values to floats (a device sync each). Tensors stay tensors (the writer converts
+            them). A name tmon records itself keeps tmon's value."""
             names = self._fork_names
-            captured = []
-            for key, rm in self._results.items():
+            results = self._results
+            for key, rm in results.items():
                 meta = rm.meta
                 if meta.on_step and meta.logger and not rm.has_reset:
                     v = rm._forward_cache
@@ -469,20 +483,9 @@ def build(package: str):
                         continue
                     name = names.get(key)
                     if name is None:
-                        name = names[key] = self._results._forked_name(rm, True)[1]
+                        name = names[key] = results._forked_name(rm, True)[1]
                     if name not in values:
                         values[name] = v
-                        captured.append(name)
-            self._captured = (step, captured)
-
-        def _release(self) -> None:
-            """Record the held batch values on their own (no self.log values came for their step)."""
-            held = self._held
-            if held is not None:
-                self._held = None
-                values = held[0]
-                values[EPOCH] = held[3]
-                self._rec.log(values, held[1], wall_time=held[2])
 
         def _on_logged(self, metrics: dict, step: int | None) -> None:
             if self._evaluating is not None:  # trainer.test()/validate() after the fit
@@ -491,17 +494,18 @@ def build(package: str):
                 return
             if self._rec is None or not metrics:
                 return
-            captured = self._captured
-            if captured is not None and step == captured[0] and captured[1]:
-                # Lightning logged a step tmon took as a non-logging one (a callback after tmon set
-                # should_stop): its values are recorded already
-                metrics = {k: v for k, v in metrics.items() if k not in captured[1]}
             held = self._held
             # (the held values have no epoch yet: the "epoch" Lightning adds to every logged dict
             # must not stop the merge; ours is set after, so the entry's keys keep one order)
             if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(metrics):
                 self._held = None
-                values, at, wall, epoch = held
+                values, at, wall, epoch, between = held
+                if between and self._results:  # a logger call Lightning's cadence did not foresee
+                    try:
+                        self._logged_now(values)
+                    except Exception as exc:
+                        self._results = None
+                        warn_once(self, "self.log values between logging steps", exc)
                 values.update(metrics)
                 values[EPOCH] = epoch
                 try:

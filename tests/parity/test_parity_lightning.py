@@ -54,7 +54,7 @@ class Model(TinyRegressor):
     OneCycleLR per step."""
 
     def __init__(self, accumulate: int = 1, log_grad_norm: bool = False, manual: bool = False,
-                 onecycle_steps: int = 0, **kw):
+                 onecycle_steps: int = 0, log_at_batch_end: bool = False, **kw):
         super().__init__(**kw)
         self.save_hyperparameters()
         self.automatic_optimization = not manual
@@ -86,6 +86,10 @@ class Model(TinyRegressor):
         opt_head.step()
         self.log("train_loss", loss, on_step=True, on_epoch=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.hparams.log_at_batch_end:  # after tmon's hook: Lightning calls callbacks first
+            self.log("batch_end_loss_x2", 2 * outputs["loss"], on_step=True)
 
     def on_before_optimizer_step(self, optimizer):
         if self.hparams.log_grad_norm:
@@ -134,7 +138,7 @@ class _Stream(IterableDataset):
 # each row: (id, Trainer kwargs, Model kwargs, Data kwargs, extra); n=128 is 6 batches of 16 per epoch
 ROWS = [
     ("every-step-checkpoints-lr-monitor", dict(max_epochs=2, log_every_n_steps=1), {}, {}, {"ckpt": True, "lrmon": True}),
-    ("default-cadence-10-steps", dict(max_steps=10), {}, dict(n=256), {"twin": True}),
+    ("default-cadence-10-steps", dict(max_steps=10), dict(log_at_batch_end=True), dict(n=256), {"twin": True}),
     ("default-cadence-60-steps", dict(max_steps=60, limit_val_batches=2), {}, dict(n=256), {}),
     ("accumulate-3", dict(max_epochs=2, log_every_n_steps=1, accumulate_grad_batches=3), dict(accumulate=3),
      dict(n=160), {}),  # 7 batches per epoch: the last window of each epoch is one micro-batch
@@ -245,7 +249,8 @@ def test_tmon_records_what_lightnings_csv_logger_wrote(tmp_path, store_url, trai
         # equal those of the same seeded fit that Lightning logs at every step
         _cb, _t, twin_csv = _fit(tmp_path, f"sqlite:///{tmp_path}/twin.db",
                                  {**trainer_kw, "log_every_n_steps": 1}, model_kw, data_kw, extra, sub="twin")
-        result = compare(tmon, read_csv(twin_csv), [EPOCH_ROWS, LOSS], require=["train_loss_step", "epoch"])
+        result = compare(tmon, read_csv(twin_csv), [EPOCH_ROWS, LOSS],
+                         require=["train_loss_step", "epoch", "batch_end_loss_x2"])
         assert ("train_loss_step", "train_loss_step") in result.compared
         assert "train_loss_step" not in csv
     result.check()
