@@ -335,6 +335,8 @@ def test_bad_arguments_are_clear_errors_and_bad_values_do_not_stop_training(stor
             t.step(loss=1.5, acc="high")
             t.step(loss=1.25, acc="high")
         assert sum("'acc'" in str(w.message) for w in caught) == 1  # said once, naming the value
+        with pytest.raises(ValueError, match="step must be a non-negative int.*received step=-1"):
+            t.log({"val_loss": 0.5}, step=-1)
     with pytest.warns(RuntimeWarning, match="has ended.*t.step"):
         t.step(loss=1.0)  # after the block: said, not silently dropped
     assert open_store(store_url).run(t.run_id).metrics("loss").value.tolist() == [1.5, 1.25]

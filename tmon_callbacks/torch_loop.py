@@ -431,12 +431,15 @@ class Tracker:
             raise ValueError(f"t.log takes a dict of name -> value, received {type(values).__name__}: {values!r:.80}")
         if not values:
             return
-        at = max(self._step - 1, 0) if step is None else step
+        if step is None:
+            at = max(self._step - 1, 0)
+        elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int (or None: the step last done), received step={step!r}")
+        else:
+            at = step
         try:
             self._rec.log(values, at)
-        except (TypeError, ValueError) as exc:
-            if "step" in str(exc) and step is not None:
-                raise  # a bad step is your call's mistake, not a value's
+        except (TypeError, ValueError) as exc:  # one of your values: the others are kept, and it is named
             self._log_valid(dict(values), at, exc)
 
     def batches(self, loader):
