@@ -43,9 +43,9 @@ Steps count ``t.step()`` calls from 0, as Lightning's do: call it once per optim
 gradient accumulation, when the optimizer stepped, e.g. ``if accelerator.sync_gradients``).
 
 Control (``schedule=``, ``presets=``, ``params=``, ``control=``; see ``tmon_core.control``) is
-applied at the end of ``t.step()``, between two optimizer steps, on the optimizer and scheduler
-given to ``track`` (Accelerate's wrappers are looked through), so ``At(step=k, lr=...)`` is the lr
-recorded at step ``k``:
+applied at the end of ``t.step()`` and when ``t.batches`` starts an epoch, between two optimizer
+steps, on the optimizer and scheduler given to ``track`` (Accelerate's wrappers are looked
+through), so ``At(step=k, lr=...)`` is the lr recorded at step ``k``:
 
 - parameters: ``_torch.apply_changes`` (``scale`` rescales the schedulers' bases; ``pin`` holds).
 - checkpoint: ``torch.save`` of ``{"model_state_dict", "optimizer_state_dict", "step", "epoch"}``
