@@ -111,43 +111,49 @@ class Batch:
         if newer.last_step is not None:
             self.last_step = newer.last_step
 
-    def records(self) -> list[tuple[Batch, str, dict]]:
-        """This batch cut into one-record batches, in an order that writes the same thing (each
-        with its table and the fields that identify it): a metric's points, one row, one run field.
-        The writer bisects a batch the store refuses along this list."""
-        out: list[tuple[Batch, str, dict]] = []
-        last = self.last_step
+    def records(self) -> list[tuple[str, Any, str, dict]]:
+        """This batch as a list of records, in an order that writes the same thing: (what it is,
+        its payload, its table, the fields that identify it). A record is a metric's points, one
+        row, one removal, one run field. The writer bisects a batch the store refuses along this
+        list, rebuilding batches from parts of it with ``of``."""
+        out: list[tuple[str, Any, str, dict]] = []
         for key, arrays in self.points.items():
             if len(arrays[0]):
-                out.append((Batch(points={key: arrays}, last_step=last), "tmon_series",
+                out.append(("points", (key, arrays), "tmon_series",
                             {"key": key, "step": int(arrays[0][0]), "points": len(arrays[0])}))
         for attr, table in (("events", "tmon_events"), ("samples", "tmon_samples"),
                             ("gpu_samples", "tmon_gpu_samples"), ("logs", "tmon_logs")):
-            for row in getattr(self, attr):
-                out.append((Batch(**{attr: [row]}, last_step=last), table, row))
+            out += [(attr, row, table, row) for row in getattr(self, attr)]
         removals = sorted(self.removed_checkpoints, key=lambda r: r[1])
         j = 0
         for i, row in enumerate(self.checkpoints + [None]):
             while j < len(removals) and removals[j][1] <= i:
-                out.append((Batch(removed_checkpoints=[(removals[j][0], 0)], last_step=last), "tmon_checkpoints",
-                            {"path": removals[j][0]}))
+                out.append(("removed_checkpoints", removals[j][0], "tmon_checkpoints", {"path": removals[j][0]}))
                 j += 1
             if row is not None:
-                out.append((Batch(checkpoints=[row], last_step=last), "tmon_checkpoints", row))
-        for upd in self.request_updates:
-            out.append((Batch(request_updates=[upd], last_step=last), "tmon_requests", upd))
-        for name, value in self.run_update.items():
-            out.append((Batch(run_update={name: value}, last_step=last), "tmon_runs", {"field": name}))
+                out.append(("checkpoints", row, "tmon_checkpoints", row))
+        out += [("request_updates", upd, "tmon_requests", upd) for upd in self.request_updates]
+        out += [("run_update", item, "tmon_runs", {"field": item[0]}) for item in self.run_update.items()]
         if self.reject_pending:
-            out.append((Batch(reject_pending=self.reject_pending, last_step=last), "tmon_requests", {}))
+            out.append(("reject_pending", self.reject_pending, "tmon_requests", {}))
         return out
 
     @staticmethod
-    def merged(parts: list[Batch]) -> Batch:
-        out = Batch()
-        for part in parts:
-            out.absorb(part)
-        return out
+    def of(records: list[tuple[str, Any, str, dict]], last_step: int | None) -> Batch:
+        """The batch that writes ``records`` (from ``records()``), in their order."""
+        b = Batch(last_step=last_step)
+        for what, payload, _, _ in records:
+            if what == "points":
+                b.points[payload[0]] = payload[1]  # (one record per metric)
+            elif what == "removed_checkpoints":
+                b.removed_checkpoints.append((payload, len(b.checkpoints)))
+            elif what == "run_update":
+                b.run_update[payload[0]] = payload[1]
+            elif what == "reject_pending":
+                b.reject_pending = payload
+            else:
+                getattr(b, what).append(payload)
+        return b
 
 
 def _placeholder(engine: Engine) -> str | None:
@@ -271,12 +277,13 @@ class StoreWriter:
         Returns the refusals (``records.refusal``), and, when the store itself failed meanwhile,
         what is left unwritten (from the first record not written, in order) and that error."""
         parts = batch.records()
+        last = batch.last_step
         refused: list[dict] = []
         error: list[BaseException] = []
 
         def attempt(lo: int, hi: int) -> int:  # the index of the first record left unwritten
             try:
-                self.write(Batch.merged([p for p, _, _ in parts[lo:hi]]), final=final)
+                self.write(Batch.of(parts[lo:hi], last), final=final)
                 return hi
             except Exception as exc:
                 if store_failure(exc):
@@ -286,7 +293,7 @@ class StoreWriter:
                     if not self.probe():  # the store went away meanwhile: the record is not to blame
                         error.append(exc)
                         return lo
-                    refused.append(_refusal(parts[lo][1], parts[lo][2], exc))
+                    refused.append(_refusal(parts[lo][2], parts[lo][3], exc))
                     return hi
                 mid = (lo + hi) // 2
                 done = attempt(lo, mid)
@@ -294,7 +301,7 @@ class StoreWriter:
 
         done = attempt(0, len(parts)) if parts else 0
         if done < len(parts):
-            return refused, Batch.merged([p for p, _, _ in parts[done:]]), error[0]
+            return refused, Batch.of(parts[done:], last), error[0]
         return refused, None, None
 
     def _write(self, batch: Batch, heartbeat: bool, poll_requests: bool, final: bool) -> list[dict]:
