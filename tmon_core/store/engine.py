@@ -176,7 +176,7 @@ def _check_version(engine: Engine, version: int) -> None:
         raise StoreVersionError(
             f"the tmon store at {engine.url.render_as_string(hide_password=True)} has schema version {version!r} in "
             f"its tmon_schema table, which no tmon writes (versions are 1 to {SCHEMA_VERSION}): the table was "
-            f"changed by something else than tmon; tmon will not read or upgrade this store"
+            f"changed by something other than tmon, so tmon neither reads nor upgrades this store"
         )
     if version > SCHEMA_VERSION:
         raise StoreVersionError(
