@@ -254,7 +254,7 @@ def faulty(i: int) -> Spec:
         spec.series["grad_norm"] = g
         spec.onset = k
     elif fault == "grad_vanish":  # the norm dies out and the loss stalls with it
-        k = int(n * rng.uniform(0.2, 0.5))  # after the first blocks, which are its reference
+        k = max(int(n * rng.uniform(0.2, 0.5)), 110)  # after the first three blocks, its reference
         g = _grad(rng, n)
         g[k:] *= np.exp(-math.log(rng.uniform(1e4, 1e6)) * np.minimum(np.arange(n - k) / (0.2 * n), 1.0))
         spec.series["grad_norm"] = g
@@ -264,7 +264,7 @@ def faulty(i: int) -> Spec:
         spec.onset = k
     elif fault == "input_bound":
         st = rng.uniform(0.03, 0.1)  # waits of 15 ms and more: below 10 ms the rule calls it the workers' IPC
-        spec.series["step_time"], spec.series["data_time"] = _timing(rng, n, st * rng.uniform(0.5, 3.0))
+        spec.series["step_time"], spec.series["data_time"] = _timing(rng, n, st * rng.uniform(0.6, 3.0))
     elif fault == "memory_gpu":
         spec.samples = _samples(rng, n, gpu_frac=float(rng.uniform(0.88, 0.99)))
     elif fault == "memory_host":

@@ -544,8 +544,10 @@ def _departure(b: Blocks, excess: np.ndarray, i: int, offset: int = 3) -> int:
     and the next ones, in log space (where growth and decay are straight), is followed back to zero,
     no further than one block before the blocks that lean that way at all."""
     j = i + offset
-    xs = ((b.first[j:j + 4] + b.last[j:j + 4]) / 2.0).astype(float)
     ys = excess[i:i + 4]
+    if len(ys) >= 2 and ys[1] > 2 * ys[0]:  # a fast departure: the blocks after it are past the bend
+        ys = ys[:2]
+    xs = ((b.first[j:j + len(ys)] + b.last[j:j + len(ys)]) / 2.0).astype(float)
     start = int(b.first[j])
     if len(xs) < 2:
         return start

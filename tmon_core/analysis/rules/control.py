@@ -52,16 +52,23 @@ def _one(d, loss, f, step, old, new, w, data):
     if len(before) < 5 or len(after_all) < 5:
         return
     b_steps = f.steps[(f.steps >= step - w) & (f.steps < step)].astype(float)
-    slope = float(np.polyfit(b_steps, before, 1)[0]) if len(before) >= 3 else 0.0
     b_mean = float(before.mean())
+    xc = b_steps - b_steps.mean()
+    sxx = float((xc * xc).sum()) or 1.0
+    slope = float((xc * (before - b_mean)).sum()) / sxx
+    resid = before - b_mean - slope * xc
+    slope_var = float((resid * resid).sum()) / max(len(before) - 2, 1) / sxx
+    if slope * slope <= 4 * slope_var:  # no trend to speak of within the noise: the level carries over
+        slope, slope_var = 0.0, 0.0
     expected = b_mean + slope * w  # where the old trend would have taken the mean
     scale = abs(b_mean) or 1.0
     nonfinite = len(after) < len(after_all)
     a_mean = float(after.mean()) if len(after) else float("nan")
     effect = (a_mean - expected) / scale if len(after) else float("inf")
-    # a difference of means inside the run's own noise is no effect, however large it looks
-    noise = 3.0 * math.sqrt(float(before.var()) / len(before) + (float(after.var()) / len(after) if len(after) > 1
-                                                                   else 0.0)) / scale
+    # a difference inside the run's own noise is no effect, however large it looks: the noise of both
+    # means and of the trend carried over the window
+    noise = 3.0 * math.sqrt(float(before.var()) / len(before) + slope_var * w * w
+                            + (float(after.var()) / len(after) if len(after) > 1 else 0.0)) / scale
     clear = effect > max(0.05, noise) if effect > 0 else effect < -max(0.05, noise)
     verdict = "hurt" if nonfinite or (effect > 0 and clear) else "helped" if clear else "unclear"
     direction = "lowered" if new < old else "raised"
