@@ -322,6 +322,18 @@ def test_a_store_problem_is_said_once_on_one_channel(tmp_path, caplog):
     assert "[SQL:" not in said[0] and len(said[0]) < 400  # the database's words, not the statement
 
 
+def test_warnings_turned_into_errors_never_raise_into_training(tmp_path, caplog):
+    (tmp_path / "afile").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # python -W error, pytest -W error
+        rec = Recorder(f"sqlite:///{tmp_path}/afile/sub/tmon.db", flush_interval=0.05, close_timeout=0.3)
+        for s in range(20):
+            rec.log({"x": 1.0}, step=s)
+        rec.close()
+    assert "cannot open its store" in rec.problems[0] and rec.dropped == 20
+    assert any("cannot open its store" in r.getMessage() for r in caplog.records if r.name == "tmon")  # said
+
+
 def test_schema_version_zero_says_what_is_wrong(store_url):
     Recorder(store_url).close()
     execute(store_url, "UPDATE tmon_schema SET version = 0")
