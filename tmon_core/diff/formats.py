@@ -17,6 +17,13 @@ opens); the extension only picks the reader that explains a damaged file best. N
 unpickles beyond what ``torch.load(weights_only=True)`` allows, so nothing executes code from a
 checkpoint. torch, h5py and the rest are imported only when a file of theirs is opened.
 
+A checkpoint's header is a set of claims, checked before any of them is acted on (``guard.py``):
+only regular files and directories are opened (a FIFO or a device is refused unopened); shapes
+are non-negative integers whose product, in Python ints, matches the bytes the file gives them;
+offsets lie inside the file; dtypes are known; JSON nesting, header sizes, zip member counts and
+inflation are bounded; HDF5 datasets the file does not hold are refused. Whatever a hostile file
+says, a diff ends in bounded time and memory, or in a ``CheckpointError`` naming the file and field.
+
 >>> with open_checkpoint("epoch=1-step=24.ckpt") as ck:          # doctest: +SKIP
 ...     ck.tensors["head.weight"], ck.read("head.weight", 0, 4)
 """

@@ -58,6 +58,8 @@ def entry(path: str, *, dir_ok: bool = True) -> os.stat_result:
         raise CheckpointError(path, f"no such file or directory{dangling}") from None
     except OSError as exc:
         raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # os.stat's answer to a NUL byte in the path
+        raise CheckpointError(path, "not a usable path: it holds a NUL byte") from None
     if stat.S_ISREG(st.st_mode) or dir_ok and stat.S_ISDIR(st.st_mode):
         return st
     target = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""

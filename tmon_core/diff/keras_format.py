@@ -205,8 +205,8 @@ def open_h5(path: str) -> H5Checkpoint:
 class _Window(io.RawIOBase):
     """Bytes ``[offset, offset + size)`` of a file, as a seekable file of their own (for h5py)."""
 
-    def __init__(self, path: str, offset: int, size: int):
-        self._f = open(path, "rb")
+    def __init__(self, f, offset: int, size: int):
+        self._f = f
         self._offset, self._size, self._pos = offset, size, 0
 
     def readable(self) -> bool:
@@ -294,7 +294,9 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
         offset = info.header_offset + 30 + name_len + extra_len
         if offset + info.file_size > size:
             raise CheckpointError(path, "truncated .keras archive: model.weights.h5 runs past the end of the file")
-        source = io.BufferedReader(_Window(path, offset, info.file_size), buffer_size=1 << 20)
+        # a descriptor of its own on the file checked and opened above, not the path again (it could be swapped)
+        mine = os.fdopen(os.dup(raw.fileno()), "rb")
+        source = io.BufferedReader(_Window(mine, offset, info.file_size), buffer_size=1 << 20)
     else:  # compressed: h5py needs to seek, so decompress once into a temporary file
         _check_inflation(path, weights, info)
         fd, tmp = tempfile.mkstemp(suffix=".weights.h5", prefix="tmon-diff-")
