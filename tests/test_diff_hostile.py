@@ -116,6 +116,8 @@ def hostile(tmp_path_factory):
     case("dev_zero", "/dev/zero", good, "a character device, not a regular file")
     os.symlink("/dev/zero", d / "zero.ckpt")
     case("symlink_to_device", d / "zero.ckpt", good, "a character device (a symlink to /dev/zero)")
+    os.symlink(good, d / "link.safetensors")
+    case("symlink_to_file", d / "link.safetensors", good)  # a symlink to a regular file is followed
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(d / "sock.pt"))
     case("socket", d / "sock.pt", good, "a socket, not a regular file")
@@ -139,6 +141,11 @@ def _hf_dirs(d, good, case):
     (escape / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "/dev/zero"}}))
     case("hf_index_escape", escape, good, "the shard index names '/dev/zero', not a file in its directory",
          path=escape / "model.safetensors.index.json")
+    fifo_config = d / "hf_fifo_config"  # weights fine, config.json a FIFO: compared, the config left out with a note
+    fifo_config.mkdir()
+    (fifo_config / "model.safetensors").write_bytes(good.read_bytes())
+    os.mkfifo(fifo_config / "config.json")
+    case("hf_fifo_config", fifo_config, good)
     deep = d / "hf_index_deep"
     deep.mkdir()
     (deep / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -240,7 +247,7 @@ def _torch_files(d, good, case):
 
 # ------------------------------------------------------------------ the hostile cases, one test each
 # cases that must compare: what is bounded is walking their parameters
-COMPARED = ["torch_shared_params"]
+COMPARED = ["torch_shared_params", "hf_fifo_config", "symlink_to_file"]
 CASES = [*SAFETENSORS, "header_beyond_file", "header_huge", "fifo", "dev_zero", "symlink_to_device", "socket",
          "hf_fifo_weights", "hf_index_escape", "hf_index_deep", "h5_unallocated", "h5_virtual", "h5_external",
          "zip_bomb", "zip_config_bomb", "zip_config_deep", "zip_members", "torch_truncated", "torch_legacy_lie", "torch_zip_bomb",
@@ -272,6 +279,15 @@ def test_parameters_sharing_one_dict_are_walked_in_bounded_time(hostile):
     assert p["hparams.loop.lr"] == "0.1"
     cut = [k for k, v in p.items() if v == "<nested more than 32 levels deep: not read>" and ".loop." in k]
     assert cut == ["hparams" + ".loop" + ".self" * 31]  # the dict holding itself, followed 32 levels
+
+
+@pytest.mark.slow
+def test_a_fifo_beside_good_weights_is_left_out_and_a_symlink_followed(hostile):
+    results, _, d = hostile
+    r = results["hf_fifo_config"]
+    assert r.get("ok") and r["seconds"] < SECONDS_PER_CASE, r
+    assert any(n.startswith("a: config.json unreadable (a named pipe (FIFO)") for n in r["notes"]), r["notes"]
+    assert results["symlink_to_file"].get("ok"), results["symlink_to_file"]
 
 
 @pytest.mark.slow
