@@ -195,7 +195,7 @@ def _zips(d, good, case):
             for _ in range(80):
                 w.write(b" " * (1 << 20))
         z.writestr("model.weights.h5", b"")
-    case("zip_config_bomb", d / "config_bomb.keras", good, f"config.json in the archive inflates",
+    case("zip_config_bomb", d / "config_bomb.keras", good, "config.json in the archive inflates",
          f"to {80 << 20} (")
     deep = d / "config_deep.keras"
     _keras_zip(deep, b"", config=b"[" * 50_000 + b"]" * 50_000)

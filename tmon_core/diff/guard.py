@@ -158,12 +158,12 @@ def shape_of(path: str, name: str, shape: Any) -> tuple[int, ...]:
     """A header's shape as a tuple of ints, refused unless it is a list of at most ``MAX_RANK``
     non-negative integers."""
     if not isinstance(shape, list):
-        raise CheckpointError(path, f"tensor {name!r}: shape must be a list of integers, received {_short(shape)}")
+        raise CheckpointError(path, f"tensor {name!r}: shape must be a list of integers, received {short(shape)}")
     if len(shape) > MAX_RANK:
         raise CheckpointError(path, f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} accepted")
     for s in shape:
         if not is_int(s) or s < 0:
-            raise CheckpointError(path, f"tensor {name!r}: shape {_short(shape)} holds {_short(s)}, expected "
+            raise CheckpointError(path, f"tensor {name!r}: shape {short(shape)} holds {short(s)}, expected "
                                         "non-negative integers")
     return tuple(shape)
 
@@ -173,7 +173,7 @@ def numel(shape: Sequence[int]) -> int:
     return math.prod(int(s) for s in shape)
 
 
-def _short(v: Any, n: int = 60) -> str:
+def short(v: Any, n: int = 60) -> str:
     text = repr(v)
     return text if len(text) <= n else text[: n - 3] + "..."
 

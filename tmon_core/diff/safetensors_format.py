@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .formats import Checkpoint, TensorInfo
-from .guard import _short, human_bytes, is_int, load_json, numel, open_regular, shape_of
+from .guard import human_bytes, is_int, load_json, numel, open_regular, shape_of, short
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
 MAX_DEPTH = 8  # a header is name -> {dtype, shape: [...], data_offsets: [...]}: 3 levels deep
@@ -106,16 +106,16 @@ class _File:
         path = self.path
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
             raise CheckpointError(path, f"corrupt safetensors header: entry {name!r} is not an object with dtype, "
-                                        f"shape and data_offsets ({_short(e)})")
+                                        f"shape and data_offsets ({short(e)})")
         code = e["dtype"]
         if code not in DTYPES:
-            raise CheckpointError(path, f"tensor {name!r} has dtype {_short(code)}, which tmon cannot compare "
+            raise CheckpointError(path, f"tensor {name!r} has dtype {short(code)}, which tmon cannot compare "
                                         f"(expected one of {', '.join(DTYPES)})")
         shape = shape_of(path, name, e["shape"])
         offsets = e["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
             raise CheckpointError(path, f"tensor {name!r}: data_offsets must be two integers [begin, end], "
-                                        f"received {_short(offsets)}")
+                                        f"received {short(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end:
             raise CheckpointError(path, f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets}: "
