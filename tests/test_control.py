@@ -398,11 +398,19 @@ def test_cli_set_requests_and_tag_against_a_live_run(tmp_path, store_url):
         outs["set"] = subprocess.Popen([TMON, "--store", store_url, "set", cb.run_id, "lr=0.02", "weight_decay=0.01"],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def arrived(trainer, module):
+        # the command's start-up (its imports) can outlast this tiny fit on a loaded machine: the
+        # fit waits for its request here, so the test is about the command, not about a race
+        deadline = time.time() + 60
+        while open_store(store_url).run(cb.run_id).requests().empty and time.time() < deadline:
+            time.sleep(0.05)
+        handed_over(cb)
+
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
-    probe = Probe({2: ask})
+    probe = Probe({2: ask, 4: arrived})
     fit(tmp_path, cb, probe, TinyRegressor(sleep=0.05), epochs=3)
     out, err = outs["set"].communicate(timeout=60)
-    assert outs["set"].returncode == 0, err
+    assert outs["set"].returncode == 0, (out, err)
     assert out.startswith("request 1 applied at step")
     step = int(out.split("step ")[1].split(":")[0])
     assert probe.lrs[step][0] == pytest.approx(0.02) and probe.wds[step][0] == 0.01
