@@ -2,9 +2,10 @@
 API or the CLI, schedules, presets) and what the loss did next.
 
 ``control.lr_change`` compares the loss over ``lr_change_window`` (50) steps after a change with the
-trend of the same window before it (the before-window's mean moved along its own slope): lower by
-more than 5 % of the loss and beyond three standard errors of the two means helped (info), higher
-by as much or non-finite hurt (warning), otherwise no clear effect (info). Advice: a change that helped becomes part of the next run (a
+trend of the same window before it (the before-window's mean moved along its own slope, when it has
+one beyond its noise), in log space for a positive loss (geometric means): lower by more than 5 %
+and beyond three standard errors (of both means and of the trend carried over) helped (info),
+higher by as much or non-finite hurt (warning), otherwise no clear effect (info). Advice: a change that helped becomes part of the next run (a
 decay: a step schedule at that step; a raise: the initial lr); one that hurt is undone.
 """
 
@@ -52,25 +53,34 @@ def _one(d, loss, f, step, old, new, w, data):
     if len(before) < 5 or len(after_all) < 5:
         return
     b_steps = f.steps[(f.steps >= step - w) & (f.steps < step)].astype(float)
-    b_mean = float(before.mean())
+    nonfinite = len(after) < len(after_all)
+    # in log space when the loss is positive: a share of hard batches or log-normal noise is then
+    # symmetric, and the effect is a ratio
+    logs = bool((before > 0).all() and (after > 0).all())
+    tb = np.log(before) if logs else before
+    ta = np.log(after) if logs else after
+    b_mean = float(tb.mean())
     xc = b_steps - b_steps.mean()
     sxx = float((xc * xc).sum()) or 1.0
-    slope = float((xc * (before - b_mean)).sum()) / sxx
-    resid = before - b_mean - slope * xc
-    slope_var = float((resid * resid).sum()) / max(len(before) - 2, 1) / sxx
+    slope = float((xc * (tb - b_mean)).sum()) / sxx
+    resid = tb - b_mean - slope * xc
+    slope_var = float((resid * resid).sum()) / max(len(tb) - 2, 1) / sxx
     if slope * slope <= 4 * slope_var:  # no trend to speak of within the noise: the level carries over
         slope, slope_var = 0.0, 0.0
     expected = b_mean + slope * w  # where the old trend would have taken the mean
-    scale = abs(b_mean) or 1.0
-    nonfinite = len(after) < len(after_all)
-    a_mean = float(after.mean()) if len(after) else float("nan")
-    effect = (a_mean - expected) / scale if len(after) else float("inf")
+    scale = 1.0 if logs else (abs(b_mean) or 1.0)
+    a_mean = float(ta.mean()) if len(ta) else float("nan")
+    effect = (a_mean - expected) / scale if len(ta) else float("inf")
     # a difference inside the run's own noise is no effect, however large it looks: the noise of both
     # means and of the trend carried over the window
-    noise = 3.0 * math.sqrt(float(before.var()) / len(before) + slope_var * w * w
-                            + (float(after.var()) / len(after) if len(after) > 1 else 0.0)) / scale
-    clear = effect > max(0.05, noise) if effect > 0 else effect < -max(0.05, noise)
+    noise = 3.0 * math.sqrt(float(tb.var()) / len(tb) + slope_var * w * w
+                            + (float(ta.var()) / len(ta) if len(ta) > 1 else 0.0)) / scale
+    need = math.log1p(0.05) if logs else 0.05
+    clear = effect > max(need, noise) if effect > 0 else effect < -max(need, noise)
     verdict = "hurt" if nonfinite or (effect > 0 and clear) else "helped" if clear else "unclear"
+    if logs:  # back in loss units: geometric means, the effect as a relative change
+        b_mean, a_mean, expected = math.exp(b_mean), math.exp(a_mean), math.exp(expected)
+        effect = math.expm1(effect) if math.isfinite(effect) else effect
     direction = "lowered" if new < old else "raised"
     evidence = {"step": step, "old": old, "new": new, "window": w, "loss_before_mean": b_mean,
                 "loss_after_mean": a_mean if len(after) else None, "trend_expected_mean": expected,
