@@ -196,3 +196,19 @@ def test_any_metric_dict_is_stored_exactly_or_refused_clearly(store_url, metrics
         except OverflowError:  # an int beyond float range is stored as the nearest float, ±inf
             expected = math.inf if value > 0 else -math.inf
         assert (math.isnan(got[0]) and math.isnan(expected)) or got[0] == expected
+
+
+def test_a_complex_or_meta_tensor_under_a_real_pattern_is_nan_and_said_never_its_real_part(store_url):
+    """Per call, log() checks only a tensor's element count (dtype and device are checked when a key
+    set's pattern of types is new: the usual call stays as cheap as it was). A complex or meta tensor
+    that arrives later under the same pattern is stored as NaN and named, never as its real part."""
+    torch = pytest.importorskip("torch")
+    rec = Recorder(store_url, flush_interval=0.05)
+    rec.log({"t": torch.tensor(1.0)}, step=0)
+    with pytest.warns(Warning, match="1 value\\(s\\) of metric 't' could not be converted"):
+        rec.log({"t": torch.tensor(2 + 3j)}, step=1)
+        rec.log({"t": torch.tensor(4.0)}, step=2)
+        assert rec.flush()
+    rec.close()
+    values = open_store(store_url).run(rec.run_id).metrics("t").value.tolist()
+    assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == 4.0
