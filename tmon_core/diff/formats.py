@@ -105,12 +105,19 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     Only a regular file or a directory is opened (symlinks followed, then checked): a FIFO, a
     device or a socket is refused before ``open()``, which could otherwise block or never end."""
     path = os.path.abspath(os.fspath(path))
-    if stat.S_ISDIR(guard.entry(path).st_mode):
-        from .hf_format import open_directory
+    try:
+        if stat.S_ISDIR(guard.entry(path).st_mode):
+            from .hf_format import open_directory
 
-        ck = open_directory(path)
-    else:
-        ck = _open_file(path)
+            ck = open_directory(path)
+        else:
+            ck = _open_file(path)
+    except CheckpointError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, UnicodeError,
+            MemoryError) as exc:  # content no reader foresaw: still the file and one line, never a traceback
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(path, f"unexpected content ({type(exc).__name__}: {first})") from None
     if ck.budget.spent:
         ck.notes.append(f"parameters: more than {MAX_PARAM_VALUES} values; the rest were not read")
     return ck

@@ -12,6 +12,7 @@ full pickle of ``TrainingArguments``: never loaded.
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 from . import guard
@@ -142,7 +143,14 @@ def _trainer_state(path: str, ck: Checkpoint) -> None:
         step = entry.get("step") if isinstance(entry.get("step"), int) else None
         for k, v in entry.items():
             if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
-                ck.metrics[k] = (float(v), step)  # entries are in order: the last one wins
+                ck.metrics[k] = (_float(v), step)  # entries are in order: the last one wins
+
+
+def _float(v: int | float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # JSON integers have no bound; past float's range they read as infinite
+        return math.inf if v > 0 else -math.inf
 
 
 def _optimizer(path: str, ck: Checkpoint) -> None:
