@@ -118,11 +118,12 @@ def main() -> None:
     header("diagnosis: the report's rules on a labelled corpus", args.quick)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/corpus.db"
-        t0 = time.perf_counter()
-        rows = judge(corpus(args.healthy, args.faulty), url, verbose=args.verbose)
-        print(f"synthetic corpus: {args.healthy} healthy + {args.faulty} faulty runs written and reported in "
-              f"{time.perf_counter() - t0:.0f} s")
-        print_score(score(rows), "[1] synthetic corpus")
+        if args.healthy or args.faulty:
+            t0 = time.perf_counter()
+            rows = judge(corpus(args.healthy, args.faulty), url, verbose=args.verbose)
+            print(f"synthetic corpus: {args.healthy} healthy + {args.faulty} faulty runs written and reported in "
+                  f"{time.perf_counter() - t0:.0f} s")
+            print_score(score(rows), "[1] synthetic corpus")
         if args.real:
             from tests.diagnosis.real import real_runs
 
