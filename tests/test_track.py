@@ -111,6 +111,8 @@ def test_mnist_loop_records_its_loss_lr_timings_epochs_and_checkpoints(tmp_path,
             ckpts.append((str(path), len(losses) - 1, val))
             if sched_every == "epoch":
                 sched.step()
+    final = test_step(model, loader)
+    t.log({"test_loss": final})  # after the block: an evaluation of the trained model
     run = open_store(store_url).run(t.run_id)
     assert run.status == "completed" and len(losses) == 12
     assert run.metrics("loss").value.tolist() == pytest.approx(losses, rel=1e-6)
@@ -129,8 +131,11 @@ def test_mnist_loop_records_its_loss_lr_timings_epochs_and_checkpoints(tmp_path,
     assert df.monitor.tolist() == ["val_loss"] * 3 and (df.size_bytes > 0).all()
     types = run.events().type.tolist()
     epoch_events = [ev.EPOCH_START, ev.EPOCH_END, ev.CHECKPOINT]
-    assert types == [ev.TRAIN_START] + epoch_events * 3 + [ev.TRAIN_END]
+    assert types == [ev.TRAIN_START] + epoch_events * 3 + [ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END]
     assert run.events(ev.TRAIN_END).data[0]["reason"] == ev.END_MAX_EPOCHS
+    assert run.events(ev.EVALUATION_START).data[0]["stage"] == "test"
+    test_loss = run.metrics("test_loss")
+    assert test_loss.step.tolist() == [11] and test_loss.value.tolist() == pytest.approx([final])
     info = run.info()
     assert info["framework"] == "pytorch" and info["total_steps"] == 12
     cfg = info["config"]

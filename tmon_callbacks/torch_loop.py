@@ -37,6 +37,8 @@ Where in the loop → what tmon records (the same names as the framework callbac
 leaving the ``with`` block       ``train_end`` with its reason; status ``completed``; ``failed`` on
                                  an exception (``exception``/``oom`` event, re-raised),
                                  ``interrupted`` on KeyboardInterrupt; the report (``report="auto"``)
+``t.log({...})`` after it        evaluation after the fit (a final test): ``evaluation_start``, the
+                                 values at the last step, ``evaluation_end``; status unchanged
 ==============================  ===========================================================
 
 Steps count ``t.step()`` calls from 0, as Lightning's do: call it once per optimizer step (with
@@ -79,7 +81,6 @@ from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
 from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
-from tmon_core.recorder import describe_exception, is_oom
 from tmon_core.store.writer import json_safe
 
 from . import _torch
@@ -300,19 +301,7 @@ class Tracker:
             if session is None or session.ended:
                 return
             unwatch(session)
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            info = describe_exception(exc)
-            try:
-                if interrupted:
-                    session.event(ev.INTERRUPT, step=self._step, message="KeyboardInterrupt")
-                else:
-                    kind = ev.OOM if is_oom(exc) else ev.EXCEPTION
-                    session.event(kind, step=self._step, message=f"{info['type']}: {info['message'][:500]}",
-                                  data=info)
-                session.event(ev.TRAIN_END, step=self._step,
-                              data=self._end_data(ev.END_INTERRUPT if interrupted else ev.END_EXCEPTION))
-            finally:
-                session.end(ev.INTERRUPTED if interrupted else ev.FAILED, info)
+            session.fail(exc, self._step, record_train_end=True)
         except Exception:
             pass
 
@@ -331,8 +320,9 @@ class Tracker:
         return {"reason": reason, "steps": self._step, "epochs": self._epochs}
 
     def _detach(self) -> None:
-        """Stop recording and steering: hooks off; a later ``t.step()`` or ``t.log()`` warns (once)
-        that the run has ended instead of putting values where nothing will write them."""
+        """Stop recording and steering: hooks off; a later ``t.step()`` warns (once) that the run has
+        ended instead of putting values where nothing will write them (``t.log()`` records an
+        evaluation after the fit)."""
         _open_trackers.discard(self)
         for h in self._hooks:
             h.remove()
@@ -397,9 +387,19 @@ class Tracker:
             self._apply(self._ctl.due(step), step)
         self._t_last = now  # without t.batches, step_time is the time from one t.step() to the next
 
+    def _evaluate(self, values: dict, step: int | None) -> None:
+        """``t.log`` after the run ended (a final test of the trained model): recorded into the ended
+        run as one evaluation, between ``evaluation_start`` and ``evaluation_end`` (stage ``test``),
+        at the last training step by default; the run's status stays as the loop left it."""
+        session = self.session
+        session.begin_evaluation("test", step)
+        session.log_evaluation(values, step)
+        session.end_evaluation()
+
     def _warn_ended(self, call: str) -> None:
         warn_once(self, call, RuntimeError(f"run {self.run_id} has ended (the track() block was left or finish() "
-                                           f"called): t.{call}() records nothing more; start another track()"))
+                                           f"called): t.{call}() records nothing more; start another track() "
+                                           f"(t.log() still records an evaluation of the trained model)"))
 
     def _log_valid(self, record: dict, step: int, exc: Exception, wall_time: float | None = None) -> None:
         """Record the values tmon can take and warn, once per key, about each one it cannot."""
@@ -423,12 +423,12 @@ class Tracker:
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         """Record ``values`` (your names) at ``step``: by default the step last done (0 before any),
         where a validation after an epoch belongs."""
-        if self._rec is None:
-            if self._ended:
-                self._warn_ended("log")
-            return
         if not isinstance(values, dict):
             raise ValueError(f"t.log takes a dict of name -> value, received {type(values).__name__}: {values!r:.80}")
+        if self._rec is None:
+            if self._ended and values:
+                self._evaluate(values, step)
+            return
         if not values:
             return
         if step is None:
