@@ -101,7 +101,9 @@ def text(r) -> str:
     if r.findings:
         out += ["", "Findings"]
         for f in r.findings:
-            out.append(f" - [{f.severity}] {f.title}: {f.detail}")
+            sure = getattr(f, "confidence", None)
+            out.append(f" - [{f.severity}] {f.title}: {f.detail}" + (f" (confidence {sure:.2f})" if sure is not None
+                                                                     else ""))
     if r.log_errors:
         n = len(r.log_errors)
         out += ["", f"Log errors and warnings ({n})"]

@@ -219,9 +219,9 @@ def _plateau(d, key, x):
             return  # the lr is already being decayed: a plateau under a schedule is its business
     e.update({"lr": lr_now, "key": key})
     f = _finding("stability.plateau", INFO, f"The loss plateaued from step {q_from}",
-                 f"From step {q_from} to {to} the loss stayed flat: its trend over the last third changed it by "
-                 f"{100 * e['improvement']:.2f} % ± {200 * e['improvement_se']:.2f} % at a constant learning rate"
-                 f"{f' of {fmt_value(lr_now)}' if lr_now else ''}.", x)
+                 f"From step {q_from} to {to} the loss stayed flat: over the last third its trend improved it by "
+                 f"{100 * e['improvement']:.2f} % (at most {100 * e['improvement_upper']:.2f} % at 95 % confidence), "
+                 f"at a constant learning rate{f' of {fmt_value(lr_now)}' if lr_now else ''}.", x)
     yield f
     monitor = d.val_loss.key if d.val_loss is not None else key
     if lr_now:
