@@ -278,35 +278,58 @@ class RunData:
             "cpu_mean_percent": _num(s.cpu_percent.astype(float).mean()),
         }
 
+    @cached_property
+    def _host_columns(self) -> dict[str, np.ndarray] | None:
+        """The host samples as numpy columns, read once: ``memory_at`` runs for every log entry."""
+        s = self.samples
+        if s.empty:
+            return None
+        cols = ("wall_time", "ram_used", "ram_total", "swap_used", "proc_rss", "children_rss", "children_count",
+                "cpu_percent")
+        return {c: s[c].to_numpy(float, na_value=np.nan) for c in cols}
+
+    @cached_property
+    def _gpu_rows(self) -> tuple[np.ndarray, list] | None:
+        """The GPU samples' distinct times and, for each, its rows as dicts."""
+        g = self.gpu
+        if g.empty:
+            return None
+        walls = g.wall_time.to_numpy(float)
+        times, first = np.unique(walls, return_index=True)
+        rows: dict[float, list] = {}
+        for r in g.itertuples():
+            rows.setdefault(float(r.wall_time), []).append(
+                {"gpu": int(r.gpu), "mem_used_bytes": _num(r.mem_used), "mem_total_bytes": _num(r.mem_total),
+                 "util_percent": _num(r.util_percent), "torch_allocated_bytes": _num(r.torch_allocated)})
+        return times, [rows[float(t)] for t in times]
+
     def memory_at(self, wall_time: float | None) -> dict | None:
         """The hardware sample nearest ``wall_time``: host RAM, swap, process and workers' RSS, and
         each GPU's memory and utilization then; ``offset_s`` is how far the sample is from that time."""
         if wall_time is None:
             return None
         out: dict[str, Any] = {}
-        s = self.samples
-        if not s.empty:
-            walls = s.wall_time.to_numpy(float)
+        h = self._host_columns
+        if h is not None:
+            walls = h["wall_time"]
             i = _nearest(walls, wall_time)
-            row = s.iloc[i]
+            total = _num(h["ram_total"][i])
+            used = _num(h["ram_used"][i])
             out.update({
                 "sample_time": float(walls[i]), "offset_s": round(float(walls[i] - wall_time), 3),
-                "ram_used_bytes": _num(row.ram_used), "ram_total_bytes": _num(row.ram_total),
-                "ram_fraction": _num(row.ram_used / row.ram_total) if _num(row.ram_total) else None,
-                "swap_used_bytes": _num(row.swap_used), "proc_rss_bytes": _num(row.proc_rss),
-                "workers_rss_bytes": _num(row.children_rss), "workers": _int(row.children_count),
-                "cpu_percent": _num(row.cpu_percent),
+                "ram_used_bytes": used, "ram_total_bytes": total,
+                "ram_fraction": used / total if total and used is not None else None,
+                "swap_used_bytes": _num(h["swap_used"][i]), "proc_rss_bytes": _num(h["proc_rss"][i]),
+                "workers_rss_bytes": _num(h["children_rss"][i]), "workers": _int(h["children_count"][i]),
+                "cpu_percent": _num(h["cpu_percent"][i]),
             })
-        g = self.gpu
-        if not g.empty:
-            walls = g.wall_time.to_numpy(float)
-            i = _nearest(walls, wall_time)
-            at = g[g.wall_time == walls[i]]
-            out["gpus"] = [{"gpu": int(r.gpu), "mem_used_bytes": _num(r.mem_used), "mem_total_bytes": _num(r.mem_total),
-                            "util_percent": _num(r.util_percent), "torch_allocated_bytes": _num(r.torch_allocated)}
-                           for r in at.itertuples()]
-            out.setdefault("sample_time", float(walls[i]))
-            out.setdefault("offset_s", round(float(walls[i] - wall_time), 3))
+        g = self._gpu_rows
+        if g is not None:
+            times, rows = g
+            i = _nearest(times, wall_time)
+            out["gpus"] = [dict(r) for r in rows[i]]
+            out.setdefault("sample_time", float(times[i]))
+            out.setdefault("offset_s", round(float(times[i] - wall_time), 3))
         return out or None
 
     # ------------------------------------------------------------------ what the logs and events say
