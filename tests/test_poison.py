@@ -85,6 +85,7 @@ def test_text_the_databases_refuse_is_stored_readably_and_the_run_goes_on(db, tm
     assert run.events(ev.RECORD_REFUSED).empty  # made storable, so nothing was refused
 
 
+@pytest.mark.slow  # a real fit (and the framework's import)
 def test_a_lightning_fit_logging_an_undecodable_file_name_is_recorded_whole(db, tmp_path):
     pytest.importorskip("lightning")
     from lightning.pytorch import Trainer
@@ -113,14 +114,14 @@ def test_a_lightning_fit_logging_an_undecodable_file_name_is_recorded_whole(db, 
 
 
 def test_what_the_constructors_can_check_they_refuse_naming_the_option(store_url):
-    from tmon_callbacks.lightning import TMonCallback
+    from tmon_callbacks._base import make_options  # every adapter's constructor checks its options here
 
     for kwargs, name in (({"run_name": "r" * 251}, "run_name"), ({"run_name": "a\x00b"}, "run_name"),
                          ({"tags": ["ok", "bad\udcff"]}, "tags"), ({"notes": "x\x00"}, "notes")):
         with pytest.raises(ValueError, match=f"^{name} must be text the store can keep"):
             Recorder(store_url, **kwargs)
         with pytest.raises(ValueError, match=f"^{name} must be text the store can keep"):
-            TMonCallback(store_url, **kwargs)
+            make_options(store_url, kwargs)
     rec = Recorder(store_url, run_name="r" * 250, flush_interval=0.05)  # the longest name the store keeps
     rec.log({"x": 1.0}, step=0)
     with pytest.raises(ValueError, match="lone surrogate"):
@@ -180,6 +181,7 @@ def test_a_record_the_database_refuses_costs_only_itself(db, tmp_path):
     assert live(run) == [("b.ckpt", 120)] and len(run.checkpoints(include_deleted=True)) == 4
 
 
+@pytest.mark.slow  # hypothesis' generation of arbitrary text, on a loaded machine
 def test_the_text_rule_fits_every_column_and_changes_nothing_twice():
     pytest.importorskip("hypothesis")
     from hypothesis import given, settings
@@ -187,7 +189,7 @@ def test_the_text_rule_fits_every_column_and_changes_nothing_twice():
 
     from tmon_core.store.text import storable
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=60, deadline=None)
     @given(st.text(st.characters(blacklist_categories=()), max_size=400), st.sampled_from([2, 16, 64, 250, None]))
     def check(t, limit):
         out = storable(t, limit)
@@ -370,6 +372,7 @@ def test_a_checkpoint_path_written_again_leaves_one_live_row_in_the_order_receiv
     assert len(run.checkpoints(include_deleted=True)) == 9
 
 
+@pytest.mark.slow  # a real fit (and the framework's import)
 def test_keras_save_best_only_to_one_file_has_one_live_record(tmp_path, store_url):
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "torch":
@@ -401,6 +404,7 @@ def test_keras_save_best_only_to_one_file_has_one_live_record(tmp_path, store_ur
     assert rows.monitor_value.iloc[0] == pytest.approx(min(losses))
 
 
+@pytest.mark.slow  # a real fit (and the framework's import)
 def test_lightning_save_last_has_one_live_last_ckpt(tmp_path, store_url):
     pytest.importorskip("lightning")
     from lightning.pytorch import Trainer
