@@ -123,6 +123,7 @@ from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
 from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
+from tmon_core.store.text import MAX_RUN_NAME, storable
 from tmon_core.store.writer import json_safe
 
 from . import _torch
@@ -289,7 +290,9 @@ class TMonCallback(TrainerCallback):
             try:
                 opts = self.options
                 if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
-                    opts = dataclasses.replace(opts, run_name=args.run_name)  # the name HF gives W&B, MLflow...
+                    # the name HF gives W&B, MLflow... (its default is output_dir, which can be longer than
+                    # a run name or not UTF-8: stored cut and escaped rather than refused)
+                    opts = dataclasses.replace(opts, run_name=storable(args.run_name, MAX_RUN_NAME))
                 session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node_rank)
                 run_id = session.run_id
             except Exception as exc:
