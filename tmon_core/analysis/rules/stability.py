@@ -292,7 +292,8 @@ def _overfitting(d, loss_det):
         yield recommend("stability.overfitting", WARNING, f"Keep the checkpoint of step {ckpt['step']}",
                         t.load_checkpoint(), ckpt["path"], f"the weights with the best {val.key} ({fmt_value(best)})",
                         evidence=evidence, current=None, priority=15)
-    elif _callback(d, "ModelCheckpoint", val.key) is None and _callback(d, "load_best", val.key) is None:
+    elif _callback(d, "ModelCheckpoint", val.key) is None and not (d.framework == "hf" and t.save_best(val.key).current):
+        # a ModelCheckpoint watching the metric (or HF's load_best_model_at_end) keeps the best already
         setting = t.save_best(val.key)
         near = _nearest_checkpoint(d, best_step)
         yield recommend("stability.overfitting", WARNING, f"Keep the checkpoint with the best {val.key}", setting,
