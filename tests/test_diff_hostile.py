@@ -1,6 +1,6 @@
 """Hostile checkpoints: headers that lie about shapes, sizes and offsets, JSON nested 200,000 deep,
 HDF5 datasets that were never written or live in other files, zip bombs, FIFOs and devices,
-pickles that share one dict a billion ways. Each is diffed in a child process held to 2 GiB of
+pickles that share one dict a billion ways. Each is diffed in a child process held to 4 GiB of
 address space and a time bound (a safety net, not a speed claim: without the checks these
 allocate terabytes, build 2**44 slices or block for ever), and must end in a ``CheckpointError``
 whose one line names the file and the field. The CLI says it in one line on stderr, exit 2.
@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ADDRESS_SPACE = 2 << 30  # bytes: torch, h5py and numpy imported take ~0.7 GiB of it
+# bytes: imported torch, pandas and h5py, and the read thread's malloc arena, reserve ~2 GiB of
+# address space they never touch; a hostile file asks for terabytes, so 4 GiB still catches it
+ADDRESS_SPACE = 4 << 30
 SECONDS_PER_CASE = 20  # generous on a shared 2-core machine; a case that hangs never reports at all
 
 # Runs each (a, b) pair and prints one JSON line per pair, flushed, so a hang shows which case hung.
@@ -28,6 +30,7 @@ CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
 from tmon_core.diff import CheckpointError, diff
+import pandas, h5py, torch  # imported up front: the time bound is for the diff, not for imports
 for name, a, b in json.loads(sys.argv[1]):
     t0 = time.perf_counter()
     try:
@@ -234,6 +237,13 @@ def _torch_files(d, good, case):
     torch.save({"w": torch.zeros(1).expand(2**36)}, d / "expanded.pt")
     case("torch_expanded", d / "expanded.pt", good, "tensor 'w': shape [68719476736] with strides [0]",
          "over a storage of 4 bytes")
+    # sparse tensors: an index past the shape (unchecked, making it dense segfaults), and 4 TiB once dense
+    out_of_range = torch.sparse_coo_tensor(torch.tensor([[10**9]]), torch.tensor([1.0]), (4,), check_invariants=False)
+    torch.save({"w": out_of_range}, d / "sparse_index.pt")
+    case("torch_sparse_index", d / "sparse_index.pt", good, "size is inconsistent with indices")
+    vast = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (2**20, 2**20))
+    torch.save({"w": vast}, d / "sparse_vast.pt")
+    case("torch_sparse_vast", d / "sparse_vast.pt", good, "a sparse tensor of shape [1048576, 1048576], 4.0 TiB")
     # hyperparameters that share one dict 2**60 ways (a few hundred bytes pickled) and one that holds itself
     dag = {"leaf": 1.0}
     for _ in range(60):
@@ -251,7 +261,7 @@ COMPARED = ["torch_shared_params", "hf_fifo_config", "symlink_to_file"]
 CASES = [*SAFETENSORS, "header_beyond_file", "header_huge", "fifo", "dev_zero", "symlink_to_device", "socket",
          "hf_fifo_weights", "hf_index_escape", "hf_index_deep", "h5_unallocated", "h5_virtual", "h5_external",
          "zip_bomb", "zip_config_bomb", "zip_config_deep", "zip_members", "torch_truncated", "torch_legacy_lie", "torch_zip_bomb",
-         "torch_expanded"]
+         "torch_expanded", "torch_sparse_index", "torch_sparse_vast"]
 
 
 @pytest.mark.slow  # the fixture builds ~30 files and diffs them in a child importing torch

@@ -23,9 +23,10 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
 OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "optimizers")
 SCHEDULER_KEYS = ("lr_schedulers", "scheduler", "lr_scheduler", "scheduler_state_dict", "schedulers")
 STEP_KEYS = ("global_step", "step", "iteration", "iter")
-#: most bytes a tensor may span beyond its storage (an ``expand()``ed view, a sparse tensor made
-#: dense): reading it makes that copy, so a tiny file could otherwise ask for terabytes
+#: most bytes of elements a view may have beyond its storage (an ``expand()``ed tensor: reading it
+#: makes the copy), and most bytes a sparse tensor may take made dense
 MAX_MATERIALIZED = 64 * 1024 * 1024
+MAX_DENSE = 1024 * 1024 * 1024
 #: how far nested dicts are searched for tensors, and how many values that search may visit
 MAX_NESTING = 16
 MAX_NESTED_VALUES = 1_000_000
@@ -44,14 +45,19 @@ def safe_load(path: str) -> Any:
     ``CheckpointError`` that says why."""
     guard.entry(path, dir_ok=False)  # torch opens it by name: no FIFO or device past this point
     torch = import_torch(path)
+    # torch checks a loaded sparse tensor's indices against its shape only when asked: unchecked, an
+    # index out of range crashes the process (a segfault) as soon as the tensor is made dense
+    checked = torch.sparse.check_sparse_tensor_invariants(enable=True)
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            with checked:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
             # a legacy (pre-1.6, non-zip) file cannot be memory-mapped: read it normally
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with checked:
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg:
@@ -139,20 +145,20 @@ class TorchCheckpoint(Checkpoint):
 
 
 def _check_extent(path: str, name: str, t) -> None:
-    """Refuse a tensor that claims more elements than its file holds, beyond ``MAX_MATERIALIZED``:
-    a strided view over a small storage (stride 0), or a sparse tensor with a vast dense shape."""
+    """Refuse a tensor that claims far more elements than its file holds: a strided view over a
+    small storage (stride 0, as ``expand()`` makes), or a sparse tensor with a vast dense shape.
+    Comparing either makes the dense copy, so a tiny file could otherwise ask for terabytes."""
     import torch
 
     nbytes = t.numel() * t.element_size()
-    if nbytes <= MAX_MATERIALIZED:
+    if t.layout != torch.strided:
+        if nbytes > MAX_DENSE:
+            raise CheckpointError(path, f"tensor {name!r}: a sparse tensor of shape {list(t.shape)}, "
+                                        f"{guard.human_bytes(nbytes)} once made dense to compare, more than the "
+                                        f"{guard.human_bytes(MAX_DENSE)} accepted")
         return
-    if t.layout != torch.strided or t.is_quantized:
-        stored = "a sparse or quantized tensor"
-        raise CheckpointError(path, f"tensor {name!r}: {stored} of shape {list(t.shape)} would take "
-                                    f"{guard.human_bytes(nbytes)} to compare densely, more than the "
-                                    f"{guard.human_bytes(MAX_MATERIALIZED)} accepted")
     held = t.untyped_storage().nbytes()
-    if nbytes > held:
+    if nbytes > held and nbytes > MAX_MATERIALIZED:
         raise CheckpointError(path, f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} is "
                                     f"{guard.human_bytes(nbytes)} of elements over a storage of {held} bytes (an "
                                     f"overlapping view, as expand() makes); re-save it with .contiguous()")
