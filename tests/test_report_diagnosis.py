@@ -115,11 +115,12 @@ def test_a_still_falling_noisy_curve_is_not_a_plateau(store_url):
 
 
 # ---------------------------------------------------------------------------- advice that knows the run
-def _overfit_run(store_url, tmp_path, callbacks=None, reason=None):
+def _overfit_run(store_url, tmp_path, callbacks=None, reason=None, framework="lightning", config=PL_CFG,
+                 checkpoints=True):
     vals = {s: v for s, v in zip(range(15, 300, 16), [1.0, 0.8, 0.66, 0.58, 0.52, 0.49, 0.477, 0.47, 0.4571,
                                                        0.49, 0.53, 0.58, 0.62, 0.66, 0.7, 0.74, 0.78, 0.8])}
     at = {}
-    for s in vals:  # Lightning writes the checkpoint at the step after the validation it saves
+    for s in vals if checkpoints else ():  # Lightning writes the checkpoint at the step after the validation it saves
         path = tmp_path / f"epoch={s // 16}-step={s + 1}.ckpt"
         path.write_bytes(b"x")
         at.setdefault(s + 1, []).append(
@@ -127,8 +128,8 @@ def _overfit_run(store_url, tmp_path, callbacks=None, reason=None):
     if reason:
         at.setdefault(None, []).append(event(ev.TRAIN_END, 299, reason=reason, callback="EarlyStopping",
                                              monitor="val_loss", patience=3))
-    cfg = PL_CFG | ({ev.CONFIG_CALLBACKS: callbacks} if callbacks is not None else {})
-    return build_run(store_url, config=cfg, steps=300, series={"loss": decaying(300, 2.0, 0.05), "val_loss": vals},
+    cfg = config | ({ev.CONFIG_CALLBACKS: callbacks} if callbacks is not None else {})
+    return build_run(store_url, framework=framework, config=cfg, steps=300, series={"loss": decaying(300, 2.0, 0.05), "val_loss": vals},
                      at=at)
 
 
@@ -159,6 +160,20 @@ def test_a_run_that_early_stopping_stopped_is_told_to_lower_its_patience_not_to_
     r = tmon_core.report(_overfit_run(store_url, tmp_path, cbs, ev.END_EARLY_STOPPING), store=store_url)
     assert by_rule(r, "stability.overfitting")
     assert not [x for x in r.recommendations if "EarlyStopping" in (x.config_path or "")]
+
+
+def test_an_hf_run_that_loads_its_best_model_is_not_told_to_keep_the_best(store_url, tmp_path):
+    cfg = {"framework": "transformers", "per_device_train_batch_size": 32, "optimizers": [{"class": "AdamW"}],
+           "training_args": {"learning_rate": 5e-5, "weight_decay": 0.0}}
+    hf = _overfit_run(store_url, tmp_path, framework="hf", config=cfg, checkpoints=False)
+    keep = "Keep the checkpoint with the best val_loss"
+    assert [x.code for x in tmon_core.report(hf, store=store_url).recommendations if x.title == keep] == [
+        'TrainingArguments(load_best_model_at_end=True, metric_for_best_model="val_loss")']
+    cfg["training_args"]["load_best_model_at_end"] = True
+    hf = _overfit_run(store_url, tmp_path, framework="hf", config=cfg, checkpoints=False)
+    r = tmon_core.report(hf, store=store_url)
+    assert by_rule(r, "stability.overfitting")
+    assert not [x for x in r.recommendations if x.title == keep]
 
 
 # ---------------------------------------------------------------------------- library notices
