@@ -30,8 +30,9 @@ from .errors import CheckpointError
 #: deepest nesting accepted in a JSON document of a checkpoint (config.json, safetensors header...);
 #: real ones stay under 20, and Python's parser fails with a RecursionError near 1,000
 MAX_JSON_DEPTH = 100
-#: largest side JSON file read whole (config.json, trainer_state.json, a shard index)
-MAX_JSON_BYTES = 256 * 1024 * 1024
+#: largest side JSON file read whole (config.json, trainer_state.json, a shard index): parsed, JSON
+#: takes up to ~10x its size in Python objects; a trainer_state.json of a million logged steps is ~150 MB
+MAX_JSON_BYTES = 192 * 1024 * 1024
 #: most dimensions a tensor may have (torch allows 64 at most in practice)
 MAX_RANK = 64
 #: most members a zip (torch checkpoint, .keras archive) may list: each costs Python ~500 bytes
