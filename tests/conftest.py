@@ -21,7 +21,7 @@ except ImportError:
 
 #: what `make test` installs; in CI a missing one must fail the run, not skip its tests quietly
 CI_MODULES = ("lightning", "pytorch_lightning", "transformers", "accelerate", "keras", "safetensors", "h5py",
-              "ipywidgets", "bqplot", "psycopg", "pyarrow", "hypothesis")
+              "ipywidgets", "bqplot", "psycopg", "pyarrow", "hypothesis", "jsonargparse")
 
 
 def pytest_sessionstart(session):
