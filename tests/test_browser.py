@@ -11,7 +11,9 @@ reach the training. Screenshots are saved in the test's tmp dir (the path is pri
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +89,7 @@ trainer.fit(Slow(sleep=0.08), data)
 '''
 
 LINE = ".bqplot.figure svg path.line"
+SCREENS = Path(__file__).parent / "_screens"
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,10 @@ def _shot(page, path) -> None:
     mon.scroll_into_view_if_needed()
     time.sleep(0.5)
     mon.screenshot(path=str(path))
-    print(f"\nscreenshot: {path}")
+    # kept where CI collects artifacts and where a person looks at them after a widget change
+    SCREENS.mkdir(exist_ok=True)
+    shutil.copyfile(path, SCREENS / Path(path).name)
+    print(f"\nscreenshot: {SCREENS / Path(path).name}")
 
 
 def _tab(page, title):
@@ -276,3 +282,79 @@ def test_blocked_cell_says_clicks_queue_and_they_never_reach_the_run(lab, browse
     finally:
         page.close()
         store.close()
+
+
+FINISHED = '''
+import math, time
+from tmon_core import Recorder
+from tmon_widgets import Monitor
+rec = Recorder("sqlite:///tmon.db", run_name="finished")
+t0 = time.time()
+for step in range(3000):
+    rec.log({"loss": 1.0 / (1 + step / 300) + 0.01 * math.sin(step), "lr": 0.02, "epoch": step // 100}, step)
+rec.close()
+mon = Monitor(rec.run_id, store="sqlite:///tmon.db", metrics=["loss"])
+mon
+'''
+
+AXIS_TICKS = """() => {
+    // the x axis of the first visible chart: the tick labels that share one screen row
+    const fig = [...document.querySelectorAll('.tmon-monitor .bqplot.figure')].find(f => f.getBoundingClientRect().width > 0);
+    if (!fig) return null;
+    const out = [];
+    for (const ax of fig.querySelectorAll('g.axis')) {
+        const labels = [...ax.querySelectorAll('.tick text')].map(t => [t.textContent, t.getBoundingClientRect()]);
+        if (labels.length > 1 && labels.every(l => Math.abs(l[1].top - labels[0][1].top) < 1))
+            out.push(labels.map(l => l[0]));
+    }
+    return out[0] || null;
+}"""
+
+
+def _num(label: str) -> float:
+    s = label.replace(",", "").replace("−", "-").strip()
+    mult = 1.0
+    if s[-1:] in "kKM":
+        mult, s = {"k": 1e3, "K": 1e3, "M": 1e6}[s[-1]], s[:-1]
+    return float(s) * mult
+
+
+def _toggle(page, text):
+    page.locator(".tmon-monitor .widget-toggle-buttons button", has_text=text).first.click()
+
+
+def test_x_axis_follows_the_x_choice_and_timeframe(lab, browser, tmp_path):
+    """The axis shows the chosen x (step, time, epoch, last N steps), never the step domain left over."""
+    notebook([FINISHED], lab.root / "xaxis.ipynb")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    open_notebook(page, lab, "xaxis.ipynb")
+    run_all(page)
+    try:
+        page.wait_for_function(
+            "sel => [...document.querySelectorAll(sel)].some(p => (p.getAttribute('d') || '').length > 200)",
+            arg=LINE, timeout=120_000)
+        time.sleep(1)
+        ticks = [_num(t) for t in page.evaluate(AXIS_TICKS)]
+        assert max(ticks) >= 2000, ticks
+        _shot(page, tmp_path / "x-step.png")
+        # the whole run spans well under a minute of wall time: the time axis must say so
+        _toggle(page, "time")
+        page.wait_for_function(f"() => {{ const t = ({AXIS_TICKS})(); return t && Math.max(...t.map("
+                               f"s => parseFloat(s.replace(/[,k]/g, '')))) < 500; }}", timeout=20_000)
+        _shot(page, tmp_path / "x-time.png")
+        _toggle(page, "epoch")
+        page.wait_for_function(f"() => {{ const t = ({AXIS_TICKS})(); return t && Math.max(...t.map("
+                               f"s => parseFloat(s.replace(/[,k]/g, '')))) <= 31; }}", timeout=20_000)
+        _shot(page, tmp_path / "x-epoch.png")
+        _toggle(page, "step")
+        page.locator(".tmon-monitor .widget-dropdown select").first.select_option(label="last 1,000 steps")
+        page.wait_for_function(f"() => {{ const t = ({AXIS_TICKS})(); return t && Math.min(...t.map("
+                               f"s => parseFloat(s.replace(/,/g, '').replace('k', 'e3')))) >= 1900; }}", timeout=20_000)
+        _shot(page, tmp_path / "x-last1000.png")
+        ours = [e for e in errors if "bqplot" in e.lower() or "tmon" in e.lower() or "Error setting state" in e]
+        assert not ours, ours
+    finally:
+        page.close()

@@ -624,3 +624,30 @@ def test_fit_in_background_finds_the_tmon_callback_of_each_framework():
     assert _tmon_callbacks(HFTrainer().train, (), {}) == [cb]
     assert _tmon_callbacks(KerasModel().fit, (1,), {"callbacks": [Other(), cb]}) == [cb]
     assert _tmon_callbacks(lambda: None, (), {}) == []
+
+
+def test_x_choice_gets_a_fresh_x_domain_and_echoes_are_not_zooms(store_url):
+    """Item 1 of issue 18: a domain the browser sends back is not a zoom; step -> time starts a new scale."""
+    rec = Recorder(store_url, run_name="xdomain")
+    for step in range(3000):
+        rec.log({"loss": 1.0 / (step + 1), "epoch": step // 100}, step)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None, metrics=["loss"])
+    m = mon.metrics
+    assert m.timeframe.get_state()["index"] == 0, "the timeframe dropdown shows 'all steps', not a blank"
+    old = m.xs
+    with old.hold_sync():  # the browser echoes the step domain without a pan/zoom
+        old.min, old.max = -76.0, 6795.0
+    mon.refresh()
+    assert m._zoom is None
+    for mode, top in (("time", 60.0), ("epoch", 31.0)):
+        m.xaxis.value = mode
+        xs = m.charts["loss"].x_axis.scale
+        assert xs is m.xs and xs is not old and xs.min is None and xs.max is None, mode
+        assert arr(line(mon, "loss")[0], "x").max() < top, mode
+        old = xs
+    m.xaxis.value = "step"
+    m.timeframe.value = 1000
+    xs = m.charts["loss"].x_axis.scale
+    assert xs.min is None and arr(line(mon, "loss")[0], "x").min() >= 2000
+    mon.close()

@@ -101,6 +101,14 @@ class _Chart:
                               tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]))
             self.markers[kind] = (rules, tips)
 
+    def close(self) -> None:
+        """Close the figure and its marks, so the browser drops their views (and their domains)."""
+        for m in self.marks():
+            m.close()
+        for w in (self.fig, self.x_axis, self.y_axis, self.ys, self.rule_scale):
+            w.close()
+        self.lines.clear()
+
     def marks(self) -> list:
         raw = [pair[0] for pair in self.lines.values()]
         smooth = [pair[1] for pair in self.lines.values()]
@@ -124,6 +132,8 @@ class MetricsTab:
         self._colors: dict[str, str] = {}
         self._written: dict[str, tuple] = {}  # run id -> what the run row said at the last read
         self._dirty = True  # lines must be redrawn (options changed)
+        self._retired: list[_Chart] = []
+        self._retired_scales: list = []
         self.xs = bq.LinearScale()
         self.xs.observe(self._on_domain, names=["min", "max"])
 
@@ -139,7 +149,7 @@ class MetricsTab:
             "optimizer steps", "epochs (fractional within an epoch)", "seconds since the run started"],
             style={"button_width": "64px"})
         self.yscale = widgets.ToggleButtons(options=["linear", "log"], value="linear", style={"button_width": "64px"})
-        self.timeframe = widgets.Dropdown(options=TIMEFRAMES, value=None, layout=lay(width="150px"))
+        self.timeframe = widgets.Dropdown(options=TIMEFRAMES, index=0, layout=lay(width="150px"))
         self.panzoom = widgets.ToggleButton(value=False, description="pan/zoom", icon="search",
                                             tooltip="drag to pan, wheel to zoom: the visible range is re-read in detail",
                                             layout=lay(width="110px"))
@@ -194,7 +204,8 @@ class MetricsTab:
                 c.fig.interaction = bq.interacts.PanZoom(scales={"x": [self.xs]}) if change["new"] else None
 
     def _on_domain(self, _change) -> None:
-        if self._setting_scale:
+        # only a pan or zoom is a user's range; anything else the browser sends back is not a choice
+        if self._setting_scale or not self.panzoom.value:
             return
         lo, hi = self.xs.min, self.xs.max
         if lo is not None and hi is not None and hi > lo:
@@ -220,9 +231,16 @@ class MetricsTab:
         self._dirty = True
         self.series.clear()
         self.epochs.clear()
-        for c in self.charts.values():
-            c.lines.clear()
+        # closed once the grid no longer shows them (a closed child would fail the browser's grid view)
+        self._retired.extend(self.charts.values())
         self.charts.clear()
+        if self._zoom is None:
+            # A new x scale: the browser's scale keeps the domain of every mark ever drawn on it (closed
+            # figures' marks included), so after step -> time the axis would stay on the step range.
+            self.xs.unobserve(self._on_domain, names=["min", "max"])
+            self._retired_scales.append(self.xs)
+            self.xs = bq.LinearScale()
+            self.xs.observe(self._on_domain, names=["min", "max"])
 
     def _set_domain(self, lo, hi) -> None:
         self._setting_scale = True
@@ -363,6 +381,11 @@ class MetricsTab:
         figs = [c.fig for c in self.charts.values()]
         if list(self.grid.children) != figs:
             self.grid.children = figs
+        for c in self._retired:
+            c.close()
+        for sc in self._retired_scales:
+            sc.close()
+        self._retired, self._retired_scales = [], []
 
     def x_values(self, rs, step: np.ndarray, wall: np.ndarray) -> np.ndarray:
         mode = self.xaxis.value
