@@ -651,3 +651,22 @@ def test_x_choice_gets_a_fresh_x_domain_and_echoes_are_not_zooms(store_url):
     xs = m.charts["loss"].x_axis.scale
     assert xs.min is None and arr(line(mon, "loss")[0], "x").min() >= 2000
     mon.close()
+
+
+def test_the_view_is_refreshed_once_more_after_the_run_ends(store_url):
+    """Item 2 of issue 18: the header's epoch and the latest-values table show the run's end, not a read
+    made up to SLOW_INTERVAL before it."""
+    rec = Recorder(store_url, run_name="ends", flush_interval=0.05)
+    rec.log({"loss": 1.0, "epoch": 0}, 0)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=0.1, metrics=["loss"])
+    for step in range(1, 300):
+        rec.log({"loss": 1.0 / (step + 1), "epoch": step // 30}, step)
+    rec.close()
+    deadline = time.time() + 10
+    while mon.live and time.time() < deadline:
+        time.sleep(0.05)
+    assert not mon.live
+    assert "step <b>299</b>" in mon.header.html.value and "epoch <b>9</b>" in mon.header.html.value
+    assert mon.latest[rec.run_id]["epoch"] == (299, 9.0)
+    mon.close()

@@ -93,6 +93,7 @@ class Monitor(widgets.VBox):
         self._slow_count = 0
         self._value_cache: dict = {}
         self._error: str | None = None
+        self._everything = False  # the last refresh: every tab, whichever the browser shows
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -242,12 +243,12 @@ class Monitor(widgets.VBox):
         self._update_busy()
         visible = self._tabs[self.tabs.selected_index or 0]
         # while a cell runs, the kernel does not hear which tab the browser shows: keep every tab current
-        blind = self.busy
+        blind = self.busy or self._everything
 
         if visible is self.metrics or blind or slow:
             self.metrics.refresh(slow)
         # a tab the kernel cannot see is shown: refreshed at a slower pace (what it reads grows with the run)
-        blind_due = blind and now - self._last_blind >= BLIND_INTERVAL
+        blind_due = blind and (self._everything or now - self._last_blind >= BLIND_INTERVAL)
         if blind_due:
             self._last_blind = now
         if (slow and visible is self.hardware) or blind_due or (slow and self._slow_count % 5 == 1):
@@ -348,10 +349,22 @@ class Monitor(widgets.VBox):
             if self.runs and all(rs.final for rs in self.runs) and not self.control.pending:
                 final_ticks += 1
                 if final_ticks >= 3:  # a few more reads: the last points are written with the status
+                    self._last_refresh()
                     break
             else:
                 final_ticks = 0
         self._thread = None
+
+    def _last_refresh(self) -> None:
+        """Everything read once more after the run ended: the slow parts (epoch, latest values, events)
+        are otherwise read every SLOW_INTERVAL, and the thread stops before the next one is due."""
+        self._everything = True
+        try:
+            self.refresh(slow=True)
+        except Exception:
+            pass  # the footer says so; the view stays as the last good refresh left it
+        finally:
+            self._everything = False
 
     @property
     def live(self) -> bool:
