@@ -364,7 +364,7 @@ def test_controls_follow_the_policy_and_a_busy_kernel(store_url, monkeypatch):
     mon.close()
 
     rec = Recorder(store_url, run_name="busy", config={"control": dict(CONTROL, level="manage")})
-    rec.log({"loss": 1.0}, 0)
+    rec.log({"loss": 1.0, "lr": 0.1}, 0)
     rec.flush()
     monkeypatch.setattr(monitor_mod, "BUSY_AFTER", 0.0)
     mon = Monitor(rec.run_id, store=store_url, interval=None)
@@ -669,4 +669,29 @@ def test_the_view_is_refreshed_once_more_after_the_run_ends(store_url):
     assert not mon.live
     assert "step <b>299</b>" in mon.header.html.value and "epoch <b>9</b>" in mon.header.html.value
     assert mon.latest[rec.run_id]["epoch"] == (299, 9.0)
+    mon.close()
+
+
+def test_parameter_rows_are_the_runs_and_apply_waits_for_the_current_value(store_url):
+    """Item 4 of issue 18: no 'apply' of a placeholder, no betas/eps rows on SGD, a custom Param's value shown."""
+    sgd = [{"class": "SGD", "defaults": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}, "param_groups": 1}]
+    rec = Recorder(store_url, run_name="sgd", config={"control": CONTROL, "optimizers": sgd}, flush_interval=0.05)
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    mon.select("Parameters")
+    p = mon.parameters
+    assert list(p.rows) == ["lr", "momentum", "weight_decay", "dropout"]
+    assert p.rows["lr"].apply.disabled and "waiting for the run's current lr" in p.rows["lr"].apply.tooltip
+    assert p.rows["dropout"].apply.disabled
+    p.rows["dropout"].input.value = 0.2  # a custom Param is not logged: a typed value may be sent
+    assert not p.rows["dropout"].apply.disabled
+    rec.log({"loss": 0.9, "lr": 0.1, "momentum": 0.9}, 1)
+    rec.event("param_change", step=1, message="dropout: 0.1 -> 0.3", data={"old": {"dropout": 0.1},
+                                                                         "new": {"dropout": 0.3}})
+    rec.flush()
+    mon.refresh(slow=True)
+    assert not p.rows["lr"].apply.disabled and p.rows["lr"].input.value == pytest.approx(0.1)
+    assert "now <b>0.3</b>" in p.rows["dropout"].current.value
+    rec.close()
     mon.close()

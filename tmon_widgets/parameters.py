@@ -8,12 +8,35 @@ import math
 
 import ipywidgets as widgets
 
+from tmon_core.control import PARAM_CHANGE
+
 from . import _format as f
 
 #: the metric a built-in parameter's current value is read from
 CURRENT_KEY = {"lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay"}
 MODES = [("scale: rescale the schedule", "scale"), ("pin: hold the value", "pin"), ("set: write once", "set")]
 IMPACT_WINDOW = 50
+
+
+def optimizer_params(config: dict) -> set[str] | None:
+    """The built-in parameters the run's optimizers have (SGD: no betas, no eps), from the optimizer
+    summary the adapters record; None when the run did not record one."""
+    opts = config.get("optimizers")
+    if not isinstance(opts, list) or not opts:
+        return None
+    out: set[str] = set()
+    for o in opts:
+        if not isinstance(o, dict):
+            continue
+        names = set(o.get("defaults") or {}) | set(o.get("config") or {})  # torch defaults; Keras get_config()
+        for name, aliases in _OPTIMIZER_NAMES.items():
+            if names & aliases:
+                out.add(name)
+    return out or None
+
+
+_OPTIMIZER_NAMES = {"lr": {"lr", "learning_rate"}, "momentum": {"momentum", "betas", "beta_1"},
+                    "weight_decay": {"weight_decay"}, "betas": {"betas", "beta_1"}, "eps": {"eps", "epsilon"}}
 
 
 def _input(name: str, spec: dict | None):
@@ -60,6 +83,8 @@ class _ParamRow:
         self.apply = widgets.Button(description=f"apply {name}", icon="check", layout=widgets.Layout(width="170px"),
                                     tooltip=f"ask the training to set {name} at its next step")
         self.dirty = False
+        self.known = False  # a current value was read back: until then the input holds a placeholder
+        self.custom = spec is not None
         self.input.observe(self._edited, names="value")
         self.apply.on_click(lambda _b: tab.apply(self))
         self.widget = widgets.HBox([widgets.HTML(f"<b>{f.esc(name)}</b>", layout=widgets.Layout(width="120px")),
@@ -69,10 +94,15 @@ class _ParamRow:
     def _edited(self, _change) -> None:
         if not self.tab.mon.updating:
             self.dirty = True
+            if self.custom and not self.known:
+                self.tab._buttons()
 
     def show(self, value) -> None:
         self.current.value = "now <b>" + (f.esc(f.number(value)) if value is not None else "-") + "</b>"
-        if value is None or self.dirty:
+        if value is None:
+            return
+        self.known = True
+        if self.dirty:
             return
         with self.tab.mon.quiet():
             try:
@@ -140,8 +170,12 @@ class ParametersTab:
         if rs is None:
             return
         latest = self.mon.latest.get(rs.id, {})
+        applied = self._applied_values()
         for name, row in self.rows.items():
             key = CURRENT_KEY.get(name, name)
+            if key not in latest and name in applied:  # a custom Param is not logged: its last applied value
+                row.show(applied[name])
+                continue
             if name == "betas":
                 row.show(None if "momentum" not in latest else latest["momentum"][1])
                 row.current.value = ("β1 now <b>" + f.esc(f.number(latest["momentum"][1])) + "</b>") \
@@ -149,6 +183,20 @@ class ParametersTab:
                 continue
             row.show(latest[key][1] if key in latest else None)
         self._schedule(rs)
+        if any(r.known for r in self.rows.values()):
+            self._buttons()  # a value just read back enables its apply
+
+    def _applied_values(self) -> dict:
+        """The last value each parameter was set to, from the run's param_change events."""
+        ev = self.mon.events
+        out: dict = {}
+        if ev is None or not len(ev) or "data" not in ev:
+            return out
+        for data in ev.data[ev.type == PARAM_CHANGE]:
+            new = data.get("new") if isinstance(data, dict) else None
+            if isinstance(new, dict):
+                out.update(new)
+        return out
 
     def gate(self) -> None:
         """The rows the run describes, the banner, enabled buttons (no store read)."""
@@ -161,15 +209,24 @@ class ParametersTab:
         if spec_key != self._spec_key:
             self._spec_key = spec_key
             self._build(ctl)
+        self._buttons()
+
+    def _buttons(self) -> None:
         manage, admin = self.ctl.allowed("manage"), self.ctl.allowed("admin")
         for row in self.rows.values():
-            row.apply.disabled = not manage
+            # a built-in's input shows a placeholder until its value is read: applying it would set that;
+            # a custom Param is not logged, so a value the user typed is enough
+            ready = row.known or (row.custom and row.dirty)
+            row.apply.disabled = not manage or not ready
+            row.apply.tooltip = (f"ask the training to set {row.name} at its next step" if ready else
+                                 f"waiting for the run's current {row.name}" + (" (or type a value)" if row.custom else ""))
         self.apply_preset.disabled = not manage or not self.preset.options
         self.stop.disabled = not admin
 
     def _build(self, ctl: dict) -> None:
         custom = ctl.get("custom_params") or {}
-        names = list(ctl.get("params") or [])
+        has = optimizer_params(self.mon.runs[0].config)
+        names = [n for n in ctl.get("params") or [] if n in custom or has is None or n in has]
         order = ["lr", "momentum", "weight_decay", "betas", "eps"]
         names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
         self.rows = {n: self.rows.get(n) or _ParamRow(self, n, custom.get(n)) for n in names}
