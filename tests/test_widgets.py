@@ -695,3 +695,22 @@ def test_parameter_rows_are_the_runs_and_apply_waits_for_the_current_value(store
     assert "now <b>0.3</b>" in p.rows["dropout"].current.value
     rec.close()
     mon.close()
+
+
+def test_a_constant_series_is_drawn_flat_with_a_readable_axis(store_url):
+    """Item 5 of issue 18: smoothing a constant lr drew rounding noise on a zero-width y axis."""
+    rec = Recorder(store_url, run_name="flat")
+    for step in range(500):
+        rec.log({"loss": 1.0 / (step + 1), "lr": 0.02}, step)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None, metrics=["loss", "lr"])
+    mon.metrics.smoothing.value = 0.9
+    _, smooth = line(mon, "lr")
+    assert np.all(arr(smooth, "y") == 0.02)
+    ys = mon.metrics.charts["lr"].ys
+    assert ys.min < 0.015 and ys.max > 0.025, "a range around the value, ticks of distinct labels"
+    assert mon.metrics.charts["loss"].ys.min is None, "a varying series keeps bqplot's own domain"
+    mon.metrics.yscale.value = "log"
+    ys = mon.metrics.charts["lr"].ys
+    assert ys.min == pytest.approx(0.01) and ys.max == pytest.approx(0.04)
+    mon.close()

@@ -166,12 +166,16 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
         return values
     out = np.full(len(values), np.nan)
     last, num = 0.0, 0
+    lo, hi = math.inf, -math.inf
     for i, v in enumerate(values.tolist()):
         if not math.isfinite(v):
             continue
         last = last * weight + (1 - weight) * v
         num += 1
-        out[i] = last / (1 - weight**num)
+        lo, hi = min(lo, v), max(hi, v)
+        # an average lies within the values averaged: the clamp removes the rounding of the debiasing,
+        # which turned a constant series into 1e-18 noise that the y axis then magnified
+        out[i] = min(hi, max(lo, last / (1 - weight**num)))
     return out
 
 

@@ -422,6 +422,29 @@ class MetricsTab:
                     if weight > 0:
                         smooth.x, smooth.y = x, ema(y, weight)
                     smooth.visible = weight > 0
+            self._y_domain(chart, log)
+
+    def _y_domain(self, chart, log: bool) -> None:
+        """A flat chart (a constant lr) gets a y range around its value: bqplot would stretch a zero-width
+        domain over the whole height and label every tick with the same number."""
+        lo, hi = np.inf, -np.inf
+        for raw, _smooth in chart.lines.values():
+            y = raw.y
+            if len(y):
+                fin = y[np.isfinite(y)]
+                if len(fin):
+                    lo, hi = min(lo, float(fin.min())), max(hi, float(fin.max()))
+        flat = np.isfinite(lo) and hi - lo <= 1e-9 * max(abs(hi), abs(lo), 1e-300)
+        if flat and log:
+            dom = (lo / 2.0, hi * 2.0)
+        elif flat:
+            pad = abs(hi) * 0.5 if hi != 0 else 1.0
+            dom = (lo - pad, hi + pad)
+        else:
+            dom = (None, None)
+        if (chart.ys.min, chart.ys.max) != dom:
+            with chart.ys.hold_sync():
+                chart.ys.min, chart.ys.max = dom
 
     def _draw_markers(self) -> None:
         rs = self.mon.runs[0]
