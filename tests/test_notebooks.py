@@ -56,3 +56,34 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path, monkeypatch):
     views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert views, f"{path.name} displayed no widget"
+    if path.name in PROMISES:
+        PROMISES[path.name](tmp_path)
+
+
+def _steering_did_what_it_says(tmp_path: Path) -> None:
+    """Notebook 04, Run All: every request from code applied while the run ran, lr=50 rejected as out of
+    bounds (not because the run had ended), and the stop recorded as a stop."""
+    from tmon_core import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/tmon.db")
+    try:
+        run = store.run("steered")
+        reqs = run.requests()
+        by = {(r.kind, str((r.payload or {}).get("values") or (r.payload or {}).get("name") or "")): r
+              for r in reqs.itertuples()}
+        for kind, what in (("set_param", "{'lr': 0.005}"), ("set_param", "{'dropout': 0.1}"), ("preset", "cool-down"),
+                           ("checkpoint", ""), ("stop", "")):
+            r = by[(kind, what)]
+            assert r.status == "applied", (kind, what, r.status, r.reason)
+        bad = by[("set_param", "{'lr': 50.0}")]
+        assert bad.status == "rejected" and "completed" not in bad.reason and "50" in bad.reason, bad.reason
+        assert run.status == "completed"
+        stopped = run.events("stopped")
+        assert len(stopped) == 1 and int(stopped.step.iloc[0]) < 30 * 112, "stopped before its 30 epochs"
+        ckpt = by[("checkpoint", "")]
+        assert Path(ckpt.new_value["path"]).is_file(), ckpt.new_value
+    finally:
+        store.close()
+
+
+PROMISES = {"04-steering-a-run.ipynb": _steering_did_what_it_says}
