@@ -714,3 +714,22 @@ def test_a_constant_series_is_drawn_flat_with_a_readable_axis(store_url):
     ys = mon.metrics.charts["lr"].ys
     assert ys.min == pytest.approx(0.01) and ys.max == pytest.approx(0.04)
     mon.close()
+
+
+def test_a_finished_run_with_nan_losses_does_not_wear_a_completed_badge(store_url):
+    """Item 9 of issue 18: 199 non-finite losses, status 'completed': the badge says NaN; rates read 6.74 k."""
+    rec = Recorder(store_url, run_name="nan", config={"batch_size": 64})
+    for step in range(400):
+        rec.log({"loss": float("nan") if step > 200 else 1.0}, step)
+    rec.close()
+    healthy = Recorder(store_url, run_name="healthy")
+    healthy.log({"loss": 1.0}, 0)
+    healthy.close()
+    mon = Monitor(runs=[rec.run_id, healthy.run_id], store=store_url, interval=None)
+    head = mon.header.html.value
+    assert ">NaN</span>" in head and head.count(">completed</span>") == 1
+    assert "loss is NaN at step" in head
+    from tmon_widgets import _format as fmt
+
+    assert fmt.human(6740.2) == "6.74 k" and fmt.human(3.4e-4) == "0.00034" and fmt.human(12.5) == "12.5"
+    mon.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 #: colours of the status badge
 STATUS_COLORS = {"running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "interrupted": "#ff7f0e",
-                 "lost": "#7f7f7f", "waiting": "#9467bd"}
+                 "lost": "#7f7f7f", "waiting": "#9467bd", "NaN": "#d62728", "OOM": "#d62728"}
 #: line colours (category10), given to runs in compare mode and to keys otherwise
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -31,6 +31,18 @@ def badge(text: str, color: str) -> str:
 
 def status_badge(status: str) -> str:
     return badge(status, STATUS_COLORS.get(status, "#7f7f7f"))
+
+
+def health_status(status: str, kinds: set[str]) -> str:
+    """What the badge says: the run's status, unless its alerts tell a worse story (a run that
+    "completed" with a NaN loss did not end well)."""
+    if status in ("failed", "lost", "interrupted"):
+        return status
+    if "nan_loss" in kinds:
+        return "NaN"
+    if "oom" in kinds:
+        return "OOM"
+    return status
 
 
 def duration(seconds: float | None) -> str:
@@ -67,6 +79,17 @@ def number(v: Any, digits: int = 4) -> str:
     except (TypeError, ValueError):
         return str(v)
     return number(f, digits) if not float(f).is_integer() or "." in str(v) else number(int(f))
+
+
+def human(v: float | None, digits: int = 3) -> str:
+    """A rate or count for people: ``6740.2`` -> ``6.74 k``; ``3.4e-4`` -> ``0.00034``; ``12.5`` -> ``12.5``."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    a = abs(v)
+    for limit, suffix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if a >= limit:
+            return f"{v / limit:.{digits}g}{suffix}"
+    return f"{v:.{digits}g}"
 
 
 def size(nbytes: Any) -> str:

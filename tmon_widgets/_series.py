@@ -95,6 +95,9 @@ class Series:
         self.reads += 1
         df = self.run.metrics(self.key, max_points=self.max_points, start=self._lower(last_hint), end=self.end)
         self._set(df.step.to_numpy(np.int64), df.value.to_numpy(np.float64), df.wall_time.to_numpy(np.float64))
+        bad = ~np.isfinite(self.value)
+        if bad.any():  # a finished run opened later: its NaNs are seen here, never by update()
+            self.nonfinite += list(zip(self.step[bad].tolist(), self.value[bad].tolist()))
         self.width = 0.0
         self.last_step = int(self.step[-1]) if len(self.step) else None
         if self.window is not None and self.last_step is not None:

@@ -31,7 +31,7 @@ class Header:
             for rs in mon.runs:
                 swatch = f'<span style="display:inline-block;width:12px;height:12px;background:{rs.color}"></span>'
                 rows.append({"": swatch, "run": f"<b>{f.esc(rs.name)}</b> <code>{rs.id[:8]}</code>",
-                             "status": f.status_badge(rs.status), "progress": self._progress(rs, now)})
+                             "status": self._badge(rs), "progress": self._progress(rs, now)})
             parts.append(f.table(rows, ["", "run", "status", "progress"], raw=("", "run", "status", "progress")))
         alerts = mon.alerts.items[-6:]
         if alerts:
@@ -48,6 +48,9 @@ class Header:
             parts.append(f'<div style="margin-top:4px;color:#b36b00">{busy_note}</div>')
         self.html.value = '<div class="tmon-header" style="line-height:1.6">' + "".join(parts) + "</div>"
 
+    def _badge(self, rs) -> str:
+        return f.status_badge(f.health_status(rs.status, {a["kind"] for a in self.mon.alerts.for_run(rs.id)}))
+
     def _title(self, rs) -> str:
         info = rs.info
         bits = [f"<code>{rs.id}</code>"]
@@ -55,7 +58,7 @@ class Header:
             bits.append(f.esc(info["framework"]))
         if info.get("host"):
             bits.append(f.esc(f"{info['host']} pid {info.get('pid')}"))
-        return (f'<span style="font-size:1.15em;font-weight:600">{f.esc(rs.name)}</span> {f.status_badge(rs.status)} '
+        return (f'<span style="font-size:1.15em;font-weight:600">{f.esc(rs.name)}</span> {self._badge(rs)} '
                 f'<span style="color:#777;font-size:0.85em">{" · ".join(bits)}</span>')
 
     @staticmethod
@@ -76,10 +79,10 @@ class Header:
             bits.append(f"epoch <b>{f.number(rs.epoch, 3)}</b>")
         bits.append(f"elapsed <b>{f.duration(rs.elapsed(now))}</b>")
         if rs.steps_per_s:
-            bits.append(f"<b>{rs.steps_per_s:.3g}</b> steps/s")
+            bits.append(f"<b>{f.human(rs.steps_per_s)}</b> steps/s")
             sps = rs.samples_per_s()
             if sps:
-                bits.append(f"<b>{sps:.3g}</b> samples/s")
+                bits.append(f"<b>{f.human(sps)}</b> samples/s")
         eta = rs.eta()
         if eta is not None:
             bits.append(f"ETA <b>{f.duration(eta)}</b>")
