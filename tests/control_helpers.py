@@ -20,6 +20,16 @@ def handed_over(cb, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def request_arrived(url: str, run_id: str, timeout: float = 60.0) -> None:
+    """Block the training thread until the run has a control request. A second process's start-up
+    (its imports) can outlast a tiny fit on a loaded machine; waiting for its request keeps such a
+    test about what tmon does with the request, not about a race with the interpreter's start."""
+    deadline = time.time() + timeout
+    with open_store(url) as store:
+        while store.run(run_id).requests().empty and time.time() < deadline:
+            time.sleep(0.02)
+
+
 #: a second process asking a running run for lr=0.02 and printing "<request id> <outcome>"
 LIVE = textwrap.dedent("""
     import sys

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from examples.tiny_lightning import make  # noqa: E402
-from tests.control_helpers import LIVE, handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over, request_arrived  # noqa: E402
 from tmon_callbacks.lightning import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
 
@@ -123,8 +123,9 @@ def test_live_change_from_another_process_with_onecycle_running(tmp_path, store_
 
     procs = []
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
-    probe = Probe({5: lambda t, m: procs.append(subprocess.Popen(
-        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True))})
+    probe = Probe({12: lambda t, m: procs.append(subprocess.Popen(
+        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True)),
+        13: lambda t, m: request_arrived(store_url, cb.run_id)})
     fit(tmp_path, cb, probe, OneCycle(sleep=0.05), epochs=5, n=256)  # 60 steps
     out = procs[0].communicate(timeout=60)[0].split()
     assert out[1] == "applied"
