@@ -127,6 +127,7 @@ def test_metric_families_and_groups():
 def test_lines_match_the_store(recorded):
     url, a, _ = recorded
     mon = Monitor(a, store=url, interval=None)
+    mon.metrics.show_markers.value = True
     run = open_store(url).run(a)
     assert mon.runs[0].status == "completed" and "first" in mon.header.html.value
     assert "completed" in mon.header.html.value and f"<b>{run.info()['last_step']}</b>" in mon.header.html.value
@@ -733,3 +734,41 @@ def test_a_finished_run_with_nan_losses_does_not_wear_a_completed_badge(store_ur
 
     assert fmt.human(6740.2) == "6.74 k" and fmt.human(3.4e-4) == "0.00034" and fmt.human(12.5) == "12.5"
     mon.close()
+
+
+def test_legend_outside_the_plot_fixed_colours_and_identical_series_drawn_once(store_url):
+    """Items 6, 7 and 10 of issue 18: the legend is HTML above the plot; a metric has the same colour in
+    every Monitor; loss and train_loss (same values) are one line named by both; markers are short ticks
+    at the top, off until asked for."""
+    ids = []
+    for name, shift in (("a", 0.0), ("b", 0.5)):
+        rec = Recorder(store_url, run_name=name)
+        for step in range(200):
+            loss = 1.0 / (step + 1) + shift
+            rec.log({"loss": loss, "train_loss": loss, "lr": 0.1}, step)
+            if step % 50 == 49:
+                rec.log({"val_loss": loss * 1.1}, step)
+                rec.checkpoint(f"/nowhere/{name}-{step}.ckpt", step=step, source="ModelCheckpoint")
+        rec.close()
+        ids.append(rec.run_id)
+    mons = [Monitor(i, store=store_url, interval=None, metrics=["loss", "train_loss", "val_loss"]) for i in ids]
+    charts = [m.metrics.charts["loss"] for m in mons]
+    for m, c in zip(mons, charts):
+        lines = c.lines
+        raws = {k: lines[(m.runs[0].id, k)][0] for k in ("loss", "train_loss", "val_loss")}
+        assert not any(r.display_legend for r in raws.values()), "no legend drawn over the data"
+        assert raws["loss"].visible and not raws["train_loss"].visible and raws["val_loss"].visible
+        assert "loss = train_loss" in c.legend.value and "val_loss" in c.legend.value
+        assert m.metrics.grid.children[0].children == (c.legend, c.fig)
+        assert not m.metrics.show_markers.value and not c.markers["checkpoint"][0].visible
+    colours = [{k: c.lines[(m.runs[0].id, k)][0].colors[0] for k in ("loss", "val_loss")}
+               for m, c in zip(mons, charts)]
+    assert colours[0] == colours[1] and colours[0]["loss"] != colours[0]["val_loss"]
+    m = mons[0]
+    m.metrics.show_markers.value = True
+    rules, _tips = m.metrics.charts["loss"].markers["checkpoint"]
+    y = arr(rules, "y")
+    assert rules.visible and y.min() >= 0.9 and len(y) == 4, "four ticks in the top strip, not lines across"
+    assert "checkpoint" in m.metrics.charts["loss"].legend.value
+    for m in mons:
+        m.close()

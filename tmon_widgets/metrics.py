@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 
 import bqplot as bq
 import ipywidgets as widgets
@@ -27,8 +28,12 @@ _PREFIXES = ("train_", "train/", "training_", "val_", "val/", "valid_", "validat
              "test/")
 _SUFFIXES = ("_step", "_epoch")
 LINE_STYLES = ("solid", "dashed", "dotted", "dash_dotted")
-#: marker kinds drawn on the charts: event type -> colour
-MARKERS = {"param_change": "#ff7f0e", "checkpoint": "#2ca02c", "rollback": "#d62728", "stopped": "#555555"}
+#: marker kinds drawn on the charts: event type -> colour (none of the lines' palette: a marker never
+#: reads as a metric)
+MARKERS = {"param_change": "#b8860b", "checkpoint": "#444444", "rollback": "#8b0000", "stopped": "#000000"}
+#: the markers are short ticks in this top fraction of the plot, never lines across the data
+MARKER_STRIP = 0.06
+LINE_DASH = {"solid": "", "dashed": "6,3", "dotted": "2,3", "dash_dotted": "6,3,2,3"}
 TIMEFRAMES = [("all steps", None), ("last 100 steps", 100), ("last 1,000 steps", 1000),
               ("last 10,000 steps", 10000), ("last 100,000 steps", 100000)]
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "seconds since the run started"}
@@ -86,18 +91,22 @@ class _Chart:
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
         self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6)
         self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3g", grid_lines="dashed")
-        self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], title=fam, animation_duration=0,
-                             legend_location="top-right", fig_margin={"top": 36, "bottom": 42, "left": 64, "right": 14},
-                             layout=widgets.Layout(height="270px", width="auto", min_width="320px"))
+        # the legend is HTML above the plot (bqplot's sits on the data and is clipped in compare mode)
+        self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], animation_duration=0,
+                             fig_margin={"top": 8, "bottom": 42, "left": 64, "right": 14},
+                             layout=widgets.Layout(height="250px", width="auto", min_width="320px"))
+        self.legend = widgets.HTML()
+        self.box = widgets.VBox([self.legend, self.fig], layout=widgets.Layout(min_width="320px"))
         self.lines: dict[tuple[str, str], tuple] = {}
+        self.same: dict[tuple[str, str], tuple[str, str]] = {}  # a line hidden -> the identical one drawn
         self.markers: dict[str, tuple] = {}
         for kind, color in MARKERS.items():
-            rules = bq.Lines(x=np.zeros((1, 2)), y=np.array([[0.0, 1.0]]), scales={"x": xs, "y": self.rule_scale},
-                             colors=[color], line_style="dashed", stroke_width=1, opacities=[0.7], visible=False,
+            rules = bq.Lines(x=np.zeros((1, 2)), y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
+                             scales={"x": xs, "y": self.rule_scale}, colors=[color], stroke_width=1.5, visible=False,
                              preserve_domain={"x": True}, enable_hover=False)
-            tips = bq.Scatter(x=np.zeros(1), y=np.array([0.97]), scales={"x": xs, "y": self.rule_scale},
-                              colors=[color], marker="triangle-down", default_size=40, visible=False, display_names=False,
-                              preserve_domain={"x": True},
+            tips = bq.Scatter(x=np.zeros(1), y=np.array([1.0 - MARKER_STRIP]), scales={"x": xs, "y": self.rule_scale},
+                              colors=[color], marker="triangle-down", default_size=16, visible=False,
+                              display_names=False, preserve_domain={"x": True},
                               tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]))
             self.markers[kind] = (rules, tips)
 
@@ -105,7 +114,7 @@ class _Chart:
         """Close the figure and its marks, so the browser drops their views (and their domains)."""
         for m in self.marks():
             m.close()
-        for w in (self.fig, self.x_axis, self.y_axis, self.ys, self.rule_scale):
+        for w in (self.box, self.legend, self.fig, self.x_axis, self.y_axis, self.ys, self.rule_scale):
             w.close()
         self.lines.clear()
 
@@ -154,8 +163,10 @@ class MetricsTab:
                                             tooltip="drag to pan, wheel to zoom: the visible range is re-read in detail",
                                             layout=lay(width="110px"))
         self.reset_zoom = widgets.Button(description="reset zoom", layout=lay(width="95px"))
-        self.show_markers = widgets.Checkbox(value=True, description="markers", indent=False, layout=lay(width="90px"),
-                                             tooltip="parameter changes, checkpoints, rollbacks")
+        # off by default: dozens of checkpoints make a comb over every chart
+        self.show_markers = widgets.Checkbox(value=False, description="markers", indent=False, layout=lay(width="90px"),
+                                             tooltip="ticks at the top of each chart: parameter changes, checkpoints, "
+                                                     "rollbacks, a stop (hover for what)")
         self.export = widgets.Button(description="export CSV", icon="download", layout=lay(width="110px"),
                                      tooltip="the visible series, every point, to a CSV file")
         self.export_out = widgets.HTML()
@@ -280,11 +291,18 @@ class MetricsTab:
                 self.overlay.value = chosen
 
     # ------------------------------------------------------------------ refresh (monitor lock held)
-    def color(self, rs, key: str) -> str:
+    def color(self, rs, key: str, taken: set[str] = frozenset()) -> str:
+        """A run's colour in compare mode; else the metric's own colour, the same in every Monitor (from
+        its name), moved on to the next free one when another line of the chart has it."""
         if len(self.mon.runs) > 1:
             return rs.color
         if key not in self._colors:
-            self._colors[key] = f.PALETTE[len(self._colors) % len(f.PALETTE)]
+            i = zlib.crc32(key.encode()) % len(f.PALETTE)
+            for j in range(len(f.PALETTE)):
+                c = f.PALETTE[(i + j) % len(f.PALETTE)]
+                if c not in taken:
+                    break
+            self._colors[key] = c
         return self._colors[key]
 
     def refresh(self, slow: bool) -> None:
@@ -358,27 +376,31 @@ class MetricsTab:
         for fam, chart in self.charts.items():
             want = {}
             fam_keys = [k for k in selected if family(k) == fam]
+            taken: set[str] = set()
             for rs in self.mon.runs:
                 for i, key in enumerate(fam_keys):
                     ident = (rs.id, key)
                     pair = chart.lines.get(ident)
                     if pair is None:
                         label = f"{rs.name}: {key}" if compare else key
-                        color = self.color(rs, key)
+                        color = self.color(rs, key, taken)
                         style = LINE_STYLES[i % len(LINE_STYLES)] if compare else "solid"
                         raw = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": chart.ys},
-                                       colors=[color], labels=[label], display_legend=True, line_style=style,
+                                       colors=[color], labels=[label], line_style=style,
                                        stroke_width=1.6, enable_hover=False)
                         smooth = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": chart.ys},
                                           colors=[color], labels=[label + " (smoothed)"], line_style=style,
                                           stroke_width=2.0, visible=False, enable_hover=False)
                         pair = (raw, smooth)
+                    taken.add(pair[0].colors[0])
                     want[ident] = pair
             chart.lines = want
+            chart.same = {}
+            self._legend(chart)
             marks = chart.marks()
             if chart.fig.marks != marks:
                 chart.fig.marks = marks
-        figs = [c.fig for c in self.charts.values()]
+        figs = [c.box for c in self.charts.values()]
         if list(self.grid.children) != figs:
             self.grid.children = figs
         for c in self._retired:
@@ -386,6 +408,50 @@ class MetricsTab:
         for sc in self._retired_scales:
             sc.close()
         self._retired, self._retired_scales = [], []
+
+    def _legend(self, chart) -> None:
+        """The chart's title and its lines' names, above the plot: one entry per line drawn (identical
+        series share one line and one entry), and the marker kinds when markers are shown."""
+        items = []
+        for ident, (raw, _smooth) in chart.lines.items():
+            if ident in chart.same:
+                continue
+            names = [raw.labels[0]] + [chart.lines[o][0].labels[0] for o, p in chart.same.items() if p == ident]
+            dash = LINE_DASH.get(raw.line_style, "")
+            swatch = (f'<svg width="22" height="8" style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" '
+                      f'stroke="{raw.colors[0]}" stroke-width="2.5" stroke-dasharray="{dash}"/></svg>')
+            items.append(f'<span style="margin-right:12px;white-space:nowrap">{swatch} {f.esc(" = ".join(names))}</span>')
+        if self.show_markers.value:
+            for kind, color in MARKERS.items():
+                if chart.markers[kind][0].visible:
+                    items.append(f'<span style="margin-right:12px;white-space:nowrap;color:#555">'
+                                 f'<span style="color:{color}">▼</span> {kind.replace("_", " ")}</span>')
+        html = (f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:64px">'
+                f'<b style="font-size:1.1em;margin-right:12px">{f.esc(chart.family)}</b>{"".join(items)}</div>')
+        if chart.legend.value != html:
+            chart.legend.value = html
+
+    def _dedupe(self, chart) -> None:
+        """Hide a line whose points equal another's of the same run (Lightning logs ``loss`` and
+        ``train_loss`` with the same values): one line, named by both."""
+        same: dict = {}
+        held = [(ident, self.series.get(ident)) for ident in chart.lines]
+        for i, (ident, s) in enumerate(held):
+            if s is None or not len(s) or ident in same:
+                continue
+            for other, t in held[i + 1:]:
+                if (other[0] == ident[0] and other not in same and t is not None and len(t) == len(s)
+                        and np.array_equal(t.step, s.step) and np.array_equal(t.value, s.value, equal_nan=True)):
+                    same[other] = ident
+        if same != chart.same:
+            chart.same = same
+            for ident, (raw, smooth) in chart.lines.items():
+                hide = ident in same
+                if raw.visible == hide:
+                    raw.visible = not hide
+                if hide and smooth.visible:
+                    smooth.visible = False
+            self._legend(chart)
 
     def x_values(self, rs, step: np.ndarray, wall: np.ndarray) -> np.ndarray:
         mode = self.xaxis.value
@@ -403,6 +469,8 @@ class MetricsTab:
         weight = float(self.smoothing.value)
         runs = {rs.id: rs for rs in self.mon.runs}
         for chart in self.charts.values():
+            if not any(ident in idents for ident in chart.lines):
+                continue
             for ident, (raw, smooth) in chart.lines.items():
                 if ident not in idents:
                     continue
@@ -421,7 +489,8 @@ class MetricsTab:
                 with smooth.hold_sync():
                     if weight > 0:
                         smooth.x, smooth.y = x, ema(y, weight)
-                    smooth.visible = weight > 0
+                    smooth.visible = weight > 0 and ident not in chart.same
+            self._dedupe(chart)
             self._y_domain(chart, log)
 
     def _y_domain(self, chart, log: bool) -> None:
@@ -461,6 +530,7 @@ class MetricsTab:
                 if part is None or not len(part):
                     if rules.visible:
                         rules.visible = tips.visible = False
+                        self._legend(chart)
                     continue
                 steps = part.step.to_numpy(dtype=np.float64, na_value=np.nan)
                 x = self.x_values(rs, steps, part.wall_time.to_numpy(np.float64))
@@ -472,13 +542,16 @@ class MetricsTab:
                 if not len(x):
                     rules.visible = tips.visible = False
                     continue
+                was = rules.visible
                 with rules.hold_sync():
                     rules.x = np.repeat(x[:, None], 2, axis=1)
-                    rules.y = np.tile(np.array([[0.0, 1.0]]), (len(x), 1))
+                    rules.y = np.tile(np.array([[1.0 - MARKER_STRIP, 1.0]]), (len(x), 1))
                     rules.visible = True
                 with tips.hold_sync():
-                    tips.x, tips.y, tips.names = x, np.full(len(x), 0.97), names
+                    tips.x, tips.y, tips.names = x, np.full(len(x), 1.0 - MARKER_STRIP), names
                     tips.visible = True
+                if not was:
+                    self._legend(chart)
 
     def _latest(self) -> None:
         rows = []
