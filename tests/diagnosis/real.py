@@ -102,7 +102,7 @@ def plans(count: int) -> list[dict]:
         family, opt, schedule = families[i % 3], opts[(i // 3) % 2], schedules[(i // 6) % 4]
         lr = {"sgd": 0.01 if family == "mlp" else 0.05, "adam": 1e-3 if family != "transformer" else 3e-3}[opt]
         out.append({"family": family, "opt": opt, "schedule": schedule, "batch": (4, 8, 32, 64)[i % 4], "lr": lr,
-                    "seed": i, "nan_at": 40 + 7 * i if i % 4 == 3 else None})
+                    "seed": i, "nan_at": 30 + (7 * i) % 100 if i % 4 == 3 else None})  # inside the 150 steps
     return out
 
 
