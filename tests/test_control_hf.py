@@ -18,7 +18,7 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from tests.control_helpers import LIVE, handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over, request_arrived  # noqa: E402
 from tests.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import At, Param, open_store  # noqa: E402
@@ -105,7 +105,8 @@ def test_live_change_from_another_process_sticks_with_the_linear_schedule(tmp_pa
     procs = []
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
     probe = Probe({3: lambda: procs.append(subprocess.Popen(
-        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True))}, sleep=0.05)
+        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True)),
+        4: lambda: request_arrived(store_url, cb.run_id)}, sleep=0.05)
     train(tmp_path, cb, probe, n=64, max_steps=60)  # 60 steps of ~0.06 s
     out = procs[0].communicate(timeout=60)[0].split()
     assert out[1] == "applied"

@@ -19,7 +19,7 @@ if keras.backend.backend() != "torch":
     pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
                 allow_module_level=True)
 
-from tests.control_helpers import LIVE, handed_over  # noqa: E402
+from tests.control_helpers import LIVE, handed_over, request_arrived  # noqa: E402
 from tests.test_keras import data, mlp  # noqa: E402
 from tmon_callbacks._keras import ScaledSchedule  # noqa: E402
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
@@ -133,7 +133,8 @@ def test_live_change_from_another_process_sticks(tmp_path, store_url, lr):
     procs = []
     cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None)
     probe = Probe({3: lambda: procs.append(subprocess.Popen(
-        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True))}, sleep=0.05)
+        [sys.executable, "-c", LIVE, store_url, cb.run_id], stdout=subprocess.PIPE, text=True)),
+        4: lambda: request_arrived(store_url, cb.run_id)}, sleep=0.05)
     rate = 0.1 if lr == "constant" else keras.optimizers.schedules.ExponentialDecay(0.1, 20, 0.5)
     fit(cb, probe, keras.optimizers.Adam(rate), n=240, epochs=4)  # 15 steps an epoch, 60 of ~0.05 s
     out = procs[0].communicate(timeout=60)[0].split()
