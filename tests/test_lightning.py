@@ -248,6 +248,8 @@ def test_validate_after_the_fit_is_recorded_into_the_ended_run_which_keeps_its_s
     # the fit's validation after step 2, then validate() at Lightning's step 3
     assert run.metrics("val_loss").step.tolist() == [2, 3]
     assert run.metrics("val_loss").value.iloc[-1] == pytest.approx(float(t.callback_metrics["val_loss"]))
+    # the evaluation's step (Lightning's step count) does not make the run one step longer than it trained
+    assert run.info()["last_step"] == 2 and run.info()["steps"] == 3
     time.sleep(0.2)
     assert threading.active_count() <= before  # the attached recorder is closed
 
@@ -435,3 +437,15 @@ def test_ddp_on_cpu_writes_one_run_once(tmp_path, store_url):
         assert run.metrics(key).step.tolist() == list(range(6)), key
     assert run.metrics("val_loss").step.tolist() == [2, 5]
     assert run.events(ev.TRAIN_START).shape[0] == 1
+
+
+def test_a_lazy_instance_as_lightningcli_trainer_defaults_builds_it(tmp_path, store_url):
+    # LightningCLI(trainer_defaults={"callbacks": [lazy_instance(TMonCallback, ...)]}) is how a CLI
+    # script adds a callback: jsonargparse runs __init__ at the first method call, and Lightning
+    # reads the state_key property before any
+    jsonargparse = pytest.importorskip("jsonargparse")
+    cb = jsonargparse.lazy_instance(TMonCallback, store=store_url, flush_interval=0.1, sample_interval=None)
+    trainer(tmp_path, [cb], max_epochs=1, enable_checkpointing=False).fit(
+        TinyRegressor(), SyntheticData(n=64, batch_size=16))
+    run = open_store(store_url).run(cb.run_id)
+    assert run.status == "completed" and run.metrics(keys.LOSS).step.tolist() == [0, 1, 2]  # 48 training samples: 3 batches

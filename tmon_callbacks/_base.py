@@ -309,8 +309,10 @@ def _attach_recorder(session: RunSession) -> Recorder:
     from tmon_core import recorder as recorder_module
 
     done = session.recorder
+    # its metrics sit at the fit's step count (Lightning logs test() at global_step): they must not
+    # make the run read one step longer than it trained
     rec = Recorder(done.url, run_id=session.run_id, flush_interval=session.opts.flush_interval,
-                   heartbeat_timeout=session.opts.heartbeat_timeout)
+                   heartbeat_timeout=session.opts.heartbeat_timeout, moves_last_step=False)
     recorder_module._live.discard(rec)
     _attached.add(rec)
     rec._next_step = done._next_step  # a metric logged without a step follows the fit's last one

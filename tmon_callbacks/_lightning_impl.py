@@ -653,6 +653,10 @@ def build(package: str):
             # two tmon callbacks in one Trainer must not share checkpoint state; the run name keys it
             # when given (stable if a resumed fit points at another store), else the store.
             # Kept: Lightning reads it at every hook call.
+            if "_state_key" not in self.__dict__ and callable(getattr(self, "_lazy_init", None)):
+                # jsonargparse's lazy_instance (LightningCLI's trainer_defaults) runs __init__ at the
+                # first *method* call; Lightning reads this property before calling any method
+                self._lazy_init()
             if self._state_key is None:
                 if self.options.run_name:
                     self._state_key = self._generate_state_key(run_name=self.options.run_name)

@@ -278,6 +278,9 @@ class Recorder:
         max_buffer: the most unwritten points kept in memory while the store is failing.
         close_timeout: how long ``close()`` keeps retrying the final write.
         tags, notes: labels and free text stored with the run (for filtering and comparing runs).
+        moves_last_step: whether the steps logged here advance the run's ``last_step`` (what
+            ``tmon show`` counts as steps done). False for a recorder attached to add evaluation
+            after the fit, whose metrics sit at the step after the last training step.
     """
 
     def __init__(
@@ -295,6 +298,7 @@ class Recorder:
         busy_timeout: float = 5.0,
         tags: list[str] | None = None,
         notes: str | None = None,
+        moves_last_step: bool = True,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
             raise ValueError(f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}")
@@ -344,6 +348,7 @@ class Recorder:
             "notes": notes,
         }
         self._attach = run_id is not None
+        self._moves_last_step = bool(moves_last_step)
         self._blocks: dict[tuple, _Block] = {}  # (keys, value types) -> what log() received
         # what the writer has converted and no longer needs, for log() to free: freeing a tensor
         # releases the GIL, and in the writer each release is a hand-off to the training thread
@@ -700,7 +705,7 @@ class Recorder:
             self._spent.append(spent)
         for key, parts in chunks.items():
             points[key] = parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
-        batch.last_step = last if last >= 0 else None
+        batch.last_step = last if last >= 0 and self._moves_last_step else None
         ops = self._ops
         for _ in range(len(ops)):
             kind, payload = ops.popleft()
