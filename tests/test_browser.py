@@ -358,3 +358,83 @@ def test_x_axis_follows_the_x_choice_and_timeframe(lab, browser, tmp_path):
         assert not ours, ours
     finally:
         page.close()
+
+
+TABS_NB = '''
+import math, time
+from tmon_core import Recorder
+from tmon_widgets import Monitor
+ids = []
+for name, shift in (("healthy", 0.0), ("nan", 0.3)):
+    rec = Recorder("sqlite:///tmon.db", run_name=name, config={"batch_size": 32})
+    rec.start_sampler(0.2)
+    for step in range(1500):
+        loss = float("nan") if name == "nan" and step > 1300 else 1.0 / (1 + step / 100) + shift
+        rec.log({"loss": loss, "train_loss": loss, "lr": 0.02, "epoch": step // 100}, step)
+        if step % 100 == 99:
+            rec.log({"val_loss": loss * 1.1}, step)
+            rec.checkpoint(f"/nowhere/{name}-{step}.ckpt", step=step, source="ModelCheckpoint")
+        if step % 300 == 0:
+            time.sleep(0.2)
+    rec.close()
+    ids.append(rec.run_id)
+one = Monitor(ids[0], store="sqlite:///tmon.db")
+one.metrics.show_markers.value = True
+one
+'''
+COMPARE_CELL = '''
+both = Monitor(runs=ids, store="sqlite:///tmon.db")
+both
+'''
+
+CLIPPED = """root => {
+    // tick labels of visible axes that stick out of their figure, or overlap the next label
+    const bad = [];
+    for (const fig of root.querySelectorAll('.bqplot.figure')) {
+        const box = fig.getBoundingClientRect();
+        if (box.width === 0) continue;
+        for (const t of fig.querySelectorAll('.tick text')) {
+            const r = t.getBoundingClientRect();
+            if (r.width === 0 || !t.textContent) continue;
+            if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1)
+                bad.push(t.textContent);
+        }
+    }
+    return bad;
+}"""
+
+
+@pytest.mark.parametrize("which", ["one", "compare"])
+def test_every_tab_of_a_finished_run_and_a_comparison(lab, browser, tmp_path, which):
+    """Each tab opened and looked at: no console errors from tmon's or bqplot's views, no tick label
+    cut off; a screenshot of each tab in tests/_screens/."""
+    cells = [TABS_NB] + ([COMPARE_CELL] if which == "compare" else [])
+    notebook(cells, lab.root / f"tabs-{which}.ipynb")
+    page = browser.new_page()
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    open_notebook(page, lab, f"tabs-{which}.ipynb")
+    run_all(page)
+    try:
+        page.wait_for_function("n => document.querySelectorAll('.tmon-monitor').length >= n",
+                               arg=2 if which == "compare" else 1, timeout=120_000)
+        _wait(lambda: not cells_running(page), 120, "the cells to finish")
+        time.sleep(2)
+        root = page.locator(".tmon-monitor").last
+        for title in ("Metrics", "Hardware", "Checkpoints", "Parameters", "Report", "Events"):
+            root.locator(".lm-TabBar-tab", has_text=title).first.click()
+            time.sleep(2.5 if title == "Report" else 1.0)
+            dismiss_notifications(page)
+            root.scroll_into_view_if_needed()
+            path = tmp_path / f"{which}-{title.lower()}.png"
+            root.screenshot(path=str(path))
+            SCREENS.mkdir(exist_ok=True)
+            shutil.copyfile(path, SCREENS / path.name)
+            clipped = root.evaluate(CLIPPED)
+            assert not clipped, f"{title}: tick labels cut off: {clipped}"
+        ours = [e for e in errors if not e.startswith("Failed to load resource")]
+        assert not ours, ours[:10]
+    finally:
+        page.close()

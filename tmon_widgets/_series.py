@@ -203,3 +203,14 @@ def epoch_axis(steps: np.ndarray, epoch_steps: np.ndarray, epoch_values: np.ndar
     idx = np.clip(np.searchsorted(first, steps, side="right") - 1, 0, len(epochs) - 1)
     frac = (steps - edges[idx]) / np.maximum(edges[idx + 1] - edges[idx], 1.0)
     return epochs[idx] + np.clip(frac, 0.0, 0.999)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> np.ndarray:
+    """About ``count`` round values (1, 2, 2.5 or 5 times a power of ten apart) within [lo, hi]."""
+    raw = (hi - lo) / max(1, count - 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (0.5, 1.0, 2.0, 2.5, 5.0, 10.0)),
+               key=lambda st: (abs((hi - lo) / st + 1 - count), -st))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = np.arange(first, hi + step * 1e-9, step)
+    return np.round(ticks, 12)

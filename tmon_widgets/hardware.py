@@ -13,62 +13,114 @@ import numpy as np
 
 from . import _alerts as al
 from . import _format as f
-from ._series import minmax_downsample
+from ._series import minmax_downsample, nice_ticks
 
 GB = 1e9
-#: events marked on the hardware charts
-EVENT_COLORS = {"checkpoint": "#2ca02c", "param_change": "#ff7f0e", "rollback": "#d62728", "oom": "#d62728",
-                "exception": "#d62728", "stopped": "#555555", "store_gap": "#e69500"}
+#: events marked on the hardware charts (colours no sample line has)
+EVENT_COLORS = {"checkpoint": "#444444", "param_change": "#b8860b", "rollback": "#8b0000", "oom": "#8b0000",
+                "exception": "#8b0000", "stopped": "#000000", "store_gap": "#b8860b"}
+MARKER_STRIP = 0.06
 
 
 class _TimeChart:
+    """One chart of samples over time; its legend is HTML above the plot (bqplot's sat on the lines and
+    on the threshold lines), events are short ticks in a strip at the top."""
+
     def __init__(self, title: str, ylabel: str, xs, ymin=None, ymax=None):
+        self.title = title
+        self.ymin, self.ymax = ymin, ymax
         self.ys = bq.LinearScale(min=ymin, max=ymax)
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
+        self.x_axis = bq.Axis(scale=xs, label="seconds since the run started", num_ticks=6, grid_lines="dashed",
+                              tick_format="~g")
         self.fig = bq.Figure(
-            title=title, marks=[], animation_duration=0, legend_location="top-left",
-            axes=[bq.Axis(scale=xs, label="seconds since the run started", num_ticks=6, grid_lines="dashed"),
-                  bq.Axis(scale=self.ys, side="left", label=ylabel, tick_format=".3g",
-                          grid_lines="dashed")],
-            fig_margin={"top": 36, "bottom": 42, "left": 60, "right": 14},
-            layout=widgets.Layout(height="240px", width="auto", min_width="320px"))
+            marks=[], animation_duration=0,
+            axes=[self.x_axis, bq.Axis(scale=self.ys, side="left", label=ylabel, tick_format=".3~g",
+                                       grid_lines="dashed")],
+            fig_margin={"top": 8, "bottom": 42, "left": 60, "right": 28},
+            layout=widgets.Layout(height="220px", width="auto", min_width="320px"))
+        self.legend = widgets.HTML()
+        self.box = widgets.VBox([self.legend, self.fig], layout=widgets.Layout(min_width="320px"))
         self.lines: dict[str, bq.Lines] = {}
         self.thresholds: list[bq.Lines] = []
-        self.events = bq.Lines(x=np.zeros((1, 2)), y=np.array([[0.0, 1.0]]), scales={"x": xs, "y": self.rule_scale},
-                               colors=["#999999"], line_style="dotted", visible=False, preserve_domain={"x": True})
+        self.events = bq.Lines(x=np.zeros((1, 2)), y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
+                               scales={"x": xs, "y": self.rule_scale}, colors=["#444444"], stroke_width=2.5,
+                               visible=False, preserve_domain={"x": True},
+                               tooltip=bq.Tooltip(fields=["name"], labels=["event"]))
         self.xs = xs
+        self._legend()
 
     def set_line(self, name: str, x: np.ndarray, y: np.ndarray, color: str, max_points: int, style="solid") -> None:
         line = self.lines.get(name)
         if line is None:
             line = self.lines[name] = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
-                                               colors=[color], labels=[name], display_legend=True, line_style=style,
-                                               stroke_width=1.5)
+                                               colors=[color], labels=[name], line_style=style, stroke_width=1.5)
             self._marks()
         keep, _ = minmax_downsample(x, y, max_points)
         with line.hold_sync():
             line.x, line.y = x[keep], y[keep]
+        self._flat()
+
+    def _flat(self) -> None:
+        """A flat series (no swap used: all 0) gets a range above it; a zero-width domain makes bqplot
+        fail on its axis format ("invalid format: .undefinedg")."""
+        if self.ymax is not None:
+            return
+        vals = [ln.y[np.isfinite(ln.y)] for ln in self.lines.values() if len(ln.y)]
+        vals = [v for v in vals if len(v)]
+        top = None
+        if vals:
+            lo, hi = min(float(v.min()) for v in vals), max(float(v.max()) for v in vals)
+            if hi - lo <= 1e-9 * max(abs(hi), 1e-300):
+                top = hi * 2 if hi > 0 else 1.0
+        if self.ys.max != top:
+            self.ys.max = top
 
     def threshold(self, warning: float, critical: float) -> None:
         for value, color, label in ((warning, "#e69500", "warning"), (critical, "#d62728", "critical")):
             self.thresholds.append(bq.Lines(x=np.array([0.0, 1.0]), y=np.array([value, value]),
                                             scales={"x": self.rule_scale, "y": self.ys}, colors=[color],
-                                            line_style="dashed", labels=[f"{label} {value:g}"], display_legend=True,
-                                            stroke_width=1))
+                                            line_style="dashed", labels=[f"{label} {value:g}"], stroke_width=1))
         self._marks()
 
-    def mark_events(self, x: np.ndarray, colors: list[str]) -> None:
+    def mark_events(self, x: np.ndarray, colors: list[str], names: list[str]) -> None:
+        was = self.events.visible
         if not len(x):
             self.events.visible = False
+        else:
+            with self.events.hold_sync():
+                self.events.x = np.repeat(x[:, None], 2, axis=1)
+                self.events.y = np.tile(np.array([[1.0 - MARKER_STRIP, 1.0]]), (len(x), 1))
+                self.events.colors = colors
+                self.events.labels = names
+                self.events.visible = True
+        if was != self.events.visible:
+            self._legend()
+
+    def ticks(self, ticks, fmt: str = "~g") -> None:
+        ax = self.x_axis
+        cur = ax.tick_values
+        if ticks is not None and cur is not None and len(cur) == len(ticks) and np.array_equal(cur, ticks):
             return
-        with self.events.hold_sync():
-            self.events.x = np.repeat(x[:, None], 2, axis=1)
-            self.events.y = np.tile(np.array([[0.0, 1.0]]), (len(x), 1))
-            self.events.colors = colors
-            self.events.visible = True
+        ax.tick_values = ticks if ticks is not None else np.zeros(0)
 
     def _marks(self) -> None:
         self.fig.marks = list(self.lines.values()) + self.thresholds + [self.events]
+        self._legend()
+
+    def _legend(self) -> None:
+        items = []
+        for ln in list(self.lines.values()) + self.thresholds:
+            dash = {"dashed": "6,3", "dotted": "2,3"}.get(ln.line_style, "")
+            items.append(f'<span style="margin-right:12px;white-space:nowrap"><svg width="22" height="8" '
+                         f'style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" stroke="{ln.colors[0]}" '
+                         f'stroke-width="2.5" stroke-dasharray="{dash}"/></svg> {f.esc(ln.labels[0])}</span>')
+        if self.events.visible:
+            items.append('<span style="color:#555;white-space:nowrap"><b>|</b> events (hover)</span>')
+        html = (f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:60px">'
+                f'<b style="font-size:1.1em;margin-right:12px">{f.esc(self.title)}</b>{"".join(items)}</div>')
+        if self.legend.value != html:
+            self.legend.value = html
 
 
 class HardwareTab:
@@ -86,9 +138,10 @@ class HardwareTab:
         self.gpu_power = _TimeChart("GPU power", "W", self.xs, ymin=0.0)
         self.gpu_temp = _TimeChart("GPU temperature", "°C", self.xs)
         self.gpu_temp.threshold(al.GPU_TEMP_WARNING, al.GPU_TEMP_CRITICAL)
-        lay = widgets.Layout(grid_template_columns="repeat(2, minmax(320px, 1fr))", width="100%", grid_gap="4px")
-        self.host_grid = widgets.GridBox([self.cpu.fig, self.ram.fig, self.swap.fig], layout=lay)
-        self.gpu_grid = widgets.GridBox([self.gpu_mem.fig, self.gpu_util.fig, self.gpu_power.fig, self.gpu_temp.fig],
+        lay = widgets.Layout(grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))", width="100%",
+                             grid_gap="4px")
+        self.host_grid = widgets.GridBox([self.cpu.box, self.ram.box, self.swap.box], layout=lay)
+        self.gpu_grid = widgets.GridBox([self.gpu_mem.box, self.gpu_util.box, self.gpu_power.box, self.gpu_temp.box],
                                         layout=lay)
         self.gpu_box = widgets.VBox([widgets.HTML("<b>GPUs</b>"), self.gpu_grid])
         self.summary = widgets.HTML()
@@ -162,10 +215,18 @@ class HardwareTab:
                 self.gpu_util.set_line(tag, x, col("util_percent"), color, mp)
                 self.gpu_power.set_line(tag, x, col("power_watts"), color, mp)
                 self.gpu_temp.set_line(tag, x, col("temperature_c"), color, mp)
+        charts = (self.cpu, self.ram, self.swap, self.gpu_mem, self.gpu_util, self.gpu_power, self.gpu_temp)
         ev = self.mon.events
         if ev is not None and len(ev):
             part = ev[ev.type.isin(list(EVENT_COLORS))]
             x = part.wall_time.to_numpy(np.float64) - t0
             colors = [EVENT_COLORS[t] for t in part.type]
-            for chart in (self.cpu, self.ram, self.swap, self.gpu_mem, self.gpu_util, self.gpu_power, self.gpu_temp):
-                chart.mark_events(x, colors)
+            names = [f"{t.replace('_', ' ')}: {f.text(m)}"[:200] for t, m in zip(part.type, part.message, strict=True)]
+            for chart in charts:
+                chart.mark_events(x, colors, names)
+        xs = [ln.x for c in charts for ln in c.lines.values() if len(ln.x)]
+        lo = min((float(np.nanmin(x)) for x in xs), default=np.nan)
+        hi = max((float(np.nanmax(x)) for x in xs), default=np.nan)
+        ticks = nice_ticks(lo, hi) if np.isfinite(lo) and hi > lo else None
+        for chart in charts:
+            chart.ticks(ticks)

@@ -19,7 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from . import _format as f
-from ._series import Series, ema, epoch_axis
+from ._series import Series, ema, epoch_axis, nice_ticks
 
 OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay", "betas", "eps")
 SYSTEM_KEYS = ("step_time", "data_time", "epoch", "grad_norm")
@@ -93,7 +93,7 @@ class _Chart:
         self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3g", grid_lines="dashed")
         # the legend is HTML above the plot (bqplot's sits on the data and is clipped in compare mode)
         self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], animation_duration=0,
-                             fig_margin={"top": 8, "bottom": 42, "left": 64, "right": 14},
+                             fig_margin={"top": 8, "bottom": 42, "left": 64, "right": 28},
                              layout=widgets.Layout(height="250px", width="auto", min_width="320px"))
         self.legend = widgets.HTML()
         self.box = widgets.VBox([self.legend, self.fig], layout=widgets.Layout(min_width="320px"))
@@ -101,14 +101,12 @@ class _Chart:
         self.same: dict[tuple[str, str], tuple[str, str]] = {}  # a line hidden -> the identical one drawn
         self.markers: dict[str, tuple] = {}
         for kind, color in MARKERS.items():
+            # ticks only: a Scatter (even hidden) makes bqplot pad the x domain (-19 ... 1,518 for 0 ... 1,499)
             rules = bq.Lines(x=np.zeros((1, 2)), y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
-                             scales={"x": xs, "y": self.rule_scale}, colors=[color], stroke_width=1.5, visible=False,
-                             preserve_domain={"x": True}, enable_hover=False)
-            tips = bq.Scatter(x=np.zeros(1), y=np.array([1.0 - MARKER_STRIP]), scales={"x": xs, "y": self.rule_scale},
-                              colors=[color], marker="triangle-down", default_size=16, visible=False,
-                              display_names=False, preserve_domain={"x": True},
-                              tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]))
-            self.markers[kind] = (rules, tips)
+                             scales={"x": xs, "y": self.rule_scale}, colors=[color], stroke_width=2.5, visible=False,
+                             preserve_domain={"x": True}, enable_hover=True,
+                             tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]))
+            self.markers[kind] = rules
 
     def close(self) -> None:
         """Close the figure and its marks, so the browser drops their views (and their domains)."""
@@ -121,7 +119,7 @@ class _Chart:
     def marks(self) -> list:
         raw = [pair[0] for pair in self.lines.values()]
         smooth = [pair[1] for pair in self.lines.values()]
-        return raw + smooth + [m for pair in self.markers.values() for m in pair]
+        return raw + smooth + list(self.markers.values())
 
 
 class MetricsTab:
@@ -179,7 +177,7 @@ class MetricsTab:
         self.reset_zoom.on_click(lambda _b: self._reset_zoom())
         self.export.on_click(lambda _b: self._export_clicked())
 
-        self.grid = widgets.GridBox(layout=lay(grid_template_columns="repeat(2, minmax(320px, 1fr))",
+        self.grid = widgets.GridBox(layout=lay(grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))",
                                                width="100%", grid_gap="4px"))
         toolbar = widgets.HBox([self.xaxis, self.yscale, self.timeframe, self.smoothing, self.show_markers,
                                 self.panzoom, self.reset_zoom, self.export],
@@ -423,9 +421,9 @@ class MetricsTab:
             items.append(f'<span style="margin-right:12px;white-space:nowrap">{swatch} {f.esc(" = ".join(names))}</span>')
         if self.show_markers.value:
             for kind, color in MARKERS.items():
-                if chart.markers[kind][0].visible:
+                if chart.markers[kind].visible:
                     items.append(f'<span style="margin-right:12px;white-space:nowrap;color:#555">'
-                                 f'<span style="color:{color}">▼</span> {kind.replace("_", " ")}</span>')
+                                 f'<span style="color:{color};font-weight:900">|</span> {kind.replace("_", " ")}</span>')
         html = (f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:64px">'
                 f'<b style="font-size:1.1em;margin-right:12px">{f.esc(chart.family)}</b>{"".join(items)}</div>')
         if chart.legend.value != html:
@@ -468,9 +466,11 @@ class MetricsTab:
         log = self.yscale.value == "log"
         weight = float(self.smoothing.value)
         runs = {rs.id: rs for rs in self.mon.runs}
+        drawn = False
         for chart in self.charts.values():
             if not any(ident in idents for ident in chart.lines):
                 continue
+            drawn = True
             for ident, (raw, smooth) in chart.lines.items():
                 if ident not in idents:
                     continue
@@ -492,6 +492,33 @@ class MetricsTab:
                     smooth.visible = weight > 0 and ident not in chart.same
             self._dedupe(chart)
             self._y_domain(chart, log)
+        if drawn:
+            self._x_ticks()
+
+    def _x_ticks(self) -> None:
+        """Round tick values (0, 300, 600 ... not -19, 320, 658) over the lines' x range; bqplot's own
+        ticks follow a domain it pads by the stroke width. Left to bqplot while pan/zoom is on."""
+        lo, hi = np.inf, -np.inf
+        if not self.panzoom.value and self._zoom is None:
+            for chart in self.charts.values():
+                for raw, _smooth in chart.lines.values():
+                    x = raw.x
+                    if len(x):
+                        lo, hi = min(lo, float(np.nanmin(x))), max(hi, float(np.nanmax(x)))
+        ticks = nice_ticks(lo, hi) if np.isfinite(lo) and hi > lo else None
+        mode = self.xaxis.value
+        fmt = (",d" if hi < 1e6 else "~s") if mode == "step" else "~g"
+        for chart in self.charts.values():
+            ax = chart.x_axis
+            cur = ax.tick_values
+            if ticks is None and (cur is None or not len(cur)):
+                continue
+            if ticks is not None and cur is not None and len(cur) == len(ticks) and np.array_equal(cur, ticks) \
+                    and ax.tick_format == fmt:
+                continue
+            with ax.hold_sync():
+                ax.tick_values = ticks if ticks is not None else np.zeros(0)
+                ax.tick_format = fmt
 
     def _y_domain(self, chart, log: bool) -> None:
         """A flat chart (a constant lr) gets a y range around its value: bqplot would stretch a zero-width
@@ -526,10 +553,10 @@ class MetricsTab:
             else:
                 part = None
             for chart in self.charts.values():
-                rules, tips = chart.markers[kind]
+                rules = chart.markers[kind]
                 if part is None or not len(part):
                     if rules.visible:
-                        rules.visible = tips.visible = False
+                        rules.visible = False
                         self._legend(chart)
                     continue
                 steps = part.step.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -540,16 +567,15 @@ class MetricsTab:
                 x = x[ok]
                 names = [n for n, k in zip(names, ok, strict=True) if k]
                 if not len(x):
-                    rules.visible = tips.visible = False
+                    rules.visible = False
                     continue
                 was = rules.visible
                 with rules.hold_sync():
                     rules.x = np.repeat(x[:, None], 2, axis=1)
                     rules.y = np.tile(np.array([[1.0 - MARKER_STRIP, 1.0]]), (len(x), 1))
+                    rules.labels = names  # the hover text of each tick
+                    rules.colors = [MARKERS[kind]] * len(x)
                     rules.visible = True
-                with tips.hold_sync():
-                    tips.x, tips.y, tips.names = x, np.full(len(x), 1.0 - MARKER_STRIP), names
-                    tips.visible = True
                 if not was:
                     self._legend(chart)
 

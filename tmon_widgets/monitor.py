@@ -112,7 +112,11 @@ class Monitor(widgets.VBox):
         self.report = ReportTab(self)
         self.events_tab = EventsTab(self)
         self._tabs = [self.metrics, self.hardware, self.checkpoints, self.parameters, self.report, self.events_tab]
-        self.tabs = widgets.Tab(children=[t.widget for t in self._tabs], titles=TAB_TITLES)
+        # Only the shown tab's widgets are in the page: a bqplot figure in a hidden tab is laid out at
+        # width 0 and logs "<rect> attribute width: A negative value" for every redraw.
+        self._slots = [widgets.Box(layout=widgets.Layout(width="100%")) for _ in self._tabs]
+        self._slots[0].children = [self._tabs[0].widget]
+        self.tabs = widgets.Tab(children=self._slots, titles=TAB_TITLES)
         self.tabs.observe(self._on_tab, names="selected_index")
         self.footer = widgets.HTML()
         self.children = [self.header.widget, self.tabs, self.footer]
@@ -312,6 +316,10 @@ class Monitor(widgets.VBox):
         if idx is None:
             return
         tab = self._tabs[idx]
+        for i, slot in enumerate(self._slots):
+            want = (tab.widget,) if i == idx else ()
+            if slot.children != want:
+                slot.children = want
         try:
             with self.lock:
                 if not self.runs:
