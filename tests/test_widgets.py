@@ -636,6 +636,7 @@ def test_x_choice_gets_a_fresh_x_domain_and_echoes_are_not_zooms(store_url):
     mon = Monitor(rec.run_id, store=store_url, interval=None, metrics=["loss"])
     m = mon.metrics
     assert m.timeframe.get_state()["index"] == 0, "the timeframe dropdown shows 'all steps', not a blank"
+    assert mon.events_tab.filter.get_state()["index"] == 0, "the events filter shows its first choice"
     old = m.xs
     with old.hold_sync():  # the browser echoes the step domain without a pan/zoom
         old.min, old.max = -76.0, 6795.0

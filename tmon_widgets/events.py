@@ -17,7 +17,7 @@ SHOWN = 200
 class EventsTab:
     def __init__(self, monitor):
         self.mon = monitor
-        self.filter = widgets.Dropdown(options=FILTERS, value=None, layout=widgets.Layout(width="220px"))
+        self.filter = widgets.Dropdown(options=FILTERS, index=0, layout=widgets.Layout(width="220px"))
         self.filter.observe(lambda _c: self.mon.refresh_tab(self), names="value")
         self.alerts = widgets.HTML()
         self.events = widgets.HTML()
