@@ -414,7 +414,7 @@ class MetricsTab:
         for ident, (raw, _smooth) in chart.lines.items():
             if ident in chart.same:
                 continue
-            names = [raw.labels[0]] + [chart.lines[o][0].labels[0] for o, p in chart.same.items() if p == ident]
+            names = [raw.labels[0]] + [o[1] for o, p in chart.same.items() if p == ident]
             dash = LINE_DASH.get(raw.line_style, "")
             swatch = (f'<svg width="22" height="8" style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" '
                       f'stroke="{raw.colors[0]}" stroke-width="2.5" stroke-dasharray="{dash}"/></svg>')
