@@ -775,3 +775,26 @@ def test_legend_outside_the_plot_fixed_colours_and_identical_series_drawn_once(s
     assert "checkpoint" in m.metrics.charts["loss"].legend.value
     for m in mons:
         m.close()
+
+
+def test_export_button_gives_a_download_link_not_a_file_on_the_server(store_url, tmp_path, monkeypatch):
+    """Item 11 of issue 18: the CSV reaches the browser (a data URL link); nothing is written in the kernel's cwd."""
+    import base64
+    import io
+
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    rec = Recorder(store_url, run_name="export")
+    for step in range(300):
+        rec.log({"loss": 1.0 / (step + 1)}, step)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None, metrics=["loss"])
+    mon.metrics.export.click()
+    html = mon.metrics.export_out.value
+    assert 'download="tmon-' in html and "href=\"data:text/csv;base64," in html
+    data = html.split("base64,")[1].split('"')[0]
+    df = pd.read_csv(io.BytesIO(base64.b64decode(data)))
+    assert list(df.columns) == ["run_id", "run_name", "key", "step", "value", "wall_time"] and len(df) == 300
+    assert not list(tmp_path.glob("*.csv"))
+    mon.close()

@@ -10,6 +10,7 @@ parameter changes, checkpoints and rollbacks, a table of the latest values, CSV 
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import zlib
@@ -166,7 +167,7 @@ class MetricsTab:
                                              tooltip="ticks at the top of each chart: parameter changes, checkpoints, "
                                                      "rollbacks, a stop (hover for what)")
         self.export = widgets.Button(description="export CSV", icon="download", layout=lay(width="110px"),
-                                     tooltip="the visible series, every point, to a CSV file")
+                                     tooltip="the visible series, every point: a CSV to download")
         self.export_out = widgets.HTML()
         self.status = widgets.HTML()
         self.latest = widgets.HTML()
@@ -659,9 +660,22 @@ class MetricsTab:
                                        f"{df.key.nunique() if len(df) else 0} series", "ok")
         return path
 
+    def export_link(self) -> str:
+        """The visible series as a CSV download link (a data URL): the button's file lands where the
+        person clicking is, not on the kernel's machine."""
+        df = self.visible_frame()
+        rid = self.mon.runs[0].id[:8] if self.mon.runs else "none"
+        name = f"tmon-{rid}-metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        data = base64.b64encode(df.to_csv(index=False).encode()).decode("ascii")
+        n = df.key.nunique() if len(df) else 0
+        self.export_out.value = f.note(
+            f'<a download="{f.esc(name)}" href="data:text/csv;base64,{data}" style="font-weight:600">'
+            f'⬇ download {f.esc(name)}</a>: {len(df):,} points of {n} series', "ok")
+        return name
+
     def _export_clicked(self) -> None:
         try:
             with self.mon.lock:
-                self.export_csv()
+                self.export_link()
         except Exception as exc:
             self.export_out.value = f.note(f"export failed: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
