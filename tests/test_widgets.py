@@ -798,3 +798,19 @@ def test_export_button_gives_a_download_link_not_a_file_on_the_server(store_url,
     assert list(df.columns) == ["run_id", "run_name", "key", "step", "value", "wall_time"] and len(df) == 300
     assert not list(tmp_path.glob("*.csv"))
     mon.close()
+
+
+def test_without_a_widget_front_end_the_monitor_shows_a_snapshot(store_url):
+    """Outside JupyterLab (nbconvert HTML, GitHub): an HTML snapshot of the header and charts, not a bare repr."""
+    rec = Recorder(store_url, run_name="snap")
+    for step in range(300):
+        rec.log({"loss": 1.0 / (step + 1), "val_loss": 1.2 / (step + 1), "lr": 0.02}, step)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    bundle = mon._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == "Monitor(snap (completed))"
+    html = bundle["text/html"]
+    assert "snap" in html and "step <b>299</b>" in html
+    assert html.count("<svg") == len(mon.metrics.charts) >= 2 and "<polyline" in html and "val_loss" in html
+    mon.close()

@@ -400,6 +400,18 @@ class Monitor(widgets.VBox):
         with self.lock:
             return self.metrics.export_csv(path)
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus a static snapshot (header and charts as HTML) that front ends without
+        ipywidgets show instead of a bare ``Monitor(...)`` line: nbconvert, GitHub's viewer."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        try:
+            from .snapshot import snapshot_html
+
+            bundle["text/html"] = snapshot_html(self)
+        except Exception:  # a picture that cannot be drawn never stops the widget from showing
+            pass
+        return bundle
+
     def __repr__(self) -> str:
         runs = ", ".join(f"{rs.name} ({rs.status})" for rs in self.runs) or self.waiting_for
         return f"Monitor({runs})"
