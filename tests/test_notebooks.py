@@ -57,10 +57,10 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path, monkeypatch):
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert views, f"{path.name} displayed no widget"
     if path.name in PROMISES:
-        PROMISES[path.name](tmp_path)
+        PROMISES[path.name](tmp_path, nb)
 
 
-def _steering_did_what_it_says(tmp_path: Path) -> None:
+def _steering_did_what_it_says(tmp_path: Path, nb) -> None:
     """Notebook 04, Run All: every request from code applied while the run ran, lr=50 rejected as out of
     bounds (not because the run had ended), and the stop recorded as a stop."""
     from tmon_core import open_store
@@ -86,4 +86,11 @@ def _steering_did_what_it_says(tmp_path: Path) -> None:
         store.close()
 
 
-PROMISES = {"04-steering-a-run.ipynb": _steering_did_what_it_says}
+def _one_monitor_per_picture(tmp_path: Path, nb) -> None:
+    """Notebook 05: the cell that trains two runs shows no Monitor of its own (it showed two full ones);
+    the Monitors come in the cells that ask for them."""
+    train = next(c for c in nb.cells if c.cell_type == "code" and "def train_once" in c.source)
+    assert not [o for o in train.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+
+PROMISES = {"04-steering-a-run.ipynb": _steering_did_what_it_says, "05-after-the-run.ipynb": _one_monitor_per_picture}
