@@ -159,7 +159,23 @@ class Terms:
         return Setting(f"keep the checkpoint with the best {monitor}: ...")
 
 
-class LightningTerms(Terms):
+class _DataLoaderTerms(Terms):
+    """The input pipeline of a torch run (Lightning's or a plain loop's) is the user's own DataLoader."""
+
+    def num_workers(self) -> Setting:
+        return Setting("DataLoader(num_workers=...)", self.cfg.get("num_workers"))
+
+    def pin_memory(self) -> Setting:
+        return Setting("DataLoader(pin_memory=...)", self.cfg.get("pin_memory"))
+
+    def persistent_workers(self) -> Setting:
+        return Setting("DataLoader(persistent_workers=...)", self.cfg.get("persistent_workers"))
+
+    def prefetch_factor(self) -> Setting:
+        return Setting("DataLoader(prefetch_factor=...)", self.cfg.get("prefetch_factor"))
+
+
+class LightningTerms(_DataLoaderTerms):
     name = LIGHTNING
 
     def batch_size(self) -> Setting:
@@ -174,18 +190,6 @@ class LightningTerms(Terms):
 
     def precision(self, target: str) -> Setting:
         return Setting("Trainer(precision=...)", self.cfg.get("precision"))
-
-    def num_workers(self) -> Setting:
-        return Setting("DataLoader(num_workers=...)", self.cfg.get("num_workers"))
-
-    def pin_memory(self) -> Setting:
-        return Setting("DataLoader(pin_memory=...)", self.cfg.get("pin_memory"))
-
-    def persistent_workers(self) -> Setting:
-        return Setting("DataLoader(persistent_workers=...)", self.cfg.get("persistent_workers"))
-
-    def prefetch_factor(self) -> Setting:
-        return Setting("DataLoader(prefetch_factor=...)", self.cfg.get("prefetch_factor"))
 
     def grad_clip(self) -> Setting:
         return Setting("Trainer(gradient_clip_val=...)", self.cfg.get("gradient_clip_val"))
@@ -368,7 +372,7 @@ class _CodeSetting(Setting):
         return self.path.replace("...", str(value), 1)
 
 
-class PyTorchTerms(Terms):
+class PyTorchTerms(_DataLoaderTerms):
     """A hand-written PyTorch loop (``tmon_core.track``): the advice is code for the loop itself, or
     the ``Accelerator`` argument when the loop runs under 🤗 Accelerate (config ``launcher``)."""
 
@@ -407,18 +411,6 @@ class PyTorchTerms(Terms):
         if self._accelerate():
             return "bf16" if target.startswith("bf16") else "fp16"
         return "torch.bfloat16" if target.startswith("bf16") else "torch.float16"
-
-    def num_workers(self) -> Setting:
-        return Setting("DataLoader(num_workers=...)", self.cfg.get("num_workers"))
-
-    def pin_memory(self) -> Setting:
-        return Setting("DataLoader(pin_memory=...)", self.cfg.get("pin_memory"))
-
-    def persistent_workers(self) -> Setting:
-        return Setting("DataLoader(persistent_workers=...)", self.cfg.get("persistent_workers"))
-
-    def prefetch_factor(self) -> Setting:
-        return Setting("DataLoader(prefetch_factor=...)", self.cfg.get("prefetch_factor"))
 
     def grad_clip(self) -> Setting:
         clip = "accelerator.clip_grad_norm_" if self._accelerate() else "torch.nn.utils.clip_grad_norm_"
