@@ -814,3 +814,14 @@ def test_without_a_widget_front_end_the_monitor_shows_a_snapshot(store_url):
     assert "snap" in html and "step <b>299</b>" in html
     assert html.count("<svg") == len(mon.metrics.charts) >= 2 and "<polyline" in html and "val_loss" in html
     mon.close()
+
+
+def test_report_tab_of_a_comparison_has_a_card_per_run(recorded):
+    """Item 9 of issue 18: the Report tab showed only the first of the compared runs."""
+    url, a, b = recorded
+    mon = Monitor(runs=[a, b], store=url, interval=None)
+    mon.select("Report")
+    mon.report._thread.join(60)
+    body = mon.report.body.value
+    assert body.count("tmon report") == 2 and "first" in body and "second" in body
+    mon.close()

@@ -60,12 +60,13 @@ class ReportTab:
         self._computed_status = rs.status
         self._computed_at = time.time()
         self.status.value = '<span style="color:#777">computing…</span>'
-        self._thread = threading.Thread(target=self._work, args=(rs,), name="tmon-widget-report", daemon=True)
+        others = list(self.mon.runs[1:])
+        self._thread = threading.Thread(target=self._work, args=(rs, others), name="tmon-widget-report", daemon=True)
         self._thread.start()
         if wait:
             self._thread.join()
 
-    def _work(self, rs) -> None:
+    def _work(self, rs, others=()) -> None:
         fn = report_function()
         if fn is None:
             self.body.value = f.note("report not available: this tmon has no <code>tmon_core.report</code> "
@@ -91,5 +92,16 @@ class ReportTab:
             body = r._repr_html_()
         except Exception as exc:
             body = f.note(f"the report could not be drawn: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
+        # compared runs: each one's card below the first (the tab showed only the first run's)
+        for o in others:
+            try:
+                try:
+                    card = fn(o.id, store=self.mon.store.url, save=not o.running)
+                except TypeError:
+                    card = fn(o.id, store=self.mon.store.url)
+                body += f"<div style='margin-top:8px'>{card._repr_html_()}</div>" if card is not None else ""
+            except Exception as exc:
+                body += f.note(f"{f.esc(o.name)}: report not available: {f.esc(f'{type(exc).__name__}: {exc}')}",
+                               "error")
         self.body.value = f"<div style='color:#777'>{f.esc(when)}</div>{body}"
         self.status.value = f'<span style="color:#777">computed at {f.clock(time.time())}</span>'
