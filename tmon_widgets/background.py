@@ -212,6 +212,9 @@ class BackgroundFit:
                     status = req.wait(timeout=timeout)
                     if status == "applied":
                         return f"stop request #{req.id} applied"
+                    if status == "rejected" and run.info().get("status") != "running":
+                        # the run ended first: setting the framework's flag now would claim a stop that did not happen
+                        return f"already finished: stop request #{req.id} rejected ({req.reason})"
             finally:
                 if self.monitor is None and isinstance(store, Store):
                     store.close()
