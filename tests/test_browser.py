@@ -239,6 +239,10 @@ def test_steer_a_background_fit_from_the_widget(lab, browser, tmp_path):
         assert final["lr"] == pytest.approx(new_lr), "the optimizer holds the lr set from the widget"
         assert final["step"] < 40 * 64, "stopped before its 40 epochs"
         page.wait_for_function("() => document.body.innerText.includes('completed')", timeout=20_000)
+        # the header ends on the store's last step (one last refresh after the run ended; it used to freeze)
+        last = run.info()["last_step"]
+        page.wait_for_function("s => document.querySelector('.tmon-monitor .tmon-header').innerText.includes(s)",
+                               arg=f"step {last:,}", timeout=3_000)
         _shot(page, tmp_path / "monitor-stopped.png")
     finally:
         page.close()
