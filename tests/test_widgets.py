@@ -733,6 +733,9 @@ def test_a_finished_run_with_nan_losses_does_not_wear_a_completed_badge(store_ur
     head = mon.header.html.value
     assert ">NaN</span>" in head and head.count(">completed</span>") == 1
     assert "loss is NaN at step" in head
+    # the line ends at its last finite point: bqplot placed a NaN end at (x, undefined), an SVG error
+    y = arr(line(mon, "loss", rec.run_id)[0], "y")
+    assert len(y) and np.isfinite(y[-1])
     from tmon_widgets import _format as fmt
 
     assert fmt.human(6740.2) == "6.74 k" and fmt.human(3.4e-4) == "0.00034" and fmt.human(12.5) == "12.5"

@@ -484,6 +484,11 @@ class MetricsTab:
                     y = np.where(y > 0, y, np.nan)
                 ok = np.isfinite(x)
                 x, y = x[ok], y[ok]
+                # a line ending on NaN: bqplot places its end at (x, undefined) and logs an SVG error; the
+                # gap inside a line stays (NaN breaks it), the header and Events tab say where NaN began
+                fin = np.flatnonzero(np.isfinite(y))
+                end = int(fin[-1]) + 1 if len(fin) else 0
+                x, y = x[:end], y[:end]
                 with raw.hold_sync():
                     raw.x, raw.y = x, y
                     raw.opacities = [0.3 if weight > 0 else 1.0]
