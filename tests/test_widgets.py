@@ -249,6 +249,15 @@ def test_report_and_diff_views_render(recorded):
     np.testing.assert_allclose(arr(bars, "y")[::-1], top.rel_change.to_numpy())
     assert list(bars.x[::-1]) == list(top.name)
     assert "metrics at each checkpoint" in mon.checkpoints.diff_out.children[2].value
+    assert "e+09" not in mon.checkpoints.diff_out.children[2].value
+    import pandas as pd
+
+    from tmon_widgets import _format as fmt
+    from tmon_widgets.checkpoints import _metric_rows
+
+    rows = _metric_rows(pd.DataFrame([{"key": "wall_time", "a": 1.796183e9, "b": 1.796183e9 + 95, "change": 5e-8,
+                                       "step_a": 100, "step_b": 200}]))
+    assert rows[0]["a"] == fmt.clock(1.796183e9) and rows[0]["change"] == "+1m35s", "wall times read as clock times"
     mon.close()
 
 

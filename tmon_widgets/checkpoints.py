@@ -224,7 +224,21 @@ class CheckpointsTab:
                 [{"step": c.get("step"), "change": c.get("change"), "source": c.get("source")} for c in d.changes],
                 ["step", "change", "source"]))
         if len(d.metrics):
-            parts.append("<h4>metrics at each checkpoint</h4>" + d.metrics.to_html(index=False, na_rep="-"))
+            parts.append("<h4>metrics at each checkpoint</h4>" + f.table(_metric_rows(d.metrics), list(d.metrics.columns)))
         if d.notes:
             parts.append("<h4>notes</h4><ul>" + "".join(f"<li>{f.esc(n)}</li>" for n in d.notes) + "</ul>")
         self.diff_out.children = [widgets.HTML(parts[0]), fig, widgets.HTML("".join(parts[1:]))]
+
+
+def _metric_rows(df) -> list[dict]:
+    """The diff's metrics for people: a wall time as a clock time and the seconds between (not 1.796183e+09),
+    numbers at 4 significant digits, missing values as '-'."""
+    rows = []
+    for r in df.to_dict("records"):
+        r = {k: (None if f.text(v) == "" else v) for k, v in r.items()}
+        if str(r.get("key", "")).endswith("wall_time"):
+            a, b = r.get("a"), r.get("b")
+            r["a"], r["b"] = f.clock(a) if a is not None else "-", f.clock(b) if b is not None else "-"
+            r["change"] = f"+{f.duration(b - a)}" if a is not None and b is not None and b >= a else "-"
+        rows.append({k: ("-" if v is None else v) for k, v in r.items()})
+    return rows
