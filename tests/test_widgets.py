@@ -384,6 +384,8 @@ def test_controls_follow_the_policy_and_a_busy_kernel(store_url, monkeypatch):
     assert "busy running a cell" in banner and "Jupyter queues clicks" in banner
     assert f"tmon set {rec.run_id[:8]} lr=1e-4 --store {store_url}" in banner and "fit_in_background" in banner
     assert "queued until the cell ends" in mon.header.html.value
+    # the kernel does not hear tab clicks while busy: every tab is in the page, not only the first
+    assert all(slot.children == (tab.widget,) for slot, tab in zip(mon._slots, mon._tabs))
     assert mon.parameters.rows["lr"].apply.disabled is False  # clickable: the banner says what a click does
     mon.close()
     rec.close()
@@ -836,4 +838,17 @@ def test_report_tab_of_a_comparison_has_a_card_per_run(recorded):
     mon.report._thread.join(60)
     body = mon.report.body.value
     assert body.count("tmon report") == 2 and "first" in body and "second" in body
+    mon.close()
+
+
+def test_only_the_shown_tab_is_in_the_page_while_the_kernel_listens(store_url):
+    """Item 11 of issue 18: figures in hidden tabs logged hundreds of negative <rect> widths."""
+    rec = Recorder(store_url, run_name="slots")
+    rec.log({"loss": 1.0}, 0)
+    rec.close()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    assert [bool(s.children) for s in mon._slots] == [True, False, False, False, False, False]
+    mon.select("Hardware")
+    assert [bool(s.children) for s in mon._slots] == [False, True, False, False, False, False]
+    assert mon._slots[1].children == (mon.hardware.widget,)
     mon.close()

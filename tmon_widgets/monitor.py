@@ -245,6 +245,7 @@ class Monitor(widgets.VBox):
             self._last_slow = now
             self._read_slow()
         self._update_busy()
+        self._fill_slots()
         visible = self._tabs[self.tabs.selected_index or 0]
         # while a cell runs, the kernel does not hear which tab the browser shows: keep every tab current
         blind = self.busy or self._everything
@@ -316,10 +317,7 @@ class Monitor(widgets.VBox):
         if idx is None:
             return
         tab = self._tabs[idx]
-        for i, slot in enumerate(self._slots):
-            want = (tab.widget,) if i == idx else ()
-            if slot.children != want:
-                slot.children = want
+        self._fill_slots()
         try:
             with self.lock:
                 if not self.runs:
@@ -334,6 +332,15 @@ class Monitor(widgets.VBox):
                 self.header.render()  # what the tab read may have raised an alert
         except Exception as exc:
             self.footer.value = f.note(f"{TAB_TITLES[idx]}: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
+
+    def _fill_slots(self) -> None:
+        """The shown tab's widgets in its slot, the others empty; every tab filled while the kernel is
+        busy: it does not hear tab clicks then, and an empty tab would stay empty until the cell ends."""
+        idx = self.tabs.selected_index or 0
+        for i, slot in enumerate(self._slots):
+            want = (self._tabs[i].widget,) if self.busy or i == idx else ()
+            if slot.children != want:
+                slot.children = want
 
     def select(self, title: str) -> None:
         """Show the tab called ``title`` (``"Metrics"``, ``"Hardware"``, ``"Checkpoints"``...)."""
