@@ -362,12 +362,14 @@ def test_evaluation_after_training_goes_into_the_run(tmp_path, store_url):
     assert eval_loss.step.tolist() == [8] and eval_loss.value.tolist() == pytest.approx([metrics["eval_loss"]])
     assert run.metrics("eval_runtime").step.tolist() == [8]
     assert run.metrics("test_loss").value.tolist() == pytest.approx([predicted.metrics["test_loss"]])
-    assert "perplexity" not in run.metric_keys()  # never handed to a callback: exp(eval_loss) is its record
+    # handed to no callback: it reaches tmon through Trainer.log_metrics, beside eval_loss
+    assert run.metrics("perplexity").step.tolist() == [8]
+    assert run.metrics("perplexity").value.tolist() == pytest.approx([math.exp(metrics["eval_loss"])])
     events = run.events()
     after = events[events.type.isin([ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END])]
-    assert after.type.tolist() == [ev.TRAIN_END, ev.EVALUATION_START, ev.EVALUATION_END, ev.EVALUATION_START,
-                                   ev.EVALUATION_END]
-    assert [d["stage"] for d in after.data.iloc[1:]] == ["evaluate", "evaluate", "test", "test"]
+    # evaluate(); what the script added before log_metrics (perplexity); predict()
+    assert after.type.tolist() == [ev.TRAIN_END] + [ev.EVALUATION_START, ev.EVALUATION_END] * 3
+    assert [d["stage"] for d in after.data.iloc[1:]] == ["evaluate", "evaluate"] * 2 + ["test", "test"]
     assert (after.step == 8).all()
     # the evaluations did not read as a second validation inside the fit
     assert ev.VALIDATION_START not in events.type.tolist()

@@ -48,9 +48,9 @@ after ``train()``                ``trainer.evaluate()``: into the ended run, its
                                  ``evaluation_end`` at ``on_evaluate``; ``trainer.predict()`` likewise
                                  (stage ``test``, its ``test_*`` metrics from ``on_predict``: predict
                                  logs nothing). A ``trainer.log(...)`` of the user's after the fit is
-                                 recorded the same way. Values that reach no callback are not:
-                                 run_clm.py's ``perplexity`` (computed from the returned ``eval_loss``
-                                 and only printed by ``log_metrics``, written by ``save_metrics``)
+                                 recorded the same way, and so is what a script adds before
+                                 ``trainer.log_metrics("eval", metrics)`` (run_clm.py's ``perplexity``,
+                                 ``eval_samples``): the values HF did not log already
 ==============================  ===========================================================
 
 Steps are HF's ``global_step``: the number of optimizer steps done, so the first step is 1. That
@@ -203,6 +203,7 @@ class TMonCallback(TrainerCallback):
         self._in_eval = False
         self._eval_step = None
         self._eval_metrics: dict = {}
+        self._after_fit_keys: set[str] = set()  # what evaluation after the fit has recorded (see _on_log_metrics)
         self._known_ckpts: set[str] = set()
         self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
         self._stop_requested = False
@@ -543,6 +544,7 @@ class TMonCallback(TrainerCallback):
         session = self.session
         if not values or not session.writes_metrics:
             return
+        self._after_fit_keys.update(values)
         if self._evaluating_after_fit:
             session.log_evaluation(values, step)
         else:  # no prediction step came first (a trainer.log of the user's): its own short evaluation
@@ -562,6 +564,19 @@ class TMonCallback(TrainerCallback):
             self.session.end_evaluation(state.global_step)
         self._t_last_end = _perf()
 
+    @guarded
+    def _on_log_metrics(self, split: str, metrics: dict) -> None:
+        """``Trainer.log_metrics(split, metrics)`` after the fit. A script adds to an evaluation's
+        metrics before printing and saving them (run_clm.py: ``perplexity``, ``eval_samples``), and
+        nothing hands those to a callback; the values HF logged already are not recorded twice."""
+        session = self.session
+        if session is None or not session.ended or split not in ("eval", "test") or not metrics:
+            return
+        values = {k: v for k, v in metrics.items() if type(v) in _PLAIN and k not in self._after_fit_keys
+                  and k not in _RECORDED_PER_STEP}
+        if values:
+            self._log_after_fit(values, self._eval_step if split == "eval" else None)
+
     @override
     @guarded
     def on_predict(self, args, state, control, metrics=None, **kwargs):
@@ -569,6 +584,7 @@ class TMonCallback(TrainerCallback):
         if self._evaluating_after_fit:  # predict() logs nothing: its metrics (test_loss...) are recorded here
             self._evaluating_after_fit = False
             values = {k: v for k, v in (metrics or {}).items() if type(v) in _PLAIN}
+            self._after_fit_keys.update(values)
             self.session.log_evaluation(values, state.global_step)
             self.session.end_evaluation(state.global_step)
 
@@ -677,9 +693,16 @@ def _watching_class(cls: type) -> type:
                 for cb in callbacks:
                     cb._train_depth -= 1
 
+        def log_metrics(self, split, metrics):
+            for cb in self.callback_handler.callbacks:
+                if isinstance(cb, TMonCallback):
+                    cb._on_log_metrics(split, metrics)
+            return cls.log_metrics(self, split, metrics)
+
         functools.update_wrapper(train, cls.train)
+        functools.update_wrapper(log_metrics, cls.log_metrics)
         sub = _watching_classes[cls] = type(cls.__name__, (cls,), {
-            "train": train, "_tmon_watches_train": True, "__module__": cls.__module__,
+            "train": train, "log_metrics": log_metrics, "_tmon_watches_train": True, "__module__": cls.__module__,
             "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
     return sub
 
