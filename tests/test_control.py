@@ -465,3 +465,23 @@ def test_ddp_ranks_apply_a_live_change_at_the_same_step(tmp_path, store_url):
     assert k > 3 and set(lrs[:k]) == {0.05} and set(lrs[k:]) == {0.0123}
     req = open_store(store_url).runs().id[0]
     assert open_store(store_url).run(req).requests().applied_step.tolist() == [k]
+
+
+def test_a_requested_checkpoint_in_modelcheckpoints_folder_stays_the_manual_record(tmp_path, store_url):
+    # the requested checkpoint is written where ModelCheckpoint writes; its next scan of that folder
+    # must not record the file again as its own (which would leave the manual record deleted)
+    reqs = {}
+
+    def save(trainer, module):
+        reqs["ckpt"] = open_store(store_url).run(cb.run_id).request_checkpoint("mine")
+        handed_over(cb)
+
+    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None)
+    t = Trainer(max_epochs=2, callbacks=[cb, Probe({3: save})], default_root_dir=tmp_path, logger=False,
+                enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    t.fit(TinyRegressor(), SyntheticData(n=256, batch_size=16))
+    assert reqs["ckpt"].status == "applied"
+    rows = open_store(store_url).run(cb.run_id).checkpoints(include_deleted=True)
+    manual = rows[rows.path.str.contains("tmon-")]
+    assert len(manual) == 1 and manual.source.iloc[0] == "manual" and manual.description.iloc[0] == "mine"
+    assert not manual.deleted.iloc[0] and manual.step.iloc[0] == 4

@@ -617,6 +617,10 @@ def build(package: str):
                 if self._rec is not None:
                     self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
                                          description=d.description, tags=d.tags)
+                    try:  # recorded: the next scan of ModelCheckpoint's folder must not take it for its own
+                        self._known_ckpts[os.path.abspath(path)] = os.path.getmtime(path)
+                    except OSError:
+                        pass
                 return {"new": {"path": path}, "reason": d.description}
             if isinstance(d, Rollback):
                 ckpt = _torch.load_checkpoint_file(d.path)
