@@ -35,6 +35,17 @@ def pytest_sessionstart(session):
                                 f"(make test installs them through pyproject's extras)")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tiny models: two threads on a shared two-core machine
+    make each tiny step ~10x slower (a framework's import may have changed the count set above)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def store_url(tmp_path):
     return f"sqlite:///{tmp_path}/tmon.db"

@@ -22,16 +22,8 @@ from tmon_core.diff import compare as compare_mod  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keras 3.15 under numpy 2.4 warns about its own __array__ when it saves or converts variables
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def layer(d, name):

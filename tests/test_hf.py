@@ -29,13 +29,7 @@ from tmon_core.recorder import path_size  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TokenData(torch.utils.data.Dataset):

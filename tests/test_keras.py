@@ -15,24 +15,15 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":  # keras was imported before this module with another backend
     pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
                 allow_module_level=True)
-import torch  # noqa: E402
 
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
 from tmon_core import keys, open_store  # noqa: E402
 
 # Keras 3.15 under numpy 2.4 warns about its own __array__ when it saves or converts variables
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.usefixtures("one_torch_thread")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def data(n: int = 100, seed: int = 0):

@@ -42,13 +42,7 @@ from tmon_core import events as ev  # noqa: E402
 from tmon_core import open_store  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: the rules every HF comparison states

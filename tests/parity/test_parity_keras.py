@@ -20,23 +20,14 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
     pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
                 allow_module_level=True)
-import torch  # noqa: E402
 
 from tests.parity.harness import AtReferenceSteps, Rename, Rule, compare, from_records, read_csv, read_run  # noqa: E402
 from tmon_callbacks.keras import TMonCallback  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
 from tmon_core import open_store  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # two intra-op threads on a shared two-core machine make each tiny step ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 class EpochToSteps(Rule):
