@@ -617,10 +617,13 @@ def build(package: str):
                 if self._rec is not None:
                     self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
                                          description=d.description, tags=d.tags)
-                    try:  # recorded: the next scan of ModelCheckpoint's folder must not take it for its own
-                        self._known_ckpts[os.path.abspath(path)] = os.path.getmtime(path)
-                    except OSError:
-                        pass
+                    # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it
+                    # for ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
+                    if any(os.path.abspath(d) == os.path.abspath(folder) for d in self._ckpt_dirs):
+                        try:
+                            self._known_ckpts[os.path.abspath(path)] = os.path.getmtime(path)
+                        except OSError:
+                            pass
                 return {"new": {"path": path}, "reason": d.description}
             if isinstance(d, Rollback):
                 ckpt = _torch.load_checkpoint_file(d.path)
