@@ -440,7 +440,10 @@ def test_every_tab_of_a_finished_run_and_a_comparison(lab, browser, tmp_path, wh
             shutil.copyfile(path, SCREENS / path.name)
             clipped = root.evaluate(CLIPPED)
             assert not clipped, f"{title}: tick labels cut off: {clipped}"
-        ours = [e for e in errors if "Failed to load resource" not in e]
+        # while the cells run, every tab is in the page (the busy kernel does not hear tab clicks), and
+        # bqplot lays out the hidden ones at zero size: negative <rect> sizes then, none once it listens
+        ours = [e for e in errors if "Failed to load resource" not in e
+                and not (e.startswith("loading: ") and "A negative value is not valid" in e)]
         assert not ours, ours[:10]
     finally:
         page.close()
