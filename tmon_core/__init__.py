@@ -2,10 +2,18 @@
 
 Imports no training framework and no Jupyter package.
 
->>> import tmon_core
->>> tmon_core.runs()                          # doctest: +SKIP
->>> run = tmon_core.latest_run()              # doctest: +SKIP
->>> run.metrics("loss", max_points=2000)      # doctest: +SKIP
+>>> import os, tempfile, tmon_core
+>>> store = os.path.join(tempfile.mkdtemp(), "tmon.db")
+>>> with tmon_core.Recorder(store, run_name="doc", flush_interval=0.1) as rec:
+...     for step in range(3):
+...         rec.log({"loss": 1.0 / (step + 1)}, step)
+>>> run = tmon_core.latest_run(store)
+>>> run.status, run.info()["name"]
+('completed', 'doc')
+>>> run.metrics("loss")["value"].round(3).tolist()
+[1.0, 0.5, 0.333]
+>>> tmon_core.runs(store)["name"].tolist()
+['doc']
 """
 
 from __future__ import annotations
@@ -24,8 +32,27 @@ from .track import track
 __version__ = "0.1.0"
 
 __all__ = [
-    "At", "CheckpointDiff", "CheckpointError", "HardwareSampler", "Param", "Recorder", "Report", "Request", "diff", "Run", "Store", "StoreVersionError", "TMonStoreWarning",
-    "events", "keys", "latest_run", "open_store", "report", "runs", "track", "__version__",
+    "At",
+    "CheckpointDiff",
+    "CheckpointError",
+    "HardwareSampler",
+    "Param",
+    "Recorder",
+    "Report",
+    "Request",
+    "Run",
+    "Store",
+    "StoreVersionError",
+    "TMonStoreWarning",
+    "__version__",
+    "diff",
+    "events",
+    "keys",
+    "latest_run",
+    "open_store",
+    "report",
+    "runs",
+    "track",
 ]
 
 
