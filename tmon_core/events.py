@@ -16,6 +16,9 @@ Keras ``model.evaluate()``) is recorded into the same run, whose status stays as
 
 A record the store refused on its own (text it cannot hold, a value out of range) is written as a
 ``record_refused`` event (data: ``table``, ``field``, ``reason``) while the rest of its batch is kept.
+
+Control (``tmon_core.control``) writes ``param_change``, ``request_rejected``, ``rollback``,
+``stopped`` and ``savecheckpoint``; the hardware sampler writes ``sampler`` once for what it cannot read.
 """
 
 TRAIN_START = "train_start"
@@ -33,6 +36,14 @@ SAMPLER = "sampler"  # what the hardware sampler cannot read here, said once
 EVALUATION_START = "evaluation_start"  # evaluation after the fit, recorded into the ended run
 EVALUATION_END = "evaluation_end"
 RECORD_REFUSED = "record_refused"  # one record the store would not take; the others were written
+
+# events written by control (``tmon_core.control``): what happened to a request or a schedule item
+PARAM_CHANGE = "param_change"  # a parameter changed (data: old, new, mode, label, request_id, source)
+REQUEST_REJECTED = "request_rejected"  # a control request refused or failed (data: request_id, kind, ...)
+ROLLBACK = "rollback"  # weights (and optimizer state) restored from a checkpoint
+STOPPED = "stopped"  # the run stopped on a stop request
+SAVE_CHECKPOINT = "savecheckpoint"  # a checkpoint saved on request (the decision class's name, lower case)
+STOP = "stop"  # a stop decision resolved without an adapter naming its event (the decision class's name)
 
 # why a fit ended: ``train_end``'s data["reason"]
 END_MAX_STEPS = "max_steps"

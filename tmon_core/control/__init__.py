@@ -4,12 +4,9 @@ See ``controller.py`` for the levels and the decisions, ``params.py`` for the pa
 modes, ``requests.py`` for asking a running run from any process.
 """
 
+from ..events import PARAM_CHANGE, REQUEST_REJECTED, ROLLBACK, STOPPED  # control's event types, kept here too
 from .controller import (
     LEVELS,
-    PARAM_CHANGE,
-    REQUEST_REJECTED,
-    ROLLBACK,
-    STOPPED,
     At,
     Change,
     Controller,

@@ -21,18 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import events as ev
 from .params import MODES, SCALE, Param, check_value, split_name
 
 LEVELS = ("off", "view", "manage", "admin")
 #: the lowest level that allows each request kind
 REQUIRED_LEVEL = {"set_param": "manage", "preset": "manage", "checkpoint": "manage", "rollback": "admin",
                   "stop": "admin"}
-
-# event types written by control
-PARAM_CHANGE = "param_change"
-REQUEST_REJECTED = "request_rejected"
-ROLLBACK = "rollback"
-STOPPED = "stopped"
 
 NEVER = math.inf
 
@@ -135,6 +130,10 @@ class Rollback(Decision):
 @dataclass
 class Stop(Decision):
     reason: str | None = None
+
+
+#: the event a resolved decision writes when its adapter names none (SetParams: ``param_change``)
+DECISION_EVENTS = {SaveCheckpoint: ev.SAVE_CHECKPOINT, Rollback: ev.ROLLBACK, Stop: ev.STOP}
 
 
 class Controller:
@@ -361,7 +360,7 @@ class Controller:
     def _reject(self, req: dict, step: int, reason: str) -> None:
         self._report(req["id"], "rejected", step, reason=reason)
         if self.recorder is not None:
-            self.recorder.event(REQUEST_REJECTED, step=step, message=reason,
+            self.recorder.event(ev.REQUEST_REJECTED, step=step, message=reason,
                                 data={"request_id": req["id"], "kind": req["kind"], "payload": req.get("payload"),
                                       "requested_by": req.get("requested_by")})
         return None
@@ -379,18 +378,19 @@ class Controller:
             return
         base = {"request_id": decision.request_id, "source": decision.source, "requested_by": decision.requested_by}
         if not applied:
-            self.recorder.event(REQUEST_REJECTED, step=step, message=reason, data={**base, **(data or {})})
+            self.recorder.event(ev.REQUEST_REJECTED, step=step, message=reason, data={**base, **(data or {})})
             return
         if isinstance(decision, SetParams):
             def side(values, c):
                 return _short(values.get(_key(c)) if isinstance(values, dict) else values)
 
             msg = ", ".join(f"{_key(c)}: {side(old, c)} -> {side(new, c)}" for c in decision.changes)
-            self.recorder.event(event or PARAM_CHANGE, step=step, message=msg,
+            self.recorder.event(event or ev.PARAM_CHANGE, step=step, message=msg,
                                 data={**base, "mode": decision.mode, "label": decision.label, "old": old, "new": new,
                                       **(data or {})})
         else:
-            self.recorder.event(event or type(decision).__name__.lower(), step=step, message=reason,
+            kind = event or DECISION_EVENTS.get(type(decision), type(decision).__name__.lower())
+            self.recorder.event(kind, step=step, message=reason,
                                 data={**base, "old": old, "new": new, **(data or {})})
 
     def _report(self, request_id: int, status: str, step: int, **fields) -> None:

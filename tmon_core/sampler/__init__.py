@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 
+from .. import events as ev
 from .base import Collector
 from .gpu import GpuCollector
 from .host import HostCollector
@@ -62,7 +63,7 @@ class HardwareSampler:
         if self.unavailable:
             text = "; ".join(f"{k}: {v}" for k, v in self.unavailable.items())
             log.info("tmon sampler: not recording %s", text)
-            self.recorder.event("sampler", message=f"not recording {text}", unavailable=self.unavailable)
+            self.recorder.event(ev.SAMPLER, message=f"not recording {text}", unavailable=self.unavailable)
         self._thread = threading.Thread(target=self._loop, name="tmon-sampler", daemon=True)
         self._thread.start()
         return self
@@ -92,7 +93,7 @@ class HardwareSampler:
         if key not in self._said_missing:
             self._said_missing.add(key)
             log.warning("tmon sampler: %s", message)
-            self.recorder.event("sampler", message=message)
+            self.recorder.event(ev.SAMPLER, message=message)
 
     def _loop(self) -> None:
         self.sample_once()
