@@ -11,7 +11,7 @@ Everything comes from the store (metrics, events, hardware samples, captured log
 history, checkpoints), so any run can be reported on, also a failed, interrupted or lost one, and
 from any process. Each report is saved in ``tmon_reports``. The rules live in ``rules/``, one
 module per family; their thresholds are ``Thresholds`` fields. The optimization detectors (spikes,
-divergence, plateau, overfitting, gradient norm, NaN/inf) are ``detect.py``'s incremental ones, which
+divergence, plateau, overfitting, gradient norm, NaN/inf) are ``detect``'s incremental ones, which
 judge a run against its own noise; ``bench/diagnosis.py`` measures every rule on a labelled corpus
 of healthy and faulty runs. Deprecation and future warnings from inside installed packages are
 ``report.library_notices``, apart from ``report.log_errors``.
