@@ -438,7 +438,7 @@ def test_rollback_reads_the_checkpoint_layouts_a_plain_loop_saves(tmp_path):
     from safetensors.torch import save_file
 
     from tmon_callbacks._base import Rejected
-    from tmon_callbacks.torch_loop import _read_checkpoint
+    from tmon_callbacks._torch import read_loop_checkpoint as _read_checkpoint
 
     model, opt, _ = setup()
     F.nll_loss(model(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2])).backward()

@@ -3,10 +3,12 @@ models and dataloaders. Imported only by adapters, so torch is already loaded.""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
+from tmon_core import checkpoints
 from tmon_core.keys import LR, MOMENTUM, WEIGHT_DECAY, group_key
 
 from ._base import Rejected
@@ -233,31 +235,23 @@ def _rescale_bases(schedulers, opt, group: dict, name: str, factor: float) -> No
                 group[key] = group[key] * factor
 
 
-def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain containers, never arbitrary objects."""
-    import os
+# the rollback readers of ``tmon_core.checkpoints``, a checkpoint they cannot take rejecting the
+# decision with their words (a CheckpointError's message is the whole reason)
+def _rejecting(read):
+    @functools.wraps(read)
+    def reader(path: str):
+        try:
+            return read(path)
+        except checkpoints.CheckpointError as exc:
+            raise ParamRejected(str(exc)) from None
 
-    if not os.path.exists(path):
-        raise ParamRejected(f"checkpoint file {path} does not exist")
-    if os.path.isdir(path):
-        raise ParamRejected(f"checkpoint {path} is a directory, not a torch checkpoint file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ParamRejected(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else makes
-    # torch.load fail with whatever its parser trips on (IndexError for a text file)
-    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
-        raise ParamRejected(f"cannot read checkpoint {path}: not a torch checkpoint (torch.save writes a zip "
-                            f"archive; this file starts with {head!r})")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ParamRejected(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
-    if not isinstance(obj, dict):
-        raise ParamRejected(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+    return reader
+
+
+read_torch_checkpoint = _rejecting(checkpoints.read_torch_checkpoint)
+read_hf_checkpoint = _rejecting(checkpoints.read_hf_checkpoint)
+read_loop_checkpoint = _rejecting(checkpoints.read_loop_checkpoint)
+load_checkpoint_file = read_torch_checkpoint  # the old name, until the Lightning adapter switches
 
 
 def check_optimizer_states(optimizers, states) -> None:

@@ -98,11 +98,6 @@ _LIFTED = {"batch_size": "batch_size", "num_workers": "num_workers", "pin_memory
            "gradient_checkpointing": "gradient_checkpointing", "epochs": "max_epochs", "max_epochs": "max_epochs",
            "max_steps": "max_steps"}
 
-_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")  # accelerate's SAFE_WEIGHTS_NAME, WEIGHTS_NAME
-_MODEL_KEYS = ("model_state_dict", "model", "state_dict")
-_OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer")
-
-
 def _as_list(value) -> list:
     """One object or a list/tuple of them, as a list (None: empty)."""
     if value is None:
@@ -569,7 +564,7 @@ class Tracker:
         if isinstance(d, Rollback):
             if self.model is None:
                 raise Rejected("track() was given no model: pass model= so tmon can roll it back")
-            model_state, opt_states = _read_checkpoint(d.path)
+            model_state, opt_states = _torch.read_loop_checkpoint(d.path)
             if opt_states is not None:
                 _torch.check_optimizer_states(self._optimizers, opt_states)
             _torch.load_model_state(_unwrap_model(self.model), model_state, d.path)
@@ -624,42 +619,6 @@ def _unwrap_model(model):
     """The module whose state dict has the plain keys: DDP and DataParallel hold it as ``.module``."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, torch.nn.Module) else model
-
-
-def _read_checkpoint(path: str) -> tuple[dict, list | None]:
-    """Model state and optimizer states (None when the checkpoint has none) of the formats a plain
-    loop saves; nothing is unpickled. Raises Rejected with the reason."""
-    if os.path.isdir(path):
-        model_file = next((os.path.join(path, n) for n in _MODEL_FILES if os.path.isfile(os.path.join(path, n))), None)
-        if model_file is None:
-            raise Rejected(f"checkpoint directory {path} holds no {' or '.join(_MODEL_FILES)}")
-        state = _read_weights(model_file)
-        opt_file = os.path.join(path, "optimizer.bin")
-        return state, [_torch.load_checkpoint_file(opt_file)] if os.path.isfile(opt_file) else None
-    if not os.path.exists(path):
-        raise Rejected(f"checkpoint file {path} does not exist")
-    obj = _read_weights(path)
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, None  # torch.save(model.state_dict(), path)
-    key = next((k for k in _MODEL_KEYS if isinstance(obj.get(k), dict)), None)
-    if key is None:
-        raise Rejected(f"checkpoint {path} holds no model state: neither a state dict nor a dict with one of "
-                       f"{', '.join(_MODEL_KEYS)}")
-    opt = next((obj[k] for k in _OPTIMIZER_KEYS if obj.get(k) is not None), None)
-    if opt is None and isinstance(obj.get("optimizer_states"), list):  # Lightning's layout
-        opt = obj["optimizer_states"]
-    return obj[key], (opt if isinstance(opt, list) else [opt]) if opt is not None else None
-
-
-def _read_weights(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        except Exception as exc:
-            raise Rejected(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
-    return _torch.load_checkpoint_file(path)
 
 
 def _ranks() -> tuple[int, int, int, int]:

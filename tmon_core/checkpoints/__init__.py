@@ -1,0 +1,46 @@
+"""Checkpoint files, read one way for everyone: the rollbacks of the adapters and ``tmon diff``.
+
+- ``open_checkpoint(path)``: any supported format as a ``Checkpoint`` (names, shapes, dtypes up
+  front, tensor data a slice at a time, every header field checked first): what ``diff`` reads.
+- ``read_torch_checkpoint``, ``read_torch_weights``, ``read_loop_checkpoint``,
+  ``read_hf_checkpoint``: a whole state dict (and optimizer state) in memory, to load back into a
+  model on a rollback (``rollback.py``).
+- ``path_size(path)``: bytes on disk of a checkpoint file or directory.
+
+Importing this package imports no framework: torch, safetensors and h5py are imported when a file
+needs them. Every refusal is a ``CheckpointError`` (a ``ValueError``) naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import CheckpointError
+from .rollback import read_hf_checkpoint, read_loop_checkpoint, read_torch_checkpoint, read_torch_weights
+
+
+def path_size(path: str) -> int | None:
+    """Size on disk of a file, or of every file under a directory."""
+    try:
+        if os.path.isdir(path):
+            total = 0
+            for root, _dirs, files in os.walk(path):
+                for f in files:
+                    try:
+                        total += os.path.getsize(os.path.join(root, f))
+                    except OSError:
+                        pass
+            return total
+        return os.path.getsize(path)
+    except (OSError, ValueError):  # ValueError: a path no file can have (NUL, a lone surrogate)
+        return None
+
+
+__all__ = [
+    "CheckpointError",
+    "path_size",
+    "read_hf_checkpoint",
+    "read_loop_checkpoint",
+    "read_torch_checkpoint",
+    "read_torch_weights",
+]
