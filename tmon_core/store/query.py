@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select, text
 
 from ..events import LOST, RUNNING
 from . import chunks
+from .downsample import min_max, min_max_rows, with_ends
 from .engine import create_store_engine, ensure_schema, resolve_url
 from .schema import (
     RAW_DOWNSAMPLE_POINTS,
@@ -34,7 +35,7 @@ from .schema import (
     SeriesRow,
     summary_width,
 )
-from .summaries import Buckets, merge, with_points
+from .summaries import with_points
 
 
 def _pd():
@@ -250,13 +251,13 @@ class Run:
                 if ends:
                     head = self._raw(conn, sid, lo, min(hi, lo + 4095))
                     tail = self._raw(conn, sid, max(lo, hi - 4095), hi)
-                    s, v, w = _with_ends(s, v, w, head, tail)
+                    s, v, w = with_ends(s, v, w, head, tail)
             else:
                 s, v, w = raw = self._raw(conn, sid, lo, hi)
                 if max_points is not None and len(s) > max_points:
-                    s, v, w = _bucket_min_max(s, v, w, lo, hi, max(1, budget // 2))
+                    s, v, w = min_max(s, v, w, lo, hi, max(1, budget // 2))
                     if ends:
-                        s, v, w = _with_ends(s, v, w, raw, raw)
+                        s, v, w = with_ends(s, v, w, raw, raw)
         df = self._frame(s, v, w)
         if x == "time":
             if start is not None:
@@ -379,10 +380,10 @@ class Run:
         b0, b1 = -(-lo // width), (hi + 1) // width - 1  # buckets lying wholly inside [lo, hi]
         out: list[tuple] = []
         if b0 > b1:  # the range is narrower than a bucket: min/max of the raw points
-            out = _min_max_rows(*self._raw(conn, sid, lo, hi))
+            out = min_max_rows(*self._raw(conn, sid, lo, hi))
         else:
             if lo < b0 * width:
-                out += _min_max_rows(*self._raw(conn, sid, lo, b0 * width - 1))
+                out += min_max_rows(*self._raw(conn, sid, lo, b0 * width - 1))
             rows = conn.exec_driver_sql(
                 "SELECT bucket, min_value, min_step, min_wall, max_value, max_step, max_wall "
                 f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
@@ -403,7 +404,7 @@ class Run:
                 else:
                     out += [(his, hiv, hiw), (los, lov, low)]
             if (b1 + 1) * width <= hi:
-                out += _min_max_rows(*self._raw(conn, sid, (b1 + 1) * width, hi))
+                out += min_max_rows(*self._raw(conn, sid, (b1 + 1) * width, hi))
         if not out:
             return chunks.decode([])
         arr = np.array(out, dtype=np.float64).reshape(-1, 3)
@@ -532,52 +533,6 @@ def _level_for(span: int, buckets: int) -> int:
         if -(-span // summary_width(level)) + 1 <= buckets:
             return level
     return SUMMARY_LEVELS - 1
-
-
-def _with_ends(steps, values, walls, head, tail):
-    """Downsampled points plus the first point of ``head`` and the last of ``tail`` (raw arrays)
-    where they are missing, in step order."""
-    extra = []
-    for arrays, i in ((head, 0), (tail, -1)):
-        if len(arrays[0]):
-            p = (int(arrays[0][i]), float(arrays[1][i]), float(arrays[2][i]))
-            same = (steps == p[0]) & (walls == p[2])
-            if not same.any() and p not in extra:
-                extra.append(p)
-    if not extra:
-        return steps, values, walls
-    s = np.concatenate([steps, [p[0] for p in extra]]).astype(np.int64)
-    v = np.concatenate([values, [p[1] for p in extra]])
-    w = np.concatenate([walls, [p[2] for p in extra]])
-    order = np.argsort(s, kind="stable")
-    return s[order], v[order], w[order]
-
-
-def _bucket_min_max(steps, values, walls, lo: int, hi: int, buckets: int):
-    """Step-ordered points reduced to the smallest and largest point of each of ``buckets`` equal
-    step ranges over [lo, hi], in step order (what the summaries hold, computed from the points)."""
-    width = max(1, -(-(hi - lo + 1) // buckets))
-    raw = Buckets(series=np.zeros(len(steps), dtype=np.int64), bucket=steps, n=np.ones(len(steps), dtype=np.int64),
-                  n_nan=np.isnan(values).astype(np.int64), min_v=values, min_s=steps, min_w=walls,
-                  max_v=values, max_s=steps, max_w=walls)
-    b = merge((steps - lo) // width, raw)
-    first = b.min_s <= b.max_s
-    # one point when min and max are the same point (same step and value) or every point is NaN
-    one = ((b.min_s == b.max_s) & (b.min_v == b.max_v)) | np.isnan(b.min_v)
-    out_s = np.stack([np.where(first, b.min_s, b.max_s), np.where(first, b.max_s, b.min_s)], axis=1)
-    out_v = np.stack([np.where(first, b.min_v, b.max_v), np.where(first, b.max_v, b.min_v)], axis=1)
-    out_w = np.stack([np.where(first, b.min_w, b.max_w), np.where(first, b.max_w, b.min_w)], axis=1)
-    keep = np.stack([np.ones(len(one), dtype=bool), ~one], axis=1)
-    s1 = np.where(one, b.min_s, out_s[:, 0])  # a single point is the minimum (a NaN point when all are)
-    out_s[:, 0], out_v[:, 0], out_w[:, 0] = s1, np.where(one, b.min_v, out_v[:, 0]), np.where(one, b.min_w, out_w[:, 0])
-    return out_s[keep], out_v[keep], out_w[keep]
-
-
-def _min_max_rows(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> list[tuple]:
-    """The smallest and the largest of step-ordered points as (step, value, wall) rows, in step order."""
-    if not len(steps):
-        return []
-    return list(zip(*_bucket_min_max(steps, values, walls, int(steps[0]), int(steps[-1]), 1)))
 
 
 def open_store(url: str | os.PathLike | None = None, *, create: bool = True) -> Store:
