@@ -152,7 +152,7 @@ class Monitor(widgets.VBox):
                 continue
             seen.add(run.id)
             self.runs.append(RunState(run, f.PALETTE[len(self.runs) % len(f.PALETTE)]))
-        self.metrics._dirty = True
+        self.metrics.mark_dirty()
 
     def set_overlays(self, run_ids: list[str]) -> None:
         """Show these runs over the primary one (compare mode); [] shows the primary run alone."""
@@ -161,8 +161,7 @@ class Monitor(widgets.VBox):
                 return
             self.runs = self.runs[:1]
             self._attach(run_ids)
-            self.metrics._drop_series()
-            self.metrics._dirty = True
+            self.metrics.drop_series()
             self._last_slow = -1e9
         self.refresh()
 
