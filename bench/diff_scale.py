@@ -139,8 +139,8 @@ def _summary_from_stats(stats: dict) -> dict:
 
 def _compare_arrays(get_a, get_b, names_a, names_b) -> dict:
     """The engine's arithmetic over tensors handed over whole (by the naive and safe_open methods)."""
+    from tmon_core.checkpoints.safetensors import bf16_to_f32
     from tmon_core.diff import compare
-    from tmon_core.diff.safetensors_format import bf16_to_f32
 
     stats = {}
     for name in names_a:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import os
 
-from . import events, keys
+from . import diff, events, keys  # diff: the package, callable as tmon_core.diff(a, b)
 from .analysis import Report, report
 from .control import At, Param, Request
-from .diff import CheckpointDiff, CheckpointError, diff  # note: tmon_core.diff is the function
+from .diff import CheckpointDiff, CheckpointError
 from .recorder import Recorder, TMonStoreWarning
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 
+from .base import Checkpoint, TensorInfo
 from .errors import CheckpointError
+from .open import open_checkpoint
 from .rollback import read_hf_checkpoint, read_loop_checkpoint, read_torch_checkpoint, read_torch_weights
 
 
@@ -37,7 +39,10 @@ def path_size(path: str) -> int | None:
 
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
+    "TensorInfo",
+    "open_checkpoint",
     "path_size",
     "read_hf_checkpoint",
     "read_loop_checkpoint",

@@ -1,18 +1,38 @@
 """Checkpoint diffs: what changed between two checkpoints, tensor by tensor.
 
->>> from tmon_core.diff import diff
->>> d = diff("ckpts/epoch=0-step=12.ckpt", "ckpts/epoch=1-step=24.ckpt")   # doctest: +SKIP
->>> d = diff(3, 7, store="sqlite:///tmon.db")     # recorded checkpoint ids  # doctest: +SKIP
->>> d.summary; d.layers; d.top(10); d.params; d.metrics                      # doctest: +SKIP
+>>> import tmon_core
+>>> d = tmon_core.diff("ckpts/epoch=0-step=12.ckpt", "ckpts/epoch=1-step=24.ckpt")  # doctest: +SKIP
+>>> d = tmon_core.diff(3, 7, store="sqlite:///tmon.db")     # recorded checkpoint ids  # doctest: +SKIP
+>>> d.summary; d.layers; d.top(10); d.params; d.metrics                               # doctest: +SKIP
+
+``tmon_core.diff`` is this package, and calling it is calling ``tmon_core.diff.diff`` (the same
+function ``from tmon_core.diff import diff`` gives): the documented call ``tmon_core.diff(a, b)``
+works, and ``tmon_core.diff.cli``, ``import tmon_core.diff as d`` and ``mock.patch`` paths through
+it find the package, not a function standing in its place.
 
 Reads Lightning ``.ckpt``, torch ``.pt``/``.pth``/``.bin`` (``weights_only``), ``.safetensors``
-(sharded too), Hugging Face checkpoint directories, Keras ``.weights.h5``/``.keras``. Importing
-this package imports no framework: torch and h5py are imported when a file needs them.
+(sharded too), Hugging Face checkpoint directories, Keras ``.weights.h5``/``.keras``, through
+``tmon_core.checkpoints`` (``open_checkpoint``). Importing this package imports no framework:
+torch and h5py are imported when a file needs them.
 """
 
+import sys
+import types
+
+from ..checkpoints import Checkpoint, CheckpointError, open_checkpoint
 from .engine import diff
-from .errors import CheckpointError
-from .formats import Checkpoint, open_checkpoint
 from .result import CheckpointDiff
 
 __all__ = ["Checkpoint", "CheckpointDiff", "CheckpointError", "diff", "open_checkpoint"]
+
+
+class _DiffPackage(types.ModuleType):
+    """This package, callable as its ``diff`` function."""
+
+    def __call__(self, a, b, *, store=None) -> CheckpointDiff:
+        return diff(a, b, store=store)
+
+    __call__.__doc__ = diff.__doc__
+
+
+sys.modules[__name__].__class__ = _DiffPackage

@@ -11,8 +11,8 @@ import json
 import math
 import sys
 
+from ..checkpoints import CheckpointError
 from .engine import diff
-from .errors import CheckpointError
 
 
 def register(subparsers) -> dict:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoints import Checkpoint, CheckpointError, TensorInfo, open_checkpoint
+from ..checkpoints.base import flatten
 from . import compare
-from .errors import CheckpointError
-from .formats import Checkpoint, TensorInfo, flatten, open_checkpoint
 from .result import CheckpointDiff
 
 #: prefixes wrappers put in front of every name: DDP/DataParallel, torch.compile, a LightningModule's self.model

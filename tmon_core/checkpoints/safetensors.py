@@ -14,8 +14,8 @@ import struct
 
 import numpy as np
 
+from .base import Checkpoint, TensorInfo
 from .errors import CheckpointError
-from .formats import Checkpoint, TensorInfo
 from .guard import human_bytes, is_int, load_json, numel, open_regular, shape_of, short
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit

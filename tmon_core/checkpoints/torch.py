@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import guard
+from .base import Budget, Checkpoint, TensorInfo, flatten, optimizer_params, plain, scheduler_params
 from .errors import CheckpointError
-from .formats import Budget, Checkpoint, TensorInfo, flatten, optimizer_params, plain, scheduler_params
 
 #: where training loops commonly keep the model's state dict inside a checkpoint dict
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")

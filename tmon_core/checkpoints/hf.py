@@ -14,18 +14,23 @@ from __future__ import annotations
 import glob
 import math
 import os
+from collections.abc import Callable
 
 from . import guard
+from .base import Checkpoint, flatten, optimizer_params, scheduler_params
 from .errors import CheckpointError
-from .formats import Checkpoint, flatten, optimizer_params, scheduler_params
+from .safetensors import SafetensorsCheckpoint
+from .torch import open_torch, safe_load
 
 SINGLE_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".keras", ".h5")
 #: log_history entries that are counters, not metrics
 NOT_METRICS = frozenset({"step", "epoch", "total_flos"})
 
 
-def open_directory(path: str) -> Checkpoint:
-    ck = _weights(path)
+def open_directory(path: str, open_file: Callable[[str], Checkpoint]) -> Checkpoint:
+    """The checkpoint directory ``path``; ``open_file`` opens it when it holds a single checkpoint
+    file (``open_checkpoint``, passed in: the opener imports this module, not the other way round)."""
+    ck = _weights(path, open_file)
     try:
         ck.path = path
         ck.format = "hf" if ck.format in ("safetensors", "torch") else ck.format
@@ -41,21 +46,15 @@ def open_directory(path: str) -> Checkpoint:
     return ck
 
 
-def _weights(path: str) -> Checkpoint:
+def _weights(path: str, open_file: Callable[[str], Checkpoint]) -> Checkpoint:
     join = os.path.join
     st_index = join(path, "model.safetensors.index.json")
     if os.path.exists(st_index):
-        from .safetensors_format import SafetensorsCheckpoint
-
         return SafetensorsCheckpoint(_shards(st_index), path)
     if os.path.exists(join(path, "model.safetensors")):
-        from .safetensors_format import SafetensorsCheckpoint
-
         return SafetensorsCheckpoint([join(path, "model.safetensors")], path)
     bin_index = join(path, "pytorch_model.bin.index.json")
     if os.path.exists(bin_index) or os.path.exists(join(path, "pytorch_model.bin")):
-        from .torch_format import open_torch
-
         files = _shards(bin_index) if os.path.exists(bin_index) else [join(path, "pytorch_model.bin")]
         ck = open_torch(files[0])
         try:
@@ -67,15 +66,11 @@ def _weights(path: str) -> Checkpoint:
         return ck
     tensors = sorted(glob.glob(join(glob.escape(path), "*.safetensors")))
     if tensors:  # e.g. adapter_model.safetensors, or shards without their index
-        from .safetensors_format import SafetensorsCheckpoint
-
         return SafetensorsCheckpoint(tensors, path)
     singles = sorted(f for f in os.listdir(path) if f.lower().endswith(SINGLE_FILE_SUFFIXES)
                      and os.path.isfile(join(path, f)))
     if len(singles) == 1:
-        from .formats import open_checkpoint
-
-        ck = open_checkpoint(join(path, singles[0]))
+        ck = open_file(join(path, singles[0]))
         ck.notes.append(f"the directory holds one checkpoint file: {singles[0]}")
         return ck
     subdirs = sorted(d for d in os.listdir(path) if d.startswith("checkpoint-") and os.path.isdir(join(path, d)))
@@ -154,8 +149,6 @@ def _float(v: int | float) -> float:
 
 
 def _optimizer(path: str, ck: Checkpoint) -> None:
-    from .torch_format import safe_load
-
     for name, reader in (("optimizer.pt", optimizer_params), ("scheduler.pt", scheduler_params)):
         p = os.path.join(path, name)
         if not os.path.exists(p):

@@ -23,8 +23,8 @@ import zlib
 import numpy as np
 
 from . import guard
+from .base import Checkpoint, TensorInfo, flatten, plain
 from .errors import CheckpointError
-from .formats import Checkpoint, TensorInfo, flatten, plain
 
 #: Keras config entries that differ between saves of the same model (object ids), not settings
 VOLATILE_KEYS = frozenset({"shared_object_id"})
