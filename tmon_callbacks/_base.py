@@ -7,120 +7,17 @@ is recorded and how. Nothing here imports a framework.
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import functools
 import inspect
-import logging
-import os
 import sys
 import threading
-import warnings
 import weakref
-from dataclasses import dataclass
 
 from tmon_core import Recorder
 from tmon_core import events as ev
 from tmon_core.recorder import describe_exception, is_oom
 
-log = logging.getLogger("tmon")
-
-
-class TMonCallbackWarning(RuntimeWarning):
-    """A tmon callback hook failed; training goes on without that piece of monitoring."""
-
-
-@dataclass
-class CallbackOptions:
-    store: str | os.PathLike | None = None
-    run_name: str | None = None
-    flush_interval: float = 1.0
-    sample_interval: float | None = 1.0  # None: no hardware sampling
-    heartbeat_timeout: float = 30.0
-    log_grad_norm: bool = False
-    gpus: bool = True
-    schedule: list | None = None
-    presets: dict | None = None
-    params: dict | None = None
-    control: str = "manage"
-    tags: list[str] | None = None
-    notes: str | None = None
-    capture_logs: bool = True  # logging records at WARNING+ and warnings.warn calls, kept with the run
-    capture_output: bool = False  # also every line printed to stdout/stderr
-    report: str = "auto"  # "auto": tmon_core.report() when the run ends (session.report); "off"
-    widget: bool = True  # in a notebook, display a live tmon_widgets.Monitor when the run starts
-
-    def __post_init__(self) -> None:
-        if self.sample_interval is not None and (
-            not isinstance(self.sample_interval, (int, float)) or self.sample_interval < 0.1
-        ):
-            raise ValueError(
-                f"sample_interval must be >= 0.1 seconds or None, received sample_interval={self.sample_interval!r}"
-            )
-        if not isinstance(self.flush_interval, (int, float)) or not 0.05 <= self.flush_interval <= 60:
-            raise ValueError(
-                f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={self.flush_interval!r}"
-            )
-        if not isinstance(self.heartbeat_timeout, (int, float)) or self.heartbeat_timeout <= self.flush_interval:
-            raise ValueError(
-                f"heartbeat_timeout must be seconds above flush_interval={self.flush_interval}, "
-                f"received heartbeat_timeout={self.heartbeat_timeout!r}"
-            )
-        if self.run_name is not None and not isinstance(self.run_name, str):
-            raise ValueError(f"run_name must be a string, received run_name={self.run_name!r}")
-        if self.tags is not None and (isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags)):
-            raise ValueError(f"tags must be a list of non-empty strings, received tags={self.tags!r}")
-        if self.notes is not None and not isinstance(self.notes, str):
-            raise ValueError(f"notes must be a string, received notes={self.notes!r}")
-        from tmon_core.store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
-
-        # what the store would refuse or cut fails here, at construction, not mid-fit
-        if self.run_name is not None:
-            check_text("run_name", self.run_name, MAX_RUN_NAME)
-        for tag in self.tags or ():
-            check_text("tags", tag, MAX_TAG)
-        if self.notes is not None:
-            check_text("notes", self.notes, MAX_NOTES)
-        if not isinstance(self.log_grad_norm, bool):
-            raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
-        for name in ("capture_logs", "capture_output", "widget"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, received {name}={getattr(self, name)!r}")
-        if self.report not in ("auto", "off"):
-            raise ValueError(f"report must be 'auto' or 'off', received report={self.report!r}")
-        if self.store is not None:
-            from tmon_core.store import resolve_url
-
-            resolve_url(self.store)  # a malformed URL fails here, at construction, not mid-fit
-        self.make_controller(None)  # schedule, presets, params and control level fail here too
-
-    def make_controller(self, recorder):
-        """A fresh controller for one fit (schedules are consumed as the fit runs)."""
-        from tmon_core.control import Controller
-
-        return Controller(recorder, schedule=self.schedule, presets=self.presets, params=self.params,
-                          control=self.control)
-
-
-def make_options(store, options: dict, owner: str = "TMonCallback") -> CallbackOptions:
-    """The options of an adapter's constructor, checked: an unknown name is a TypeError that
-    lists the valid ones (not swallowed), a bad value a ValueError naming it."""
-    known = {f.name for f in dataclasses.fields(CallbackOptions)} - {"store"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; "
-                        f"its options are: store, {', '.join(sorted(known))}")
-    return CallbackOptions(store=store, **options)
-
-
-def options_signature(cls) -> None:
-    """Give ``cls.__init__(self, store=None, **options)`` the explicit signature of the options,
-    so help(), IDEs and docs show every option with its default."""
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("store", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
-    for f in dataclasses.fields(CallbackOptions):
-        if f.name != "store":
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default))
-    cls.__init__.__signature__ = inspect.Signature(params)
+from ._adapter import Rejected, TMonCallbackWarning, apply_decisions, guarded, log, warn_once  # noqa: F401
+from ._options import CallbackOptions, make_options, options_signature  # noqa: F401
 
 
 class RunSession:
@@ -326,55 +223,6 @@ def _close_attached() -> None:
             rec.close(None)
         except Exception:
             pass
-
-
-class Rejected(Exception):
-    """A control decision this run cannot apply; the message is the reason recorded."""
-
-
-def apply_decisions(controller, decisions, step: int, apply_one) -> None:
-    """Apply each decision with ``apply_one(decision)`` and record the outcome.
-
-    ``apply_one`` returns the keyword arguments of ``Controller.resolve`` (old, new, event,
-    reason, data), or None when the outcome is recorded later (a checkpoint the framework writes
-    after the step). It raises ``Rejected`` with the reason when the run cannot take the decision;
-    any other exception rejects it too, so steering never takes the fit down. ``controller`` is
-    None on processes that only apply what another decided.
-    """
-    for d in decisions:
-        try:
-            outcome = apply_one(d)
-        except Rejected as exc:
-            controller and controller.resolve(d, step, applied=False, reason=str(exc))
-        except Exception as exc:
-            controller and controller.resolve(d, step, applied=False, reason=f"{type(exc).__name__}: {exc}")
-        else:
-            if outcome is not None:
-                controller and controller.resolve(d, step, applied=True, **outcome)
-
-
-def warn_once(obj, name: str, exc: BaseException) -> None:
-    """Warn, once per ``name`` and object, that a piece of monitoring failed."""
-    failed = obj.__dict__.setdefault("_tmon_failed_hooks", set())
-    if name not in failed:
-        failed.add(name)
-        msg = f"tmon: {type(obj).__name__}.{name} failed ({type(exc).__name__}: {exc}); training continues"
-        log.warning(msg, exc_info=exc)
-        warnings.warn(msg, TMonCallbackWarning, stacklevel=3)
-
-
-def guarded(fn):
-    """Run a hook; if tmon fails inside it, warn once per hook and let training go on."""
-
-    @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return fn(self, *args, **kwargs)
-        except Exception as exc:
-            warn_once(self, fn.__name__, exc)
-            return None
-
-    return wrapper
 
 
 # ---------------------------------------------------------------------------- where no hook reaches

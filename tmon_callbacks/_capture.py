@@ -52,7 +52,7 @@ _tees: dict[str, _Tee] = {}
 def _tmon_categories() -> tuple[type, ...]:
     from tmon_core.recorder import TMonStoreWarning
 
-    from ._base import TMonCallbackWarning
+    from ._adapter import TMonCallbackWarning
 
     return (TMonStoreWarning, TMonCallbackWarning)
 
