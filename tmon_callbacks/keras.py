@@ -83,11 +83,8 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
 
 from __future__ import annotations
 
-import functools
 import glob
-import math
 import os
-import re
 import time
 from typing import Any
 
@@ -106,67 +103,25 @@ from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
 from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
-from tmon_core.store.writer import json_safe
 
 from . import _keras
 from ._base import (
     Rejected,
     RunSession,
     apply_decisions,
-    caller_locals,
     guarded,
     make_options,
     options_signature,
     unwatch,
     watch_uncaught,
 )
+from ._workarounds import keras as _wa
 
 _perf = time.perf_counter
 _PLAIN = (float, int)
 # keys ReduceLROnPlateau and LearningRateScheduler add to the epoch's logs: the lr tmon records at every
 # step, read from the optimizer, kept once (as ``lr``)
 _LR_LOG_KEY = "learning_rate"
-# callbacks Keras adds to every fit by itself (not listed in config["callbacks"])
-_KERAS_DEFAULTS = ("History", "ProgbarLogger")
-_PRECISION = {"float32": "32-true", "mixed_float16": "16-mixed", "mixed_bfloat16": "bf16-mixed",
-              "float16": "16-true", "bfloat16": "bf16-true", "float64": "64-true"}
-
-
-class _ScheduledLR:
-    """The value of a ``LearningRateSchedule`` at a step, computed only when the writer thread asks.
-
-    Evaluating a schedule costs ~40 µs of backend ops; a schedule is a pure function of the step,
-    so the hot path keeps the schedule and a copy of the iteration count, nothing else.
-    """
-
-    __slots__ = ("schedule", "step")
-
-    def __init__(self, schedule, step):
-        self.schedule = schedule
-        self.step = step
-
-    def __float__(self) -> float:
-        try:
-            return float(keras.ops.convert_to_numpy(self.schedule(self.step)))
-        except Exception:  # never let a user schedule break the writer: the point reads NaN
-            return math.nan
-
-
-def _lr_reader(opt):
-    """A function returning the learning rate ``opt`` applies at its next step, without a device sync."""
-    schedule = getattr(opt, "_learning_rate", None)
-    copy = keras.ops.copy
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return lambda: _ScheduledLR(schedule, copy(opt.iterations))
-    # a variable (a float lr, changed by ReduceLROnPlateau, LearningRateScheduler...) or a callable:
-    # a copy, so a later assignment does not rewrite what this step recorded
-    return lambda: copy(opt.learning_rate)
-
-
-def _checkpoint_glob(filepath: str) -> str:
-    """``ckpt/m-{epoch:02d}-{val_loss:.2f}.keras`` → ``ckpt/m-*-*.keras``, literal parts escaped."""
-    parts = re.split(r"\{[^{}]*\}", filepath)
-    return os.path.abspath("*".join(glob.escape(p) for p in parts))
 
 
 class TMonCallback(keras.callbacks.Callback):
@@ -200,6 +155,7 @@ class TMonCallback(keras.callbacks.Callback):
                              f"gradients; received log_grad_norm={self.options.log_grad_norm!r}")
         self.session: RunSession | None = None
         self.run_id: str | None = None
+        self._steps = None  # this fit's step functions, wrapped (_workarounds.keras.StepFunctions)
         self._reset()
 
     def _reset(self) -> None:
@@ -214,7 +170,6 @@ class TMonCallback(keras.callbacks.Callback):
         self._opt_values: dict = {}
         self._readers: list = []
         self._batch_logs: dict = {}
-        self._wrapped: dict[str, tuple] = {}
         self._checkpoints: list = []
         self._ckpt_globs: list[tuple[str, Any]] = []
         self._known_ckpts: dict[str, float] = {}
@@ -240,94 +195,40 @@ class TMonCallback(keras.callbacks.Callback):
             self.session.end_evaluation()  # the previous run's evaluation, if one never finished
         self._reset()
         model = self.model
-        _unwatch_evaluate(model)  # evaluations from now on belong to this fit's run
+        _wa.unwatch_evaluate(model)  # evaluations from now on belong to this fit's run
         session = self.session = RunSession(self.options, "keras")
         self.run_id = session.run_id
         self._rec = session.recorder
         self._ctl = session.controller
         if self._ctl is not None:
             self._ctl.get_value = lambda name, group: _keras.read_param(self._optimizer(), name, group)
-        fit_locals = caller_locals(lambda obj: obj is model) or {}
-        callback_list = caller_locals(
-            lambda obj: isinstance(obj, keras.callbacks.CallbackList) and any(c is self for c in obj.callbacks))
-        callbacks = self._callbacks = callback_list["self"].callbacks if callback_list else []
+        batch_size, initial_epoch = _wa.fit_arguments(model)
+        callbacks = self._callbacks = _wa.fit_callbacks(self)
         self._checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
-        self._ckpt_globs = [(_checkpoint_glob(c.filepath), c) for c in self._checkpoints
+        self._ckpt_globs = [(_keras.checkpoint_glob(c.filepath), c) for c in self._checkpoints
                             if isinstance(c.filepath, str) and "://" not in c.filepath]
         batch_freqs = [c.save_freq for c in self._checkpoints if isinstance(c.save_freq, int)]
         self._scan_every = min(batch_freqs) if batch_freqs else 0
         self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
-        self._step = self._iterations()
+        self._step = _keras.iterations(model)
         self._readers = self._optimizer_readers()
-        self._wrap("train_function")
+        self._steps = _wa.StepFunctions(model, self._on_exception)
+        self._steps.wrap("train_function")
         watch_uncaught(session, self._current_step)
-        self._rec.update_config(**self._config(fit_locals))
+        others = [c for c in callbacks if not isinstance(c, TMonCallback)]
+        control = self._ctl.describe() if self._ctl is not None else None
+        self._rec.update_config(**_keras.fit_config(model, self.params, others, batch_size, control))
         steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
-        initial_epoch = fit_locals.get("initial_epoch") or 0
         if isinstance(steps, int) and isinstance(epochs, int) and isinstance(initial_epoch, int):
             self._rec.update_run(total_steps=steps * max(0, epochs - initial_epoch))
         session.event(ev.TRAIN_START, step=self._step)
 
-    def _optimizers(self) -> list:
-        opt = getattr(self.model, "optimizer", None)
-        if opt is None:
-            return []
-        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer (mixed precision) wraps the real one
-        return list(getattr(opt, "optimizers", None) or [opt])
-
     def _optimizer_readers(self) -> list:
         readers = []
-        for oi, opt in enumerate(self._optimizers()):
-            mom_attr = next((a for a in ("momentum", "beta_1") if type(getattr(opt, a, None)) in _PLAIN), None)
-            readers.append((opt, group_key(LR, oi, 0), _lr_reader(opt), mom_attr, group_key(MOMENTUM, oi, 0),
-                            group_key(WEIGHT_DECAY, oi, 0)))
+        for oi, opt in enumerate(_keras.optimizers(self.model)):
+            readers.append((opt, group_key(LR, oi, 0), _keras.lr_reader(opt), _keras.momentum_attr(opt),
+                            group_key(MOMENTUM, oi, 0), group_key(WEIGHT_DECAY, oi, 0)))
         return readers
-
-    def _iterations(self) -> int:
-        opts = self._optimizers()
-        try:
-            return int(keras.ops.convert_to_numpy(opts[0].iterations)) if opts else 0
-        except Exception:
-            return 0
-
-    def _config(self, fit_locals: dict) -> dict:
-        model = self.model
-        params = self.params or {}
-        batch_size = fit_locals.get("batch_size")
-        if not isinstance(batch_size, int):  # a dataset or generator batches itself: ask Keras' adapter
-            adapter = getattr(fit_locals.get("epoch_iterator"), "data_adapter", None)
-            batch_size = getattr(adapter, "batch_size", None)
-        policy = getattr(getattr(model, "dtype_policy", None), "name", None)
-        opt = getattr(model, "optimizer", None)
-        opts = self._optimizers()
-        cfg: dict[str, Any] = {
-            "framework": "keras",
-            "framework_version": keras.__version__,
-            "backend": keras.backend.backend(),
-            "batch_size": batch_size if isinstance(batch_size, int) else None,
-            "epochs": params.get("epochs"),
-            "batches_per_epoch": params.get("steps"),
-            "dtype_policy": policy,
-            "precision": _PRECISION.get(policy, policy),
-            "loss_scaling": opt is not None and hasattr(opt, "inner_optimizer"),
-            "accumulate_grad_batches": (getattr(opts[0], "gradient_accumulation_steps", None) or 1) if opts else 1,
-            "jit_compile": getattr(model, "jit_compile", None),
-            "steps_per_execution": getattr(model, "steps_per_execution", None),
-            "run_eagerly": getattr(model, "run_eagerly", None),
-            "world_size": 1,
-            "optimizers": [{"class": type(o).__name__, "config": json_safe(o.get_config())} for o in opts],
-            "loss": json_safe(getattr(model, "loss", None)),
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "control": self._ctl.describe() if self._ctl is not None else None,
-            ev.CONFIG_CALLBACKS: [_callback_entry(c) for c in self._callbacks
-                                  if not isinstance(c, TMonCallback) and type(c).__name__ not in _KERAS_DEFAULTS],
-        }
-        try:
-            cfg["num_parameters"] = model.count_params()
-            cfg["trainable_parameters"] = sum(math.prod(w.shape) for w in model.trainable_weights)
-        except ValueError:  # not built yet
-            pass
-        return cfg
 
     @override
     @guarded
@@ -337,65 +238,24 @@ class TMonCallback(keras.callbacks.Callback):
             return
         self._unwrap()
         self._scan_checkpoints()
-        session.event(ev.TRAIN_END, step=self._step, data=self._end_reason())
+        reason = _keras.end_reason(self.model, self.params, self._callbacks, last_epoch=self._last_epoch,
+                                   epoch_steps=self._epoch_steps, stop_requested=self._stop_requested)
+        session.event(ev.TRAIN_END, step=self._step, data=reason)
         unwatch(session)
         session.end(ev.COMPLETED)
         if session.writes_metrics and session.recorder is not None:
-            self._end_iterations = self._iterations()
-            _watch_evaluate(self)
-
-    def _end_reason(self) -> dict:
-        """``train_end``'s data: why the fit ended. A fit that ran all its epochs (the last one whole)
-        ended by its length, whatever else asked to stop at that last epoch."""
-        params = self.params or {}
-        epochs, steps = params.get("epochs"), params.get("steps")
-        if self._last_epoch is not None and self._last_epoch + 1 == epochs and (
-                not isinstance(steps, int) or self._epoch_steps >= steps):
-            return {"reason": ev.END_MAX_EPOCHS, "epochs": epochs}
-        if self._stop_requested:
-            return {"reason": ev.END_STOP_REQUEST}
-        stopper = next((c for c in self._callbacks
-                        if isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0), None)
-        if stopper is not None:
-            settings = {k: v for k, v in _callback_entry(stopper).items() if k != "name"}
-            return {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, **settings,
-                    "mode": _resolved_mode(stopper), "stopped_epoch": stopper.stopped_epoch,
-                    "best_epoch": getattr(stopper, "best_epoch", None)}
-        if getattr(self.model, "stop_training", False):  # another callback (TerminateOnNaN...) or the user
-            return {"reason": ev.END_SHOULD_STOP}
-        # every epoch ran, the last short of steps_per_epoch: Keras warned that the input ran out of data
-        return {"reason": ev.END_DATA_EXHAUSTED, "steps_per_epoch": steps, "last_epoch_steps": self._epoch_steps}
+            self._end_iterations = _keras.iterations(self.model)
+            _wa.watch_evaluate(self.model, self, self._after_fit)
 
     def _current_step(self) -> int:
         return self._step
 
-    # ------------------------------------------------------------ seeing exceptions
-    def _wrap(self, name: str) -> None:
-        """Route ``model.<name>`` (a step function of this fit) through a wrapper that sees its exceptions."""
-        model = self.model
-        fn = getattr(model, name, None)
-        if fn is None or name in self._wrapped:
-            return
-        callback = self
-
-        def step_function(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except BaseException as exc:
-                callback._on_exception(exc)
-                raise
-
-        setattr(model, name, step_function)
-        self._wrapped[name] = (fn, step_function)
-
     def _unwrap(self) -> None:
-        model = self.model
-        for name, (fn, wrapper) in self._wrapped.items():
-            if getattr(model, name, None) is wrapper:  # unless Keras rebuilt it meanwhile
-                setattr(model, name, fn)
-        self._wrapped = {}
+        if self._steps is not None:
+            self._steps.unwrap()
 
     def _on_exception(self, exc: BaseException) -> None:
+        """A step function of this fit raised ``exc``: the run ends failed (Keras has no exception hook)."""
         try:
             session = self.session
             if session is not None and not session.ended:
@@ -495,7 +355,8 @@ class TMonCallback(keras.callbacks.Callback):
         if session is None:
             return
         if not session.ended:  # the validation of a fit
-            self._wrap("test_function")
+            if self._steps is not None:
+                self._steps.wrap("test_function")
             session.event(ev.VALIDATION_START, step=self._step, epoch=self._epoch)
         elif self._after_fit():  # model.evaluate() after the fit: into its run, status kept
             session.begin_evaluation("evaluate", self._evaluation_step())
@@ -518,7 +379,7 @@ class TMonCallback(keras.callbacks.Callback):
 
     def _after_fit(self) -> bool:
         """Whether the model is still as this callback's fit left it: no fit has trained it since."""
-        return self._end_iterations is not None and self._iterations() == self._end_iterations
+        return self._end_iterations is not None and _keras.iterations(self.model) == self._end_iterations
 
     def _evaluation_step(self) -> int:
         return self._last_step if self._last_step is not None else self._step
@@ -543,10 +404,9 @@ class TMonCallback(keras.callbacks.Callback):
                                          monitor_value=value if type(value) in _PLAIN else None,
                                          source="ModelCheckpoint")
 
-
     # ------------------------------------------------------------ control decisions
     def _optimizer(self):
-        opts = self._optimizers()
+        opts = _keras.optimizers(self.model)
         if len(opts) != 1:
             raise Rejected(f"tmon steers a model with one optimizer; this one has {len(opts)}")
         return opts[0]
@@ -562,7 +422,7 @@ class TMonCallback(keras.callbacks.Callback):
                 self._readers = self._optimizer_readers()  # the lr may now be another schedule object
             return {"old": old, "new": new}
         if isinstance(d, SaveCheckpoint):
-            folder = self._manual_dir()
+            folder = _keras.manual_dir(self._checkpoints)
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
             model.save(path)  # Keras' own format: weights, optimizer state, config
@@ -579,76 +439,6 @@ class TMonCallback(keras.callbacks.Callback):
             self._stop_requested = True
             return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
         raise Rejected(f"unknown decision {type(d).__name__}")
-
-    def _manual_dir(self) -> str:
-        """The directory of this fit's first ModelCheckpoint (when it has no placeholders), else ./tmon-checkpoints."""
-        for cb in self._checkpoints:
-            path = cb.filepath
-            if isinstance(path, str) and "://" not in path and "{" not in os.path.dirname(path):
-                return os.path.dirname(os.path.abspath(path))
-        return os.path.abspath("tmon-checkpoints")
-
-
-def _callback_entry(cb) -> dict:
-    """One ``config["callbacks"]`` item: the callback's class and the settings advice reads."""
-    entry: dict[str, Any] = {"name": type(cb).__name__}
-    names: tuple = ()
-    if isinstance(cb, keras.callbacks.EarlyStopping):
-        names = ("monitor", "mode", "patience", "min_delta", "baseline", "restore_best_weights", "start_from_epoch")
-    elif isinstance(cb, keras.callbacks.ModelCheckpoint):
-        names = ("monitor", "mode", "save_best_only", "save_weights_only", "save_freq", "filepath")
-    elif isinstance(cb, keras.callbacks.ReduceLROnPlateau):
-        names = ("monitor", "mode", "factor", "patience", "min_delta", "cooldown", "min_lr")
-    for name in names:
-        value = getattr(cb, name, None)
-        if name == "min_delta" and isinstance(value, _PLAIN):
-            value = abs(value)  # Keras negates it once it knows the monitored value must fall
-        entry[name] = value if value is None or type(value) in (bool, int, float, str) else json_safe(value)
-    return entry
-
-
-def _resolved_mode(cb) -> str:
-    """"min" or "max" as the callback compares (``mode="auto"`` resolved by Keras at its first epoch)."""
-    op = getattr(cb, "monitor_op", None)
-    return "min" if op is keras.ops.less else "max" if op is keras.ops.greater else cb.mode
-
-
-def _watch_evaluate(cb: TMonCallback) -> None:
-    """Route ``model.evaluate`` through ``cb`` after its fit: ``model.evaluate(x, y)`` is called without
-    callbacks, as in keras-io's examples, and its result belongs to the run that trained the model.
-
-    The model gets an instance attribute wrapping its own ``evaluate``: it adds ``cb`` to the
-    evaluation's callbacks (``on_test_begin/end`` record it) while no other fit has trained the model
-    since, and removes itself once one has. The next fit with a TMonCallback removes it at its start.
-    """
-    model = cb.model
-    _unwatch_evaluate(model)
-    original = model.evaluate
-
-    @functools.wraps(original)
-    def evaluate(*args, **kwargs):
-        callbacks = args[6] if len(args) > 6 else kwargs.get("callbacks")
-        if isinstance(callbacks, keras.callbacks.CallbackList):  # the validation of a fit without tmon
-            return original(*args, **kwargs)
-        if not cb._after_fit():  # trained again since: its evaluations are not this run's
-            _unwatch_evaluate(model)
-            return original(*args, **kwargs)
-        listed = list(callbacks) if isinstance(callbacks, (list, tuple)) else [] if callbacks is None else [callbacks]
-        if not any(c is cb for c in listed):
-            listed.append(cb)
-            if len(args) > 6:
-                args = (*args[:6], listed, *args[7:])
-            else:
-                kwargs["callbacks"] = listed
-        return original(*args, **kwargs)
-
-    evaluate._tmon_run_evaluation = True
-    setattr(model, "evaluate", evaluate)
-
-
-def _unwatch_evaluate(model) -> None:
-    if getattr(vars(model).get("evaluate"), "_tmon_run_evaluation", False):
-        delattr(model, "evaluate")
 
 
 __all__ = ["TMonCallback"]
