@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from tmon_core import open_store
-from tmon_core.store import query
+from tmon_core.store import points as points_module
 from tmon_core.store import writer as writer_module
 from tmon_core.store.engine import create_store_engine, ensure_schema
 from tmon_core.store.schema import SUMMARY_LEVELS, summary_width
@@ -88,13 +88,13 @@ def test_readers_and_summaries_match_the_logged_points(tmp_path_factory, batches
     # from_summaries: every downsample reads the summaries (and the chunks they do not hold yet)
     # instead of bucketing the points themselves
     url = f"sqlite:///{tmp_path_factory.mktemp('chunks')}/s.db"
-    every, raw_limit = writer_module.SUMMARY_EVERY_FLUSHES, query.RAW_DOWNSAMPLE_POINTS
+    every, raw_limit = writer_module.SUMMARY_EVERY_FLUSHES, points_module.RAW_DOWNSAMPLE_POINTS
     writer_module.SUMMARY_EVERY_FLUSHES = 2
-    query.RAW_DOWNSAMPLE_POINTS = 0 if from_summaries else raw_limit
+    points_module.RAW_DOWNSAMPLE_POINTS = 0 if from_summaries else raw_limit
     try:
         _check(url, batches, n, closed)
     finally:
-        writer_module.SUMMARY_EVERY_FLUSHES, query.RAW_DOWNSAMPLE_POINTS = every, raw_limit
+        writer_module.SUMMARY_EVERY_FLUSHES, points_module.RAW_DOWNSAMPLE_POINTS = every, raw_limit
 
 
 def _check(url, batches, n, closed):

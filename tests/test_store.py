@@ -144,7 +144,7 @@ def test_newer_schema_is_refused_naming_both_versions(store_url, tmp_path):
 @pytest.mark.parametrize("raw_limit", [None, 1000], ids=["from-points", "from-summaries"])
 def test_downsample_keeps_every_bucket_extreme(store_url, raw_limit, monkeypatch):
     if raw_limit:  # ranges over this many points are read from the summaries kept at write time
-        monkeypatch.setattr(tmon_core.store.query, "RAW_DOWNSAMPLE_POINTS", raw_limit)
+        monkeypatch.setattr(tmon_core.store.points, "RAW_DOWNSAMPLE_POINTS", raw_limit)
     rng = np.random.default_rng(0)
     n = 50_000
     values = rng.normal(size=n).cumsum()

@@ -1,0 +1,234 @@
+"""``Run``: read access to one run of a store (its metadata, metrics and side tables).
+
+>>> run = open_store("sqlite:///tmon.db").latest_run()      # doctest: +SKIP
+>>> run.metrics("train_loss", max_points=2000)              # step, value, wall_time
+>>> run.events("stopped")
+
+A run's metric points are read by ``points``; its control requests are made by ``RunControl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select, text
+
+from ..events import LOST, RUNNING
+from . import points
+from .run_control import RunControl
+from .schema import CheckpointRow, EventRow, GpuSampleRow, LogRow, RunRow, SampleRow, SeriesRow
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+def _pd():
+    import pandas as pd
+
+    return pd
+
+
+def loads(text: str | None) -> Any:
+    """A stored JSON column, decoded (None for NULL or empty)."""
+    return json.loads(text) if text else None
+
+
+#: frameworks whose recorded steps start at 1: HF records its ``global_step``, 1 after the first
+#: optimizer step; Lightning, Keras and tmon's own loop count from 0
+ONE_BASED_STEPS = frozenset({"hf"})
+
+
+def steps_done(last_step: int | float | None, framework: str | None) -> int | None:
+    """How many steps a run recorded up to ``last_step``, counted the way its framework numbers them
+    (the figure ``tmon show``, ``tmon runs`` and the report print)."""
+    if last_step is None or last_step != last_step:  # (NaN: pandas' missing value)
+        return None
+    return int(last_step) + (0 if framework in ONE_BASED_STEPS else 1)
+
+
+def effective_status(status: str, heartbeat_at: float | None, timeout: float, now: float | None = None) -> str:
+    """A running run whose heartbeat is older than its timeout reads as ``lost``."""
+    if status == RUNNING and heartbeat_at is not None and (now or time.time()) - heartbeat_at > timeout:
+        return LOST
+    return status
+
+
+class Run(RunControl):
+    """Read access to one run (and, through ``RunControl``, steering it)."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.id = run_id
+        self._series_ids: dict[str, int] = {}  # a run's series only grow: cached, re-read on a miss
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, status={self.status!r})"
+
+    def _row(self) -> dict:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(RunRow).where(RunRow.id == self.id)).mappings().first()
+        if row is None:
+            raise KeyError(f"run {self.id!r} is not in {self.store}")
+        return dict(row)
+
+    @property
+    def status(self) -> str:
+        """running | completed | failed | interrupted | lost (running, but its heartbeat stopped)."""
+        r = self._row()
+        return effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
+
+    def info(self) -> dict:
+        """Metadata and configuration of the run (config and error decoded from JSON)."""
+        r = self._row()
+        r["status"] = effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
+        r["steps"] = steps_done(r["last_step"], r["framework"])
+        r["config"] = loads(r["config"]) or {}
+        r["tags"] = loads(r["tags"]) or []
+        r["error"] = loads(r["error"])
+        return r
+
+    # -------------------------------------------------------------- metrics
+    def _series(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(SeriesRow.key, SeriesRow.id).where(SeriesRow.run_id == self.id)).all()
+        self._series_ids = dict(rows)
+        return dict(self._series_ids)
+
+    def metric_keys(self) -> list[str]:
+        return sorted(self._series())
+
+    def _series_id(self, key: str) -> int:
+        sid = self._series_ids.get(key)
+        if sid is not None:
+            return sid
+        series = self._series()
+        if key not in series:
+            known = ", ".join(sorted(series)[:30]) or "none"
+            raise KeyError(f"run {self.id} has no metric {key!r}; its metrics: {known}")
+        return series[key]
+
+    def metrics(self, key: str, max_points: int | None = None, x: str = "step",
+                start: float | None = None, end: float | None = None):
+        """The points of metric ``key``: a DataFrame with ``step``, ``value`` and ``wall_time``.
+
+        ``max_points`` caps the rows: the range is cut into ``max_points // 2`` buckets and each
+        keeps its smallest and largest point, read from the summaries kept at write time (a
+        million-point series costs a few hundred rows). ``x`` picks what ``start``/``end`` mean and
+        how rows are ordered: ``"step"`` or ``"time"`` (wall-clock seconds).
+        """
+        if x not in ("step", "time"):
+            raise ValueError(f"x must be 'step' or 'time', received x={x!r}")
+        if max_points is not None and (not isinstance(max_points, int) or max_points < 2):
+            raise ValueError(f"max_points must be an int >= 2 or None, received max_points={max_points!r}")
+        sid = self._series_id(key)
+        with self.store.engine.connect() as conn:
+            s, v, w = points.read(conn, sid, max_points, x, start, end)
+        df = self._frame(s, v, w)
+        if x == "time":
+            if start is not None:
+                df = df[df.wall_time >= start]
+            if end is not None:
+                df = df[df.wall_time <= end]
+            df = df.sort_values("wall_time", kind="stable").reset_index(drop=True)
+        return df
+
+    def tail(self, key: str, n: int = 100):
+        """The last ``n`` points of metric ``key`` (step, value, wall_time), oldest first: the newest
+        chunks only, however long the series, what a live chart polls."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, received n={n!r}")
+        sid = self._series_id(key)
+        with self.store.engine.connect() as conn:
+            s, v, w = points.last(conn, sid, n)
+        return self._frame(s, v, w)
+
+    def latest(self) -> dict[str, tuple[int, float]]:
+        """The last point of every metric: key -> (step, value)."""
+        out = {}
+        with self.store.engine.connect() as conn:
+            for key, sid in sorted(self._series().items()):
+                s, v, _ = points.last(conn, sid, 1)
+                if len(s):
+                    out[key] = (int(s[-1]), float(v[-1]))
+        return out
+
+    @staticmethod
+    def _frame(steps, values, walls):
+        return _pd().DataFrame({"step": np.asarray(steps, dtype=np.int64), "value": np.asarray(values, dtype=float),
+                                "wall_time": np.asarray(walls, dtype=float)})
+
+    # -------------------------------------------------------------- other tables
+    def _table(self, model, order, where=(), json_cols=()):
+        pd = _pd()
+        cols = [c for c in model.__table__.columns.keys() if c != "run_id"]
+        with self.store.engine.connect() as conn:
+            q = select(*[model.__table__.c[c] for c in cols]).where(model.run_id == self.id, *where).order_by(*order)
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            for c in json_cols:
+                r[c] = loads(r[c])
+        df = pd.DataFrame(rows, columns=cols)
+        for c in ("step", "applied_step"):
+            if c in df:
+                df[c] = df[c].astype("Int64")  # an integer column that may hold NULL
+        return df
+
+    def events(self, type: str | None = None):
+        """Events in order: wall_time, step, type, message, data (dict)."""
+        where = (EventRow.type == type,) if type else ()
+        return self._table(EventRow, (EventRow.wall_time, EventRow.id), where, ("data",))
+
+    def samples(self):
+        """Host hardware samples: cpu_percent, ram_*, swap_used, proc_rss, children_rss/count (bytes)."""
+        return self._table(SampleRow, (SampleRow.wall_time, SampleRow.id))
+
+    def gpu_samples(self):
+        """Per-GPU samples: gpu, name, mem_used/total (bytes), util_percent, power_watts, temperature_c,
+        torch_allocated/reserved/max_allocated."""
+        return self._table(GpuSampleRow, (GpuSampleRow.wall_time, GpuSampleRow.gpu))
+
+    def nodes(self):
+        """One row per sampled node (host, node_rank): samples, mean CPU %, peak host RAM used and
+        total, peak process RSS, peak dataloader-worker RSS and count, and, with GPUs, their count
+        and peak memory used and total (bytes)."""
+        pd = _pd()
+        s = self.samples()
+        cols = ["host", "node_rank", "samples", "cpu_percent_mean", "ram_used_peak", "ram_total", "proc_rss_peak",
+                "children_rss_peak", "children_count_peak", "gpus", "gpu_mem_used_peak", "gpu_mem_total"]
+        if s.empty:
+            return pd.DataFrame(columns=cols)
+        out = s.groupby(["host", "node_rank"], dropna=False).agg(
+            samples=("wall_time", "size"), cpu_percent_mean=("cpu_percent", "mean"), ram_used_peak=("ram_used", "max"),
+            ram_total=("ram_total", "max"), proc_rss_peak=("proc_rss", "max"),
+            children_rss_peak=("children_rss", "max"), children_count_peak=("children_count", "max"),
+        ).reset_index()
+        g = self.gpu_samples()
+        if g.empty:
+            out["gpus"], out["gpu_mem_used_peak"], out["gpu_mem_total"] = 0, None, None
+        else:
+            per = g.groupby(["host", "node_rank"], dropna=False).agg(
+                gpus=("gpu", "nunique"), gpu_mem_used_peak=("mem_used", "max"), gpu_mem_total=("mem_total", "max"),
+            ).reset_index()
+            out = out.merge(per, on=["host", "node_rank"], how="left")
+            out["gpus"] = out["gpus"].fillna(0).astype(int)
+        return out[cols]
+
+    def checkpoints(self, include_deleted: bool = False):
+        """Checkpoints: path, step, epoch, size_bytes, monitor, monitor_value, source, tags..."""
+        where = () if include_deleted else (CheckpointRow.deleted.is_(False),)
+        return self._table(CheckpointRow, (CheckpointRow.wall_time, CheckpointRow.id), where, ("tags",))
+
+    def logs(self):
+        """Captured log records and warnings: wall_time, step, level, logger, message, source."""
+        return self._table(LogRow, (LogRow.wall_time, LogRow.id))
+
+    def count_points(self) -> int:
+        """How many metric points the run holds, over all keys."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(
+                text("SELECT SUM(c.n) FROM tmon_chunks c JOIN tmon_series s ON c.series_id = s.id WHERE s.run_id = :r"),
+                {"r": self.id},
+            ).scalar() or 0
