@@ -101,17 +101,12 @@ at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import glob
-import json
 import os
-import sys
 import time
 import warnings
 from typing import Any
 
 try:
-    import transformers
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tmon_callbacks.hf needs transformers: pip install 'tmon[hf]'") from exc
@@ -124,14 +119,12 @@ from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
 from tmon_core.store.text import MAX_RUN_NAME, storable
-from tmon_core.store.writer import json_safe
 
-from . import _torch
+from . import _hf, _torch
 from ._base import (
     RunSession,
     TMonCallbackWarning,
     apply_decisions,
-    caller_locals,
     guarded,
     make_options,
     options_signature,
@@ -139,15 +132,19 @@ from ._base import (
     warn_once,
     watch_uncaught,
 )
+from ._workarounds.hf import (
+    CHECKPOINT_PREFIX,
+    TrainListener,
+    after_fit_stage,
+    find_trainer,
+    trainer_callbacks,
+    watch_train,
+)
 
 _perf = time.perf_counter
-_PLAIN = (int, float)
-_CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
-# keys HF logs that tmon records at every step itself, under its own names: kept once (module docstring)
-_RECORDED_PER_STEP = frozenset({EPOCH, "learning_rate"})
 
 
-class TMonCallback(TrainerCallback):
+class TMonCallback(TrainerCallback, TrainListener):
     """Record a Hugging Face ``Trainer`` run into a tmon store.
 
     >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[TMonCallback()])  # doctest: +SKIP
@@ -203,7 +200,7 @@ class TMonCallback(TrainerCallback):
         self._in_eval = False
         self._eval_step = None
         self._eval_metrics: dict = {}
-        self._after_fit_keys: set[str] = set()  # what evaluation after the fit has recorded (see _on_log_metrics)
+        self._after_fit_keys: set[str] = set()  # what evaluation after the fit has recorded (see metrics_logged)
         self._known_ckpts: set[str] = set()
         self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
         self._stop_requested = False
@@ -215,24 +212,19 @@ class TMonCallback(TrainerCallback):
     @override
     @guarded
     def on_init_end(self, args, state, control, **kwargs):
-        self._watch_train(self._find_trainer())
+        watch_train(find_trainer(self))
 
-    def _find_trainer(self):
-        from transformers import Trainer
+    @override
+    def train_entered(self) -> None:
+        self._train_calls += 1
+        self._train_depth += 1
 
-        def holds_me(obj) -> bool:
-            handler = getattr(obj, "callback_handler", None)
-            return isinstance(obj, Trainer) and any(cb is self for cb in getattr(handler, "callbacks", ()))
+    @override
+    def train_left(self) -> None:
+        self._train_depth -= 1
 
-        found = caller_locals(holds_me)
-        return found["self"] if found else None
-
-    def _watch_train(self, trainer) -> None:
-        """Make ``trainer.train`` report an exception escaping it to the TMonCallbacks it holds."""
-        if trainer is not None and not getattr(type(trainer), "_tmon_watches_train", False):
-            trainer.__class__ = _watching_class(type(trainer))
-
-    def _on_exception(self, exc: BaseException) -> None:
+    @override
+    def train_failed(self, exc: BaseException) -> None:
         try:
             session = self.session
             if session is not None and not session.ended:
@@ -267,7 +259,7 @@ class TMonCallback(TrainerCallback):
         self.session, self.run_id = session, session.run_id
         self._session_call = self._train_calls
         if not wrapped:
-            self._watch_train(self._find_trainer())  # added after construction: seen from the next train()
+            watch_train(find_trainer(self))  # added after construction: seen from the next train()
             watch_uncaught(session, self._current_step)  # ... and this one where it reaches the top level
         self._attach(args, state, model, optimizer)
         if args.world_size > 1:  # every process takes part in sharing decisions, from the first step
@@ -276,8 +268,9 @@ class TMonCallback(TrainerCallback):
             self._link = DecisionLink(self.options)
         if self._rec is None:
             return
-        self._callbacks = _trainer_callbacks(self)
-        self._rec.update_config(**self._config(args, state, model, optimizer, kwargs))
+        self._callbacks = trainer_callbacks(self)
+        others = [cb for cb in self._callbacks if not isinstance(cb, TMonCallback)]
+        self._rec.update_config(**_hf.run_config(args, state, model, optimizer, kwargs, self._ctl, others))
         if state.max_steps:
             self._rec.update_run(total_steps=int(state.max_steps))
         session.event(ev.TRAIN_START, step=self._step)
@@ -285,7 +278,7 @@ class TMonCallback(TrainerCallback):
     def _open_session(self, args) -> RunSession | None:
         """This process's view of the run. Every process reaches the broadcast of the run id, whatever
         failed before it: a process missing from a collective would hang the others."""
-        local_rank, node_rank = args.local_process_index, _node_rank(args)
+        local_rank, node_rank = args.local_process_index, _hf.node_rank(args)
         session = run_id = None
         if args.process_index == 0:
             try:
@@ -325,75 +318,6 @@ class TMonCallback(TrainerCallback):
                 f"records HF's; set logging_steps=1 to have it at every step", TMonCallbackWarning, stacklevel=2)
         self._per_step_grad_norm = self.options.log_grad_norm and not clipping
 
-    def _config(self, args, state, model, optimizer, kw) -> dict:
-        inner_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        scheduler = kw.get("lr_scheduler")
-        # transformers 5 renamed gradient checkpointing to activation checkpointing (old names deprecated)
-        model_flag = next((n for n in ("is_activation_checkpointing", "is_gradient_checkpointing")
-                           if hasattr(type(model), n)), None)
-        checkpointing = bool(getattr(args, "activation_checkpointing", None)
-                             or getattr(args, "gradient_checkpointing", None)
-                             or (model_flag is not None and getattr(model, model_flag)))
-        precision = "bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true"
-        cfg: dict[str, Any] = {
-            "framework": "transformers",
-            "framework_version": transformers.__version__,
-            # the settings later advice reads, under HF's names and under the names every adapter uses
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "train_batch_size": state.train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "accumulate_grad_batches": args.gradient_accumulation_steps,
-            "gradient_checkpointing": checkpointing,
-            "bf16": bool(args.bf16),
-            "fp16": bool(args.fp16),
-            "precision": precision,
-            "dataloader_num_workers": args.dataloader_num_workers,
-            "world_size": args.world_size,
-            "max_steps": state.max_steps,
-            "num_train_epochs": state.num_train_epochs,
-            "logging_steps": state.logging_steps,
-            "max_grad_norm": args.max_grad_norm,
-            "optimizers": _torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
-            "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
-            "training_args": json_safe(args.to_dict()),
-            "control": self._ctl.describe() if self._ctl is not None else None,
-            ev.CONFIG_CALLBACKS: self._callbacks_config(args, state),
-        }
-        if model is not None:
-            cfg.update(_torch.model_summary(model))
-            model_config = getattr(model, "config", None)
-            if model_config is not None and hasattr(model_config, "to_dict"):
-                cfg["model_config"] = json_safe(model_config.to_dict())
-        cfg.update(_torch.dataloader_config(kw.get("train_dataloader")))
-        return cfg
-
-    def _callbacks_config(self, args, state) -> list[dict]:
-        """``config["callbacks"]``: HF's own evaluation, checkpointing and best-model settings (the
-        ``Trainer`` entry: they are no callback), then every callback of the trainer but tmon's, with
-        the settings advice reads for those it knows."""
-        monitor, mode = _best_metric(args)
-        entries: list[dict] = [{
-            "name": "Trainer",
-            "eval_strategy": _plain(args.eval_strategy),
-            "eval_steps": state.eval_steps if _plain(args.eval_strategy) == "steps" else None,
-            "save_strategy": _plain(args.save_strategy),
-            "save_steps": state.save_steps if _plain(args.save_strategy) == "steps" else None,
-            "save_total_limit": args.save_total_limit,
-            "load_best_model_at_end": bool(args.load_best_model_at_end),
-            "metric_for_best_model": args.metric_for_best_model,
-            "monitor": monitor,
-            "mode": mode,
-        }]
-        for cb in self._callbacks:
-            if isinstance(cb, TMonCallback):
-                continue
-            entry: dict[str, Any] = {"name": type(cb).__name__}
-            if isinstance(cb, transformers.EarlyStoppingCallback):
-                entry.update(monitor=monitor, mode=mode, patience=cb.early_stopping_patience,
-                             threshold=cb.early_stopping_threshold)
-            entries.append(entry)
-        return entries
-
     @override
     @guarded
     def on_train_end(self, args, state, control, **kwargs):
@@ -402,36 +326,11 @@ class TMonCallback(TrainerCallback):
             return
         if self._rec is not None:
             self._scan_removed(args)
-            session.event(ev.TRAIN_END, step=state.global_step, data=self._end_reason(args, state))
+            session.event(ev.TRAIN_END, step=state.global_step, data=_hf.end_reason(
+                args, state, self._callbacks, stop_requested=self._stop_requested, empty_epoch=self._empty_epoch))
         unwatch(session)
         session.end(ev.COMPLETED)
         self._model = self._optimizer = None
-
-    def _end_reason(self, args, state) -> dict:
-        """``train_end``'s data: why the loop ended. A fit that reached its length ended by it, whatever
-        else asked to stop at that last step."""
-        if state.max_steps and state.global_step >= state.max_steps:
-            info: dict[str, Any] = {"reason": ev.END_MAX_STEPS if args.max_steps > 0 else ev.END_MAX_EPOCHS}
-        elif self._stop_requested:
-            info = {"reason": ev.END_STOP_REQUEST}
-        else:
-            stopper = next((cb for cb in self._callbacks if isinstance(cb, transformers.EarlyStoppingCallback)
-                            and cb.early_stopping_patience_counter >= cb.early_stopping_patience), None)
-            if stopper is not None:
-                monitor, mode = _best_metric(args)
-                info = {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, "monitor": monitor,
-                        "mode": mode, "patience": stopper.early_stopping_patience,
-                        "threshold": stopper.early_stopping_threshold}
-            elif self._empty_epoch:
-                info = {"reason": ev.END_DATA_EXHAUSTED}
-            else:  # another callback, or the user's code, set control.should_training_stop
-                info = {"reason": ev.END_SHOULD_STOP}
-        info.update(max_steps=state.max_steps)
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            # what the Trainer loaded before this hook: the model the user goes on with
-            info.update(best_model_checkpoint=os.path.abspath(state.best_model_checkpoint),
-                        best_metric=state.best_metric)
-        return info
 
     def _current_step(self) -> int:
         return self._step
@@ -489,14 +388,8 @@ class TMonCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._rec is None or not logs:
             return
-        skip_grad_norm = self._per_step_grad_norm
-        values = {}
-        for k, v in logs.items():
-            # recorded every step already, under tmon's names (see "HF's logs" in the module docstring)
-            if k in _RECORDED_PER_STEP or (skip_grad_norm and k == GRAD_NORM):
-                continue
-            if type(v) in _PLAIN or (hasattr(v, "__float__") and not isinstance(v, (str, bytes))):
-                values[k] = v
+        # what tmon records every step already, under its names, is left out ("HF's logs" above)
+        values = _hf.logged_values(logs, skip_grad_norm=self._per_step_grad_norm)
         if self.session.ended:  # after the fit: trainer.evaluate(), or the user's own trainer.log
             self._log_after_fit(values, state.global_step)
             return
@@ -537,7 +430,7 @@ class TMonCallback(TrainerCallback):
         if not session.ended:
             session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
         elif session.writes_metrics:  # evaluate() or predict() after the fit: into the run, status kept
-            session.begin_evaluation(_after_fit_stage(), state.global_step)
+            session.begin_evaluation(after_fit_stage(), state.global_step)
             self._evaluating_after_fit = True
 
     def _log_after_fit(self, values: dict, step: int) -> None:
@@ -564,16 +457,17 @@ class TMonCallback(TrainerCallback):
             self.session.end_evaluation(state.global_step)
         self._t_last_end = _perf()
 
+    @override
     @guarded
-    def _on_log_metrics(self, split: str, metrics: dict) -> None:
+    def metrics_logged(self, split: str, metrics: dict) -> None:
         """``Trainer.log_metrics(split, metrics)`` after the fit. A script adds to an evaluation's
         metrics before printing and saving them (run_clm.py: ``perplexity``, ``eval_samples``), and
         nothing hands those to a callback; the values HF logged already are not recorded twice."""
         session = self.session
         if session is None or not session.ended or split not in ("eval", "test") or not metrics:
             return
-        values = {k: v for k, v in metrics.items() if type(v) in _PLAIN and k not in self._after_fit_keys
-                  and k not in _RECORDED_PER_STEP}
+        values = {k: v for k, v in metrics.items() if type(v) in _hf.PLAIN and k not in self._after_fit_keys
+                  and k not in _hf.RECORDED_PER_STEP}
         if values:
             self._log_after_fit(values, self._eval_step if split == "eval" else None)
 
@@ -583,7 +477,7 @@ class TMonCallback(TrainerCallback):
         self._in_eval = False
         if self._evaluating_after_fit:  # predict() logs nothing: its metrics (test_loss...) are recorded here
             self._evaluating_after_fit = False
-            values = {k: v for k, v in (metrics or {}).items() if type(v) in _PLAIN}
+            values = {k: v for k, v in (metrics or {}).items() if type(v) in _hf.PLAIN}
             self._after_fit_keys.update(values)
             self.session.log_evaluation(values, state.global_step)
             self.session.end_evaluation(state.global_step)
@@ -594,10 +488,7 @@ class TMonCallback(TrainerCallback):
         manual, self._pending_saves = self._pending_saves, []
         if self._rec is None:
             return
-        path = os.path.join(args.output_dir, f"{_CHECKPOINT_PREFIX}-{state.global_step}")
-        if not os.path.isdir(path):  # hyperparameter search: a trial's own directory under output_dir
-            found = glob.glob(os.path.join(glob.escape(args.output_dir), "*", os.path.basename(path)))
-            path = max(found, key=os.path.getmtime) if found else None
+        path = _hf.checkpoint_dir(args, state.global_step)
         if path is not None:
             monitor, value = self._monitored(args, state)
             # a checkpoint asked for by control requests (several in one step share the directory)
@@ -610,7 +501,7 @@ class TMonCallback(TrainerCallback):
         for d in manual:
             if path is None:
                 self._ctl.resolve(d, state.global_step, applied=False,
-                                  reason=f"the Trainer wrote no {_CHECKPOINT_PREFIX}-{state.global_step} directory")
+                                  reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{state.global_step} directory")
             else:
                 self._ctl.resolve(d, state.global_step, applied=True, new={"path": os.path.abspath(path)},
                                   reason=d.description)
@@ -619,7 +510,7 @@ class TMonCallback(TrainerCallback):
 
     def _monitored(self, args, state) -> tuple[str | None, float | None]:
         """The metric HF compares checkpoints by, and its value at this step (None when not evaluated now)."""
-        name, _mode = _best_metric(args)
+        name, _mode = _hf.best_metric(args)
         if name is None:
             return None, None
         value = self._eval_metrics.get(name) if self._eval_step == state.global_step else None
@@ -636,7 +527,7 @@ class TMonCallback(TrainerCallback):
         apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step, control, kw))
 
     def _apply_one(self, d, step: int, control, kw: dict) -> dict | None:
-        optimizer = _torch.unwrap_optimizer(_given(kw, "optimizer", self._optimizer))
+        optimizer = _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
         if isinstance(d, SetParams):
             scheduler = kw.get("lr_scheduler")
             scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
@@ -648,8 +539,8 @@ class TMonCallback(TrainerCallback):
             self._pending_saves.append(d)
             return None
         if isinstance(d, Rollback):
-            model = _given(kw, "model", self._model)
-            state, optimizer_state, ckpt_step = _read_hf_checkpoint(d.path)
+            model = _hf.given(kw, "model", self._model)
+            state, optimizer_state, ckpt_step = _torch.read_hf_checkpoint(d.path)
             if optimizer_state is not None:
                 _torch.check_optimizer_states([optimizer], [optimizer_state])
             _torch.load_model_state(model, state, d.path)
@@ -664,149 +555,6 @@ class TMonCallback(TrainerCallback):
             self._stop_requested = True
             return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
         raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
-
-
-_watching_classes: dict[type, type] = {}
-
-
-def _watching_class(cls: type) -> type:
-    """``cls`` with a ``train`` that tells the trainer's TMonCallbacks about an exception escaping it.
-
-    The trainer's class is swapped for this subclass (same name, same module, only ``train`` added)
-    rather than given an instance attribute: a method bound at call time keeps a temporary
-    ``Trainer(...).train()`` alive, and no reference cycle keeps a finished trainer's model in memory.
-    """
-    sub = _watching_classes.get(cls)
-    if sub is None:
-        def train(self, *args, **kwargs):
-            callbacks = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TMonCallback)]
-            for cb in callbacks:
-                cb._train_calls += 1
-                cb._train_depth += 1
-            try:
-                return cls.train(self, *args, **kwargs)
-            except BaseException as exc:
-                for cb in callbacks:
-                    cb._on_exception(exc)
-                raise
-            finally:
-                for cb in callbacks:
-                    cb._train_depth -= 1
-
-        def log_metrics(self, split, metrics):
-            for cb in self.callback_handler.callbacks:
-                if isinstance(cb, TMonCallback):
-                    cb._on_log_metrics(split, metrics)
-            return cls.log_metrics(self, split, metrics)
-
-        functools.update_wrapper(train, cls.train)
-        functools.update_wrapper(log_metrics, cls.log_metrics)
-        sub = _watching_classes[cls] = type(cls.__name__, (cls,), {
-            "train": train, "log_metrics": log_metrics, "_tmon_watches_train": True, "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
-    return sub
-
-
-def _trainer_callbacks(cb: TMonCallback) -> list:
-    """The callback list of the trainer calling ``cb`` now (set-up hooks only: it reads the calling frames)."""
-    from transformers.trainer_callback import CallbackHandler
-
-    found = caller_locals(lambda o: isinstance(o, CallbackHandler) and any(c is cb for c in o.callbacks))
-    return found["self"].callbacks if found else []
-
-
-def _after_fit_stage() -> str:
-    """``"test"`` inside ``Trainer.predict`` (its metrics are ``test_*``), else ``"evaluate"``."""
-    from transformers import Trainer
-
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            if frame.f_code.co_name in ("predict", "evaluate") and isinstance(frame.f_locals.get("self"), Trainer):
-                return "test" if frame.f_code.co_name == "predict" else "evaluate"
-            frame = frame.f_back
-        return "evaluate"
-    finally:
-        del frame
-
-
-def _best_metric(args) -> tuple[str | None, str | None]:
-    """The metric HF picks the best checkpoint (and ``EarlyStoppingCallback`` stops) by, as HF logs it
-    (``eval_`` added as HF adds it), and "min" or "max"."""
-    name = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
-    if name is None:
-        return None, None
-    if not name.startswith("eval_"):
-        name = f"eval_{name}"
-    return name, "max" if args.greater_is_better else "min"
-
-
-def _plain(value):
-    return getattr(value, "value", value)  # HF's str enums (IntervalStrategy...) as their strings
-
-
-def _given(kw: dict, name: str, default):
-    value = kw.get(name)
-    return default if value is None else value
-
-
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers.utils SAFE_WEIGHTS_NAME, WEIGHTS_NAME
-
-
-def _read_hf_checkpoint(path: str) -> tuple[dict, dict | None, int | None]:
-    """Model state, optimizer state (None when the directory has none) and step of an HF checkpoint
-    directory, or of a single weights file. safetensors and ``torch.load(weights_only=True)`` only:
-    nothing is unpickled. Raises ParamRejected with the reason when something is missing or unreadable."""
-    if os.path.isfile(path):
-        files, folder = [path], None
-    elif os.path.isdir(path):
-        folder = path
-        files = [os.path.join(path, n) for n in _WEIGHTS if os.path.isfile(os.path.join(path, n))][:1]
-        for index in (f"{n}.index.json" for n in _WEIGHTS):  # sharded: the index names the shard files
-            if not files and os.path.isfile(os.path.join(path, index)):
-                try:
-                    with open(os.path.join(path, index)) as f:
-                        shards = sorted(set(json.load(f)["weight_map"].values()))
-                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise _torch.ParamRejected(f"cannot read {index} in {path}: {type(exc).__name__}: {exc}") from None
-                files = [os.path.join(path, os.path.basename(str(s))) for s in shards]
-        if not files:
-            raise _torch.ParamRejected(f"checkpoint {path} holds no model weights ({', '.join(_WEIGHTS)} or their "
-                                       f".index.json)")
-    else:
-        raise _torch.ParamRejected(f"checkpoint {path} does not exist")
-    state: dict = {}
-    for file in files:
-        if file.endswith(".safetensors"):
-            if not os.path.isfile(file):
-                raise _torch.ParamRejected(f"checkpoint file {file} does not exist")
-            try:
-                from safetensors.torch import load_file
-
-                state.update(load_file(file, device="cpu"))
-            except Exception as exc:
-                raise _torch.ParamRejected(f"cannot read checkpoint {file}: {type(exc).__name__}: "
-                                           f"{str(exc)[:300]}") from None
-        else:
-            state.update(_torch.load_checkpoint_file(file))
-    optimizer_state = step = None
-    if folder is not None:
-        if os.path.exists(os.path.join(folder, "optimizer.pt")):
-            optimizer_state = _torch.load_checkpoint_file(os.path.join(folder, "optimizer.pt"))
-        try:
-            with open(os.path.join(folder, "trainer_state.json")) as f:
-                step = json.load(f).get("global_step")
-        except (OSError, ValueError, AttributeError):
-            pass
-    return state, optimizer_state, step if isinstance(step, int) else None
-
-
-def _node_rank(args) -> int:
-    for var in ("GROUP_RANK", "NODE_RANK"):  # torchrun, then accelerate/Lightning-style launchers
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return args.process_index // int(local) if local.isdigit() and int(local) > 0 else 0
 
 
 __all__ = ["TMonCallback"]

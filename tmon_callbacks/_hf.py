@@ -1,0 +1,170 @@
+"""What the Hugging Face adapter reads from ``TrainingArguments``, ``TrainerState`` and the
+trainer's callbacks (the run's config, why the fit ended, where a checkpoint went); ``hf.py``
+decides when. Imported only by ``hf.py``, so transformers is already loaded."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import transformers
+
+from tmon_core import events as ev
+from tmon_core.keys import EPOCH, GRAD_NORM
+from tmon_core.store.writer import json_safe
+
+from . import _torch
+from ._workarounds.hf import CHECKPOINT_PREFIX, early_stopping_exhausted
+
+PLAIN = (int, float)
+# keys HF logs that tmon records at every step itself, under its own names: kept once (hf.py's docstring)
+RECORDED_PER_STEP = frozenset({EPOCH, "learning_rate"})
+
+
+def logged_values(logs: dict, skip_grad_norm: bool) -> dict:
+    """The numbers of an HF log worth recording, under HF's names, but those tmon records every step."""
+    values = {}
+    for k, v in logs.items():
+        if k in RECORDED_PER_STEP or (skip_grad_norm and k == GRAD_NORM):
+            continue
+        if type(v) in PLAIN or (hasattr(v, "__float__") and not isinstance(v, (str, bytes))):
+            values[k] = v
+    return values
+
+
+def best_metric(args) -> tuple[str | None, str | None]:
+    """The metric HF picks the best checkpoint (and ``EarlyStoppingCallback`` stops) by, as HF logs it
+    (``eval_`` added as HF adds it), and "min" or "max"."""
+    name = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
+    if name is None:
+        return None, None
+    if not name.startswith("eval_"):
+        name = f"eval_{name}"
+    return name, "max" if args.greater_is_better else "min"
+
+
+def run_config(args, state, model, optimizer, kw: dict, controller, callbacks: list) -> dict:
+    """The run's config: ``TrainingArguments``, the model config, batch size, accumulation,
+    gradient checkpointing, precision, workers, world size, optimizer, scheduler, callbacks."""
+    inner_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    scheduler = kw.get("lr_scheduler")
+    # transformers 5 renamed gradient checkpointing to activation checkpointing (old names deprecated)
+    model_flag = next((n for n in ("is_activation_checkpointing", "is_gradient_checkpointing")
+                       if hasattr(type(model), n)), None)
+    checkpointing = bool(getattr(args, "activation_checkpointing", None)
+                         or getattr(args, "gradient_checkpointing", None)
+                         or (model_flag is not None and getattr(model, model_flag)))
+    precision = "bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true"
+    cfg: dict[str, Any] = {
+        "framework": "transformers",
+        "framework_version": transformers.__version__,
+        # the settings later advice reads, under HF's names and under the names every adapter uses
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "train_batch_size": state.train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "accumulate_grad_batches": args.gradient_accumulation_steps,
+        "gradient_checkpointing": checkpointing,
+        "bf16": bool(args.bf16),
+        "fp16": bool(args.fp16),
+        "precision": precision,
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "world_size": args.world_size,
+        "max_steps": state.max_steps,
+        "num_train_epochs": state.num_train_epochs,
+        "logging_steps": state.logging_steps,
+        "max_grad_norm": args.max_grad_norm,
+        "optimizers": _torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
+        "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
+        "training_args": json_safe(args.to_dict()),
+        "control": controller.describe() if controller is not None else None,
+        ev.CONFIG_CALLBACKS: callbacks_config(args, state, callbacks),
+    }
+    if model is not None:
+        cfg.update(_torch.model_summary(model))
+        model_config = getattr(model, "config", None)
+        if model_config is not None and hasattr(model_config, "to_dict"):
+            cfg["model_config"] = json_safe(model_config.to_dict())
+    cfg.update(_torch.dataloader_config(kw.get("train_dataloader")))
+    return cfg
+
+
+def callbacks_config(args, state, callbacks: list) -> list[dict]:
+    """``config["callbacks"]``: HF's own evaluation, checkpointing and best-model settings (the
+    ``Trainer`` entry: they are no callback), then every callback in ``callbacks`` (the trainer's
+    but tmon's), with the settings advice reads for those it knows."""
+    monitor, mode = best_metric(args)
+    entries: list[dict] = [{
+        "name": "Trainer",
+        "eval_strategy": _plain(args.eval_strategy),
+        "eval_steps": state.eval_steps if _plain(args.eval_strategy) == "steps" else None,
+        "save_strategy": _plain(args.save_strategy),
+        "save_steps": state.save_steps if _plain(args.save_strategy) == "steps" else None,
+        "save_total_limit": args.save_total_limit,
+        "load_best_model_at_end": bool(args.load_best_model_at_end),
+        "metric_for_best_model": args.metric_for_best_model,
+        "monitor": monitor,
+        "mode": mode,
+    }]
+    for cb in callbacks:
+        entry: dict[str, Any] = {"name": type(cb).__name__}
+        if isinstance(cb, transformers.EarlyStoppingCallback):
+            entry.update(monitor=monitor, mode=mode, patience=cb.early_stopping_patience,
+                         threshold=cb.early_stopping_threshold)
+        entries.append(entry)
+    return entries
+
+
+def end_reason(args, state, callbacks: list, *, stop_requested: bool, empty_epoch: bool) -> dict:
+    """``train_end``'s data: why the loop ended. A fit that reached its length ended by it, whatever
+    else asked to stop at that last step."""
+    if state.max_steps and state.global_step >= state.max_steps:
+        info: dict[str, Any] = {"reason": ev.END_MAX_STEPS if args.max_steps > 0 else ev.END_MAX_EPOCHS}
+    elif stop_requested:
+        info = {"reason": ev.END_STOP_REQUEST}
+    else:
+        stopper = next((cb for cb in callbacks if isinstance(cb, transformers.EarlyStoppingCallback)
+                        and early_stopping_exhausted(cb)), None)
+        if stopper is not None:
+            monitor, mode = best_metric(args)
+            info = {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, "monitor": monitor,
+                    "mode": mode, "patience": stopper.early_stopping_patience,
+                    "threshold": stopper.early_stopping_threshold}
+        elif empty_epoch:
+            info = {"reason": ev.END_DATA_EXHAUSTED}
+        else:  # another callback, or the user's code, set control.should_training_stop
+            info = {"reason": ev.END_SHOULD_STOP}
+    info.update(max_steps=state.max_steps)
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        # what the Trainer loaded before this hook: the model the user goes on with
+        info.update(best_model_checkpoint=os.path.abspath(state.best_model_checkpoint),
+                    best_metric=state.best_metric)
+    return info
+
+
+def checkpoint_dir(args, step: int) -> str | None:
+    """The directory the Trainer saved step ``step``'s checkpoint in, else None."""
+    path = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}-{step}")
+    if not os.path.isdir(path):  # hyperparameter search: a trial's own directory under output_dir
+        found = glob.glob(os.path.join(glob.escape(args.output_dir), "*", os.path.basename(path)))
+        path = max(found, key=os.path.getmtime) if found else None
+    return path
+
+
+def node_rank(args) -> int:
+    for var in ("GROUP_RANK", "NODE_RANK"):  # torchrun, then accelerate/Lightning-style launchers
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return args.process_index // int(local) if local.isdigit() and int(local) > 0 else 0
+
+
+def given(kw: dict, name: str, default):
+    """``kw[name]``, or ``default`` where the hook was handed none."""
+    value = kw.get(name)
+    return default if value is None else value
+
+
+def _plain(value):
+    return getattr(value, "value", value)  # HF's str enums (IntervalStrategy...) as their strings
+
