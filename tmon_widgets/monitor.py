@@ -28,6 +28,7 @@ from . import _format as f
 from . import _live
 from ._alerts import Alerts
 from ._control import Control
+from ._refresher import RefreshThread
 from ._runs import RunState
 from .checkpoints import CheckpointsTab
 from .events import EventsTab
@@ -94,9 +95,7 @@ class Monitor(widgets.VBox):
         self._value_cache: dict = {}
         self._error: str | None = None
         self._everything = False  # the last refresh: every tab, whichever the browser shows
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = RefreshThread(self.refresh, self._ended, self._last_refresh, interval)
         self.control = Control(self)
 
         refs = list(runs) if runs is not None else ([run] if run is not None else [])
@@ -126,8 +125,7 @@ class Monitor(widgets.VBox):
         self.refresh(slow=True)
         _monitors.add(self)
         if interval is not None:
-            self._thread = threading.Thread(target=self._loop, name="tmon-monitor", daemon=True)
-            self._thread.start()
+            self._refresher.start()
 
     # ------------------------------------------------------------------ runs
     def _latest_id(self) -> str | None:
@@ -184,7 +182,7 @@ class Monitor(widgets.VBox):
             self.updating = prev
 
     def wake(self) -> None:
-        self._wake.set()
+        self._refresher.wake()
 
     def loss_key(self) -> str | None:
         keys = self.metrics.keys
@@ -346,28 +344,9 @@ class Monitor(widgets.VBox):
         self.tabs.selected_index = TAB_TITLES.index(title)
 
     # ------------------------------------------------------------------ the refresh thread
-    def _loop(self) -> None:
-        final_ticks = 0
-        failures = 0
-        while not self._stop.is_set():
-            self._wake.wait(self.interval if failures == 0 else min(30.0, self.interval * 2**failures))
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                self.refresh()
-                failures = 0
-            except Exception:
-                failures += 1
-                continue
-            if self.runs and all(rs.final for rs in self.runs) and not self.control.pending:
-                final_ticks += 1
-                if final_ticks >= 3:  # a few more reads: the last points are written with the status
-                    self._last_refresh()
-                    break
-            else:
-                final_ticks = 0
-        self._thread = None
+    def _ended(self) -> bool:
+        """Every run shown has ended and no request of the controls waits for an answer."""
+        return bool(self.runs) and all(rs.final for rs in self.runs) and not self.control.pending
 
     def _last_refresh(self) -> None:
         """Everything read once more after the run ended: the slow parts (epoch, latest values, events)
@@ -383,16 +362,12 @@ class Monitor(widgets.VBox):
     @property
     def live(self) -> bool:
         """True while the refresh thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._refresher.alive
 
     def stop_refresh(self) -> None:
-        if not hasattr(self, "_stop"):  # __init__ failed early (ipywidgets closes widgets when collected)
+        if not hasattr(self, "_refresher"):  # __init__ failed early (ipywidgets closes widgets when collected)
             return
-        self._stop.set()
-        self._wake.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=5)
+        self._refresher.stop()
 
     def close(self) -> None:
         self.stop_refresh()
