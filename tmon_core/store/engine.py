@@ -10,16 +10,12 @@ from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from .schema import SCHEMA_VERSION, Base, SchemaVersion
+from .schema import SCHEMA_VERSION, Base, SchemaVersion, StoreVersionError, lock_schema
 
 DEFAULT_URL = "sqlite:///tmon.db"
 ENV_VAR = "TMON_STORE"
 #: how long a SQLite connection waits for another writer's lock before giving up (ms)
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-
-
-class StoreVersionError(RuntimeError):
-    """The store was written by a newer tmon than this one, or its version is not one tmon wrote."""
 
 
 def resolve_url(url: str | os.PathLike | None = None) -> str:
@@ -143,18 +139,6 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
             existing = SCHEMA_VERSION
     _check_version(engine, existing)
     return existing
-
-
-#: any constant: the key of the PostgreSQL advisory lock that serialises schema changes
-_SCHEMA_LOCK = 0x746D6F6E  # "tmon"
-
-
-def lock_schema(conn) -> None:
-    """Make concurrent creators/upgraders of one store take turns. SQLite: the writer engine's
-    BEGIN IMMEDIATE already does; PostgreSQL: a transaction-scoped advisory lock (two processes
-    creating tables at once otherwise collide in the catalog)."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
 
 
 def _upgrade(engine: Engine) -> None:

@@ -12,10 +12,16 @@ History:
        (``tmon_chunks``): the writer's CPU per point falls ~100x (see schema.py)
     4  series gain ``summarized_chunk``: the summaries are brought up to date every few flushes,
        not at every flush, and readers add the chunks above that id (see schema.py)
+
+Each upgrade carries its own SQL, written for the tables as they were at its version: none
+imports the writer's statements, so a later change of the writer leaves the old upgrades as they
+were. The chunk and summary formats they compute (``chunks.encode``, ``summaries.summarize``) are
+those of schema 3 and 4, still current; a schema that changes one converts in its own upgrade.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -25,13 +31,40 @@ from alembic.operations import Operations
 from sqlalchemy import BigInteger, Column, Engine, Float, Integer, LargeBinary, Text, select, text
 
 from . import chunks, summaries
-from .schema import SCHEMA_VERSION, SchemaVersion
-from .writer import CHUNK_INSERT, CHUNK_WIDTH, insert_rows
+from .schema import SCHEMA_VERSION, SchemaVersion, StoreVersionError, lock_schema
 
 
 def _v2(op: Operations) -> None:
     op.add_column("tmon_runs", Column("tags", Text(), nullable=True))
     op.add_column("tmon_runs", Column("notes", Text(), nullable=True))
+
+
+# schema 3's statements, as the writer wrote them then
+_V3_CHUNK_INSERT = ("INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, "
+                    "walls)")
+_V3_CHUNK_WIDTH = 9
+_V3_SUMMARY_INSERT = ("INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
+                      "max_value, max_step, max_wall)")
+_V3_SUMMARY_WIDTH = 11
+_V3_SUMMARY_UPSERT = (
+    " ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
+    "n = tmon_summaries.n + excluded.n, n_nan = tmon_summaries.n_nan + excluded.n_nan, "
+    + ", ".join(f"{c} = CASE WHEN (tmon_summaries.min_value IS NULL OR excluded.min_value < tmon_summaries.min_value) "
+                f"THEN excluded.{c} ELSE tmon_summaries.{c} END" for c in ("min_value", "min_step", "min_wall"))
+    + ", "
+    + ", ".join(f"{c} = CASE WHEN (tmon_summaries.max_value IS NULL OR excluded.max_value > tmon_summaries.max_value) "
+                f"THEN excluded.{c} ELSE tmon_summaries.{c} END" for c in ("max_value", "max_step", "max_wall"))
+)
+
+
+def _v3_insert(conn, head: str, width: int, rows: list[tuple], ph: str, tail: str = "") -> None:
+    """``head VALUES (...), (...), ... tail`` for ``rows``, at most the driver's bound-parameter cap a statement."""
+    limit = (32_766 if conn.dialect.name == "sqlite" else 65_535) // width
+    cur = conn.connection.dbapi_connection.cursor()
+    for i in range(0, len(rows), limit):
+        part = rows[i:i + limit]
+        values = ", ".join(["(" + ", ".join([ph] * width) + ")"] * len(part))
+        cur.execute(f"{head} VALUES {values}{tail}", tuple(itertools.chain.from_iterable(part)))
 
 
 def _v3(op: Operations) -> None:
@@ -62,9 +95,9 @@ def _v3(op: Operations) -> None:
             steps = np.array([r[0] for r in part], dtype=np.int64)
             values = np.array([math.nan if r[1] is None else r[1] for r in part], dtype=np.float64)  # NULL was NaN
             walls = np.array([r[2] for r in part], dtype=np.float64)
-            insert_rows(conn, CHUNK_INSERT, CHUNK_WIDTH, chunks.encode(sid, steps, values, walls), ph)
-            insert_rows(conn, summaries.SUMMARY_INSERT, summaries.SUMMARY_WIDTH,
-                        summaries.summarize([(sid, steps, values, walls)]), ph, summaries.upsert_clause())
+            _v3_insert(conn, _V3_CHUNK_INSERT, _V3_CHUNK_WIDTH, chunks.encode(sid, steps, values, walls), ph)
+            _v3_insert(conn, _V3_SUMMARY_INSERT, _V3_SUMMARY_WIDTH, summaries.summarize([(sid, steps, values, walls)]),
+                       ph, _V3_SUMMARY_UPSERT)
     op.drop_table("tmon_points")
 
 
@@ -82,14 +115,10 @@ assert max(UPGRADES) == SCHEMA_VERSION, "every schema version needs its upgrade"
 
 def upgrade(engine: Engine) -> int:
     """Bring the store to ``SCHEMA_VERSION``; returns the version it had."""
-    from .engine import lock_schema
-
     with engine.begin() as conn:
         lock_schema(conn)
         current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
         if current is not None and (type(current) is not int or current < 1):  # no tmon wrote it
-            from .engine import StoreVersionError
-
             raise StoreVersionError(f"cannot upgrade a tmon store from schema version {current!r}: tmon's versions "
                                     f"are 1 to {SCHEMA_VERSION}")
         if current is None or current >= SCHEMA_VERSION:

@@ -69,6 +69,22 @@ def summary_width(level: int) -> int:
     return SUMMARY_BASE * SUMMARY_FACTOR**level
 
 
+class StoreVersionError(RuntimeError):
+    """The store was written by a newer tmon than this one, or its version is not one tmon wrote."""
+
+
+#: any constant: the key of the PostgreSQL advisory lock that serialises schema changes
+_SCHEMA_LOCK = 0x746D6F6E  # "tmon"
+
+
+def lock_schema(conn) -> None:
+    """Make concurrent creators/upgraders of one store take turns. SQLite: the writer engine's
+    BEGIN IMMEDIATE already does; PostgreSQL: a transaction-scoped advisory lock (two processes
+    creating tables at once otherwise collide in the catalog)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+
+
 class Base(DeclarativeBase):
     pass
 
