@@ -37,6 +37,7 @@ from _util import header, parse_args, table  # noqa: E402
 from tests.diagnosis.corpus import corpus  # noqa: E402
 from tests.diagnosis.score import judge, score  # noqa: E402
 
+
 def print_score(sc: dict, title: str) -> None:
     nh, nf = sc["healthy"], sc["faulty"]
     rows = []
@@ -70,6 +71,8 @@ def print_score(sc: dict, title: str) -> None:
 
 def cost() -> list:
     from tmon_core.analysis.detect import GradDetector, LossDetector, OverfitDetector
+    from tmon_core.analysis.detect.hardware import GpuMemory, HostMemory
+    from tmon_core.analysis.detect.throughput import StepTimes
 
     rng = np.random.default_rng(0)
     n = 1_000_000
@@ -87,19 +90,32 @@ def cost() -> list:
     o = OverfitDetector(train=d.blocks)  # the training loss's blocks, shared as the report does
     o.update(val_steps, loss[val_steps])
     out.append(["whole run, 1M steps (loss, grad norm, validation)", f"{time.perf_counter() - t0:.3f} s", "<= 2 s"])
-    d, g = LossDetector(), GradDetector()
+    st = 0.05 * np.exp(0.1 * rng.standard_normal(n))
+    dt = 0.002 * np.exp(0.2 * rng.standard_normal(n))
+    d, g, tm = LossDetector(), GradDetector(), StepTimes()
     o = OverfitDetector(train=d.blocks)
+    host, gpu = HostMemory(), GpuMemory()
     times = []
     for p in range(0, n, 1000):
         t = time.perf_counter()
-        d.update(x[p:p + 1000], loss[p:p + 1000])
-        g.update(x[p:p + 1000], gn[p:p + 1000])
+        sl = slice(p, p + 1000)
+        d.update(x[sl], loss[sl])
+        g.update(x[sl], gn[sl])
         vs = val_steps[(val_steps >= p) & (val_steps < p + 1000)]
         if len(vs):
             o.update(vs, loss[vs])
+        tm.update(x[sl], st[sl], dt[sl])
+        tm.stalls()
+        tm.input_share()
+        # ~1,000 steps of 50 ms: about 50 hardware samples a second apart
+        w = np.arange(p // 20, p // 20 + 50, dtype=float)
+        host.update({"ram_used": 3e10 + w, "ram_total": np.full(50, 6.4e10), "wall_time": w, "step": w * 20})
+        gpu.update(6e10 + w, np.full(50, 8e10), w, step=w * 20)
+        host.level()
+        gpu.level()
         times.append(time.perf_counter() - t)
     times.sort()
-    out.append(["incremental, 1,000 new points (all stability detectors), p50",
+    out.append(["incremental, 1,000 new points (stability, step-time and memory detectors), p50",
                 f"{1e3 * times[len(times) // 2]:.2f} ms", "<= 5 ms"])
     out.append(["  ... p99 / max", f"{1e3 * times[int(len(times) * 0.99)]:.2f} / {1e3 * times[-1]:.2f} ms", ""])
     return out

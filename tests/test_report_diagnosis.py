@@ -3,6 +3,8 @@ bench/diagnosis.py (tests/diagnosis/) with the benchmark's targets, so a change 
 noisy, or blind, fails here; the incremental detectors give the whole run's answer; advice that knows
 what the run already had; library notices apart from the run's problems."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ from tests.diagnosis.score import judge, score
 from tests.reportkit import build_run, by_rule, decaying, event, log
 from tmon_core import events as ev
 from tmon_core.analysis.detect import GradDetector, LossDetector, OverfitDetector
+from tmon_core.analysis.detect.hardware import HOST_COLUMNS, GpuMemory, HostMemory
+from tmon_core.analysis.detect.throughput import RunningMedian, StepTimes
 
 PL_CFG = {"framework": "lightning.pytorch", "precision": "32-true", "accumulate_grad_batches": 1,
           "gradient_clip_val": None, "batch_size": 64, "num_workers": 2, "world_size": 1,
@@ -205,3 +209,70 @@ def test_library_notices_alone_leave_a_healthy_run_good(store_url):
     rid = build_run(store_url, config=PL_CFG, steps=50, series={"loss": decaying(50)}, at=at)
     r = tmon_core.report(rid, store=store_url)
     assert r.health == "good" and not r.findings and len(r.library_notices) == 1 and not r.log_errors
+
+
+@pytest.mark.parametrize("make,count", [(healthy, 30), (faulty, 60)])
+def test_step_time_and_memory_detectors_fed_in_pieces_say_what_they_say_on_the_whole_run(make, count):
+    rng = np.random.default_rng(1)
+    seen = set()
+    for i in range(count):
+        spec = make(i)
+        steps = np.arange(spec.steps)
+        if "step_time" in spec.series:
+            st = np.asarray(spec.series["step_time"], float)
+            dt = np.asarray(spec.series.get("data_time", np.full(spec.steps, np.nan)), float)
+            walls = np.cumsum(st)
+            whole, inc = StepTimes(), StepTimes()
+            whole.update(steps, st, dt, walls)
+            for sl in _chunks(spec.steps, rng):
+                inc.update(steps[sl], st[sl], dt[sl], walls[sl])
+            bounds = [e[0] for e in spec.events]
+            for a, b in ((inc.stalls(bounds), whole.stalls(bounds)), (inc.input_share(), whole.input_share())):
+                assert repr(a) == repr(b) or (a is not None and _close(a, b)), spec.name
+            seen.add("stalls" if whole.stalls(bounds) else "no stalls")
+            seen.add("input-bound" if (whole.input_share() or {}).get("bound") else "not input-bound")
+        hosts = [(s, h) for s, h, _ in spec.samples if h is not None]
+        if hosts:
+            cols = {k: np.array([float(h.get(k, np.nan)) for _, h in hosts]) for k in HOST_COLUMNS if k != "step"}
+            cols["step"] = np.array([float(s) for s, _ in hosts])
+            whole, inc = HostMemory(), HostMemory()
+            whole.update(cols)
+            for j in range(len(hosts)):
+                inc.update({k: v[j:j + 1] for k, v in cols.items()})
+            assert _close(inc.peak(), whole.peak()) and repr(inc.level()) == repr(whole.level()), spec.name
+            seen.add("host warning" if whole.level() else "host fine")
+        gpus = [(s, g) for s, _, gs in spec.samples for g in gs]
+        if gpus:
+            col = lambda k, gpus=gpus: np.array([float(g[k]) for _, g in gpus])  # noqa: E731
+            args = (col("mem_used"), col("mem_total"), np.arange(len(gpus), dtype=float))
+            kw = dict(torch_max_allocated=col("torch_max_allocated"), util_percent=col("util_percent"))
+            whole, inc = GpuMemory(), GpuMemory()
+            whole.update(*args, **kw, step=np.array([float(s) for s, _ in gpus]))
+            for j in range(len(gpus)):
+                inc.update(*(a[j:j + 1] for a in args), **{k: v[j:j + 1] for k, v in kw.items()},
+                           step=np.array([float(gpus[j][0])]))
+            assert _close(inc.peak(), whole.peak()) and repr(inc.level()) == repr(whole.level()), spec.name
+            seen.add("gpu warning" if whole.level() else "gpu fine")
+    if make is faulty:  # the slice holds both outcomes of every detector, or the test proves little
+        assert {"stalls", "no stalls", "input-bound", "not input-bound", "host warning", "gpu warning"} <= seen, seen
+
+
+def _close(a, b) -> bool:
+    """Equal, but for sums and means taken in another order (last bits of a float)."""
+    a = a.evidence if hasattr(a, "evidence") else a
+    b = b.evidence if hasattr(b, "evidence") else b
+    if a.keys() != b.keys():
+        return False
+    return all(x == y or (isinstance(x, float) and isinstance(y, float)
+                          and (math.isclose(x, y, rel_tol=1e-9) or (math.isnan(x) and math.isnan(y))))
+               for x, y in ((a[k], b[k]) for k in a))
+
+
+def test_the_running_median_is_numpys_median():
+    rng = np.random.default_rng(2)
+    med = RunningMedian()
+    values = rng.lognormal(0, 1, 1001)
+    for k in (1, 2, 3, 10, 501, 1000, 1001):
+        med = RunningMedian()
+        med.extend(values[:k].tolist())
+        assert med.value() == np.median(values[:k])

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import events as ev
 from .. import keys as K
+from .detect.hardware import HOST_COLUMNS, GpuMemory, HostMemory
 from .model import Thresholds
 from .terms import framework_of, terms_for
 
@@ -214,7 +215,7 @@ class RunData:
 
     @cached_property
     def steps_done(self) -> int | None:
-        from ..store.query import steps_done  # HF numbers its steps from 1, the others from 0
+        from ..store.run import steps_done  # HF numbers its steps from 1, the others from 0
 
         return steps_done(self.last_step, self.info.get("framework"))
 
@@ -227,23 +228,12 @@ class RunData:
         if g.empty:
             return out
         for (host, node, gpu), part in g.groupby(["host", "node_rank", "gpu"], dropna=False):
-            used = part.mem_used.astype(float)
-            total = part.mem_total.astype(float).max()
-            if used.notna().any():
-                i = used.idxmax()
-                peak, at_wall = float(used[i]), float(part.wall_time[i])
-            else:
-                peak = at_wall = None
-            alloc = part.torch_max_allocated.astype(float)
-            util = part.util_percent.astype(float)
-            out.append({
-                "host": host, "node_rank": int(node), "gpu": int(gpu), "name": part.name.dropna().iloc[0]
-                if part.name.notna().any() else None, "samples": len(part),
-                "peak_mem_bytes": peak, "mem_total_bytes": _num(total), "peak_at": at_wall,
-                "peak_fraction": peak / total if peak is not None and total and total > 0 else None,
-                "torch_peak_allocated_bytes": _num(alloc.max()) if alloc.notna().any() else None,
-                "mean_util_percent": _num(util.mean()) if util.notna().any() else None,
-            })
+            mem = GpuMemory(self.t.memory_warning, self.t.memory_critical)
+            c = {k: part[k].to_numpy(float, na_value=np.nan)
+                 for k in ("mem_used", "mem_total", "wall_time", "torch_max_allocated", "util_percent")}
+            mem.update(c["mem_used"], c["mem_total"], c["wall_time"], torch_max_allocated=c["torch_max_allocated"],
+                       util_percent=c["util_percent"], name=part["name"].dropna().tolist())
+            out.append({"host": host, "node_rank": int(node), "gpu": int(gpu), **mem.peak()})
         return out
 
     @cached_property
@@ -255,28 +245,11 @@ class RunData:
     @cached_property
     def host_peak(self) -> dict | None:
         s = self.samples
-        if s.empty or not s.ram_used.notna().any() or not s.ram_total.notna().any():
+        if s.empty:
             return None
-        frac = (s.ram_used.astype(float) / s.ram_total.astype(float)).dropna()
-        if frac.empty:
-            return None
-        i = frac.idxmax()
-        row = s.loc[i]
-        swap = s.swap_used.astype(float)
-        kids = s.children_count.astype(float).fillna(0)
-        each = (s.children_rss.astype(float) / kids.where(kids > 0)).dropna()
-        return {
-            "samples": len(s), "ram_used_bytes": float(row.ram_used), "ram_total_bytes": float(row.ram_total),
-            "fraction": float(frac[i]), "wall_time": float(row.wall_time),
-            "step": _int(row.step), "proc_rss_bytes": _num(row.proc_rss), "workers_rss_bytes": _num(row.children_rss),
-            "workers": _int(row.children_count) or 0,
-            "peak_proc_rss_bytes": _num(s.proc_rss.max()),
-            "peak_workers_rss_bytes": _num(s.children_rss.max()), "max_workers": int(kids.max()),
-            "per_worker_rss_bytes": _num(each.max()) if len(each) else None,
-            "swap_start_bytes": _num(swap.dropna().iloc[0]) if swap.notna().any() else None,
-            "swap_peak_bytes": _num(swap.max()) if swap.notna().any() else None,
-            "cpu_mean_percent": _num(s.cpu_percent.astype(float).mean()),
-        }
+        mem = HostMemory(self.t.memory_warning, self.t.memory_critical)
+        mem.update({c: s[c].to_numpy(float, na_value=np.nan) for c in HOST_COLUMNS if c in s})
+        return mem.peak()
 
     @cached_property
     def _host_columns(self) -> dict[str, np.ndarray] | None:

@@ -1,7 +1,8 @@
 """The optimization detectors, incremental: each holds a small state, takes new points as they come
 (``update(steps, values)``) and says what it sees so far (``result()``), the same whether it was fed
 the whole run at once or a point at a time. The report feeds them whole runs; live alerts feed them
-step by step.
+step by step. The same holds for step times (``StepTimes``: stalls, input-bound steps) and memory
+(``HostMemory``, ``GpuMemory``: peaks, and when the warning and critical levels were first reached).
 
 >>> import numpy as np
 >>> from tmon_core.analysis.detect import LossDetector
@@ -54,22 +55,28 @@ from .base import (
                    NonFinite,
 )
 from .evaluation import GradDetector, OverfitDetector
+from .hardware import GpuMemory, HostMemory
 from .loss import LossDetector, Spikes, divergence, plateau
+from .throughput import RunningMedian, StepTimes
 
 __all__ = [
     "BLOCK",
     "Blocks",
     "Detection",
+    "GpuMemory",
     "GradDetector",
+    "HostMemory",
     "LossDetector",
     "NonFinite",
     "OverfitDetector",
     "REF_BLOCKS",
+    "RunningMedian",
     "SPIKE_HABIT",
     "SPIKE_MIN_RATIO",
     "SPIKE_SCALE_FLOOR",
     "SPIKE_SIGMAS",
     "Spikes",
+    "StepTimes",
     "divergence",
     "plateau",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 
 from ... import events as ev
 from ... import keys as K
+from ..detect.throughput import StepTimes
 from ..model import INFO, WARNING, Finding
 from . import fmt_seconds, pct, recommend
 
@@ -39,18 +40,19 @@ def check(d):
     yield from _uneven(d)
 
 
+def _step_times(d) -> StepTimes:
+    t = d.t
+    return StepTimes(stall_factor=t.stall_factor, stall_min_s=t.stall_min_s, data_share=t.data_share,
+                     data_wait_min_s=t.data_wait_min_s)
+
+
 def _input_share(d) -> dict | None:
     tm = d.timing
     if tm is None:
         return None
-    st, dt = tm["step_time"], tm["data_time"]
-    ok = np.isfinite(st) & np.isfinite(dt) & (st >= 0) & (dt >= 0)
-    if ok.sum() < 10:
-        return None
-    share = float(dt[ok].sum() / max(1e-12, (dt[ok] + st[ok]).sum()))
-    return {"data_share": share, "median_data_s": float(np.median(dt[ok])), "median_step_s": float(np.median(st[ok])),
-            "steps": int(ok.sum()),
-            "bound": share >= d.t.data_share and float(np.median(dt[ok])) >= d.t.data_wait_min_s}
+    times = _step_times(d)
+    times.update(tm["step"], tm["step_time"], tm["data_time"])
+    return times.input_share()
 
 
 def _cores(d) -> int | None:
@@ -158,44 +160,31 @@ def _stalls(d):
     if st is None or len(st) < 20:
         return
     dt = d.series(K.DATA_TIME)
-    data = np.zeros(len(st))
+    data = np.full(len(st), np.nan)
     if dt is not None and len(dt):
         idx = np.clip(np.searchsorted(dt.steps, st.steps), 0, len(dt) - 1)
-        hit = (dt.steps[idx] == st.steps) & np.isfinite(dt.values[idx])
+        hit = dt.steps[idx] == st.steps
         data[hit] = dt.values[idx[hit]]
-    comp = np.where(np.isfinite(st.values), st.values, 0.0)
-    total = comp + data
-    median = float(np.median(total))
-    limit = max(d.t.stall_factor * median, d.t.stall_min_s)
-    stalled = total > limit
-    if not stalled.any():
-        return
+    times = _step_times(d)
+    times.update(st.steps, st.values, data, st.walls)
     e = d.events_of(*_BOUNDARY_EVENTS)
-    near = set()
-    if not e.empty:
-        for s in e.step.dropna().astype(int):
-            near.update((s - 1, s, s + 1))
-    keep = np.array([bool(x) and int(step) not in near for x, step in zip(stalled, st.steps)])
-    if not keep.any():
+    found = times.stalls([] if e.empty else e.step.dropna().astype(int).tolist())
+    if found is None:
         return
-    steps = st.steps[keep]
-    lost = float((total[keep] - median).sum())
-    spent = float(total.sum())
-    data_part = float(data[keep].sum() / max(1e-12, total[keep].sum()))
-    worst = int(np.argmax(np.where(keep, total, -1)))
+    evidence = dict(found.evidence)
+    count, lost, share = evidence["count"], evidence["stall_time_s"], evidence["share_of_training"]
+    limit, median = evidence["limit_s"], evidence["median_step_s"]
+    longest_step, longest_s, data_part = evidence["longest_step"], evidence["longest_s"], evidence["data_share_of_stalls"]
+    wall = evidence.pop("longest_wall_time")
+    evidence["memory_at_longest"] = d.memory_at(wall)
     # one hiccup is not a pattern: a warning takes 3 stalls costing 10 % of the time
-    sev = WARNING if int(keep.sum()) >= 3 and spent > 0 and lost / spent >= 0.10 else INFO
-    evidence = {"count": int(keep.sum()), "steps": [int(s) for s in steps[:20]], "stall_time_s": lost,
-                "share_of_training": lost / spent if spent else None, "median_step_s": median, "limit_s": limit,
-                "longest_step": int(st.steps[worst]), "longest_s": float(total[worst]),
-                "data_share_of_stalls": data_part, "memory_at_longest": d.memory_at(float(st.walls[worst]))}
+    sev = WARNING if count >= 3 and share is not None and share >= 0.10 else INFO
     cause = ("mostly waiting for data" if data_part >= 0.5 else
              "mostly inside the step (garbage collection, swapping, other processes, synchronous I/O)")
-    yield Finding("throughput.stalls", sev, f"{int(keep.sum())} stall{'s' * (int(keep.sum()) != 1)} "
-                  f"({fmt_seconds(lost)} lost)",
-                  f"{int(keep.sum())} steps took over {fmt_seconds(limit)} against a median of {fmt_seconds(median)}; "
-                  f"the longest, step {int(st.steps[worst])}, {fmt_seconds(float(total[worst]))}: {cause}.", evidence,
-                  step=int(st.steps[worst]), wall_time=float(st.walls[worst]))
+    yield Finding("throughput.stalls", sev, f"{count} stall{'s' * (count != 1)} ({fmt_seconds(lost)} lost)",
+                  f"{count} steps took over {fmt_seconds(limit)} against a median of {fmt_seconds(median)}; "
+                  f"the longest, step {longest_step}, {fmt_seconds(longest_s)}: {cause}.", evidence,
+                  step=longest_step, wall_time=wall)
     if data_part >= 0.5 and sev == WARNING:
         workers = d.num_workers
         if workers:
