@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import time
 
+from tmon_core.events import EXCEPTION, INTERRUPT, OOM, REQUEST_REJECTED, STORE_GAP
+
 
 def _memory_thresholds() -> tuple[float, float]:
     """The report's memory thresholds (``tmon_core.analysis.Thresholds``), so the widget and the report agree."""
@@ -25,8 +27,11 @@ GPU_MEM_WARNING, GPU_MEM_CRITICAL = RAM_WARNING, RAM_CRITICAL
 GPU_TEMP_WARNING, GPU_TEMP_CRITICAL = 83.0, 90.0
 
 #: event types that raise an alert, with its level
-EVENT_ALERTS = {"oom": "critical", "exception": "critical", "request_rejected": "warning", "store_gap": "warning",
-                "interrupt": "warning"}
+EVENT_ALERTS = {OOM: "critical", EXCEPTION: "critical", REQUEST_REJECTED: "warning", STORE_GAP: "warning",
+                INTERRUPT: "warning"}
+#: what an alert of each of those event types says before the event's message
+EVENT_LABELS = {OOM: "out of memory", EXCEPTION: "training failed", REQUEST_REJECTED: "request rejected",
+                STORE_GAP: "store outage", INTERRUPT: "interrupted"}
 
 
 def is_loss_key(key: str) -> bool:
@@ -69,8 +74,7 @@ class Alerts:
             self._seen_events.add(ident)
             step = None if row.step is None or str(row.step) == "<NA>" else int(row.step)
             msg = row.message if isinstance(row.message, str) and row.message else row.type
-            label = {"oom": "out of memory", "exception": "training failed", "request_rejected": "request rejected",
-                     "store_gap": "store outage", "interrupt": "interrupted"}[row.type]
+            label = EVENT_LABELS[row.type]
             self.add(run_id, row.type, f"{label}: {msg}"[:300], level=level, step=step, dedupe=ident)
 
     def from_sample(self, run_id: str, host: dict | None, gpus: list[dict]) -> None:

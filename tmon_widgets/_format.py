@@ -7,9 +7,11 @@ import math
 import time
 from typing import Any
 
+from tmon_core import events as ev
+
 #: colours of the status badge
-STATUS_COLORS = {"running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "interrupted": "#ff7f0e",
-                 "lost": "#7f7f7f", "waiting": "#9467bd", "NaN": "#d62728", "OOM": "#d62728"}
+STATUS_COLORS = {ev.RUNNING: "#1f77b4", ev.COMPLETED: "#2ca02c", ev.FAILED: "#d62728", ev.INTERRUPTED: "#ff7f0e",
+                 ev.LOST: "#7f7f7f", "waiting": "#9467bd", "NaN": "#d62728", "OOM": "#d62728"}
 #: line colours (category10), given to runs in compare mode and to keys otherwise
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -36,11 +38,11 @@ def status_badge(status: str) -> str:
 def health_status(status: str, kinds: set[str]) -> str:
     """What the badge says: the run's status, unless its alerts tell a worse story (a run that
     "completed" with a NaN loss did not end well)."""
-    if status in ("failed", "lost", "interrupted"):
+    if status in (ev.FAILED, ev.LOST, ev.INTERRUPTED):
         return status
     if "nan_loss" in kinds:
         return "NaN"
-    if "oom" in kinds:
+    if ev.OOM in kinds:  # an alert raised by an oom event has the event's type as its kind
         return "OOM"
     return status
 

@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 
+from tmon_core.events import COMPLETED, FAILED, INTERRUPTED, RUNNING
+
 #: keys read (in this order) to measure throughput: the first one the run records every step
 RATE_KEYS = ("loss", "step_time", "lr")
 #: the seconds of recent points the throughput is measured over
 RATE_WINDOW = 20.0
-FINAL = ("completed", "failed", "interrupted")
+FINAL = (COMPLETED, FAILED, INTERRUPTED)
 
 
 class RunState:
@@ -41,7 +43,7 @@ class RunState:
 
     @property
     def running(self) -> bool:
-        return self.status == "running"
+        return self.status == RUNNING
 
     @property
     def final(self) -> bool:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
+from tmon_core import events as ev
+
 from . import _format as f
 
-FILTERS = [("all events", None), ("control", ("param_change", "request_rejected", "rollback", "stopped")),
-           ("checkpoints", ("checkpoint",)), ("problems", ("exception", "oom", "interrupt", "store_gap", "sampler",
-                                                           "request_rejected")),
-           ("epochs and validation", ("train_start", "train_end", "epoch_start", "epoch_end", "validation_start",
-                                      "validation_end"))]
+FILTERS = [("all events", None), ("control", (ev.PARAM_CHANGE, ev.REQUEST_REJECTED, ev.ROLLBACK, ev.STOPPED)),
+           ("checkpoints", (ev.CHECKPOINT,)),
+           ("problems", (ev.EXCEPTION, ev.OOM, ev.INTERRUPT, ev.STORE_GAP, ev.SAMPLER, ev.REQUEST_REJECTED)),
+           ("epochs and validation", (ev.TRAIN_START, ev.TRAIN_END, ev.EPOCH_START, ev.EPOCH_END, ev.VALIDATION_START,
+                                      ev.VALIDATION_END))]
 SHOWN = 200
 
 
@@ -34,11 +36,11 @@ class EventsTab:
         self.alerts.value = f.table(
             [{"at": f.clock(a["time"]), "run": mon.run_name(a["run_id"]), "level": a["level"], "alert": a["message"]}
              for a in reversed(mon.alerts.items)], ["at", "run", "level", "alert"], empty="no alerts")
-        ev = mon.events
+        events = mon.events
         rows = []
-        if ev is not None and len(ev):
+        if events is not None and len(events):
             want = self.filter.value
-            part = ev if want is None else ev[ev.type.isin(list(want))]
+            part = events if want is None else events[events.type.isin(list(want))]
             for r in part.tail(SHOWN).iloc[::-1].itertuples(index=False):
                 rows.append({"at": f.clock(r.wall_time), "step": None if str(r.step) == "<NA>" else int(r.step),
                              "type": r.type, "message": f.text(r.message)[:300]})

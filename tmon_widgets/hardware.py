@@ -11,14 +11,16 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from tmon_core import events as ev
+
 from . import _alerts as al
 from . import _format as f
 from ._series import minmax_downsample, nice_ticks
 
 GB = 1e9
 #: events marked on the hardware charts (colours no sample line has)
-EVENT_COLORS = {"checkpoint": "#444444", "param_change": "#b8860b", "rollback": "#8b0000", "oom": "#8b0000",
-                "exception": "#8b0000", "stopped": "#000000", "store_gap": "#b8860b"}
+EVENT_COLORS = {ev.CHECKPOINT: "#444444", ev.PARAM_CHANGE: "#b8860b", ev.ROLLBACK: "#8b0000", ev.OOM: "#8b0000",
+                ev.EXCEPTION: "#8b0000", ev.STOPPED: "#000000", ev.STORE_GAP: "#b8860b"}
 MARKER_STRIP = 0.06
 
 
@@ -216,9 +218,9 @@ class HardwareTab:
                 self.gpu_power.set_line(tag, x, col("power_watts"), color, mp)
                 self.gpu_temp.set_line(tag, x, col("temperature_c"), color, mp)
         charts = (self.cpu, self.ram, self.swap, self.gpu_mem, self.gpu_util, self.gpu_power, self.gpu_temp)
-        ev = self.mon.events
-        if ev is not None and len(ev):
-            part = ev[ev.type.isin(list(EVENT_COLORS))]
+        events = self.mon.events
+        if events is not None and len(events):
+            part = events[events.type.isin(list(EVENT_COLORS))]
             x = part.wall_time.to_numpy(np.float64) - t0
             colors = [EVENT_COLORS[t] for t in part.type]
             names = [f"{t.replace('_', ' ')}: {f.text(m)}"[:200] for t, m in zip(part.type, part.message, strict=True)]

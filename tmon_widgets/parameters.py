@@ -8,7 +8,7 @@ import math
 
 import ipywidgets as widgets
 
-from tmon_core.control import PARAM_CHANGE
+from tmon_core.events import PARAM_CHANGE
 
 from . import _format as f
 

@@ -10,13 +10,15 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from tmon_core.events import CHECKPOINT, PARAM_CHANGE, ROLLBACK, STOPPED
+
 from .. import _format as f
 from .._series import ema, nice_ticks
 
 LINE_STYLES = ("solid", "dashed", "dotted", "dash_dotted")
 #: marker kinds drawn on the charts: event type -> colour (none of the lines' palette: a marker never
 #: reads as a metric)
-MARKERS = {"param_change": "#b8860b", "checkpoint": "#444444", "rollback": "#8b0000", "stopped": "#000000"}
+MARKERS = {PARAM_CHANGE: "#b8860b", CHECKPOINT: "#444444", ROLLBACK: "#8b0000", STOPPED: "#000000"}
 #: the markers are short ticks in this top fraction of the plot, never lines across the data
 MARKER_STRIP = 0.06
 LINE_DASH = {"solid": "", "dashed": "6,3", "dotted": "2,3", "dash_dotted": "6,3,2,3"}
