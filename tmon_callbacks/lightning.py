@@ -5,12 +5,25 @@
 """
 
 try:
-    import lightning.pytorch  # noqa: F401
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import Logger
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tmon_callbacks.lightning needs the lightning package: pip install 'tmon[lightning]'") from exc
 
-from ._lightning_impl import build
+from ._base import options_signature
+from ._lightning import DOC, LightningPackage, TMonCallbackMixin, TMonLoggerMixin
 
-TMonCallback = build("lightning.pytorch")
+
+class _TMonLogger(TMonLoggerMixin, Logger):
+    __doc__ = TMonLoggerMixin.__doc__
+
+
+class TMonCallback(TMonCallbackMixin, pl.Callback):
+    __doc__ = DOC
+    _pl = LightningPackage.load("lightning.pytorch")
+    _logger_class = _TMonLogger
+
+
+options_signature(TMonCallback)
 
 __all__ = ["TMonCallback"]

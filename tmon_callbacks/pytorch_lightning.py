@@ -6,14 +6,27 @@
 """
 
 try:
-    import pytorch_lightning  # noqa: F401
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import Logger
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "tmon_callbacks.pytorch_lightning needs the pytorch_lightning package: pip install 'tmon[pytorch_lightning]'"
     ) from exc
 
-from ._lightning_impl import build
+from ._base import options_signature
+from ._lightning import DOC, LightningPackage, TMonCallbackMixin, TMonLoggerMixin
 
-TMonCallback = build("pytorch_lightning")
+
+class _TMonLogger(TMonLoggerMixin, Logger):
+    __doc__ = TMonLoggerMixin.__doc__
+
+
+class TMonCallback(TMonCallbackMixin, pl.Callback):
+    __doc__ = DOC
+    _pl = LightningPackage.load("pytorch_lightning")
+    _logger_class = _TMonLogger
+
+
+options_signature(TMonCallback)
 
 __all__ = ["TMonCallback"]

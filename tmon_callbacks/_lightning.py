@@ -1,0 +1,584 @@
+"""The Lightning adapter: one implementation for ``lightning.pytorch`` and ``pytorch_lightning``.
+
+``tmon_callbacks.lightning`` and ``tmon_callbacks.pytorch_lightning`` each define
+``class TMonCallback(TMonCallbackMixin, <package>.Callback)``; the mixin holds every hook and reads
+the package's own classes from ``cls._pl`` (a ``LightningPackage``).
+
+Lightning hook → what tmon records:
+
+==============================  ===========================================================
+``setup("fit")``                 opens the run (global rank 0) and the hardware sampler
+                                 (each node's local rank 0); the run id is broadcast to all ranks
+``on_train_start``               ``train_start`` event; config (hparams, precision, batch size,
+                                 accumulate_grad_batches, dataloader workers, devices, strategy,
+                                 optimizers, schedulers, the callbacks in use: ``callbacks``);
+                                 attaches tmon's logger
+``self.log`` (via the logger)    every metric Lightning hands its loggers, at Lightning's step,
+                                 at the cadence of ``log_every_n_steps``
+``on_train_batch_start/end``     every optimizer step: ``loss`` (what ``training_step`` returned;
+                                 with ``accumulate_grad_batches=N`` the mean over the step's N
+                                 micro-batches), ``lr``/``momentum``/``weight_decay`` per param group
+                                 (as the step's optimizer update used them), ``step_time`` (seconds
+                                 in the step's batches), ``data_time`` (seconds waiting for them,
+                                 the epoch's first included), ``epoch`` (and ``grad_norm`` from
+                                 ``on_before_optimizer_step`` when asked); between logging steps
+                                 also the step's ``self.log`` values, as Lightning would hand them
+                                 to its loggers there
+``ModelCheckpoint`` saves        ``checkpoint`` rows and events (path, size, step, monitor value);
+                                 files its top-k policy removes are marked deleted
+epoch/validation hooks           ``epoch_start``/``epoch_end``, ``validation_start``/``end``
+``on_exception``                 ``exception`` or ``oom`` event, ``train_end`` (reason exception or
+                                 interrupt); status failed (interrupted on KeyboardInterrupt)
+``teardown("fit")``              ``train_end`` with why the fit ended (``events.END_REASONS``:
+                                 early_stopping with the callback's settings, time_limit, max_steps,
+                                 max_epochs, stop_request, should_stop); status completed
+``setup/teardown("test"|         ``trainer.test()``/``validate()`` after the fit: recorded into the
+"validate")``                    fit's run between ``evaluation_start``/``end`` (status unchanged)
+==============================  ===========================================================
+
+Steps are Lightning's logging steps (``_batches_that_stepped``: optimizer steps taken before the
+batch), so ``loss`` and a ``self.log``-ged ``train_loss`` line up. Validation events carry the
+step of the training batch they follow, the step Lightning logs the validation metrics at (the
+``epoch_end`` event carries the next step). On a logging step the batch's values wait in the
+callback from ``on_train_batch_end`` until Lightning hands its loggers the ``self.log`` values, a
+moment later, and both go to the recorder as one entry (with the batch's own wall time): half the
+entries for the writer to convert per step. Between logging steps the ``self.log`` values are read
+from Lightning's result collection (tensors as they are, converted by the writer thread, no
+device sync) into the batch's entry, so there is one entry per step either way.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from typing_extensions import override
+
+from tmon_core import events as ev
+from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
+from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
+
+from . import _lightning_trainer as lt
+from . import _torch
+from ._base import RunSession, apply_decisions, guarded, make_options, warn_once
+from ._ddp import DecisionLink
+from ._workarounds import lightning as wa
+
+if TYPE_CHECKING:  # what the mixins are mixed into (either package: the same API)
+    from lightning.pytorch import Callback as _Callback
+    from lightning.pytorch.loggers import Logger as _Logger
+else:
+    _Callback = _Logger = object
+
+_perf = time.perf_counter
+_now = time.time
+
+
+#: the docstring of each package's ``TMonCallback``
+DOC = """Record a Lightning fit into a tmon store.
+
+    >>> trainer = Trainer(max_epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
+
+    Args:
+        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
+        run_name: readable name of the run; default ``lightning-<date>-<time>``.
+        flush_interval: seconds between writes to the store.
+        sample_interval: seconds between hardware samples; None turns sampling off.
+        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
+        log_grad_norm: also record the total gradient norm before each optimizer step.
+        gpus: sample GPUs through NVML when present.
+        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch.
+        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
+        params: name -> ``tmon_core.Param``: your own steerable knobs.
+        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
+            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
+        tags, notes: labels and free text stored with the run.
+        capture_logs: keep Python logging records at WARNING and above and warnings.warn calls
+            with the run (what the user sees is unchanged).
+        capture_output: also keep every line printed to stdout/stderr.
+        report: ``"auto"`` (default) makes ``tmon_core.report()`` when the run ends
+            (``callback.session.report``); ``"off"``.
+
+    One instance can serve several ``fit()`` calls: each is its own run.
+    """
+
+@dataclass(frozen=True)
+class LightningPackage:
+    """The classes of one Lightning package the adapter uses, and what its version allows."""
+
+    name: str  # "lightning.pytorch" | "pytorch_lightning"
+    version: str | None
+    Callback: type
+    ModelCheckpoint: type
+    EarlyStopping: type
+    Timer: type
+    skips_non_callable_hooks: bool  # see _workarounds.lightning.skip_unused_hooks
+
+    @classmethod
+    def load(cls, name: str) -> LightningPackage:
+        pl = importlib.import_module(name)
+        callbacks = importlib.import_module(f"{name}.callbacks")
+        version = getattr(pl, "__version__", None)
+        return cls(name, version, pl.Callback, callbacks.ModelCheckpoint, callbacks.EarlyStopping, callbacks.Timer,
+                   wa.skips_non_callable_hooks(version))
+
+    @property
+    def framework(self) -> str:
+        return self.name.split(".")[0]
+
+
+class TMonLoggerMixin(_Logger):
+    """Receives what ``self.log`` produces, exactly as Lightning's own loggers do (mixed into the
+    package's ``Logger``)."""
+
+    def __init__(self, callback):
+        super().__init__()
+        self._cb = callback
+
+    @property
+    @override
+    def name(self) -> str:
+        return "tmon"
+
+    @property
+    @override
+    def version(self) -> str | None:
+        return self._cb.run_id
+
+    @override
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # read from the module at train start instead
+
+    @override
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._cb._on_logged(metrics, step)
+
+    @override
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self._cb._scan_checkpoints()
+
+
+class TMonCallbackMixin(_Callback):
+    """Every hook of ``TMonCallback`` (mixed into the package's ``Callback``)."""
+
+    _pl: ClassVar[LightningPackage]
+    _logger_class: ClassVar[type]  # TMonLoggerMixin over the package's Logger
+
+    def __init__(self, store: str | os.PathLike | None = None, **options: Any):
+        super().__init__()
+        self.options = make_options(store, options)
+        self.session: RunSession | None = None
+        self.run_id: str | None = None
+        self._logger = self._logger_class(self)
+        self._state_key: str | None = None
+        if self._pl.skips_non_callable_hooks:
+            unused = wa.UNUSED_BATCH_HOOKS if self.options.log_grad_norm else (
+                *wa.UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
+            wa.skip_unused_hooks(self, unused, self._pl.Callback, TMonCallbackMixin)
+
+    # ------------------------------------------------------------ lifecycle
+    @override
+    @guarded
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            self._begin_evaluation(trainer, stage)
+            return
+        self._reset()
+        framework, ranks = self._pl.framework, {"local_rank": trainer.local_rank, "node_rank": trainer.node_rank}
+        run_id = session = None
+        if trainer.global_rank == 0:
+            session = RunSession(self.options, framework, global_rank=0, **ranks)
+            run_id = session.run_id
+        if trainer.world_size > 1:
+            run_id = trainer.strategy.broadcast(run_id, src=0)
+        if session is None:
+            session = RunSession(self.options, framework, global_rank=trainer.global_rank, run_id=run_id, **ranks)
+        self.session, self.run_id = session, run_id
+        self._trainer = trainer
+        self._rec = session.recorder if session.writes_metrics else None
+        self._ctl = session.controller
+        self._link = DecisionLink(self.options) if trainer.world_size > 1 else None
+
+    def _reset(self) -> None:
+        self.session = self.run_id = self._trainer = None
+        self._rec = self._ctl = self._link = None
+        self._schedulers: list = []
+        self._optimizers: list = []
+        self._step = 0
+        self._batch_step = 0  # the step the last training batch was recorded at
+        self._last_global_step = 0
+        self._t_batch = self._t_last_end = None
+        self._opt_values = self._grad_norm = None
+        # (values, step, wall time, epoch, between logging steps) of the last batch, not yet recorded
+        self._held = None
+        # gradient accumulation: the micro-batches of the step in progress (loss sum, count,
+        # seconds in the step, seconds waiting for data)
+        self._accum = 1
+        self._micro = None
+        self._results = None  # Lightning's result collection for self.log values (see _release)
+        self._fork_names: dict = {}
+        self._stop_request = False
+        self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
+        self._known_ckpts: dict[str, float] = {}
+        self._ckpt_dirs: list[str] = []
+
+    @override
+    @guarded
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._optimizers = list(trainer.optimizers)
+        self._schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+        self._step = self._last_global_step = trainer.global_step
+        # 0: every batch is a step (manual optimization: Lightning counts batches, not the
+        # optimizer steps they take); N > 1: N micro-batches per optimizer step
+        self._accum = (0 if not pl_module.automatic_optimization else
+                       1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches)
+        if self._rec is None:
+            return
+        self._results = wa.result_collection(trainer)
+        self._ckpt_dirs = lt.checkpoint_dirs(self._pl, trainer)
+        self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
+        if self._logger not in trainer.loggers:
+            # attached only now, after ModelCheckpoint resolved its directory from loggers[0]
+            trainer.loggers = list(trainer.loggers) + [self._logger]
+        if self._ctl is not None:
+            self._ctl.get_value = lambda name, group: _torch.read_param(trainer.optimizers, name, group)
+        self._rec.update_config(**lt.run_config(self._pl, trainer, pl_module, self))
+        total = trainer.estimated_stepping_batches
+        if isinstance(total, int) or (isinstance(total, float) and total != float("inf")):
+            self._rec.update_run(total_steps=int(total))
+        self.session.event(ev.TRAIN_START, step=self._step)
+
+    @override
+    @guarded
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            if self._evaluating is not None:
+                self._end_evaluation(trainer)
+            return
+        if self.session is None:
+            return
+        self._detach(trainer)
+        if not self.session.ended:
+            if self._rec is not None:
+                self._release()
+                self._scan_checkpoints()
+                self.session.event(ev.TRAIN_END, step=self._step,
+                                   **lt.end_reason(self._pl, trainer, self._stop_request))
+            self.session.end(ev.COMPLETED)
+        self._trainer = None
+
+    @override
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        try:
+            if self._evaluating is not None:  # the fit's run keeps its status
+                self._end_evaluation(trainer)
+            elif self.session is not None:
+                self._detach(trainer)
+                if self._rec is not None:
+                    self._release()  # the last batch before the crash is kept
+                self.session.fail(exception, self._step, record_train_end=True)
+                self._trainer = None
+        except Exception:  # never mask the user's exception with one of ours
+            pass
+
+    def _begin_evaluation(self, trainer, stage: str) -> None:
+        """``trainer.test()`` / ``validate()`` after this callback's fit: recorded into that run."""
+        session = self.session
+        if stage not in ("test", "validate") or session is None or not session.ended:
+            return
+        self._evaluating = stage
+        session.begin_evaluation(stage, step=self._step)
+        if self._logger not in trainer.loggers:
+            trainer.loggers = list(trainer.loggers) + [self._logger]
+
+    def _end_evaluation(self, trainer) -> None:
+        self._detach(trainer)
+        self._evaluating = None
+        self.session.end_evaluation()
+
+    def _detach(self, trainer) -> None:
+        if self._logger in trainer.loggers:
+            trainer.loggers = [lg for lg in trainer.loggers if lg is not self._logger]
+
+    # ------------------------------------------------------------ per batch (the hot path)
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._t_batch = _perf()
+        step = self._step
+        if self._held is not None:
+            self._release()
+        if self._link is not None:  # DDP: rank 0 decides, every rank applies at this step
+            decisions = self._link.exchange(self._ctl, step)
+            if decisions:
+                self._apply(decisions, trainer, pl_module, step)
+        elif self._ctl is not None and step >= self._ctl.next_step:  # the hot path's one check
+            self._apply(self._ctl.due(step), trainer, pl_module, step)
+        if self._rec is not None:
+            # the values this batch's optimizer step uses: by batch end a step-interval
+            # scheduler has already moved them on to the next batch's
+            self._opt_values = _torch.optimizer_values(self._optimizers)
+
+    @override
+    @guarded
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.options.log_grad_norm and self._rec is not None:
+            self._grad_norm = _torch.grad_norm(pl_module.parameters())
+
+    @override
+    @guarded
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = self._step
+        self._batch_step = step
+        gs = trainer.global_step
+        # Lightning's logging step advances once per batch that ends an accumulation window
+        # (every batch in manual optimization, however many optimizers it steps)
+        stepped = gs != self._last_global_step or self._accum == 0
+        if stepped:
+            self._last_global_step = gs
+            self._step = step + 1
+        rec = self._rec
+        if rec is None:
+            return
+        now = _perf()
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # (or a bare tensor)
+        t0 = self._t_batch
+        busy = wait = None
+        if t0 is not None:
+            busy = now - t0
+            if self._t_last_end is not None:
+                wait = t0 - self._t_last_end
+        if self._accum > 1:
+            # one record per optimizer step: Lightning hands back each micro-batch's loss divided
+            # by accumulate_grad_batches; their sum over the window is the mean of what
+            # training_step returned (rescaled when the epoch's last window is short)
+            micro = self._micro
+            if micro is None:
+                micro = self._micro = [None, 0, 0.0, None]
+            if loss is not None:
+                micro[0] = loss if micro[0] is None else micro[0] + loss
+                micro[1] += 1
+            if busy is not None:
+                micro[2] += busy
+            if wait is not None:
+                micro[3] = wait if micro[3] is None else micro[3] + wait
+            if not stepped:
+                self._t_last_end = _perf()
+                return
+            self._micro = None
+            loss = micro[0]
+            if loss is not None and micro[1] != self._accum:
+                loss = loss * (self._accum / micro[1])
+            busy, wait = micro[2], micro[3]
+        values = self._opt_values or _torch.optimizer_values(self._optimizers)
+        self._opt_values = None
+        if loss is not None:
+            values[LOSS] = loss
+        if busy is not None:
+            values[STEP_TIME] = busy
+        if wait is not None:
+            values[DATA_TIME] = wait
+        if self._grad_norm is not None:
+            values[GRAD_NORM] = self._grad_norm
+            self._grad_norm = None
+        if self._held is not None:
+            self._release()
+        every = trainer.log_every_n_steps
+        logs = every and ((step + 1) % every == 0 or trainer.should_stop) or trainer.fast_dev_run
+        # Held until what else belongs to the step is known, so the step is one recorder entry:
+        # on a logging step Lightning hands its loggers the step's self.log values right after
+        # this hook (merged in _on_logged); between logging steps they are read from Lightning's
+        # result collection when the entry is released (next batch, epoch end, validation, the
+        # end of the fit), after the module's and later callbacks' hooks logged theirs too
+        self._held = (values, step, _now(), trainer.current_epoch, not logs)
+        self._t_last_end = _perf()
+
+    def _add_logged_now(self, values: dict) -> None:
+        """The step's ``self.log`` values into ``values`` (``_workarounds.lightning.logged_now``);
+        a Lightning whose result collection reads otherwise: one warning, and no more tries."""
+        try:
+            wa.logged_now(self._results, values, self._fork_names)
+        except Exception as exc:
+            self._results = None
+            warn_once(self, "self.log values between logging steps", exc)
+
+    def _release(self) -> None:
+        """Record the held batch values (no logger call came for their step): with the step's
+        ``self.log`` values when it was not a logging step."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        values, step, wall, epoch, between = held
+        plain = len(values)
+        if between and self._results:
+            self._add_logged_now(values)
+        values[EPOCH] = epoch
+        try:
+            self._rec.log(values, step, wall_time=wall)
+        except (TypeError, ValueError) as exc:  # a self.log key or value tmon refuses
+            if len(values) == plain + 1:
+                raise
+            own = dict(list(values.items())[:plain])
+            own[EPOCH] = epoch
+            self._rec.log(own, step, wall_time=wall)
+            warn_once(self, "self.log values", exc)
+
+    def _on_logged(self, metrics: dict, step: int | None) -> None:
+        if self._evaluating is not None:  # trainer.test()/validate() after the fit
+            if self.session is not None:
+                self.session.log_evaluation({k: v for k, v in metrics.items() if k != EPOCH}, step)
+            return
+        if self._rec is None or not metrics:
+            return
+        held = self._held
+        # (the held values have no epoch yet: the "epoch" Lightning adds to every logged dict
+        # must not stop the merge; ours is set after, so the entry's keys keep one order)
+        if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(metrics):
+            self._held = None
+            values, at, wall, epoch, between = held
+            if between and self._results:  # a logger call Lightning's cadence did not foresee
+                self._add_logged_now(values)
+            values.update(metrics)
+            values[EPOCH] = epoch
+            try:
+                self._rec.log(values, at, wall_time=wall)
+                return
+            except (TypeError, ValueError):  # one of the self.log values: record ours, then say which
+                for k in metrics:
+                    if k != EPOCH:
+                        del values[k]
+                self._rec.log(values, at, wall_time=wall)
+        else:
+            self._release()
+        extra = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
+        if extra:
+            try:
+                self._rec.log(extra, self._step if step is None else step)
+            except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
+                warn_once(self, "log_metrics", exc)
+
+    # ------------------------------------------------------------ epochs, validation, checkpoints
+    @override
+    @guarded
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # the epoch's data iterator is made (workers started) and its first batch fetched after
+        # this hook: that wait is the first batch's data_time
+        self._t_last_end = _perf()
+        if self._ctl is not None:
+            self._ctl.on_epoch_start(trainer.current_epoch, self._step)
+        if self._rec is not None and self._ckpt_dirs:
+            # ModelCheckpoint removes a top-k loser after its logger hook ran: see it now
+            self._scan_checkpoints()
+        self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
+
+    @override
+    @guarded
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._held is not None:
+            self._release()
+        self.session and self.session.event(ev.EPOCH_END, step=self._step, epoch=trainer.current_epoch)
+
+    @override
+    @guarded
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._held is not None:
+            self._release()
+        if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
+            self.session.event(ev.VALIDATION_START, step=self._batch_step, epoch=trainer.current_epoch)
+
+    @override
+    @guarded
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
+            self.session.event(ev.VALIDATION_END, step=self._batch_step, epoch=trainer.current_epoch)
+        self._t_last_end = _perf()  # validation time is not data-loading time
+
+    def _scan_checkpoints(self, record: bool = True) -> None:
+        """Record checkpoint files that appeared (or were rewritten) since the last scan."""
+        if self._rec is None:
+            return
+        seen: dict[str, float] = {}
+        for d in self._ckpt_dirs:
+            for path in glob.glob(os.path.join(glob.escape(d), "*.ckpt")):
+                try:
+                    seen[os.path.abspath(path)] = os.path.getmtime(path)
+                except OSError:
+                    continue
+        if record:
+            trainer = self._trainer
+            for path, mtime in seen.items():
+                if self._known_ckpts.get(path) != mtime:
+                    monitor, value = lt.checkpoint_monitor(self._pl, trainer, path)
+                    self._rec.checkpoint(path, step=trainer.global_step, epoch=trainer.current_epoch,
+                                         monitor=monitor, monitor_value=value, source="ModelCheckpoint")
+            for path in self._known_ckpts.keys() - seen.keys():
+                self._rec.checkpoint_removed(path)
+        self._known_ckpts = seen
+
+    # ------------------------------------------------------------ control decisions
+    def _apply(self, decisions, trainer, pl_module, step: int) -> None:
+        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, trainer, pl_module, step))
+
+    def _apply_one(self, d, trainer, pl_module, step: int) -> dict:
+        if isinstance(d, SetParams):
+            old, new = _torch.apply_changes(trainer.optimizers, self._schedulers, d.changes, d.mode)
+            return {"old": old, "new": new}
+        if isinstance(d, SaveCheckpoint):
+            folder = lt.manual_checkpoint_dir(self._pl, trainer)
+            path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.ckpt")
+            trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
+            if self._rec is not None:
+                self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
+                                     description=d.description, tags=d.tags)
+                # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it
+                # for ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
+                if any(os.path.abspath(d) == os.path.abspath(folder) for d in self._ckpt_dirs):
+                    try:
+                        self._known_ckpts[os.path.abspath(path)] = os.path.getmtime(path)
+                    except OSError:
+                        pass
+            return {"new": {"path": path}, "reason": d.description}
+        if isinstance(d, Rollback):
+            ckpt = _torch.load_checkpoint_file(d.path)
+            state = ckpt.get("state_dict", ckpt)
+            states = ckpt.get("optimizer_states")
+            if states is not None:
+                _torch.check_optimizer_states(trainer.optimizers, states)
+            missing, unexpected = lt.check_keys(pl_module, state)
+            if missing or unexpected:
+                raise _torch.ParamRejected(
+                    f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            pl_module.load_state_dict(state)
+            if states is not None:
+                _torch.restore_optimizer_states(trainer.optimizers, states)
+            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                                     "checkpoint_step": ckpt.get("global_step")},
+                    "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        if isinstance(d, Stop):
+            trainer.should_stop = True
+            self._stop_request = True
+            return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
+        raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # two tmon callbacks in one Trainer must not share checkpoint state; the run name keys it
+        # when given (stable if a resumed fit points at another store), else the store.
+        # Kept: Lightning reads it at every hook call.
+        wa.finish_lazy_instance(self)
+        if self._state_key is None:
+            if self.options.run_name:
+                self._state_key = wa.state_key(self, run_name=self.options.run_name)
+            else:
+                self._state_key = wa.state_key(self, store=str(self.options.store))
+        return self._state_key
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
+
