@@ -47,9 +47,10 @@ import keras
 from keras import ops
 
 from tmon_core import events as ev
-from tmon_core.store.writer import json_safe
+from tmon_core.jsonable import json_safe
+from tmon_core.run_config import RunConfig
 
-from ._base import Rejected
+from ._adapter import Rejected
 from ._workarounds.keras import has_momentum_buffers, learning_rate_object, resolved_mode, skipped_on_load
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -346,33 +347,33 @@ def fit_config(model, params: dict | None, callbacks: list, batch_size: int | No
     policy = getattr(getattr(model, "dtype_policy", None), "name", None)
     opt = getattr(model, "optimizer", None)
     opts = optimizers(model)
-    cfg: dict[str, Any] = {
-        "framework": "keras",
-        "framework_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "batch_size": batch_size,
-        "epochs": params.get("epochs"),
-        "batches_per_epoch": params.get("steps"),
-        "dtype_policy": policy,
-        "precision": _PRECISION.get(policy, policy),
-        "loss_scaling": opt is not None and hasattr(opt, "inner_optimizer"),
-        "accumulate_grad_batches": (getattr(opts[0], "gradient_accumulation_steps", None) or 1) if opts else 1,
-        "jit_compile": getattr(model, "jit_compile", None),
-        "steps_per_execution": getattr(model, "steps_per_execution", None),
-        "run_eagerly": getattr(model, "run_eagerly", None),
-        "world_size": 1,
-        "optimizers": [{"class": type(o).__name__, "config": json_safe(o.get_config())} for o in opts],
-        "loss": json_safe(getattr(model, "loss", None)),
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "control": control,
-        ev.CONFIG_CALLBACKS: [callback_entry(c) for c in callbacks if type(c).__name__ not in _KERAS_DEFAULTS],
-    }
+    cfg = RunConfig(
+        framework="keras",
+        framework_version=keras.__version__,
+        backend=keras.backend.backend(),
+        batch_size=batch_size,
+        epochs=params.get("epochs"),
+        batches_per_epoch=params.get("steps"),
+        dtype_policy=policy,
+        precision=_PRECISION.get(policy, policy),
+        loss_scaling=opt is not None and hasattr(opt, "inner_optimizer"),
+        accumulate_grad_batches=(getattr(opts[0], "gradient_accumulation_steps", None) or 1) if opts else 1,
+        jit_compile=getattr(model, "jit_compile", None),
+        steps_per_execution=getattr(model, "steps_per_execution", None),
+        run_eagerly=getattr(model, "run_eagerly", None),
+        world_size=1,
+        optimizers=[{"class": type(o).__name__, "config": json_safe(o.get_config())} for o in opts],
+        loss=json_safe(getattr(model, "loss", None)),
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        control=control,
+        callbacks=[callback_entry(c) for c in callbacks if type(c).__name__ not in _KERAS_DEFAULTS],  # CONFIG_CALLBACKS
+    )
     try:
-        cfg["num_parameters"] = model.count_params()
-        cfg["trainable_parameters"] = sum(math.prod(w.shape) for w in model.trainable_weights)
+        cfg.num_parameters = model.count_params()
+        cfg.trainable_parameters = sum(math.prod(w.shape) for w in model.trainable_weights)
     except ValueError:  # not built yet
         pass
-    return cfg
+    return cfg.as_dict()
 
 
 def end_reason(model, params: dict | None, callbacks: list, *, last_epoch: int | None, epoch_steps: int,

@@ -83,9 +83,7 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
 
 from __future__ import annotations
 
-import glob
 import os
-import time
 from typing import Any
 
 try:
@@ -99,50 +97,31 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on th
 from typing_extensions import override
 
 from tmon_core import events as ev
-from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
-from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
 
 from . import _keras
-from ._base import (
-    Rejected,
-    RunSession,
-    apply_decisions,
-    guarded,
-    make_options,
-    options_signature,
-    unwatch,
-    watch_uncaught,
-)
+from ._adapter import CheckpointWatcher, Rejected, StepClock, apply_decisions, guarded
+from ._base import RunSession, unwatch, watch_uncaught
+from ._options import make_options, options_doc, options_signature
 from ._workarounds import keras as _wa
 
-_perf = time.perf_counter
 _PLAIN = (float, int)
 # keys ReduceLROnPlateau and LearningRateScheduler add to the epoch's logs: the lr tmon records at every
 # step, read from the optimizer, kept once (as ``lr``)
 _LR_LOG_KEY = "learning_rate"
+# the one option that differs here: Lightning, HF and the plain torch loop take log_grad_norm=True
+_NO_GRAD_NORM = ("must stay False with Keras: Model.fit hands callbacks no gradients, so this callback refuses "
+                 "True (``log_grad_norm=True`` is for the torch adapters: Lightning, HF, ``tmon_core.track``).")
 
 
 class TMonCallback(keras.callbacks.Callback):
-    """Record a Keras ``fit`` into a tmon store.
+    __doc__ = f"""Record a Keras ``fit`` into a tmon store.
 
     >>> model.fit(x, y, epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
 
-    Args:
-        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
-        run_name: readable name of the run; default ``keras-<date>-<time>``.
-        flush_interval: seconds between writes to the store.
-        sample_interval: seconds between hardware samples; None turns sampling off.
-        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
-        log_grad_norm: must stay False: Keras hands callbacks no gradients.
-        gpus: sample GPUs through NVML when present.
-        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch.
-        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
-        params: name -> ``tmon_core.Param``: your own steerable knobs.
-        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
-            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
-        tags, notes: labels and free text stored with the run.
+    {options_doc(indent=4, run_name="readable name of the run; default ``keras-<date>-<time>``.",
+                 log_grad_norm=_NO_GRAD_NORM)}
 
     One instance can serve several ``fit()`` calls: each is its own run.
     """
@@ -151,8 +130,10 @@ class TMonCallback(keras.callbacks.Callback):
         super().__init__()
         self.options = make_options(store, options)
         if self.options.log_grad_norm:
-            raise ValueError("log_grad_norm=True is not available with Keras: Model.fit hands callbacks no "
-                             f"gradients; received log_grad_norm={self.options.log_grad_norm!r}")
+            raise ValueError("log_grad_norm=True is not available with Keras (it is for the torch adapters: "
+                             "Lightning's and HF's TMonCallback, tmon_core.track): Keras' Model.fit hands callbacks "
+                             "no gradients, so there is no gradient norm to record; leave log_grad_norm=False. "
+                             f"Received log_grad_norm={self.options.log_grad_norm!r}")
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._steps = None  # this fit's step functions, wrapped (_workarounds.keras.StepFunctions)
@@ -164,15 +145,14 @@ class TMonCallback(keras.callbacks.Callback):
         self._step = 0
         self._last_step = None
         self._epoch = 0
-        self._t_batch = None
-        self._t_last_end = None
+        self._clock = StepClock()
         self._batch_begin = 0
         self._opt_values: dict = {}
         self._readers: list = []
         self._batch_logs: dict = {}
         self._checkpoints: list = []
-        self._ckpt_globs: list[tuple[str, Any]] = []
-        self._known_ckpts: dict[str, float] = {}
+        self._ckpt_callbacks: list = []  # the ModelCheckpoints whose files _ckpt_watcher finds, in its pattern order
+        self._ckpt_watcher = CheckpointWatcher()
         self._ckpt_context: tuple = (0, 0, {})
         self._scan_every = 0
         self._scan_next_batch = False
@@ -205,8 +185,8 @@ class TMonCallback(keras.callbacks.Callback):
         batch_size, initial_epoch = _wa.fit_arguments(model)
         callbacks = self._callbacks = _wa.fit_callbacks(self)
         self._checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
-        self._ckpt_globs = [(_keras.checkpoint_glob(c.filepath), c) for c in self._checkpoints
-                            if isinstance(c.filepath, str) and "://" not in c.filepath]
+        self._ckpt_callbacks = [c for c in self._checkpoints if isinstance(c.filepath, str) and "://" not in c.filepath]
+        self._ckpt_watcher = CheckpointWatcher([_keras.checkpoint_glob(c.filepath) for c in self._ckpt_callbacks])
         batch_freqs = [c.save_freq for c in self._checkpoints if isinstance(c.save_freq, int)]
         self._scan_every = min(batch_freqs) if batch_freqs else 0
         self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
@@ -269,7 +249,7 @@ class TMonCallback(keras.callbacks.Callback):
     @override
     @guarded
     def on_train_batch_begin(self, batch, logs=None):
-        self._t_batch = _perf()
+        self._clock.begin()
         self._batch_begin = batch
         if self._ctl is not None and self._step >= self._ctl.next_step:  # the hot path's one check
             self._apply(self._ctl.due(self._step), self._step)
@@ -294,15 +274,14 @@ class TMonCallback(keras.callbacks.Callback):
         rec = self._rec
         if rec is None:
             return
-        now = _perf()
+        step_time, data_time = self._clock.end()
         values = {k: v for k, v in logs.items() if type(v) in _PLAIN} if logs else {}
         self._batch_logs = values.copy()
         values.update(self._opt_values)
-        t0 = self._t_batch
-        if t0 is not None:
-            values[STEP_TIME] = now - t0
-            if self._t_last_end is not None:
-                values[DATA_TIME] = t0 - self._t_last_end
+        if step_time is not None:
+            values[STEP_TIME] = step_time
+            if data_time is not None:
+                values[DATA_TIME] = data_time
         values[EPOCH] = self._epoch
         step = self._step
         rec.log(values, step)
@@ -312,7 +291,7 @@ class TMonCallback(keras.callbacks.Callback):
             self._ckpt_context = (self._step, self._epoch, self._batch_logs)
             self._scan_checkpoints()  # saved by a ModelCheckpoint listed before this callback
             self._scan_next_batch = True  # ... or after it
-        self._t_last_end = _perf()
+        self._clock.pause()  # the next batch's data wait starts after this hook's own work
 
     # ------------------------------------------------------------ epochs, validation, checkpoints
     @override
@@ -323,7 +302,7 @@ class TMonCallback(keras.callbacks.Callback):
         self._scan_checkpoints()  # saved at the last epoch's end by a callback listed after this one
         self._epoch = epoch
         self._epoch_first_step = self._step
-        self._t_last_end = None
+        self._clock.new_epoch(first_wait=False)  # an epoch's first batch has no data_time
         if self._ctl is not None:
             self._ctl.on_epoch_start(epoch, self._step)
         self._readers = self._optimizer_readers()  # a callback may have swapped the lr for a schedule
@@ -385,24 +364,18 @@ class TMonCallback(keras.callbacks.Callback):
         return self._last_step if self._last_step is not None else self._step
 
     def _scan_checkpoints(self, record: bool = True) -> None:
-        """Record the files ``ModelCheckpoint`` wrote (or rewrote) since the last scan."""
-        if self._rec is None or not self._ckpt_globs:
+        """Record the files ``ModelCheckpoint`` wrote (or rewrote) since the last scan (removals are not recorded)."""
+        if self._rec is None or not self._ckpt_callbacks:
+            return
+        new, _removed = self._ckpt_watcher.scan()
+        if not record:
             return
         step, epoch, logs = self._ckpt_context
-        for pattern, cb in self._ckpt_globs:
-            for path in glob.glob(pattern):
-                try:
-                    mtime = os.path.getmtime(path)
-                except OSError:
-                    continue
-                if self._known_ckpts.get(path) == mtime:
-                    continue
-                self._known_ckpts[path] = mtime
-                if record:
-                    value = logs.get(cb.monitor)
-                    self._rec.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
-                                         monitor_value=value if type(value) in _PLAIN else None,
-                                         source="ModelCheckpoint")
+        for path in new:
+            cb = self._ckpt_callbacks[self._ckpt_watcher.origin(path)]
+            value = logs.get(cb.monitor)
+            self._rec.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
+                                 monitor_value=value if type(value) in _PLAIN else None, source="ModelCheckpoint")
 
     # ------------------------------------------------------------ control decisions
     def _optimizer(self):
@@ -412,33 +385,35 @@ class TMonCallback(keras.callbacks.Callback):
         return opts[0]
 
     def _apply(self, decisions, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step))
+        apply_decisions(self._ctl, decisions, step, {
+            SetParams: self._set_params, SaveCheckpoint: lambda d: self._save_checkpoint(d, step),
+            Rollback: lambda d: self._rollback(d, step), Stop: self._stop})
 
-    def _apply_one(self, d, step: int) -> dict:
-        model = self.model
-        if isinstance(d, SetParams):
-            old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
-            if any(c.name == "lr" for c in d.changes):
-                self._readers = self._optimizer_readers()  # the lr may now be another schedule object
-            return {"old": old, "new": new}
-        if isinstance(d, SaveCheckpoint):
-            folder = _keras.manual_dir(self._checkpoints)
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
-            model.save(path)  # Keras' own format: weights, optimizer state, config
-            self._known_ckpts[path] = os.path.getmtime(path)  # not a ModelCheckpoint file, whatever its glob
-            self._rec.checkpoint(path, step=step, epoch=self._epoch, source="manual", description=d.description,
-                                 tags=d.tags)
-            return {"new": {"path": path}, "reason": d.description}
-        if isinstance(d, Rollback):
-            _keras.load_weights(model, d.path)
-            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path},
-                    "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
-        if isinstance(d, Stop):
-            model.stop_training = True  # this batch runs, then fit ends as EarlyStopping ends it
-            self._stop_requested = True
-            return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
-        raise Rejected(f"unknown decision {type(d).__name__}")
+    def _set_params(self, d: SetParams) -> dict:
+        old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
+        if any(c.name == "lr" for c in d.changes):
+            self._readers = self._optimizer_readers()  # the lr may now be another schedule object
+        return {"old": old, "new": new}
+
+    def _save_checkpoint(self, d: SaveCheckpoint, step: int) -> dict:
+        folder = _keras.manual_dir(self._checkpoints)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
+        self.model.save(path)  # Keras' own format: weights, optimizer state, config
+        self._ckpt_watcher.known(path)  # not a ModelCheckpoint file, whatever its glob
+        self._rec.checkpoint(path, step=step, epoch=self._epoch, source="manual", description=d.description,
+                             tags=d.tags)
+        return {"new": {"path": path}, "reason": d.description}
+
+    def _rollback(self, d: Rollback, step: int) -> dict:
+        _keras.load_weights(self.model, d.path)
+        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path},
+                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+
+    def _stop(self, d: Stop) -> dict:
+        self.model.stop_training = True  # this batch runs, then fit ends as EarlyStopping ends it
+        self._stop_requested = True
+        return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
 
 
 __all__ = ["TMonCallback"]
