@@ -14,9 +14,10 @@ import warnings
 import pytest
 
 import tmon_core
-from tmon_callbacks._base import CallbackOptions, RunSession, TMonCallbackWarning
-from tmon_callbacks._capture import _Handler
+from tmon_callbacks._options import CallbackOptions
 from tmon_core import TMonStoreWarning
+from tmon_core.capture import _Handler
+from tmon_core.session import RunSession, TMonCallbackWarning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,8 @@ def test_what_the_user_sees_is_unchanged(tmp_path):
     script = textwrap.dedent(f"""
         import logging, sys, warnings
         sys.path.insert(0, {REPO!r})
-        from tmon_callbacks._base import CallbackOptions, RunSession
+        from tmon_callbacks._options import CallbackOptions
+        from tmon_core.session import RunSession
         s = None
         if sys.argv[1] == "tmon":
             s = RunSession(CallbackOptions(store=sys.argv[2], sample_interval=None, report="off"), "test")

@@ -14,33 +14,17 @@ from __future__ import annotations
 
 import functools
 import glob
-import logging
 import os
 import time
-import warnings
 
-log = logging.getLogger("tmon")
+# defined beside RunSession (framework-free, it warns the same way), used by every hook
+from tmon_core.session import TMonCallbackWarning, warn_once
 
 _perf = time.perf_counter
 
 
-class TMonCallbackWarning(RuntimeWarning):
-    """A tmon callback hook failed; training goes on without that piece of monitoring."""
-
-
 class Rejected(Exception):
     """A control decision this run cannot apply; the message is the reason recorded."""
-
-
-def warn_once(obj, name: str, exc: BaseException) -> None:
-    """Warn, once per ``name`` and object, that a piece of monitoring failed."""
-    failed = obj.__dict__.setdefault("_tmon_failed_hooks", set())
-    if name not in failed:
-        failed.add(name)
-        msg = f"tmon: {type(obj).__name__}.{name} failed ({type(exc).__name__}: {exc}); training continues"
-        log.warning(msg, exc_info=exc)
-        # stacklevel 3: the line of the framework that called the guarded hook
-        warnings.warn(msg, TMonCallbackWarning, stacklevel=3)
 
 
 def guarded(fn):
@@ -240,3 +224,7 @@ def _handler(handlers, d):
         if fn is not None:
             return fn
     raise Rejected(f"unknown decision {type(d).__name__}")
+
+
+__all__ = ["CheckpointWatcher", "Rejected", "StepClock", "TMonCallbackWarning", "apply_decisions", "guarded",
+           "warn_once"]
