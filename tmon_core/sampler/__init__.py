@@ -71,7 +71,7 @@ class HardwareSampler:
     def sample_once(self) -> None:
         t0 = time.thread_time()
         host: dict = {"wall_time": time.time(), "host": self.host, "node_rank": self.node_rank,
-                      "step": max(self.recorder._next_step - 1, 0)}
+                      "step": max(self.recorder.next_step - 1, 0)}
         gpus: list[dict] = []
         for c in self.active:
             try:
