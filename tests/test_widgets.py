@@ -22,6 +22,7 @@ pytest.importorskip("bqplot")
 
 import tmon_widgets  # noqa: E402
 from tmon_core import Recorder, open_store  # noqa: E402
+from tmon_core.store.downsample import min_max_indices  # noqa: E402
 from tmon_widgets import Monitor, fit_in_background  # noqa: E402
 from tmon_widgets import _series as series  # noqa: E402
 from tmon_widgets import monitor as monitor_mod  # noqa: E402
@@ -87,17 +88,17 @@ def test_downsampling_keeps_extremes_and_stable_buckets():
     x = np.arange(100_000, dtype=np.float64)
     y = rng.normal(size=len(x))
     y[12_345], y[77_777], y[500] = 50.0, -40.0, np.nan
-    keep, width = series.minmax_downsample(x, y, 2000)
+    keep, width = min_max_indices(x, y, 2000)
     assert len(keep) <= 2000
     assert 12_345 in keep and 77_777 in keep
     assert np.all(np.diff(x[keep]) > 0)
     # growing the series never moves the old bucket edges (the width only doubles)
-    keep2, width2 = series.minmax_downsample(np.arange(150_000.0), np.r_[y, rng.normal(size=50_000)], 2000, width)
+    keep2, width2 = min_max_indices(np.arange(150_000.0), np.r_[y, rng.normal(size=50_000)], 2000, width)
     assert width2 in (width, 2 * width) and math.log2(width2).is_integer()
     # a bucket of only NaN keeps one NaN point: a NaN loss stays visible
     y2 = np.ones(10_000)
     y2[4000:4400] = np.nan  # wider than a bucket (128 steps here)
-    keep, w = series.minmax_downsample(np.arange(10_000.0), y2, 200)
+    keep, w = min_max_indices(np.arange(10_000.0), y2, 200)
     assert np.isnan(y2[keep]).any()
 
 

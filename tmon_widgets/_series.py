@@ -5,7 +5,8 @@ The first read asks the store for a min/max-downsampled series (``Run.metrics(ke
 which reads the summaries kept at write time: a few hundred rows however long the run). Each later
 read asks for the rows after the last step held (``Run.metrics(key, start=last + 1)``). When the
 points held pass ``max_points`` they are folded into buckets of a power-of-two step width, each
-keeping its smallest and largest value: the cost of a refresh depends on the points that arrived
+keeping its smallest and largest value (``tmon_core.store.downsample.min_max_indices``, the store's
+own min/max reduction): the cost of a refresh depends on the points that arrived
 since the last one and on ``max_points``, never on the length of the run. Bucket edges stay put as
 the run grows (the width only doubles), so a live line does not shimmer.
 
@@ -18,43 +19,12 @@ import math
 
 import numpy as np
 
+from tmon_core.store.downsample import min_max_indices
+
 #: the most rows an incremental read asks for before it falls back to a range read
 TAIL = 1024
 _EMPTY_I = np.empty(0, dtype=np.int64)
 _EMPTY_F = np.empty(0, dtype=np.float64)
-
-
-def minmax_downsample(x: np.ndarray, y: np.ndarray, max_points: int, width: float | None = None,
-                      origin: float = 0.0) -> tuple[np.ndarray, float]:
-    """Indices of the points to keep so that at most ``max_points`` remain, and the bucket width used.
-
-    ``x`` ascending. Buckets are ``width`` wide (a power of two times the smallest width that fits,
-    or ``width`` when given and wide enough); each keeps the index of its smallest and of its
-    largest finite ``y``; a bucket with no finite value keeps its first point (a NaN stays visible).
-    """
-    n = len(x)
-    if n <= max_points:
-        return np.arange(n), width or 0.0
-    buckets = max(1, max_points // 2)
-    need = (float(x[-1] - x[0]) + 1.0) / buckets
-    w = width if width and width >= need else 0.0
-    if not w:
-        w = 2.0 ** math.ceil(math.log2(max(need, 1e-12)))
-    while True:
-        b = np.floor((x - origin) / w).astype(np.int64)
-        if b[-1] - b[0] + 1 <= buckets:
-            break
-        w *= 2
-    finite = np.isfinite(y)
-    key = np.where(finite, y, np.inf)
-    order = np.lexsort((key, b))  # by bucket, then value; non-finite last in each bucket
-    bs = b[order]
-    starts = np.flatnonzero(np.r_[True, bs[1:] != bs[:-1]])
-    counts = np.add.reduceat(finite[order].astype(np.int64), starts)
-    lo = order[starts]
-    hi = order[starts + np.maximum(counts, 1) - 1]
-    keep = np.unique(np.concatenate([lo, hi]))
-    return keep, w
 
 
 class Series:
@@ -159,7 +129,7 @@ class Series:
     def _fold(self) -> None:
         if len(self.step) <= self.max_points:
             return
-        keep, self.width = minmax_downsample(self.step.astype(np.float64), self.value, self.max_points, self.width)
+        keep, self.width = min_max_indices(self.step.astype(np.float64), self.value, self.max_points, self.width)
         self._set(self.step[keep], self.value[keep], self.wall[keep])
 
 

@@ -12,10 +12,11 @@ import ipywidgets as widgets
 import numpy as np
 
 from tmon_core import events as ev
+from tmon_core.store.downsample import min_max_indices
 
 from . import _alerts as al
 from . import _format as f
-from ._series import minmax_downsample, nice_ticks
+from ._series import nice_ticks
 
 GB = 1e9
 #: events marked on the hardware charts (colours no sample line has)
@@ -58,7 +59,7 @@ class _TimeChart:
             line = self.lines[name] = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
                                                colors=[color], labels=[name], line_style=style, stroke_width=1.5)
             self._marks()
-        keep, _ = minmax_downsample(x, y, max_points)
+        keep, _ = min_max_indices(x, y, max_points)
         with line.hold_sync():
             line.x, line.y = x[keep], y[keep]
         self._flat()
