@@ -1,5 +1,6 @@
-"""torch helpers shared by the torch-based adapters (Lightning, HF): what to read from optimizers,
-models and dataloaders. Imported only by adapters, so torch is already loaded."""
+"""torch helpers shared by the torch-based adapters (Lightning, HF, the plain loop): what to read
+from optimizers, models and dataloaders, and how to steer and roll them back. Imported only by
+adapters, so torch is already loaded."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from tmon_core import checkpoints
 from tmon_core.keys import LR, MOMENTUM, WEIGHT_DECAY, group_key
 
-from ._base import Rejected
+from ._adapter import Rejected
+from ._workarounds.torch import inner_schedulers, sync_last_lr
 
 
 def optimizer_values(optimizers) -> dict[str, Any]:
@@ -35,6 +37,42 @@ def optimizer_values(optimizers) -> dict[str, Any]:
             if wd is not None:
                 out[group_key(WEIGHT_DECAY, oi, gi)] = wd
     return out
+
+
+class OptimizerValues:
+    """``optimizer_values`` for a fixed list of optimizers, with each param group's keys (``lr``,
+    ``lr/pg1``, ``momentum/opt1/pg0``...) worked out once rather than at every step: the same
+    dict, a third of the time. A group added later (``add_param_group``) gets its keys then."""
+
+    def __init__(self, optimizers: list):
+        self.optimizers = optimizers
+        self.layout: list = []
+        self._build()
+
+    def _build(self) -> None:
+        self.layout = [(opt, [tuple(group_key(base, oi, gi) for base in (LR, MOMENTUM, WEIGHT_DECAY))
+                              for gi in range(len(opt.param_groups))])
+                       for oi, opt in enumerate(self.optimizers)]
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for opt, keys in self.layout:
+            groups = opt.param_groups
+            if len(groups) != len(keys):
+                self._build()
+                return self()
+            for group, (lr_key, mom_key, wd_key) in zip(groups, keys):
+                out[lr_key] = group["lr"]
+                mom = group.get("momentum")
+                if mom is None:
+                    betas = group.get("betas")
+                    mom = betas[0] if betas else None
+                if mom is not None:
+                    out[mom_key] = mom
+                wd = group.get("weight_decay")
+                if wd is not None:
+                    out[wd_key] = wd
+        return out
 
 
 def grad_norm(parameters) -> torch.Tensor | None:
@@ -155,7 +193,7 @@ def _leaf_schedulers(schedulers):
     stack, out = list(schedulers), []
     while stack:
         cur = stack.pop()
-        inner = getattr(cur, "_schedulers", None)
+        inner = inner_schedulers(cur)
         if inner:
             stack.extend(inner)
         else:
@@ -168,6 +206,12 @@ def unwrap_optimizer(opt):
     ``AcceleratedOptimizer``, which HF's schedulers are built on), else ``opt`` itself."""
     inner = getattr(opt, "optimizer", None)
     return inner if isinstance(inner, torch.optim.Optimizer) else opt
+
+
+def unwrap_model(model):
+    """The module whose state dict has the plain keys: DDP and DataParallel hold it as ``.module``."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def _schedulers_of(schedulers, opt):
@@ -215,8 +259,7 @@ def apply_changes(optimizers, schedulers, changes, mode: str) -> tuple[dict, dic
         old[key] = before[0] if len(before) == 1 else before
         new[key] = after[0] if len(after) == 1 else after
     for s in _leaf_schedulers(schedulers):  # get_last_lr() reports what the optimizer now holds
-        if hasattr(s, "_last_lr") and getattr(s, "optimizer", None) is not None:
-            s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
+        sync_last_lr(s)
     return old, new
 
 

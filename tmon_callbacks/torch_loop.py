@@ -74,43 +74,18 @@ import time
 import weakref
 from typing import Any
 
-import torch
-
 from tmon_core import events as ev
-from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
-from tmon_core.control import STOPPED as STOPPED_EVENT
-from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
-from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
-from tmon_core.store.writer import json_safe
+from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 
-from . import _torch
-from ._base import Rejected, RunSession, apply_decisions, make_options, unwatch, warn_once, watch_uncaught
+from . import _loop, _torch
+from ._adapter import Rejected, warn_once
+from ._base import RunSession, make_options, unwatch, watch_uncaught
+from ._loop_control import LoopControl
 
 _perf = time.perf_counter
 
-#: keys of ``config`` that are settings the report's advice starts from, lifted to the top of the
-#: run's config under the names every adapter stores (the whole dict is kept as ``hparams``)
-_LIFTED = {"batch_size": "batch_size", "num_workers": "num_workers", "pin_memory": "pin_memory",
-           "persistent_workers": "persistent_workers", "prefetch_factor": "prefetch_factor",
-           "precision": "precision", "gradient_accumulation_steps": "accumulate_grad_batches",
-           "accumulate_grad_batches": "accumulate_grad_batches", "max_grad_norm": "gradient_clip_val",
-           "clip_grad_norm": "gradient_clip_val", "gradient_clip_val": "gradient_clip_val",
-           "gradient_checkpointing": "gradient_checkpointing", "epochs": "max_epochs", "max_epochs": "max_epochs",
-           "max_steps": "max_steps"}
 
-def _as_list(value) -> list:
-    """One object or a list/tuple of them, as a list (None: empty)."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _is_scheduler(obj) -> bool:
-    inner = getattr(obj, "scheduler", obj)  # accelerate's AcceleratedScheduler
-    return callable(getattr(inner, "step", None)) and hasattr(inner, "optimizer")
-
-
-class Tracker:
+class Tracker(LoopControl):
     """One training run of a hand-written loop. Made by ``tmon_core.track(...)``; see the module
     docstring for what each call records. A context manager; without ``with``, call ``finish()``
     (a tracker still open when the interpreter exits is finished then, like ``wandb``'s runs)."""
@@ -119,26 +94,8 @@ class Tracker:
                  store: str | os.PathLike | None = None, total_steps: int | None = None,
                  checkpoint_dir: str | os.PathLike = "tmon-checkpoints", **options: Any):
         self.options = make_options(store, options, owner="tmon_core.track")
-        self._wrapped = _as_list(optimizer)
-        self._optimizers = [_torch.unwrap_optimizer(o) for o in self._wrapped]
-        for o in self._optimizers:
-            if not isinstance(o, torch.optim.Optimizer):
-                raise ValueError(f"optimizer must be a torch.optim.Optimizer (or a list of them, or accelerate's "
-                                 f"wrapper of one), received {type(o).__name__}: {o!r:.80}")
-        if model is not None and not isinstance(model, torch.nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, received {type(model).__name__}: {model!r:.80}")
-        self._schedulers = [getattr(s, "scheduler", s) for s in _as_list(scheduler)]
-        for s in self._schedulers:
-            if not _is_scheduler(s):
-                raise ValueError(f"scheduler must be a torch LR scheduler (with .step() and .optimizer), received "
-                                 f"{type(s).__name__}: {s!r:.80}")
-        if config is not None and not isinstance(config, dict):
-            raise ValueError(f"config must be a dict of your settings, received {type(config).__name__}: {config!r:.80}")
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int or None, received total_steps={total_steps!r}")
-        if not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise ValueError(f"checkpoint_dir must be a path, received checkpoint_dir={checkpoint_dir!r}")
+        self._wrapped, self._optimizers, self._schedulers = _loop.check_arguments(
+            optimizer, model, scheduler, config, total_steps, checkpoint_dir)
         self.model = model
         self.checkpoint_dir = os.fspath(checkpoint_dir)
         self._user_config = dict(config or {})
@@ -152,7 +109,7 @@ class Tracker:
         self._t_batch: float | None = None
         self._data_time = 0.0
         self._opt_values: dict | None = None
-        self._read_optimizers = _OptimizerValues(self._optimizers)
+        self._read_optimizers = _torch.OptimizerValues(self._optimizers)
         self._grad_norm_wanted = self.options.log_grad_norm
         self._grad_norm = None
         self._hooks: list = []
@@ -166,31 +123,8 @@ class Tracker:
 
     # ------------------------------------------------------------ the run
     def _open(self) -> None:
-        rank, local_rank, node_rank, world = _ranks()
-        dist = torch.distributed
-        distributed = world > 1 and dist.is_available() and dist.is_initialized()
-        session = run_id = None
-        if rank == 0:
-            try:
-                session = RunSession(self.options, "pytorch", global_rank=0, local_rank=local_rank,
-                                     node_rank=node_rank)
-                run_id = session.run_id
-            except Exception as exc:  # the loop trains unrecorded rather than not at all; said once
-                warn_once(self, "track", exc)
-        if distributed:
-            from ._ddp import DecisionLink
-
-            # tmon's own gloo group: a GPU run never syncs its device for this, and every process
-            # reaches this collective whatever happened above
-            box = [run_id]
-            dist.broadcast_object_list(box, src=0, group=_gloo_group())
-            run_id = box[0]
-            if session is None and run_id is not None:
-                session = RunSession(self.options, "pytorch", global_rank=rank, local_rank=local_rank,
-                                     node_rank=node_rank, run_id=run_id)
-            self._link = DecisionLink(self.options)
-        # (several processes but no process group to share the run id: only process 0 records)
-        if session is not None and (distributed or rank == 0):
+        session, run_id, self._link, world = _loop.open_session(self, self.options)
+        if session is not None:
             self.session, self.run_id = session, run_id
             self._rec = session.recorder if session.writes_metrics else None
             self._ctl = session.controller
@@ -201,7 +135,10 @@ class Tracker:
                 self._hooks.append(opt.register_step_pre_hook(self._before_optimizer_step))
             if self._rec is not None:
                 try:
-                    self._rec.update_config(**self._config(world))
+                    self._rec.update_config(**_loop.run_config(
+                        world=world, wrapped=self._wrapped, optimizers=self._optimizers, schedulers=self._schedulers,
+                        model=self.model, checkpoint_dir=self.checkpoint_dir, user_config=self._user_config,
+                        control=self._ctl.describe() if self._ctl is not None else None))
                 except Exception as exc:  # a config tmon cannot read costs the config, not the run
                     warn_once(self, "config", exc)
                 if self._total_steps:
@@ -210,44 +147,6 @@ class Tracker:
                 watch_uncaught(session, lambda: self._step)
             _open_trackers.add(self)
         self._apply_due(0)  # At(step=0, ...) applies to the first optimizer step (every process comes here)
-
-    def _config(self, world: int) -> dict:
-        cfg: dict[str, Any] = {
-            "framework": "pytorch",
-            "framework_version": torch.__version__,
-            "optimizers": _torch.optimizer_summary(self._optimizers),
-            "lr_schedulers": [{"class": type(s).__name__} for s in self._schedulers],
-            "world_size": world,
-            "checkpoint_dir": os.path.abspath(self.checkpoint_dir),
-            "control": self._ctl.describe() if self._ctl is not None else None,
-            "hparams": json_safe(self._user_config),
-        }
-        precision = None
-        if self.model is not None:
-            cfg.update(_torch.model_summary(self.model))
-            first = next(self.model.parameters(), None)
-            if first is not None:
-                cfg["device"] = str(first.device)
-                cfg["accelerator"] = first.device.type
-                if first.dtype in (torch.bfloat16, torch.float16):
-                    precision = "bf16-true" if first.dtype == torch.bfloat16 else "16-true"
-        accelerated = next((o for o in self._wrapped if type(o).__module__.startswith("accelerate")), None)
-        if accelerated is not None:
-            state = getattr(accelerated, "accelerator_state", None)
-            mixed = str(getattr(state, "mixed_precision", "no") or "no")
-            cfg.update(launcher="accelerate", mixed_precision=mixed,
-                       num_processes=getattr(state, "num_processes", world))
-            steps = getattr(getattr(accelerated, "gradient_state", None), "num_steps", None)
-            if isinstance(steps, int):
-                cfg["accumulate_grad_batches"] = steps
-            if mixed in ("bf16", "fp16"):
-                precision = "bf16-mixed" if mixed == "bf16" else "16-mixed"
-        for key, name in _LIFTED.items():
-            value = self._user_config.get(key)
-            if isinstance(value, (bool, int, float, str)) and name not in cfg:
-                cfg[name] = value
-        cfg.setdefault("precision", precision or "32-true")
-        return cfg
 
     @property
     def step_count(self) -> int:
@@ -370,8 +269,8 @@ class Tracker:
                 record[EPOCH] = self._epoch
             try:
                 rec.log(record, step)
-            except (TypeError, ValueError) as exc:  # one of your values: the others are kept, and it is named
-                self._log_valid(record, step, exc)
+            except (TypeError, ValueError):  # one of your values: the others are kept, and it is named
+                _loop.log_valid(self, rec, record, step)
         elif self._ended:
             self._warn_ended("step")
             return
@@ -396,25 +295,6 @@ class Tracker:
                                            f"called): t.{call}() records nothing more; start another track() "
                                            f"(t.log() still records an evaluation of the trained model)"))
 
-    def _log_valid(self, record: dict, step: int, exc: Exception, wall_time: float | None = None) -> None:
-        """Record the values tmon can take and warn, once per key, about each one it cannot."""
-        from tmon_core.keys import check_key
-        from tmon_core.recorder import _prepare_value
-
-        good = {}
-        for k, v in record.items():
-            try:
-                check_key(k)
-                _prepare_value(k, v)
-                good[k] = v
-            except (TypeError, ValueError) as bad:
-                warn_once(self, f"log {k!r:.60}", bad)
-        if good:
-            try:
-                self._rec.log(good, step, wall_time=wall_time)
-            except (TypeError, ValueError) as again:
-                warn_once(self, "log", again)
-
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         """Record ``values`` (your names) at ``step``: by default the step last done (0 before any),
         where a validation after an epoch belongs."""
@@ -434,8 +314,8 @@ class Tracker:
             at = step
         try:
             self._rec.log(values, at)
-        except (TypeError, ValueError) as exc:  # one of your values: the others are kept, and it is named
-            self._log_valid(dict(values), at, exc)
+        except (TypeError, ValueError):  # one of your values: the others are kept, and it is named
+            _loop.log_valid(self, self._rec, dict(values), at)
 
     def batches(self, loader):
         """Iterate ``loader`` as one epoch: ``epoch_start``/``epoch_end`` events, ``data_time`` per batch,
@@ -479,9 +359,7 @@ class Tracker:
     def _describe_loader(self, loader) -> None:
         if self._rec is None:
             return
-        cfg = {k: v for k, v in _torch.dataloader_config(loader).items() if v is not None}
-        if "batch_size" in cfg and self._user_config.get("batch_size") is not None:
-            del cfg["batch_size"]  # the user's own word wins (a loader may batch by sampler)
+        cfg = _loop.loader_config(loader, self._user_config)
         if cfg:
             self._rec.update_config(**cfg)
         epochs = self._user_config.get("epochs", self._user_config.get("max_epochs"))
@@ -510,138 +388,6 @@ class Tracker:
             self._rec.checkpoint(path, step=max(self._step - 1, 0), epoch=self._epoch, monitor=monitor,
                                  monitor_value=monitor_value, source="t.checkpoint", description=description, tags=tags)
         return path
-
-    def _save(self, step: int, *, source: str, description: str | None = None, tags=None) -> str | None:
-        if self.model is None:
-            raise Rejected("track() was given no model: pass model= so tmon can save checkpoints")
-        path = os.path.abspath(os.path.join(self.checkpoint_dir, f"tmon-{self.run_id}-step={step}.pt"))
-        if self._rec is None:
-            return path  # another process of the run writes the file
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        opt_states = [o.state_dict() for o in self._optimizers]
-        state = {"model_state_dict": _unwrap_model(self.model).state_dict(),
-                 "optimizer_state_dict": opt_states[0] if len(opt_states) == 1 else opt_states,
-                 "step": step, "epoch": self._epoch}
-        if self._schedulers:
-            state["scheduler_state_dict"] = [s.state_dict() for s in self._schedulers]
-        torch.save(state, path)
-        self._rec.checkpoint(path, step=step, epoch=self._epoch, source=source, description=description, tags=tags)
-        return path
-
-    # ------------------------------------------------------------ control decisions
-    def _apply_due(self, step: int) -> None:
-        """The decisions due before the optimizer step recorded as ``step`` (off the per-step path:
-        at the start and at each epoch's start; every process calls it at the same point)."""
-        if self._link is not None:
-            self._exchange(step)
-        elif self._ctl is not None and step >= self._ctl.next_step:
-            try:
-                self._apply(self._ctl.due(step), step)
-            except Exception as exc:
-                warn_once(self, "control", exc)
-
-    def _exchange(self, step: int) -> None:
-        try:
-            decisions = self._link.exchange(self._ctl, step)
-        except Exception as exc:
-            warn_once(self, "control", exc)
-            return
-        if decisions:
-            self._apply(decisions, step)
-
-    def _apply(self, decisions, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step))
-
-    def _apply_one(self, d, step: int) -> dict:
-        if isinstance(d, SetParams):
-            if not self._optimizers and any(c.custom is None for c in d.changes):
-                raise Rejected("track() was given no optimizer: pass optimizer= to steer its parameters")
-            old, new = _torch.apply_changes(self._optimizers, self._schedulers, d.changes, d.mode)
-            return {"old": old, "new": new}
-        if isinstance(d, SaveCheckpoint):
-            path = self._save(step, source="manual", description=d.description, tags=d.tags)
-            return {"new": {"path": path}, "reason": d.description}
-        if isinstance(d, Rollback):
-            if self.model is None:
-                raise Rejected("track() was given no model: pass model= so tmon can roll it back")
-            model_state, opt_states = _torch.read_loop_checkpoint(d.path)
-            if opt_states is not None:
-                _torch.check_optimizer_states(self._optimizers, opt_states)
-            _torch.load_model_state(_unwrap_model(self.model), model_state, d.path)
-            if opt_states is not None:
-                _torch.restore_optimizer_states(self._optimizers, opt_states)
-            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                     "optimizer_restored": opt_states is not None},
-                    "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
-        if isinstance(d, Stop):
-            self.should_stop = self._stop_requested = True
-            return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
-        raise Rejected(f"unknown decision {type(d).__name__}")
-
-
-class _OptimizerValues:
-    """``_torch.optimizer_values`` for a fixed list of optimizers, with each param group's keys
-    (``lr``, ``lr/pg1``, ``momentum/opt1/pg0``...) worked out once rather than at every step: the
-    same dict, a third of the time. A group added later (``add_param_group``) gets its keys then."""
-
-    def __init__(self, optimizers: list):
-        self.optimizers = optimizers
-        self.layout: list = []
-        self._build()
-
-    def _build(self) -> None:
-        self.layout = [(opt, [tuple(group_key(base, oi, gi) for base in (LR, MOMENTUM, WEIGHT_DECAY))
-                              for gi in range(len(opt.param_groups))])
-                       for oi, opt in enumerate(self.optimizers)]
-
-    def __call__(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for opt, keys in self.layout:
-            groups = opt.param_groups
-            if len(groups) != len(keys):
-                self._build()
-                return self()
-            for group, (lr_key, mom_key, wd_key) in zip(groups, keys):
-                out[lr_key] = group["lr"]
-                mom = group.get("momentum")
-                if mom is None:
-                    betas = group.get("betas")
-                    mom = betas[0] if betas else None
-                if mom is not None:
-                    out[mom_key] = mom
-                wd = group.get("weight_decay")
-                if wd is not None:
-                    out[wd_key] = wd
-        return out
-
-
-def _unwrap_model(model):
-    """The module whose state dict has the plain keys: DDP and DataParallel hold it as ``.module``."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, torch.nn.Module) else model
-
-
-def _ranks() -> tuple[int, int, int, int]:
-    """(global rank, local rank, node rank, world size) of this process."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = int(os.environ.get("RANK", 0) or 0), int(os.environ.get("WORLD_SIZE", 1) or 1)
-    local = int(os.environ.get("LOCAL_RANK", rank) or 0)
-    node = next((int(os.environ[v]) for v in ("GROUP_RANK", "NODE_RANK") if os.environ.get(v, "").isdigit()), 0)
-    return rank, local, node, world
-
-
-_gloo = None
-
-
-def _gloo_group():
-    """One gloo process group of tmon's for sharing the run id (made once: every process makes it)."""
-    global _gloo
-    if _gloo is None:
-        _gloo = torch.distributed.new_group(backend="gloo")
-    return _gloo
 
 
 # trackers used without ``with`` and not finished: finished when the interpreter exits (registered
