@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..run_config import RunConfig
+
 LIGHTNING, HF, KERAS, PYTORCH, GENERIC = "lightning", "hf", "keras", "pytorch", "generic"
 
 
@@ -54,7 +56,7 @@ class Setting:
 
 
 def framework_of(info: dict) -> str:
-    name = (info.get("framework") or (info.get("config") or {}).get("framework") or "").lower()
+    name = (info.get("framework") or RunConfig.read(info.get("config")).framework or "").lower()
     if name in ("lightning", "pytorch_lightning") or name.startswith("lightning."):
         return LIGHTNING
     if name in ("hf", "transformers"):
@@ -70,6 +72,11 @@ def terms_for(framework: str, config: dict) -> Terms:
     return {LIGHTNING: LightningTerms, HF: HFTerms, KERAS: KerasTerms, PYTORCH: PyTorchTerms}.get(framework, Terms)(config)
 
 
+def _first(value: Any, otherwise: Any) -> Any:
+    """``value``, or ``otherwise`` where the config holds none."""
+    return otherwise if value is None else value
+
+
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
@@ -83,14 +90,15 @@ class Terms:
 
     def __init__(self, config: dict):
         self.cfg = config or {}
+        self.rc = RunConfig.read(self.cfg)  # read by field name: the names the adapters store it under
 
     # what the run was configured with, under the names every adapter stores
     def optimizer_class(self) -> str | None:
-        opts = self.cfg.get("optimizers") or []
+        opts = self.rc.optimizers or []
         return opts[0].get("class") if opts and isinstance(opts[0], dict) else None
 
     def optimizer_value(self, name: str) -> Any:
-        opts = self.cfg.get("optimizers") or []
+        opts = self.rc.optimizers or []
         if not opts or not isinstance(opts[0], dict):
             return None
         for k in ("defaults", "config"):
@@ -100,35 +108,35 @@ class Terms:
         return None
 
     def batch_size(self) -> Setting:
-        return Setting("batch_size=...", self.cfg.get("batch_size"))
+        return Setting("batch_size=...", self.rc.batch_size)
 
     def accumulation(self) -> Setting:
-        return Setting("gradient_accumulation_steps=...", self.cfg.get("accumulate_grad_batches") or 1)
+        return Setting("gradient_accumulation_steps=...", self.rc.accumulate_grad_batches or 1)
 
     def checkpointing(self) -> Setting:
-        return Setting("activation_checkpointing=...", self.cfg.get("gradient_checkpointing"))
+        return Setting("activation_checkpointing=...", self.rc.gradient_checkpointing)
 
     def precision(self, target: str) -> Setting:
         """``target`` is ``bf16-mixed`` or ``16-mixed``."""
-        return Setting("precision=...", self.cfg.get("precision"))
+        return Setting("precision=...", self.rc.precision)
 
     def precision_value(self, target: str) -> Any:
         return target
 
     def num_workers(self) -> Setting:
-        return Setting("num_workers=...", self.cfg.get("num_workers"))
+        return Setting("num_workers=...", self.rc.num_workers)
 
     def pin_memory(self) -> Setting:
-        return Setting("pin_memory=...", self.cfg.get("pin_memory"))
+        return Setting("pin_memory=...", self.rc.pin_memory)
 
     def persistent_workers(self) -> Setting:
-        return Setting("persistent_workers=...", self.cfg.get("persistent_workers"))
+        return Setting("persistent_workers=...", self.rc.persistent_workers)
 
     def prefetch_factor(self) -> Setting:
-        return Setting("prefetch_factor=...", self.cfg.get("prefetch_factor"))
+        return Setting("prefetch_factor=...", self.rc.prefetch_factor)
 
     def grad_clip(self) -> Setting:
-        return Setting("gradient_clip_norm=...", self.cfg.get("gradient_clip_val"))
+        return Setting("gradient_clip_norm=...", self.rc.gradient_clip_val)
 
     def lr(self) -> Setting:
         return Setting("learning_rate=...", _num(self.optimizer_value("lr") or self.optimizer_value("learning_rate")))
@@ -149,7 +157,7 @@ class Terms:
         return Setting(None)
 
     def model_class(self) -> str:
-        name = str(self.cfg.get("model_class") or "Model").rsplit(".", 1)[-1]
+        name = str(self.rc.model_class or "Model").rsplit(".", 1)[-1]
         return name if name.isidentifier() else "Model"
 
     def load_checkpoint(self) -> Setting:
@@ -163,36 +171,36 @@ class _DataLoaderTerms(Terms):
     """The input pipeline of a torch run (Lightning's or a plain loop's) is the user's own DataLoader."""
 
     def num_workers(self) -> Setting:
-        return Setting("DataLoader(num_workers=...)", self.cfg.get("num_workers"))
+        return Setting("DataLoader(num_workers=...)", self.rc.num_workers)
 
     def pin_memory(self) -> Setting:
-        return Setting("DataLoader(pin_memory=...)", self.cfg.get("pin_memory"))
+        return Setting("DataLoader(pin_memory=...)", self.rc.pin_memory)
 
     def persistent_workers(self) -> Setting:
-        return Setting("DataLoader(persistent_workers=...)", self.cfg.get("persistent_workers"))
+        return Setting("DataLoader(persistent_workers=...)", self.rc.persistent_workers)
 
     def prefetch_factor(self) -> Setting:
-        return Setting("DataLoader(prefetch_factor=...)", self.cfg.get("prefetch_factor"))
+        return Setting("DataLoader(prefetch_factor=...)", self.rc.prefetch_factor)
 
 
 class LightningTerms(_DataLoaderTerms):
     name = LIGHTNING
 
     def batch_size(self) -> Setting:
-        return Setting("DataLoader(batch_size=...)", self.cfg.get("batch_size"))
+        return Setting("DataLoader(batch_size=...)", self.rc.batch_size)
 
     def accumulation(self) -> Setting:
-        return Setting("Trainer(accumulate_grad_batches=...)", self.cfg.get("accumulate_grad_batches") or 1)
+        return Setting("Trainer(accumulate_grad_batches=...)", self.rc.accumulate_grad_batches or 1)
 
     def checkpointing(self) -> Setting:
         return Setting("torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) around the large blocks "
                        "in forward() (a transformers model: model.gradient_checkpointing_enable())", None)
 
     def precision(self, target: str) -> Setting:
-        return Setting("Trainer(precision=...)", self.cfg.get("precision"))
+        return Setting("Trainer(precision=...)", self.rc.precision)
 
     def grad_clip(self) -> Setting:
-        return Setting("Trainer(gradient_clip_val=...)", self.cfg.get("gradient_clip_val"))
+        return Setting("Trainer(gradient_clip_val=...)", self.rc.gradient_clip_val)
 
     def lr(self) -> Setting:
         return Setting(f"torch.optim.{self.optimizer_class() or 'AdamW'}(params, lr=...) in configure_optimizers()",
@@ -227,46 +235,47 @@ class HFTerms(Terms):
     name = HF
 
     def _args(self) -> dict:
-        return self.cfg.get("training_args") or {}
+        return self.rc.training_args or {}
 
     def batch_size(self) -> Setting:
         return Setting("TrainingArguments(per_device_train_batch_size=...)",
-                       self.cfg.get("per_device_train_batch_size", self.cfg.get("batch_size")))
+                       _first(self.rc.per_device_train_batch_size, self.rc.batch_size))
 
     def accumulation(self) -> Setting:
         return Setting("TrainingArguments(gradient_accumulation_steps=...)",
-                       self.cfg.get("gradient_accumulation_steps") or self.cfg.get("accumulate_grad_batches") or 1)
+                       self.rc.gradient_accumulation_steps or self.rc.accumulate_grad_batches or 1)
 
     def checkpointing(self) -> Setting:
         # transformers 5 renamed gradient checkpointing to activation checkpointing
         name = "activation_checkpointing" if "activation_checkpointing" in self._args() else "gradient_checkpointing"
-        return Setting(f"TrainingArguments({name}=...)", bool(self.cfg.get("gradient_checkpointing")))
+        return Setting(f"TrainingArguments({name}=...)", bool(self.rc.gradient_checkpointing))
 
     def precision(self, target: str) -> Setting:
-        flag = "bf16" if target.startswith("bf16") else "fp16"
-        return Setting(f"TrainingArguments({flag}=...)", bool(self.cfg.get(flag)))
+        bf16 = target.startswith("bf16")
+        return Setting(f"TrainingArguments({'bf16' if bf16 else 'fp16'}=...)",
+                       bool(self.rc.bf16 if bf16 else self.rc.fp16))
 
     def precision_value(self, target: str) -> Any:
         return True
 
     def num_workers(self) -> Setting:
         return Setting("TrainingArguments(dataloader_num_workers=...)",
-                       self.cfg.get("dataloader_num_workers", self.cfg.get("num_workers")))
+                       _first(self.rc.dataloader_num_workers, self.rc.num_workers))
 
     def pin_memory(self) -> Setting:
         return Setting("TrainingArguments(dataloader_pin_memory=...)",
-                       self._args().get("dataloader_pin_memory", self.cfg.get("pin_memory")))
+                       self._args().get("dataloader_pin_memory", self.rc.pin_memory))
 
     def persistent_workers(self) -> Setting:
         return Setting("TrainingArguments(dataloader_persistent_workers=...)",
-                       self._args().get("dataloader_persistent_workers", self.cfg.get("persistent_workers")))
+                       self._args().get("dataloader_persistent_workers", self.rc.persistent_workers))
 
     def prefetch_factor(self) -> Setting:
         return Setting("TrainingArguments(dataloader_prefetch_factor=...)",
-                       self._args().get("dataloader_prefetch_factor", self.cfg.get("prefetch_factor")))
+                       self._args().get("dataloader_prefetch_factor", self.rc.prefetch_factor))
 
     def grad_clip(self) -> Setting:
-        return Setting("TrainingArguments(max_grad_norm=...)", self.cfg.get("max_grad_norm"))
+        return Setting("TrainingArguments(max_grad_norm=...)", self.rc.max_grad_norm)
 
     def lr(self) -> Setting:
         return Setting("TrainingArguments(learning_rate=...)",
@@ -306,23 +315,23 @@ class KerasTerms(Terms):
         return self.optimizer_class() or "Adam"
 
     def batch_size(self) -> Setting:
-        return Setting("model.fit(batch_size=...)", self.cfg.get("batch_size"))
+        return Setting("model.fit(batch_size=...)", self.rc.batch_size)
 
     def accumulation(self) -> Setting:
         return Setting(f"keras.optimizers.{self._opt()}(gradient_accumulation_steps=...)",
-                       self.cfg.get("accumulate_grad_batches") or 1)
+                       self.rc.accumulate_grad_batches or 1)
 
     def checkpointing(self) -> Setting:
         return Setting("with keras.RematScope(mode=...): model = build_model()", None)
 
     def precision(self, target: str) -> Setting:
-        return Setting("keras.mixed_precision.set_global_policy(...)", self.cfg.get("dtype_policy"))
+        return Setting("keras.mixed_precision.set_global_policy(...)", self.rc.dtype_policy)
 
     def precision_value(self, target: str) -> Any:
         return "mixed_bfloat16" if target.startswith("bf16") else "mixed_float16"
 
     def num_workers(self) -> Setting:
-        return Setting("keras.utils.PyDataset(workers=..., use_multiprocessing=True)", self.cfg.get("num_workers"))
+        return Setting("keras.utils.PyDataset(workers=..., use_multiprocessing=True)", self.rc.num_workers)
 
     def pin_memory(self) -> Setting:
         return Setting(None)
@@ -379,16 +388,16 @@ class PyTorchTerms(_DataLoaderTerms):
     name = PYTORCH
 
     def _accelerate(self) -> bool:
-        return self.cfg.get("launcher") == "accelerate"
+        return self.rc.launcher == "accelerate"
 
     def _opt(self) -> str:
         return self.optimizer_class() or "AdamW"
 
     def batch_size(self) -> Setting:
-        return Setting("DataLoader(dataset, batch_size=...)", self.cfg.get("batch_size"))
+        return Setting("DataLoader(dataset, batch_size=...)", self.rc.batch_size)
 
     def accumulation(self) -> Setting:
-        current = self.cfg.get("accumulate_grad_batches") or 1
+        current = self.rc.accumulate_grad_batches or 1
         if self._accelerate():
             return Setting("Accelerator(gradient_accumulation_steps=...) with the step under "
                            "`with accelerator.accumulate(model):`", current)
@@ -401,11 +410,11 @@ class PyTorchTerms(_DataLoaderTerms):
 
     def precision(self, target: str) -> Setting:
         if self._accelerate():
-            return Setting("Accelerator(mixed_precision=...)", self.cfg.get("mixed_precision"))
+            return Setting("Accelerator(mixed_precision=...)", self.rc.mixed_precision)
         path = 'with torch.autocast(device_type="cuda", dtype=...): around the forward pass and the loss'
         if not target.startswith("bf16"):
             path += ', with scaler = torch.amp.GradScaler("cuda"): scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()'
-        return _CodeSetting(path, self.cfg.get("precision"))
+        return _CodeSetting(path, self.rc.precision)
 
     def precision_value(self, target: str) -> Any:
         if self._accelerate():
@@ -415,7 +424,7 @@ class PyTorchTerms(_DataLoaderTerms):
     def grad_clip(self) -> Setting:
         clip = "accelerator.clip_grad_norm_" if self._accelerate() else "torch.nn.utils.clip_grad_norm_"
         return Setting(f"{clip}(model.parameters(), max_norm=...) between backward() and optimizer.step()",
-                       self.cfg.get("gradient_clip_val"))
+                       self.rc.gradient_clip_val)
 
     def lr(self) -> Setting:
         return Setting(f"torch.optim.{self._opt()}(model.parameters(), lr=...)", _num(self.optimizer_value("lr")))
