@@ -4,6 +4,7 @@ decides when. Imported only by ``hf.py``, so transformers is already loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Any
@@ -12,9 +13,13 @@ import transformers
 
 from tmon_core import events as ev
 from tmon_core.keys import EPOCH, GRAD_NORM
+from tmon_core.run_config import RunConfig
+from tmon_core.store.text import MAX_RUN_NAME, storable
 from tmon_core.store.writer import json_safe
 
 from . import _torch
+from ._adapter import warn_once
+from ._base import RunSession
 from ._workarounds.hf import CHECKPOINT_PREFIX, early_stopping_exhausted
 
 PLAIN = (int, float)
@@ -55,38 +60,37 @@ def run_config(args, state, model, optimizer, kw: dict, controller, callbacks: l
     checkpointing = bool(getattr(args, "activation_checkpointing", None)
                          or getattr(args, "gradient_checkpointing", None)
                          or (model_flag is not None and getattr(model, model_flag)))
-    precision = "bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true"
-    cfg: dict[str, Any] = {
-        "framework": "transformers",
-        "framework_version": transformers.__version__,
+    cfg = RunConfig(
+        framework="transformers",
+        framework_version=transformers.__version__,
         # the settings later advice reads, under HF's names and under the names every adapter uses
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "train_batch_size": state.train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "accumulate_grad_batches": args.gradient_accumulation_steps,
-        "gradient_checkpointing": checkpointing,
-        "bf16": bool(args.bf16),
-        "fp16": bool(args.fp16),
-        "precision": precision,
-        "dataloader_num_workers": args.dataloader_num_workers,
-        "world_size": args.world_size,
-        "max_steps": state.max_steps,
-        "num_train_epochs": state.num_train_epochs,
-        "logging_steps": state.logging_steps,
-        "max_grad_norm": args.max_grad_norm,
-        "optimizers": _torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
-        "lr_schedulers": [{"class": type(scheduler).__name__}] if scheduler is not None else [],
-        "training_args": json_safe(args.to_dict()),
-        "control": controller.describe() if controller is not None else None,
-        ev.CONFIG_CALLBACKS: callbacks_config(args, state, callbacks),
-    }
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        train_batch_size=state.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        accumulate_grad_batches=args.gradient_accumulation_steps,
+        gradient_checkpointing=checkpointing,
+        bf16=bool(args.bf16),
+        fp16=bool(args.fp16),
+        precision="bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true",
+        dataloader_num_workers=args.dataloader_num_workers,
+        world_size=args.world_size,
+        max_steps=state.max_steps,
+        num_train_epochs=state.num_train_epochs,
+        logging_steps=state.logging_steps,
+        max_grad_norm=args.max_grad_norm,
+        optimizers=_torch.optimizer_summary([inner_opt]) if inner_opt is not None else [],
+        lr_schedulers=[{"class": type(scheduler).__name__}] if scheduler is not None else [],
+        training_args=json_safe(args.to_dict()),
+        control=controller.describe() if controller is not None else None,
+        callbacks=callbacks_config(args, state, callbacks),  # events.CONFIG_CALLBACKS
+        **_torch.dataloader_config(kw.get("train_dataloader")),
+    )
     if model is not None:
-        cfg.update(_torch.model_summary(model))
+        cfg = dataclasses.replace(cfg, **_torch.model_summary(model))
         model_config = getattr(model, "config", None)
         if model_config is not None and hasattr(model_config, "to_dict"):
-            cfg["model_config"] = json_safe(model_config.to_dict())
-    cfg.update(_torch.dataloader_config(kw.get("train_dataloader")))
-    return cfg
+            cfg.model_config = json_safe(model_config.to_dict())
+    return cfg.as_dict()
 
 
 def callbacks_config(args, state, callbacks: list) -> list[dict]:
@@ -149,6 +153,32 @@ def checkpoint_dir(args, step: int) -> str | None:
         found = glob.glob(os.path.join(glob.escape(args.output_dir), "*", os.path.basename(path)))
         path = max(found, key=os.path.getmtime) if found else None
     return path
+
+
+def open_session(owner, options, args) -> RunSession | None:
+    """This process's view of the run. Every process reaches the broadcast of the run id, whatever
+    failed before it: a process missing from a collective would hang the others."""
+    local_rank, node = args.local_process_index, node_rank(args)
+    session = run_id = None
+    if args.process_index == 0:
+        try:
+            opts = options
+            if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
+                # the name HF gives W&B, MLflow... (its default is output_dir, which can be longer than
+                # a run name or not UTF-8: stored cut and escaped rather than refused)
+                opts = dataclasses.replace(opts, run_name=storable(args.run_name, MAX_RUN_NAME))
+            session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node)
+            run_id = session.run_id
+        except Exception as exc:
+            warn_once(owner, "on_train_begin", exc)
+    if args.world_size > 1:
+        from accelerate.utils import broadcast_object_list
+
+        run_id = broadcast_object_list([run_id], from_process=0)[0]
+    if session is None and run_id is not None:
+        session = RunSession(options, "hf", global_rank=args.process_index, local_rank=local_rank,
+                             node_rank=node, run_id=run_id)
+    return session
 
 
 def node_rank(args) -> int:

@@ -100,9 +100,7 @@ at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over 
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 import warnings
 from typing import Any
 
@@ -114,24 +112,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from typing_extensions import override
 
 from tmon_core import events as ev
-from tmon_core.control import ROLLBACK as ROLLBACK_EVENT
-from tmon_core.control import STOPPED as STOPPED_EVENT
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
-from tmon_core.store.text import MAX_RUN_NAME, storable
+from tmon_core.run_config import RunConfig
 
 from . import _hf, _torch
-from ._base import (
-    RunSession,
-    TMonCallbackWarning,
-    apply_decisions,
-    guarded,
-    make_options,
-    options_signature,
-    unwatch,
-    warn_once,
-    watch_uncaught,
-)
+from ._adapter import CheckpointWatcher, StepClock, TMonCallbackWarning, apply_decisions, guarded, warn_once
+from ._base import RunSession, unwatch, watch_uncaught
+from ._options import make_options, options_doc, options_signature
 from ._workarounds.hf import (
     CHECKPOINT_PREFIX,
     TrainListener,
@@ -141,31 +129,21 @@ from ._workarounds.hf import (
     watch_train,
 )
 
-_perf = time.perf_counter
+_GRAD_NORM_DOC = ("also record ``grad_norm`` at every step, not only at HF's logging steps. HF reports the norm "
+                  "before clipping; tmon can only measure it after, so with clipping on (``max_grad_norm > 0``, "
+                  "HF's default) this warns and leaves ``grad_norm`` to HF's logs.")
 
 
 class TMonCallback(TrainerCallback, TrainListener):
-    """Record a Hugging Face ``Trainer`` run into a tmon store.
+    __doc__ = f"""Record a Hugging Face ``Trainer`` run into a tmon store.
 
     >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[TMonCallback()])  # doctest: +SKIP
 
-    Args:
-        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
-        run_name: readable name of the run; default ``TrainingArguments.run_name``, else ``hf-<date>-<time>``.
-        flush_interval: seconds between writes to the store.
-        sample_interval: seconds between hardware samples; None turns sampling off.
-        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
-        log_grad_norm: also record ``grad_norm`` at every step, not only at HF's logging steps. HF
-            reports the norm before clipping; tmon can only measure it after, so with clipping on
-            (``max_grad_norm > 0``, HF's default) this warns and leaves ``grad_norm`` to HF's logs.
-        gpus: sample GPUs through NVML when present.
-        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch. ``At(step=k)``
-            applies before the optimizer step HF records as step ``k``.
-        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
-        params: name -> ``tmon_core.Param``: your own steerable knobs.
-        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
-            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
-        tags, notes: labels and free text stored with the run.
+    {options_doc(indent=4, log_grad_norm=_GRAD_NORM_DOC,
+                 run_name="readable name of the run; default ``TrainingArguments.run_name``, else "
+                          "``hf-<date>-<time>``.",
+                 schedule="``tmon_core.At(...)`` items: parameter changes at a step or epoch. ``At(step=k)`` "
+                          "applies before the optimizer step HF records as step ``k``.")}
 
     Pass it in ``Trainer(callbacks=[...])``: then an exception that ends ``train()`` is seen where
     it happens. Added later with ``trainer.add_callback``, it is seen from the next ``train()`` on,
@@ -184,24 +162,20 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._reset()
 
     def _reset(self) -> None:
-        self._rec = None
-        self._ctl = None
-        self._link = None
+        self._rec = self._ctl = self._link = None
         self._pending_saves: list = []
         self._step = 0
-        self._t_step = None
-        self._t_last_end = None
+        self._clock = StepClock()
         self._opt_values: dict | None = None
         self._grad_norm = None
         self._per_step_grad_norm = False
-        self._optimizer = None
-        self._model = None
+        self._optimizer = self._model = None
         self._epoch = 0
         self._in_eval = False
         self._eval_step = None
         self._eval_metrics: dict = {}
         self._after_fit_keys: set[str] = set()  # what evaluation after the fit has recorded (see metrics_logged)
-        self._known_ckpts: set[str] = set()
+        self._checkpoints = CheckpointWatcher()  # the directories on_save recorded: which save_total_limit removed
         self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
         self._stop_requested = False
         self._epoch_first_step = None
@@ -245,7 +219,7 @@ class TMonCallback(TrainerCallback, TrainListener):
                 if self._rec is not None:
                     session.event(ev.OOM, step=self._step, message="out of memory: the Trainer retries with "
                                   f"train_batch_size={state.train_batch_size} (auto_find_batch_size)")
-                    self._rec.update_config(train_batch_size=state.train_batch_size)
+                    self._rec.update_config(**RunConfig(train_batch_size=state.train_batch_size).as_dict())
                 return
             session.abandon(self._step)  # an earlier train() that raised where nothing saw it
         elif session is not None:
@@ -253,7 +227,7 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._reset()
         self.session = self.run_id = None
         wrapped = self._train_depth > 0
-        session = self._open_session(args)
+        session = _hf.open_session(self, self.options, args)
         if session is None:
             return
         self.session, self.run_id = session, session.run_id
@@ -275,41 +249,15 @@ class TMonCallback(TrainerCallback, TrainListener):
             self._rec.update_run(total_steps=int(state.max_steps))
         session.event(ev.TRAIN_START, step=self._step)
 
-    def _open_session(self, args) -> RunSession | None:
-        """This process's view of the run. Every process reaches the broadcast of the run id, whatever
-        failed before it: a process missing from a collective would hang the others."""
-        local_rank, node_rank = args.local_process_index, _hf.node_rank(args)
-        session = run_id = None
-        if args.process_index == 0:
-            try:
-                opts = self.options
-                if opts.run_name is None and isinstance(getattr(args, "run_name", None), str) and args.run_name:
-                    # the name HF gives W&B, MLflow... (its default is output_dir, which can be longer than
-                    # a run name or not UTF-8: stored cut and escaped rather than refused)
-                    opts = dataclasses.replace(opts, run_name=storable(args.run_name, MAX_RUN_NAME))
-                session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node_rank)
-                run_id = session.run_id
-            except Exception as exc:
-                warn_once(self, "on_train_begin", exc)
-        if args.world_size > 1:
-            from accelerate.utils import broadcast_object_list
-
-            run_id = broadcast_object_list([run_id], from_process=0)[0]
-        if session is None and run_id is not None:
-            session = RunSession(self.options, "hf", global_rank=args.process_index, local_rank=local_rank,
-                                 node_rank=node_rank, run_id=run_id)
-        return session
-
     def _attach(self, args, state, model, optimizer) -> None:
         self._rec = self.session.recorder if self.session.writes_metrics else None
         self._ctl = self.session.controller
-        self._model = model
-        self._optimizer = optimizer
+        self._model, self._optimizer = model, optimizer
         if self._ctl is not None:
             inner = _torch.unwrap_optimizer(optimizer)
             self._ctl.get_value = lambda name, group: _torch.read_param([inner], name, group)
         self._step = state.global_step
-        self._t_last_end = None
+        self._clock.reset()
         clipping = bool(args.max_grad_norm) and args.max_grad_norm > 0
         if self.options.log_grad_norm and clipping and self._rec is not None:
             warnings.warn(
@@ -325,7 +273,7 @@ class TMonCallback(TrainerCallback, TrainListener):
         if session is None or session.ended:
             return
         if self._rec is not None:
-            self._scan_removed(args)
+            self._scan_removed()
             session.event(ev.TRAIN_END, step=state.global_step, data=_hf.end_reason(
                 args, state, self._callbacks, stop_requested=self._stop_requested, empty_epoch=self._empty_epoch))
         unwatch(session)
@@ -338,7 +286,7 @@ class TMonCallback(TrainerCallback, TrainListener):
     # ------------------------------------------------------------ per step (the hot path)
     @override
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t_step = _perf()
+        self._clock.begin()
         step = state.global_step + 1  # the step HF records this optimizer step at
         if self._link is not None:  # several processes: process 0 decides, every process applies at this step
             decisions = self._link.exchange(self._ctl, step)
@@ -365,23 +313,20 @@ class TMonCallback(TrainerCallback, TrainListener):
         rec = self._rec
         if rec is None:
             return
-        now = _perf()
-        values = self._opt_values
-        self._opt_values = None
+        step_time, data_time = self._clock.end()
+        values, self._opt_values = self._opt_values, None
         if values is None:  # no on_optimizer_step (older transformers): read it now
             values = _torch.optimizer_values((self._optimizer,))
-        t0 = self._t_step
-        if t0 is not None:
-            values[STEP_TIME] = now - t0
-            if self._t_last_end is not None:
-                values[DATA_TIME] = t0 - self._t_last_end
+        if step_time is not None:
+            values[STEP_TIME] = step_time
+        if data_time is not None:
+            values[DATA_TIME] = data_time
         values[EPOCH] = state.epoch
         if self._grad_norm is not None:
-            values[GRAD_NORM] = self._grad_norm
-            self._grad_norm = None
+            values[GRAD_NORM], self._grad_norm = self._grad_norm, None
         step = self._step = state.global_step
         rec.log(values, step)
-        self._t_last_end = _perf()
+        self._clock.pause()  # recording is not data loading
 
     @override
     @guarded
@@ -398,13 +343,13 @@ class TMonCallback(TrainerCallback, TrainListener):
                 self._rec.log(values, state.global_step)
             except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
                 warn_once(self, "on_log", exc)
-        self._t_last_end = _perf()  # logging time is not data-loading time
+        self._clock.pause()  # logging time is not data-loading time
 
     # ------------------------------------------------------------ epochs, evaluation, checkpoints
     @override
     @guarded
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self._t_last_end = None
+        self._clock.new_epoch(first_wait=False)
         self._epoch_first_step = state.global_step
         self._epoch = int(state.epoch or 0)
         if self._ctl is not None:
@@ -455,7 +400,7 @@ class TMonCallback(TrainerCallback, TrainListener):
         elif self._evaluating_after_fit:  # its metrics came through on_log, as HF logged them
             self._evaluating_after_fit = False
             self.session.end_evaluation(state.global_step)
-        self._t_last_end = _perf()
+        self._clock.pause()
 
     @override
     @guarded
@@ -488,73 +433,68 @@ class TMonCallback(TrainerCallback, TrainListener):
         manual, self._pending_saves = self._pending_saves, []
         if self._rec is None:
             return
-        path = _hf.checkpoint_dir(args, state.global_step)
+        step = state.global_step
+        path = _hf.checkpoint_dir(args, step)
         if path is not None:
-            monitor, value = self._monitored(args, state)
+            name, _mode = _hf.best_metric(args)  # the metric HF compares checkpoints by, if evaluated now
+            value = self._eval_metrics.get(name) if name is not None and self._eval_step == step else None
             # a checkpoint asked for by control requests (several in one step share the directory)
             description = "; ".join(d.description for d in manual if d.description) or None
             tags = list(dict.fromkeys(t for d in manual for t in d.tags))
-            self._rec.checkpoint(path, step=state.global_step, epoch=state.epoch, monitor=monitor,
-                                 monitor_value=value, source="manual" if manual else "Trainer",
-                                 description=description, tags=tags)
-            self._known_ckpts.add(os.path.abspath(path))
+            self._rec.checkpoint(path, step=step, epoch=state.epoch, monitor=name, monitor_value=value,
+                                 source="manual" if manual else "Trainer", description=description, tags=tags)
+            self._checkpoints.known(path)
         for d in manual:
             if path is None:
-                self._ctl.resolve(d, state.global_step, applied=False,
-                                  reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{state.global_step} directory")
+                self._ctl.resolve(d, step, applied=False,
+                                  reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{step} directory")
             else:
-                self._ctl.resolve(d, state.global_step, applied=True, new={"path": os.path.abspath(path)},
-                                  reason=d.description)
-        self._scan_removed(args)
-        self._t_last_end = _perf()
+                self._ctl.resolve(d, step, applied=True, new={"path": os.path.abspath(path)}, reason=d.description)
+        self._scan_removed()
+        self._clock.pause()
 
-    def _monitored(self, args, state) -> tuple[str | None, float | None]:
-        """The metric HF compares checkpoints by, and its value at this step (None when not evaluated now)."""
-        name, _mode = _hf.best_metric(args)
-        if name is None:
-            return None, None
-        value = self._eval_metrics.get(name) if self._eval_step == state.global_step else None
-        return name, value
-
-    def _scan_removed(self, args) -> None:
+    def _scan_removed(self) -> None:
         """Mark the checkpoints ``save_total_limit`` rotated away as deleted."""
-        for path in [p for p in self._known_ckpts if not os.path.exists(p)]:
-            self._known_ckpts.discard(path)
+        for path in self._checkpoints.scan()[1]:
             self._rec.checkpoint_removed(path)
 
     # ------------------------------------------------------------ control decisions
     def _apply(self, decisions, step: int, control, kw: dict) -> None:
-        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, step, control, kw))
+        apply_decisions(self._ctl, decisions, step, {
+            SetParams: lambda d: self._set_params(d, kw),
+            SaveCheckpoint: lambda d: self._save(d, control),
+            Rollback: lambda d: self._rollback(d, step, kw),
+            Stop: lambda d: self._stop(d, control),
+        })
 
-    def _apply_one(self, d, step: int, control, kw: dict) -> dict | None:
+    def _set_params(self, d: SetParams, kw: dict) -> dict:
         optimizer = _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
-        if isinstance(d, SetParams):
-            scheduler = kw.get("lr_scheduler")
-            scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-            old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [],
-                                            d.changes, d.mode)
-            return {"old": old, "new": new}
-        if isinstance(d, SaveCheckpoint):
-            control.should_save = True  # HF saves after this step; on_save records it and resolves d
-            self._pending_saves.append(d)
-            return None
-        if isinstance(d, Rollback):
-            model = _hf.given(kw, "model", self._model)
-            state, optimizer_state, ckpt_step = _torch.read_hf_checkpoint(d.path)
-            if optimizer_state is not None:
-                _torch.check_optimizer_states([optimizer], [optimizer_state])
-            _torch.load_model_state(model, state, d.path)
-            if optimizer_state is not None:
-                _torch.restore_optimizer_states([optimizer], [optimizer_state])
-            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                     "checkpoint_step": ckpt_step,
-                                                     "optimizer_restored": optimizer_state is not None},
-                    "event": ROLLBACK_EVENT, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
-        if isinstance(d, Stop):
-            control.should_training_stop = True  # this step runs, then the Trainer ends as it does at max_steps
-            self._stop_requested = True
-            return {"event": STOPPED_EVENT, "reason": d.reason or "stop requested"}
-        raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
+        scheduler = kw.get("lr_scheduler")
+        scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [], d.changes, d.mode)
+        return {"old": old, "new": new}
+
+    def _save(self, d: SaveCheckpoint, control) -> None:
+        control.should_save = True  # HF saves after this step; on_save records it and resolves d
+        self._pending_saves.append(d)
+
+    def _rollback(self, d: Rollback, step: int, kw: dict) -> dict:
+        optimizer = _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
+        state, optimizer_state, ckpt_step = _torch.read_hf_checkpoint(d.path)
+        if optimizer_state is not None:
+            _torch.check_optimizer_states([optimizer], [optimizer_state])
+        _torch.load_model_state(_hf.given(kw, "model", self._model), state, d.path)
+        if optimizer_state is not None:
+            _torch.restore_optimizer_states([optimizer], [optimizer_state])
+        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                                 "checkpoint_step": ckpt_step,
+                                                 "optimizer_restored": optimizer_state is not None},
+                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+
+    def _stop(self, d: Stop, control) -> dict:
+        control.should_training_stop = True  # this step runs, then the Trainer ends as it does at max_steps
+        self._stop_requested = True
+        return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
 
 
 __all__ = ["TMonCallback"]
