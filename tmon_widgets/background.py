@@ -201,6 +201,7 @@ class BackgroundFit:
         reason = reason or "stopped with fit_in_background(...).stop()"
         rid = self.run_id
         if rid is not None:
+            from tmon_core.events import RUNNING
             from tmon_core.store import Store, open_store
 
             store = self.monitor.store if self.monitor is not None else open_store(self._store_url)
@@ -212,7 +213,7 @@ class BackgroundFit:
                     status = req.wait(timeout=timeout)
                     if status == "applied":
                         return f"stop request #{req.id} applied"
-                    if status == "rejected" and run.info().get("status") != "running":
+                    if status == "rejected" and run.info().get("status") != RUNNING:
                         # the run ended first: setting the framework's flag now would claim a stop that did not happen
                         return f"already finished: stop request #{req.id} rejected ({req.reason})"
             finally:
