@@ -235,20 +235,13 @@ def _best(d) -> dict:
 
 # ---------------------------------------------------------------------------- the store
 def save(store, report: Report) -> int:
-    from ..store.schema import ReportRow
+    from ..store.reports import save_report
 
-    with store.write_engine.begin() as conn:
-        return conn.execute(ReportRow.__table__.insert().values(
-            run_id=report.run_id, created_at=report.created_at, health=report.health, body=report.to_json(),
-        )).inserted_primary_key[0]
+    return save_report(store, report.run_id, report.created_at, report.health, report.to_json())
 
 
 def load_latest(store, run_id: str) -> Report | None:
-    from sqlalchemy import select
+    from ..store.reports import latest_report_body
 
-    from ..store.schema import ReportRow
-
-    with store.engine.connect() as conn:
-        body = conn.execute(select(ReportRow.body).where(ReportRow.run_id == run_id)
-                            .order_by(ReportRow.created_at.desc(), ReportRow.id.desc()).limit(1)).scalar()
+    body = latest_report_body(store, run_id)
     return Report.from_json(body) if body else None

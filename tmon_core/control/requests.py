@@ -21,11 +21,10 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import select, update
-
 from ..events import RUNNING
-from ..store.schema import CheckpointRow, RequestRow
-from ..store.writer import to_json
+from ..jsonable import to_json
+from ..store import checkpoints as checkpoint_rows
+from ..store import requests as request_rows
 
 SOURCES = ("api", "cli", "widget", "schedule", "preset")
 #: the request kinds a run understands (the controller's levels say who may send each)
@@ -58,11 +57,9 @@ class Request:
         return f"Request({self.id}, status={self.status!r})"
 
     def info(self) -> dict:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(RequestRow).where(RequestRow.id == self.id)).mappings().first()
-        if row is None:
+        out = request_rows.request_row(self.store, self.id)
+        if out is None:
             raise KeyError(f"no request {self.id} in {self.store}")
-        out = dict(row)
         for k in ("payload", "old_value", "new_value"):
             out[k] = _decode(out[k])
         return out
@@ -95,11 +92,9 @@ def submit(run, kind: str, payload: dict, *, requested_by: str | None = None, so
     if run_status != RUNNING:
         status, reason = "rejected", f"run {run.id} is {run_status}: there is no training to steer"
     now = time.time()
-    with run.store.write_engine.begin() as conn:
-        rid = conn.execute(RequestRow.__table__.insert().values(
-            run_id=run.id, kind=kind, payload=_payload_json(payload), status=status, requested_by=requested_by or
-            default_requester(), requested_at=now, reason=reason, applied_at=now if reason else None,
-        )).inserted_primary_key[0]
+    rid = request_rows.insert_request(run.store, run.id, kind, _payload_json(payload), status=status,
+                                      requested_by=requested_by or default_requester(), requested_at=now,
+                                      reason=reason, applied_at=now if reason else None)
     return Request(run.store, rid)
 
 
@@ -149,14 +144,11 @@ def requests(run):
     """The run's control requests, oldest first, as a DataFrame."""
     import pandas as pd
 
-    with run.store.engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(
-            select(RequestRow).where(RequestRow.run_id == run.id).order_by(RequestRow.id)).mappings()]
+    rows = request_rows.request_rows(run.store, run.id)
     for r in rows:
         for k in ("payload", "old_value", "new_value"):
             r[k] = _decode(r[k])
-    cols = [c for c in RequestRow.__table__.columns.keys() if c != "run_id"]
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=request_rows.COLUMNS)
     df["applied_step"] = df["applied_step"].astype("Int64")
     return df
 
@@ -258,22 +250,16 @@ def _tags(tags) -> list[str]:
 
 
 def _checkpoint_row(run, checkpoint_id: int) -> dict:
-    with run.store.engine.connect() as conn:
-        row = conn.execute(select(CheckpointRow).where(CheckpointRow.id == checkpoint_id,
-                                                       CheckpointRow.run_id == run.id)).mappings().first()
+    row = checkpoint_rows.checkpoint_row(run.store, checkpoint_id, run.id)
     if row is None:
         raise KeyError(f"run {run.id} has no checkpoint {checkpoint_id}")
-    return dict(row)
+    return row
 
 
 def tag_checkpoint(run, checkpoint_id: int, tags: list[str], description: str | None = None) -> None:
     """Replace a checkpoint's tags (and description, when given)."""
     _checkpoint_row(run, checkpoint_id)
-    values: dict[str, Any] = {"tags": to_json(_tags(tags))}
-    if description is not None:
-        values["description"] = description
-    with run.store.write_engine.begin() as conn:
-        conn.execute(update(CheckpointRow).where(CheckpointRow.id == checkpoint_id).values(**values))
+    checkpoint_rows.set_tags(run.store, checkpoint_id, to_json(_tags(tags)), description)
 
 
 def delete_checkpoint(run, checkpoint_id: int) -> None:
@@ -286,8 +272,7 @@ def delete_checkpoint(run, checkpoint_id: int) -> None:
         shutil.rmtree(path)
     elif os.path.exists(path):
         os.remove(path)
-    with run.store.write_engine.begin() as conn:
-        conn.execute(update(CheckpointRow).where(CheckpointRow.id == checkpoint_id).values(deleted=True))
+    checkpoint_rows.mark_deleted(run.store, checkpoint_id)
 
 
 def impact(run, request_id: int, key: str = "loss", window: int = 50) -> dict:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-
-from ..store import Run, Store
-from ..store.schema import CheckpointRow
+from ..store import Run, Store, checkpoints
 from .errors import CheckpointError
 
 #: the step window searched first for the last point before a checkpoint; widened x16 until found
@@ -35,34 +32,22 @@ def open_store_for(store: Any) -> tuple[Store, bool]:
 
 
 def checkpoint_row(store: Store, ckpt_id: int) -> dict:
-    with store.engine.connect() as conn:
-        row = conn.execute(select(CheckpointRow).where(CheckpointRow.id == int(ckpt_id))).mappings().first()
+    row = checkpoints.checkpoint_row(store, int(ckpt_id))
     if row is None:
         raise CheckpointError(ckpt_id, f"no checkpoint with id {ckpt_id} in {store} "
                                        "(ids are the 'id' column of Run.checkpoints())")
-    return dict(row)
+    return row
 
 
 def row_for_path(store: Store, path: str) -> dict | None:
     """The newest recorded checkpoint at ``path`` (absolute) not marked deleted, or None: a deleted
     row's file is gone or was written again, so what is there now is not that checkpoint."""
-    with store.engine.connect() as conn:
-        row = conn.execute(select(CheckpointRow).where(CheckpointRow.path == os.path.abspath(path),
-                                                       CheckpointRow.deleted.is_(False))
-                           .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)).mappings().first()
-    return dict(row) if row is not None else None
+    return checkpoints.live_at_path(store, os.path.abspath(path))
 
 
 def newer_at_path(store: Store, row: dict) -> dict | None:
     """The newest checkpoint recorded at ``row``'s path after it (any run), or None."""
-    with store.engine.connect() as conn:
-        newer = conn.execute(select(CheckpointRow).where(CheckpointRow.path == row["path"],
-                                                         or_(CheckpointRow.wall_time > row["wall_time"],
-                                                             and_(CheckpointRow.wall_time == row["wall_time"],
-                                                                  CheckpointRow.id > row["id"])))
-                             .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)
-                             ).mappings().first()
-    return dict(newer) if newer is not None else None
+    return checkpoints.newer_at_path(store, row)
 
 
 def check_current(store: Store, row: dict) -> None:

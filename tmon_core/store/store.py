@@ -15,9 +15,10 @@ import time
 
 from sqlalchemy import Engine, select
 
+from . import checkpoints
 from .engine import create_store_engine, ensure_schema, resolve_url
 from .run import Run, effective_status, loads, steps_done
-from .schema import CheckpointRow, RunRow
+from .schema import RunRow
 
 
 def _pd():
@@ -105,20 +106,15 @@ class Store:
 
     def checkpoint(self, checkpoint_id: int) -> dict:
         """The recorded checkpoint ``checkpoint_id`` (any run) as a dict; KeyError when unknown."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(CheckpointRow).where(CheckpointRow.id == int(checkpoint_id))).mappings().first()
-        if row is None:
+        out = checkpoints.checkpoint_row(self, int(checkpoint_id))
+        if out is None:
             raise KeyError(f"no checkpoint {checkpoint_id} in {self}")
-        out = dict(row)
         out["tags"] = loads(out["tags"]) or []
         return out
 
     def find_checkpoint(self, path: str | os.PathLike) -> dict | None:
         """The newest recorded checkpoint at ``path`` (absolute or relative to here), or None."""
-        path = os.path.abspath(os.fspath(path))
-        with self.engine.connect() as conn:
-            row = conn.execute(select(CheckpointRow.id).where(CheckpointRow.path == path)
-                               .order_by(CheckpointRow.id.desc()).limit(1)).scalar()
+        row = checkpoints.newest_id_at_path(self, os.path.abspath(os.fspath(path)))
         return None if row is None else self.checkpoint(row)
 
     def latest_run(self) -> Run | None:
