@@ -15,8 +15,9 @@ One job per module:
 
 # (describe_exception, is_oom, path_size, _live, _prepare_value: shims while callers move to
 # tmon_core.errors, tmon_core.checkpoints, Recorder.attach and prepare_value)
+from ..checkpoints import path_size  # noqa: F401
 from ..errors import describe_exception, is_oom  # noqa: F401
-from .api import Recorder, _live, new_run_id, path_size  # noqa: F401
+from .api import Recorder, _live, new_run_id  # noqa: F401
 from .conversion import prepare_value
 from .conversion import prepare_value as _prepare_value  # noqa: F401
 from .thread import TMonStoreWarning

@@ -25,10 +25,13 @@ import weakref
 from typing import Any
 
 from .. import events as ev
+from ..checkpoints import path_size
 from ..errors import describe_exception
+from ..jsonable import to_json
+from ..store.batch import Batch
 from ..store.engine import resolve_url
 from ..store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
-from ..store.writer import Batch, StoreWriter, to_json
+from ..store.writer import StoreWriter
 from .packing import MAX_STEP, Block, Packing
 from .thread import WriterThread
 
@@ -341,23 +344,6 @@ def _opt_float(v: Any) -> float | None:
     try:
         return float(v)
     except (TypeError, ValueError):
-        return None
-
-
-def path_size(path: str) -> int | None:
-    """Size on disk of a file, or of every file under a directory."""
-    try:
-        if os.path.isdir(path):
-            total = 0
-            for root, _dirs, files in os.walk(path):
-                for f in files:
-                    try:
-                        total += os.path.getsize(os.path.join(root, f))
-                    except OSError:
-                        pass
-            return total
-        return os.path.getsize(path)
-    except (OSError, ValueError):  # ValueError: a path no file can have (NUL, a lone surrogate)
         return None
 
 

@@ -23,9 +23,10 @@ import warnings
 import numpy as np
 
 from .. import events as ev
+from ..store.batch import Batch
 from ..store.engine import create_store_engine, ensure_schema
 from ..store.records import clean_batch, describe, error_text, store_failure
-from ..store.writer import Batch, StoreWriter
+from ..store.writer import StoreWriter
 from .conversion import column
 from .packing import row_dtype
 
@@ -76,10 +77,8 @@ class WriterThread:
             if self._engine is None:
                 self._engine = create_store_engine(self.url, writer=True, busy_timeout_ms=self._busy_timeout_ms)
             ensure_schema(self._engine)
-            writer = StoreWriter(self._engine, self.run_id, self._run_row)
-            if self._attach:
-                writer._run_created = True
-            else:
+            writer = StoreWriter(self._engine, self.run_id, self._run_row, run_exists=self._attach)
+            if not self._attach:
                 writer.write(Batch())  # the run is visible to readers from the start, not the first flush
             self._writer = writer
             return True
