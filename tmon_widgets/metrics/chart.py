@@ -178,7 +178,7 @@ class Chart:
             rules.visible = False
             self.render_legend(markers_shown)
 
-    def show_markers(self, kind: str, x: np.ndarray, names: list[str], markers_shown: bool) -> None:
+    def place_markers(self, kind: str, x: np.ndarray, names: list[str], markers_shown: bool) -> None:
         """Ticks of ``kind`` at ``x`` (finite), ``names`` their hover texts."""
         rules = self.markers[kind]
         if not len(x):

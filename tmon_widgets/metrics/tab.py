@@ -91,6 +91,7 @@ class MetricsTab:
 
     @property
     def _zoom(self) -> tuple[float, float] | None:
+        """The zoomed x range, None when not zoomed (tests read it here, where it lived before zoom.py)."""
         return self.zoom.range
 
     # ------------------------------------------------------------------ user actions (main thread)
@@ -321,7 +322,7 @@ class MetricsTab:
             ok = np.isfinite(x)
             names = [n for n, k in zip(names, ok, strict=True) if k]
             for chart in self.charts.values():
-                chart.show_markers(kind, x[ok], names, shown)
+                chart.place_markers(kind, x[ok], names, shown)
 
     def _latest(self) -> None:
         rows = []
