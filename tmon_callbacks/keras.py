@@ -79,6 +79,10 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
   completely leaves the model as it was, and the request is rejected with the reason.
 - stop: ``model.stop_training = True``: this step runs, then the fit ends (as ``EarlyStopping``
   ends it); status ``completed`` with a ``stopped`` event.
+
+This module is the hooks (*when*). What they read and record is in ``_keras_fit`` (optimizer
+values, config, ModelCheckpoint's files, why the fit ended), control in ``_keras``, every Keras
+internal tmon relies on in ``_workarounds.keras``, and what all adapters share in ``_adapter``.
 """
 
 from __future__ import annotations
@@ -98,10 +102,11 @@ from typing_extensions import override
 
 from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
-from tmon_core.keys import DATA_TIME, EPOCH, LR, MOMENTUM, STEP_TIME, WEIGHT_DECAY, group_key
+from tmon_core.keys import DATA_TIME, EPOCH, STEP_TIME
 
 from . import _keras
-from ._adapter import CheckpointWatcher, Rejected, StepClock, apply_decisions, guarded
+from . import _keras_fit as _fit
+from ._adapter import Rejected, StepClock, apply_decisions, guarded
 from ._base import RunSession, unwatch, watch_uncaught
 from ._options import make_options, options_doc, options_signature
 from ._workarounds import keras as _wa
@@ -110,7 +115,7 @@ _PLAIN = (float, int)
 # keys ReduceLROnPlateau and LearningRateScheduler add to the epoch's logs: the lr tmon records at every
 # step, read from the optimizer, kept once (as ``lr``)
 _LR_LOG_KEY = "learning_rate"
-# the one option that differs here: Lightning, HF and the plain torch loop take log_grad_norm=True
+# the one option that differs here: Lightning, HF and tmon_core.track take log_grad_norm=True
 _NO_GRAD_NORM = ("must stay False with Keras: Model.fit hands callbacks no gradients, so this callback refuses "
                  "True (``log_grad_norm=True`` is for the torch adapters: Lightning, HF, ``tmon_core.track``).")
 
@@ -140,21 +145,13 @@ class TMonCallback(keras.callbacks.Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._rec = None
-        self._ctl = None
-        self._step = 0
-        self._last_step = None
-        self._epoch = 0
+        self._rec = self._ctl = None
+        self._step, self._last_step, self._epoch, self._batch_begin = 0, None, 0, 0
         self._clock = StepClock()
-        self._batch_begin = 0
+        self._opt = _fit.OptimizerValues()
         self._opt_values: dict = {}
-        self._readers: list = []
         self._batch_logs: dict = {}
-        self._checkpoints: list = []
-        self._ckpt_callbacks: list = []  # the ModelCheckpoints whose files _ckpt_watcher finds, in its pattern order
-        self._ckpt_watcher = CheckpointWatcher()
-        self._ckpt_context: tuple = (0, 0, {})
-        self._scan_every = 0
+        self._ckpts = _fit.ModelCheckpointFiles()
         self._scan_next_batch = False
         self._callbacks: list = []  # this fit's callbacks (read again at its end: what stopped it)
         self._stop_requested = False
@@ -178,37 +175,24 @@ class TMonCallback(keras.callbacks.Callback):
         _wa.unwatch_evaluate(model)  # evaluations from now on belong to this fit's run
         session = self.session = RunSession(self.options, "keras")
         self.run_id = session.run_id
-        self._rec = session.recorder
-        self._ctl = session.controller
+        self._rec, self._ctl = session.recorder, session.controller
         if self._ctl is not None:
             self._ctl.get_value = lambda name, group: _keras.read_param(self._optimizer(), name, group)
         batch_size, initial_epoch = _wa.fit_arguments(model)
         callbacks = self._callbacks = _wa.fit_callbacks(self)
-        self._checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
-        self._ckpt_callbacks = [c for c in self._checkpoints if isinstance(c.filepath, str) and "://" not in c.filepath]
-        self._ckpt_watcher = CheckpointWatcher([_keras.checkpoint_glob(c.filepath) for c in self._ckpt_callbacks])
-        batch_freqs = [c.save_freq for c in self._checkpoints if isinstance(c.save_freq, int)]
-        self._scan_every = min(batch_freqs) if batch_freqs else 0
-        self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
-        self._step = _keras.iterations(model)
-        self._readers = self._optimizer_readers()
+        self._ckpts = _fit.ModelCheckpointFiles(self._rec, callbacks)
+        self._step = _fit.iterations(model)
+        self._opt = _fit.OptimizerValues(_fit.optimizers(model))
         self._steps = _wa.StepFunctions(model, self._on_exception)
         self._steps.wrap("train_function")
         watch_uncaught(session, self._current_step)
         others = [c for c in callbacks if not isinstance(c, TMonCallback)]
         control = self._ctl.describe() if self._ctl is not None else None
-        self._rec.update_config(**_keras.fit_config(model, self.params, others, batch_size, control))
+        self._rec.update_config(**_fit.fit_config(model, self.params, others, batch_size, control))
         steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
         if isinstance(steps, int) and isinstance(epochs, int) and isinstance(initial_epoch, int):
             self._rec.update_run(total_steps=steps * max(0, epochs - initial_epoch))
         session.event(ev.TRAIN_START, step=self._step)
-
-    def _optimizer_readers(self) -> list:
-        readers = []
-        for oi, opt in enumerate(_keras.optimizers(self.model)):
-            readers.append((opt, group_key(LR, oi, 0), _keras.lr_reader(opt), _keras.momentum_attr(opt),
-                            group_key(MOMENTUM, oi, 0), group_key(WEIGHT_DECAY, oi, 0)))
-        return readers
 
     @override
     @guarded
@@ -217,14 +201,14 @@ class TMonCallback(keras.callbacks.Callback):
         if session is None or session.ended:
             return
         self._unwrap()
-        self._scan_checkpoints()
-        reason = _keras.end_reason(self.model, self.params, self._callbacks, last_epoch=self._last_epoch,
-                                   epoch_steps=self._epoch_steps, stop_requested=self._stop_requested)
+        self._ckpts.scan()
+        reason = _fit.end_reason(self.model, self.params, self._callbacks, last_epoch=self._last_epoch,
+                                 epoch_steps=self._epoch_steps, stop_requested=self._stop_requested)
         session.event(ev.TRAIN_END, step=self._step, data=reason)
         unwatch(session)
         session.end(ev.COMPLETED)
         if session.writes_metrics and session.recorder is not None:
-            self._end_iterations = _keras.iterations(self.model)
+            self._end_iterations = _fit.iterations(self.model)
             _wa.watch_evaluate(self.model, self, self._after_fit)
 
     def _current_step(self) -> int:
@@ -257,16 +241,8 @@ class TMonCallback(keras.callbacks.Callback):
             return
         if self._scan_next_batch:
             self._scan_next_batch = False
-            self._scan_checkpoints()
-        values = {}
-        for opt, lr_key, read_lr, mom_attr, mom_key, wd_key in self._readers:
-            values[lr_key] = read_lr()
-            if mom_attr is not None:
-                values[mom_key] = getattr(opt, mom_attr)
-            wd = getattr(opt, "weight_decay", None)
-            if type(wd) in _PLAIN:
-                values[wd_key] = wd
-        self._opt_values = values
+            self._ckpts.scan()
+        self._opt_values = self._opt.read()  # what the step about to run uses
 
     @override
     @guarded
@@ -287,25 +263,26 @@ class TMonCallback(keras.callbacks.Callback):
         rec.log(values, step)
         self._last_step = step
         self._step = step + max(1, batch - self._batch_begin + 1)  # steps_per_execution runs several
-        if self._scan_every and self._step % self._scan_every == 0:
-            self._ckpt_context = (self._step, self._epoch, self._batch_logs)
-            self._scan_checkpoints()  # saved by a ModelCheckpoint listed before this callback
+        every = self._ckpts.every
+        if every and self._step % every == 0:
+            self._ckpts.context = (self._step, self._epoch, self._batch_logs)
+            self._ckpts.scan()  # saved by a ModelCheckpoint listed before this callback
             self._scan_next_batch = True  # ... or after it
         self._clock.pause()  # the next batch's data wait starts after this hook's own work
 
-    # ------------------------------------------------------------ epochs, validation, checkpoints
+    # ------------------------------------------------------------ epochs, validation, evaluation
     @override
     @guarded
     def on_epoch_begin(self, epoch, logs=None):
         if self.session is None or self.session.ended:
             return
-        self._scan_checkpoints()  # saved at the last epoch's end by a callback listed after this one
+        self._ckpts.scan()  # saved at the last epoch's end by a callback listed after this one
         self._epoch = epoch
         self._epoch_first_step = self._step
         self._clock.new_epoch(first_wait=False)  # an epoch's first batch has no data_time
         if self._ctl is not None:
             self._ctl.on_epoch_start(epoch, self._step)
-        self._readers = self._optimizer_readers()  # a callback may have swapped the lr for a schedule
+        self._opt = _fit.OptimizerValues(_fit.optimizers(self.model))  # a callback may have swapped in a schedule
         self.session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
 
     @override
@@ -322,8 +299,8 @@ class TMonCallback(keras.callbacks.Callback):
                       and not k.startswith(_LR_LOG_KEY)}
             if values:
                 self._rec.log(values, self._last_step if self._last_step is not None else self._step)
-        self._ckpt_context = (self._step, epoch, logs)
-        self._scan_checkpoints()
+        self._ckpts.context = (self._step, epoch, logs)
+        self._ckpts.scan()
         self._last_epoch, self._epoch_steps = epoch, self._step - self._epoch_first_step
         self.session.event(ev.EPOCH_END, step=self._step, epoch=epoch)
 
@@ -358,28 +335,14 @@ class TMonCallback(keras.callbacks.Callback):
 
     def _after_fit(self) -> bool:
         """Whether the model is still as this callback's fit left it: no fit has trained it since."""
-        return self._end_iterations is not None and _keras.iterations(self.model) == self._end_iterations
+        return self._end_iterations is not None and _fit.iterations(self.model) == self._end_iterations
 
     def _evaluation_step(self) -> int:
         return self._last_step if self._last_step is not None else self._step
 
-    def _scan_checkpoints(self, record: bool = True) -> None:
-        """Record the files ``ModelCheckpoint`` wrote (or rewrote) since the last scan (removals are not recorded)."""
-        if self._rec is None or not self._ckpt_callbacks:
-            return
-        new, _removed = self._ckpt_watcher.scan()
-        if not record:
-            return
-        step, epoch, logs = self._ckpt_context
-        for path in new:
-            cb = self._ckpt_callbacks[self._ckpt_watcher.origin(path)]
-            value = logs.get(cb.monitor)
-            self._rec.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
-                                 monitor_value=value if type(value) in _PLAIN else None, source="ModelCheckpoint")
-
     # ------------------------------------------------------------ control decisions
     def _optimizer(self):
-        opts = _keras.optimizers(self.model)
+        opts = _fit.optimizers(self.model)
         if len(opts) != 1:
             raise Rejected(f"tmon steers a model with one optimizer; this one has {len(opts)}")
         return opts[0]
@@ -391,16 +354,16 @@ class TMonCallback(keras.callbacks.Callback):
 
     def _set_params(self, d: SetParams) -> dict:
         old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
-        if any(c.name == "lr" for c in d.changes):
-            self._readers = self._optimizer_readers()  # the lr may now be another schedule object
+        if any(c.name == "lr" for c in d.changes):  # the lr may now be another schedule object
+            self._opt = _fit.OptimizerValues(_fit.optimizers(self.model))
         return {"old": old, "new": new}
 
     def _save_checkpoint(self, d: SaveCheckpoint, step: int) -> dict:
-        folder = _keras.manual_dir(self._checkpoints)
+        folder = self._ckpts.manual_dir()
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
         self.model.save(path)  # Keras' own format: weights, optimizer state, config
-        self._ckpt_watcher.known(path)  # not a ModelCheckpoint file, whatever its glob
+        self._ckpts.known(path)
         self._rec.checkpoint(path, step=step, epoch=self._epoch, source="manual", description=d.description,
                              tags=d.tags)
         return {"new": {"path": path}, "reason": d.description}
