@@ -4,11 +4,14 @@ values of a record tmon can take when one of them is refused."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tmon_core import events as ev
 from tmon_core.jsonable import json_safe
 from tmon_core.keys import check_key
 from tmon_core.recorder import prepare_value
@@ -183,10 +186,45 @@ def log_valid(owner, rec, record: dict, step: int, wall_time: float | None = Non
             warn_once(owner, "log", again)
 
 
-def loader_config(loader, user_config: dict) -> dict:
-    """The loader's settings for the run's config (``batch_size`` left out when the user's
-    ``config`` gives one: their word wins, a loader may batch by sampler)."""
+def describe_loader(rec, loader, user_config: dict, total_steps: int | None) -> None:
+    """The loader's settings into the run's config (``batch_size`` left out when the user's
+    ``config`` gives one: their word wins, a loader may batch by sampler), and the run's total
+    steps from ``config["epochs"]`` times its length when ``track`` was not told them."""
     cfg = {k: v for k, v in _torch.dataloader_config(loader).items() if v is not None}
     if "batch_size" in cfg and user_config.get("batch_size") is not None:
         del cfg["batch_size"]
-    return RunConfig(**cfg).as_dict()
+    if cfg:
+        rec.update_config(**RunConfig(**cfg).as_dict())
+    epochs = user_config.get("epochs", user_config.get("max_epochs"))
+    per_epoch = cfg.get("batches_per_epoch")
+    if not total_steps and isinstance(epochs, int) and isinstance(per_epoch, int) and epochs > 0:
+        rec.update_run(total_steps=epochs * per_epoch)
+
+
+def end_reason(stop_requested: bool, should_stop: bool, total_steps: int | None, step: int,
+               epoch_complete: bool | None) -> str:
+    """Why the loop ended (``train_end``'s reason), from what the tracker saw of it."""
+    if stop_requested:
+        return ev.END_STOP_REQUEST
+    if should_stop:
+        return ev.END_SHOULD_STOP
+    if total_steps and step >= total_steps:
+        return ev.END_MAX_STEPS
+    if epoch_complete is False:  # the loop left an epoch before its loader ran out
+        return ev.END_SHOULD_STOP
+    return ev.END_MAX_EPOCHS if epoch_complete else ev.END_MAX_STEPS
+
+
+# trackers used without ``with`` and not finished: finished when the interpreter exits (registered
+# after the recorder's own exit hook, imported above, so it runs first and the run ends completed,
+# not interrupted)
+open_trackers: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_open() -> None:
+    for t in list(open_trackers):
+        try:
+            t.finish()
+        except Exception:
+            pass

@@ -68,10 +68,8 @@ and every process applies the same control decisions at the same step (``_ddp.De
 
 from __future__ import annotations
 
-import atexit
 import os
 import time
-import weakref
 from typing import Any
 
 from tmon_core import events as ev
@@ -145,7 +143,7 @@ class Tracker(LoopControl):
                     self._rec.update_run(total_steps=self._total_steps)
                 session.event(ev.TRAIN_START, step=0)
                 watch_uncaught(session, lambda: self._step)
-            _open_trackers.add(self)
+            _loop.open_trackers.add(self)
         self._apply_due(0)  # At(step=0, ...) applies to the first optimizer step (every process comes here)
 
     @property
@@ -182,7 +180,8 @@ class Tracker(LoopControl):
             recording = self._rec is not None
             self._detach()
             if recording:
-                self.session.event(ev.TRAIN_END, step=self._step, data=self._end_data(self._end_reason()))
+                self.session.event(ev.TRAIN_END, step=self._step,
+                                   data={"reason": self._end_reason(), "steps": self._step, "epochs": self._epochs})
         finally:
             unwatch(self.session)
             self.session.end(ev.COMPLETED)
@@ -200,24 +199,14 @@ class Tracker(LoopControl):
             pass
 
     def _end_reason(self) -> str:
-        if self._stop_requested:
-            return ev.END_STOP_REQUEST
-        if self.should_stop:
-            return ev.END_SHOULD_STOP
-        if self._total_steps and self._step >= self._total_steps:
-            return ev.END_MAX_STEPS
-        if self._epoch_complete is False:  # the loop left an epoch before its loader ran out
-            return ev.END_SHOULD_STOP
-        return ev.END_MAX_EPOCHS if self._epoch_complete else ev.END_MAX_STEPS
-
-    def _end_data(self, reason: str) -> dict:
-        return {"reason": reason, "steps": self._step, "epochs": self._epochs}
+        return _loop.end_reason(self._stop_requested, self.should_stop, self._total_steps, self._step,
+                                self._epoch_complete)
 
     def _detach(self) -> None:
         """Stop recording and steering: hooks off; a later ``t.step()`` warns (once) that the run has
         ended instead of putting values where nothing will write them (``t.log()`` records an
         evaluation after the fit)."""
-        _open_trackers.discard(self)
+        _loop.open_trackers.discard(self)
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -329,7 +318,8 @@ class Tracker(LoopControl):
         try:
             if not self._loader_seen:
                 self._loader_seen = True
-                self._describe_loader(loader)
+                if self._rec is not None:
+                    _loop.describe_loader(self._rec, loader, self._user_config, self._total_steps)
             if self._ctl is not None:
                 self._ctl.on_epoch_start(epoch, self._step)  # At(epoch=...) items become due at this step
             if self._rec is not None:
@@ -356,17 +346,6 @@ class Tracker(LoopControl):
             if self._rec is not None and not session.ended:
                 session.event(ev.EPOCH_END, step=self._step, epoch=epoch, completed=self._epoch_complete)
 
-    def _describe_loader(self, loader) -> None:
-        if self._rec is None:
-            return
-        cfg = _loop.loader_config(loader, self._user_config)
-        if cfg:
-            self._rec.update_config(**cfg)
-        epochs = self._user_config.get("epochs", self._user_config.get("max_epochs"))
-        per_epoch = cfg.get("batches_per_epoch")
-        if not self._total_steps and isinstance(epochs, int) and isinstance(per_epoch, int) and epochs > 0:
-            self._rec.update_run(total_steps=epochs * per_epoch)
-
     # ------------------------------------------------------------ checkpoints
     def checkpoint(self, path: str | os.PathLike | None = None, *, monitor: str | None = None, monitor_value=None,
                    description: str | None = None, tags: list[str] | None = None) -> str | None:
@@ -388,17 +367,3 @@ class Tracker(LoopControl):
             self._rec.checkpoint(path, step=max(self._step - 1, 0), epoch=self._epoch, monitor=monitor,
                                  monitor_value=monitor_value, source="t.checkpoint", description=description, tags=tags)
         return path
-
-
-# trackers used without ``with`` and not finished: finished when the interpreter exits (registered
-# after the recorder's own exit hook, so it runs first and the run ends completed, not interrupted)
-_open_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
-
-
-@atexit.register
-def _finish_open() -> None:
-    for t in list(_open_trackers):
-        try:
-            t.finish()
-        except Exception:
-            pass
