@@ -249,19 +249,26 @@ def test_logged_tensors_are_let_go_once_written_and_freed_by_the_logging_thread(
     assert run.metrics("loss").value.tolist() == [2.0 * s for s in range(7)]
 
 
-def test_attach_adds_to_an_ended_run_after_its_last_step_without_moving_it(store_url):
-    from tmon_core import recorder
-
-    rec = Recorder(store_url, flush_interval=0.05)
+ATTACHED = textwrap.dedent("""
+    import sys
+    from tmon_core import Recorder
+    rec = Recorder(sys.argv[1], flush_interval=0.05)
     assert rec.next_step == 0
     rec.log({"x": 1.0}, step=0)
     rec.log({"x": 2.0}, step=4)
     assert rec.next_step == 5
     rec.close()
     extra = Recorder.attach(rec.url, rec.run_id, like=rec, flush_interval=0.05)
-    assert extra.next_step == 5 and extra not in recorder._live  # not closed as interrupted at exit
+    assert extra.next_step == 5
     extra.log({"test_loss": 0.5})  # without a step: the one after the fit's last
-    extra.close(None)
-    run = open_store(store_url).run(rec.run_id)
+    assert extra.flush()
+    print(rec.run_id)  # and exit without closing it: the exit hook must leave the run as it was
+""")
+
+
+def test_attach_adds_to_an_ended_run_after_its_last_step_without_moving_it(store_url):
+    out = subprocess.run([sys.executable, "-c", ATTACHED, store_url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run = open_store(store_url).run(out.stdout.split()[-1])
     assert run.info()["status"] == "completed" and run.info()["last_step"] == 4
     assert run.metrics("test_loss").step.tolist() == [5]
