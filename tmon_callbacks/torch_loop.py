@@ -77,8 +77,9 @@ from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 
 from . import _loop, _torch
 from ._adapter import Rejected, warn_once
-from ._base import RunSession, make_options, unwatch, watch_uncaught
+from ._base import RunSession, unwatch, watch_uncaught
 from ._loop_control import LoopControl
+from ._options import make_options
 
 _perf = time.perf_counter
 
