@@ -49,7 +49,6 @@ device sync) into the batch's entry, so there is one entry per step either way.
 
 from __future__ import annotations
 
-import glob
 import importlib
 import os
 import time
@@ -61,11 +60,13 @@ from typing_extensions import override
 from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
+from tmon_core.session import RunSession
 
 from . import _lightning_trainer as lt
 from . import _torch
-from ._base import RunSession, apply_decisions, guarded, make_options, warn_once
+from ._adapter import CheckpointWatcher, Rejected, StepClock, apply_decisions, guarded, warn_once
 from ._ddp import DecisionLink
+from ._options import make_options, options_doc
 from ._workarounds import lightning as wa
 
 if TYPE_CHECKING:  # what the mixins are mixed into (either package: the same API)
@@ -74,37 +75,19 @@ if TYPE_CHECKING:  # what the mixins are mixed into (either package: the same AP
 else:
     _Callback = _Logger = object
 
-_perf = time.perf_counter
 _now = time.time
 
 
 #: the docstring of each package's ``TMonCallback``
-DOC = """Record a Lightning fit into a tmon store.
+DOC = f"""Record a Lightning fit into a tmon store.
 
     >>> trainer = Trainer(max_epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
 
-    Args:
-        store: database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.
-        run_name: readable name of the run; default ``lightning-<date>-<time>``.
-        flush_interval: seconds between writes to the store.
-        sample_interval: seconds between hardware samples; None turns sampling off.
-        heartbeat_timeout: seconds of silence after which readers call the run ``lost``.
-        log_grad_norm: also record the total gradient norm before each optimizer step.
-        gpus: sample GPUs through NVML when present.
-        schedule: ``tmon_core.At(...)`` items: parameter changes at a step or epoch.
-        presets: name -> {parameter: value}, applied by ``run.apply_preset(name)``.
-        params: name -> ``tmon_core.Param``: your own steerable knobs.
-        control: ``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints)
-            | ``admin`` (also rollback and stop). See ``tmon_core.control``.
-        tags, notes: labels and free text stored with the run.
-        capture_logs: keep Python logging records at WARNING and above and warnings.warn calls
-            with the run (what the user sees is unchanged).
-        capture_output: also keep every line printed to stdout/stderr.
-        report: ``"auto"`` (default) makes ``tmon_core.report()`` when the run ends
-            (``callback.session.report``); ``"off"``.
+    {options_doc(indent=4, run_name="readable name of the run; default ``lightning-<date>-<time>``.")}
 
     One instance can serve several ``fit()`` calls: each is its own run.
     """
+
 
 @dataclass(frozen=True)
 class LightningPackage:
@@ -211,20 +194,18 @@ class TMonCallbackMixin(_Callback):
         self._step = 0
         self._batch_step = 0  # the step the last training batch was recorded at
         self._last_global_step = 0
-        self._t_batch = self._t_last_end = None
+        self._clock = StepClock()
         self._opt_values = self._grad_norm = None
         # (values, step, wall time, epoch, between logging steps) of the last batch, not yet recorded
         self._held = None
-        # gradient accumulation: the micro-batches of the step in progress (loss sum, count,
-        # seconds in the step, seconds waiting for data)
+        # gradient accumulation: [loss sum, count] of the micro-batches of the step in progress
         self._accum = 1
         self._micro = None
         self._results = None  # Lightning's result collection for self.log values (see _release)
         self._fork_names: dict = {}
         self._stop_request = False
         self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
-        self._known_ckpts: dict[str, float] = {}
-        self._ckpt_dirs: list[str] = []
+        self._ckpts = CheckpointWatcher()  # the folders ModelCheckpoint writes, from train start
 
     @override
     @guarded
@@ -239,8 +220,8 @@ class TMonCallbackMixin(_Callback):
         if self._rec is None:
             return
         self._results = wa.result_collection(trainer)
-        self._ckpt_dirs = lt.checkpoint_dirs(self._pl, trainer)
-        self._scan_checkpoints(record=False)  # files from earlier runs are not this run's
+        self._ckpts = CheckpointWatcher(CheckpointWatcher.in_folders(lt.checkpoint_dirs(self._pl, trainer), "*.ckpt"))
+        self._ckpts.scan()  # files from earlier runs are not this run's
         if self._logger not in trainer.loggers:
             # attached only now, after ModelCheckpoint resolved its directory from loggers[0]
             trainer.loggers = list(trainer.loggers) + [self._logger]
@@ -307,7 +288,7 @@ class TMonCallbackMixin(_Callback):
     # ------------------------------------------------------------ per batch (the hot path)
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self._t_batch = _perf()
+        self._clock.begin()
         step = self._step
         if self._held is not None:
             self._release()
@@ -343,36 +324,24 @@ class TMonCallbackMixin(_Callback):
         rec = self._rec
         if rec is None:
             return
-        now = _perf()
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # (or a bare tensor)
-        t0 = self._t_batch
-        busy = wait = None
-        if t0 is not None:
-            busy = now - t0
-            if self._t_last_end is not None:
-                wait = t0 - self._t_last_end
+        busy, wait = self._clock.end(stepped or self._accum <= 1)
         if self._accum > 1:
             # one record per optimizer step: Lightning hands back each micro-batch's loss divided
             # by accumulate_grad_batches; their sum over the window is the mean of what
             # training_step returned (rescaled when the epoch's last window is short)
             micro = self._micro
             if micro is None:
-                micro = self._micro = [None, 0, 0.0, None]
+                micro = self._micro = [None, 0]
             if loss is not None:
                 micro[0] = loss if micro[0] is None else micro[0] + loss
                 micro[1] += 1
-            if busy is not None:
-                micro[2] += busy
-            if wait is not None:
-                micro[3] = wait if micro[3] is None else micro[3] + wait
             if not stepped:
-                self._t_last_end = _perf()
                 return
             self._micro = None
             loss = micro[0]
             if loss is not None and micro[1] != self._accum:
                 loss = loss * (self._accum / micro[1])
-            busy, wait = micro[2], micro[3]
         values = self._opt_values or _torch.optimizer_values(self._optimizers)
         self._opt_values = None
         if loss is not None:
@@ -394,7 +363,7 @@ class TMonCallbackMixin(_Callback):
         # result collection when the entry is released (next batch, epoch end, validation, the
         # end of the fit), after the module's and later callbacks' hooks logged theirs too
         self._held = (values, step, _now(), trainer.current_epoch, not logs)
-        self._t_last_end = _perf()
+        self._clock.pause()  # (the time spent here is not the next batch's data loading)
 
     def _add_logged_now(self, values: dict) -> None:
         """The step's ``self.log`` values into ``values`` (``_workarounds.lightning.logged_now``);
@@ -467,10 +436,10 @@ class TMonCallbackMixin(_Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # the epoch's data iterator is made (workers started) and its first batch fetched after
         # this hook: that wait is the first batch's data_time
-        self._t_last_end = _perf()
+        self._clock.new_epoch(first_wait=True)
         if self._ctl is not None:
             self._ctl.on_epoch_start(trainer.current_epoch, self._step)
-        if self._rec is not None and self._ckpt_dirs:
+        if self._rec is not None and self._ckpts.patterns:
             # ModelCheckpoint removes a top-k loser after its logger hook ran: see it now
             self._scan_checkpoints()
         self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
@@ -495,74 +464,67 @@ class TMonCallbackMixin(_Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
             self.session.event(ev.VALIDATION_END, step=self._batch_step, epoch=trainer.current_epoch)
-        self._t_last_end = _perf()  # validation time is not data-loading time
+        self._clock.pause()  # validation time is not data-loading time
 
-    def _scan_checkpoints(self, record: bool = True) -> None:
-        """Record checkpoint files that appeared (or were rewritten) since the last scan."""
+    def _scan_checkpoints(self) -> None:
+        """Record checkpoint files that appeared (or were rewritten) since the last scan, and those removed."""
         if self._rec is None:
             return
-        seen: dict[str, float] = {}
-        for d in self._ckpt_dirs:
-            for path in glob.glob(os.path.join(glob.escape(d), "*.ckpt")):
-                try:
-                    seen[os.path.abspath(path)] = os.path.getmtime(path)
-                except OSError:
-                    continue
-        if record:
-            trainer = self._trainer
-            for path, mtime in seen.items():
-                if self._known_ckpts.get(path) != mtime:
-                    monitor, value = lt.checkpoint_monitor(self._pl, trainer, path)
-                    self._rec.checkpoint(path, step=trainer.global_step, epoch=trainer.current_epoch,
-                                         monitor=monitor, monitor_value=value, source="ModelCheckpoint")
-            for path in self._known_ckpts.keys() - seen.keys():
-                self._rec.checkpoint_removed(path)
-        self._known_ckpts = seen
+        trainer = self._trainer
+        new, removed = self._ckpts.scan()
+        for path in new:
+            monitor, value = lt.checkpoint_monitor(self._pl, trainer, path)
+            self._rec.checkpoint(path, step=trainer.global_step, epoch=trainer.current_epoch, monitor=monitor,
+                                 monitor_value=value, source="ModelCheckpoint")
+        for path in removed:
+            self._rec.checkpoint_removed(path)
 
     # ------------------------------------------------------------ control decisions
     def _apply(self, decisions, trainer, pl_module, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, lambda d: self._apply_one(d, trainer, pl_module, step))
+        apply_decisions(self._ctl, decisions, step, {
+            SetParams: lambda d: self._set_params(d, trainer),
+            SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
+            Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
+            Stop: lambda d: self._stop(d, trainer),
+        })
 
-    def _apply_one(self, d, trainer, pl_module, step: int) -> dict:
-        if isinstance(d, SetParams):
-            old, new = _torch.apply_changes(trainer.optimizers, self._schedulers, d.changes, d.mode)
-            return {"old": old, "new": new}
-        if isinstance(d, SaveCheckpoint):
-            folder = lt.manual_checkpoint_dir(self._pl, trainer)
-            path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.ckpt")
-            trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
-            if self._rec is not None:
-                self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
-                                     description=d.description, tags=d.tags)
-                # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it
-                # for ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
-                if any(os.path.abspath(d) == os.path.abspath(folder) for d in self._ckpt_dirs):
-                    try:
-                        self._known_ckpts[os.path.abspath(path)] = os.path.getmtime(path)
-                    except OSError:
-                        pass
-            return {"new": {"path": path}, "reason": d.description}
-        if isinstance(d, Rollback):
-            ckpt = _torch.load_checkpoint_file(d.path)
-            state = ckpt.get("state_dict", ckpt)
-            states = ckpt.get("optimizer_states")
-            if states is not None:
-                _torch.check_optimizer_states(trainer.optimizers, states)
-            missing, unexpected = lt.check_keys(pl_module, state)
-            if missing or unexpected:
-                raise _torch.ParamRejected(
-                    f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-            pl_module.load_state_dict(state)
-            if states is not None:
-                _torch.restore_optimizer_states(trainer.optimizers, states)
-            return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                     "checkpoint_step": ckpt.get("global_step")},
-                    "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
-        if isinstance(d, Stop):
-            trainer.should_stop = True
-            self._stop_request = True
-            return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
-        raise _torch.ParamRejected(f"unknown decision {type(d).__name__}")
+    def _set_params(self, d: SetParams, trainer) -> dict:
+        old, new = _torch.apply_changes(trainer.optimizers, self._schedulers, d.changes, d.mode)
+        return {"old": old, "new": new}
+
+    def _save_checkpoint(self, d: SaveCheckpoint, trainer, step: int) -> dict:
+        path = os.path.join(lt.manual_checkpoint_dir(self._pl, trainer), f"tmon-{self.run_id}-step={step}.ckpt")
+        trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
+        if self._rec is not None:
+            self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
+                                 description=d.description, tags=d.tags)
+            # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it for
+            # ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
+            if self._ckpts.covers(path):
+                self._ckpts.known(path)
+        return {"new": {"path": path}, "reason": d.description}
+
+    def _rollback(self, d: Rollback, trainer, pl_module, step: int) -> dict:
+        ckpt = _torch.read_torch_checkpoint(d.path)
+        state = ckpt.get("state_dict", ckpt)
+        states = ckpt.get("optimizer_states")
+        if states is not None:
+            _torch.check_optimizer_states(trainer.optimizers, states)
+        missing, unexpected = lt.check_keys(pl_module, state)
+        if missing or unexpected:
+            raise Rejected(
+                f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        pl_module.load_state_dict(state)
+        if states is not None:
+            _torch.restore_optimizer_states(trainer.optimizers, states)
+        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                                 "checkpoint_step": ckpt.get("global_step")},
+                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+
+    def _stop(self, d: Stop, trainer) -> dict:
+        trainer.should_stop = True
+        self._stop_request = True
+        return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
 
     @property
     @override
