@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import warnings
 from typing import Any
 
 import transformers
@@ -14,13 +15,13 @@ import transformers
 from tmon_core import events as ev
 from tmon_core.keys import EPOCH, GRAD_NORM
 from tmon_core.run_config import RunConfig
+from tmon_core.session import RunSession
 from tmon_core.store.text import MAX_RUN_NAME, storable
 from tmon_core.store.writer import json_safe
 
 from . import _torch
-from ._adapter import warn_once
-from ._base import RunSession
-from ._workarounds.hf import CHECKPOINT_PREFIX, early_stopping_exhausted
+from ._adapter import TMonCallbackWarning, warn_once
+from ._workarounds.hf import CHECKPOINT_PREFIX, after_fit_stage, early_stopping_exhausted
 
 PLAIN = (int, float)
 # keys HF logs that tmon records at every step itself, under its own names: kept once (hf.py's docstring)
@@ -153,6 +154,112 @@ def checkpoint_dir(args, step: int) -> str | None:
         found = glob.glob(os.path.join(glob.escape(args.output_dir), "*", os.path.basename(path)))
         path = max(found, key=os.path.getmtime) if found else None
     return path
+
+
+def grad_norm_per_step(options, args, recording: bool) -> bool:
+    """Whether tmon measures ``grad_norm`` at every step: ``log_grad_norm=True`` without clipping.
+    With clipping, HF's own norm (before clipping) is the one kept, and a warning says why."""
+    clipping = bool(args.max_grad_norm) and args.max_grad_norm > 0
+    if options.log_grad_norm and clipping and recording:
+        warnings.warn(
+            f"tmon: log_grad_norm=True would record the gradient norm after clipping, but HF clips "
+            f"(max_grad_norm={args.max_grad_norm}) and logs the norm before clipping as grad_norm: tmon "
+            f"records HF's; set logging_steps=1 to have it at every step", TMonCallbackWarning, stacklevel=3)
+    return options.log_grad_norm and not clipping
+
+
+def record_save(rec, controller, args, state, manual: list, eval_step, eval_metrics: dict) -> str | None:
+    """Record the checkpoint the Trainer saved at this step (its directory, else None is returned)
+    and resolve the control requests (``manual``) that asked for it."""
+    step = state.global_step
+    path = checkpoint_dir(args, step)
+    if path is not None:
+        name, _mode = best_metric(args)  # the metric HF compares checkpoints by, if evaluated at this step
+        value = eval_metrics.get(name) if name is not None and eval_step == step else None
+        # a checkpoint asked for by control requests (several in one step share the directory)
+        description = "; ".join(d.description for d in manual if d.description) or None
+        tags = list(dict.fromkeys(t for d in manual for t in d.tags))
+        rec.checkpoint(path, step=step, epoch=state.epoch, monitor=name, monitor_value=value,
+                       source="manual" if manual else "Trainer", description=description, tags=tags)
+    for d in manual:
+        if path is None:
+            controller.resolve(d, step, applied=False, reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{step} directory")
+        else:
+            controller.resolve(d, step, applied=True, new={"path": os.path.abspath(path)}, reason=d.description)
+    return path
+
+
+def set_params(optimizer, scheduler, d) -> dict:
+    """Apply a ``SetParams`` decision to the optimizer (and the scheduler's bases in ``scale`` mode)."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+    old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [], d.changes, d.mode)
+    return {"old": old, "new": new}
+
+
+def rollback(model, optimizer, d, step: int) -> dict:
+    """Apply a ``Rollback`` decision: the checkpoint's weights and optimizer state, both checked
+    before anything is loaded; the hyperparameters in effect stay."""
+    state, optimizer_state, ckpt_step = _torch.read_hf_checkpoint(d.path)
+    if optimizer_state is not None:
+        _torch.check_optimizer_states([optimizer], [optimizer_state])
+    _torch.load_model_state(model, state, d.path)
+    if optimizer_state is not None:
+        _torch.restore_optimizer_states([optimizer], [optimizer_state])
+    return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
+                                             "checkpoint_step": ckpt_step,
+                                             "optimizer_restored": optimizer_state is not None},
+            "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+
+
+class AfterFit:
+    """Evaluation after the fit, recorded into the ended run with its status kept: ``evaluate()`` or
+    ``predict()`` (from their first prediction step to ``on_evaluate``/``on_predict``), a
+    ``trainer.log`` of the user's, and what a script adds before ``Trainer.log_metrics``."""
+
+    def __init__(self) -> None:
+        self.open = False  # an evaluation after the fit is open in the session
+        self.keys: set[str] = set()  # what it has recorded: log_metrics does not record them twice
+
+    def begin(self, session, step: int) -> None:
+        """A first prediction step after the fit."""
+        if session.writes_metrics:
+            session.begin_evaluation(after_fit_stage(), step)
+            self.open = True
+
+    def log(self, session, values: dict, step: int | None) -> None:
+        if not values or not session.writes_metrics:
+            return
+        self.keys.update(values)
+        if self.open:
+            session.log_evaluation(values, step)
+        else:  # no prediction step came first (a trainer.log of the user's): its own short evaluation
+            session.begin_evaluation("evaluate", step)
+            session.log_evaluation(values, step)
+            session.end_evaluation(step)
+
+    def evaluated(self, session, step: int) -> None:
+        """``on_evaluate``: its metrics came through ``on_log``, as HF logged them."""
+        if self.open:
+            self.open = False
+            session.end_evaluation(step)
+
+    def predicted(self, session, metrics: dict | None, step: int) -> None:
+        """``on_predict``: ``predict()`` logs nothing, its metrics (``test_loss``...) are recorded here."""
+        if self.open:
+            self.open = False
+            values = {k: v for k, v in (metrics or {}).items() if type(v) in PLAIN}
+            self.keys.update(values)
+            session.log_evaluation(values, step)
+            session.end_evaluation(step)
+
+    def metrics_logged(self, session, split: str, metrics: dict, eval_step: int | None) -> None:
+        """``Trainer.log_metrics(split, metrics)``: the values HF did not log already."""
+        if split not in ("eval", "test") or not metrics:
+            return
+        values = {k: v for k, v in metrics.items() if type(v) in PLAIN and k not in self.keys
+                  and k not in RECORDED_PER_STEP}
+        if values:
+            self.log(session, values, eval_step if split == "eval" else None)
 
 
 def open_session(owner, options, args) -> RunSession | None:

@@ -101,7 +101,6 @@ at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over 
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 try:
@@ -115,19 +114,13 @@ from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
 from tmon_core.run_config import RunConfig
+from tmon_core.session import RunSession
 
 from . import _hf, _torch
-from ._adapter import CheckpointWatcher, StepClock, TMonCallbackWarning, apply_decisions, guarded, warn_once
-from ._base import RunSession, unwatch, watch_uncaught
+from ._adapter import CheckpointWatcher, StepClock, apply_decisions, guarded, warn_once
 from ._options import make_options, options_doc, options_signature
-from ._workarounds.hf import (
-    CHECKPOINT_PREFIX,
-    TrainListener,
-    after_fit_stage,
-    find_trainer,
-    trainer_callbacks,
-    watch_train,
-)
+from ._workarounds.hf import TrainListener, find_trainer, trainer_callbacks, watch_train
+from ._workarounds.python import unwatch, watch_uncaught
 
 _GRAD_NORM_DOC = ("also record ``grad_norm`` at every step, not only at HF's logging steps. HF reports the norm "
                   "before clipping; tmon can only measure it after, so with clipping on (``max_grad_norm > 0``, "
@@ -174,13 +167,12 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._in_eval = False
         self._eval_step = None
         self._eval_metrics: dict = {}
-        self._after_fit_keys: set[str] = set()  # what evaluation after the fit has recorded (see metrics_logged)
+        self._after_fit = _hf.AfterFit()
         self._checkpoints = CheckpointWatcher()  # the directories on_save recorded: which save_total_limit removed
         self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
         self._stop_requested = False
         self._epoch_first_step = None
         self._empty_epoch = False  # an epoch without a single optimizer step: the data ran out
-        self._evaluating_after_fit = False  # an evaluation after the fit is open in the session
 
     # ------------------------------------------------------------ seeing exceptions
     @override
@@ -258,13 +250,7 @@ class TMonCallback(TrainerCallback, TrainListener):
             self._ctl.get_value = lambda name, group: _torch.read_param([inner], name, group)
         self._step = state.global_step
         self._clock.reset()
-        clipping = bool(args.max_grad_norm) and args.max_grad_norm > 0
-        if self.options.log_grad_norm and clipping and self._rec is not None:
-            warnings.warn(
-                f"tmon: log_grad_norm=True would record the gradient norm after clipping, but HF clips "
-                f"(max_grad_norm={args.max_grad_norm}) and logs the norm before clipping as grad_norm: tmon "
-                f"records HF's; set logging_steps=1 to have it at every step", TMonCallbackWarning, stacklevel=2)
-        self._per_step_grad_norm = self.options.log_grad_norm and not clipping
+        self._per_step_grad_norm = _hf.grad_norm_per_step(self.options, args, recording=self._rec is not None)
 
     @override
     @guarded
@@ -336,7 +322,7 @@ class TMonCallback(TrainerCallback, TrainListener):
         # what tmon records every step already, under its names, is left out ("HF's logs" above)
         values = _hf.logged_values(logs, skip_grad_norm=self._per_step_grad_norm)
         if self.session.ended:  # after the fit: trainer.evaluate(), or the user's own trainer.log
-            self._log_after_fit(values, state.global_step)
+            self._after_fit.log(self.session, values, state.global_step)
             return
         if values:
             try:
@@ -371,24 +357,10 @@ class TMonCallback(TrainerCallback, TrainListener):
     @guarded
     def _begin_eval(self, state) -> None:
         self._in_eval = True
-        session = self.session
-        if not session.ended:
-            session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
-        elif session.writes_metrics:  # evaluate() or predict() after the fit: into the run, status kept
-            session.begin_evaluation(after_fit_stage(), state.global_step)
-            self._evaluating_after_fit = True
-
-    def _log_after_fit(self, values: dict, step: int) -> None:
-        session = self.session
-        if not values or not session.writes_metrics:
-            return
-        self._after_fit_keys.update(values)
-        if self._evaluating_after_fit:
-            session.log_evaluation(values, step)
-        else:  # no prediction step came first (a trainer.log of the user's): its own short evaluation
-            session.begin_evaluation("evaluate", step)
-            session.log_evaluation(values, step)
-            session.end_evaluation(step)
+        if not self.session.ended:
+            self.session.event(ev.VALIDATION_START, step=state.global_step, epoch=self._epoch)
+        else:  # evaluate() or predict() after the fit: into the run, status kept
+            self._after_fit.begin(self.session, state.global_step)
 
     @override
     @guarded
@@ -397,35 +369,24 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._eval_step, self._eval_metrics = state.global_step, dict(metrics or {})
         if self.session is not None and not self.session.ended:
             self.session.event(ev.VALIDATION_END, step=state.global_step, epoch=self._epoch)
-        elif self._evaluating_after_fit:  # its metrics came through on_log, as HF logged them
-            self._evaluating_after_fit = False
-            self.session.end_evaluation(state.global_step)
+        else:
+            self._after_fit.evaluated(self.session, state.global_step)
         self._clock.pause()
+
+    @override
+    @guarded
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self._in_eval = False
+        self._after_fit.predicted(self.session, metrics, state.global_step)
 
     @override
     @guarded
     def metrics_logged(self, split: str, metrics: dict) -> None:
         """``Trainer.log_metrics(split, metrics)`` after the fit. A script adds to an evaluation's
         metrics before printing and saving them (run_clm.py: ``perplexity``, ``eval_samples``), and
-        nothing hands those to a callback; the values HF logged already are not recorded twice."""
-        session = self.session
-        if session is None or not session.ended or split not in ("eval", "test") or not metrics:
-            return
-        values = {k: v for k, v in metrics.items() if type(v) in _hf.PLAIN and k not in self._after_fit_keys
-                  and k not in _hf.RECORDED_PER_STEP}
-        if values:
-            self._log_after_fit(values, self._eval_step if split == "eval" else None)
-
-    @override
-    @guarded
-    def on_predict(self, args, state, control, metrics=None, **kwargs):
-        self._in_eval = False
-        if self._evaluating_after_fit:  # predict() logs nothing: its metrics (test_loss...) are recorded here
-            self._evaluating_after_fit = False
-            values = {k: v for k, v in (metrics or {}).items() if type(v) in _hf.PLAIN}
-            self._after_fit_keys.update(values)
-            self.session.log_evaluation(values, state.global_step)
-            self.session.end_evaluation(state.global_step)
+        nothing hands those to a callback."""
+        if self.session is not None and self.session.ended:
+            self._after_fit.metrics_logged(self.session, split, metrics, self._eval_step)
 
     @override
     @guarded
@@ -433,23 +394,9 @@ class TMonCallback(TrainerCallback, TrainListener):
         manual, self._pending_saves = self._pending_saves, []
         if self._rec is None:
             return
-        step = state.global_step
-        path = _hf.checkpoint_dir(args, step)
+        path = _hf.record_save(self._rec, self._ctl, args, state, manual, self._eval_step, self._eval_metrics)
         if path is not None:
-            name, _mode = _hf.best_metric(args)  # the metric HF compares checkpoints by, if evaluated now
-            value = self._eval_metrics.get(name) if name is not None and self._eval_step == step else None
-            # a checkpoint asked for by control requests (several in one step share the directory)
-            description = "; ".join(d.description for d in manual if d.description) or None
-            tags = list(dict.fromkeys(t for d in manual for t in d.tags))
-            self._rec.checkpoint(path, step=step, epoch=state.epoch, monitor=name, monitor_value=value,
-                                 source="manual" if manual else "Trainer", description=description, tags=tags)
             self._checkpoints.known(path)
-        for d in manual:
-            if path is None:
-                self._ctl.resolve(d, step, applied=False,
-                                  reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{step} directory")
-            else:
-                self._ctl.resolve(d, step, applied=True, new={"path": os.path.abspath(path)}, reason=d.description)
         self._scan_removed()
         self._clock.pause()
 
@@ -460,36 +407,19 @@ class TMonCallback(TrainerCallback, TrainListener):
 
     # ------------------------------------------------------------ control decisions
     def _apply(self, decisions, step: int, control, kw: dict) -> None:
+        def optimizer():
+            return _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
+
         apply_decisions(self._ctl, decisions, step, {
-            SetParams: lambda d: self._set_params(d, kw),
+            SetParams: lambda d: _hf.set_params(optimizer(), kw.get("lr_scheduler"), d),
             SaveCheckpoint: lambda d: self._save(d, control),
-            Rollback: lambda d: self._rollback(d, step, kw),
+            Rollback: lambda d: _hf.rollback(_hf.given(kw, "model", self._model), optimizer(), d, step),
             Stop: lambda d: self._stop(d, control),
         })
-
-    def _set_params(self, d: SetParams, kw: dict) -> dict:
-        optimizer = _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
-        scheduler = kw.get("lr_scheduler")
-        scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-        old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [], d.changes, d.mode)
-        return {"old": old, "new": new}
 
     def _save(self, d: SaveCheckpoint, control) -> None:
         control.should_save = True  # HF saves after this step; on_save records it and resolves d
         self._pending_saves.append(d)
-
-    def _rollback(self, d: Rollback, step: int, kw: dict) -> dict:
-        optimizer = _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
-        state, optimizer_state, ckpt_step = _torch.read_hf_checkpoint(d.path)
-        if optimizer_state is not None:
-            _torch.check_optimizer_states([optimizer], [optimizer_state])
-        _torch.load_model_state(_hf.given(kw, "model", self._model), state, d.path)
-        if optimizer_state is not None:
-            _torch.restore_optimizer_states([optimizer], [optimizer_state])
-        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                 "checkpoint_step": ckpt_step,
-                                                 "optimizer_restored": optimizer_state is not None},
-                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
 
     def _stop(self, d: Stop, control) -> dict:
         control.should_training_stop = True  # this step runs, then the Trainer ends as it does at max_steps

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from .._base import caller_locals
+from .python import caller_locals
 
 # The directory name Trainer saves a checkpoint under, ``f"{PREFIX_CHECKPOINT_DIR}-{global_step}"``
 # (transformers.trainer_utils): no hook hands on_save the directory it wrote.
