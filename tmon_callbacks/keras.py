@@ -103,13 +103,14 @@ from typing_extensions import override
 from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, STEP_TIME
+from tmon_core.session import RunSession
 
 from . import _keras
 from . import _keras_fit as _fit
 from ._adapter import Rejected, StepClock, apply_decisions, guarded
-from ._base import RunSession, unwatch, watch_uncaught
 from ._options import make_options, options_doc, options_signature
 from ._workarounds import keras as _wa
+from ._workarounds.python import unwatch, watch_uncaught
 
 _PLAIN = (float, int)
 # keys ReduceLROnPlateau and LearningRateScheduler add to the epoch's logs: the lr tmon records at every

@@ -13,7 +13,7 @@ import functools
 
 import keras
 
-from .._base import caller_locals
+from .python import caller_locals
 
 # ---------------------------------------------------------------------------- the optimizer
 
