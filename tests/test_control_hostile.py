@@ -20,7 +20,7 @@ from tmon_callbacks.lightning import TMonCallback  # noqa: E402
 from tmon_core import Recorder, open_store  # noqa: E402
 from tmon_core.cli import main as tmon  # noqa: E402
 from tmon_core.control import Controller  # noqa: E402
-from tmon_core.control.requests import MAX_DEPTH, MAX_PAYLOAD_CHARS, json_depth, parse_request_row  # noqa: E402
+from tmon_core.store.requests import MAX_DEPTH, MAX_PAYLOAD_CHARS, json_depth, parse_request_row  # noqa: E402
 from tmon_core.store.schema import RequestRow  # noqa: E402
 
 TinyRegressor, SyntheticData = make("lightning.pytorch")

@@ -17,6 +17,7 @@ from ..jsonable import json_safe, to_json  # noqa: F401  (their old home: kept i
 from . import chunks
 from .batch import Batch
 from .records import clean_row, error_text, refusal, store_failure
+from .requests import parse_request_row
 from .schema import (
     SUMMARY_EVERY_FLUSHES,
     SUMMARY_EVERY_POINTS,
@@ -226,8 +227,6 @@ class StoreWriter:
         return fresh
 
     def _pending_requests(self, conn, cur) -> list[dict]:
-        from ..control.requests import parse_request_row  # (control imports the store)
-
         cur.execute(self._poll_sql, (self.run_id, self._last_request))
         rows = [dict(zip(("id", "kind", "payload", "requested_by"), r)) for r in cur.fetchall()]
         out = []
