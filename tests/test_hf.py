@@ -20,11 +20,11 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from tmon_callbacks._base import TMonCallbackWarning  # noqa: E402
+from tmon_callbacks._adapter import TMonCallbackWarning  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
 from tmon_core import keys, open_store  # noqa: E402
-from tmon_core.recorder import path_size  # noqa: E402
+from tmon_core.checkpoints import path_size  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

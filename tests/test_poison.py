@@ -114,7 +114,7 @@ def test_a_lightning_fit_logging_an_undecodable_file_name_is_recorded_whole(db, 
 
 
 def test_what_the_constructors_can_check_they_refuse_naming_the_option(store_url):
-    from tmon_callbacks._base import make_options  # every adapter's constructor checks its options here
+    from tmon_callbacks._options import make_options  # every adapter's constructor checks its options here
 
     for kwargs, name in (({"run_name": "r" * 251}, "run_name"), ({"run_name": "a\x00b"}, "run_name"),
                          ({"tags": ["ok", "bad\udcff"]}, "tags"), ({"notes": "x\x00"}, "notes")):

@@ -437,7 +437,7 @@ def test_two_processes_record_one_run_and_apply_the_schedule_at_the_same_step(tm
 def test_rollback_reads_the_checkpoint_layouts_a_plain_loop_saves(tmp_path):
     from safetensors.torch import save_file
 
-    from tmon_callbacks._base import Rejected
+    from tmon_callbacks._adapter import Rejected
     from tmon_callbacks._torch import read_loop_checkpoint as _read_checkpoint
 
     model, opt, _ = setup()
