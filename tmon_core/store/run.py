@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select, text
@@ -20,9 +20,6 @@ from ..events import LOST, RUNNING
 from . import points
 from .run_control import RunControl
 from .schema import CheckpointRow, EventRow, GpuSampleRow, LogRow, RunRow, SampleRow, SeriesRow
-
-if TYPE_CHECKING:
-    from .store import Store
 
 
 def _pd():
@@ -59,7 +56,8 @@ def effective_status(status: str, heartbeat_at: float | None, timeout: float, no
 class Run(RunControl):
     """Read access to one run (and, through ``RunControl``, steering it)."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store, run_id: str):
+        """``store``: the open ``Store`` the run is read from."""
         self.store = store
         self.id = run_id
         self._series_ids: dict[str, int] = {}  # a run's series only grow: cached, re-read on a miss
