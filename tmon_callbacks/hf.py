@@ -10,7 +10,7 @@ HF hook → what tmon records:
                                  ``train`` that reports an exception escaping it (OOM included):
                                  the run ends failed, though ``TrainerCallback`` has no exception
                                  hook (the trainer's class becomes a same-named subclass adding
-                                 only that ``train``)
+                                 only that ``train`` and ``log_metrics``: ``_workarounds/hf.py``)
 ``on_train_begin``               opens the run (world process 0) and the hardware sampler (each
                                  node's local process 0); the run id is broadcast to all processes;
                                  ``train_start`` event; config: ``TrainingArguments``, the model
@@ -100,6 +100,7 @@ at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -191,13 +192,11 @@ class TMonCallback(TrainerCallback, TrainListener):
 
     @override
     def train_failed(self, exc: BaseException) -> None:
-        try:
-            session = self.session
+        session = self.session
+        with contextlib.suppress(Exception):  # never mask the user's exception with one of ours
             if session is not None and not session.ended:
                 session.fail(exc, self._step)
                 unwatch(session)
-        except Exception:  # never mask the user's exception with one of ours
-            pass
 
     # ------------------------------------------------------------ lifecycle
     @override
