@@ -59,7 +59,8 @@ class Recorder(Packing, WriterThread):
         tags, notes: labels and free text stored with the run (for filtering and comparing runs).
         moves_last_step: whether the steps logged here advance the run's ``last_step`` (what
             ``tmon show`` counts as steps done). False for a recorder attached to add evaluation
-            after the fit, whose metrics sit at the step after the last training step.
+            after the fit, whose metrics sit at the step after the last training step
+            (``Recorder.attach``).
     """
 
     def __init__(
