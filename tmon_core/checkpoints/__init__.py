@@ -9,6 +9,25 @@
 
 Importing this package imports no framework: torch, safetensors and h5py are imported when a file
 needs them. Every refusal is a ``CheckpointError`` (a ``ValueError``) naming the file and the reason.
+
+>>> import json, os, struct, tempfile
+>>> import numpy as np
+>>> from tmon_core.checkpoints import CheckpointError, open_checkpoint, path_size
+>>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")   # a safetensors file, by hand
+>>> data = np.arange(6, dtype=np.float32).tobytes()
+>>> header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+>>> with open(path, "wb") as f:
+...     _ = f.write(struct.pack("<Q", len(header)) + header + data)
+>>> with open_checkpoint(path) as ck:
+...     ck.format, ck.tensors["w"], ck.read("w", 1, 4).tolist()
+('safetensors', TensorInfo(shape=(2, 3), dtype='float32'), [1.0, 2.0, 3.0])
+>>> path_size(path) == 8 + len(header) + 24
+True
+>>> try:
+...     open_checkpoint(path + ".missing")
+... except CheckpointError as exc:
+...     print(exc.reason)
+no such file or directory
 """
 
 from __future__ import annotations
@@ -17,7 +36,7 @@ import os
 
 from .base import Checkpoint, TensorInfo
 from .errors import CheckpointError
-from .open import open_checkpoint
+from .opener import open_checkpoint
 from .rollback import read_hf_checkpoint, read_loop_checkpoint, read_torch_checkpoint, read_torch_weights
 
 

@@ -3,7 +3,7 @@ up front, data a slice at a time), ``TensorInfo``, and the bounded flattening of
 around the tensors (hyperparameters, optimizer param groups, scheduler counters) into dotted keys.
 
 The format modules (``torch.py``, ``safetensors.py``, ``hf.py``, ``keras.py``) build on this
-module; ``open.py`` picks one of them for a path. Nothing here imports them.
+module; ``opener.py`` picks one of them for a path. Nothing here imports them.
 """
 
 from __future__ import annotations

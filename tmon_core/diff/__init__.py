@@ -5,6 +5,22 @@
 >>> d = tmon_core.diff(3, 7, store="sqlite:///tmon.db")     # recorded checkpoint ids  # doctest: +SKIP
 >>> d.summary; d.layers; d.top(10); d.params; d.metrics                               # doctest: +SKIP
 
+Two safetensors files written by hand, one weight changed:
+
+>>> import json, os, struct, tempfile
+>>> import numpy as np
+>>> def save(path, w):
+...     data = np.asarray(w, dtype=np.float32).tobytes()
+...     head = json.dumps({"w": {"dtype": "F32", "shape": [len(w)], "data_offsets": [0, len(data)]}}).encode()
+...     with open(path, "wb") as f:
+...         _ = f.write(struct.pack("<Q", len(head)) + head + data)
+>>> folder = tempfile.mkdtemp()
+>>> a, b = os.path.join(folder, "a.safetensors"), os.path.join(folder, "b.safetensors")
+>>> save(a, [1.0, 2.0, 3.0]); save(b, [1.0, 2.0, 5.0])
+>>> d = tmon_core.diff(a, b)
+>>> d.summary["changed"], d.summary["elements_changed"], float(d.layers.max_abs_diff[0])
+(1, 1, 2.0)
+
 ``tmon_core.diff`` is this package, and calling it is calling ``tmon_core.diff.diff`` (the same
 function ``from tmon_core.diff import diff`` gives): the documented call ``tmon_core.diff(a, b)``
 works, and ``tmon_core.diff.cli``, ``import tmon_core.diff as d`` and ``mock.patch`` paths through
