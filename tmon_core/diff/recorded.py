@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..checkpoints import CheckpointError
 from ..store import Run, Store, checkpoints
-from .errors import CheckpointError
 
 #: the step window searched first for the last point before a checkpoint; widened x16 until found
 FIRST_WINDOW = 256
