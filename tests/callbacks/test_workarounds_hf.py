@@ -146,3 +146,11 @@ def test_the_trainer_methods_swapped_keep_their_signatures():
 
     assert "resume_from_checkpoint" in inspect.signature(Trainer.train).parameters
     assert list(inspect.signature(Trainer.log_metrics).parameters) == ["self", "split", "metrics"]
+
+
+def test_the_gradient_checkpointing_flag_tmon_reads_exists():
+    """transformers 5 renamed ``is_gradient_checkpointing`` to ``is_activation_checkpointing``;
+    the run config reads whichever the model class has (_hf.run_config)."""
+    from transformers import PreTrainedModel
+
+    assert any(hasattr(PreTrainedModel, n) for n in ("is_activation_checkpointing", "is_gradient_checkpointing"))
