@@ -16,10 +16,10 @@ from tmon_core.jsonable import json_safe
 from tmon_core.keys import check_key
 from tmon_core.recorder import prepare_value
 from tmon_core.run_config import RunConfig
+from tmon_core.session import RunSession
 
 from . import _torch
 from ._adapter import warn_once
-from ._base import RunSession
 
 if TYPE_CHECKING:
     from ._ddp import DecisionLink

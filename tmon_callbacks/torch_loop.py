@@ -74,12 +74,13 @@ from typing import Any
 
 from tmon_core import events as ev
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
+from tmon_core.session import RunSession
 
 from . import _loop, _torch
 from ._adapter import Rejected, warn_once
-from ._base import RunSession, unwatch, watch_uncaught
 from ._loop_control import LoopControl
 from ._options import make_options
+from ._workarounds.python import unwatch, watch_uncaught
 
 _perf = time.perf_counter
 
