@@ -49,23 +49,23 @@ device sync) into the batch's entry, so there is one entry per step either way.
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from typing_extensions import override
 
 from tmon_core import events as ev
-from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 from tmon_core.session import RunSession
 
 from . import _lightning_trainer as lt
 from . import _torch
-from ._adapter import CheckpointWatcher, Rejected, StepClock, apply_decisions, guarded, warn_once
+from ._adapter import CheckpointWatcher, StepClock, guarded
 from ._ddp import DecisionLink
+from ._lightning_control import Steering
+from ._lightning_steps import StepEntries
+from ._lightning_trainer import LightningPackage
 from ._options import make_options, options_doc
 from ._workarounds import lightning as wa
 
@@ -87,31 +87,6 @@ DOC = f"""Record a Lightning fit into a tmon store.
 
     One instance can serve several ``fit()`` calls: each is its own run.
     """
-
-
-@dataclass(frozen=True)
-class LightningPackage:
-    """The classes of one Lightning package the adapter uses, and what its version allows."""
-
-    name: str  # "lightning.pytorch" | "pytorch_lightning"
-    version: str | None
-    Callback: type
-    ModelCheckpoint: type
-    EarlyStopping: type
-    Timer: type
-    skips_non_callable_hooks: bool  # see _workarounds.lightning.skip_unused_hooks
-
-    @classmethod
-    def load(cls, name: str) -> LightningPackage:
-        pl = importlib.import_module(name)
-        callbacks = importlib.import_module(f"{name}.callbacks")
-        version = getattr(pl, "__version__", None)
-        return cls(name, version, pl.Callback, callbacks.ModelCheckpoint, callbacks.EarlyStopping, callbacks.Timer,
-                   wa.skips_non_callable_hooks(version))
-
-    @property
-    def framework(self) -> str:
-        return self.name.split(".")[0]
 
 
 class TMonLoggerMixin(_Logger):
@@ -185,33 +160,28 @@ class TMonCallbackMixin(_Callback):
         self._rec = session.recorder if session.writes_metrics else None
         self._ctl = session.controller
         self._link = DecisionLink(self.options) if trainer.world_size > 1 else None
+        self._steering = Steering(self._pl, self._ctl, self._rec, self._ckpts, run_id)
 
     def _reset(self) -> None:
         self.session = self.run_id = self._trainer = None
         self._rec = self._ctl = self._link = None
-        self._schedulers: list = []
+        self._ckpts = CheckpointWatcher()  # the folders ModelCheckpoint writes, from train start
+        self._steering = Steering(self._pl, None, None, self._ckpts, None)  # this fit's, from setup
         self._optimizers: list = []
         self._step = 0
         self._batch_step = 0  # the step the last training batch was recorded at
         self._last_global_step = 0
+        self._accum = 1  # micro-batches per optimizer step (0: manual optimization)
         self._clock = StepClock()
+        self._entries = StepEntries(None, self)  # this fit's, from train start
         self._opt_values = self._grad_norm = None
-        # (values, step, wall time, epoch, between logging steps) of the last batch, not yet recorded
-        self._held = None
-        # gradient accumulation: [loss sum, count] of the micro-batches of the step in progress
-        self._accum = 1
-        self._micro = None
-        self._results = None  # Lightning's result collection for self.log values (see _release)
-        self._fork_names: dict = {}
-        self._stop_request = False
         self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
-        self._ckpts = CheckpointWatcher()  # the folders ModelCheckpoint writes, from train start
 
     @override
     @guarded
     def on_train_start(self, trainer, pl_module) -> None:
         self._optimizers = list(trainer.optimizers)
-        self._schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+        self._steering.schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
         self._step = self._last_global_step = trainer.global_step
         # 0: every batch is a step (manual optimization: Lightning counts batches, not the
         # optimizer steps they take); N > 1: N micro-batches per optimizer step
@@ -219,18 +189,16 @@ class TMonCallbackMixin(_Callback):
                        1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches)
         if self._rec is None:
             return
-        self._results = wa.result_collection(trainer)
-        self._ckpts = CheckpointWatcher(CheckpointWatcher.in_folders(lt.checkpoint_dirs(self._pl, trainer), "*.ckpt"))
+        self._entries = StepEntries(self._rec, self, wa.result_collection(trainer), self._accum)
+        self._ckpts.patterns = CheckpointWatcher.in_folders(lt.checkpoint_dirs(self._pl, trainer), "*.ckpt")
         self._ckpts.scan()  # files from earlier runs are not this run's
-        if self._logger not in trainer.loggers:
-            # attached only now, after ModelCheckpoint resolved its directory from loggers[0]
-            trainer.loggers = list(trainer.loggers) + [self._logger]
+        self._attach(trainer)  # only now, after ModelCheckpoint resolved its directory from loggers[0]
         if self._ctl is not None:
             self._ctl.get_value = lambda name, group: _torch.read_param(trainer.optimizers, name, group)
-        self._rec.update_config(**lt.run_config(self._pl, trainer, pl_module, self))
-        total = trainer.estimated_stepping_batches
-        if isinstance(total, int) or (isinstance(total, float) and total != float("inf")):
-            self._rec.update_run(total_steps=int(total))
+        self._rec.update_config(**lt.run_config(self._pl, trainer, pl_module, self, self._ctl))
+        total = lt.total_steps(trainer)
+        if total is not None:
+            self._rec.update_run(total_steps=total)
         self.session.event(ev.TRAIN_START, step=self._step)
 
     @override
@@ -245,10 +213,10 @@ class TMonCallbackMixin(_Callback):
         self._detach(trainer)
         if not self.session.ended:
             if self._rec is not None:
-                self._release()
+                self._entries.release()
                 self._scan_checkpoints()
                 self.session.event(ev.TRAIN_END, step=self._step,
-                                   **lt.end_reason(self._pl, trainer, self._stop_request))
+                                   **lt.end_reason(self._pl, trainer, self._steering.stop_requested))
             self.session.end(ev.COMPLETED)
         self._trainer = None
 
@@ -260,7 +228,7 @@ class TMonCallbackMixin(_Callback):
             elif self.session is not None:
                 self._detach(trainer)
                 if self._rec is not None:
-                    self._release()  # the last batch before the crash is kept
+                    self._entries.release()  # the last batch before the crash is kept
                 self.session.fail(exception, self._step, record_train_end=True)
                 self._trainer = None
         except Exception:  # never mask the user's exception with one of ours
@@ -273,13 +241,16 @@ class TMonCallbackMixin(_Callback):
             return
         self._evaluating = stage
         session.begin_evaluation(stage, step=self._step)
-        if self._logger not in trainer.loggers:
-            trainer.loggers = list(trainer.loggers) + [self._logger]
+        self._attach(trainer)
 
     def _end_evaluation(self, trainer) -> None:
         self._detach(trainer)
         self._evaluating = None
         self.session.end_evaluation()
+
+    def _attach(self, trainer) -> None:
+        if self._logger not in trainer.loggers:
+            trainer.loggers = list(trainer.loggers) + [self._logger]
 
     def _detach(self, trainer) -> None:
         if self._logger in trainer.loggers:
@@ -290,14 +261,15 @@ class TMonCallbackMixin(_Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._clock.begin()
         step = self._step
-        if self._held is not None:
-            self._release()
+        entries = self._entries
+        if entries.held is not None:
+            entries.release()
         if self._link is not None:  # DDP: rank 0 decides, every rank applies at this step
             decisions = self._link.exchange(self._ctl, step)
             if decisions:
-                self._apply(decisions, trainer, pl_module, step)
+                self._steering.apply(decisions, trainer, pl_module, step)
         elif self._ctl is not None and step >= self._ctl.next_step:  # the hot path's one check
-            self._apply(self._ctl.due(step), trainer, pl_module, step)
+            self._steering.apply(self._ctl.due(step), trainer, pl_module, step)
         if self._rec is not None:
             # the values this batch's optimizer step uses: by batch end a step-interval
             # scheduler has already moved them on to the next batch's
@@ -326,22 +298,11 @@ class TMonCallbackMixin(_Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # (or a bare tensor)
         busy, wait = self._clock.end(stepped or self._accum <= 1)
-        if self._accum > 1:
-            # one record per optimizer step: Lightning hands back each micro-batch's loss divided
-            # by accumulate_grad_batches; their sum over the window is the mean of what
-            # training_step returned (rescaled when the epoch's last window is short)
-            micro = self._micro
-            if micro is None:
-                micro = self._micro = [None, 0]
-            if loss is not None:
-                micro[0] = loss if micro[0] is None else micro[0] + loss
-                micro[1] += 1
+        if self._accum > 1:  # one record per optimizer step
+            self._entries.add_micro_batch(loss)
             if not stepped:
                 return
-            self._micro = None
-            loss = micro[0]
-            if loss is not None and micro[1] != self._accum:
-                loss = loss * (self._accum / micro[1])
+            loss = self._entries.window_loss()
         values = self._opt_values or _torch.optimizer_values(self._optimizers)
         self._opt_values = None
         if loss is not None:
@@ -353,82 +314,17 @@ class TMonCallbackMixin(_Callback):
         if self._grad_norm is not None:
             values[GRAD_NORM] = self._grad_norm
             self._grad_norm = None
-        if self._held is not None:
-            self._release()
         every = trainer.log_every_n_steps
         logs = every and ((step + 1) % every == 0 or trainer.should_stop) or trainer.fast_dev_run
-        # Held until what else belongs to the step is known, so the step is one recorder entry:
-        # on a logging step Lightning hands its loggers the step's self.log values right after
-        # this hook (merged in _on_logged); between logging steps they are read from Lightning's
-        # result collection when the entry is released (next batch, epoch end, validation, the
-        # end of the fit), after the module's and later callbacks' hooks logged theirs too
-        self._held = (values, step, _now(), trainer.current_epoch, not logs)
+        self._entries.hold(values, step, _now(), trainer.current_epoch, not logs)  # (see _lightning_steps)
         self._clock.pause()  # (the time spent here is not the next batch's data loading)
-
-    def _add_logged_now(self, values: dict) -> None:
-        """The step's ``self.log`` values into ``values`` (``_workarounds.lightning.logged_now``);
-        a Lightning whose result collection reads otherwise: one warning, and no more tries."""
-        try:
-            wa.logged_now(self._results, values, self._fork_names)
-        except Exception as exc:
-            self._results = None
-            warn_once(self, "self.log values between logging steps", exc)
-
-    def _release(self) -> None:
-        """Record the held batch values (no logger call came for their step): with the step's
-        ``self.log`` values when it was not a logging step."""
-        held = self._held
-        if held is None:
-            return
-        self._held = None
-        values, step, wall, epoch, between = held
-        plain = len(values)
-        if between and self._results:
-            self._add_logged_now(values)
-        values[EPOCH] = epoch
-        try:
-            self._rec.log(values, step, wall_time=wall)
-        except (TypeError, ValueError) as exc:  # a self.log key or value tmon refuses
-            if len(values) == plain + 1:
-                raise
-            own = dict(list(values.items())[:plain])
-            own[EPOCH] = epoch
-            self._rec.log(own, step, wall_time=wall)
-            warn_once(self, "self.log values", exc)
 
     def _on_logged(self, metrics: dict, step: int | None) -> None:
         if self._evaluating is not None:  # trainer.test()/validate() after the fit
             if self.session is not None:
                 self.session.log_evaluation({k: v for k, v in metrics.items() if k != EPOCH}, step)
-            return
-        if self._rec is None or not metrics:
-            return
-        held = self._held
-        # (the held values have no epoch yet: the "epoch" Lightning adds to every logged dict
-        # must not stop the merge; ours is set after, so the entry's keys keep one order)
-        if held is not None and (step is None or step == held[1]) and held[0].keys().isdisjoint(metrics):
-            self._held = None
-            values, at, wall, epoch, between = held
-            if between and self._results:  # a logger call Lightning's cadence did not foresee
-                self._add_logged_now(values)
-            values.update(metrics)
-            values[EPOCH] = epoch
-            try:
-                self._rec.log(values, at, wall_time=wall)
-                return
-            except (TypeError, ValueError):  # one of the self.log values: record ours, then say which
-                for k in metrics:
-                    if k != EPOCH:
-                        del values[k]
-                self._rec.log(values, at, wall_time=wall)
-        else:
-            self._release()
-        extra = {k: v for k, v in metrics.items() if k != EPOCH}  # recorded per batch already
-        if extra:
-            try:
-                self._rec.log(extra, self._step if step is None else step)
-            except (TypeError, ValueError) as exc:  # a key or value tmon refuses: say so, go on
-                warn_once(self, "log_metrics", exc)
+        elif self._rec is not None and metrics:
+            self._entries.logged(metrics, step, self._step)
 
     # ------------------------------------------------------------ epochs, validation, checkpoints
     @override
@@ -447,15 +343,13 @@ class TMonCallbackMixin(_Callback):
     @override
     @guarded
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._held is not None:
-            self._release()
+        self._entries.release()
         self.session and self.session.event(ev.EPOCH_END, step=self._step, epoch=trainer.current_epoch)
 
     @override
     @guarded
     def on_validation_start(self, trainer, pl_module) -> None:
-        if self._held is not None:
-            self._release()
+        self._entries.release()
         if self.session is not None and not trainer.sanity_checking and self._evaluating is None:
             self.session.event(ev.VALIDATION_START, step=self._batch_step, epoch=trainer.current_epoch)
 
@@ -478,53 +372,6 @@ class TMonCallbackMixin(_Callback):
                                  monitor_value=value, source="ModelCheckpoint")
         for path in removed:
             self._rec.checkpoint_removed(path)
-
-    # ------------------------------------------------------------ control decisions
-    def _apply(self, decisions, trainer, pl_module, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, {
-            SetParams: lambda d: self._set_params(d, trainer),
-            SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
-            Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
-            Stop: lambda d: self._stop(d, trainer),
-        })
-
-    def _set_params(self, d: SetParams, trainer) -> dict:
-        old, new = _torch.apply_changes(trainer.optimizers, self._schedulers, d.changes, d.mode)
-        return {"old": old, "new": new}
-
-    def _save_checkpoint(self, d: SaveCheckpoint, trainer, step: int) -> dict:
-        path = os.path.join(lt.manual_checkpoint_dir(self._pl, trainer), f"tmon-{self.run_id}-step={step}.ckpt")
-        trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
-        if self._rec is not None:
-            self._rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
-                                 description=d.description, tags=d.tags)
-            # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it for
-            # ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
-            if self._ckpts.covers(path):
-                self._ckpts.known(path)
-        return {"new": {"path": path}, "reason": d.description}
-
-    def _rollback(self, d: Rollback, trainer, pl_module, step: int) -> dict:
-        ckpt = _torch.read_torch_checkpoint(d.path)
-        state = ckpt.get("state_dict", ckpt)
-        states = ckpt.get("optimizer_states")
-        if states is not None:
-            _torch.check_optimizer_states(trainer.optimizers, states)
-        missing, unexpected = lt.check_keys(pl_module, state)
-        if missing or unexpected:
-            raise Rejected(
-                f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        pl_module.load_state_dict(state)
-        if states is not None:
-            _torch.restore_optimizer_states(trainer.optimizers, states)
-        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                 "checkpoint_step": ckpt.get("global_step")},
-                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
-
-    def _stop(self, d: Stop, trainer) -> dict:
-        trainer.should_stop = True
-        self._stop_request = True
-        return {"event": ev.STOPPED, "reason": d.reason or "stop requested"}
 
     @property
     @override

@@ -1,51 +1,77 @@
-"""What the Lightning adapter reads from a ``Trainer`` once per fit: the run config, the callbacks
-in use, why the fit ended, the folders ``ModelCheckpoint`` writes. Works for ``lightning.pytorch``
-and ``pytorch_lightning``: the package's classes are handed in (``_lightning.LightningPackage``)."""
+"""What the Lightning adapter reads from its package (``LightningPackage``) and from a ``Trainer``
+once per fit: the run config, the callbacks in use, why the fit ended, the folders
+``ModelCheckpoint`` writes. Works for ``lightning.pytorch`` and ``pytorch_lightning``: the
+package's classes are handed in (``pl``, a ``LightningPackage``)."""
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Any
+from dataclasses import dataclass
 
 from tmon_core import events as ev
-from tmon_core.store.writer import json_safe
+from tmon_core.jsonable import json_safe
+from tmon_core.run_config import RunConfig
 
 from . import _torch
 from ._workarounds import lightning as wa
 
 
-def run_config(pl, trainer, pl_module, callback) -> dict:
-    """The run config of ``callback``'s fit (``pl``: the package's ``LightningPackage``)."""
-    ctl = callback._ctl
-    cfg: dict[str, Any] = {
-        "framework": pl.name,
-        "framework_version": pl.version,
-        "precision": str(trainer.precision),
-        "accumulate_grad_batches": trainer.accumulate_grad_batches,
-        "max_epochs": trainer.max_epochs,
-        "max_steps": trainer.max_steps,
-        "log_every_n_steps": trainer.log_every_n_steps,
-        "gradient_clip_val": trainer.gradient_clip_val,
-        "num_devices": trainer.num_devices,
-        "num_nodes": trainer.num_nodes,
-        "world_size": trainer.world_size,
-        "strategy": type(trainer.strategy).__name__,
-        "accelerator": type(trainer.accelerator).__name__,
-        "optimizers": _torch.optimizer_summary(trainer.optimizers),
-        "lr_schedulers": [
-            {"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency}
-            for c in trainer.lr_scheduler_configs
-        ],
-        **_torch.model_summary(pl_module),
-        "hparams": json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
-        "control": ctl.describe() if ctl is not None else None,
-        ev.CONFIG_CALLBACKS: callbacks_config(pl, trainer.callbacks, callback),
-    }
+@dataclass(frozen=True)
+class LightningPackage:
+    """The classes of one Lightning package the adapter uses, and what its version allows."""
+
+    name: str  # "lightning.pytorch" | "pytorch_lightning"
+    version: str | None
+    Callback: type
+    ModelCheckpoint: type
+    EarlyStopping: type
+    Timer: type
+    skips_non_callable_hooks: bool  # see _workarounds.lightning.skip_unused_hooks
+
+    @classmethod
+    def load(cls, name: str) -> LightningPackage:
+        pl = importlib.import_module(name)
+        callbacks = importlib.import_module(f"{name}.callbacks")
+        version = getattr(pl, "__version__", None)
+        return cls(name, version, pl.Callback, callbacks.ModelCheckpoint, callbacks.EarlyStopping, callbacks.Timer,
+                   wa.skips_non_callable_hooks(version))
+
+    @property
+    def framework(self) -> str:
+        return self.name.split(".")[0]
+
+
+
+def run_config(pl, trainer, pl_module, own, controller) -> dict:
+    """The run config of the fit that the callback ``own`` records (``pl``: the package's
+    ``LightningPackage``; ``controller``: the run's, or None)."""
     dm = trainer.datamodule
-    if dm is not None and getattr(dm, "hparams", None):
-        cfg["datamodule_hparams"] = json_safe(dict(dm.hparams))
-    cfg.update(_torch.dataloader_config(trainer.train_dataloader))
-    return cfg
+    return RunConfig(
+        framework=pl.name,
+        framework_version=pl.version,
+        precision=str(trainer.precision),
+        accumulate_grad_batches=trainer.accumulate_grad_batches,
+        max_epochs=trainer.max_epochs,
+        max_steps=trainer.max_steps,
+        log_every_n_steps=trainer.log_every_n_steps,
+        gradient_clip_val=trainer.gradient_clip_val,
+        num_devices=trainer.num_devices,
+        num_nodes=trainer.num_nodes,
+        world_size=trainer.world_size,
+        strategy=type(trainer.strategy).__name__,
+        accelerator=type(trainer.accelerator).__name__,
+        optimizers=_torch.optimizer_summary(trainer.optimizers),
+        lr_schedulers=[{"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency}
+                       for c in trainer.lr_scheduler_configs],
+        **_torch.model_summary(pl_module),
+        hparams=json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
+        control=controller.describe() if controller is not None else None,
+        callbacks=callbacks_config(pl, trainer.callbacks, own),
+        **({"datamodule_hparams": json_safe(dict(dm.hparams))} if dm is not None and getattr(dm, "hparams", None)
+           else {}),
+        **_torch.dataloader_config(trainer.train_dataloader),
+    ).as_dict()
 
 
 #: settings recorded per framework callback (others by class name); read with getattr, so a
@@ -108,18 +134,17 @@ def end_reason(pl, trainer, stop_requested: bool) -> dict:
     return {"reason": ev.END_DATA_EXHAUSTED}
 
 
+def total_steps(trainer) -> int | None:
+    """The optimizer steps the fit will take, when Lightning can tell."""
+    total = trainer.estimated_stepping_batches
+    if isinstance(total, int) or (isinstance(total, float) and total != float("inf")):
+        return int(total)
+    return None
+
+
 def checkpoint_dirs(pl, trainer) -> list[str]:
     """The folders the fit's ``ModelCheckpoint`` callbacks write."""
     return [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, pl.ModelCheckpoint) and cb.dirpath]
-
-
-def manual_checkpoint_dir(pl, trainer) -> str:
-    """Where a checkpoint requested through tmon goes: the first ModelCheckpoint's folder, else
-    ``<default_root_dir>/checkpoints``."""
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, pl.ModelCheckpoint) and cb.dirpath:
-            return cb.dirpath
-    return os.path.join(trainer.default_root_dir, "checkpoints")
 
 
 def checkpoint_monitor(pl, trainer, path: str) -> tuple[str | None, float | None]:
@@ -129,10 +154,3 @@ def checkpoint_monitor(pl, trainer, path: str) -> tuple[str | None, float | None
             value = trainer.callback_metrics.get(cb.monitor) if cb.monitor is not None else None
             return cb.monitor, None if value is None else float(value)
     return None, None
-
-
-def check_keys(module, state: dict) -> tuple[list, list]:
-    """The keys of ``module``'s state missing from ``state``, and those ``state`` has in excess."""
-    own = set(module.state_dict().keys())
-    theirs = set(state.keys())
-    return sorted(own - theirs), sorted(theirs - own)

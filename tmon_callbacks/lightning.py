@@ -10,8 +10,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tmon_callbacks.lightning needs the lightning package: pip install 'tmon[lightning]'") from exc
 
-from ._base import options_signature
-from ._lightning import DOC, LightningPackage, TMonCallbackMixin, TMonLoggerMixin
+from ._lightning import DOC, TMonCallbackMixin, TMonLoggerMixin
+from ._lightning_trainer import LightningPackage
+from ._options import options_signature
 
 
 class _TMonLogger(TMonLoggerMixin, Logger):

@@ -13,8 +13,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "tmon_callbacks.pytorch_lightning needs the pytorch_lightning package: pip install 'tmon[pytorch_lightning]'"
     ) from exc
 
-from ._base import options_signature
-from ._lightning import DOC, LightningPackage, TMonCallbackMixin, TMonLoggerMixin
+from ._lightning import DOC, TMonCallbackMixin, TMonLoggerMixin
+from ._lightning_trainer import LightningPackage
+from ._options import options_signature
 
 
 class _TMonLogger(TMonLoggerMixin, Logger):
