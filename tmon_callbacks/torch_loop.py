@@ -55,8 +55,9 @@ through), so ``At(step=k, lr=...)`` is the lr recorded at step ``k``:
 - rollback: model weights and optimizer state from a recorded checkpoint, checked before anything
   is loaded: a state dict, a dict holding ``model_state_dict``/``model``/``state_dict`` (and
   ``optimizer_state_dict``/``optimizer``), a ``.safetensors`` file, or an ``accelerator.save_state``
-  directory (``model.safetensors``/``pytorch_model.bin`` and ``optimizer.bin``); read with
-  ``weights_only=True`` or safetensors, nothing unpickled. Hyperparameters in effect stay.
+  directory (``model.safetensors``/``pytorch_model.bin`` and ``optimizer.bin``); read by
+  ``tmon_core.checkpoints.read_loop_checkpoint`` with ``weights_only=True`` or safetensors, nothing
+  unpickled. Hyperparameters in effect stay.
 - stop: ``t.should_stop`` becomes True and ``t.batches`` ends the epoch; the loop breaks out of
   its epochs on it. Status ``completed`` with a ``stopped`` event, ``train_end`` reason
   ``stop_request``.
