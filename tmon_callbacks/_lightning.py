@@ -66,7 +66,7 @@ from ._ddp import DecisionLink
 from ._lightning_control import Steering
 from ._lightning_steps import StepEntries
 from ._lightning_trainer import LightningPackage
-from ._options import make_options, options_doc
+from ._options import make_options, options_doc, options_signature
 from ._workarounds import lightning as wa
 
 if TYPE_CHECKING:  # what the mixins are mixed into (either package: the same API)
@@ -391,3 +391,5 @@ class TMonCallbackMixin(_Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}  # JSON-safe: which run wrote the checkpoint
 
+
+options_signature(TMonCallbackMixin)  # (every TMonCallback's __init__: help() and IDEs show the options)

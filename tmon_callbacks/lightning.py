@@ -12,11 +12,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._lightning import DOC, TMonCallbackMixin, TMonLoggerMixin
 from ._lightning_trainer import LightningPackage
-from ._options import options_signature
 
 
 class _TMonLogger(TMonLoggerMixin, Logger):
-    __doc__ = TMonLoggerMixin.__doc__
+    pass
 
 
 class TMonCallback(TMonCallbackMixin, pl.Callback):
@@ -24,7 +23,5 @@ class TMonCallback(TMonCallbackMixin, pl.Callback):
     _pl = LightningPackage.load("lightning.pytorch")
     _logger_class = _TMonLogger
 
-
-options_signature(TMonCallback)
 
 __all__ = ["TMonCallback"]
