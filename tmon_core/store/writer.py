@@ -13,7 +13,6 @@ from collections.abc import Callable
 import numpy as np
 from sqlalchemy import Connection, Engine, false, select, update
 
-from ..jsonable import json_safe, to_json  # noqa: F401  (their old home: kept importable until their users move)
 from . import chunks
 from .batch import Batch
 from .records import clean_row, error_text, refusal, store_failure
