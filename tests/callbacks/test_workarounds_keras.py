@@ -172,7 +172,7 @@ def test_wrapped_step_functions_are_what_fit_calls_and_see_a_step_raising():
 
 def test_evaluate_takes_callbacks_seventh_and_a_fit_validates_through_it_with_a_callback_list():
     names = list(inspect.signature(keras.Model.evaluate).parameters)
-    assert names[1 + wa._EVALUATE_CALLBACKS] == "callbacks", f"Model.evaluate's arguments changed: {names}"
+    assert names[1 + wa.EVALUATE_CALLBACKS_ARG] == "callbacks", f"Model.evaluate's arguments changed: {names}"
     x, y = data()
     model = mlp()
     passed = []

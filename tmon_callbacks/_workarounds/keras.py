@@ -136,7 +136,7 @@ class StepFunctions:
         self._wrapped = {}
 
 
-_EVALUATE_CALLBACKS = 6  # index of ``callbacks`` among ``Model.evaluate``'s positional arguments (self excluded)
+EVALUATE_CALLBACKS_ARG = 6  # index of ``callbacks`` among ``Model.evaluate``'s positional arguments (self excluded)
 _MARK = "_tmon_run_evaluation"
 
 
@@ -154,7 +154,7 @@ def watch_evaluate(model, callback, belongs) -> None:
 
     @functools.wraps(original)
     def evaluate(*args, **kwargs):
-        n = _EVALUATE_CALLBACKS
+        n = EVALUATE_CALLBACKS_ARG
         callbacks = args[n] if len(args) > n else kwargs.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):  # the validation of a fit without tmon
             return original(*args, **kwargs)
