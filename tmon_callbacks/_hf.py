@@ -1,6 +1,10 @@
-"""What the Hugging Face adapter reads from ``TrainingArguments``, ``TrainerState`` and the
-trainer's callbacks (the run's config, why the fit ended, where a checkpoint went); ``hf.py``
-decides when. Imported only by ``hf.py``, so transformers is already loaded."""
+"""What the Hugging Face adapter records and how it steers; ``hf.py`` decides when.
+
+Read from ``TrainingArguments``, ``TrainerState`` and the trainer's callbacks: the run's config,
+why the fit ended, where a checkpoint went. Done: opening each process's session, recording a
+saved checkpoint, applying control decisions to HF's optimizer and model, recording evaluation
+after the fit (``AfterFit``). Imported only by ``hf.py``, so transformers is already loaded.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ from typing import Any
 import transformers
 
 from tmon_core import events as ev
+from tmon_core.jsonable import json_safe
 from tmon_core.keys import EPOCH, GRAD_NORM
 from tmon_core.run_config import RunConfig
 from tmon_core.session import RunSession
 from tmon_core.store.text import MAX_RUN_NAME, storable
-from tmon_core.store.writer import json_safe
 
 from . import _torch
 from ._adapter import TMonCallbackWarning, warn_once
