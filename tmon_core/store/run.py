@@ -1,8 +1,21 @@
 """``Run``: read access to one run of a store (its metadata, metrics and side tables).
 
->>> run = open_store("sqlite:///tmon.db").latest_run()      # doctest: +SKIP
->>> run.metrics("train_loss", max_points=2000)              # step, value, wall_time
->>> run.events("stopped")
+>>> import os, tempfile
+>>> from tmon_core import Recorder, open_store
+>>> path = os.path.join(tempfile.mkdtemp(), "tmon.db")
+>>> with Recorder(path, run_name="doc", flush_interval=0.1) as rec:
+...     for step in range(10_000):
+...         rec.log({"train_loss": 1.0 / (step + 1)}, step)
+>>> store = open_store(path)
+>>> run = store.latest_run()
+>>> run.metric_keys()
+['train_loss']
+>>> df = run.metrics("train_loss", max_points=200)   # each bucket's smallest and largest point
+>>> len(df) <= 200, float(df.value.max()), int(df.step.iloc[-1])   # the spike and the newest point kept
+(True, 1.0, 9999)
+>>> run.tail("train_loss", 2).step.tolist()
+[9998, 9999]
+>>> store.close()
 
 A run's metric points are read by ``points``; its control requests are made by ``RunControl``.
 """

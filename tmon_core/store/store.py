@@ -1,9 +1,16 @@
 """``Store``: a tmon store opened for reading (and for the few writes a reader makes).
 
->>> store = open_store("sqlite:///tmon.db")                 # doctest: +SKIP
->>> store.runs()                                            # one row per run
->>> run = store.run(store.runs().id[0])
->>> run.metrics("train_loss", max_points=2000)              # step, value, wall_time
+>>> import os, tempfile
+>>> from tmon_core import Recorder
+>>> path = os.path.join(tempfile.mkdtemp(), "tmon.db")
+>>> with Recorder(path, run_name="doc", flush_interval=0.1) as rec:
+...     rec.log({"train_loss": 0.5}, 0)
+>>> store = open_store(path)
+>>> store.runs()[["name", "status", "steps"]].values.tolist()     # one row per run, newest first
+[['doc', 'completed', 1]]
+>>> store.run("doc").metrics("train_loss").value.tolist()          # a run by id prefix or name
+[0.5]
+>>> store.close()
 
 Widgets, the report, the CLI and the tests read through ``Store`` and ``Run`` only.
 """
