@@ -41,7 +41,6 @@ from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
 from tmon_core import open_store  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
