@@ -294,7 +294,6 @@ def _rejecting(read):
 read_torch_checkpoint = _rejecting(checkpoints.read_torch_checkpoint)
 read_hf_checkpoint = _rejecting(checkpoints.read_hf_checkpoint)
 read_loop_checkpoint = _rejecting(checkpoints.read_loop_checkpoint)
-load_checkpoint_file = read_torch_checkpoint  # the old name, until the Lightning adapter switches
 
 
 def check_optimizer_states(optimizers, states) -> None:
