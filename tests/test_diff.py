@@ -579,3 +579,26 @@ def test_importing_the_diff_imports_no_framework():
             "bad = [m for m in ('torch', 'h5py', 'safetensors', 'keras', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_the_checkpoint_layer_imports_no_framework_and_tmon_core_diff_is_the_package():
+    code = ("import sys, types, tmon_core, tmon_core.checkpoints, tmon_core.checkpoints.rollback; "
+            "import tmon_core.diff as d, tmon_core.diff.cli; "
+            "bad = [m for m in ('torch', 'h5py', 'safetensors', 'keras', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad; "
+            "assert isinstance(tmon_core.diff, types.ModuleType) and d is tmon_core.diff, tmon_core.diff; "
+            "assert tmon_core.diff.cli and callable(tmon_core.diff) and d.diff is tmon_core.diff.engine.diff")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_calling_tmon_core_diff_is_calling_its_diff_function(tmp_path):
+    from safetensors.numpy import save_file
+
+    import tmon_core
+
+    save_file({"w": np.ones(3, np.float32)}, tmp_path / "a.safetensors")
+    save_file({"w": np.array([1, 2, 1], np.float32)}, tmp_path / "b.safetensors")
+    called = tmon_core.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    direct = diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert called.summary["changed"] == direct.summary["changed"] == 1
+    assert called.layers.max_abs_diff.tolist() == direct.layers.max_abs_diff.tolist() == [1.0]
