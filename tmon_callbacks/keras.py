@@ -220,15 +220,13 @@ class TMonCallback(keras.callbacks.Callback):
             self._steps.unwrap()
 
     def _on_exception(self, exc: BaseException) -> None:
-        """A step function of this fit raised ``exc``: the run ends failed (Keras has no exception hook)."""
-        try:
-            session = self.session
-            if session is not None and not session.ended:
-                self._unwrap()
-                session.fail(exc, self._step)
-                unwatch(session)
-        except Exception:  # never mask the user's exception with one of ours
-            pass
+        """A step function of this fit raised ``exc`` (Keras has no exception hook): the run ends failed.
+        Whatever fails here, the wrapper re-raises ``exc`` unchanged."""
+        session = self.session
+        if session is not None and not session.ended:
+            self._unwrap()
+            session.fail(exc, self._step)
+            unwatch(session)
 
     # ------------------------------------------------------------ per batch (the hot path)
     @override

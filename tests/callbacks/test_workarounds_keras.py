@@ -169,6 +169,13 @@ def test_wrapped_step_functions_are_what_fit_calls_and_see_a_step_raising():
         failing.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[Hook(arm)])
     assert seen == [error]
 
+    def broken(exc):
+        raise ValueError("tmon failed while handling it")
+
+    failing_steps = wa.StepFunctions(failing, on_exception=broken)  # the user's exception still comes out
+    with pytest.raises(RuntimeError, match="boom"):
+        failing.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[Hook(arm)])
+
 
 def test_evaluate_takes_callbacks_seventh_and_a_fit_validates_through_it_with_a_callback_list():
     names = list(inspect.signature(keras.Model.evaluate).parameters)

@@ -103,7 +103,8 @@ class StepFunctions:
     callback, and the run would stay "running". Keras builds these attributes in
     ``make_train_function`` / ``make_test_function`` (before ``on_train_begin`` / ``on_test_begin``)
     and calls ``self.train_function(data)`` at each batch, so an instance attribute set in the begin
-    hook is what the fit calls. The wrapper is named ``step_function``.
+    hook is what the fit calls. The wrapper is named ``step_function``; it calls
+    ``on_exception(exc)`` and re-raises ``exc`` unchanged, whatever ``on_exception`` does.
     """
 
     def __init__(self, model, on_exception):
@@ -122,7 +123,10 @@ class StepFunctions:
             try:
                 return fn(*args, **kwargs)
             except BaseException as exc:
-                on_exception(exc)
+                try:
+                    on_exception(exc)
+                except Exception:  # never mask the user's exception with one of ours
+                    pass
                 raise
 
         setattr(model, name, step_function)
