@@ -34,7 +34,7 @@ def test_all_matches_the_readme():
 
 
 # the modules whose docstrings show the public API; each must hold runnable examples
-DOCTESTED = ["tmon_core", "tmon_core.alerts.engine", "tmon_core.analysis.detect"]
+DOCTESTED = ["tmon_core", "tmon_core.alerts.engine", "tmon_core.analysis.detect", "tmon_core.checkpoints", "tmon_core.diff"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)
