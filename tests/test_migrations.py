@@ -83,3 +83,17 @@ def test_callback_rejects_bad_tags():
 
     with pytest.raises(ValueError, match="tags must be a list of non-empty strings, received tags='baseline'"):
         TMonCallback(tags="baseline")
+
+
+def test_upgrades_carry_their_own_sql():
+    # an old upgrade must not change when the writer or the engine does: migrations.py imports
+    # neither (and so the engine, which runs the upgrades, and the migrations make no import circle)
+    import ast
+
+    from tmon_core.store import migrations
+
+    tree = ast.parse(open(migrations.__file__).read())
+    imported = {(n.module or "").split(".")[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level and not n.module
+                 for a in n.names}
+    assert not imported & {"writer", "engine", "batch"}, imported
