@@ -214,3 +214,20 @@ def test_a_second_recorder_attached_to_a_run_extends_its_series(store_url):
     assert run.metrics("loss")[["step", "value"]].values.tolist() == [[0, 1.0], [1, 2.0]]
     assert run.metrics("layer599/grad").value.tolist() == [2.0]
     assert run.status == "completed"
+
+
+def test_sql_lives_under_store_only():
+    # every query is a function of tmon_core.store (its requests, reports, checkpoints modules):
+    # other modules call those and never build SQL on the schema themselves
+    import re
+    from pathlib import Path
+
+    root = Path(tmon_core.__file__).resolve().parents[1]
+    store_dir = root / "tmon_core" / "store"
+    sql = re.compile(r"^\s*(from sqlalchemy import|import sqlalchemy\b|from \.+store\.schema import|"
+                     r"from tmon_core\.store\.schema import)|\bexec_driver_sql\(|\.engine\.connect\(|write_engine\.begin\(",
+                     re.MULTILINE)
+    found = [f"{p.relative_to(root)}: {m.group(0).strip()}"
+             for pkg in ("tmon_core", "tmon_callbacks", "tmon_widgets") for p in sorted((root / pkg).rglob("*.py"))
+             if store_dir not in p.parents for m in sql.finditer(p.read_text(encoding="utf-8"))]
+    assert not found, found
