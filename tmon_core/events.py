@@ -36,6 +36,9 @@ SAMPLER = "sampler"  # what the hardware sampler cannot read here, said once
 EVALUATION_START = "evaluation_start"  # evaluation after the fit, recorded into the ended run
 EVALUATION_END = "evaluation_end"
 RECORD_REFUSED = "record_refused"  # one record the store would not take; the others were written
+# live alerts (``tmon_core.alerts``): data: uid, rule, level, title, evidence, source ("run" or "watch")
+ALERT = "alert"
+ALERT_DELIVERY = "alert_delivery"  # an alert's delivery outcome (data: uid, delivered, reason, targets, held)
 
 # events written by control (``tmon_core.control``): what happened to a request or a schedule item
 PARAM_CHANGE = "param_change"  # a parameter changed (data: old, new, mode, label, request_id, source)
