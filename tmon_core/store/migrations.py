@@ -12,6 +12,8 @@ History:
        (``tmon_chunks``): the writer's CPU per point falls ~100x (see schema.py)
     4  series gain ``summarized_chunk``: the summaries are brought up to date every few flushes,
        not at every flush, and readers add the chunks above that id (see schema.py)
+    5  ``tmon_alert_claims``: what ``tmon watch`` processes alerted on, one row per run and
+       condition under a UNIQUE index, so several watchers, or one restarted, send each alert once
 
 Each upgrade carries its own SQL, written for the tables as they were at its version: none
 imports the writer's statements, so a later change of the writer leaves the old upgrades as they
@@ -28,7 +30,19 @@ import time
 import numpy as np
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import BigInteger, Column, Engine, Float, Integer, LargeBinary, Text, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    select,
+    text,
+)
 
 from . import chunks, summaries
 from .schema import SCHEMA_VERSION, SchemaVersion, StoreVersionError, lock_schema
@@ -109,7 +123,20 @@ def _v4(op: Operations) -> None:
         "(SELECT MAX(id) FROM tmon_chunks WHERE tmon_chunks.series_id = tmon_series.id), 0)"))
 
 
-UPGRADES = {2: _v2, 3: _v3, 4: _v4}
+def _v5(op: Operations) -> None:
+    op.create_table(
+        "tmon_alert_claims",
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(32), ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("uid", String(32), nullable=True),
+        Column("claimed_at", Float(53), nullable=False),
+        Column("watcher", String(250), nullable=True),
+    )
+    op.create_index("ux_tmon_alert_claims_run_key", "tmon_alert_claims", ["run_id", "key"], unique=True)
+
+
+UPGRADES = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
 assert max(UPGRADES) == SCHEMA_VERSION, "every schema version needs its upgrade"
 
 

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 4  # see migrations.py for the history and the upgrades
+SCHEMA_VERSION = 5  # see migrations.py for the history and the upgrades
 
 #: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``. Ranges of
 #: up to ``RAW_DOWNSAMPLE_POINTS`` points are downsampled from the points themselves (decoding
@@ -283,6 +283,23 @@ class ReportRow(Base):
     created_at: Mapped[float] = mapped_column(Float(53), nullable=False)
     health: Mapped[str] = mapped_column(String(16), nullable=False)
     body: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+
+
+class AlertClaimRow(Base):
+    """A condition of a run that a ``tmon watch`` process alerted on (schema 5): one row per run and
+    ``key`` (``lost@<heartbeat>``, ``stall@<last point>``, ``completed``, ``seen-running``), inserted in
+    the transaction that records the alert, so the UNIQUE index lets one watcher win and the others,
+    and a restarted one, send nothing. ``uid`` is the alert's (NULL for ``seen-running``)."""
+
+    __tablename__ = "tmon_alert_claims"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("tmon_runs.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(200), nullable=False)
+    uid: Mapped[str | None] = mapped_column(String(32))
+    claimed_at: Mapped[float] = mapped_column(Float(53), nullable=False)
+    watcher: Mapped[str | None] = mapped_column(String(250))  # host:pid of the watcher that claimed it
+
+    __table_args__ = (Index("ux_tmon_alert_claims_run_key", "run_id", "key", unique=True),)
 
 
 TABLES = Base.metadata.tables
