@@ -42,7 +42,6 @@ class LightningPackage:
         return self.name.split(".")[0]
 
 
-
 def run_config(pl, trainer, pl_module, own, controller) -> dict:
     """The run config of the fit that the callback ``own`` records (``pl``: the package's
     ``LightningPackage``; ``controller``: the run's, or None)."""
