@@ -1,0 +1,191 @@
+"""TensorBoard event files <-> tmon runs (scalars with their steps and wall times; no TensorFlow).
+
+Import: every directory holding ``*tfevents*`` files is one run (``lightning_logs/version_3``,
+a ``SummaryWriter``'s log dir); its event files are read in name order, as TensorBoard does.
+Scalars written either way are read: ``simple_value`` (``torch.utils.tensorboard``, Lightning's
+``TensorBoardLogger``, TF1) and scalar tensors of the ``scalars`` plugin (``tf.summary.scalar``,
+and tmon's own export). A Lightning ``hparams.yaml`` beside the files becomes the run's
+``hparams``. Records are framed here and each ``Event`` is parsed with the ``tensorboard``
+package's own protobuf class: its record reader checks each record's CRC in pure Python (about
+130k records/s), which alone would be most of an import's time. A truncated last record (a log
+still being written) ends the file, as in TensorBoard.
+
+Export: one event file with every key of a run as a float64 scalar tensor of the ``scalars``
+plugin (TensorBoard's ``simple_value`` is float32 and would round the values), with each
+point's step and wall time, so a round trip is exact, NaN and ±inf included.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import struct
+import time
+
+from ._common import Imported, RunWriter, file_digest, find_imported
+
+FRAMEWORK = "tensorboard"
+
+
+def _event_pb2():
+    try:
+        from tensorboard.compat.proto import event_pb2
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("reading or writing TensorBoard files needs the tensorboard package: "
+                          "pip install 'tmon[interop]' (or pip install tensorboard)") from exc
+    return event_pb2
+
+
+def find_runs(path: str | os.PathLike) -> list[str]:
+    """The directories under ``path`` (itself included) that hold event files, sorted; a path that
+    is an event file is its own directory's run."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [os.path.dirname(os.path.abspath(path))]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no TensorBoard log at {path!r}")
+    out = []
+    for d, _, files in os.walk(path):
+        if any("tfevents" in f for f in files):
+            out.append(d)
+    return sorted(out)
+
+
+def event_files(run_dir: str) -> list[str]:
+    return sorted(f for f in glob.glob(os.path.join(glob.escape(run_dir), "*tfevents*")) if os.path.isfile(f))
+
+
+def records(path: str):
+    """The payloads of a TFRecord file: 8-byte length, 4-byte length CRC, data, 4-byte data CRC."""
+    with open(path, "rb") as f:
+        data = f.read()
+    unpack, n, pos = struct.unpack_from, len(data), 0
+    view = memoryview(data)
+    while pos + 12 <= n:
+        (length,) = unpack("<Q", data, pos)
+        end = pos + 12 + length
+        if end + 4 > n:
+            break  # truncated: the writer is still at it
+        yield view[pos + 12:end]
+        pos = end + 4
+
+
+def read_scalars(run_dir: str, emit) -> None:
+    """Calls ``emit(tag, step, wall_time, value)`` for every scalar in ``run_dir``'s event files,
+    in file order."""
+    event_pb2 = _event_pb2()
+    parse = event_pb2.Event.FromString
+    tensor_tags: set[str] = set()  # tags whose first point said plugin "scalars" (later points omit it)
+    make_ndarray = None
+    for path in event_files(run_dir):
+        for rec in records(path):
+            e = parse(rec)
+            if not e.HasField("summary"):
+                continue
+            step, wall = e.step, e.wall_time
+            for v in e.summary.value:
+                kind = v.WhichOneof("value")
+                if kind == "simple_value":
+                    emit(v.tag, step, wall, v.simple_value)
+                elif kind == "tensor":
+                    if v.metadata.plugin_data.plugin_name == "scalars":
+                        tensor_tags.add(v.tag)
+                    if v.tag not in tensor_tags:
+                        continue
+                    if make_ndarray is None:
+                        from tensorboard.util.tensor_util import make_ndarray
+                    arr = make_ndarray(v.tensor)
+                    if arr.size == 1:
+                        emit(v.tag, step, wall, float(arr.reshape(()).item()))
+
+
+def _hparams(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, "hparams.yaml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except Exception as exc:  # a yaml Lightning wrote with python objects: keep its text
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return {"hparams.yaml": f.read(), "error": str(exc)[:200]}
+    return data if isinstance(data, dict) else {"hparams.yaml": data}
+
+
+def import_tensorboard(path: str | os.PathLike, store=None, *, name: str | None = None) -> list[Imported]:
+    """Import every TensorBoard run under ``path`` into ``store``: one tmon run per directory of
+    event files. A run imported before (same event file contents) is not written again."""
+    from ._common import clean_hparams
+
+    root = os.path.abspath(os.fspath(path))
+    out = []
+    for run_dir in find_runs(root):
+        files = event_files(run_dir)
+        fp = file_digest(files)
+        source = run_dir
+        existing = find_imported(store, fp)
+        if existing is not None:
+            out.append(Imported(existing, source, False))
+            continue
+        rel = os.path.relpath(run_dir, os.path.dirname(root)) if run_dir != root else os.path.basename(root)
+        w = RunWriter(store, name=name or rel, framework=FRAMEWORK, fp=fp, source=source, fmt="tensorboard",
+                      hparams=clean_hparams(_hparams(run_dir)), extra={"files": [os.path.basename(f) for f in files]})
+        state = {"first": math.inf, "last": -math.inf, "max_step": -1, "n": 0}
+        keys: set[str] = set()
+        log = w.log
+
+        def emit(tag, step, wall, value, _keys=keys, _state=state, _log=log):
+            _log({tag: value}, step, wall_time=wall)
+            _keys.add(tag)
+            _state["n"] += 1
+            if wall < _state["first"]:
+                _state["first"] = wall
+            if wall > _state["last"]:
+                _state["last"] = wall
+            if step > _state["max_step"]:
+                _state["max_step"] = step
+
+        read_scalars(run_dir, emit)
+        w.points, w.keys = state["n"], keys
+        w.close(first_wall=state["first"] if state["n"] else None, last_wall=state["last"] if state["n"] else None,
+                last_step=state["max_step"] if state["n"] else None)
+        out.append(w.result(source))
+    return out
+
+
+def export_tensorboard(run, out_dir: str | os.PathLike, keys: list[str] | None = None) -> str:
+    """Write run ``run`` (a ``tmon_core.Run``) as one TensorBoard event file in ``out_dir``; returns
+    its path. Every point keeps its step, wall time and float64 value."""
+    import numpy as np
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    event_pb2 = _event_pb2()
+    os.makedirs(out_dir, exist_ok=True)
+    pattern = os.path.join(glob.escape(os.fspath(out_dir)), "*tfevents*.tmon")
+    before = set(glob.glob(pattern))
+    writer = EventFileWriter(os.fspath(out_dir), max_queue_size=1024, flush_secs=3600, filename_suffix=".tmon")
+    info = run.info()
+    writer.add_event(event_pb2.Event(wall_time=info["created_at"] or time.time(), file_version="brain.Event:2"))
+    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+                                       data_class=summary_pb2.DATA_CLASS_SCALAR)
+    shape = tensor_shape_pb2.TensorShapeProto()
+    for key in keys if keys is not None else run.metric_keys():
+        df = run.metrics(key)
+        steps = df["step"].to_numpy(np.int64)
+        walls = df["wall_time"].to_numpy(np.float64)
+        vals = df["value"].to_numpy(np.float64)
+        for i in range(len(steps)):
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, tensor_shape=shape,
+                                            tensor_content=vals[i:i + 1].astype("<f8").tobytes())
+            value = summary_pb2.Summary.Value(tag=key, tensor=tensor)
+            if i == 0:
+                value.metadata.CopyFrom(meta)  # as TensorBoard writes: the plugin on a tag's first point
+            writer.add_event(event_pb2.Event(wall_time=float(walls[i]), step=int(steps[i]),
+                                             summary=summary_pb2.Summary(value=[value])))
+    writer.close()
+    (path,) = set(glob.glob(pattern)) - before
+    return path
