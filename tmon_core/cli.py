@@ -224,7 +224,7 @@ def _write_text(path: str | None, text: str) -> None:
 
 
 #: modules that add subcommands: each has ``register(subparsers) -> {name: handler(store, args)}``
-COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli", "tmon_core.analysis.cli")
+COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli", "tmon_core.analysis.cli", "tmon_core.alerts.cli")
 
 
 def _extra_commands(sub) -> dict:

@@ -236,6 +236,15 @@ class Run(RunControl):
         """Captured log records and warnings: wall_time, step, level, logger, message, source."""
         return self._table(LogRow, (LogRow.wall_time, LogRow.id))
 
+    def alerts(self, since: float | None = None):
+        """The run's alerts, oldest first (``since``: UNIX seconds, only those raised at or after it):
+        time, step, rule, level, title, text, delivered (the latest delivery outcome: True, False,
+        ``"held"``, or None when no delivery was configured), uid, source ("run": raised by the
+        run itself; "watch": by ``tmon watch``). See ``tmon_core.store.alerts``."""
+        from .alerts import alerts
+
+        return alerts(self.store, self.id, since)
+
     def count_points(self) -> int:
         """How many metric points the run holds, over all keys."""
         with self.store.engine.connect() as conn:

@@ -287,7 +287,7 @@ class ReportRow(Base):
 
 class AlertClaimRow(Base):
     """A condition of a run that a ``tmon watch`` process alerted on (schema 5): one row per run and
-    ``key`` (``lost@<heartbeat>``, ``stall@<last point>``, ``completed``, ``seen-running``), inserted in
+    ``key`` (``lost@<heartbeat>``, ``stall@<last step>``, ``ended``, ``seen-running``), inserted in
     the transaction that records the alert, so the UNIQUE index lets one watcher win and the others,
     and a restarted one, send nothing. ``uid`` is the alert's (NULL for ``seen-running``)."""
 
