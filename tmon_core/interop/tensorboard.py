@@ -71,23 +71,26 @@ def records(path: str):
         pos = end + 4
 
 
-def read_scalars(run_dir: str, emit) -> None:
-    """Calls ``emit(tag, step, wall_time, value)`` for every scalar in ``run_dir``'s event files,
-    in file order."""
+def scan(run_dir: str, log) -> tuple[int, set, float, float, int]:
+    """Hands every scalar of ``run_dir``'s event files, in file order, to ``log({tag: value}, step,
+    wall_time=wall)`` (``Recorder.log``'s signature); returns (points, tags, first wall time, last
+    wall time, largest step). One loop, written out: it runs once per point."""
     event_pb2 = _event_pb2()
     parse = event_pb2.Event.FromString
     tensor_tags: set[str] = set()  # tags whose first point said plugin "scalars" (later points omit it)
     make_ndarray = None
+    n, tags, first, last, max_step = 0, set(), math.inf, -math.inf, -1
     for path in event_files(run_dir):
         for rec in records(path):
             e = parse(rec)
-            if not e.HasField("summary"):
+            values = e.summary.value  # empty when the event holds no summary
+            if not values:
                 continue
             step, wall = e.step, e.wall_time
-            for v in e.summary.value:
+            for v in values:
                 kind = v.WhichOneof("value")
                 if kind == "simple_value":
-                    emit(v.tag, step, wall, v.simple_value)
+                    x = v.simple_value
                 elif kind == "tensor":
                     if v.metadata.plugin_data.plugin_name == "scalars":
                         tensor_tags.add(v.tag)
@@ -96,8 +99,37 @@ def read_scalars(run_dir: str, emit) -> None:
                     if make_ndarray is None:
                         from tensorboard.util.tensor_util import make_ndarray
                     arr = make_ndarray(v.tensor)
-                    if arr.size == 1:
-                        emit(v.tag, step, wall, float(arr.reshape(()).item()))
+                    if arr.size != 1:
+                        continue
+                    x = float(arr.reshape(()).item())
+                else:
+                    continue
+                tag = v.tag
+                log({tag: x}, step, wall_time=wall)
+                n += 1
+                tags.add(tag)
+                if wall < first:
+                    first = wall
+                if wall > last:
+                    last = wall
+                if step > max_step:
+                    max_step = step
+    return n, tags, first, last, max_step
+
+
+def read_scalars(run_dir: str) -> dict[str, tuple[list, list, list]]:
+    """Every scalar of ``run_dir``: tag -> (steps, wall times, values), in file order."""
+    out: dict[str, tuple[list, list, list]] = {}
+
+    def log(values, step, wall_time):
+        ((tag, x),) = values.items()
+        s, w, v = out.setdefault(tag, ([], [], []))
+        s.append(step)
+        w.append(wall_time)
+        v.append(x)
+
+    scan(run_dir, log)
+    return out
 
 
 def _hparams(run_dir: str) -> dict | None:
@@ -133,25 +165,9 @@ def import_tensorboard(path: str | os.PathLike, store=None, *, name: str | None 
         rel = os.path.relpath(run_dir, os.path.dirname(root)) if run_dir != root else os.path.basename(root)
         w = RunWriter(store, name=name or rel, framework=FRAMEWORK, fp=fp, source=source, fmt="tensorboard",
                       hparams=clean_hparams(_hparams(run_dir)), extra={"files": [os.path.basename(f) for f in files]})
-        state = {"first": math.inf, "last": -math.inf, "max_step": -1, "n": 0}
-        keys: set[str] = set()
-        log = w.log
-
-        def emit(tag, step, wall, value, _keys=keys, _state=state, _log=log):
-            _log({tag: value}, step, wall_time=wall)
-            _keys.add(tag)
-            _state["n"] += 1
-            if wall < _state["first"]:
-                _state["first"] = wall
-            if wall > _state["last"]:
-                _state["last"] = wall
-            if step > _state["max_step"]:
-                _state["max_step"] = step
-
-        read_scalars(run_dir, emit)
-        w.points, w.keys = state["n"], keys
-        w.close(first_wall=state["first"] if state["n"] else None, last_wall=state["last"] if state["n"] else None,
-                last_step=state["max_step"] if state["n"] else None)
+        n, keys, first, last, max_step = scan(run_dir, w.log)
+        w.points, w.keys = n, keys
+        w.close(first_wall=first if n else None, last_wall=last if n else None, last_step=max_step if n else None)
         out.append(w.result(source))
     return out
 
