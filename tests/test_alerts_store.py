@@ -119,4 +119,12 @@ def test_a_claim_is_taken_once_even_by_racing_threads(store_url):
     assert df.uid.tolist() == won and df.source.tolist() == ["watch"]
     # another condition of the same run is another claim
     assert store_alerts.claim(store, rec.run_id, "stall@0", alert, watcher="w") is not None
+    # deleting the run deletes its claims with it (the foreign key cascades)
+    from tmon_core.store.retention import delete_run
+
+    from sqlalchemy import text
+
+    delete_run(store, rec.run_id)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM tmon_alert_claims")).scalar() == 0
     store.close()
