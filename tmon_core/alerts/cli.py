@@ -66,8 +66,9 @@ def cmd_alerts(store, args) -> int:
     for r in df.itertuples():
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
         step = "-" if r.step is None or r.step is _NA() else str(r.step)
-        print(f"{when}  {r.level:<8}  {r.rule:<11}  step {step:<8}  {_delivered(r.delivered):<13}  {r.title}"
-              + ("  [watch]" if r.source == "watch" else ""))
+        # (str(): an alert event written by other code may lack a field)
+        print(f"{when}  {str(r.level):<8}  {str(r.rule):<11}  step {step:<8}  {_delivered(r.delivered):<13}  "
+              f"{r.title}" + ("  [watch]" if r.source == "watch" else ""))
     return 0
 
 
