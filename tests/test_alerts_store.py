@@ -128,3 +128,11 @@ def test_a_claim_is_taken_once_even_by_racing_threads(store_url):
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM tmon_alert_claims")).scalar() == 0
     store.close()
+
+
+def test_the_store_modules_examples_run(tmp_path, monkeypatch):
+    import doctest
+
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(store_alerts, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
