@@ -11,8 +11,10 @@ from typing import Any
 
 #: The first Lightning whose callback dispatcher (``_call_callback_hooks``) passes over a hook
 #: attribute that is not callable (``fn = getattr(callback, hook_name); if callable(fn): ...``):
-#: pytorch_lightning 1.6.0, where PR #10979 replaced ``Trainer.call_hook`` by
-#: ``Trainer._call_callback_hooks`` (``lightning.pytorch.trainer.call`` since 2.0 keeps the check).
+#: pytorch_lightning 1.6.0, where PR #10979 made ``Trainer.call_hook`` the protected
+#: ``Trainer._call_callback_hooks`` with that check (Lightning's upgrade guide lists the PR; 1.5's
+#: ``TrainerCallbackHookMixin`` called ``callback.<hook>(...)`` on every callback, a ``None`` would
+#: raise). ``lightning.pytorch.trainer.call._call_callback_hooks`` keeps the check in 2.x.
 SKIPS_NON_CALLABLE_HOOKS_SINCE = (1, 6)
 
 #: per-batch hooks that Lightning hands every callback and TMonCallback does not use
