@@ -12,6 +12,7 @@ is what ``tmon export`` calls for the two formats it adds (``EXPORT_FORMATS``).
 
 from __future__ import annotations
 
+import argparse
 import os
 
 EXPORT_FORMATS = ("tensorboard", "mlflow")
@@ -32,7 +33,9 @@ def register(subparsers) -> dict:
     for sp in (tb, cs):
         sp.add_argument("--name", help="the run's name (default: from the path)")
     for sp in (tb, ml, cs):
-        sp.add_argument("--store", dest="store_sub", help="database URL or SQLite file (as tmon --store)")
+        # SUPPRESS: unset here must not hide a --store given before the source kind
+        sp.add_argument("--store", dest="store_sub", default=argparse.SUPPRESS,
+                        help="database URL or SQLite file (as tmon --store)")
     handlers = {"import": cmd_import}
     try:
         from . import exporter

@@ -1,0 +1,274 @@
+"""A Prometheus exporter for a tmon store: ``tmon exporter --store URL --port 9464`` serves
+``/metrics`` for every live run (and runs that ended less than ``grace`` seconds ago).
+
+How it reads: a poller thread reads the store every ``interval`` seconds and a scrape serves the
+last snapshot, so a scrape costs the same whatever the store holds. A poll lists the runs (one
+query) and reads the latest points only of runs whose ``last_step`` moved since the previous
+poll: an idle or finished run costs nothing after its first read. The exporter only reads
+(``open_store(create=False)``); when the store cannot be read it keeps serving the last values and
+says so (``tmon_exporter_store_up 0``, ``tmon_exporter_stale 1``).
+
+Metrics (Prometheus conventions: ``tmon_`` prefix, base units, ``_seconds``, ``_total``):
+
+================================================  =========================================================
+``tmon_run_info{run_id,run_name,framework,status,host}``  1 per exported run (an info metric)
+``tmon_run_step{run_id}``                         the run's last step
+``tmon_run_epoch{run_id}``                        the latest ``epoch`` value
+``tmon_metric{run_id,key}``                       the latest value of each metric key: one family with
+                                                  the key as a label (keys are free text; names would
+                                                  need escaping), at most ``max_keys`` keys per run,
+                                                  only those matching ``keys`` patterns when given
+``tmon_step_time_seconds{run_id}``                the latest ``step_time``
+``tmon_data_time_seconds{run_id}``                the latest ``data_time``
+``tmon_steps_per_second{run_id}``                 steps done between the last two polls that saw progress
+``tmon_last_step_timestamp_seconds{run_id}``      wall time of the newest point: ``time() - ... > 600`` is
+                                                  a stall rule (the heartbeat goes on in a hung fit)
+``tmon_run_nonfinite{run_id,key}``                1 while a key's latest value is NaN or ±inf
+``tmon_alerts_total{run_id}``                     alerts the run raised (``alert`` events)
+``tmon_exporter_store_up``                        1 when the last poll read the store
+``tmon_exporter_stale``                           1 while serving values from before a failed poll
+``tmon_exporter_last_poll_timestamp_seconds``,    when the last successful poll ended; how long a poll took
+``tmon_exporter_poll_duration_seconds``
+``tmon_exporter_runs``                            runs exported
+================================================  =========================================================
+
+NaN and ±inf are exported as such (Prometheus stores them); ``tmon_run_nonfinite`` makes them easy
+to alert on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import events as ev
+from .. import keys as K
+
+DEFAULT_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses too; 9090 is Prometheus itself
+
+
+@dataclass
+class _RunState:
+    info: dict
+    last_step: int | None = None
+    latest: dict = field(default_factory=dict)  # key -> (step, value)
+    last_point_wall: float | None = None
+    alerts: int = 0
+    rate: float | None = None
+    seen: tuple | None = None  # (last_step, poll time) at the last poll that saw progress
+
+
+class Snapshot:
+    """What a scrape serves: built by a poll, swapped in whole (a scrape never sees half a poll)."""
+
+    def __init__(self, runs: dict[str, _RunState], up: bool, stale: bool, polled_at: float | None, duration: float):
+        self.runs, self.up, self.stale, self.polled_at, self.duration = runs, up, stale, polled_at, duration
+
+
+class Exporter:
+    """Reads ``store`` every ``interval`` s; ``collect()`` (a prometheus_client collector) serves the
+    latest snapshot. ``keys``: fnmatch patterns of the metric keys to export (default all, up to
+    ``max_keys`` per run, in name order); ``grace``: how long an ended run stays exported."""
+
+    def __init__(self, store: str | None = None, *, interval: float = 5.0, grace: float = 300.0,
+                 keys: list[str] | None = None, max_keys: int = 50):
+        if not isinstance(interval, (int, float)) or interval <= 0:
+            raise ValueError(f"interval must be a positive number of seconds, received interval={interval!r}")
+        if not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be a positive int, received max_keys={max_keys!r}")
+        self.url = store
+        self.interval, self.grace, self.patterns, self.max_keys = float(interval), float(grace), keys, max_keys
+        self._store = None
+        self._runs: dict[str, _RunState] = {}
+        self.snapshot = Snapshot({}, False, False, None, 0.0)
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ reading the store
+    def _open(self):
+        if self._store is None:
+            from ..store import open_store
+
+            self._store = open_store(self.url, create=False)  # never creates, never writes
+        return self._store
+
+    def _wanted(self, key: str) -> bool:
+        return self.patterns is None or any(fnmatch.fnmatchcase(key, p) for p in self.patterns)
+
+    def poll(self) -> Snapshot:
+        """Read what changed since the last poll; on a store error keep the last values, marked stale."""
+        t0 = time.perf_counter()
+        try:
+            self._poll_store()
+        except Exception as exc:  # the store is down, locked, gone: serve what we have
+            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            if self._store is not None:
+                try:
+                    self._store.close()
+                except Exception:
+                    pass
+                self._store = None
+            prev = self.snapshot
+            self.snapshot = Snapshot(prev.runs, False, bool(prev.runs), prev.polled_at, time.perf_counter() - t0)
+            return self.snapshot
+        self.last_error = None
+        self.snapshot = Snapshot(dict(self._runs), True, False, time.time(), time.perf_counter() - t0)
+        return self.snapshot
+
+    def _poll_store(self) -> None:
+        store = self._open()
+        now = time.time()
+        df = store.runs()
+        runs: dict[str, _RunState] = {}
+        for row in df.to_dict("records"):
+            ended = row["ended_at"]
+            live = row["status"] == ev.RUNNING or (ended is not None and not math.isnan(ended)
+                                                   and now - ended <= self.grace)
+            if not live:
+                continue
+            rid = row["id"]
+            last_step = None if row["last_step"] is None or math.isnan(row["last_step"]) else int(row["last_step"])
+            state = self._runs.get(rid)
+            if state is None:
+                state = _RunState(info=row)
+            state.info = row
+            if state.last_step != last_step or not state.latest:
+                self._read_run(store, rid, state, last_step, now)
+            runs[rid] = state
+        self._runs = runs
+
+    def _read_run(self, store, rid: str, state: _RunState, last_step: int | None, now: float) -> None:
+        run = store.run(rid)
+        latest = run.latest()
+        wanted = [k for k in sorted(latest) if self._wanted(k)][:self.max_keys]
+        state.latest = {k: latest[k] for k in wanted}
+        for k in (K.EPOCH, K.STEP_TIME, K.DATA_TIME):  # their own families, whatever the allow-list says
+            if k in latest:
+                state.latest.setdefault(k, latest[k])
+        if latest:
+            newest = max(latest, key=lambda k: latest[k][0])
+            tail = run.tail(newest, 1)
+            if len(tail):
+                state.last_point_wall = float(tail["wall_time"].iloc[-1])
+        state.alerts = len(run.events(ev.ALERT))
+        if last_step is not None:
+            if state.seen is not None and last_step > state.seen[0] and now > state.seen[1]:
+                state.rate = (last_step - state.seen[0]) / (now - state.seen[1])
+            if state.seen is None or last_step != state.seen[0]:
+                state.seen = (last_step, now)
+        state.last_step = last_step
+
+    # ------------------------------------------------------------------ serving
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        snap = self.snapshot
+        info = InfoMetricFamily("tmon_run", "a tmon run", labels=["run_id", "run_name", "framework", "status", "host"])
+        step = GaugeMetricFamily("tmon_run_step", "the run's last step", labels=["run_id"])
+        epoch = GaugeMetricFamily("tmon_run_epoch", "the run's latest epoch", labels=["run_id"])
+        metric = GaugeMetricFamily("tmon_metric", "the latest value of a metric key", labels=["run_id", "key"])
+        nonfinite = GaugeMetricFamily("tmon_run_nonfinite", "1 when the key's latest value is NaN or inf",
+                                      labels=["run_id", "key"])
+        st = GaugeMetricFamily("tmon_step_time_seconds", "the latest step time", labels=["run_id"])
+        dt = GaugeMetricFamily("tmon_data_time_seconds", "the latest data (input wait) time", labels=["run_id"])
+        rate = GaugeMetricFamily("tmon_steps_per_second", "steps per second between the last polls", labels=["run_id"])
+        last = GaugeMetricFamily("tmon_last_step_timestamp_seconds", "wall time of the run's newest point",
+                                 labels=["run_id"])
+        alerts = CounterMetricFamily("tmon_alerts", "alerts the run raised", labels=["run_id"])
+        for rid, s in snap.runs.items():
+            i = s.info
+            info.add_metric([rid, str(i.get("name") or ""), str(i.get("framework") or ""), str(i.get("status") or ""),
+                             str(i.get("host") or "")], {})
+            if s.last_step is not None:
+                step.add_metric([rid], s.last_step)
+            for key, (_, value) in s.latest.items():
+                if key == K.EPOCH:
+                    epoch.add_metric([rid], value)
+                elif key == K.STEP_TIME:
+                    st.add_metric([rid], value)
+                elif key == K.DATA_TIME:
+                    dt.add_metric([rid], value)
+                if self._wanted(key):
+                    metric.add_metric([rid, key], value)
+                    nonfinite.add_metric([rid, key], 0.0 if math.isfinite(value) else 1.0)
+            if s.rate is not None:
+                rate.add_metric([rid], s.rate)
+            if s.last_point_wall is not None:
+                last.add_metric([rid], s.last_point_wall)
+            alerts.add_metric([rid], s.alerts)
+        yield from (info, step, epoch, metric, nonfinite, st, dt, rate, last, alerts)
+        yield GaugeMetricFamily("tmon_exporter_store_up", "1 when the last poll read the store", value=float(snap.up))
+        yield GaugeMetricFamily("tmon_exporter_stale", "1 while serving values from before a failed poll",
+                                value=float(snap.stale))
+        if snap.polled_at is not None:
+            yield GaugeMetricFamily("tmon_exporter_last_poll_timestamp_seconds", "when the last good poll ended",
+                                    value=snap.polled_at)
+        yield GaugeMetricFamily("tmon_exporter_poll_duration_seconds", "how long the last poll took",
+                                value=snap.duration)
+        yield GaugeMetricFamily("tmon_exporter_runs", "runs exported", value=len(snap.runs))
+
+    def start(self) -> None:
+        """Poll once now, then every ``interval`` seconds on a daemon thread."""
+        self.poll()
+
+        def loop():
+            while not self._stop.wait(self.interval):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="tmon-exporter-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 30)
+        if self._store is not None:
+            self._store.close()
+
+
+def serve(store: str | None, port: int = DEFAULT_PORT, addr: str = "0.0.0.0", **kw):
+    """Start an ``Exporter`` and its HTTP server; returns (exporter, server). Needs prometheus-client."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    exporter = Exporter(store, **kw)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter)
+    exporter.start()
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return exporter, server
+
+
+def register(subparsers) -> dict:
+    p = subparsers.add_parser("exporter", help="serve /metrics of the store's live runs for Prometheus",
+                              description="A Prometheus exporter for the store: every live run (and runs ended in "
+                                          "the last --grace seconds) at http://HOST:PORT/metrics. Reads only.")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between reads of the store (default 5)")
+    p.add_argument("--grace", type=float, default=300.0, help="seconds an ended run stays exported (default 300)")
+    p.add_argument("--keys", help="comma-separated fnmatch patterns of the metric keys to export (default all)")
+    p.add_argument("--max-keys", type=int, default=50, help="at most this many keys per run (default 50)")
+    return {"exporter": cmd_exporter}
+
+
+def cmd_exporter(store, args) -> int:
+    url = getattr(args, "store_sub", None) or getattr(store, "url", None)
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
+    exporter, server = serve(url, args.port, args.addr, interval=args.interval, grace=args.grace, keys=keys,
+                             max_keys=args.max_keys)
+    state = "" if exporter.snapshot.up else f" (the store cannot be read yet: {exporter.last_error})"
+    print(f"tmon exporter: http://{args.addr}:{args.port}/metrics, reading {url or 'the default store'} every "
+          f"{args.interval:g} s{state}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        exporter.stop()
+    return 0
