@@ -159,22 +159,28 @@ def test_a_run_seen_running_alerts_when_it_ends_unless_it_said_so_itself(store_u
 
 
 def test_a_running_run_that_makes_no_progress_is_stalled_once_per_stall(store_url):
+    later = [0.0]  # seconds the watchers' clock runs ahead: a stall without waiting for one
+
+    def clock():
+        return time.time() + later[0]
+
     rec = Recorder(store_url, run_name="hung", flush_interval=0.05, heartbeat_timeout=60)
     try:
         for step in range(3):
             rec.log({"loss": 1.0}, step)
         time.sleep(0.3)
-        watcher = Watcher(store_url, notify=[], stall_after=1.0)
+        watcher = Watcher(store_url, notify=[], stall_after=10, clock=clock)
         assert watcher.poll() == []
-        time.sleep(1.2)  # the heartbeat goes on, the steps do not
+        later[0] = 11  # the heartbeat goes on, the steps do not
         (stall,) = watcher.poll()
         assert (stall["rule"], stall["level"], stall["step"], stall["run_id"]) == ("stall", "warning", 2, rec.run_id)
+        assert stall["title"].startswith("No new step for 1") and "step 2" in stall["text"]
         assert watcher.poll() == [], "one alert per stall"
-        assert Watcher(store_url, notify=[], stall_after=1.0).poll() == [], "nor again from a restarted watcher"
+        assert Watcher(store_url, notify=[], stall_after=10, clock=clock).poll() == [], "nor from a restarted watcher"
         rec.log({"loss": 1.0}, 3)
         time.sleep(0.3)
-        assert watcher.poll() == []
-        time.sleep(1.2)
+        assert watcher.poll() == [], "it moved on"
+        later[0] = 22
         assert [a["step"] for a in watcher.poll()] == [3], "a new stall is a new alert"
         watcher.close()
     finally:
