@@ -264,7 +264,9 @@ def apply_changes(optimizers, schedulers, changes, mode: str) -> tuple[dict, dic
 
 
 def _rescale_bases(schedulers, opt, group: dict, name: str, factor: float) -> None:
-    index = opt.param_groups.index(group)
+    # by identity: list.index compares the groups' dicts, and so their tensors, which fails (or
+    # matches the wrong group) once an optimizer has two groups
+    index = next(i for i, g in enumerate(opt.param_groups) if g is group)
     if name == "lr":
         for key in ("initial_lr", "max_lr", "min_lr"):
             if isinstance(group.get(key), (int, float)):
