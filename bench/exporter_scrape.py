@@ -9,8 +9,9 @@ HTTP server on a free port, then measures:
   poll: nothing moved     a poll when no run logged anything since the last (the run list only)
   poll: 10% moved         a poll after 10% of the runs logged one more step
   poll: all moved         a poll after every run logged one more step (the worst case)
+  rendering /metrics      the text of a snapshot, made once per poll on the poller's thread
 
-A scrape serves the snapshot of the last poll, so its time does not depend on the store; polls run
+A scrape serves the text rendered from the last poll, so its time does not depend on the store; polls run
 on the exporter's own thread every ``--interval`` seconds. Target (issue 21): a scrape of 100
 live runs × 50 keys in <= 100 ms.
 
@@ -61,9 +62,7 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=200)))
     runs, keys, steps = (10, 50, 50) if args.quick else (args.runs, args.keys, args.steps)
     header(f"exporter: scrape and poll with {runs} live runs x {keys} keys", args.quick)
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from tmon_core.interop.exporter import Exporter
+    from tmon_core.interop.exporter import Exporter, serve
 
     work = tempfile.mkdtemp(prefix="tmon-exporter-")
     url = f"sqlite:///{work}/tmon.db"
@@ -83,12 +82,13 @@ def main() -> None:
             moved_all.append(ex.poll().duration)
         polls["poll: 10% moved"] = median(moved10)
         polls["poll: all moved"] = median(moved_all)
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(ex)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
+        served, server = serve(url, port, "127.0.0.1", interval=3600)  # what `tmon exporter` runs
+        t = time.perf_counter()
+        ex.metrics_text()  # the hand-polled exporter's last snapshot, not rendered yet
+        render = time.perf_counter() - t
         times, size = [], 0
         for _ in range(50):
             t = time.perf_counter()
@@ -96,7 +96,9 @@ def main() -> None:
                 size = len(r.read())
             times.append(time.perf_counter() - t)
         server.shutdown()
+        served.stop()
         times.sort()
+        polls["rendering /metrics (once per poll)"] = render
         samples = sum(len(st.latest) for st in ex.snapshot.runs.values())
         print(f"/metrics: {size / 1024:.0f} KiB, {samples} metric values of {len(ex.snapshot.runs)} runs")
         rows = [["scrape (HTTP GET /metrics)", num(median(times) * 1000, "{:.1f}"), num(pct(times, 95) * 1000, "{:.1f}"),

@@ -23,7 +23,8 @@ Metrics (Prometheus conventions: ``tmon_`` prefix, base units, ``_seconds``, ``_
 ``tmon_steps_per_second{run_id}``                 steps done between the last two polls that saw progress
 ``tmon_last_step_timestamp_seconds{run_id}``      wall time of the newest point: ``time() - ... > 600`` is
                                                   a stall rule (the heartbeat goes on in a hung fit)
-``tmon_run_nonfinite{run_id,key}``                1 while a key's latest value is NaN or ±inf
+``tmon_run_nonfinite{run_id,key}``                1 while a key's latest value is NaN or ±inf (absent
+                                                  otherwise)
 ``tmon_alerts_total{run_id}``                     alerts the run raised (``alert`` events)
 ``tmon_exporter_store_up``                        1 when the last poll read the store
 ``tmon_exporter_stale``                           1 while serving values from before a failed poll
@@ -87,6 +88,21 @@ class Exporter:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rendered: tuple[Snapshot, bytes] | None = None
+
+    def metrics_text(self) -> bytes:
+        """The ``/metrics`` body of the current snapshot, rendered once per poll: a scrape between
+        two polls is a copy of bytes, however many runs and keys there are."""
+        snap, cached = self.snapshot, self._rendered
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(self, snap))
+        body = generate_latest(registry)
+        self._rendered = (snap, body)
+        return body
 
     # ------------------------------------------------------------------ reading the store
     def _open(self):
@@ -114,9 +130,11 @@ class Exporter:
                 self._store = None
             prev = self.snapshot
             self.snapshot = Snapshot(prev.runs, False, bool(prev.runs), prev.polled_at, time.perf_counter() - t0)
+            self._rendered = None
             return self.snapshot
         self.last_error = None
         self.snapshot = Snapshot(dict(self._runs), True, False, time.time(), time.perf_counter() - t0)
+        self._rendered = None
         return self.snapshot
 
     def _poll_store(self) -> None:
@@ -163,10 +181,10 @@ class Exporter:
         state.last_step = last_step
 
     # ------------------------------------------------------------------ serving
-    def collect(self):
+    def collect(self, snap: Snapshot | None = None):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-        snap = self.snapshot
+        snap = snap or self.snapshot
         info = InfoMetricFamily("tmon_run", "a tmon run", labels=["run_id", "run_name", "framework", "status", "host"])
         step = GaugeMetricFamily("tmon_run_step", "the run's last step", labels=["run_id"])
         epoch = GaugeMetricFamily("tmon_run_epoch", "the run's latest epoch", labels=["run_id"])
@@ -194,7 +212,8 @@ class Exporter:
                     dt.add_metric([rid], value)
                 if self._wanted(key):
                     metric.add_metric([rid, key], value)
-                    nonfinite.add_metric([rid, key], 0.0 if math.isfinite(value) else 1.0)
+                    if not math.isfinite(value):  # present only then: half the series of a healthy store
+                        nonfinite.add_metric([rid, key], 1.0)
             if s.rate is not None:
                 rate.add_metric([rid], s.rate)
             if s.last_point_wall is not None:
@@ -212,12 +231,15 @@ class Exporter:
         yield GaugeMetricFamily("tmon_exporter_runs", "runs exported", value=len(snap.runs))
 
     def start(self) -> None:
-        """Poll once now, then every ``interval`` seconds on a daemon thread."""
+        """Poll once now, then every ``interval`` seconds on a daemon thread, rendering each
+        snapshot's ``/metrics`` text there too (so a scrape never waits for it)."""
         self.poll()
+        self.metrics_text()
 
         def loop():
             while not self._stop.wait(self.interval):
                 self.poll()
+                self.metrics_text()
 
         self._thread = threading.Thread(target=loop, name="tmon-exporter-poll", daemon=True)
         self._thread.start()
@@ -230,15 +252,46 @@ class Exporter:
             self._store.close()
 
 
-def serve(store: str | None, port: int = DEFAULT_PORT, addr: str = "0.0.0.0", **kw):
-    """Start an ``Exporter`` and its HTTP server; returns (exporter, server). Needs prometheus-client."""
-    from prometheus_client import CollectorRegistry, start_http_server
+class _Fixed:
+    """A collector of one snapshot (what ``metrics_text`` renders)."""
 
+    def __init__(self, exporter: Exporter, snap: Snapshot):
+        self.exporter, self.snap = exporter, snap
+
+    def collect(self):
+        return self.exporter.collect(self.snap)
+
+
+def serve(store: str | None, port: int = DEFAULT_PORT, addr: str = "0.0.0.0", **kw):
+    """Start an ``Exporter`` and its HTTP server (``/metrics``) on a daemon thread; returns
+    (exporter, server): ``server.shutdown()`` stops it. Needs prometheus-client."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("the exporter needs prometheus-client: pip install 'tmon[prometheus]'") from exc
     exporter = Exporter(store, **kw)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(exporter)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404, "tmon exporter: the metrics are at /metrics")
+                return
+            body = exporter.metrics_text()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # no line per scrape on stderr
+            pass
+
     exporter.start()
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    server = ThreadingHTTPServer((addr, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="tmon-exporter-http", daemon=True).start()
     return exporter, server
 
 
