@@ -1,9 +1,9 @@
 """Steering real Hugging Face Trainer runs (a tiny BERT from a config, CPU): schedules, live requests
-from another process, rejections, manual checkpoint and rollback, stop, control levels. Assertions
+from another process, manual checkpoint and rollback, torchrun. What every adapter must do
+(rejections, control levels, stop, presets) is tests/callbacks/test_every_adapter.py. Assertions
 read the optimizer the Trainer steps with, not only the store."""
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -21,8 +21,7 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 from tests.control_helpers import LIVE, handed_over, request_arrived  # noqa: E402
 from tests.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
-from tmon_core import At, Param, open_store  # noqa: E402
-from tmon_core import events as ev  # noqa: E402
+from tmon_core import At, open_store  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,61 +124,6 @@ def test_live_change_from_another_process_sticks_with_the_linear_schedule(tmp_pa
     assert event.data["request_id"] == int(out[0])
 
 
-def test_invalid_requests_are_rejected_with_reasons_and_the_optimizer_is_untouched(tmp_path, store_url):
-    reqs = {}
-
-    def ask():
-        run = open_store(store_url).run(cb.run_id)
-        reqs["unknown"] = run.set_param("learning_rate", 0.1)
-        reqs["type"] = run.set_param("lr", "fast")
-        reqs["nan"] = run.set_param("lr", math.nan)
-        reqs["bounds"] = run.set_param("lr", 20.0)
-        reqs["missing"] = run.set_param("eps", 1e-8)  # SGD has no eps
-        reqs["betas"] = run.set_param("betas", [0.9, 0.99])  # ... nor betas
-        reqs["group"] = run.set_param("lr@3", 0.1)  # HF makes two groups (decay, no decay)
-        reqs["level"] = run.stop()  # needs admin
-        reqs["rollback"] = run.rollback(12345)  # needs admin too
-        reqs["atomic"] = run.set_params({"lr": 0.2, "eps": 1e-8})  # one bad value: nothing applied
-        handed_over(cb)
-
-    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None)  # control="manage"
-    probe = Probe({2: ask})
-    train(tmp_path, cb, probe, optim="sgd")
-    reasons = {k: (r.status, r.reason) for k, r in reqs.items()}
-    assert all(status == "rejected" for status, _ in reasons.values()), reasons
-    assert "unknown parameter 'learning_rate'" in reasons["unknown"][1]
-    assert "a number is needed, received str 'fast'" in reasons["type"][1]
-    assert "not a finite number" in reasons["nan"][1]
-    assert "lr=20.0 is out of bounds: lr must be in (0, 10]" in reasons["bounds"][1]
-    assert "SGD has no 'eps'" in reasons["missing"][1] and "SGD has no 'betas'" in reasons["betas"][1]
-    assert "param group 3 does not exist" in reasons["group"][1]
-    assert "control level is 'manage'; stop needs 'admin'" in reasons["level"][1]
-    assert "rollback needs 'admin'" in reasons["rollback"][1]
-    assert "SGD has no 'eps'" in reasons["atomic"][1]
-    # untouched: both groups follow HF's schedule at every step
-    assert [probe.lrs[k] for k in range(1, 9)] == [pytest.approx([linear(k)] * 2) for k in range(1, 9)]
-    run = open_store(store_url).run(cb.run_id)
-    assert len(run.events("request_rejected")) == len(reqs) and run.events("param_change").empty
-    late = run.set_param("lr", 0.01)  # a finished run rejects at once, in the asking process
-    assert late.status == "rejected" and "is completed" in late.reason
-
-
-def test_control_off_rejects_every_request(tmp_path, store_url):
-    reqs = []
-
-    def ask():
-        run = open_store(store_url).run(cb.run_id)
-        reqs.extend([run.set_param("lr", 0.01), run.request_checkpoint("x"), run.stop()])
-        handed_over(cb)
-
-    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, control="off")
-    probe = Probe({2: ask})
-    train(tmp_path, cb, probe, num_train_epochs=1)
-    assert [r.status for r in reqs] == ["rejected"] * 3
-    assert all("control level is 'off'" in r.reason for r in reqs)
-    assert probe.steps == [1, 2, 3, 4] and [probe.lrs[k][0] for k in (1, 2, 3, 4)] == pytest.approx(
-        [linear(k, total=4) for k in (1, 2, 3, 4)])
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no checkpoint
 
 
 def test_manual_checkpoint_then_rollback_restores_weights_and_optimizer_and_training_completes(tmp_path, store_url):
@@ -263,56 +207,7 @@ def test_rollback_to_a_mismatched_corrupt_or_missing_checkpoint_is_rejected(tmp_
     assert probe.steps == list(range(1, 9))
 
 
-def test_stop_request_ends_training_cleanly(tmp_path, store_url):
-    def ask():
-        open_store(store_url).run(cb.run_id).stop("enough")
-        handed_over(cb)
 
-    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, control="admin")
-    probe = Probe({3: ask})
-    trainer = train(tmp_path, cb, probe, num_train_epochs=10)
-    assert probe.steps == [1, 2, 3, 4] and trainer.state.global_step == 4  # applied before step 4, which runs
-    run = open_store(store_url).run(cb.run_id)
-    assert run.status == "completed"
-    assert run.events("stopped").step.tolist() == [4]
-    assert run.events("stopped").message.tolist() == ["enough"]
-    end = run.events(ev.TRAIN_END)
-    assert end.step.tolist() == [4] and end.data[0]["reason"] == ev.END_STOP_REQUEST
-
-
-def test_presets_and_custom_params(tmp_path, store_url):
-    knob = {"value": 0.25}
-    reqs = []
-
-    def ask():
-        run = open_store(store_url).run(cb.run_id)
-        reqs.extend([run.apply_preset("cool-down"), run.set_param("knob", 0.5), run.set_param("knob", 2.0),
-                     run.apply_preset("nope")])
-        handed_over(cb)
-
-    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None,
-                      presets={"cool-down": {"lr": 1e-4, "weight_decay": 0.0}},
-                      params={"knob": Param(get=lambda: knob["value"], set=lambda v: knob.update(value=v),
-                                            bounds=(0.0, 1.0))},
-                      tags=["control"], notes="steered")
-    probe = Probe({2: ask})
-    train(tmp_path, cb, probe, num_train_epochs=1)
-    assert [r.status for r in reqs] == ["applied", "applied", "rejected", "rejected"]
-    assert probe.lrs[3][0] == pytest.approx(1e-4) and knob["value"] == 0.5
-    assert "out of bounds" in reqs[2].reason and "unknown preset 'nope'" in reqs[3].reason
-    info = open_store(store_url).run(cb.run_id).info()
-    assert info["tags"] == ["control"] and info["notes"] == "steered"
-
-
-def test_constructor_rejects_bad_control_options_by_name():
-    with pytest.raises(ValueError, match="control must be one of off, view, manage, admin, received control='root'"):
-        TMonCallback(control="root")
-    with pytest.raises(ValueError, match="preset 'bad': lr=-1.0 is out of bounds"):
-        TMonCallback(presets={"bad": {"lr": -1.0}})
-    with pytest.raises(ValueError, match="schedule items must be tmon_core.At"):
-        TMonCallback(schedule=[{"step": 3, "lr": 0.1}])
-    with pytest.raises(ValueError, match="tags must be a list of non-empty strings"):
-        TMonCallback(tags="a")
 
 
 TORCHRUN = textwrap.dedent("""
