@@ -130,6 +130,40 @@ def test_torch_summary_writer_import_keeps_walltimes_nan_inf_and_each_run_dir(tm
     assert [r.created for r in import_tensorboard(logdir, store_url)] == [False, False]
 
 
+def test_scalar_records_decoded_in_bulk_match_tensorboards_parser(tmp_path, store_url):
+    """The fast path (records read from their bytes) on every varint width of a step, long and
+    non-ASCII tags, a step of 0 (left out of the record), records it must not take (a histogram,
+    a text summary, an event with no summary) in between, and a truncated last record."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "edge"
+    w = SummaryWriter(str(logdir))
+    steps = [0, 1, 127, 128, 16383, 16384, 2**21, 2**35, 2**62]
+    tags = ["loss", "é/λ-tag", "x" * 200]  # a 200-character tag: its length takes two varint bytes
+    for i, step in enumerate(steps):
+        for j, tag in enumerate(tags):
+            w.add_scalar(tag, [1.5, math.nan, -math.inf, 1e-30][(i + j) % 4], step, walltime=1e9 + i + j / 10)
+        w.add_histogram("h", np.arange(5.0), step)
+        w.add_text("note", f"step {step}", step)
+    w.close()
+    (f,) = [p for p in logdir.iterdir() if "tfevents" in p.name]
+    with open(f, "ab") as fh:
+        fh.write(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage")  # a record cut short: ignored, as TensorBoard does
+    (imp,) = import_tensorboard(logdir, store_url)
+    run = open_store(store_url).run(imp.run_id)
+    source = tb_scalars(logdir)
+    assert sorted(source) == sorted(tags)
+    assert_run_matches(run, source)
+    assert run.info()["last_step"] == 2**62
+    # and the scalars did take the fast path (the histograms and texts did not)
+    from tensorboard.compat.proto import event_pb2
+
+    from tmon_core.interop.tensorboard import _decode
+
+    simple = _decode(f.read_bytes(), event_pb2)[2]
+    assert sum(simple) == len(steps) * len(tags) and len(simple) > sum(simple) + 2 * len(steps)
+
+
 # ------------------------------------------------------------------------------- CSV
 def test_lightning_csv_logger_import_matches_every_cell(lightning_logs, store_url):
     path = os.path.join(lightning_logs["csv"], "metrics.csv")

@@ -60,29 +60,152 @@ def records(path: str):
     """The payloads of a TFRecord file: 8-byte length, 4-byte length CRC, data, 4-byte data CRC."""
     with open(path, "rb") as f:
         data = f.read()
+    for a, b in _frames(data):
+        yield data[a:b]
+
+
+def _frames(data: bytes):
+    """(start, end) of each record's payload in ``data``; a truncated last record (the writer is
+    still at it) ends the file, as in TensorBoard."""
     unpack, n, pos = struct.unpack_from, len(data), 0
-    view = memoryview(data)
     while pos + 12 <= n:
         (length,) = unpack("<Q", data, pos)
         end = pos + 12 + length
         if end + 4 > n:
-            break  # truncated: the writer is still at it
-        yield view[pos + 12:end]
+            return
+        yield pos + 12, end
         pos = end + 4
+
+
+_NOT_SIMPLE = object()
+
+
+def _simple_layout(event_pb2, body: bytes):
+    """The tag when ``body`` (an event's bytes after its wall time and step) is a summary of one
+    ``simple_value`` whose 4 bytes end the record, as torch's ``SummaryWriter``, Lightning and TF1
+    write scalars; else ``_NOT_SIMPLE``. Decided by parsing with TensorBoard's protobuf class, with
+    two different float payloads, so the fast path reads exactly what the parser would."""
+    try:
+        wall = b"\x09" + struct.pack("<d", 1.0)  # not 0.0: a default value is not listed by ListFields
+        e0 = event_pb2.Event.FromString(wall + body + b"\x00\x00\x00\x00")
+        e1 = event_pb2.Event.FromString(wall + body + b"\x00\x00\x80\x3f")
+    except Exception:
+        return _NOT_SIMPLE
+    vals = e1.summary.value
+    if (len(vals) != 1 or vals[0].WhichOneof("value") != "simple_value" or vals[0].simple_value != 1.0
+            or e0.summary.value[0].simple_value != 0.0 or e1.step != 0 or vals[0].HasField("metadata")
+            or e1.ListFields()[-1][0].name != "summary" or len(e1.ListFields()) != 2):
+        return _NOT_SIMPLE
+    return vals[0].tag
+
+
+def _decode(data: bytes, event_pb2):
+    """Where ``data``'s records and their scalars are, decoded with numpy, all records at once.
+
+    Returns (starts, ends, simple, tags, steps, walls, values, stats): per record its payload's
+    bounds, whether it is laid out as torch/Lightning/TF1 write a scalar (wall time, step, then a
+    summary of one ``simple_value`` ending the record), and for those the tag, step, wall time
+    and value; ``stats`` (points, tags, first and last wall time, largest step) of those records,
+    or None.
+    The part between step and value is the same for every point of a tag: each distinct one is
+    checked once by ``_simple_layout`` with TensorBoard's parser, so what is read here is what
+    the parser would read. Other records the caller parses whole."""
+    import numpy as np
+
+    starts: list[int] = []
+    ends: list[int] = []
+    add_start, add_end, unpack, size, pos = starts.append, ends.append, struct.unpack_from, len(data), 0
+    while pos + 12 <= size:  # _frames, written out: it runs once per record
+        (length,) = unpack("<Q", data, pos)
+        end = pos + 12 + length
+        if end + 4 > size:
+            break
+        add_start(pos + 12)
+        add_end(end)
+        pos = end + 4
+    n = len(starts)
+    if not n:
+        return [], [], [], [], [], [], [], None
+    a, b = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+    buf = np.frombuffer(data, np.uint8)
+    top = len(buf) - 1
+
+    def at(offsets):  # bytes at offsets, clipped: a short record reads garbage, then fails the checks
+        return buf[np.minimum(offsets, top)]
+
+    def gather(offsets, width):
+        out = np.empty((len(offsets), width), np.uint8)
+        for j in range(width):
+            out[:, j] = at(offsets + j)
+        return out
+
+    ok = (b - a > 16) & (at(a) == 0x09)  # field 1 (wall_time, fixed64) first
+    has_step = ok & (at(a + 9) == 0x10)  # field 2 (step, varint); absent when 0
+    steps = np.zeros(n, np.uint64)
+    length = np.zeros(n, np.int64)
+    alive = has_step.copy()
+    for k in range(10):
+        byte = at(a + 10 + k)
+        steps |= np.where(alive, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
+        length += alive
+        alive &= byte >= 128
+        if not alive.any():
+            break
+    ok &= ~alive  # a varint longer than 10 bytes is not a step
+    body = a + 9 + np.where(has_step, 1 + length, 0)
+    blen = b - 4 - body
+    ok &= blen > 0
+    tag_of = np.full(n, -1, np.int64)
+    names: list[str] = []
+    for size in np.unique(blen[ok]).tolist():
+        sel = np.flatnonzero(ok & (blen == size))
+        bodies = np.ascontiguousarray(gather(body[sel], size)).view(f"V{size}").ravel()
+        uniq, inverse = np.unique(bodies, return_inverse=True)
+        index = []
+        for u in uniq:
+            tag = _simple_layout(event_pb2, u.tobytes())
+            if tag is _NOT_SIMPLE:
+                index.append(-1)
+            else:
+                names.append(tag)
+                index.append(len(names) - 1)
+        tag_of[sel] = np.asarray(index, np.int64)[inverse.ravel()]
+    simple = tag_of >= 0
+    walls = np.ascontiguousarray(gather(a + 1, 8)).view("<f8").ravel()
+    values = np.ascontiguousarray(gather(b - 4, 4)).view("<f4").ravel().astype(np.float64)
+    steps = steps.view(np.int64)  # int64, as the parser reads it
+    tags = np.array(names + [None], dtype=object)[tag_of]
+    stats = None
+    if simple.any():
+        w = walls[simple]
+        stats = (int(simple.sum()), set(names), float(w.min()), float(w.max()), int(steps[simple].max()))
+    return (starts, ends, simple.tolist(), tags.tolist(), steps.tolist(), walls.tolist(), values.tolist(), stats)
 
 
 def scan(run_dir: str, log) -> tuple[int, set, float, float, int]:
     """Hands every scalar of ``run_dir``'s event files, in file order, to ``log({tag: value}, step,
     wall_time=wall)`` (``Recorder.log``'s signature); returns (points, tags, first wall time, last
-    wall time, largest step). One loop, written out: it runs once per point."""
+    wall time, largest step). Scalars as torch/Lightning/TF1 write them are decoded all at once
+    (``_decode``); any other record is parsed with TensorBoard's ``event_pb2.Event``."""
     event_pb2 = _event_pb2()
     parse = event_pb2.Event.FromString
     tensor_tags: set[str] = set()  # tags whose first point said plugin "scalars" (later points omit it)
     make_ndarray = None
     n, tags, first, last, max_step = 0, set(), math.inf, -math.inf, -1
     for path in event_files(run_dir):
-        for rec in records(path):
-            e = parse(rec)
+        with open(path, "rb") as f:
+            data = f.read()
+        starts, ends, simple, rec_tags, rec_steps, rec_walls, rec_values, stats = _decode(data, event_pb2)
+        if stats is not None:
+            n += stats[0]
+            tags |= stats[1]
+            first, last, max_step = min(first, stats[2]), max(last, stats[3]), max(max_step, stats[4])
+        for i, fast, tag, step, wall, x in zip(range(len(simple)), simple, rec_tags, rec_steps, rec_walls,
+                                               rec_values):
+            if fast:
+                log({tag: x}, step, wall_time=wall)
+                continue
+            e = parse(data[starts[i]:ends[i]])
             values = e.summary.value  # empty when the event holds no summary
             if not values:
                 continue
