@@ -1,6 +1,7 @@
 """The Prometheus exporter: what it serves, bounded keys, incremental reads, store outages, never
 writing; and a real Prometheus (Debian's ``prometheus``) scraping it with the repo's scrape config
-and alert rules while a Lightning fit trains into the store."""
+and alert rules while a Lightning fit trains into the store, the NaN rule firing and every query
+of the Grafana dashboard returning data."""
 
 import hashlib
 import json
@@ -226,7 +227,7 @@ def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path
                           widget=False)
         t = Trainer(max_epochs=10, callbacks=[cb], default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     enable_model_summary=False, log_every_n_steps=1, enable_checkpointing=False)
-        fit = threading.Thread(target=t.fit, args=(TinyRegressor(lr=0.01, sleep=0.1), SyntheticData(n=192, batch_size=16)))
+        fit = threading.Thread(target=t.fit, args=(TinyRegressor(lr=0.01, sleep=0.1, nan_at_step=70), SyntheticData(n=192, batch_size=16)))
         start = time.time()
         fit.start()
         fit.join(300)
@@ -246,6 +247,18 @@ def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path
         assert series(f'tmon_run_info{{run_id="{rid}",run_name="prom-fit"}}')
         assert series(f'tmon_steps_per_second{{run_id="{rid}"}}')
         assert series("tmon_exporter_store_up") and series("tmon_exporter_store_up")[-1] == 1
+        # the loss went NaN at step 70: the exporter says so and the repo's NaN rule fires
+        assert series(f'tmon_run_nonfinite{{run_id="{rid}",key="train_loss_step"}}')
+        _wait(lambda: any(a["labels"]["alertname"] == "TmonNonFiniteMetric" and a["state"] == "firing"
+                          for a in _get(f"{api}/alerts")["data"]["alerts"]), 30, "the NaN alert to fire")
+        # every query of the Grafana dashboard returns data (but those of other exporters: DCGM, node)
+        with open(os.path.join(DEPLOY, "grafana", "tmon-dashboard.json")) as f:
+            dashboard = json.load(f)
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        ours = [e for e in exprs if not e.startswith(("DCGM_", "node_"))]
+        assert len(ours) == len(exprs) - 2
+        for expr in ours:
+            assert series(expr), f"no data for the dashboard's query {expr!r}"
     finally:
         for p in (prom, exporter):
             p.terminate()
