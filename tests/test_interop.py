@@ -62,7 +62,7 @@ def lightning_logs(tmp_path_factory):
     loggers = [TensorBoardLogger(str(root), name="tb"), CSVLogger(str(root), name="csv"),
                MLFlowLogger(experiment_name="tiny", tracking_uri=mlflow_uri, run_name="tiny-nan")]
     t = Trainer(max_epochs=1, logger=loggers, default_root_dir=str(root), enable_progress_bar=False,
-                enable_model_summary=False, log_every_n_steps=1, enable_checkpointing=False)
+                enable_model_summary=False, log_every_n_steps=1)  # ModelCheckpoint: into the first logger's dir
     t.fit(TinyRegressor(lr=0.05, nan_at_step=5), SyntheticData(n=256, batch_size=16))  # 12 steps
     return {"tb": loggers[0].log_dir, "csv": loggers[1].log_dir, "mlflow": mlflow_uri,
             "mlflow_run": loggers[2].run_id}
@@ -100,6 +100,8 @@ def test_lightning_tensorboard_logger_import_matches_every_point_and_finds_the_n
     assert info["created_at"] == min(min(w) for _, w, _ in source.values())
     (f,) = nonfinite_finding(imp.run_id, store_url)
     assert f.step == 5 and f.severity == "critical"
+    (ckpt,) = run.checkpoints().to_dict("records")  # the fit's ModelCheckpoint file, found beside the log
+    assert ckpt["path"].endswith("epoch=0-step=12.ckpt") and ckpt["step"] == 12 and ckpt["size_bytes"] > 0
     # the same logs again: found, not duplicated
     (again,) = import_tensorboard(lightning_logs["tb"], store_url)
     assert not again.created and again.run_id == imp.run_id and len(tmon_core.runs(store_url)) == 1
@@ -254,6 +256,10 @@ def test_hf_trainer_state_import_matches_log_history(tmp_path, store_url):
         df = run.metrics(key)
         assert df.step.tolist() == [p[0] for p in pts] and same(df.value, [p[1] for p in pts]), key
     assert tmon_core.report(imp.run_id, store=store_url, save=False).summary["status"] == "completed"
+    ckpts = run.checkpoints()
+    assert ckpts.step.tolist() == [4, 8] and [os.path.basename(p) for p in ckpts.path] == ["checkpoint-4", "checkpoint-8"]
+    d = tmon_core.diff(ckpts.path[0], ckpts.path[1])  # the imported run's checkpoints diff as any run's
+    assert d.summary["changed"] > 0 and d.summary["b"]["step"] == 8
 
 
 # ------------------------------------------------------------------------------- MLflow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,8 +89,10 @@ class RunWriter:
         self.points = 0
         self.keys: set[str] = set()
 
-    def event(self, type_: str, **kw: Any) -> None:
-        self.rec.event(type_, **kw)
+    def checkpoints(self, log_dir: str) -> None:
+        """Record the checkpoints found beside the source's log (``find_checkpoints``)."""
+        for path, step, epoch in find_checkpoints(log_dir):
+            self.rec.checkpoint(path, step=step, epoch=epoch, source="import")
 
     def close(self, *, first_wall: float | None, last_wall: float | None, last_step: int | None,
               status: str = ev.COMPLETED, error: dict | None = None) -> None:
@@ -126,3 +129,30 @@ def clean_hparams(d: Any) -> Any:
     if d is None or isinstance(d, (bool, int, float, str)):
         return d
     return str(d)
+
+
+_STEP = re.compile(r"(?:^|[-_=])step=?(\d+)")
+_EPOCH = re.compile(r"(?:^|[-_])epoch=(\d+)")
+_HF_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def find_checkpoints(log_dir: str) -> list[tuple[str, int | None, float | None]]:
+    """The checkpoints a source run left beside its log, as (path, step, epoch): Lightning's
+    ``<log dir>/checkpoints/*.ckpt`` (step and epoch from the name, as ``ModelCheckpoint`` names
+    them), HF's ``checkpoint-<step>`` directories beside the one holding ``trainer_state.json``.
+    Recorded with the imported run, so ``tmon diff`` and the checkpoint views find them."""
+    out = []
+    lightning = os.path.join(log_dir, "checkpoints")
+    if os.path.isdir(lightning):
+        for name in sorted(os.listdir(lightning)):
+            if name.endswith(".ckpt"):
+                step, epoch = _STEP.search(name), _EPOCH.search(name)
+                out.append((os.path.join(lightning, name), int(step.group(1)) if step else None,
+                            float(epoch.group(1)) if epoch else None))
+    if _HF_CKPT.match(os.path.basename(log_dir)):
+        parent = os.path.dirname(log_dir)
+        for name in sorted(os.listdir(parent), key=lambda n: int(m.group(1)) if (m := _HF_CKPT.match(n)) else -1):
+            m = _HF_CKPT.match(name)
+            if m and os.path.isdir(os.path.join(parent, name)):
+                out.append((os.path.join(parent, name), int(m.group(1)), None))
+    return out

@@ -130,6 +130,7 @@ def import_csv(path: str | os.PathLike, store=None, *, name: str | None = None, 
         n += len(vals)
         keys.update(vals)
         max_step = step if max_step is None else max(max_step, step)
+    w.checkpoints(os.path.dirname(path))
     w.points, w.keys = n, keys
     w.close(first_wall=wall, last_wall=wall, last_step=max_step)
     return [w.result(path)]

@@ -289,6 +289,7 @@ def import_tensorboard(path: str | os.PathLike, store=None, *, name: str | None 
         w = RunWriter(store, name=name or rel, framework=FRAMEWORK, fp=fp, source=source, fmt="tensorboard",
                       hparams=clean_hparams(_hparams(run_dir)), extra={"files": [os.path.basename(f) for f in files]})
         n, keys, first, last, max_step = scan(run_dir, w.log)
+        w.checkpoints(run_dir)
         w.points, w.keys = n, keys
         w.close(first_wall=first if n else None, last_wall=last if n else None, last_step=max_step if n else None)
         out.append(w.result(source))
