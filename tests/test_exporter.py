@@ -81,6 +81,21 @@ def test_serves_live_runs_latest_values_nan_and_info(store_url):
     rec.close()
 
 
+def test_a_lost_run_is_exported_as_lost_for_the_grace_period(store_url):
+    rec = Recorder(store_url, run_name="dies", flush_interval=0.1, heartbeat_timeout=0.3)
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    rec.close(None)  # the process "dies": the run stays running in the store, its heartbeat stops
+    time.sleep(0.6)
+    ex = Exporter(store_url)
+    ex.poll()
+    info = [dict(k[1]) for k in scrape(ex) if k[0] == "tmon_run_info"]
+    assert [(i["run_id"], i["status"]) for i in info] == [(rec.run_id, "lost")]
+    ex = Exporter(store_url, grace=0.1)
+    ex.poll()
+    assert not [k for k in scrape(ex) if k[0] == "tmon_run_info"]
+
+
 def test_keys_allow_list_and_cap_bound_the_cardinality(store_url):
     with Recorder(store_url, flush_interval=0.1, heartbeat_timeout=600) as rec:
         rec.log({f"k{i:03d}": float(i) for i in range(200)} | {"loss": 1.0, "val_loss": 2.0}, 0)

@@ -144,8 +144,11 @@ class Exporter:
         runs: dict[str, _RunState] = {}
         for row in df.to_dict("records"):
             ended = row["ended_at"]
-            live = row["status"] == ev.RUNNING or (ended is not None and not math.isnan(ended)
-                                                   and now - ended <= self.grace)
+            if ended is None or math.isnan(ended):
+                # running, or lost: its heartbeat (created_at + duration) stopped; lost runs stay for
+                # the grace period like ended ones, so an alert on status="lost" can see them
+                ended = None if row["status"] == ev.RUNNING else row["created_at"] + row["duration"]
+            live = ended is None or now - ended <= self.grace
             if not live:
                 continue
             rid = row["id"]
