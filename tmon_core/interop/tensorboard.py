@@ -5,10 +5,15 @@ a ``SummaryWriter``'s log dir); its event files are read in name order, as Tenso
 Scalars written either way are read: ``simple_value`` (``torch.utils.tensorboard``, Lightning's
 ``TensorBoardLogger``, TF1) and scalar tensors of the ``scalars`` plugin (``tf.summary.scalar``,
 and tmon's own export). A Lightning ``hparams.yaml`` beside the files becomes the run's
-``hparams``. Records are framed here and each ``Event`` is parsed with the ``tensorboard``
-package's own protobuf class: its record reader checks each record's CRC in pure Python (about
-130k records/s), which alone would be most of an import's time. A truncated last record (a log
-still being written) ends the file, as in TensorBoard.
+``hparams``; checkpoints beside the log are recorded with the run.
+
+Records are framed here, not by the ``tensorboard`` package's record reader: that one checks
+each record's CRC in pure Python (about 130k records/s), alone most of an import's time. Scalars
+laid out as torch/Lightning/TF1 write them are decoded from their bytes with numpy, each tag's
+layout checked once with the package's own protobuf class (``_decode``); every other record is
+parsed with that class. A truncated last record (a log still being written) ends the file, as in
+TensorBoard. CRCs are not checked: a corrupt record either fails to parse or fails the layout
+check.
 
 Export: one event file with every key of a run as a float64 scalar tensor of the ``scalars``
 plugin (TensorBoard's ``simple_value`` is float32 and would round the values), with each
@@ -54,27 +59,6 @@ def find_runs(path: str | os.PathLike) -> list[str]:
 
 def event_files(run_dir: str) -> list[str]:
     return sorted(f for f in glob.glob(os.path.join(glob.escape(run_dir), "*tfevents*")) if os.path.isfile(f))
-
-
-def records(path: str):
-    """The payloads of a TFRecord file: 8-byte length, 4-byte length CRC, data, 4-byte data CRC."""
-    with open(path, "rb") as f:
-        data = f.read()
-    for a, b in _frames(data):
-        yield data[a:b]
-
-
-def _frames(data: bytes):
-    """(start, end) of each record's payload in ``data``; a truncated last record (the writer is
-    still at it) ends the file, as in TensorBoard."""
-    unpack, n, pos = struct.unpack_from, len(data), 0
-    while pos + 12 <= n:
-        (length,) = unpack("<Q", data, pos)
-        end = pos + 12 + length
-        if end + 4 > n:
-            return
-        yield pos + 12, end
-        pos = end + 4
 
 
 _NOT_SIMPLE = object()
