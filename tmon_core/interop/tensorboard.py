@@ -12,8 +12,8 @@ each record's CRC in pure Python (about 130k records/s), alone most of an import
 laid out as torch/Lightning/TF1 write them are decoded from their bytes with numpy, each tag's
 layout checked once with the package's own protobuf class (``_decode``); every other record is
 parsed with that class. A truncated last record (a log still being written) ends the file, as in
-TensorBoard. CRCs are not checked: a corrupt record either fails to parse or fails the layout
-check.
+TensorBoard. CRCs are not checked: a record too damaged to parse stops the import with the
+parser's error, but a flipped bit inside a value is read as it is.
 
 Export: one event file with every key of a run as a float64 scalar tensor of the ``scalars``
 plugin (TensorBoard's ``simple_value`` is float32 and would round the values), with each
