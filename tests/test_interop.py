@@ -351,6 +351,20 @@ def test_export_to_mlflow_reads_back_with_its_client(recorded, tmp_path, store_u
         assert np.allclose(a.wall_time, b.wall_time, rtol=0, atol=0.0005)
 
 
+def test_export_to_an_mlflow_file_store_and_back(recorded, tmp_path, store_url):
+    """MLflow 3 keeps its file store (mlruns/) in maintenance mode; old stores are still read and
+    written. It keeps ±inf as such."""
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    rid = export_mlflow(recorded, uri)
+    hist = sorted(MlflowClient(tracking_uri=uri).get_metric_history(rid, "loss"), key=lambda m: m.step)
+    assert same([m.value for m in hist], recorded.metrics("loss").value)
+    (back,) = import_mlflow(uri, store_url)
+    a, b = recorded.metrics("loss"), open_store(store_url).run(back.run_id).metrics("loss")
+    assert a.step.tolist() == b.step.tolist() and a.value.to_numpy().tobytes() == b.value.to_numpy().tobytes()
+
+
 def test_the_commands(recorded, tmp_path, store_url):
     def cli(*argv):
         return subprocess.run([sys.executable, "-m", "tmon_core.interop", "--store", store_url, *argv], cwd=REPO,

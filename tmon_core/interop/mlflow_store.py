@@ -12,12 +12,14 @@ hparams as params and every point as a metric with its step and timestamp.
 Two limits are MLflow's: its timestamps are integer milliseconds, so wall times round trip to the
 millisecond; and its SQL store writes ±inf as ±1.7976931348623157e308 (the largest float), which
 the import reads back as ±inf (a real value of exactly that size does not occur in training
-metrics). NaN round trips as NaN.
+metrics). NaN round trips as NaN. A file store (``mlruns/``, in maintenance mode since MLflow 3)
+is read and written too: ``MLFLOW_ALLOW_FILE_STORE`` is set for it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from .. import events as ev
@@ -35,6 +37,10 @@ def _client(tracking_uri: str | None):
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("reading or writing an MLflow store needs mlflow: pip install 'tmon[interop]' "
                           "(or pip install mlflow-skinny)") from exc
+    if tracking_uri is not None and ("://" not in tracking_uri or tracking_uri.startswith("file:")):
+        # a file store (mlruns/): MLflow 3 refuses it unless allowed, to push users to a database;
+        # reading (or writing) one is what an import or export is for, so it is allowed here
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
