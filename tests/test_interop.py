@@ -57,13 +57,15 @@ def nonfinite_finding(run_id, store_url):
 def lightning_logs(tmp_path_factory):
     """One Lightning fit (its loss NaN from step 5) written by three loggers at once."""
     root = tmp_path_factory.mktemp("lightning")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one_torch_thread fixture does, for this module-wide fit
     mlflow_uri = f"sqlite:///{root}/mlflow.db"
     loggers = [TensorBoardLogger(str(root), name="tb"), CSVLogger(str(root), name="csv"),
                MLFlowLogger(experiment_name="tiny", tracking_uri=mlflow_uri, run_name="tiny-nan")]
     t = Trainer(max_epochs=1, logger=loggers, default_root_dir=str(root), enable_progress_bar=False,
                 enable_model_summary=False, log_every_n_steps=1)  # ModelCheckpoint: into the first logger's dir
     t.fit(TinyRegressor(lr=0.05, nan_at_step=5), SyntheticData(n=256, batch_size=16))  # 12 steps
+    torch.set_num_threads(threads)
     return {"tb": loggers[0].log_dir, "csv": loggers[1].log_dir, "mlflow": mlflow_uri,
             "mlflow_run": loggers[2].run_id}
 
