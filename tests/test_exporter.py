@@ -200,12 +200,12 @@ def _wait(pred, timeout, what):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path, store_url):
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
     pytest.importorskip("lightning")
-    import torch
     from lightning.pytorch import Trainer
 
     from examples.tiny_lightning import make
@@ -237,7 +237,6 @@ def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path
               "prometheus' first scrape of the exporter")
 
         TinyRegressor, SyntheticData = make("lightning.pytorch")
-        torch.set_num_threads(1)
         cb = TMonCallback(store_url, flush_interval=0.2, sample_interval=None, run_name="prom-fit", report="off",
                           widget=False)
         t = Trainer(max_epochs=10, callbacks=[cb], default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
