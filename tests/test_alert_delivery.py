@@ -178,3 +178,38 @@ def test_urls_come_from_the_environment_or_a_file_and_bad_ones_are_refused(tmp_p
     assert "XXXXXXXX" not in str(err.value)
     shown = redact("slack://T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX")
     assert "XXXXXXXXXXXXXXXXXXXXXXXX" not in shown and shown.startswith("slack://")
+
+
+# ---------------------------------------------------------------------------- through a real Recorder
+def test_a_recorder_alerts_nan_at_its_step_within_a_flush_and_delivers_it(hook, store_url):
+    from tmon_core import Recorder, open_store
+
+    rec = Recorder(store_url, run_name="nan-run", flush_interval=0.05, notify=[f"json://127.0.0.1:{hook.port}/hook"])
+    for step in range(100):
+        rec.log({"loss": 1.0 / (step + 1) if step < 60 else float("nan")}, step)
+    assert rec.flush()  # one flush interval: the alert is in the store
+    run = open_store(store_url).run(rec.run_id)
+    first = run.alerts()
+    assert first.rule.tolist() == ["nonfinite"] and first.step.tolist() == [60] and first.level.tolist() == ["critical"]
+    body = hook.wait_for(1)[0]
+    assert "NaN loss at step 60" in body["title"] and "nan-run" in body["title"]
+    rec.close()
+    alerts = open_store(store_url).run(rec.run_id).alerts()
+    assert alerts.rule.tolist() == ["nonfinite", "finished"]
+    assert alerts.delivered.tolist() == [True, True], alerts
+    assert len(hook.wait_for(2)) == 2
+
+
+def test_alerts_are_off_unless_asked_and_a_bad_rule_fails_at_construction(store_url, monkeypatch):
+    from tmon_core import Recorder, open_store
+
+    monkeypatch.delenv("TMON_NOTIFY", raising=False)
+    with Recorder(store_url) as rec:
+        rec.log({"loss": float("nan")}, 0)
+    assert open_store(store_url).run(rec.run_id).alerts().empty
+    with pytest.raises(ValueError, match="alerts takes True, False, rule names"):
+        Recorder(store_url, alerts=["nan"])
+    with Recorder(store_url, alerts=True) as rec:  # recorded, nowhere to deliver
+        rec.log({"loss": float("nan")}, 0)
+    alerts = open_store(store_url).run(rec.run_id).alerts()
+    assert alerts.rule.tolist() == ["nonfinite", "finished"] and alerts.delivered.isna().all()

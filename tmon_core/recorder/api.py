@@ -32,6 +32,7 @@ from ..store.batch import Batch
 from ..store.engine import resolve_url
 from ..store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
 from ..store.writer import StoreWriter
+from .alerting import RecorderAlerts, alert_options
 from .packing import MAX_STEP, Block, Packing
 from .thread import WriterThread
 
@@ -61,6 +62,12 @@ class Recorder(Packing, WriterThread):
             ``tmon show`` counts as steps done). False for a recorder attached to add evaluation
             after the fit, whose metrics sit at the step after the last training step
             (``Recorder.attach``).
+        alerts: live alerts over what is recorded (``tmon_core.alerts``): True for the default rules
+            (NaN/inf, divergence, recurring spikes, memory, stalls, how the run ended), a list of
+            rule names and ``Alert`` rules, False for none; None (default): on when ``notify`` or
+            ``$TMON_NOTIFY`` gives somewhere to deliver them. Alerts are ``alert`` events.
+        notify: apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``,
+            ``json://host/path``...); None reads ``$TMON_NOTIFY``. Needs ``pip install "tmon[alerts]"``.
     """
 
     def __init__(
@@ -79,6 +86,8 @@ class Recorder(Packing, WriterThread):
         tags: list[str] | None = None,
         notes: str | None = None,
         moves_last_step: bool = True,
+        alerts=None,
+        notify=None,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
             raise ValueError(f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}")
@@ -99,6 +108,7 @@ class Recorder(Packing, WriterThread):
             check_text("notes", notes, MAX_NOTES)
         if framework is not None:
             check_text("framework", framework, 64)
+        alert_rules, alert_custom, alert_urls = alert_options(alerts, notify)
         if not isinstance(max_buffer, int) or max_buffer < 1000:
             raise ValueError(f"max_buffer must be an int >= 1000 points, received max_buffer={max_buffer!r}")
         self.url = resolve_url(store)
@@ -147,6 +157,10 @@ class Recorder(Packing, WriterThread):
         self._sampler = None
         self._request_listener = None
         self.checkpoint_dirs: set[str] = set()  # where checkpoint() recorded files: what rollback may load
+        self._alerts = None
+        if alert_rules or alert_custom:
+            self._alerts = RecorderAlerts(self, alert_rules, alert_custom, alert_urls,
+                                          label=f"{self._run_row['name']} ({self.run_id[:8]})")
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._open_store()
         self._thread = threading.Thread(target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True)
@@ -305,6 +319,12 @@ class Recorder(Packing, WriterThread):
         _live.discard(self)
         if self._sampler is not None:
             self._sampler.stop()
+        if self._alerts is not None:
+            # the last points' alerts, then how the run ended, then their delivery: all before the last flush
+            self.flush(timeout=min(self.close_timeout, 5.0))
+            self._alerts.finish(status, None if error is None else error if isinstance(error, dict)
+                                else describe_exception(error))
+            self._alerts.close(timeout=min(self.close_timeout, 10.0))
         if status is not None:
             if self._request_listener is not None:
                 self._ops.append(("reject_pending", f"run ended ({status}) before the request was applied"))

@@ -162,6 +162,8 @@ class WriterThread:
 
     def _flush_once(self) -> None:
         batch, waiters = self._drain()
+        if self._alerts is not None:  # what this batch raises is written with it
+            self._alerts.on_flush(batch)
         # each record is checked once, before it can join a backlog: a record the store cannot
         # hold leaves the batch here and costs only itself
         refused = clean_batch(batch)
