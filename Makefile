@@ -11,7 +11,8 @@ TORCH  ?= torch==2.13.0
 .PHONY: setup system-deps demo test test-fast clean
 
 # System packages the test suite uses: a PostgreSQL server for the postgres tests, chromium for
-# the JupyterLab browser tests (driven by playwright's Python API; never `playwright install`).
+# the JupyterLab browser tests (driven by playwright's Python API; never `playwright install`),
+# prometheus (with promtool) for the exporter's test against a real Prometheus.
 # Installed with apt when missing and running as root (CI); otherwise those tests skip with the reason.
 system-deps:
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
@@ -26,6 +27,13 @@ system-deps:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	  else \
 	    echo "note: no chromium here and not root: the browser tests will skip (apt-get install chromium)"; \
+	  fi; \
+	fi
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  else \
+	    echo "note: no prometheus here and not root: the exporter's Prometheus test will skip (apt-get install prometheus)"; \
 	  fi; \
 	fi
 

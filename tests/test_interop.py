@@ -393,15 +393,15 @@ def test_import_tmon_core_stays_free_of_tensorboard_and_mlflow():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_registered_in_the_tmon_command(recorded, tmp_path, store_url, monkeypatch, capsys):
-    """What the lead's one line in cli.COMMAND_MODULES gives: ``tmon import ...`` and ``tmon exporter``
-    beside the other commands, --store before or after the subcommand."""
+def test_registered_in_the_tmon_command(recorded, tmp_path, store_url, capsys):
+    """``tmon import ...``, ``tmon exporter`` and ``tmon export --format tensorboard|mlflow`` beside the
+    other commands, --store before or after the subcommand."""
     from tmon_core import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tmon_core.interop.cli"))
     _, handlers = cli.build_parser()
     assert {"import", "exporter", "report", "diff"} <= set(handlers)
-    export_tensorboard(recorded, tmp_path / "tb")
+    assert cli.main(["--store", store_url, "export", recorded.id, "--format", "tensorboard", "-o", str(tmp_path / "tb")]) == 0
+    assert str(tmp_path / "tb") in capsys.readouterr().out
     assert cli.main(["--store", store_url, "import", "tensorboard", str(tmp_path / "tb")]) == 0
     assert "imported 343 points" in capsys.readouterr().out
     assert cli.main(["import", "tensorboard", str(tmp_path / "tb"), "--store", store_url]) == 0

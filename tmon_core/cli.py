@@ -2,7 +2,7 @@
 
     tmon runs                          the runs of the store, newest first
     tmon show RUN                      status, steps, duration, last metrics, peak memory
-    tmon export RUN --format csv|json|parquet [-o FILE]
+    tmon export RUN --format csv|json|parquet|tensorboard|mlflow [-o FILE] [--tracking-uri URI]
     tmon prune --older-than 30d [--keep-checkpoints] [--dry-run]
     tmon delete RUN [--keep-checkpoints] [--dry-run]
 
@@ -132,6 +132,10 @@ def cmd_show(store: Store, args) -> int:
 
 
 def cmd_export(store: Store, args) -> int:
+    from .interop.cli import EXPORT_FORMATS, export_run
+
+    if args.format in EXPORT_FORMATS:  # another tool's store: tensorboard event files, an MLflow run
+        return export_run(_resolve(store, args.run), args)
     if args.output:
         _check_output(args.output)  # before the export's work, not after it
     run = _resolve(store, args.run)
@@ -224,7 +228,8 @@ def _write_text(path: str | None, text: str) -> None:
 
 
 #: modules that add subcommands: each has ``register(subparsers) -> {name: handler(store, args)}``
-COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli", "tmon_core.analysis.cli", "tmon_core.alerts.cli")
+COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli", "tmon_core.analysis.cli", "tmon_core.alerts.cli",
+                   "tmon_core.interop.cli")
 
 
 def _extra_commands(sub) -> dict:
@@ -251,8 +256,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     s.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     e = sub.add_parser("export", help="export a run's metrics")
     e.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
-    e.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
-    e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet)")
+    e.add_argument("--format", choices=("csv", "json", "parquet", "tensorboard", "mlflow"), default="csv")
+    e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet; "
+                   "the log directory for tensorboard)")
+    from .interop.cli import add_export_arguments
+
+    add_export_arguments(e)
     pr = sub.add_parser("prune", help="remove points, samples, logs and checkpoint files of old runs")
     pr.add_argument("--older-than", required=True, help="30d, 12h, 90m ...: runs that ended longer ago")
     pr.add_argument("--keep-checkpoints", action="store_true", help="leave checkpoint files on disk")
