@@ -213,3 +213,26 @@ def test_alerts_are_off_unless_asked_and_a_bad_rule_fails_at_construction(store_
         rec.log({"loss": float("nan")}, 0)
     alerts = open_store(store_url).run(rec.run_id).alerts()
     assert alerts.rule.tolist() == ["nonfinite", "finished"] and alerts.delivered.isna().all()
+
+
+def test_a_lightning_fit_that_goes_nan_alerts_at_that_step_through_the_callback(hook, store_url, tmp_path):
+    pytest.importorskip("lightning")
+    from lightning.pytorch import Trainer
+
+    from examples.tiny_lightning import make
+    from tmon_callbacks.lightning import TMonCallback
+    from tmon_core import open_store
+
+    TinyRegressor, SyntheticData = make("lightning.pytorch")
+    cb = TMonCallback(store_url, flush_interval=0.1, sample_interval=None, alerts=True,
+                      notify=[f"json://127.0.0.1:{hook.port}/hook"])
+    Trainer(max_epochs=1, callbacks=[cb], default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False).fit(
+        TinyRegressor(nan_at_step=9), SyntheticData(n=256, batch_size=16))
+    alerts = open_store(store_url).run(cb.run_id).alerts()
+    nan = alerts[alerts.rule == "nonfinite"]
+    assert nan.step.tolist() == [9] and nan.level.tolist() == ["critical"], alerts
+    titles = [b["title"] for b in hook.wait_for(2)]
+    assert any("NaN loss at step 9" in t for t in titles), titles
+    with pytest.raises(ValueError, match="alerts takes True, False, rule names"):
+        TMonCallback(alerts=["nan"])

@@ -41,6 +41,12 @@ class CallbackOptions:
     report: str = _opt("auto", "``\"auto\"`` (default) makes ``tmon_core.report()`` when the run ends "
                                "(``callback.session.report``); ``\"off\"``.")
     widget: bool = _opt(True, "in a notebook, display a live ``tmon_widgets.Monitor`` when the run starts.")
+    alerts: object = _opt(None, "live alerts (``tmon_core.alerts``): True for the default rules (NaN/inf, "
+                                "divergence, spikes, memory, stalls, how the run ended), a list of rule names "
+                                "and ``Alert`` rules, False for none; None: on when ``notify`` or "
+                                "``$TMON_NOTIFY`` gives somewhere to deliver them.")
+    notify: object = _opt(None, "apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``, "
+                                "``json://host/path``); None reads ``$TMON_NOTIFY``.")
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -80,6 +86,9 @@ class CallbackOptions:
                 raise ValueError(f"{name} must be True or False, received {name}={getattr(self, name)!r}")
         if self.report not in ("auto", "off"):
             raise ValueError(f"report must be 'auto' or 'off', received report={self.report!r}")
+        from tmon_core.recorder.alerting import alert_options
+
+        alert_options(self.alerts, self.notify)  # a bad rule or URL fails here, not mid-fit
         if self.store is not None:
             from tmon_core.store import resolve_url
 

@@ -59,6 +59,8 @@ class RunSession:
                 opts.store, run_name=opts.run_name, run_id=None if self.writes_metrics else run_id,
                 framework=framework, config=config, flush_interval=opts.flush_interval,
                 heartbeat_timeout=opts.heartbeat_timeout, tags=opts.tags, notes=opts.notes,
+                # a rank that only samples raises no alerts: the run's metrics are rank 0's
+                alerts=opts.alerts if self.writes_metrics else False, notify=opts.notify if self.writes_metrics else (),
             )
             if local_rank == 0 and opts.sample_interval is not None:
                 self.recorder.start_sampler(opts.sample_interval, node_rank=node_rank, gpus=opts.gpus)
