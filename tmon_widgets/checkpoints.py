@@ -213,7 +213,7 @@ class CheckpointsTab:
                         layout=widgets.Layout(height=f"{max(220, 22 * len(t) + 80)}px", width="auto"))
         s = d.summary
         head = (f"<b>#{s['a'].get('id')} (step {s['a'].get('step')}) → #{s['b'].get('id')} (step {s['b'].get('step')})"
-                f"</b>: {f.esc(d._counts())}; overall {f.esc(d._overall())}")
+                f"</b>: {f.esc(d.counts())}; overall {f.esc(d.overall())}")
         parts = [head]
         if len(d.params):
             parts.append("<h4>parameters that differ</h4>" + d.params.to_html(index=False, na_rep="-"))

@@ -110,19 +110,21 @@ class CheckpointDiff:
             bits.append(f"epoch {_fmt(s['epoch'])}")
         return f"{s['path']} ({', '.join(bits)})"
 
-    def _counts(self) -> str:
+    def counts(self) -> str:
+        """One line: how many tensors, and how many changed, stayed, appeared, went..."""
         s = self.summary
         return f"{s['tensors']} tensors: " + ", ".join(f"{s[k]} {k.replace('_', '-')}" for k in STATUSES
                                                         if s[k] or k in ("changed", "unchanged"))
 
-    def _overall(self) -> str:
+    def overall(self) -> str:
+        """One line: the relative change, the cosine, the share of elements that changed."""
         s = self.summary
         return (f"relative change {_fmt(s['rel_change'])}, cosine {_fmt(s['cosine'], 8)}, "
                 f"{100 * s['frac_changed']:.1f}% of {s['numel_compared']:,} elements changed")
 
     def format(self, top: int = 10) -> str:
         """A plain-text report (what ``repr`` and ``tmon diff`` show)."""
-        lines = [f"a  {self._side('a')}", f"b  {self._side('b')}", self._counts(), "overall  " + self._overall()]
+        lines = [f"a  {self._side('a')}", f"b  {self._side('b')}", self.counts(), "overall  " + self.overall()]
         if self.summary.get("name_mapping"):
             lines.append(self.summary["name_mapping"])
         t = self.top(top)
@@ -165,7 +167,7 @@ class CheckpointDiff:
     def _repr_html_(self) -> str:
         e = html.escape
         head = (f"<b>CheckpointDiff</b><br>a: <code>{e(self._side('a'))}</code><br>b: <code>{e(self._side('b'))}</code>"
-                f"<br>{e(self._counts())}<br>overall: {e(self._overall())}")
+                f"<br>{e(self.counts())}<br>overall: {e(self.overall())}")
         parts = [head, "<h4>Most changed tensors</h4>", self.top(20).to_html(index=False, na_rep="-")]
         if len(self.params):
             parts += ["<h4>Parameters that differ</h4>", self.params.to_html(index=False, na_rep="-")]
