@@ -225,13 +225,6 @@ def test_a_failing_hook_warns_once_and_returns_none():
     assert len(caught) == 1
 
 
-def test_base_still_exports_the_moved_names():
-    from tmon_callbacks import _base
-
-    assert _base.Rejected is Rejected and _base.apply_decisions is apply_decisions and _base.guarded is guarded
-    assert _base.TMonCallbackWarning is TMonCallbackWarning and _base.warn_once is warn_once
-
-
 # ---------------------------------------------------------------------------- RunConfig
 def test_run_config_stores_only_what_was_given():
     cfg = RunConfig(framework="keras", precision="16-mixed", batch_size=None, callbacks=[{"name": "EarlyStopping"}])
