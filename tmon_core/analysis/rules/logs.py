@@ -47,7 +47,7 @@ PATTERNS = (
 )
 CATEGORY_ORDER = ("oom", "cuda", "nccl", "dataloader", "nonfinite", "error", "tmon", "warning", "library")
 LIBRARY = "library"
-# what tmon_callbacks._capture stores for a warning: "<Category>: <message> (<filename>:<lineno>)", and
+# what tmon_core.capture stores for a warning: "<Category>: <message> (<filename>:<lineno>)", and
 # logging.captureWarnings' "<filename>:<lineno>: <Category>: <message>"
 _NOTICE = re.compile(r"^\w*(?:DeprecationWarning|FutureWarning): .*\((?P<file>[^()]+):\d+\)\s*$"
                      r"|^(?P<file2>\S[^:]*):\d+: \w*(?:DeprecationWarning|FutureWarning): ", re.S)
