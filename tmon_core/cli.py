@@ -54,7 +54,7 @@ def _fmt_value(v: float) -> str:
     return f"{v:.6g}"
 
 
-def _resolve(store: Store, ref: str) -> Run:
+def resolve_run(store: Store, ref: str) -> Run:
     if ref == "latest":
         run = store.latest_run()
         if run is None:
@@ -79,7 +79,7 @@ def cmd_runs(store: Store, args) -> int:
 
 
 def cmd_show(store: Store, args) -> int:
-    run = _resolve(store, args.run)
+    run = resolve_run(store, args.run)
     info = run.info()
     end = info["ended_at"] or info["heartbeat_at"] or time.time()
     print(f"run       {info['id']}  ({info['name']})")
@@ -135,10 +135,10 @@ def cmd_export(store: Store, args) -> int:
     from .interop.cli import EXPORT_FORMATS, export_run
 
     if args.format in EXPORT_FORMATS:  # another tool's store: tensorboard event files, an MLflow run
-        return export_run(_resolve(store, args.run), args)
+        return export_run(resolve_run(store, args.run), args)
     if args.output:
         _check_output(args.output)  # before the export's work, not after it
-    run = _resolve(store, args.run)
+    run = resolve_run(store, args.run)
     frames = []
     for key in run.metric_keys():
         df = run.metrics(key)
@@ -190,7 +190,7 @@ def cmd_prune(store: Store, args) -> int:
 def cmd_delete(store: Store, args) -> int:
     from .store.retention import delete_run
 
-    rep = delete_run(store, _resolve(store, args.run).id, delete_checkpoints=not args.keep_checkpoints,
+    rep = delete_run(store, resolve_run(store, args.run).id, delete_checkpoints=not args.keep_checkpoints,
                      dry_run=args.dry_run)
     _print_removal(rep, args.dry_run)
     return 0

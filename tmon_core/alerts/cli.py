@@ -43,7 +43,7 @@ def register(subparsers) -> dict:
 
 
 def cmd_alerts(store, args) -> int:
-    from ..cli import _resolve
+    from ..cli import resolve_run
     from ..store.retention import parse_duration
 
     since = None
@@ -52,7 +52,7 @@ def cmd_alerts(store, args) -> int:
             since = time.time() - parse_duration(args.since)
         except ValueError as exc:
             raise ValueError(f"--since: {exc}") from None
-    run = _resolve(store, args.run)
+    run = resolve_run(store, args.run)
     df = run.alerts(since=since)
     if args.json:
         rows = [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]

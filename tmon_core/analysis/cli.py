@@ -20,9 +20,9 @@ def register(subparsers) -> dict:
 
 
 def cmd_report(store, args) -> int:
-    from ..cli import _resolve
+    from ..cli import resolve_run
 
-    run = _resolve(store, args.run)
+    run = resolve_run(store, args.run)
     r = report(run, save=not args.no_save)
     print(r.to_json(indent=1) if args.json else str(r))
     return 0

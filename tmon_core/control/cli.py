@@ -88,9 +88,9 @@ def register(sub) -> dict:
 
 
 def _run(store, ref):
-    from ..cli import _resolve
+    from ..cli import resolve_run
 
-    return _resolve(store, ref)
+    return resolve_run(store, ref)
 
 
 def cmd_set(store, args) -> int:

@@ -76,8 +76,7 @@ class RecorderAlerts:
             with self.lock:
                 alerts = self.engine.finish(status, error)
             for a in alerts:
-                row = self._row(a)
-                self.recorder._ops.append(("events", row))
+                self.recorder.event(ev.ALERT, step=a.get("step"), message=a["text"], data=self._data(a))
                 self._send(a)
         except Exception as exc:
             log.warning("tmon: the run's end alert failed: %s", exc)
@@ -90,10 +89,14 @@ class RecorderAlerts:
         if self.notifier is not None:
             self.notifier.send(alert)
 
-    def _row(self, alert: dict) -> dict:
+    def _data(self, alert: dict) -> dict:
         alert["uid"] = uuid.uuid4().hex
-        data = {"uid": alert["uid"], "rule": alert["rule"], "level": alert["level"], "title": alert["title"],
+        return {"uid": alert["uid"], "rule": alert["rule"], "level": alert["level"], "title": alert["title"],
                 "evidence": json_safe(alert.get("evidence") or {}), "source": "run"}
+
+    def _row(self, alert: dict) -> dict:
+        """An event row as the writer's batch holds them (the writer thread adds it to its batch)."""
+        data = self._data(alert)
         return {"wall_time": alert["wall_time"], "step": alert.get("step"), "type": ev.ALERT,
                 "message": alert["text"], "data": to_json(data)}
 

@@ -15,10 +15,9 @@ import math
 
 import numpy as np
 
+from ... import events as ev
 from ..model import INFO, WARNING, Finding
 from . import fmt_value, recommend
-
-PARAM_CHANGE = "param_change"
 
 
 def _lr_of(values) -> float | None:
@@ -31,7 +30,7 @@ def _lr_of(values) -> float | None:
 
 
 def check(d):
-    changes = d.events_of(PARAM_CHANGE)
+    changes = d.events_of(ev.PARAM_CHANGE)
     loss = d.loss
     if changes.empty or loss is None:
         return

@@ -29,7 +29,7 @@ from ..model import INFO, WARNING, Finding
 from . import fmt_seconds, pct, recommend
 
 _BOUNDARY_EVENTS = (ev.VALIDATION_START, ev.VALIDATION_END, ev.CHECKPOINT, ev.EPOCH_START, ev.EPOCH_END,
-                    ev.TRAIN_START, "rollback", "savecheckpoint")
+                    ev.TRAIN_START, ev.ROLLBACK, ev.SAVE_CHECKPOINT)
 
 
 def check(d):
