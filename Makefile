@@ -8,7 +8,7 @@ PIP     = $(VENV)/bin/pip
 # the CPU build of torch, installed first so no dependency pulls a multi-GB CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-fast clean
+.PHONY: setup system-deps lint demo test test-fast clean
 
 # System packages the test suite uses: a PostgreSQL server for the postgres tests, chromium for
 # the JupyterLab browser tests (driven by playwright's Python API; never `playwright install`),
@@ -49,7 +49,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup system-deps
+# lint first (seconds): ruff check and ruff format --check over the code, tests, bench and notebooks
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup system-deps lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -19,8 +19,9 @@ def git_state() -> str:
     """The commit measured, and whether the working tree had uncommitted changes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return out or "unknown"
     except Exception:
         return "unknown"
@@ -37,8 +38,10 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
 def header(title: str, quick: bool) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     print(f"== {title} ==")
-    print(f"tmon at {git_state()} | python {platform.python_version()} | {os.cpu_count()} CPUs | load avg {load[0]:.2f} "
-          f"| {time.strftime('%Y-%m-%d %H:%M:%S')} | {'QUICK (smoke test, numbers are rough)' if quick else 'full run'}")
+    print(
+        f"tmon at {git_state()} | python {platform.python_version()} | {os.cpu_count()} CPUs | load avg {load[0]:.2f} "
+        f"| {time.strftime('%Y-%m-%d %H:%M:%S')} | {'QUICK (smoke test, numbers are rough)' if quick else 'full run'}"
+    )
     sys.stdout.flush()
 
 

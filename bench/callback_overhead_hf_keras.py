@@ -87,7 +87,7 @@ class Rounds:
         return self.names[k:] + self.names[:k]
 
     def add(self, name: str, step_ends: list[float], hook_seconds: float | None, steps: int) -> None:
-        d = [b - a for a, b in zip(step_ends[WARMUP - 1:-1], step_ends[WARMUP:], strict=True)]
+        d = [b - a for a, b in zip(step_ends[WARMUP - 1 : -1], step_ends[WARMUP:], strict=True)]
         self.mean[name].append(statistics.fmean(d))
         self.median[name].append(statistics.median(d))
         self.hooks[name].append(hook_seconds / steps if hook_seconds is not None else math.nan)
@@ -108,16 +108,34 @@ class Rounds:
             rel = "-"
             if cheapest is not None and n != bare and hooks[cheapest] > 0:
                 rel = f"{hooks[n] / hooks[cheapest]:.2f}x"
-            rows.append([n, num(med(self.mean[n]), "{:,.0f}"),
-                         "-" if n == bare else num(over(self.mean, n), "{:+,.0f}"),
-                         num(med(self.median[n]), "{:,.0f}"),
-                         "-" if n == bare else num(over(self.median, n), "{:+,.0f}"),
-                         f"{statistics.median(self.mean[n]) / statistics.median(self.mean[bare]):.3f}x",
-                         "-" if n == bare else num(hooks[n], "{:,.1f}"), rel])
+            rows.append(
+                [
+                    n,
+                    num(med(self.mean[n]), "{:,.0f}"),
+                    "-" if n == bare else num(over(self.mean, n), "{:+,.0f}"),
+                    num(med(self.median[n]), "{:,.0f}"),
+                    "-" if n == bare else num(over(self.median, n), "{:+,.0f}"),
+                    f"{statistics.median(self.mean[n]) / statistics.median(self.mean[bare]):.3f}x",
+                    "-" if n == bare else num(hooks[n], "{:,.1f}"),
+                    rel,
+                ]
+            )
         for n, why in skipped.items():
             rows.append([n, "skipped: " + why, "", "", "", "", "", ""])
-        table(["variant", "mean µs/step", "+ vs bare", "median µs/step", "+ vs bare", "mean vs bare",
-               "hooks µs/step", f"hooks vs {cheapest}"], rows, title)
+        table(
+            [
+                "variant",
+                "mean µs/step",
+                "+ vs bare",
+                "median µs/step",
+                "+ vs bare",
+                "mean vs bare",
+                "hooks µs/step",
+                f"hooks vs {cheapest}",
+            ],
+            rows,
+            title,
+        )
 
 
 # ---------------------------------------------------------------------------------------- (a) HF
@@ -169,25 +187,49 @@ def bench_hf(steps: int, rounds: int, tmp: str) -> None:
         for name in rounds_.order(r):
             report_to, tmon = variants[name]
             torch.manual_seed(0)
-            model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                             num_attention_heads=2, intermediate_size=64))
+            model = BertForSequenceClassification(
+                BertConfig(
+                    vocab_size=100,
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                )
+            )
             clock = Clock()
             callbacks = [clock]
             if tmon is not None:
                 callbacks.append(TMonCallback(f"sqlite:///{tmp}/hf-{r}-{name[:4]}-{len(tmon)}.db", **tmon))
-            args = TrainingArguments(output_dir=f"{tmp}/hf-out-{r}-{name[:4]}-{len(tmon or ())}",
-                                     per_device_train_batch_size=8, max_steps=steps, logging_steps=1,
-                                     save_strategy="no", report_to=report_to, disable_tqdm=True, use_cpu=True)
+            args = TrainingArguments(
+                output_dir=f"{tmp}/hf-out-{r}-{name[:4]}-{len(tmon or ())}",
+                per_device_train_batch_size=8,
+                max_steps=steps,
+                logging_steps=1,
+                save_strategy="no",
+                report_to=report_to,
+                disable_tqdm=True,
+                use_cpu=True,
+            )
             trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
             trainer.remove_callback(PrinterCallback)
-            logger = next((cb for cb in trainer.callback_handler.callbacks
-                           if type(cb).__name__ in ("TensorBoardCallback", "TMonCallback")), None)
+            logger = next(
+                (
+                    cb
+                    for cb in trainer.callback_handler.callbacks
+                    if type(cb).__name__ in ("TensorBoardCallback", "TMonCallback")
+                ),
+                None,
+            )
             timer = HookTimer(logger, TrainerCallback) if logger is not None else None
             gc.collect()
             trainer.train()
             rounds_.add(name, clock.ends, timer.total if timer else None, steps)
-    rounds_.report(f"(a) HF Trainer, tiny BERT (hidden 32, 2 layers), batch 8, logging_steps=1: {steps} steps x "
-                   f"{rounds} rounds per variant", ["report_to=tensorboard"], skipped)
+    rounds_.report(
+        f"(a) HF Trainer, tiny BERT (hidden 32, 2 layers), batch 8, logging_steps=1: {steps} steps x "
+        f"{rounds} rounds per variant",
+        ["report_to=tensorboard"],
+        skipped,
+    )
 
 
 # ------------------------------------------------------------------------------------- (b) Keras
@@ -210,11 +252,13 @@ def bench_keras(steps: int, rounds: int, tmp: str) -> None:
     variants = {
         "bare (no callback)": lambda tag: None,
         "CSVLogger": lambda tag: keras.callbacks.CSVLogger(f"{tmp}/k-{tag}.csv"),
-        'TensorBoard(update_freq="batch")': lambda tag: keras.callbacks.TensorBoard(f"{tmp}/k-tb-{tag}",
-                                                                                     update_freq="batch"),
+        'TensorBoard(update_freq="batch")': lambda tag: keras.callbacks.TensorBoard(
+            f"{tmp}/k-tb-{tag}", update_freq="batch"
+        ),
         "TMonCallback()": lambda tag: TMonCallback(f"sqlite:///{tmp}/k-{tag}.db"),
-        "TMonCallback(sample_interval=None)": lambda tag: TMonCallback(f"sqlite:///{tmp}/k-ns-{tag}.db",
-                                                                       sample_interval=None),
+        "TMonCallback(sample_interval=None)": lambda tag: TMonCallback(
+            f"sqlite:///{tmp}/k-ns-{tag}.db", sample_interval=None
+        ),
     }
     skipped = {}
     if importlib.util.find_spec("tensorflow") is None:
@@ -224,24 +268,42 @@ def bench_keras(steps: int, rounds: int, tmp: str) -> None:
     for r in range(rounds):
         for name in rounds_.order(r):
             keras.utils.set_random_seed(0)
-            model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
-                                      keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)])
+            model = keras.Sequential(
+                [
+                    keras.Input((32,)),
+                    keras.layers.Dense(64, activation="relu"),
+                    keras.layers.Dense(64, activation="relu"),
+                    keras.layers.Dense(1),
+                ]
+            )
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
             clock = Clock()
             logger = variants[name](f"{r}-{abs(hash(name))}")
             timer = HookTimer(logger, keras.callbacks.Callback) if logger is not None else None
             gc.collect()
-            model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False,
-                      callbacks=[clock] + ([logger] if logger is not None else []))
+            model.fit(
+                x,
+                y,
+                batch_size=32,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[clock] + ([logger] if logger is not None else []),
+            )
             rounds_.add(name, clock.ends, timer.total if timer else None, steps)
-    rounds_.report(f"(b) Keras 3 ({keras.backend.backend()} backend), MLP 32-64-64-1, batch 32, verbose=0: "
-                   f"{steps} steps x {rounds} rounds per variant", ["CSVLogger", 'TensorBoard(update_freq="batch")'],
-                   skipped)
+    rounds_.report(
+        f"(b) Keras 3 ({keras.backend.backend()} backend), MLP 32-64-64-1, batch 32, verbose=0: "
+        f"{steps} steps x {rounds} rounds per variant",
+        ["CSVLogger", 'TensorBoard(update_freq="batch")'],
+        skipped,
+    )
 
 
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
-    header("TMonCallback overhead per step in HF Trainer and Keras, beside their built-in loggers", args.quick)
+    header(
+        "TMonCallback overhead per step in HF Trainer and Keras, beside their built-in loggers", args.quick
+    )
     import torch
 
     torch.set_num_threads(1)

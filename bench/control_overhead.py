@@ -32,9 +32,13 @@ def check_cost(n: int) -> list[tuple[str, float]]:
     def empty():
         pass
 
-    for label, body in (("empty function call", lambda: [empty() for _ in range(n)]),
-                        ("step >= ctl.next_step (nothing pending)",
-                         lambda: [ctl.due(s) for s in range(n) if s >= ctl.next_step])):
+    for label, body in (
+        ("empty function call", lambda: [empty() for _ in range(n)]),
+        (
+            "step >= ctl.next_step (nothing pending)",
+            lambda: [ctl.due(s) for s in range(n) if s >= ctl.next_step],
+        ),
+    ):
         runs = []
         for _ in range(5):
             t = time.perf_counter()
@@ -54,7 +58,10 @@ def _ddp_worker(rank: int, world: int, steps: int, port: int, out: str) -> None:
     group = dist.new_group(backend="gloo")
     flag = torch.zeros(1, dtype=torch.int64)
     grads = torch.zeros(161)  # the tiny test model's parameter count
-    times = {"broadcast 1 x int64 (tmon's per-step decision count)": [], "all_reduce 161 floats (tiny model's grads)": []}
+    times = {
+        "broadcast 1 x int64 (tmon's per-step decision count)": [],
+        "all_reduce 161 floats (tiny model's grads)": [],
+    }
     for _ in range(steps):
         dist.barrier()
         t = time.perf_counter()

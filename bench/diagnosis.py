@@ -44,24 +44,49 @@ def print_score(sc: dict, title: str) -> None:
     for rule, v in sc["rules"].items():
         errs = sorted(e[0] for e in v["onset_errors"])
         exact = sum(1 for e in v["onset_errors"] if e[2])
-        rows.append([rule, f"{len(v['fa_any'])}/{nh}", f"{100 * len(v['fa_severe']) / max(nh, 1):.1f} %",
-                     f"{v['found']}/{v['faulty']}" if v["faulty"] else "-",
-                     f"{100 * v['found'] / v['faulty']:.0f} %" if v["faulty"] else "-",
-                     f"{100 * np.median(errs):.1f} %" if errs else "-", f"{100 * errs[-1]:.1f} %" if errs else "-",
-                     f"{sum(1 for e in errs if e <= 0.05)}/{len(errs)}" if errs else "-",
-                     f"{exact}/{len(errs)}" if errs else "-"])
+        rows.append(
+            [
+                rule,
+                f"{len(v['fa_any'])}/{nh}",
+                f"{100 * len(v['fa_severe']) / max(nh, 1):.1f} %",
+                f"{v['found']}/{v['faulty']}" if v["faulty"] else "-",
+                f"{100 * v['found'] / v['faulty']:.0f} %" if v["faulty"] else "-",
+                f"{100 * np.median(errs):.1f} %" if errs else "-",
+                f"{100 * errs[-1]:.1f} %" if errs else "-",
+                f"{sum(1 for e in errs if e <= 0.05)}/{len(errs)}" if errs else "-",
+                f"{exact}/{len(errs)}" if errs else "-",
+            ]
+        )
     print(f"\n{title}")
-    table(["rule", "healthy: fired", "healthy: warn+", "faults found", "rate", "onset err p50", "worst",
-           "within 5 %", "exact"], rows)
+    table(
+        [
+            "rule",
+            "healthy: fired",
+            "healthy: warn+",
+            "faults found",
+            "rate",
+            "onset err p50",
+            "worst",
+            "within 5 %",
+            "exact",
+        ],
+        rows,
+    )
     bad = len(sc["healthy_not_good"])
     print(f"healthy runs rated other than good: {bad}/{nh} = {100 * bad / max(nh, 1):.1f} % (target <= 2 %)")
-    print(f"faulty runs found by the right rule: {sc['found_total']}/{nf} = {100 * sc['found_total'] / max(nf, 1):.1f} %"
-          f" (target >= 95 %); onset within 5 % of the run: {sc['within5_total']}/{sc['timed_total']}")
-    print(f"found with the onset within 5 % (NaN/inf exact): {sc['on_time_total']}/{nf} = "
-          f"{100 * sc['on_time_total'] / max(nf, 1):.1f} %")
+    print(
+        f"faulty runs found by the right rule: {sc['found_total']}/{nf} = {100 * sc['found_total'] / max(nf, 1):.1f} %"
+        f" (target >= 95 %); onset within 5 % of the run: {sc['within5_total']}/{sc['timed_total']}"
+    )
+    print(
+        f"found with the onset within 5 % (NaN/inf exact): {sc['on_time_total']}/{nf} = "
+        f"{100 * sc['on_time_total'] / max(nf, 1):.1f} %"
+    )
     for rule, v in sc["rules"].items():
         if v["missed"]:
-            print(f"  missed by {rule}: {', '.join(v['missed'][:12])}{' ...' if len(v['missed']) > 12 else ''}")
+            print(
+                f"  missed by {rule}: {', '.join(v['missed'][:12])}{' ...' if len(v['missed']) > 12 else ''}"
+            )
         far = [e[1] for e in v["onset_errors"] if e[0] > 0.05]
         if far:
             print(f"  onset off by > 5 % ({rule}): {', '.join(far[:12])}")
@@ -89,7 +114,9 @@ def cost() -> list:
     g.update(x, gn)
     o = OverfitDetector(train=d.blocks)  # the training loss's blocks, shared as the report does
     o.update(val_steps, loss[val_steps])
-    out.append(["whole run, 1M steps (loss, grad norm, validation)", f"{time.perf_counter() - t0:.3f} s", "<= 2 s"])
+    out.append(
+        ["whole run, 1M steps (loss, grad norm, validation)", f"{time.perf_counter() - t0:.3f} s", "<= 2 s"]
+    )
     st = 0.05 * np.exp(0.1 * rng.standard_normal(n))
     dt = 0.002 * np.exp(0.2 * rng.standard_normal(n))
     d, g, tm = LossDetector(), GradDetector(), StepTimes()
@@ -115,9 +142,16 @@ def cost() -> list:
         gpu.level()
         times.append(time.perf_counter() - t)
     times.sort()
-    out.append(["incremental, 1,000 new points (stability, step-time and memory detectors), p50",
-                f"{1e3 * times[len(times) // 2]:.2f} ms", "<= 5 ms"])
-    out.append(["  ... p99 / max", f"{1e3 * times[int(len(times) * 0.99)]:.2f} / {1e3 * times[-1]:.2f} ms", ""])
+    out.append(
+        [
+            "incremental, 1,000 new points (stability, step-time and memory detectors), p50",
+            f"{1e3 * times[len(times) // 2]:.2f} ms",
+            "<= 5 ms",
+        ]
+    )
+    out.append(
+        ["  ... p99 / max", f"{1e3 * times[int(len(times) * 0.99)]:.2f} / {1e3 * times[-1]:.2f} ms", ""]
+    )
     return out
 
 
@@ -137,8 +171,10 @@ def main() -> None:
         if args.healthy or args.faulty:
             t0 = time.perf_counter()
             rows = judge(corpus(args.healthy, args.faulty), url, verbose=args.verbose)
-            print(f"synthetic corpus: {args.healthy} healthy + {args.faulty} faulty runs written and reported in "
-                  f"{time.perf_counter() - t0:.0f} s")
+            print(
+                f"synthetic corpus: {args.healthy} healthy + {args.faulty} faulty runs written and reported in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
             print_score(score(rows), "[1] synthetic corpus")
         if args.real:
             from tests.diagnosis.real import real_runs

@@ -40,14 +40,27 @@ VOCAB = 32000
 
 def layout(size_gb: float) -> list[tuple[str, tuple[int, ...], str]]:
     """Tensor names, shapes and dtypes adding up to about ``size_gb`` GB."""
-    per_layer = [("attn.qkv.weight", (3 * HIDDEN, HIDDEN)), ("attn.qkv.bias", (3 * HIDDEN,)),
-                 ("attn.proj.weight", (HIDDEN, HIDDEN)), ("attn.proj.bias", (HIDDEN,)),
-                 ("mlp.fc1.weight", (4 * HIDDEN, HIDDEN)), ("mlp.fc1.bias", (4 * HIDDEN,)),
-                 ("mlp.fc2.weight", (HIDDEN, 4 * HIDDEN)), ("mlp.fc2.bias", (HIDDEN,)),
-                 ("ln1.weight", (HIDDEN,)), ("ln1.bias", (HIDDEN,)), ("ln2.weight", (HIDDEN,)), ("ln2.bias", (HIDDEN,))]
+    per_layer = [
+        ("attn.qkv.weight", (3 * HIDDEN, HIDDEN)),
+        ("attn.qkv.bias", (3 * HIDDEN,)),
+        ("attn.proj.weight", (HIDDEN, HIDDEN)),
+        ("attn.proj.bias", (HIDDEN,)),
+        ("mlp.fc1.weight", (4 * HIDDEN, HIDDEN)),
+        ("mlp.fc1.bias", (4 * HIDDEN,)),
+        ("mlp.fc2.weight", (HIDDEN, 4 * HIDDEN)),
+        ("mlp.fc2.bias", (HIDDEN,)),
+        ("ln1.weight", (HIDDEN,)),
+        ("ln1.bias", (HIDDEN,)),
+        ("ln2.weight", (HIDDEN,)),
+        ("ln2.bias", (HIDDEN,)),
+    ]
     layer_bytes = sum(math.prod(s) for _, s in per_layer) * 4
-    fixed = [("embed.weight", (VOCAB, HIDDEN), "F32"), ("lm_head.weight", (VOCAB, HIDDEN), "BF16"),
-             ("final_ln.weight", (HIDDEN,), "F32"), ("step_counter", (1,), "I64")]
+    fixed = [
+        ("embed.weight", (VOCAB, HIDDEN), "F32"),
+        ("lm_head.weight", (VOCAB, HIDDEN), "BF16"),
+        ("final_ln.weight", (HIDDEN,), "F32"),
+        ("step_counter", (1,), "I64"),
+    ]
     fixed_bytes = VOCAB * HIDDEN * 6
     n_layers = max(1, round((size_gb * 1e9 - fixed_bytes) / layer_bytes))
     out = [(n, s, d) for n, s, d in fixed[:1]]
@@ -181,8 +194,12 @@ def child(method: str, a: str, b: str) -> None:
         result = _compare_arrays(lambda n: _np(ta[n]), lambda n: _np(tb[n]), list(ta), set(tb))
     elif method == "safe_open":
         with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
-            result = _compare_arrays(lambda n: _np(fa.get_tensor(n)), lambda n: _np(fb.get_tensor(n)),
-                                     list(fa.keys()), set(fb.keys()))
+            result = _compare_arrays(
+                lambda n: _np(fa.get_tensor(n)),
+                lambda n: _np(fb.get_tensor(n)),
+                list(fa.keys()),
+                set(fb.keys()),
+            )
     elif method == "read":
         buf = bytearray(8 << 20)
         for p in (a, b):
@@ -213,8 +230,13 @@ def _run_once(method: str, a: str, b: str, cold: bool) -> dict:
         evict([a, b])
     else:
         warm([a, b])
-    out = subprocess.run([sys.executable, __file__, "--child", method, a, b], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), env={**os.environ, "PYTHONPATH": REPO})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, a, b],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     if out.returncode != 0:
         raise SystemExit(f"{method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -233,7 +255,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the smallest checkpoints (~0.25 GB), one run each")
     p.add_argument("--size-gb", type=float, default=1.0, help="size of each checkpoint (default 1.0)")
-    p.add_argument("--dir", default=None, help="where to write the checkpoints (default: the system temp dir)")
+    p.add_argument(
+        "--dir", default=None, help="where to write the checkpoints (default: the system temp dir)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the checkpoints")
     p.add_argument("--repeat", type=int, default=2, help="runs per method, the fastest reported (default 2)")
     args = p.parse_args()
@@ -246,29 +270,54 @@ def main() -> None:
         t0 = time.perf_counter()
         total = write_checkpoint(a, "a", tensors) + write_checkpoint(b, "b", tensors)
         largest = max(math.prod(s) * (2 if d == "BF16" else 4) for _, s, d in tensors)
-        print(f"wrote {len(tensors)} tensors per file, {total / 1e9:.2f} GB in all, largest tensor "
-              f"{largest / 1e6:.0f} MB, in {time.perf_counter() - t0:.1f} s (to {work})\n")
+        print(
+            f"wrote {len(tensors)} tensors per file, {total / 1e9:.2f} GB in all, largest tensor "
+            f"{largest / 1e6:.0f} MB, in {time.perf_counter() - t0:.1f} s (to {work})\n"
+        )
         rows, results = [], {}
-        plan = [("tmon diff", "tmon", True), ("tmon diff", "tmon", False), ("safe_open + compare", "safe_open", True),
-                ("safe_open + compare", "safe_open", False), ("naive: load both", "naive", True),
-                ("read both files", "read", True), ("read both files", "read", False)]
+        plan = [
+            ("tmon diff", "tmon", True),
+            ("tmon diff", "tmon", False),
+            ("safe_open + compare", "safe_open", True),
+            ("safe_open + compare", "safe_open", False),
+            ("naive: load both", "naive", True),
+            ("read both files", "read", True),
+            ("read both files", "read", False),
+        ]
         for label, method, cold in plan:
             r = run(method, a, b, cold, 1 if args.quick else args.repeat)
             results[(method, cold)] = r
-            rows.append([f"{label} ({'cold' if cold else 'warm'})", num(r["wall"]), num(total / 1e6 / r["wall"], "{:,.0f}"),
-                         num(r["peak"] / 1e6, "{:,.0f}"), num((r["peak"] - r["base"]) / 1e6, "{:,.0f}")])
+            rows.append(
+                [
+                    f"{label} ({'cold' if cold else 'warm'})",
+                    num(r["wall"]),
+                    num(total / 1e6 / r["wall"], "{:,.0f}"),
+                    num(r["peak"] / 1e6, "{:,.0f}"),
+                    num((r["peak"] - r["base"]) / 1e6, "{:,.0f}"),
+                ]
+            )
         table(["method", "wall s", "MB/s", "peak RSS MB", "above imports MB"], rows)
         ref = results[("tmon", True)]
-        agree = all(abs(r["rel_change"] - ref["rel_change"]) <= 1e-6 * ref["rel_change"] and r["changed"] == ref["changed"]
-                    for (m, _), r in results.items() if m != "read")
-        print(f"{ok(agree)}: every method finds the same {ref['changed']} changed tensors and global relative change "
-              f"{ref['rel_change']:.6g} ({100 * ref['frac_changed']:.1f}% of elements changed)")
+        agree = all(
+            abs(r["rel_change"] - ref["rel_change"]) <= 1e-6 * ref["rel_change"]
+            and r["changed"] == ref["changed"]
+            for (m, _), r in results.items()
+            if m != "read"
+        )
+        print(
+            f"{ok(agree)}: every method finds the same {ref['changed']} changed tensors and global relative change "
+            f"{ref['rel_change']:.6g} ({100 * ref['frac_changed']:.1f}% of elements changed)"
+        )
         extra = (ref["peak"] - ref["base"]) / 1e6
-        print(f"tmon diff: peak memory above imports {extra:,.0f} MB = {extra / (largest / 1e6):.2f}x the largest tensor "
-              f"({largest / 1e6:.0f} MB); cold {total / 1e6 / ref['wall']:,.0f} MB/s, where reading the two files one "
-              f"after the other, without arithmetic, runs at {total / 1e6 / results[('read', True)]['wall']:,.0f} MB/s")
-        print(f"tmon diff: opening both files (headers parsed, every field checked against the file) "
-              f"{1e3 * ref['open']:.1f} ms of the {ref['wall']:.2f} s")
+        print(
+            f"tmon diff: peak memory above imports {extra:,.0f} MB = {extra / (largest / 1e6):.2f}x the largest tensor "
+            f"({largest / 1e6:.0f} MB); cold {total / 1e6 / ref['wall']:,.0f} MB/s, where reading the two files one "
+            f"after the other, without arithmetic, runs at {total / 1e6 / results[('read', True)]['wall']:,.0f} MB/s"
+        )
+        print(
+            f"tmon diff: opening both files (headers parsed, every field checked against the file) "
+            f"{1e3 * ref['open']:.1f} ms of the {ref['wall']:.2f} s"
+        )
     finally:
         if args.keep:
             print(f"kept {work}")

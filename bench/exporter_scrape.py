@@ -38,7 +38,9 @@ def build(url: str, runs: int, keys: int, steps: int) -> list:
 
     recs = []
     for r in range(runs):
-        rec = Recorder(url, run_name=f"run-{r}", framework="lightning", flush_interval=0.5, heartbeat_timeout=3600)
+        rec = Recorder(
+            url, run_name=f"run-{r}", framework="lightning", flush_interval=0.5, heartbeat_timeout=3600
+        )
         names = [f"metric_{k:02d}" for k in range(keys - 3)] + ["loss", "lr", "step_time"]
         for s in range(steps):
             rec.log({n: (s + k) * 0.001 for k, n in enumerate(names)}, s)
@@ -57,9 +59,14 @@ def step_more(recs, frac: float) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: (
-        p.add_argument("--runs", type=int, default=100), p.add_argument("--keys", type=int, default=50),
-        p.add_argument("--steps", type=int, default=200)))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        lambda p: (
+            p.add_argument("--runs", type=int, default=100),
+            p.add_argument("--keys", type=int, default=50),
+            p.add_argument("--steps", type=int, default=200),
+        ),
+    )
     runs, keys, steps = (10, 50, 50) if args.quick else (args.runs, args.keys, args.steps)
     header(f"exporter: scrape and poll with {runs} live runs x {keys} keys", args.quick)
     from tmon_core.interop.exporter import Exporter, serve
@@ -101,8 +108,14 @@ def main() -> None:
         polls["rendering /metrics (once per poll)"] = render
         samples = sum(len(st.latest) for st in ex.snapshot.runs.values())
         print(f"/metrics: {size / 1024:.0f} KiB, {samples} metric values of {len(ex.snapshot.runs)} runs")
-        rows = [["scrape (HTTP GET /metrics)", num(median(times) * 1000, "{:.1f}"), num(pct(times, 95) * 1000, "{:.1f}"),
-                 "yes" if pct(times, 95) <= 0.1 else "no"]]
+        rows = [
+            [
+                "scrape (HTTP GET /metrics)",
+                num(median(times) * 1000, "{:.1f}"),
+                num(pct(times, 95) * 1000, "{:.1f}"),
+                "yes" if pct(times, 95) <= 0.1 else "no",
+            ]
+        ]
         rows += [[k, num(v * 1000, "{:.1f}"), "", ""] for k, v in polls.items()]
         table(["", "ms (median)", "ms (p95)", "<= 100 ms"], rows)
         for rec, _ in recs:

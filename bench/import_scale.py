@@ -42,8 +42,13 @@ def write_log(path: str, n: int) -> str:
     t0 = 1.7e9
     Event, Summary, Value = event_pb2.Event, summary_pb2.Summary, summary_pb2.Summary.Value
     for i in range(n):
-        w.add_event(Event(wall_time=t0 + i * 0.001, step=i // 4,
-                          summary=Summary(value=[Value(tag=TAGS[i % 4], simple_value=1.0 / (1 + i))])))
+        w.add_event(
+            Event(
+                wall_time=t0 + i * 0.001,
+                step=i // 4,
+                summary=Summary(value=[Value(tag=TAGS[i % 4], simple_value=1.0 / (1 + i))]),
+            )
+        )
     w.close()
     (f,) = glob.glob(os.path.join(path, "*tfevents*"))
     return f
@@ -56,10 +61,14 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: (
-        p.add_argument("--points", type=int, default=1_000_000),
-        p.add_argument("--repeats", type=int, default=3),
-        p.add_argument("--dir", default=None)))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        lambda p: (
+            p.add_argument("--points", type=int, default=1_000_000),
+            p.add_argument("--repeats", type=int, default=3),
+            p.add_argument("--dir", default=None),
+        ),
+    )
     n = 100_000 if args.quick else args.points
     header(f"import of a {n:,}-point TensorBoard log", args.quick)
     from tensorboard.backend.event_processing import event_file_loader
@@ -72,15 +81,22 @@ def main() -> None:
         logdir = os.path.join(work, "log")
         t = time.perf_counter()
         f = write_log(logdir, n)
-        print(f"wrote {os.path.getsize(f) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s (TensorBoard's writer)")
-        results: dict[str, list[float]] = {k: [] for k in ("tmon import", "tmon read only", "EventAccumulator",
-                                                           "TB record reader")}
+        print(
+            f"wrote {os.path.getsize(f) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s (TensorBoard's writer)"
+        )
+        results: dict[str, list[float]] = {
+            k: [] for k in ("tmon import", "tmon read only", "EventAccumulator", "TB record reader")
+        }
         for rep in range(args.repeats):
             url = f"sqlite:///{work}/s{rep}.db"
             out: list = []
-            results["tmon import"].append(timed(lambda url=url, out=out: out.extend(import_tensorboard(logdir, url))))
+            results["tmon import"].append(
+                timed(lambda url=url, out=out: out.extend(import_tensorboard(logdir, url)))
+            )
             assert out[0].created and out[0].points == n, out
-            results["tmon read only"].append(timed(lambda: scan(logdir, lambda values, step, wall_time: None)))
+            results["tmon read only"].append(
+                timed(lambda: scan(logdir, lambda values, step, wall_time: None))
+            )
 
             def ea():
                 acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
@@ -88,12 +104,20 @@ def main() -> None:
                 assert sum(len(acc.Scalars(tag)) for tag in TAGS) == n
 
             results["EventAccumulator"].append(timed(ea))
-            results["TB record reader"].append(timed(lambda: sum(1 for _ in event_file_loader.RawEventFileLoader(f).Load())))
+            results["TB record reader"].append(
+                timed(lambda: sum(1 for _ in event_file_loader.RawEventFileLoader(f).Load()))
+            )
         rows = []
         for name, times in results.items():
             m = median(times)
-            rows.append([name, num(m, "{:.2f}"), num(n / m, "{:,.0f}"), "" if name != "tmon import" else
-                         ("yes" if n / m >= 500_000 else "no")])
+            rows.append(
+                [
+                    name,
+                    num(m, "{:.2f}"),
+                    num(n / m, "{:,.0f}"),
+                    "" if name != "tmon import" else ("yes" if n / m >= 500_000 else "no"),
+                ]
+            )
         table(["", "s (median)", "points/s", ">= 500k/s"], rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)

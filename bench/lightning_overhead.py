@@ -73,8 +73,15 @@ def _quiet() -> None:
         import mlflow  # noqa: F401
     except ImportError:
         pass
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mlflow", "alembic",
-                 "tmon"):
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "pytorch_lightning",
+        "mlflow",
+        "alembic",
+        "tmon",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -194,8 +201,12 @@ def build_classes():
                     floors.append(fm)
             finally:
                 trainer.callbacks = saved
-            self.result = {"wall": median(walls), "main": median(mains), "floor": median(floors),
-                           "iters": n * self.ROUNDS}
+            self.result = {
+                "wall": median(walls),
+                "main": median(mains),
+                "floor": median(floors),
+                "iters": n * self.ROUNDS,
+            }
 
     return pl, FiveScalars, SyntheticData, StepTimer, NullLogger, Probe
 
@@ -232,7 +243,11 @@ def make_config(config: str, tmp: str, tag: str, classes, mlflow_uri: str):
 
         store = os.path.join(tmp, f"tmon_{tag}.db")
         kw = {"sample_interval": None} if config.endswith("-nosampler") else {}
-        return False, TMonCallback(store=store, run_name=f"bench-{tag}", **kw), store  # sampler at 1 s by default
+        return (
+            False,
+            TMonCallback(store=store, run_name=f"bench-{tag}", **kw),
+            store,
+        )  # sampler at 1 s by default
     if config == "bare":
         return False, None, None
     if config == "NullLogger":
@@ -248,8 +263,17 @@ def make_config(config: str, tmp: str, tag: str, classes, mlflow_uri: str):
     if config == "MLFlowLogger":
         from lightning.pytorch.loggers import MLFlowLogger
 
-        return (MLFlowLogger(experiment_name="tmon-bench", run_name=tag, tracking_uri=mlflow_uri, save_dir=None,
-                             artifact_location=os.path.join(tmp, "mlflow-artifacts")), None, None)
+        return (
+            MLFlowLogger(
+                experiment_name="tmon-bench",
+                run_name=tag,
+                tracking_uri=mlflow_uri,
+                save_dir=None,
+                artifact_location=os.path.join(tmp, "mlflow-artifacts"),
+            ),
+            None,
+            None,
+        )
     raise ValueError(config)
 
 
@@ -262,9 +286,19 @@ def _fit(classes, steps: int, tmp: str, logger, callbacks: list) -> float:
     data = SyntheticData(n=(steps * 16 * 4 + 2) // 3, batch_size=16)
     model = FiveScalars(log_metrics=False)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, max_steps=steps, log_every_n_steps=LOG_EVERY, logger=logger,
-        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        max_steps=steps,
+        log_every_n_steps=LOG_EVERY,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp,
     )
     gc.collect()
     t = time.perf_counter()
@@ -311,9 +345,14 @@ def one_fit(config: str, steps: int, tmp: str, tag: str, classes, mlflow_uri: st
     w = timer.walls
     size = (len(w) - 1) // BLOCKS
     blocks = [(w[(i + 1) * size] - w[i * size]) / size * 1e6 for i in range(BLOCKS)]
-    out = {"us_step": (timer.t1 - timer.t0) / n * 1e6, "block_us_step": median(blocks),
-           "cpu_us_step": (timer.c1 - timer.c0) / n * 1e6, "main_us_step": (timer.m1 - timer.m0) / n * 1e6,
-           "fit_s": t_fit, "path_us_step": (path_clock["dispatch"] + path_clock["log_metrics"]) / n * 1e6}
+    out = {
+        "us_step": (timer.t1 - timer.t0) / n * 1e6,
+        "block_us_step": median(blocks),
+        "cpu_us_step": (timer.c1 - timer.c0) / n * 1e6,
+        "main_us_step": (timer.m1 - timer.m0) / n * 1e6,
+        "fit_s": t_fit,
+        "path_us_step": (path_clock["dispatch"] + path_clock["log_metrics"]) / n * 1e6,
+    }
     if store is not None:
         from tmon_core import Store
 
@@ -359,23 +398,42 @@ def _targets(label: str, over: dict) -> None:
             verdict = "OK, but inconclusive (tmon's overhead is below this measurement's noise)"
         else:
             verdict = ok(tm <= frac * over[peer])
-        print(f"target {label}: tmon {tm:+.0f} us/step <= {frac:.2f} x {peer} ({over[peer]:+.0f}) "
-              f"= {frac * over[peer]:.0f}: {verdict}")
+        print(
+            f"target {label}: tmon {tm:+.0f} us/step <= {frac:.2f} x {peer} ({over[peer]:+.0f}) "
+            f"= {frac * over[peer]:.0f}: {verdict}"
+        )
 
 
 def main() -> int:
     def extra(p):
-        p.add_argument("--steps", type=int, default=None, help="steps per fit (default 3000, 300 with --quick)")
+        p.add_argument(
+            "--steps", type=int, default=None, help="steps per fit (default 3000, 300 with --quick)"
+        )
         p.add_argument("--rounds", type=int, default=None, help="rounds (default 12, 1 with --quick)")
-        p.add_argument("--slow-rounds", type=int, default=3,
-                       help="rounds that include MLFlowLogger (default 3: ~35 s a fit, and its overhead is 40x tmon's)")
-        p.add_argument("--configs", default=",".join(CONFIGS),
-                       help="comma-separated subset of " + ",".join(CONFIGS + OPTIONAL))
-        p.add_argument("--log-every", type=int, default=1,
-                       help="Trainer(log_every_n_steps) of the fits (default 1; Lightning's default is 50: tmon then "
-                            "reads the self.log values of the steps between from Lightning's result collection)")
-        p.add_argument("--iters", type=int, default=None,
-                       help="[3] loop iterations per config (default 3000, 300 with --quick; MLflow gets 1/10)")
+        p.add_argument(
+            "--slow-rounds",
+            type=int,
+            default=3,
+            help="rounds that include MLFlowLogger (default 3: ~35 s a fit, and its overhead is 40x tmon's)",
+        )
+        p.add_argument(
+            "--configs",
+            default=",".join(CONFIGS),
+            help="comma-separated subset of " + ",".join(CONFIGS + OPTIONAL),
+        )
+        p.add_argument(
+            "--log-every",
+            type=int,
+            default=1,
+            help="Trainer(log_every_n_steps) of the fits (default 1; Lightning's default is 50: tmon then "
+            "reads the self.log values of the steps between from Lightning's result collection)",
+        )
+        p.add_argument(
+            "--iters",
+            type=int,
+            default=None,
+            help="[3] loop iterations per config (default 3000, 300 with --quick; MLflow gets 1/10)",
+        )
 
     args = parse_args(__doc__.split("\n\n")[0], extra)
     header("bench/lightning_overhead.py: per-step cost of logging in a Lightning fit", args.quick)
@@ -393,9 +451,11 @@ def main() -> int:
     import torch
 
     classes = build_classes()
-    print(f"lightning {lightning.__version__} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
-          f"{steps} steps per fit, timed from step {WARMUP_STEPS} | {rounds} round(s), rotating order | "
-          f"log_every_n_steps={LOG_EVERY}")
+    print(
+        f"lightning {lightning.__version__} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+        f"{steps} steps per fit, timed from step {WARMUP_STEPS} | {rounds} round(s), rotating order | "
+        f"log_every_n_steps={LOG_EVERY}"
+    )
     sys.stdout.flush()
 
     results: dict[str, list[dict]] = {c: [] for c in configs}
@@ -406,31 +466,46 @@ def main() -> int:
             import mlflow
 
             t0 = time.perf_counter()
-            mlflow.MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # creates the DB (migrations) once
+            mlflow.MlflowClient(
+                tracking_uri=mlflow_uri
+            ).search_experiments()  # creates the DB (migrations) once
             print(f"(MLflow tracking DB created in {time.perf_counter() - t0:.1f} s, outside the timings)")
         # one untimed warm-up fit so imports and first-time set-up hit no configuration
         _fit(classes, 120, tmp, False, [])
         for r in range(rounds):
-            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            order = configs[r % len(configs) :] + configs[: r % len(configs)]
             for c in order:
                 if c in SLOW and r >= args.slow_rounds:
                     continue
                 res = one_fit(c, steps, tmp, f"{c}_{r}", classes, mlflow_uri)
                 res["round"] = r
                 results[c].append(res)
-                print(f"  round {r + 1}/{rounds} {c:<18} {res['us_step']:8.0f} us/step  (CPU: training thread "
-                      f"{res['main_us_step']:6.0f}, process {res['cpu_us_step']:6.0f} us/step; "
-                      f"fit {res['fit_s']:5.1f} s)")
+                print(
+                    f"  round {r + 1}/{rounds} {c:<18} {res['us_step']:8.0f} us/step  (CPU: training thread "
+                    f"{res['main_us_step']:6.0f}, process {res['cpu_us_step']:6.0f} us/step; "
+                    f"fit {res['fit_s']:5.1f} s)"
+                )
                 sys.stdout.flush()
         for c in configs:
             if c != "bare":
-                iso[c] = isolated(c, max(50, iters // 10) if c == "MLFlowLogger" else iters, tmp, f"iso_{c}",
-                                  classes, mlflow_uri)
+                iso[c] = isolated(
+                    c,
+                    max(50, iters // 10) if c == "MLFlowLogger" else iters,
+                    tmp,
+                    f"iso_{c}",
+                    classes,
+                    mlflow_uri,
+                )
 
     def stat(key):
         return {c: median([x[key] for x in results[c]]) for c in configs}
 
-    med, blk, cpu, main_cpu = stat("us_step"), stat("block_us_step"), stat("cpu_us_step"), stat("main_us_step")
+    med, blk, cpu, main_cpu = (
+        stat("us_step"),
+        stat("block_us_step"),
+        stat("cpu_us_step"),
+        stat("main_us_step"),
+    )
     bare_of = {x["round"]: x for x in results["bare"]}
 
     def diffs(c, key):
@@ -448,25 +523,67 @@ def main() -> int:
         spread = [x["us_step"] for x in results[c]]
         b = c == "bare"
         q = statistics.quantiles(diffs(c, "us_step"), n=4) if len(results[c]) > 1 and not b else None
-        rows.append([c, len(results[c]), num(med[c], "{:,.0f}"), f"{min(spread):,.0f}-{max(spread):,.0f}",
-                     "" if b else num(over[c], "{:+,.0f}"), "" if q is None else f"{q[0]:+,.0f}..{q[2]:+,.0f}",
-                     "" if b else f"{1 + over[c] / med['bare']:.3f}x", _tm_over(over, c)])
-    table(["config", "rounds", "us/step", "min-max over rounds", "overhead us/step", "quartiles of overhead",
-           "vs bare", "tmon overhead / this"],
-          rows, title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps={LOG_EVERY}: {steps} "
-                      f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; us/step: median over {rounds} round(s) "
-                      f"of each fit's mean; overhead: median over rounds of (fit - that round's bare fit)")
+        rows.append(
+            [
+                c,
+                len(results[c]),
+                num(med[c], "{:,.0f}"),
+                f"{min(spread):,.0f}-{max(spread):,.0f}",
+                "" if b else num(over[c], "{:+,.0f}"),
+                "" if q is None else f"{q[0]:+,.0f}..{q[2]:+,.0f}",
+                "" if b else f"{1 + over[c] / med['bare']:.3f}x",
+                _tm_over(over, c),
+            ]
+        )
+    table(
+        [
+            "config",
+            "rounds",
+            "us/step",
+            "min-max over rounds",
+            "overhead us/step",
+            "quartiles of overhead",
+            "vs bare",
+            "tmon overhead / this",
+        ],
+        rows,
+        title=f"[1] Lightning fit, tiny MLP on CPU, 5 self.log scalars/step, log_every_n_steps={LOG_EVERY}: {steps} "
+        f"steps per fit, timed steps {WARMUP_STEPS}..{steps - 1}; us/step: median over {rounds} round(s) "
+        f"of each fit's mean; overhead: median over rounds of (fit - that round's bare fit)",
+    )
     rows = []
     for c in configs:
         b = c == "bare"
-        rows.append([c, num(blk[c], "{:,.0f}"), "" if b else num(bover[c], "{:+,.0f}"), _tm_over(bover, c),
-                     num(main_cpu[c], "{:,.0f}"), "" if b else num(mover[c], "{:+,.0f}"),
-                     num(cpu[c], "{:,.0f}"), "" if b else num(cover[c], "{:+,.0f}"), _tm_over(cover, c)])
-    table(["config", "us/step", "overhead", "tmon / this", "thread CPU us/step", "thread CPU +",
-           "process CPU us/step", "process CPU +", "tmon / this"], rows,
-          title=f"[2] the same fits, read in ways other tenants disturb less: wall us/step = median of {BLOCKS} "
-                f"equal blocks of each timed window; CPU us/step = training thread (thread_time) and whole process "
-                f"(all threads); medians over rounds; '+' = median over rounds of (fit - that round's bare fit)")
+        rows.append(
+            [
+                c,
+                num(blk[c], "{:,.0f}"),
+                "" if b else num(bover[c], "{:+,.0f}"),
+                _tm_over(bover, c),
+                num(main_cpu[c], "{:,.0f}"),
+                "" if b else num(mover[c], "{:+,.0f}"),
+                num(cpu[c], "{:,.0f}"),
+                "" if b else num(cover[c], "{:+,.0f}"),
+                _tm_over(cover, c),
+            ]
+        )
+    table(
+        [
+            "config",
+            "us/step",
+            "overhead",
+            "tmon / this",
+            "thread CPU us/step",
+            "thread CPU +",
+            "process CPU us/step",
+            "process CPU +",
+            "tmon / this",
+        ],
+        rows,
+        title=f"[2] the same fits, read in ways other tenants disturb less: wall us/step = median of {BLOCKS} "
+        f"equal blocks of each timed window; CPU us/step = training thread (thread_time) and whole process "
+        f"(all threads); medians over rounds; '+' = median over rounds of (fit - that round's bare fit)",
+    )
     # CPU of every thread but the training thread, per step, in the fits (tmon's writer and sampler,
     # TensorBoard's event writer...): CPU time, so other tenants disturb it little
     bg = {c: median([x["cpu_us_step"] - x["main_us_step"] for x in results[c]]) for c in configs}
@@ -477,18 +594,37 @@ def main() -> int:
             continue
         x = iso[c]
         iso_total[c] = x["main"] + bg[c] - bg["bare"]
-        rows.append([c, f"{x['iters']:,}", num(x["wall"], "{:,.1f}"), num(x["main"], "{:,.1f}"),
-                     num(bg[c] - bg["bare"], "{:,.1f}"), num(iso_total[c], "{:,.1f}"), _tm_over(iso_total, c)])
+        rows.append(
+            [
+                c,
+                f"{x['iters']:,}",
+                num(x["wall"], "{:,.1f}"),
+                num(x["main"], "{:,.1f}"),
+                num(bg[c] - bg["bare"], "{:,.1f}"),
+                num(iso_total[c], "{:,.1f}"),
+                _tm_over(iso_total, c),
+            ]
+        )
     if rows:
-        table(["config", "iterations", "wall us/step", "training-thread CPU", "other threads CPU (fits)",
-               "CPU us/step", "tmon / this"], rows,
-              title=f"[3] one step's logging path alone, in a live fit at step {PROBE_AT}: Lightning's dispatch of "
-                    f"the 6 per-step callback hooks (to TMonCallback for tmon, to no callback for the loggers) and "
-                    f"its _logger_connector.log_metrics(5 tensors), in a loop, timed in the training thread, minus "
-                    f"the same dispatch to no callback (median of {classes[5].ROUNDS} alternating rounds; that floor "
-                    f"was {median([x['floor'] for x in iso.values()]):.1f} us); plus the CPU the other threads "
-                    f"(tmon's writer and sampler, TensorBoard's event writer) used per step in the fits of [1] "
-                    f"(median over rounds, minus bare's). bare = 0")
+        table(
+            [
+                "config",
+                "iterations",
+                "wall us/step",
+                "training-thread CPU",
+                "other threads CPU (fits)",
+                "CPU us/step",
+                "tmon / this",
+            ],
+            rows,
+            title=f"[3] one step's logging path alone, in a live fit at step {PROBE_AT}: Lightning's dispatch of "
+            f"the 6 per-step callback hooks (to TMonCallback for tmon, to no callback for the loggers) and "
+            f"its _logger_connector.log_metrics(5 tensors), in a loop, timed in the training thread, minus "
+            f"the same dispatch to no callback (median of {classes[5].ROUNDS} alternating rounds; that floor "
+            f"was {median([x['floor'] for x in iso.values()]):.1f} us); plus the CPU the other threads "
+            f"(tmon's writer and sampler, TensorBoard's event writer) used per step in the fits of [1] "
+            f"(median over rounds, minus bare's). bare = 0",
+        )
     # [4]: the logging path timed inside the real fits, paired with each round's bare fit
     pover = paired("path_us_step")
     path_total = {}
@@ -498,16 +634,34 @@ def main() -> int:
             continue
         path_total[c] = pover[c] + bg[c] - bg["bare"]
         q = statistics.quantiles(diffs(c, "path_us_step"), n=4) if len(results[c]) > 1 else None
-        rows.append([c, len(results[c]), num(pover[c], "{:+,.1f}"),
-                     "" if q is None else f"{q[0]:+,.1f}..{q[2]:+,.1f}", num(bg[c] - bg["bare"], "{:,.1f}"),
-                     num(path_total[c], "{:,.1f}"), _tm_over(path_total, c)])
+        rows.append(
+            [
+                c,
+                len(results[c]),
+                num(pover[c], "{:+,.1f}"),
+                "" if q is None else f"{q[0]:+,.1f}..{q[2]:+,.1f}",
+                num(bg[c] - bg["bare"], "{:,.1f}"),
+                num(path_total[c], "{:,.1f}"),
+                _tm_over(path_total, c),
+            ]
+        )
     if rows:
-        table(["config", "rounds", "training-thread CPU in the path, + vs bare", "quartiles",
-               "other threads CPU", "CPU us/step", "tmon / this"], rows,
-              title="[4] the same path timed inside the fits of [1], cold caches and all: training-thread CPU spent in "
-                    "Lightning's callback dispatch (every hook of every callback) and its logger path "
-                    "(_LoggerConnector.log_metrics), per timed step, median over rounds of (fit - that round's bare "
-                    "fit); plus the other threads' CPU as in [3]")
+        table(
+            [
+                "config",
+                "rounds",
+                "training-thread CPU in the path, + vs bare",
+                "quartiles",
+                "other threads CPU",
+                "CPU us/step",
+                "tmon / this",
+            ],
+            rows,
+            title="[4] the same path timed inside the fits of [1], cold caches and all: training-thread CPU spent in "
+            "Lightning's callback dispatch (every hook of every callback) and its logger path "
+            "(_LoggerConnector.log_metrics), per timed step, median over rounds of (fit - that round's bare "
+            "fit); plus the other threads' CPU as in [3]",
+        )
     _targets("[1] wall, mean", over)
     _targets("[2] wall, median block", bover)
     _targets("[2] process CPU", cover)
@@ -520,12 +674,16 @@ def main() -> int:
                 hooks.setdefault(k, []).append(v)
         parts = ", ".join(f"{k} {median(v):.1f}" for k, v in hooks.items())
         total = sum(median(v) for v in hooks.values())
-        print(f"TMonCallback's own time in the training thread during the fits (us/step, GIL waits included): "
-              f"{parts}; total {total:.1f}")
+        print(
+            f"TMonCallback's own time in the training thread during the fits (us/step, GIL waits included): "
+            f"{parts}; total {total:.1f}"
+        )
         last = results["TMonCallback"][-1]
-        print(f"tmon store check (last fit): status={last['tmon_status']}, points={last['tmon_points']:,}, "
-              f"train/loss points={last['tmon_train_loss']:,} (expected {steps:,}), "
-              f"hardware samples={last['tmon_samples']}: {ok(last['tmon_train_loss'] == steps)}")
+        print(
+            f"tmon store check (last fit): status={last['tmon_status']}, points={last['tmon_points']:,}, "
+            f"train/loss points={last['tmon_train_loss']:,} (expected {steps:,}), "
+            f"hardware samples={last['tmon_samples']}: {ok(last['tmon_train_loss'] == steps)}"
+        )
     return 0
 
 

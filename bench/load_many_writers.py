@@ -39,17 +39,25 @@ def main() -> int:
             print(f"(no PostgreSQL server here: {exc})")
         else:
             try:
-                rows.append(("postgresql", run_load(server.new_database(), args.procs, args.rate, args.seconds)))
+                rows.append(
+                    ("postgresql", run_load(server.new_database(), args.procs, args.rate, args.seconds))
+                )
             finally:
                 server.destroy()
-    print(f"\n{args.procs} writers x 5 metrics x {args.rate:g} steps/s x {args.seconds:g} s, reader every 500 ms\n")
-    head = f"{'store':<11} {'points/s':>10} {'expected':>10} {'lost':>6} {'lock err':>8} {'reads':>6} " \
-           f"{'read p50 ms':>11} {'read p99 ms':>11}"
+    print(
+        f"\n{args.procs} writers x 5 metrics x {args.rate:g} steps/s x {args.seconds:g} s, reader every 500 ms\n"
+    )
+    head = (
+        f"{'store':<11} {'points/s':>10} {'expected':>10} {'lost':>6} {'lock err':>8} {'reads':>6} "
+        f"{'read p50 ms':>11} {'read p99 ms':>11}"
+    )
     print(head)
     print("-" * len(head))
     for name, r in rows:
-        print(f"{name:<11} {r['points_per_s']:>10,.0f} {r['points_expected']:>10,} {r['points_lost']:>6} "
-              f"{r['lock_errors']:>8} {r['reads']:>6} {r['read_p50_ms']:>11.1f} {r['read_p99_ms']:>11.1f}")
+        print(
+            f"{name:<11} {r['points_per_s']:>10,.0f} {r['points_expected']:>10,} {r['points_lost']:>6} "
+            f"{r['lock_errors']:>8} {r['reads']:>6} {r['read_p50_ms']:>11.1f} {r['read_p99_ms']:>11.1f}"
+        )
         for e in r["process_errors"] + r["reader_errors"] + r["problems"][:3]:
             print("   !", e[:200])
     return 0

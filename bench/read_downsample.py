@@ -72,7 +72,9 @@ def timed(fn, reps: int) -> tuple[list[float], object]:
 def main() -> int:
     def extra(p):
         p.add_argument("--points", type=int, default=None, help="points in the series (default 1,000,000)")
-        p.add_argument("--reps", type=int, default=None, help="repetitions per query (default 7, 3 with --quick)")
+        p.add_argument(
+            "--reps", type=int, default=None, help="repetitions per query (default 7, 3 with --quick)"
+        )
 
     args = parse_args(__doc__.split("\n\n")[0], extra)
     header("bench/read_downsample.py: reading and downsampling a 1M-point series", args.quick)
@@ -85,9 +87,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tmon-bench-read-") as tmp:
         path = os.path.join(tmp, "read.db")
         run_id, t_log, t_write = write(path, values)
-        print(f"wrote {n:,} points through Recorder.log + close(): {t_write:.2f} s "
-              f"({n / t_write / 1e3:,.0f}k points/s; log loop {t_log:.2f} s) -> {os.path.getsize(path) / 1e6:,.0f} MB "
-              f"(+ WAL {os.path.getsize(path + '-wal') / 1e6 if os.path.exists(path + '-wal') else 0:,.0f} MB)")
+        print(
+            f"wrote {n:,} points through Recorder.log + close(): {t_write:.2f} s "
+            f"({n / t_write / 1e3:,.0f}k points/s; log loop {t_log:.2f} s) -> {os.path.getsize(path) / 1e6:,.0f} MB "
+            f"(+ WAL {os.path.getsize(path + '-wal') / 1e6 if os.path.exists(path + '-wal') else 0:,.0f} MB)"
+        )
 
         store = Store(path)
         run = store.run(run_id)
@@ -96,26 +100,38 @@ def main() -> int:
         # series and step, as tmon stored them up to schema 2), in its own file; filling it is not timed
         raw = sqlite3.connect(os.path.join(tmp, "long.db"))
         raw.execute("PRAGMA journal_mode=WAL")
-        raw.execute("CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
-                    "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID")
+        raw.execute(
+            "CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
+            "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID"
+        )
         sid = 1
         full = run.metrics(KEY)
-        raw.executemany("INSERT INTO tmon_points VALUES (?, ?, ?, ?, ?)",
-                        zip([sid] * len(full), full.step.tolist(), range(len(full)),
-                            [None if v != v else v for v in full.value.tolist()], full.wall_time.tolist()))
+        raw.executemany(
+            "INSERT INTO tmon_points VALUES (?, ?, ?, ?, ?)",
+            zip(
+                [sid] * len(full),
+                full.step.tolist(),
+                range(len(full)),
+                [None if v != v else v for v in full.value.tolist()],
+                full.wall_time.tolist(),
+            ),
+        )
         raw.commit()
         width = -(-n // BUCKETS)
         wwidth = -(-(hi_step - lo_step + 1) // BUCKETS)
 
         def sql_all():
-            rows = raw.execute("SELECT step, value, wall_time FROM tmon_points WHERE series_id = ? ORDER BY step",
-                               (sid,)).fetchall()
+            rows = raw.execute(
+                "SELECT step, value, wall_time FROM tmon_points WHERE series_id = ? ORDER BY step", (sid,)
+            ).fetchall()
             return np.array(rows, dtype=np.float64)
 
         def sql_group(lo, hi, w):
             return raw.execute(
                 "SELECT step / ? AS b, MIN(value), MAX(value) FROM tmon_points "
-                "WHERE series_id = ? AND step BETWEEN ? AND ? GROUP BY b ORDER BY b", (w, sid, lo, hi)).fetchall()
+                "WHERE series_id = ? AND step BETWEEN ? AND ? GROUP BY b ORDER BY b",
+                (w, sid, lo, hi),
+            ).fetchall()
 
         mem = values.copy()
 
@@ -127,56 +143,102 @@ def main() -> int:
         cases = [
             ("tmon Run.metrics(key): all points", lambda: run.metrics(KEY), None),
             ("plain SQL: all points -> numpy", sql_all, "tmon Run.metrics(key): all points"),
-            (f"tmon Run.metrics(key, max_points={MAX_POINTS})", lambda: run.metrics(KEY, max_points=MAX_POINTS), None),
-            (f"plain SQL GROUP BY min/max, {BUCKETS} buckets", lambda: sql_group(0, n - 1, width),
-             f"tmon Run.metrics(key, max_points={MAX_POINTS})"),
-            (f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)",
-             lambda: run.metrics(KEY, max_points=MAX_POINTS, start=lo_step, end=hi_step), None),
-            (f"plain SQL GROUP BY min/max, 10 % window, {BUCKETS} buckets", lambda: sql_group(lo_step, hi_step, wwidth),
-             f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)"),
-            (f"numpy min/max per bucket, data in memory, {BUCKETS} buckets", numpy_minmax,
-             f"tmon Run.metrics(key, max_points={MAX_POINTS})"),
+            (
+                f"tmon Run.metrics(key, max_points={MAX_POINTS})",
+                lambda: run.metrics(KEY, max_points=MAX_POINTS),
+                None,
+            ),
+            (
+                f"plain SQL GROUP BY min/max, {BUCKETS} buckets",
+                lambda: sql_group(0, n - 1, width),
+                f"tmon Run.metrics(key, max_points={MAX_POINTS})",
+            ),
+            (
+                f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)",
+                lambda: run.metrics(KEY, max_points=MAX_POINTS, start=lo_step, end=hi_step),
+                None,
+            ),
+            (
+                f"plain SQL GROUP BY min/max, 10 % window, {BUCKETS} buckets",
+                lambda: sql_group(lo_step, hi_step, wwidth),
+                f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)",
+            ),
+            (
+                f"numpy min/max per bucket, data in memory, {BUCKETS} buckets",
+                numpy_minmax,
+                f"tmon Run.metrics(key, max_points={MAX_POINTS})",
+            ),
         ]
-        targets = {f"tmon Run.metrics(key, max_points={MAX_POINTS})": 0.100,
-                   f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)": 0.020}
+        targets = {
+            f"tmon Run.metrics(key, max_points={MAX_POINTS})": 0.100,
+            f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)": 0.020,
+        }
         res: dict[str, tuple[list[float], object]] = {}
         for name, fn, _peer in cases:
             fn()  # warm the page cache and statement caches once
             res[name] = timed(fn, reps)
-        raw_len = {name: len(out) if not isinstance(out, tuple) else len(out[0]) for name, (_, out) in res.items()}
+        raw_len = {
+            name: len(out) if not isinstance(out, tuple) else len(out[0]) for name, (_, out) in res.items()
+        }
         rows = []
         for name, _fn, peer in cases:
             ts = res[name][0]
             med = median(ts)
             tgt = targets.get(name)
-            rows.append([name, f"{raw_len[name]:,}", num(med * 1e3, "{:,.1f}"), num(min(ts) * 1e3, "{:,.1f}"),
-                         ratio(median(res[peer][0]), med) if peer else "",
-                         f"{ok(med <= tgt)} (<= {tgt * 1e3:.0f} ms)" if tgt else ""])
-        table(["query", "rows", "ms median", "ms min", "tmon time / this time", "target"], rows,
-              title=f"reads of one {n:,}-point series from SQLite, {reps} repetitions each (after one warm-up call)")
+            rows.append(
+                [
+                    name,
+                    f"{raw_len[name]:,}",
+                    num(med * 1e3, "{:,.1f}"),
+                    num(min(ts) * 1e3, "{:,.1f}"),
+                    ratio(median(res[peer][0]), med) if peer else "",
+                    f"{ok(med <= tgt)} (<= {tgt * 1e3:.0f} ms)" if tgt else "",
+                ]
+            )
+        table(
+            ["query", "rows", "ms median", "ms min", "tmon time / this time", "target"],
+            rows,
+            title=f"reads of one {n:,}-point series from SQLite, {reps} repetitions each (after one warm-up call)",
+        )
 
         full = res["tmon Run.metrics(key): all points"][1]
         ds = res[f"tmon Run.metrics(key, max_points={MAX_POINTS})"][1]
         zoom = res[f"tmon Run.metrics(key, max_points={MAX_POINTS}, 10 % window)"][1]
-        win = values[lo_step:hi_step + 1]
+        win = values[lo_step : hi_step + 1]
         checks = [
-            ("all points: row count == points written == count_points()", len(full) == n == stored,
-             f"{len(full):,} / {n:,} / {stored:,}"),
-            ("all points: values equal what was logged", bool(np.array_equal(full.value.to_numpy(), values)), ""),
-            ("downsampled: keeps the global max (the spike)",
-             float(ds.value.max()) == float(values.max()) and spike in set(ds.step.tolist()),
-             f"max {ds.value.max():.4f} vs {values.max():.4f}"),
-            ("downsampled: keeps the global min (the dip)",
-             float(ds.value.min()) == float(values.min()) and dip in set(ds.step.tolist()),
-             f"min {ds.value.min():.4f} vs {values.min():.4f}"),
+            (
+                "all points: row count == points written == count_points()",
+                len(full) == n == stored,
+                f"{len(full):,} / {n:,} / {stored:,}",
+            ),
+            (
+                "all points: values equal what was logged",
+                bool(np.array_equal(full.value.to_numpy(), values)),
+                "",
+            ),
+            (
+                "downsampled: keeps the global max (the spike)",
+                float(ds.value.max()) == float(values.max()) and spike in set(ds.step.tolist()),
+                f"max {ds.value.max():.4f} vs {values.max():.4f}",
+            ),
+            (
+                "downsampled: keeps the global min (the dip)",
+                float(ds.value.min()) == float(values.min()) and dip in set(ds.step.tolist()),
+                f"min {ds.value.min():.4f} vs {values.min():.4f}",
+            ),
             (f"downsampled: rows <= max_points ({MAX_POINTS})", len(ds) <= MAX_POINTS, f"{len(ds):,} rows"),
             ("downsampled: steps sorted", bool(np.all(np.diff(ds.step.to_numpy()) > 0)), ""),
-            ("zoom: keeps the window's min and max",
-             math.isclose(float(zoom.value.min()), float(win.min())) and math.isclose(float(zoom.value.max()),
-                                                                                     float(win.max())),
-             f"[{zoom.value.min():.4f}, {zoom.value.max():.4f}] vs [{win.min():.4f}, {win.max():.4f}]"),
-            ("zoom: steps inside the window", bool(zoom.step.min() >= lo_step and zoom.step.max() <= hi_step),
-             f"{zoom.step.min():,}..{zoom.step.max():,} in {lo_step:,}..{hi_step:,}"),
+            (
+                "zoom: keeps the window's min and max",
+                math.isclose(float(zoom.value.min()), float(win.min()))
+                and math.isclose(float(zoom.value.max()), float(win.max())),
+                f"[{zoom.value.min():.4f}, {zoom.value.max():.4f}] vs [{win.min():.4f}, {win.max():.4f}]",
+            ),
+            (
+                "zoom: steps inside the window",
+                bool(zoom.step.min() >= lo_step and zoom.step.max() <= hi_step),
+                f"{zoom.step.min():,}..{zoom.step.max():,} in {lo_step:,}..{hi_step:,}",
+            ),
             (f"zoom: rows <= max_points ({MAX_POINTS})", len(zoom) <= MAX_POINTS, f"{len(zoom):,} rows"),
         ]
         for what, good, detail in checks:

@@ -44,6 +44,7 @@ def tensor_metrics() -> dict:
 # ---------------------------------------------------------------------------- (a) per-call cost
 # Each path has its own loop (no lambda in between) so that all of them pay the same timer cost.
 
+
 def t_empty(n: int) -> list[int]:
     pc = time.perf_counter_ns
     ts = [0] * n
@@ -123,8 +124,12 @@ def bulk_floor(m: dict, n: int) -> float:
 def part_a(tmp: str, n: int, rounds: int, with_tensors: bool) -> None:
     fm = float_metrics()
     tm = tensor_metrics() if with_tensors else None
-    paths = ["timer only (empty body)", "floor: list.append(dict copy)", "floor: append((step, time(), dict copy))",
-             "Recorder.log, 5 floats"]
+    paths = [
+        "timer only (empty body)",
+        "floor: list.append(dict copy)",
+        "floor: append((step, time(), dict copy))",
+        "Recorder.log, 5 floats",
+    ]
     if with_tensors:
         paths += ["floor: append((step, time(), {k: t.detach()}))", "Recorder.log, 5 0-d CPU tensors"]
     samples: dict[str, list[int]] = {p: [] for p in paths}
@@ -132,7 +137,7 @@ def part_a(tmp: str, n: int, rounds: int, with_tensors: bool) -> None:
 
     for r in range(rounds):
         # rotate the order each round so that drift on a shared machine hits every path alike
-        order = paths[r % len(paths):] + paths[:r % len(paths)]
+        order = paths[r % len(paths) :] + paths[: r % len(paths)]
         for p in order:
             gc.collect()
             if p.startswith("timer"):
@@ -147,8 +152,9 @@ def part_a(tmp: str, n: int, rounds: int, with_tensors: bool) -> None:
             else:
                 m = tm if "tensors" in p else fm
                 # a fresh recorder each time: its writer thread drains at 0.5 s, as in training
-                rec = Recorder(os.path.join(tmp, f"a_{r}_{len(samples[p])}.db"), run_name="bench-log",
-                               flush_interval=0.5)
+                rec = Recorder(
+                    os.path.join(tmp, f"a_{r}_{len(samples[p])}.db"), run_name="bench-log", flush_interval=0.5
+                )
                 samples[p] += t_recorder(rec, m, n, 0)
                 means[p].append(bulk_recorder(rec, m, n, n))
                 rec.close()
@@ -164,13 +170,32 @@ def part_a(tmp: str, n: int, rounds: int, with_tensors: bool) -> None:
         target = ""
         if p.startswith("Recorder.log"):
             target = f"{ok(med <= 5.0)} (<= 5 us)"
-        rows.append([p, num(med), num(p99), num(p999), num(mean_untimed),
-                     ratio(med, floor_med) if not p.startswith("timer") else "", target])
-    table(["path (5 metrics per call)", "median us", "p99 us", "p99.9 us", "mean us (no timer)",
-           "median / floor", "target"], rows,
-          title=f"(a) cost per call: {rounds} rounds x {n:,} calls per path, per-call perf_counter_ns "
-                f"(includes ~{median(samples[paths[0]]) / 1000:.2f} us timer cost; 'mean us (no timer)' is a "
-                f"loop without it)")
+        rows.append(
+            [
+                p,
+                num(med),
+                num(p99),
+                num(p999),
+                num(mean_untimed),
+                ratio(med, floor_med) if not p.startswith("timer") else "",
+                target,
+            ]
+        )
+    table(
+        [
+            "path (5 metrics per call)",
+            "median us",
+            "p99 us",
+            "p99.9 us",
+            "mean us (no timer)",
+            "median / floor",
+            "target",
+        ],
+        rows,
+        title=f"(a) cost per call: {rounds} rounds x {n:,} calls per path, per-call perf_counter_ns "
+        f"(includes ~{median(samples[paths[0]]) / 1000:.2f} us timer cost; 'mean us (no timer)' is a "
+        f"loop without it)",
+    )
 
 
 def part_a2(tmp: str, n: int) -> None:
@@ -185,8 +210,11 @@ def part_a2(tmp: str, n: int) -> None:
         for writer in ("0.5 s", "idle"):
             for use_gc in (True, False):
                 fi, hb = (0.5, 30.0) if writer == "0.5 s" else (60.0, 120.0)
-                rec = Recorder(os.path.join(tmp, f"a2_{len(rows)}_{writer[:2]}_{use_gc}.db"), flush_interval=fi,
-                               heartbeat_timeout=hb)
+                rec = Recorder(
+                    os.path.join(tmp, f"a2_{len(rows)}_{writer[:2]}_{use_gc}.db"),
+                    flush_interval=fi,
+                    heartbeat_timeout=hb,
+                )
                 gc.collect()
                 if not use_gc:
                     gc.disable()
@@ -196,15 +224,33 @@ def part_a2(tmp: str, n: int) -> None:
                     gc.enable()
                 rec.close()
         base = res[("idle", False)]
-        rows.append([f"Recorder.log, {label}", num(res[("0.5 s", True)]), num(res[("0.5 s", False)]),
-                     num(res[("idle", True)]), num(base), ratio(res[("0.5 s", True)], base)])
-    table(["path", "writer 0.5 s, gc on", "writer 0.5 s, gc off", "writer idle, gc on", "writer idle, gc off",
-           "(0.5 s, gc on) / (idle, gc off)"], rows,
-          title=f"(a2) mean us per call, loops of {n:,} calls without per-call timers: "
-                f"what GC pauses and the writer thread add to the hot path's own cost")
+        rows.append(
+            [
+                f"Recorder.log, {label}",
+                num(res[("0.5 s", True)]),
+                num(res[("0.5 s", False)]),
+                num(res[("idle", True)]),
+                num(base),
+                ratio(res[("0.5 s", True)], base),
+            ]
+        )
+    table(
+        [
+            "path",
+            "writer 0.5 s, gc on",
+            "writer 0.5 s, gc off",
+            "writer idle, gc on",
+            "writer idle, gc off",
+            "(0.5 s, gc on) / (idle, gc off)",
+        ],
+        rows,
+        title=f"(a2) mean us per call, loops of {n:,} calls without per-call timers: "
+        f"what GC pauses and the writer thread add to the hot path's own cost",
+    )
 
 
 # ---------------------------------------------------------------------------- (b) sustained throughput
+
 
 class _Clock:
     """Wall and thread CPU time spent inside a wrapped method (the writer thread's work)."""
@@ -269,18 +315,32 @@ def tmon_throughput(path: str, steps: int) -> dict:
     n = steps * len(m)
     with Store(path) as store:
         stored = store.run(rec.run_id).count_points()
-    return {"points": n, "stored": stored, "dropped": rec.dropped, "open": t_open - t0,
-            "log": t_logged - t_open, "close": t_end - t_logged, "total": t_end - t_open, "cpu": cpu,
-            "drain_wall": drain.wall, "write_wall": write.wall, "flushes": write.calls,
-            "summarize_wall": summ.wall, "points_sql_wall": pts.wall, "summaries_sql_wall": sums.wall}
+    return {
+        "points": n,
+        "stored": stored,
+        "dropped": rec.dropped,
+        "open": t_open - t0,
+        "log": t_logged - t_open,
+        "close": t_end - t_logged,
+        "total": t_end - t_open,
+        "cpu": cpu,
+        "drain_wall": drain.wall,
+        "write_wall": write.wall,
+        "flushes": write.calls,
+        "summarize_wall": summ.wall,
+        "points_sql_wall": pts.wall,
+        "summaries_sql_wall": sums.wall,
+    }
 
 
 _FIELDS = ("series_id", "step", "seq", "value", "wall_time")
 
 # the peer: one row per point, the long format of ARCHITECTURE.md (tmon's own layout up to schema 2,
 # clustered by series and step); tmon now writes chunks of arrays instead (see store/schema.py)
-_LONG_DDL = ["CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
-             "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID"]
+_LONG_DDL = [
+    "CREATE TABLE tmon_points (series_id INTEGER NOT NULL, step BIGINT NOT NULL, seq BIGINT NOT NULL, "
+    "value FLOAT, wall_time FLOAT NOT NULL, PRIMARY KEY (series_id, step, seq)) WITHOUT ROWID"
+]
 
 
 def _raw_layout():
@@ -312,7 +372,7 @@ def raw_prebuilt(path: str, steps: int, chunk: int) -> dict:
     conn = _raw_conn(path, ddl)
     for j in range(0, len(rows), chunk):
         conn.execute("BEGIN")
-        conn.executemany(insert, rows[j:j + chunk])
+        conn.executemany(insert, rows[j : j + chunk])
         conn.execute("COMMIT")
     conn.close()
     total = time.perf_counter() - t0
@@ -355,7 +415,7 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
     res: dict[str, list[dict]] = {"tmon": [], "prebuilt": [], "loop": []}
     for r in range(rounds):
         order = ["tmon", "prebuilt", "loop"]
-        order = order[r % 3:] + order[:r % 3]
+        order = order[r % 3 :] + order[: r % 3]
         for what in order:
             path = os.path.join(tmp, f"b_{what}_{r}.db")
             if what == "tmon":
@@ -375,36 +435,83 @@ def part_b(tmp: str, steps: int, rounds: int) -> None:
     count_ok = all(d["stored"] == d["points"] and d["dropped"] == 0 for d in res["tmon"])
     n = tm["points"]
     rows = [
-        ["tmon Recorder.log + close (flush 0.5 s)", f"{n:,}", num(tm["total"], "{:.2f}"), num(tm_rate / 1e3, "{:,.0f}"),
-         ratio(tm_rate, raw_rate), f"{ok(tm_rate >= 500_000)} (>= 500k/s)"],
-        ["raw sqlite3 executemany, prebuilt rows, 100k rows/txn", f"{n:,}", num(n / raw_rate, "{:.2f}"),
-         num(raw_rate / 1e3, "{:,.0f}"), "1.00x", ""],
-        ["raw sqlite3: dict loop + executemany/20k steps, 1 thread", f"{n:,}", num(n / loop_rate, "{:.2f}"),
-         num(loop_rate / 1e3, "{:,.0f}"), ratio(loop_rate, raw_rate), ""],
+        [
+            "tmon Recorder.log + close (flush 0.5 s)",
+            f"{n:,}",
+            num(tm["total"], "{:.2f}"),
+            num(tm_rate / 1e3, "{:,.0f}"),
+            ratio(tm_rate, raw_rate),
+            f"{ok(tm_rate >= 500_000)} (>= 500k/s)",
+        ],
+        [
+            "raw sqlite3 executemany, prebuilt rows, 100k rows/txn",
+            f"{n:,}",
+            num(n / raw_rate, "{:.2f}"),
+            num(raw_rate / 1e3, "{:,.0f}"),
+            "1.00x",
+            "",
+        ],
+        [
+            "raw sqlite3: dict loop + executemany/20k steps, 1 thread",
+            f"{n:,}",
+            num(n / loop_rate, "{:.2f}"),
+            num(loop_rate / 1e3, "{:,.0f}"),
+            ratio(loop_rate, raw_rate),
+            "",
+        ],
     ]
-    table(["writer", "points", "seconds", "k points/s", "vs raw prebuilt", "target"], rows,
-          title=f"(b) sustained write throughput: {steps:,} steps x 5 metrics, median of {rounds} rounds; raw sqlite3 "
-                f"writes one row per point (long format, clustered by series and step; WAL, synchronous=NORMAL), "
-                f"no summaries; tmon writes chunks of arrays plus summaries")
+    table(
+        ["writer", "points", "seconds", "k points/s", "vs raw prebuilt", "target"],
+        rows,
+        title=f"(b) sustained write throughput: {steps:,} steps x 5 metrics, median of {rounds} rounds; raw sqlite3 "
+        f"writes one row per point (long format, clustered by series and step; WAL, synchronous=NORMAL), "
+        f"no summaries; tmon writes chunks of arrays plus summaries",
+    )
     rows = [
-        ["log() loop (main thread)", num(tm["log"], "{:.2f}"), num(tm["log"] / n * 1e6, "{:.2f}") + " us/point"],
+        [
+            "log() loop (main thread)",
+            num(tm["log"], "{:.2f}"),
+            num(tm["log"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
         ["close() until all written", num(tm["close"], "{:.2f}"), ""],
-        ["writer: _drain (buffer -> batch, tensors)", num(tm["drain_wall"], "{:.2f}"),
-         num(tm["drain_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["writer: StoreWriter.write (SQL + summaries)", num(tm["write_wall"], "{:.2f}"),
-         num(tm["write_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["  of which INSERT INTO tmon_chunks", num(tm["points_sql_wall"], "{:.2f}"),
-         num(tm["points_sql_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["  of which summarize() (numpy)", num(tm["summarize_wall"], "{:.2f}"),
-         num(tm["summarize_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["  of which INSERT/UPSERT tmon_summaries", num(tm["summaries_sql_wall"], "{:.2f}"),
-         num(tm["summaries_sql_wall"] / n * 1e6, "{:.2f}") + " us/point"],
-        ["process CPU (all threads)", num(tm["cpu"], "{:.2f}"), num(tm["cpu"] / n * 1e6, "{:.2f}") + " us/point"],
+        [
+            "writer: _drain (buffer -> batch, tensors)",
+            num(tm["drain_wall"], "{:.2f}"),
+            num(tm["drain_wall"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
+        [
+            "writer: StoreWriter.write (SQL + summaries)",
+            num(tm["write_wall"], "{:.2f}"),
+            num(tm["write_wall"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
+        [
+            "  of which INSERT INTO tmon_chunks",
+            num(tm["points_sql_wall"], "{:.2f}"),
+            num(tm["points_sql_wall"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
+        [
+            "  of which summarize() (numpy)",
+            num(tm["summarize_wall"], "{:.2f}"),
+            num(tm["summarize_wall"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
+        [
+            "  of which INSERT/UPSERT tmon_summaries",
+            num(tm["summaries_sql_wall"], "{:.2f}"),
+            num(tm["summaries_sql_wall"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
+        [
+            "process CPU (all threads)",
+            num(tm["cpu"], "{:.2f}"),
+            num(tm["cpu"] / n * 1e6, "{:.2f}") + " us/point",
+        ],
         ["Recorder() open (schema)", num(tm["open"], "{:.3f}"), "not in the rate"],
     ]
-    table(["tmon breakdown (median round; wall time in each part)", "seconds", "per point"], rows,
-          title=f"    writer flushes: {tm['flushes']}; count_points() == points logged, nothing dropped, "
-                f"every round: {ok(count_ok)}")
+    table(
+        ["tmon breakdown (median round; wall time in each part)", "seconds", "per point"],
+        rows,
+        title=f"    writer flushes: {tm['flushes']}; count_points() == points logged, nothing dropped, "
+        f"every round: {ok(count_ok)}",
+    )
 
 
 def part_c(tmp: str, reps: int) -> None:
@@ -415,8 +522,12 @@ def part_c(tmp: str, reps: int) -> None:
     for n_series in (12, 100):
         keys = [f"metric_{i:03d}" for i in range(n_series)]
         for steps in (10, 170, 1000):
-            rec = Recorder(os.path.join(tmp, f"c_{n_series}_{steps}.db"), run_name="bench-flush",
-                           flush_interval=60.0, heartbeat_timeout=120.0)
+            rec = Recorder(
+                os.path.join(tmp, f"c_{n_series}_{steps}.db"),
+                run_name="bench-flush",
+                flush_interval=60.0,
+                heartbeat_timeout=120.0,
+            )
             state = {"step": 0}
 
             def log_steps(k, rec=rec, keys=keys, state=state):
@@ -438,13 +549,32 @@ def part_c(tmp: str, reps: int) -> None:
             rec.close()
             cpu = median(cpus)
             pts = steps * n_series
-            rows.append([f"{n_series}", f"{steps:,}", f"{pts:,}", num(cpu * 1e3, "{:.2f}"), num(cpu / pts * 1e6, "{:.2f}"),
-                         num(cpu / steps * 1e6, "{:,.0f}"), num(cpu / 0.5 * 100, "{:.2f}")])
-    table(["metrics/step", "steps/flush", "points/flush", "writer CPU ms/flush", "us/point", "us/step",
-           "% of a core at 1 flush / 0.5 s"], rows,
-          title=f"(c) writer thread CPU per flush (median of {reps}): 170 steps/flush = a ~3 ms step (the Lightning "
-                f"bench), 10 = a 50 ms step, 1000 = a 0.5 ms step; the fixed part per flush (summaries for every "
-                f"series at every level, the transaction, the heartbeat) dominates at small batches")
+            rows.append(
+                [
+                    f"{n_series}",
+                    f"{steps:,}",
+                    f"{pts:,}",
+                    num(cpu * 1e3, "{:.2f}"),
+                    num(cpu / pts * 1e6, "{:.2f}"),
+                    num(cpu / steps * 1e6, "{:,.0f}"),
+                    num(cpu / 0.5 * 100, "{:.2f}"),
+                ]
+            )
+    table(
+        [
+            "metrics/step",
+            "steps/flush",
+            "points/flush",
+            "writer CPU ms/flush",
+            "us/point",
+            "us/step",
+            "% of a core at 1 flush / 0.5 s",
+        ],
+        rows,
+        title=f"(c) writer thread CPU per flush (median of {reps}): 170 steps/flush = a ~3 ms step (the Lightning "
+        f"bench), 10 = a 50 ms step, 1000 = a 0.5 ms step; the fixed part per flush (summaries for every "
+        f"series at every level, the transaction, the heartbeat) dominates at small batches",
+    )
 
 
 def main() -> int:

@@ -98,10 +98,12 @@ def measure_variant(label: str, n: int, tmp: str) -> tuple[list[list], dict]:
     proc_col = next((c for c in sampler.active if c.name == "process"), None)
     orig_collect = proc_col.collect if proc_col is not None else None
     if proc_col is not None:
+
         def collect_and_count():
             out = orig_collect()
             counts.append(out.get("children_count"))
             return out
+
         proc_col.collect = collect_and_count
     cpu0, taken0 = sampler.cpu_seconds, sampler.samples_taken
     for _ in range(n):
@@ -122,16 +124,31 @@ def measure_variant(label: str, n: int, tmp: str) -> tuple[list[list], dict]:
     def row(name, cpu, wall, mean=None):
         cs = sorted(cpu)
         m = mean if mean is not None else sum(cpu) / len(cpu)
-        return [f"{label}: {name}", f"{len(cpu):,}", num(median(cs) * 1e6, "{:,.0f}"), num(pct(cs, 99) * 1e6, "{:,.0f}"),
-                num(m * 1e6, "{:,.0f}"), num(median(sorted(wall)) * 1e6, "{:,.0f}"), f"{m / host_mean:.2f}x",
-                num(m * 100, "{:.3f}"), f"{ok(m * 100 <= TARGET_PCT)} (<= {TARGET_PCT} %)" if name.startswith("tmon") else ""]
+        return [
+            f"{label}: {name}",
+            f"{len(cpu):,}",
+            num(median(cs) * 1e6, "{:,.0f}"),
+            num(pct(cs, 99) * 1e6, "{:,.0f}"),
+            num(m * 1e6, "{:,.0f}"),
+            num(median(sorted(wall)) * 1e6, "{:,.0f}"),
+            f"{m / host_mean:.2f}x",
+            num(m * 100, "{:.3f}"),
+            f"{ok(m * 100 <= TARGET_PCT)} (<= {TARGET_PCT} %)" if name.startswith("tmon") else "",
+        ]
 
-    rows = [row("tmon HardwareSampler.sample_once()", per_sample_cpu, per_sample_wall, mean_cpu),
-            row("psutil Process().children(recursive)", kids_cpu, kids_wall),
-            row("plain host sample (cpu%, vmem, swap)", host_cpu, host_wall)]
-    info = {"children_count_min": min(counts) if counts else None, "children_count_max": max(counts) if counts else None,
-            "children_count_zero_share": (sum(1 for c in counts if not c) / len(counts)) if counts else None,
-            "mean_cpu": mean_cpu, "collectors": [c.name for c in sampler.active], "unavailable": sampler.unavailable}
+    rows = [
+        row("tmon HardwareSampler.sample_once()", per_sample_cpu, per_sample_wall, mean_cpu),
+        row("psutil Process().children(recursive)", kids_cpu, kids_wall),
+        row("plain host sample (cpu%, vmem, swap)", host_cpu, host_wall),
+    ]
+    info = {
+        "children_count_min": min(counts) if counts else None,
+        "children_count_max": max(counts) if counts else None,
+        "children_count_zero_share": (sum(1 for c in counts if not c) / len(counts)) if counts else None,
+        "mean_cpu": mean_cpu,
+        "collectors": [c.name for c in sampler.active],
+        "unavailable": sampler.unavailable,
+    }
     return rows, info
 
 
@@ -153,20 +170,27 @@ def main() -> int:
     warnings.simplefilter("ignore")
     n = 90 if args.quick else 600  # sample_once calls per variant (the full scan runs every 30th)
     live_s = 3.0 if args.quick else 10.0
-    print(f"psutil {psutil.__version__} | {len(psutil.pids())} processes on this machine | "
-          f"/proc/<pid>/task/<tid>/children readable: {os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children')}")
+    print(
+        f"psutil {psutil.__version__} | {len(psutil.pids())} processes on this machine | "
+        f"/proc/<pid>/task/<tid>/children readable: {os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children')}"
+    )
     rows: list[list] = []
     checks = []
     with tempfile.TemporaryDirectory(prefix="tmon-bench-sampler-") as tmp:
-        for label, kids, from_thread in (("0 children", 0, False), ("4 children", 4, False),
-                                         ("4 children forked by a live thread", 4, True)):
+        for label, kids, from_thread in (
+            ("0 children", 0, False),
+            ("4 children", 4, False),
+            ("4 children forked by a live thread", 4, True),
+        ):
             procs, release = start_children(kids, from_thread)
             try:
                 r, info = measure_variant(label, n, tmp)
             finally:
                 stop_children(procs, release)
             rows += r
-            seen = f"children_count over {n} samples: {info['children_count_min']}..{info['children_count_max']}"
+            seen = (
+                f"children_count over {n} samples: {info['children_count_min']}..{info['children_count_max']}"
+            )
             good = info["children_count_min"] == kids and info["children_count_max"] == kids
             zero = info["children_count_zero_share"]
             extra = "" if good or zero is None else f" ({zero:.0%} of samples report 0)"
@@ -174,16 +198,30 @@ def main() -> int:
         lv = live(live_s, tmp)
     collectors = ", ".join(info["collectors"])
     missing = "; ".join(f"{k}: {v}" for k, v in info["unavailable"].items()) or "none"
-    table(["what (per call)", "calls", "CPU us median", "CPU us p99", "CPU us mean", "wall us median",
-           "mean / host sample", "% of a core at 1 s", "target"], rows,
-          title=f"per-call CPU (thread_time) of one sample; '% of a core at 1 s' = mean CPU per call / 1 s "
-                f"(tmon's mean includes its full children scan every 30th sample)\n"
-                f"sampler collectors active: {collectors}; unavailable: {missing}")
+    table(
+        [
+            "what (per call)",
+            "calls",
+            "CPU us median",
+            "CPU us p99",
+            "CPU us mean",
+            "wall us median",
+            "mean / host sample",
+            "% of a core at 1 s",
+            "target",
+        ],
+        rows,
+        title=f"per-call CPU (thread_time) of one sample; '% of a core at 1 s' = mean CPU per call / 1 s "
+        f"(tmon's mean includes its full children scan every 30th sample)\n"
+        f"sampler collectors active: {collectors}; unavailable: {missing}",
+    )
     for line in checks:
         print("check " + line)
     live_pct = lv["cpu"] / lv["elapsed"] * 100
-    print(f"live sampler thread at 1 s for {lv['elapsed']:.1f} s: {lv['samples']} samples, "
-          f"{lv['cpu'] * 1e3:.2f} ms CPU = {live_pct:.3f} % of one core: {ok(live_pct <= TARGET_PCT)} (<= {TARGET_PCT} %)")
+    print(
+        f"live sampler thread at 1 s for {lv['elapsed']:.1f} s: {lv['samples']} samples, "
+        f"{lv['cpu'] * 1e3:.2f} ms CPU = {live_pct:.3f} % of one core: {ok(live_pct <= TARGET_PCT)} (<= {TARGET_PCT} %)"
+    )
     return 0
 
 

@@ -138,14 +138,25 @@ def plain(variant: str, steps: int, tmp: str, TinyRegressor) -> dict:
             sched.step()
             c0 = cpu()
             now = perf()
-            rec.log({"lr": lr, "momentum": momentum, "weight_decay": wd, "loss": loss, "step_time": now - t_batch,
-                     "data_time": t_batch - t_end, "epoch": 0}, step)
+            rec.log(
+                {
+                    "lr": lr,
+                    "momentum": momentum,
+                    "weight_decay": wd,
+                    "loss": loss,
+                    "step_time": now - t_batch,
+                    "data_time": t_batch - t_end,
+                    "epoch": 0,
+                },
+                step,
+            )
             t_end = perf()
             own[0] += cpu() - c0
         rec.close()
     else:
-        with tmon_core.track(optimizer=opt, model=model, scheduler=sched, store=store, report="off",
-                             widget=False) as t:
+        with tmon_core.track(
+            optimizer=opt, model=model, scheduler=sched, store=store, report="off", widget=False
+        ) as t:
             for h in t._hooks:  # the same pre-hook, timed
                 h.remove()
             t._hooks = [opt.register_step_pre_hook(_timed(t._before_optimizer_step, clock.own))]
@@ -183,9 +194,20 @@ def lightning(variant: str, steps: int, tmp: str, pl, TinyRegressor) -> dict:
             setattr(cb, name, _timed(getattr(cb, name), clock.own))
         callbacks.append(cb)
     torch.manual_seed(0)
-    trainer = pl.Trainer(max_steps=steps, max_epochs=1, logger=False, callbacks=callbacks, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp,
-                         num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu", log_every_n_steps=1)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+        log_every_n_steps=1,
+    )
     trainer.fit(TinyRegressor(lr=0.05, log_metrics=False), Data())
     return clock.result(steps)
 
@@ -206,8 +228,14 @@ def hot_path(iters: int, rounds: int, tmp: str) -> dict[str, float]:
     loss = w * 2  # a loss with a graph, as a forward pass makes it: each recording detaches it
     perf = time.perf_counter
     rec = Recorder(f"sqlite:///{tmp}/hot_rec.db", framework="pytorch")
-    t = tmon_core.track(optimizer=opt, model=model, store=f"sqlite:///{tmp}/hot_track.db", report="off",
-                        widget=False, sample_interval=None)
+    t = tmon_core.track(
+        optimizer=opt,
+        model=model,
+        store=f"sqlite:///{tmp}/hot_track.db",
+        report="off",
+        widget=False,
+        sample_interval=None,
+    )
     step = [0]
 
     def bare():
@@ -219,8 +247,18 @@ def hot_path(iters: int, rounds: int, tmp: str) -> dict[str, float]:
         lr, momentum, wd = g["lr"], g["momentum"], g["weight_decay"]
         opt.step()
         now = perf()
-        rec.log({"lr": lr, "momentum": momentum, "weight_decay": wd, "loss": loss, "step_time": now - t0,
-                 "data_time": 0.001, "epoch": 0}, step[0])
+        rec.log(
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "weight_decay": wd,
+                "loss": loss,
+                "step_time": now - t0,
+                "data_time": 0.001,
+                "epoch": 0,
+            },
+            step[0],
+        )
         step[0] += 1
 
     def tracked():
@@ -239,20 +277,28 @@ def hot_path(iters: int, rounds: int, tmp: str) -> dict[str, float]:
     t.finish()
     rec.close()
     floor = min(out["bare"])
-    return {"Recorder.log by hand": min(out["by_hand"]) - floor, "t.step + pre-hook": min(out["tracked"]) - floor,
-            "opt.step alone": floor}
+    return {
+        "Recorder.log by hand": min(out["by_hand"]) - floor,
+        "t.step + pre-hook": min(out["tracked"]) - floor,
+        "opt.step alone": floor,
+    }
 
 
 def main() -> None:
     def extra(p):
-        p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 2000; quick 300)")
+        p.add_argument(
+            "--steps", type=int, default=None, help="optimizer steps per run (default 2000; quick 300)"
+        )
         p.add_argument("--rounds", type=int, default=None, help="rounds of all variants (default 5; quick 2)")
         p.add_argument("--no-lightning", action="store_true", help="only the plain-loop variants")
 
     args = parse_args(__doc__.splitlines()[0], extra)
     steps = args.steps or (300 if args.quick else 2000)
     rounds = args.rounds or (2 if args.quick else 5)
-    header("tmon_core.track overhead per step (plain PyTorch loop vs Recorder.log by hand vs Lightning)", args.quick)
+    header(
+        "tmon_core.track overhead per step (plain PyTorch loop vs Recorder.log by hand vs Lightning)",
+        args.quick,
+    )
     import torch
 
     torch.set_num_threads(1)
@@ -292,29 +338,52 @@ def main() -> None:
         is_bare = name == bare
         overheads[name] = None if is_bare else over(name, bare, "wall")
         owns[name] = None if is_bare else med([x["own"] for x in results[name]])
-        rows.append([name, num(med([x["wall"] for x in results[name]]), "{:,.0f}"),
-                     "-" if is_bare else num(overheads[name], "{:+,.1f}"),
-                     "-" if is_bare else num(over(name, bare, "cpu"), "{:+,.1f}"),
-                     "-" if is_bare else num(owns[name], "{:,.1f}"),
-                     "-" if is_bare else f"{100 * owns[name] / (med([x['wall'] for x in results[bare]])):.1f} %"])
-    table(["variant", "µs/step", "+ wall vs its bare", "+ thread CPU vs its bare", "tmon code µs/step",
-           "tmon code / bare step"], rows, f"{steps} steps, {rounds} rounds (medians over rounds)")
+        rows.append(
+            [
+                name,
+                num(med([x["wall"] for x in results[name]]), "{:,.0f}"),
+                "-" if is_bare else num(overheads[name], "{:+,.1f}"),
+                "-" if is_bare else num(over(name, bare, "cpu"), "{:+,.1f}"),
+                "-" if is_bare else num(owns[name], "{:,.1f}"),
+                "-" if is_bare else f"{100 * owns[name] / (med([x['wall'] for x in results[bare]])):.1f} %",
+            ]
+        )
+    table(
+        [
+            "variant",
+            "µs/step",
+            "+ wall vs its bare",
+            "+ thread CPU vs its bare",
+            "tmon code µs/step",
+            "tmon code / bare step",
+        ],
+        rows,
+        f"{steps} steps, {rounds} rounds (medians over rounds)",
+    )
 
     def ratio(a, b):
         return "n/a" if a is None or b is None or b <= 0 else f"{a / b:.2f}x"
 
     with tempfile.TemporaryDirectory() as tmp:
         hot = hot_path(2000 if args.quick else 20000, 3 if args.quick else 7, tmp)
-    table(["per-step call", "thread CPU µs/step"], [[k, num(v, "{:,.2f}")] for k, v in hot.items()],
-          "[2] the per-step calls alone, in a tight loop (minimum over rounds; recording = total - opt.step alone)")
+    table(
+        ["per-step call", "thread CPU µs/step"],
+        [[k, num(v, "{:,.2f}")] for k, v in hot.items()],
+        "[2] the per-step calls alone, in a tight loop (minimum over rounds; recording = total - opt.step alone)",
+    )
     print(f"t.step vs Recorder.log by hand: {hot['t.step + pre-hook'] / hot['Recorder.log by hand']:.2f}x\n")
 
     peers = [("loop: Recorder.log", "hand-written Recorder.log")]
     if not args.no_lightning:
         peers.append(("Lightning: TMonCallback", "Lightning TMonCallback"))
-    table(["tmon_core.track vs", "tmon code ratio", "wall overhead ratio"],
-          [[label, ratio(owns["loop: track"], owns[p]), ratio(overheads["loop: track"], overheads[p])]
-           for p, label in peers], "ratios (below 1: track costs less per step)")
+    table(
+        ["tmon_core.track vs", "tmon code ratio", "wall overhead ratio"],
+        [
+            [label, ratio(owns["loop: track"], owns[p]), ratio(overheads["loop: track"], overheads[p])]
+            for p, label in peers
+        ],
+        "ratios (below 1: track costs less per step)",
+    )
 
 
 if __name__ == "__main__":

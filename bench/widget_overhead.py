@@ -34,7 +34,7 @@ from _util import header, median, num, parse_args, table
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["no widget", "Monitor, fit blocks the cell", "fit_in_background + Monitor"]
 
-KERNEL_SETUP = r'''
+KERNEL_SETUP = r"""
 import gc, json, logging, os, sys, time, warnings
 sys.path.insert(0, os.path.join({root!r}, "bench"))
 warnings.filterwarnings("ignore")
@@ -85,7 +85,7 @@ def bench_fit(config, steps, tag):
     if mon is not None:
         mon.close()
     print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 class Kernel:
@@ -138,22 +138,27 @@ class Kernel:
 
 
 def part1(args, tmp) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
     k = Kernel(env)
     try:
         k.run(KERNEL_SETUP.format(root=ROOT, tmp=tmp))
         results: dict[str, list[dict]] = {c: [] for c in CONFIGS}
         k.run("bench_fit('no widget', 120, 'warmup')")
         for r in range(args.rounds):
-            order = CONFIGS[r % 3:] + CONFIGS[:r % 3]
+            order = CONFIGS[r % 3 :] + CONFIGS[: r % 3]
             for config in order:
                 n0 = len(k.updates)
                 out = k.run(f"bench_fit({config!r}, {args.steps}, 'r{r}-{CONFIGS.index(config)}')")
                 res = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
                 res["updates"] = len(k.updates) - n0
                 results[config].append(res)
-                print(f"  round {r + 1}/{args.rounds} {config:30s} {res['per_step_us']:8.1f} us/step, "
-                      f"{res['updates']} widget updates", flush=True)
+                print(
+                    f"  round {r + 1}/{args.rounds} {config:30s} {res['per_step_us']:8.1f} us/step, "
+                    f"{res['updates']} widget updates",
+                    flush=True,
+                )
     finally:
         k.close()
     base = median([x["per_step_us"] for x in results["no widget"]])
@@ -164,20 +169,50 @@ def part1(args, tmp) -> None:
         fit_s = median([x["fit_s"] for x in xs])
         ups = median([x["updates"] / x["fit_s"] for x in xs])
         share = median([x["refresh_cpu_s"] / x["fit_s"] for x in xs])
-        per_refresh = median([x["refresh_s"] / x["refreshes"] * 1e3 for x in xs if x["refreshes"]]) \
-            if any(x["refreshes"] for x in xs) else float("nan")
-        cpu_refresh = median([x["refresh_cpu_s"] / x["refreshes"] * 1e3 for x in xs if x["refreshes"]]) \
-            if any(x["refreshes"] for x in xs) else float("nan")
-        rows.append([config, num(us, "{:,.0f}"), num(us / base, "{:.3f}x"), num(us - base, "{:+,.0f}"),
-                     num(fit_s, "{:.1f}"), num(ups, "{:.1f}"), num(100 * share, "{:.1f}%"),
-                     num(cpu_refresh, "{:.1f}"), num(per_refresh, "{:.1f}")])
+        per_refresh = (
+            median([x["refresh_s"] / x["refreshes"] * 1e3 for x in xs if x["refreshes"]])
+            if any(x["refreshes"] for x in xs)
+            else float("nan")
+        )
+        cpu_refresh = (
+            median([x["refresh_cpu_s"] / x["refreshes"] * 1e3 for x in xs if x["refreshes"]])
+            if any(x["refreshes"] for x in xs)
+            else float("nan")
+        )
+        rows.append(
+            [
+                config,
+                num(us, "{:,.0f}"),
+                num(us / base, "{:.3f}x"),
+                num(us - base, "{:+,.0f}"),
+                num(fit_s, "{:.1f}"),
+                num(ups, "{:.1f}"),
+                num(100 * share, "{:.1f}%"),
+                num(cpu_refresh, "{:.1f}"),
+                num(per_refresh, "{:.1f}"),
+            ]
+        )
     print()
-    table(["[1] Lightning fit in a kernel", "us/step", "vs no widget", "delta us", "fit s", "widget updates/s",
-           "refresh CPU / fit", "CPU ms / refresh", "wall ms / refresh"], rows,
-          title=f"median of {args.rounds} rounds, {args.steps} steps per fit")
+    table(
+        [
+            "[1] Lightning fit in a kernel",
+            "us/step",
+            "vs no widget",
+            "delta us",
+            "fit s",
+            "widget updates/s",
+            "refresh CPU / fit",
+            "CPU ms / refresh",
+            "wall ms / refresh",
+        ],
+        rows,
+        title=f"median of {args.rounds} rounds, {args.steps} steps per fit",
+    )
     spread = [x["per_step_us"] for x in results["no widget"]]
     if len(spread) > 1:
-        print(f"no-widget fits vary by {100 * (max(spread) - min(spread)) / base:.1f}% between rounds (noise floor)")
+        print(
+            f"no-widget fits vary by {100 * (max(spread) - min(spread)) / base:.1f}% between rounds (noise floor)"
+        )
 
 
 def part2(args, tmp) -> None:
@@ -210,20 +245,34 @@ def part2(args, tmp) -> None:
             mon.refresh(slow=tick % 4 == 3)
             (slow if tick % 4 == 3 else fast).append(time.perf_counter() - t0)
         sent = max(len(s) for s in mon.metrics.series.values())
-        rows.append([f"{n:,}", num(first * 1e3, "{:.1f}"), num(median(fast) * 1e3, "{:.2f}"),
-                     num(median(slow) * 1e3, "{:.2f}"), f"{sent:,}"])
+        rows.append(
+            [
+                f"{n:,}",
+                num(first * 1e3, "{:.1f}"),
+                num(median(fast) * 1e3, "{:.2f}"),
+                num(median(slow) * 1e3, "{:.2f}"),
+                f"{sent:,}",
+            ]
+        )
         mon.close()
         rec.close()
     print()
-    table(["[2] points per metric", "first load ms", "tick ms", "slow tick ms", "points per line"], rows,
-          title="one Monitor refresh, 2 metrics shown, 50 new points per metric per tick (median of 15 / 5)")
+    table(
+        ["[2] points per metric", "first load ms", "tick ms", "slow tick ms", "points per line"],
+        rows,
+        title="one Monitor refresh, 2 metrics shown, 50 new points per metric per tick (median of 15 / 5)",
+    )
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: (p.add_argument("--steps", type=int, default=None),
-                                                          p.add_argument("--rounds", type=int, default=None),
-                                                          p.add_argument("--part", choices=("1", "2", "both"),
-                                                                         default="both")))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        lambda p: (
+            p.add_argument("--steps", type=int, default=None),
+            p.add_argument("--rounds", type=int, default=None),
+            p.add_argument("--part", choices=("1", "2", "both"), default="both"),
+        ),
+    )
     args.steps = args.steps or (600 if args.quick else 3000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     header("Monitor widget overhead", args.quick)

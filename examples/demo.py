@@ -35,9 +35,15 @@ def main() -> int:
     TinyRegressor, SyntheticData = make("lightning.pytorch")
     callback = TMonCallback(args.store, run_name="demo")
     trainer = Trainer(
-        max_epochs=args.epochs, callbacks=[callback, ModelCheckpoint(dirpath=os.path.join(args.out, "checkpoints"),
-                                                                     monitor="val_loss", save_top_k=2)],
-        log_every_n_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=args.epochs,
+        callbacks=[
+            callback,
+            ModelCheckpoint(dirpath=os.path.join(args.out, "checkpoints"), monitor="val_loss", save_top_k=2),
+        ],
+        log_every_n_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=args.out,
     )
     trainer.fit(TinyRegressor(two_groups=True, scheduler="step"), SyntheticData(n=1024, batch_size=32))
@@ -51,8 +57,10 @@ def main() -> int:
     print(run.events()[["step", "type", "message"]].astype(object).fillna("").to_string(index=False))
     print("\n=== the report: what went well, what went wrong, what to change ===\n")
     print(tmon_core.report(run.id, store=args.store))
-    print("\nthe same from a terminal:  tmon runs  |  tmon show latest  |  tmon report latest  |  "
-          "tmon export latest --format csv")
+    print(
+        "\nthe same from a terminal:  tmon runs  |  tmon show latest  |  tmon report latest  |  "
+        "tmon export latest --format csv"
+    )
     return 0
 
 

@@ -17,9 +17,19 @@ def make(package: str = "lightning.pytorch"):
     class TinyRegressor(pl.LightningModule):
         """An MLP regressor. ``fail_at_step`` raises ``fail_with`` inside ``training_step``."""
 
-        def __init__(self, in_features: int = 8, hidden: int = 16, lr: float = 0.05, two_groups: bool = False,
-                     scheduler: str | None = None, fail_at_step: int | None = None, fail_with: str = "RuntimeError",
-                     log_metrics: bool = True, nan_at_step: int | None = None, sleep: float = 0.0):
+        def __init__(
+            self,
+            in_features: int = 8,
+            hidden: int = 16,
+            lr: float = 0.05,
+            two_groups: bool = False,
+            scheduler: str | None = None,
+            fail_at_step: int | None = None,
+            fail_with: str = "RuntimeError",
+            log_metrics: bool = True,
+            nan_at_step: int | None = None,
+            sleep: float = 0.0,
+        ):
             super().__init__()
             self.save_hyperparameters()
             self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
@@ -55,21 +65,34 @@ def make(package: str = "lightning.pytorch"):
         def configure_optimizers(self):
             hp = self.hparams
             if hp.two_groups:
-                groups = [{"params": self.body.parameters(), "lr": hp.lr},
-                          {"params": self.head.parameters(), "lr": hp.lr / 10}]
+                groups = [
+                    {"params": self.body.parameters(), "lr": hp.lr},
+                    {"params": self.head.parameters(), "lr": hp.lr / 10},
+                ]
             else:
                 groups = self.parameters()
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
             if hp.scheduler == "step":
-                return {"optimizer": opt, "lr_scheduler": {
-                    "scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5), "interval": "step"}}
+                return {
+                    "optimizer": opt,
+                    "lr_scheduler": {
+                        "scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5),
+                        "interval": "step",
+                    },
+                }
             return opt
 
     class SyntheticData(pl.LightningDataModule):
         """y = x·w + noise, from a fixed seed."""
 
-        def __init__(self, n: int = 256, in_features: int = 8, batch_size: int = 16, num_workers: int = 0,
-                     seed: int = 0):
+        def __init__(
+            self,
+            n: int = 256,
+            in_features: int = 8,
+            batch_size: int = 16,
+            num_workers: int = 0,
+            seed: int = 0,
+        ):
             super().__init__()
             self.save_hyperparameters()
 
@@ -83,9 +106,13 @@ def make(package: str = "lightning.pytorch"):
             self.val_set = TensorDataset(x[split:], y[split:])
 
         def train_dataloader(self):
-            return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                              num_workers=self.hparams.num_workers,
-                              persistent_workers=self.hparams.num_workers > 0)
+            return DataLoader(
+                self.train_set,
+                batch_size=self.hparams.batch_size,
+                shuffle=True,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=self.hparams.num_workers > 0,
+            )
 
         def val_dataloader(self):
             return DataLoader(self.val_set, batch_size=self.hparams.batch_size)

@@ -20,8 +20,21 @@ except ImportError:
 
 
 #: what `make test` installs; in CI a missing one must fail the run, not skip its tests quietly
-CI_MODULES = ("lightning", "pytorch_lightning", "transformers", "accelerate", "keras", "safetensors", "h5py",
-              "ipywidgets", "bqplot", "psycopg", "pyarrow", "hypothesis", "jsonargparse")
+CI_MODULES = (
+    "lightning",
+    "pytorch_lightning",
+    "transformers",
+    "accelerate",
+    "keras",
+    "safetensors",
+    "h5py",
+    "ipywidgets",
+    "bqplot",
+    "psycopg",
+    "pyarrow",
+    "hypothesis",
+    "jsonargparse",
+)
 
 
 def pytest_sessionstart(session):
@@ -31,8 +44,10 @@ def pytest_sessionstart(session):
 
     missing = [m for m in CI_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        raise pytest.UsageError(f"CI must run every test, but these packages are not installed: {', '.join(missing)} "
-                                f"(make test installs them through pyproject's extras)")
+        raise pytest.UsageError(
+            f"CI must run every test, but these packages are not installed: {', '.join(missing)} "
+            f"(make test installs them through pyproject's extras)"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,26 @@ print(json.dumps({"run_id": rec.run_id, "steps": n, "problems": rec.problems, "d
 """
 
 
-def run_load(url: str, procs: int = 8, rate: float = 1000.0, seconds: float = 60.0, poll: float = 0.5,
-             prefix: str = "load") -> dict:
+def run_load(
+    url: str,
+    procs: int = 8,
+    rate: float = 1000.0,
+    seconds: float = 60.0,
+    poll: float = 0.5,
+    prefix: str = "load",
+) -> dict:
     from tmon_core import open_store
 
     open_store(url).close()  # create the schema once, before the writers race for it
-    workers = [subprocess.Popen([sys.executable, "-c", WRITER, url, f"{prefix}-{i}", str(rate), str(seconds)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(procs)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, f"{prefix}-{i}", str(rate), str(seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(procs)
+    ]
     latencies: list[float] = []
     reader_errors: list[str] = []
     stop = threading.Event()
@@ -79,10 +92,19 @@ def run_load(url: str, procs: int = 8, rate: float = 1000.0, seconds: float = 60
     problems = [p for r in results for p in r["problems"]]
     lat = sorted(latencies) or [float("nan")]
     return {
-        "writers": procs, "rate": rate, "seconds": seconds, "elapsed": elapsed,
-        "points_expected": expected, "points_stored": stored, "points_lost": expected - stored,
-        "points_per_s": stored / elapsed, "lock_errors": sum("locked" in p for p in problems) + sum(
-            "locked" in e for e in reader_errors), "problems": problems, "reader_errors": reader_errors,
-        "process_errors": errors, "reads": len(latencies),
-        "read_p50_ms": 1000 * statistics.median(lat), "read_p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "writers": procs,
+        "rate": rate,
+        "seconds": seconds,
+        "elapsed": elapsed,
+        "points_expected": expected,
+        "points_stored": stored,
+        "points_lost": expected - stored,
+        "points_per_s": stored / elapsed,
+        "lock_errors": sum("locked" in p for p in problems) + sum("locked" in e for e in reader_errors),
+        "problems": problems,
+        "reader_errors": reader_errors,
+        "process_errors": errors,
+        "reads": len(latencies),
+        "read_p50_ms": 1000 * statistics.median(lat),
+        "read_p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
     }

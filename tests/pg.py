@@ -35,13 +35,16 @@ class PgServer:
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        out = subprocess.run(self.prefix + [os.path.join(self.bin, tool), *args], capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            self.prefix + [os.path.join(self.bin, tool), *args], capture_output=True, text=True, timeout=120
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{tool} failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
 
     def start(self) -> None:
-        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        opts = (
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        )
         self._run("pg_ctl", "-D", self.dir, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -61,8 +64,9 @@ class PgServer:
         import psycopg
 
         name = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 

@@ -226,5 +226,12 @@ def _handler(handlers, d):
     raise Rejected(f"unknown decision {type(d).__name__}")
 
 
-__all__ = ["CheckpointWatcher", "Rejected", "StepClock", "TMonCallbackWarning", "apply_decisions", "guarded",
-           "warn_once"]
+__all__ = [
+    "CheckpointWatcher",
+    "Rejected",
+    "StepClock",
+    "TMonCallbackWarning",
+    "apply_decisions",
+    "guarded",
+    "warn_once",
+]

@@ -22,7 +22,9 @@ _KINDS = {cls.__name__: cls for cls in (SetParams, SaveCheckpoint, Rollback, Sto
 class DecisionLink:
     def __init__(self, options):
         self._custom = options.params or {}
-        self._group = dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
+        self._group = (
+            dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
+        )
         self._count = torch.zeros(1, dtype=torch.int64)
 
     def exchange(self, controller, step: int) -> list:

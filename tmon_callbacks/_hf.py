@@ -60,11 +60,15 @@ def run_config(args, state, model, optimizer, kw: dict, controller, callbacks: l
     inner_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     scheduler = kw.get("lr_scheduler")
     # transformers 5 renamed gradient checkpointing to activation checkpointing (old names deprecated)
-    model_flag = next((n for n in ("is_activation_checkpointing", "is_gradient_checkpointing")
-                       if hasattr(type(model), n)), None)
-    checkpointing = bool(getattr(args, "activation_checkpointing", None)
-                         or getattr(args, "gradient_checkpointing", None)
-                         or (model_flag is not None and getattr(model, model_flag)))
+    model_flag = next(
+        (n for n in ("is_activation_checkpointing", "is_gradient_checkpointing") if hasattr(type(model), n)),
+        None,
+    )
+    checkpointing = bool(
+        getattr(args, "activation_checkpointing", None)
+        or getattr(args, "gradient_checkpointing", None)
+        or (model_flag is not None and getattr(model, model_flag))
+    )
     cfg = RunConfig(
         framework="transformers",
         framework_version=transformers.__version__,
@@ -103,23 +107,29 @@ def callbacks_config(args, state, callbacks: list) -> list[dict]:
     ``Trainer`` entry: they are no callback), then every callback in ``callbacks`` (the trainer's
     but tmon's), with the settings advice reads for those it knows."""
     monitor, mode = best_metric(args)
-    entries: list[dict] = [{
-        "name": "Trainer",
-        "eval_strategy": _plain(args.eval_strategy),
-        "eval_steps": state.eval_steps if _plain(args.eval_strategy) == "steps" else None,
-        "save_strategy": _plain(args.save_strategy),
-        "save_steps": state.save_steps if _plain(args.save_strategy) == "steps" else None,
-        "save_total_limit": args.save_total_limit,
-        "load_best_model_at_end": bool(args.load_best_model_at_end),
-        "metric_for_best_model": args.metric_for_best_model,
-        "monitor": monitor,
-        "mode": mode,
-    }]
+    entries: list[dict] = [
+        {
+            "name": "Trainer",
+            "eval_strategy": _plain(args.eval_strategy),
+            "eval_steps": state.eval_steps if _plain(args.eval_strategy) == "steps" else None,
+            "save_strategy": _plain(args.save_strategy),
+            "save_steps": state.save_steps if _plain(args.save_strategy) == "steps" else None,
+            "save_total_limit": args.save_total_limit,
+            "load_best_model_at_end": bool(args.load_best_model_at_end),
+            "metric_for_best_model": args.metric_for_best_model,
+            "monitor": monitor,
+            "mode": mode,
+        }
+    ]
     for cb in callbacks:
         entry: dict[str, Any] = {"name": type(cb).__name__}
         if isinstance(cb, transformers.EarlyStoppingCallback):
-            entry.update(monitor=monitor, mode=mode, patience=cb.early_stopping_patience,
-                         threshold=cb.early_stopping_threshold)
+            entry.update(
+                monitor=monitor,
+                mode=mode,
+                patience=cb.early_stopping_patience,
+                threshold=cb.early_stopping_threshold,
+            )
         entries.append(entry)
     return entries
 
@@ -132,13 +142,24 @@ def end_reason(args, state, callbacks: list, *, stop_requested: bool, empty_epoc
     elif stop_requested:
         info = {"reason": ev.END_STOP_REQUEST}
     else:
-        stopper = next((cb for cb in callbacks if isinstance(cb, transformers.EarlyStoppingCallback)
-                        and early_stopping_exhausted(cb)), None)
+        stopper = next(
+            (
+                cb
+                for cb in callbacks
+                if isinstance(cb, transformers.EarlyStoppingCallback) and early_stopping_exhausted(cb)
+            ),
+            None,
+        )
         if stopper is not None:
             monitor, mode = best_metric(args)
-            info = {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, "monitor": monitor,
-                    "mode": mode, "patience": stopper.early_stopping_patience,
-                    "threshold": stopper.early_stopping_threshold}
+            info = {
+                "reason": ev.END_EARLY_STOPPING,
+                "callback": type(stopper).__name__,
+                "monitor": monitor,
+                "mode": mode,
+                "patience": stopper.early_stopping_patience,
+                "threshold": stopper.early_stopping_threshold,
+            }
         elif empty_epoch:
             info = {"reason": ev.END_DATA_EXHAUSTED}
         else:  # another callback, or the user's code, set control.should_training_stop
@@ -146,8 +167,9 @@ def end_reason(args, state, callbacks: list, *, stop_requested: bool, empty_epoc
     info.update(max_steps=state.max_steps)
     if args.load_best_model_at_end and state.best_model_checkpoint:
         # what the Trainer loaded before this hook: the model the user goes on with
-        info.update(best_model_checkpoint=os.path.abspath(state.best_model_checkpoint),
-                    best_metric=state.best_metric)
+        info.update(
+            best_model_checkpoint=os.path.abspath(state.best_model_checkpoint), best_metric=state.best_metric
+        )
     return info
 
 
@@ -168,7 +190,10 @@ def grad_norm_per_step(options, args, recording: bool) -> bool:
         warnings.warn(
             f"tmon: log_grad_norm=True would record the gradient norm after clipping, but HF clips "
             f"(max_grad_norm={args.max_grad_norm}) and logs the norm before clipping as grad_norm: tmon "
-            f"records HF's; set logging_steps=1 to have it at every step", TMonCallbackWarning, stacklevel=3)
+            f"records HF's; set logging_steps=1 to have it at every step",
+            TMonCallbackWarning,
+            stacklevel=3,
+        )
     return options.log_grad_norm and not clipping
 
 
@@ -183,20 +208,34 @@ def record_save(rec, controller, args, state, manual: list, eval_step, eval_metr
         # a checkpoint asked for by control requests (several in one step share the directory)
         description = "; ".join(d.description for d in manual if d.description) or None
         tags = list(dict.fromkeys(t for d in manual for t in d.tags))
-        rec.checkpoint(path, step=step, epoch=state.epoch, monitor=name, monitor_value=value,
-                       source="manual" if manual else "Trainer", description=description, tags=tags)
+        rec.checkpoint(
+            path,
+            step=step,
+            epoch=state.epoch,
+            monitor=name,
+            monitor_value=value,
+            source="manual" if manual else "Trainer",
+            description=description,
+            tags=tags,
+        )
     for d in manual:
         if path is None:
-            controller.resolve(d, step, applied=False, reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{step} directory")
+            controller.resolve(
+                d, step, applied=False, reason=f"the Trainer wrote no {CHECKPOINT_PREFIX}-{step} directory"
+            )
         else:
-            controller.resolve(d, step, applied=True, new={"path": os.path.abspath(path)}, reason=d.description)
+            controller.resolve(
+                d, step, applied=True, new={"path": os.path.abspath(path)}, reason=d.description
+            )
     return path
 
 
 def set_params(optimizer, scheduler, d) -> dict:
     """Apply a ``SetParams`` decision to the optimizer (and the scheduler's bases in ``scale`` mode)."""
     scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-    old, new = _torch.apply_changes([optimizer], [scheduler] if scheduler is not None else [], d.changes, d.mode)
+    old, new = _torch.apply_changes(
+        [optimizer], [scheduler] if scheduler is not None else [], d.changes, d.mode
+    )
     return {"old": old, "new": new}
 
 
@@ -209,10 +248,17 @@ def rollback(model, optimizer, d, step: int) -> dict:
     _torch.load_model_state(model, state, d.path)
     if optimizer_state is not None:
         _torch.restore_optimizer_states([optimizer], [optimizer_state])
-    return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                             "checkpoint_step": ckpt_step,
-                                             "optimizer_restored": optimizer_state is not None},
-            "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+    return {
+        "old": {"step": step},
+        "new": {
+            "checkpoint_id": d.checkpoint_id,
+            "path": d.path,
+            "checkpoint_step": ckpt_step,
+            "optimizer_restored": optimizer_state is not None,
+        },
+        "event": ev.ROLLBACK,
+        "reason": f"rolled back to checkpoint {d.checkpoint_id}",
+    }
 
 
 class AfterFit:
@@ -260,8 +306,11 @@ class AfterFit:
         """``Trainer.log_metrics(split, metrics)``: the values HF did not log already."""
         if split not in ("eval", "test") or not metrics:
             return
-        values = {k: v for k, v in metrics.items() if type(v) in PLAIN and k not in self.keys
-                  and k not in RECORDED_PER_STEP}
+        values = {
+            k: v
+            for k, v in metrics.items()
+            if type(v) in PLAIN and k not in self.keys and k not in RECORDED_PER_STEP
+        }
         if values:
             self.log(session, values, eval_step if split == "eval" else None)
 
@@ -287,8 +336,14 @@ def open_session(owner, options, args) -> RunSession | None:
 
         run_id = broadcast_object_list([run_id], from_process=0)[0]
     if session is None and run_id is not None:
-        session = RunSession(options, "hf", global_rank=args.process_index, local_rank=local_rank,
-                             node_rank=node, run_id=run_id)
+        session = RunSession(
+            options,
+            "hf",
+            global_rank=args.process_index,
+            local_rank=local_rank,
+            node_rank=node,
+            run_id=run_id,
+        )
     return session
 
 
@@ -308,4 +363,3 @@ def given(kw: dict, name: str, default):
 
 def _plain(value):
     return getattr(value, "value", value)  # HF's str enums (IntervalStrategy...) as their strings
-

@@ -67,12 +67,18 @@ class ScaledSchedule(Schedule):
         if self.factor != 1.0:
             lr = ops.multiply(lr, ops.cast(self.factor, lr.dtype))
         if self.at_step is not None:
-            lr = ops.where(ops.equal(ops.cast(step, "int64"), self.at_step), ops.cast(self.value, lr.dtype), lr)
+            lr = ops.where(
+                ops.equal(ops.cast(step, "int64"), self.at_step), ops.cast(self.value, lr.dtype), lr
+            )
         return lr
 
     def get_config(self) -> dict:
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "factor": self.factor,
-                "at_step": self.at_step, "value": self.value}
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "factor": self.factor,
+            "at_step": self.at_step,
+            "value": self.value,
+        }
 
     @classmethod
     def from_config(cls, config: dict):
@@ -131,17 +137,23 @@ def _lr_plan(opt, value: float, mode: str):
     """What setting lr to ``value`` will assign: a float for a variable, a new schedule otherwise."""
     current = learning_rate_object(opt)
     if isinstance(current, Schedule):
-        base, factor = (current.schedule, current.factor) if isinstance(current, ScaledSchedule) else (current, 1.0)
+        base, factor = (
+            (current.schedule, current.factor) if isinstance(current, ScaledSchedule) else (current, 1.0)
+        )
         if mode == "scale":  # the schedule's own level now (a one-step set does not count)
             now = _number(base(opt.iterations)) * factor
             if not (now > 0 and math.isfinite(now)):
-                raise Rejected(f"the learning-rate schedule is at {now:g} at this step: scale mode has nothing to "
-                               f"multiply; use mode='set' or 'pin'")
+                raise Rejected(
+                    f"the learning-rate schedule is at {now:g} at this step: scale mode has nothing to "
+                    f"multiply; use mode='set' or 'pin'"
+                )
             return ScaledSchedule(base, factor * value / now)
         return ScaledSchedule(base, factor, at_step=_iterations(opt), value=value)
     if callable(current) and not hasattr(current, "assign"):
-        raise Rejected(f"{type(opt).__name__}.learning_rate is a plain callable ({type(current).__name__}): tmon can "
-                       f"steer a float learning rate or a LearningRateSchedule")
+        raise Rejected(
+            f"{type(opt).__name__}.learning_rate is a plain callable ({type(current).__name__}): tmon can "
+            f"steer a float learning rate or a LearningRateSchedule"
+        )
     return value
 
 
@@ -167,8 +179,10 @@ def apply_changes(opt, changes, mode: str) -> tuple[dict, dict]:
             continue
         slot = _slot(opt, c.name)
         if slot == "momentum" and c.value != 0 and _no_momentum_buffers(opt):
-            raise Rejected(f"{type(opt).__name__} was built with momentum=0 and has no momentum buffers: momentum "
-                           f"cannot be turned on during a fit")
+            raise Rejected(
+                f"{type(opt).__name__} was built with momentum=0 and has no momentum buffers: momentum "
+                f"cannot be turned on during a fit"
+            )
         plan.append((key, c, slot, c.value))
     old, new = {}, {}
     for key, c, slot, target in plan:
@@ -233,4 +247,3 @@ def load_weights(model, path: str) -> None:
         raise Rejected(problem)
     for v, value in kept:
         v.assign(value)
-

@@ -27,8 +27,14 @@ from ._workarounds.keras import learning_rate_object, resolved_mode
 _PLAIN = (float, int)
 # callbacks Keras adds to every fit by itself (not listed in config["callbacks"])
 _KERAS_DEFAULTS = ("History", "ProgbarLogger")
-_PRECISION = {"float32": "32-true", "mixed_float16": "16-mixed", "mixed_bfloat16": "bf16-mixed",
-              "float16": "16-true", "bfloat16": "bf16-true", "float64": "64-true"}
+_PRECISION = {
+    "float32": "32-true",
+    "mixed_float16": "16-mixed",
+    "mixed_bfloat16": "bf16-mixed",
+    "float16": "16-true",
+    "bfloat16": "bf16-true",
+    "float64": "64-true",
+}
 
 
 # ---------------------------------------------------------------------------- the optimizers
@@ -91,9 +97,19 @@ class OptimizerValues:
     def __init__(self, opts=()):
         self._readers = []
         for oi, opt in enumerate(opts):
-            mom_attr = next((a for a in ("momentum", "beta_1") if type(getattr(opt, a, None)) in _PLAIN), None)
-            self._readers.append((opt, group_key(LR, oi, 0), lr_reader(opt), mom_attr, group_key(MOMENTUM, oi, 0),
-                                  group_key(WEIGHT_DECAY, oi, 0)))
+            mom_attr = next(
+                (a for a in ("momentum", "beta_1") if type(getattr(opt, a, None)) in _PLAIN), None
+            )
+            self._readers.append(
+                (
+                    opt,
+                    group_key(LR, oi, 0),
+                    lr_reader(opt),
+                    mom_attr,
+                    group_key(MOMENTUM, oi, 0),
+                    group_key(WEIGHT_DECAY, oi, 0),
+                )
+            )
 
     def read(self) -> dict:
         values = {}
@@ -143,8 +159,14 @@ class ModelCheckpointFiles:
         for path in new:
             cb = self._watched[self._watcher.origin(path)]
             value = logs.get(cb.monitor)
-            self.recorder.checkpoint(path, step=step, epoch=epoch, monitor=cb.monitor,
-                                     monitor_value=value if type(value) in _PLAIN else None, source="ModelCheckpoint")
+            self.recorder.checkpoint(
+                path,
+                step=step,
+                epoch=epoch,
+                monitor=cb.monitor,
+                monitor_value=value if type(value) in _PLAIN else None,
+                source="ModelCheckpoint",
+            )
 
     def known(self, path: str) -> None:
         """A file tmon saved itself: never recorded as a ModelCheckpoint file, whatever its pattern."""
@@ -166,7 +188,15 @@ def callback_entry(cb) -> dict:
     entry: dict[str, Any] = {"name": type(cb).__name__}
     names: tuple = ()
     if isinstance(cb, keras.callbacks.EarlyStopping):
-        names = ("monitor", "mode", "patience", "min_delta", "baseline", "restore_best_weights", "start_from_epoch")
+        names = (
+            "monitor",
+            "mode",
+            "patience",
+            "min_delta",
+            "baseline",
+            "restore_best_weights",
+            "start_from_epoch",
+        )
     elif isinstance(cb, keras.callbacks.ModelCheckpoint):
         names = ("monitor", "mode", "save_best_only", "save_weights_only", "save_freq", "filepath")
     elif isinstance(cb, keras.callbacks.ReduceLROnPlateau):
@@ -179,7 +209,9 @@ def callback_entry(cb) -> dict:
     return entry
 
 
-def fit_config(model, params: dict | None, callbacks: list, batch_size: int | None, control: dict | None) -> dict:
+def fit_config(
+    model, params: dict | None, callbacks: list, batch_size: int | None, control: dict | None
+) -> dict:
     """The run's config at the start of a fit. ``callbacks``: the fit's callbacks but tmon's own."""
     params = params or {}
     policy = getattr(getattr(model, "dtype_policy", None), "name", None)
@@ -204,7 +236,9 @@ def fit_config(model, params: dict | None, callbacks: list, batch_size: int | No
         loss=json_safe(getattr(model, "loss", None)),
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",
         control=control,
-        callbacks=[callback_entry(c) for c in callbacks if type(c).__name__ not in _KERAS_DEFAULTS],  # CONFIG_CALLBACKS
+        callbacks=[
+            callback_entry(c) for c in callbacks if type(c).__name__ not in _KERAS_DEFAULTS
+        ],  # CONFIG_CALLBACKS
     )
     try:
         cfg.num_parameters = model.count_params()
@@ -214,23 +248,40 @@ def fit_config(model, params: dict | None, callbacks: list, batch_size: int | No
     return cfg.as_dict()
 
 
-def end_reason(model, params: dict | None, callbacks: list, *, last_epoch: int | None, epoch_steps: int,
-               stop_requested: bool) -> dict:
+def end_reason(
+    model,
+    params: dict | None,
+    callbacks: list,
+    *,
+    last_epoch: int | None,
+    epoch_steps: int,
+    stop_requested: bool,
+) -> dict:
     """``train_end``'s data: why the fit ended. A fit that ran all its epochs (the last one whole)
     ended by its length, whatever else asked to stop at that last epoch."""
     params = params or {}
     epochs, steps = params.get("epochs"), params.get("steps")
-    if last_epoch is not None and last_epoch + 1 == epochs and (not isinstance(steps, int) or epoch_steps >= steps):
+    if (
+        last_epoch is not None
+        and last_epoch + 1 == epochs
+        and (not isinstance(steps, int) or epoch_steps >= steps)
+    ):
         return {"reason": ev.END_MAX_EPOCHS, "epochs": epochs}
     if stop_requested:
         return {"reason": ev.END_STOP_REQUEST}
-    stopper = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0),
-                   None)
+    stopper = next(
+        (c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0), None
+    )
     if stopper is not None:
         settings = {k: v for k, v in callback_entry(stopper).items() if k != "name"}
-        return {"reason": ev.END_EARLY_STOPPING, "callback": type(stopper).__name__, **settings,
-                "mode": resolved_mode(stopper), "stopped_epoch": stopper.stopped_epoch,
-                "best_epoch": getattr(stopper, "best_epoch", None)}
+        return {
+            "reason": ev.END_EARLY_STOPPING,
+            "callback": type(stopper).__name__,
+            **settings,
+            "mode": resolved_mode(stopper),
+            "stopped_epoch": stopper.stopped_epoch,
+            "best_epoch": getattr(stopper, "best_epoch", None),
+        }
     if getattr(model, "stop_training", False):  # another callback (TerminateOnNaN...) or the user
         return {"reason": ev.END_SHOULD_STOP}
     # every epoch ran, the last short of steps_per_epoch: Keras warned that the input ran out of data

@@ -134,8 +134,11 @@ class TMonCallbackMixin(_Callback):
         self._logger = self._logger_class(self)
         self._state_key: str | None = None
         if self._pl.skips_non_callable_hooks:
-            unused = wa.UNUSED_BATCH_HOOKS if self.options.log_grad_norm else (
-                *wa.UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
+            unused = (
+                wa.UNUSED_BATCH_HOOKS
+                if self.options.log_grad_norm
+                else (*wa.UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
+            )
             wa.skip_unused_hooks(self, unused, self._pl.Callback, TMonCallbackMixin)
 
     # ------------------------------------------------------------ lifecycle
@@ -146,7 +149,10 @@ class TMonCallbackMixin(_Callback):
             self._begin_evaluation(trainer, stage)
             return
         self._reset()
-        framework, ranks = self._pl.framework, {"local_rank": trainer.local_rank, "node_rank": trainer.node_rank}
+        framework, ranks = (
+            self._pl.framework,
+            {"local_rank": trainer.local_rank, "node_rank": trainer.node_rank},
+        )
         run_id = session = None
         if trainer.global_rank == 0:
             session = RunSession(self.options, framework, global_rank=0, **ranks)
@@ -154,7 +160,9 @@ class TMonCallbackMixin(_Callback):
         if trainer.world_size > 1:
             run_id = trainer.strategy.broadcast(run_id, src=0)
         if session is None:
-            session = RunSession(self.options, framework, global_rank=trainer.global_rank, run_id=run_id, **ranks)
+            session = RunSession(
+                self.options, framework, global_rank=trainer.global_rank, run_id=run_id, **ranks
+            )
         self.session, self.run_id = session, run_id
         self._trainer = trainer
         self._rec = session.recorder if session.writes_metrics else None
@@ -185,8 +193,13 @@ class TMonCallbackMixin(_Callback):
         self._step = self._last_global_step = trainer.global_step
         # 0: every batch is a step (manual optimization: Lightning counts batches, not the
         # optimizer steps they take); N > 1: N micro-batches per optimizer step
-        self._accum = (0 if not pl_module.automatic_optimization else
-                       1 if trainer.strategy.handles_gradient_accumulation else trainer.accumulate_grad_batches)
+        self._accum = (
+            0
+            if not pl_module.automatic_optimization
+            else 1
+            if trainer.strategy.handles_gradient_accumulation
+            else trainer.accumulate_grad_batches
+        )
         if self._rec is None:
             return
         self._entries = StepEntries(self._rec, self, wa.result_collection(trainer), self._accum)
@@ -215,8 +228,11 @@ class TMonCallbackMixin(_Callback):
             if self._rec is not None:
                 self._entries.release()
                 self._scan_checkpoints()
-                self.session.event(ev.TRAIN_END, step=self._step,
-                                   **lt.end_reason(self._pl, trainer, self._steering.stop_requested))
+                self.session.event(
+                    ev.TRAIN_END,
+                    step=self._step,
+                    **lt.end_reason(self._pl, trainer, self._steering.stop_requested),
+                )
             self.session.end(ev.COMPLETED)
         self._trainer = None
 
@@ -368,8 +384,14 @@ class TMonCallbackMixin(_Callback):
         new, removed = self._ckpts.scan()
         for path in new:
             monitor, value = lt.checkpoint_monitor(self._pl, trainer, path)
-            self._rec.checkpoint(path, step=trainer.global_step, epoch=trainer.current_epoch, monitor=monitor,
-                                 monitor_value=value, source="ModelCheckpoint")
+            self._rec.checkpoint(
+                path,
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                monitor=monitor,
+                monitor_value=value,
+                source="ModelCheckpoint",
+            )
         for path in removed:
             self._rec.checkpoint_removed(path)
 

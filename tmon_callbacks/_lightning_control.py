@@ -19,17 +19,28 @@ class Steering:
     which ``checkpoints`` (the ModelCheckpoint folders' watcher) then knows as tmon's own."""
 
     def __init__(self, pl, controller, recorder, checkpoints: CheckpointWatcher, run_id: str | None):
-        self.pl, self.controller, self.rec, self.checkpoints, self.run_id = pl, controller, recorder, checkpoints, run_id
+        self.pl, self.controller, self.rec, self.checkpoints, self.run_id = (
+            pl,
+            controller,
+            recorder,
+            checkpoints,
+            run_id,
+        )
         self.schedulers: list = []  # the fit's LR schedulers, from train start
         self.stop_requested = False
 
     def apply(self, decisions, trainer, pl_module, step: int) -> None:
-        apply_decisions(self.controller, decisions, step, {
-            SetParams: lambda d: self._set_params(d, trainer),
-            SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
-            Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
-            Stop: lambda d: self._stop(d, trainer),
-        })
+        apply_decisions(
+            self.controller,
+            decisions,
+            step,
+            {
+                SetParams: lambda d: self._set_params(d, trainer),
+                SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
+                Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
+                Stop: lambda d: self._stop(d, trainer),
+            },
+        )
 
     def _set_params(self, d: SetParams, trainer) -> dict:
         old, new = _torch.apply_changes(trainer.optimizers, self.schedulers, d.changes, d.mode)
@@ -39,8 +50,14 @@ class Steering:
         path = os.path.join(manual_checkpoint_dir(self.pl, trainer), f"tmon-{self.run_id}-step={step}.ckpt")
         trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
         if self.rec is not None:
-            self.rec.checkpoint(path, step=step, epoch=trainer.current_epoch, source="manual",
-                                description=d.description, tags=d.tags)
+            self.rec.checkpoint(
+                path,
+                step=step,
+                epoch=trainer.current_epoch,
+                source="manual",
+                description=d.description,
+                tags=d.tags,
+            )
             # in a folder ModelCheckpoint's scan reads, it is known: the scan must not take it for
             # ModelCheckpoint's own (elsewhere the scan never sees it, nor may it know it)
             if self.checkpoints.covers(path):
@@ -56,13 +73,21 @@ class Steering:
         missing, unexpected = check_keys(pl_module, state)
         if missing or unexpected:
             raise Rejected(
-                f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                f"checkpoint {d.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         pl_module.load_state_dict(state)
         if states is not None:
             _torch.restore_optimizer_states(trainer.optimizers, states)
-        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                 "checkpoint_step": ckpt.get("global_step")},
-                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        return {
+            "old": {"step": step},
+            "new": {
+                "checkpoint_id": d.checkpoint_id,
+                "path": d.path,
+                "checkpoint_step": ckpt.get("global_step"),
+            },
+            "event": ev.ROLLBACK,
+            "reason": f"rolled back to checkpoint {d.checkpoint_id}",
+        }
 
     def _stop(self, d: Stop, trainer) -> dict:
         trainer.should_stop = True

@@ -34,8 +34,15 @@ class LightningPackage:
         pl = importlib.import_module(name)
         callbacks = importlib.import_module(f"{name}.callbacks")
         version = getattr(pl, "__version__", None)
-        return cls(name, version, pl.Callback, callbacks.ModelCheckpoint, callbacks.EarlyStopping, callbacks.Timer,
-                   wa.skips_non_callable_hooks(version))
+        return cls(
+            name,
+            version,
+            pl.Callback,
+            callbacks.ModelCheckpoint,
+            callbacks.EarlyStopping,
+            callbacks.Timer,
+            wa.skips_non_callable_hooks(version),
+        )
 
     @property
     def framework(self) -> str:
@@ -61,14 +68,19 @@ def run_config(pl, trainer, pl_module, own, controller) -> dict:
         strategy=type(trainer.strategy).__name__,
         accelerator=type(trainer.accelerator).__name__,
         optimizers=_torch.optimizer_summary(trainer.optimizers),
-        lr_schedulers=[{"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency}
-                       for c in trainer.lr_scheduler_configs],
+        lr_schedulers=[
+            {"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency}
+            for c in trainer.lr_scheduler_configs
+        ],
         **_torch.model_summary(pl_module),
         hparams=json_safe(dict(getattr(pl_module, "hparams", {}) or {})),
         control=controller.describe() if controller is not None else None,
         callbacks=callbacks_config(pl, trainer.callbacks, own),
-        **({"datamodule_hparams": json_safe(dict(dm.hparams))} if dm is not None and getattr(dm, "hparams", None)
-           else {}),
+        **(
+            {"datamodule_hparams": json_safe(dict(dm.hparams))}
+            if dm is not None and getattr(dm, "hparams", None)
+            else {}
+        ),
         **_torch.dataloader_config(trainer.train_dataloader),
     ).as_dict()
 
@@ -77,9 +89,24 @@ def run_config(pl, trainer, pl_module, own, controller) -> dict:
 #: Lightning without one of them records the rest. What a callback keeps privately:
 #: ``_workarounds.lightning.private_settings``
 _CALLBACK_SETTINGS = {
-    "EarlyStopping": ("monitor", "mode", "patience", "min_delta", "stopping_threshold", "divergence_threshold",
-                      "check_on_train_epoch_end"),
-    "ModelCheckpoint": ("monitor", "mode", "save_top_k", "save_last", "save_weights_only", "dirpath", "filename"),
+    "EarlyStopping": (
+        "monitor",
+        "mode",
+        "patience",
+        "min_delta",
+        "stopping_threshold",
+        "divergence_threshold",
+        "check_on_train_epoch_end",
+    ),
+    "ModelCheckpoint": (
+        "monitor",
+        "mode",
+        "save_top_k",
+        "save_last",
+        "save_weights_only",
+        "dirpath",
+        "filename",
+    ),
     "LearningRateMonitor": ("logging_interval", "log_momentum", "log_weight_decay"),
 }
 
@@ -92,8 +119,13 @@ def callbacks_config(pl, callbacks, own) -> list[dict]:
         if cb is own:
             continue
         name = type(cb).__name__
-        kind = ("ModelCheckpoint" if isinstance(cb, pl.ModelCheckpoint) else
-                "EarlyStopping" if isinstance(cb, pl.EarlyStopping) else name)
+        kind = (
+            "ModelCheckpoint"
+            if isinstance(cb, pl.ModelCheckpoint)
+            else "EarlyStopping"
+            if isinstance(cb, pl.EarlyStopping)
+            else name
+        )
         item = {"name": name}
         for attr in _CALLBACK_SETTINGS.get(kind, ()):
             if hasattr(cb, attr):
@@ -116,14 +148,25 @@ def end_reason(pl, trainer, stop_requested: bool) -> dict:
             why = getattr(cb, "stopping_reason", None)  # (Lightning >= 2.6)
             stopped = cb.stopped_epoch > 0 if why is None else getattr(why, "name", "") != "NOT_STOPPED"
             if stopped:
-                return {"reason": ev.END_EARLY_STOPPING, "callback": type(cb).__name__, "monitor": cb.monitor,
-                        "mode": cb.mode, "patience": cb.patience, "min_delta": abs(float(cb.min_delta)),
-                        "stopped_epoch": cb.stopped_epoch, "wait_count": cb.wait_count,
-                        "message": getattr(cb, "stopping_reason_message", None)}
+                return {
+                    "reason": ev.END_EARLY_STOPPING,
+                    "callback": type(cb).__name__,
+                    "monitor": cb.monitor,
+                    "mode": cb.mode,
+                    "patience": cb.patience,
+                    "min_delta": abs(float(cb.min_delta)),
+                    "stopped_epoch": cb.stopped_epoch,
+                    "wait_count": cb.wait_count,
+                    "message": getattr(cb, "stopping_reason_message", None),
+                }
         if isinstance(cb, pl.Timer):
             left = cb.time_remaining()
             if left is not None and left <= 0:
-                return {"reason": ev.END_TIME_LIMIT, "callback": type(cb).__name__, "elapsed_s": cb.time_elapsed()}
+                return {
+                    "reason": ev.END_TIME_LIMIT,
+                    "callback": type(cb).__name__,
+                    "elapsed_s": cb.time_elapsed(),
+                }
     if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
         return {"reason": ev.END_MAX_STEPS, "max_steps": trainer.max_steps}
     if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
@@ -143,13 +186,19 @@ def total_steps(trainer) -> int | None:
 
 def checkpoint_dirs(pl, trainer) -> list[str]:
     """The folders the fit's ``ModelCheckpoint`` callbacks write."""
-    return [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, pl.ModelCheckpoint) and cb.dirpath]
+    return [
+        cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, pl.ModelCheckpoint) and cb.dirpath
+    ]
 
 
 def checkpoint_monitor(pl, trainer, path: str) -> tuple[str | None, float | None]:
     """The monitor and its current value of the ModelCheckpoint that writes into ``path``'s folder."""
     for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, pl.ModelCheckpoint) and cb.dirpath and os.path.abspath(cb.dirpath) == os.path.dirname(path):
+        if (
+            isinstance(cb, pl.ModelCheckpoint)
+            and cb.dirpath
+            and os.path.abspath(cb.dirpath) == os.path.dirname(path)
+        ):
             value = trainer.callback_metrics.get(cb.monitor) if cb.monitor is not None else None
             return cb.monitor, None if value is None else float(value)
     return None, None

@@ -26,13 +26,23 @@ if TYPE_CHECKING:
 
 #: keys of ``config`` that are settings the report's advice starts from, lifted to the top of the
 #: run's config under the names every adapter stores (the whole dict is kept as ``hparams``)
-LIFTED = {"batch_size": "batch_size", "num_workers": "num_workers", "pin_memory": "pin_memory",
-          "persistent_workers": "persistent_workers", "prefetch_factor": "prefetch_factor",
-          "precision": "precision", "gradient_accumulation_steps": "accumulate_grad_batches",
-          "accumulate_grad_batches": "accumulate_grad_batches", "max_grad_norm": "gradient_clip_val",
-          "clip_grad_norm": "gradient_clip_val", "gradient_clip_val": "gradient_clip_val",
-          "gradient_checkpointing": "gradient_checkpointing", "epochs": "max_epochs", "max_epochs": "max_epochs",
-          "max_steps": "max_steps"}
+LIFTED = {
+    "batch_size": "batch_size",
+    "num_workers": "num_workers",
+    "pin_memory": "pin_memory",
+    "persistent_workers": "persistent_workers",
+    "prefetch_factor": "prefetch_factor",
+    "precision": "precision",
+    "gradient_accumulation_steps": "accumulate_grad_batches",
+    "accumulate_grad_batches": "accumulate_grad_batches",
+    "max_grad_norm": "gradient_clip_val",
+    "clip_grad_norm": "gradient_clip_val",
+    "gradient_clip_val": "gradient_clip_val",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "epochs": "max_epochs",
+    "max_epochs": "max_epochs",
+    "max_steps": "max_steps",
+}
 
 
 def _as_list(value) -> list:
@@ -47,34 +57,52 @@ def _is_scheduler(obj) -> bool:
     return callable(getattr(inner, "step", None)) and hasattr(inner, "optimizer")
 
 
-def check_arguments(optimizer, model, scheduler, config, total_steps, checkpoint_dir) -> tuple[list, list, list]:
+def check_arguments(
+    optimizer, model, scheduler, config, total_steps, checkpoint_dir
+) -> tuple[list, list, list]:
     """``track()``'s arguments checked, each refusal naming the argument and the value received.
     Returns (the optimizers as given, the torch optimizers inside them, the torch schedulers)."""
     wrapped = _as_list(optimizer)
     optimizers = [_torch.unwrap_optimizer(o) for o in wrapped]
     for o in optimizers:
         if not isinstance(o, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer (or a list of them, or accelerate's "
-                             f"wrapper of one), received {type(o).__name__}: {o!r:.80}")
+            raise ValueError(
+                f"optimizer must be a torch.optim.Optimizer (or a list of them, or accelerate's "
+                f"wrapper of one), received {type(o).__name__}: {o!r:.80}"
+            )
     if model is not None and not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, received {type(model).__name__}: {model!r:.80}")
     schedulers = [getattr(s, "scheduler", s) for s in _as_list(scheduler)]
     for s in schedulers:
         if not _is_scheduler(s):
-            raise ValueError(f"scheduler must be a torch LR scheduler (with .step() and .optimizer), received "
-                             f"{type(s).__name__}: {s!r:.80}")
+            raise ValueError(
+                f"scheduler must be a torch LR scheduler (with .step() and .optimizer), received "
+                f"{type(s).__name__}: {s!r:.80}"
+            )
     if config is not None and not isinstance(config, dict):
-        raise ValueError(f"config must be a dict of your settings, received {type(config).__name__}: {config!r:.80}")
-    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                    or total_steps < 1):
+        raise ValueError(
+            f"config must be a dict of your settings, received {type(config).__name__}: {config!r:.80}"
+        )
+    if total_steps is not None and (
+        isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    ):
         raise ValueError(f"total_steps must be a positive int or None, received total_steps={total_steps!r}")
     if not isinstance(checkpoint_dir, (str, os.PathLike)):
         raise ValueError(f"checkpoint_dir must be a path, received checkpoint_dir={checkpoint_dir!r}")
     return wrapped, optimizers, schedulers
 
 
-def run_config(*, world: int, wrapped: list, optimizers: list, schedulers: list, model, checkpoint_dir: str,
-               control: dict | None, user_config: dict) -> dict:
+def run_config(
+    *,
+    world: int,
+    wrapped: list,
+    optimizers: list,
+    schedulers: list,
+    model,
+    checkpoint_dir: str,
+    control: dict | None,
+    user_config: dict,
+) -> dict:
     """The run's config: the model, optimizers, schedulers, precision, device, Accelerate's settings
     and the user's ``config`` (kept whole as ``hparams``, its known settings lifted by ``LIFTED``)."""
     cfg: dict[str, Any] = {
@@ -100,7 +128,9 @@ def run_config(*, world: int, wrapped: list, optimizers: list, schedulers: list,
     if accelerated is not None:
         state = getattr(accelerated, "accelerator_state", None)
         mixed = str(getattr(state, "mixed_precision", "no") or "no")
-        cfg.update(launcher="accelerate", mixed_precision=mixed, num_processes=getattr(state, "num_processes", world))
+        cfg.update(
+            launcher="accelerate", mixed_precision=mixed, num_processes=getattr(state, "num_processes", world)
+        )
         steps = getattr(getattr(accelerated, "gradient_state", None), "num_steps", None)
         if isinstance(steps, int):
             cfg["accumulate_grad_batches"] = steps
@@ -122,7 +152,9 @@ def ranks() -> tuple[int, int, int, int]:
     else:
         rank, world = int(os.environ.get("RANK", 0) or 0), int(os.environ.get("WORLD_SIZE", 1) or 1)
     local = int(os.environ.get("LOCAL_RANK", rank) or 0)
-    node = next((int(os.environ[v]) for v in ("GROUP_RANK", "NODE_RANK") if os.environ.get(v, "").isdigit()), 0)
+    node = next(
+        (int(os.environ[v]) for v in ("GROUP_RANK", "NODE_RANK") if os.environ.get(v, "").isdigit()), 0
+    )
     return rank, local, node, world
 
 
@@ -151,7 +183,9 @@ def open_session(owner, options) -> tuple[RunSession | None, str | None, Decisio
     session = run_id = link = None
     if rank == 0:
         try:
-            session = RunSession(options, "pytorch", global_rank=0, local_rank=local_rank, node_rank=node_rank)
+            session = RunSession(
+                options, "pytorch", global_rank=0, local_rank=local_rank, node_rank=node_rank
+            )
             run_id = session.run_id
         except Exception as exc:  # the loop trains unrecorded rather than not at all; said once
             warn_once(owner, "track", exc)
@@ -162,8 +196,14 @@ def open_session(owner, options) -> tuple[RunSession | None, str | None, Decisio
         dist.broadcast_object_list(box, src=0, group=gloo_group())
         run_id = box[0]
         if session is None and run_id is not None:
-            session = RunSession(options, "pytorch", global_rank=rank, local_rank=local_rank, node_rank=node_rank,
-                                 run_id=run_id)
+            session = RunSession(
+                options,
+                "pytorch",
+                global_rank=rank,
+                local_rank=local_rank,
+                node_rank=node_rank,
+                run_id=run_id,
+            )
         link = DecisionLink(options)
     # (several processes but no process group to share the run id: only process 0 records)
     return session, run_id, link, world
@@ -201,8 +241,9 @@ def describe_loader(rec, loader, user_config: dict, total_steps: int | None) -> 
         rec.update_run(total_steps=epochs * per_epoch)
 
 
-def end_reason(stop_requested: bool, should_stop: bool, total_steps: int | None, step: int,
-               epoch_complete: bool | None) -> str:
+def end_reason(
+    stop_requested: bool, should_stop: bool, total_steps: int | None, step: int, epoch_complete: bool | None
+) -> str:
     """Why the loop ended (``train_end``'s reason), from what the tracker saw of it."""
     if stop_requested:
         return ev.END_STOP_REQUEST

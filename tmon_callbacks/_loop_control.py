@@ -40,9 +40,17 @@ class LoopControl:
             self._apply(decisions, step)
 
     def _apply(self, decisions, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, {
-            SetParams: self._set_params, SaveCheckpoint: lambda d: self._save_requested(d, step),
-            Rollback: lambda d: self._rollback(d, step), Stop: self._stop})
+        apply_decisions(
+            self._ctl,
+            decisions,
+            step,
+            {
+                SetParams: self._set_params,
+                SaveCheckpoint: lambda d: self._save_requested(d, step),
+                Rollback: lambda d: self._rollback(d, step),
+                Stop: self._stop,
+            },
+        )
 
     def _set_params(self, d: SetParams) -> dict:
         if not self._optimizers and any(c.custom is None for c in d.changes):
@@ -63,9 +71,16 @@ class LoopControl:
         _torch.load_model_state(_torch.unwrap_model(self.model), model_state, d.path)
         if opt_states is not None:
             _torch.restore_optimizer_states(self._optimizers, opt_states)
-        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path,
-                                                 "optimizer_restored": opt_states is not None},
-                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        return {
+            "old": {"step": step},
+            "new": {
+                "checkpoint_id": d.checkpoint_id,
+                "path": d.path,
+                "optimizer_restored": opt_states is not None,
+            },
+            "event": ev.ROLLBACK,
+            "reason": f"rolled back to checkpoint {d.checkpoint_id}",
+        }
 
     def _stop(self, d: Stop) -> dict:
         self.should_stop = self._stop_requested = True
@@ -81,11 +96,16 @@ class LoopControl:
             return path  # another process of the run writes the file
         os.makedirs(self.checkpoint_dir, exist_ok=True)
         opt_states = [o.state_dict() for o in self._optimizers]
-        state = {"model_state_dict": _torch.unwrap_model(self.model).state_dict(),
-                 "optimizer_state_dict": opt_states[0] if len(opt_states) == 1 else opt_states,
-                 "step": step, "epoch": self._epoch}
+        state = {
+            "model_state_dict": _torch.unwrap_model(self.model).state_dict(),
+            "optimizer_state_dict": opt_states[0] if len(opt_states) == 1 else opt_states,
+            "step": step,
+            "epoch": self._epoch,
+        }
         if self._schedulers:
             state["scheduler_state_dict"] = [s.state_dict() for s in self._schedulers]
         torch.save(state, path)
-        self._rec.checkpoint(path, step=step, epoch=self._epoch, source=source, description=description, tags=tags)
+        self._rec.checkpoint(
+            path, step=step, epoch=self._epoch, source=source, description=description, tags=tags
+        )
         return path

@@ -21,7 +21,8 @@ def _opt(default, doc: str):
 @dataclass
 class CallbackOptions:
     store: str | os.PathLike | None = _opt(
-        None, "database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``.")
+        None, "database URL or SQLite path; default ``$TMON_STORE`` or ``sqlite:///tmon.db``."
+    )
     run_name: str | None = _opt(None, "readable name of the run; default ``<framework>-<date>-<time>``.")
     flush_interval: float = _opt(1.0, "seconds between writes to the store.")
     sample_interval: float | None = _opt(1.0, "seconds between hardware samples; None turns sampling off.")
@@ -31,22 +32,37 @@ class CallbackOptions:
     schedule: list | None = _opt(None, "``tmon_core.At(...)`` items: parameter changes at a step or epoch.")
     presets: dict | None = _opt(None, "name -> {parameter: value}, applied by ``run.apply_preset(name)``.")
     params: dict | None = _opt(None, "name -> ``tmon_core.Param``: your own steerable knobs.")
-    control: str = _opt("manage", "``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints) "
-                                  "| ``admin`` (also rollback and stop). See ``tmon_core.control``.")
+    control: str = _opt(
+        "manage",
+        "``off`` | ``view`` | ``manage`` (default: parameters, presets, checkpoints) "
+        "| ``admin`` (also rollback and stop). See ``tmon_core.control``.",
+    )
     tags: list[str] | None = _opt(None, "labels stored with the run.")
     notes: str | None = _opt(None, "free text stored with the run.")
-    capture_logs: bool = _opt(True, "keep Python logging records at WARNING and above and warnings.warn calls "
-                                    "with the run (what the user sees is unchanged).")
+    capture_logs: bool = _opt(
+        True,
+        "keep Python logging records at WARNING and above and warnings.warn calls "
+        "with the run (what the user sees is unchanged).",
+    )
     capture_output: bool = _opt(False, "also keep every line printed to stdout/stderr.")
-    report: str = _opt("auto", "``\"auto\"`` (default) makes ``tmon_core.report()`` when the run ends "
-                               "(``callback.session.report``); ``\"off\"``.")
+    report: str = _opt(
+        "auto",
+        '``"auto"`` (default) makes ``tmon_core.report()`` when the run ends '
+        '(``callback.session.report``); ``"off"``.',
+    )
     widget: bool = _opt(True, "in a notebook, display a live ``tmon_widgets.Monitor`` when the run starts.")
-    alerts: object = _opt(None, "live alerts (``tmon_core.alerts``): True for the default rules (NaN/inf, "
-                                "divergence, spikes, memory, stalls, how the run ended), a list of rule names "
-                                "and ``Alert`` rules, False for none; None: on when ``notify`` or "
-                                "``$TMON_NOTIFY`` gives somewhere to deliver them.")
-    notify: object = _opt(None, "apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``, "
-                                "``json://host/path``); None reads ``$TMON_NOTIFY``.")
+    alerts: object = _opt(
+        None,
+        "live alerts (``tmon_core.alerts``): True for the default rules (NaN/inf, "
+        "divergence, spikes, memory, stalls, how the run ended), a list of rule names "
+        "and ``Alert`` rules, False for none; None: on when ``notify`` or "
+        "``$TMON_NOTIFY`` gives somewhere to deliver them.",
+    )
+    notify: object = _opt(
+        None,
+        "apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``, "
+        "``json://host/path``); None reads ``$TMON_NOTIFY``.",
+    )
 
     def __post_init__(self) -> None:
         if self.sample_interval is not None and (
@@ -59,14 +75,19 @@ class CallbackOptions:
             raise ValueError(
                 f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={self.flush_interval!r}"
             )
-        if not isinstance(self.heartbeat_timeout, (int, float)) or self.heartbeat_timeout <= self.flush_interval:
+        if (
+            not isinstance(self.heartbeat_timeout, (int, float))
+            or self.heartbeat_timeout <= self.flush_interval
+        ):
             raise ValueError(
                 f"heartbeat_timeout must be seconds above flush_interval={self.flush_interval}, "
                 f"received heartbeat_timeout={self.heartbeat_timeout!r}"
             )
         if self.run_name is not None and not isinstance(self.run_name, str):
             raise ValueError(f"run_name must be a string, received run_name={self.run_name!r}")
-        if self.tags is not None and (isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags)):
+        if self.tags is not None and (
+            isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags)
+        ):
             raise ValueError(f"tags must be a list of non-empty strings, received tags={self.tags!r}")
         if self.notes is not None and not isinstance(self.notes, str):
             raise ValueError(f"notes must be a string, received notes={self.notes!r}")
@@ -80,7 +101,9 @@ class CallbackOptions:
         if self.notes is not None:
             check_text("notes", self.notes, MAX_NOTES)
         if not isinstance(self.log_grad_norm, bool):
-            raise ValueError(f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}")
+            raise ValueError(
+                f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}"
+            )
         for name in ("capture_logs", "capture_output", "widget"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, received {name}={getattr(self, name)!r}")
@@ -99,8 +122,9 @@ class CallbackOptions:
         """A fresh controller for one fit (schedules are consumed as the fit runs)."""
         from tmon_core.control import Controller
 
-        return Controller(recorder, schedule=self.schedule, presets=self.presets, params=self.params,
-                          control=self.control)
+        return Controller(
+            recorder, schedule=self.schedule, presets=self.presets, params=self.params, control=self.control
+        )
 
 
 def make_options(store, options: dict, owner: str = "TMonCallback") -> CallbackOptions:
@@ -109,16 +133,20 @@ def make_options(store, options: dict, owner: str = "TMonCallback") -> CallbackO
     known = {f.name for f in dataclasses.fields(CallbackOptions)} - {"store"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; "
-                        f"its options are: store, {', '.join(sorted(known))}")
+        raise TypeError(
+            f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: store, {', '.join(sorted(known))}"
+        )
     return CallbackOptions(store=store, **options)
 
 
 def options_signature(cls) -> None:
     """Give ``cls.__init__(self, store=None, **options)`` the explicit signature of the options,
     so help(), IDEs and docs show every option with its default."""
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("store", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("store", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ]
     for f in dataclasses.fields(CallbackOptions):
         if f.name != "store":
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default))

@@ -50,9 +50,16 @@ class OptimizerValues:
         self._build()
 
     def _build(self) -> None:
-        self.layout = [(opt, [tuple(group_key(base, oi, gi) for base in (LR, MOMENTUM, WEIGHT_DECAY))
-                              for gi in range(len(opt.param_groups))])
-                       for oi, opt in enumerate(self.optimizers)]
+        self.layout = [
+            (
+                opt,
+                [
+                    tuple(group_key(base, oi, gi) for base in (LR, MOMENTUM, WEIGHT_DECAY))
+                    for gi in range(len(opt.param_groups))
+                ],
+            )
+            for oi, opt in enumerate(self.optimizers)
+        ]
 
     def __call__(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -80,7 +87,9 @@ def grad_norm(parameters) -> torch.Tensor | None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return None
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0
+    )
 
 
 def model_summary(model: torch.nn.Module) -> dict:
@@ -94,8 +103,10 @@ def model_summary(model: torch.nn.Module) -> dict:
 
 
 def optimizer_summary(optimizers) -> list[dict]:
-    return [{"class": type(o).__name__, "defaults": dict(o.defaults), "param_groups": len(o.param_groups)}
-            for o in optimizers]
+    return [
+        {"class": type(o).__name__, "defaults": dict(o.defaults), "param_groups": len(o.param_groups)}
+        for o in optimizers
+    ]
 
 
 def dataloader_config(loader) -> dict:
@@ -137,6 +148,7 @@ def dataloader_config(loader) -> dict:
 #   pin    the controller re-sends the value (as ``set``) before every step: the value holds
 #          whatever a scheduler does, until another change to that parameter.
 # ---------------------------------------------------------------------------------------------
+
 
 class ParamRejected(Rejected):
     """A change this optimizer cannot take; the message is the reason recorded."""
@@ -230,7 +242,9 @@ def apply_changes(optimizers, schedulers, changes, mode: str) -> tuple[dict, dic
             plan.append((key, c, None))
             continue
         if c.group is not None and c.group >= len(groups):
-            raise ParamRejected(f"param group {c.group} does not exist: the optimizer has {len(groups)} groups")
+            raise ParamRejected(
+                f"param group {c.group} does not exist: the optimizer has {len(groups)} groups"
+            )
         targets = range(len(groups)) if c.group is None else [c.group]
         slots = []
         for gi in targets:
@@ -303,11 +317,15 @@ def check_optimizer_states(optimizers, states) -> None:
     anything is loaded, so a rollback is all or nothing)."""
     if not isinstance(states, list) or len(states) != len(optimizers):
         n = len(states) if isinstance(states, list) else 0
-        raise ParamRejected(f"the checkpoint has {n} optimizer states, the run has {len(optimizers)} optimizers")
+        raise ParamRejected(
+            f"the checkpoint has {n} optimizer states, the run has {len(optimizers)} optimizers"
+        )
     for i, (opt, state) in enumerate(zip(optimizers, states)):
         groups = state.get("param_groups") if isinstance(state, dict) else None
         if not groups or [len(g["params"]) for g in groups] != [len(g["params"]) for g in opt.param_groups]:
-            raise ParamRejected(f"optimizer {i} state in the checkpoint does not match this optimizer's param groups")
+            raise ParamRejected(
+                f"optimizer {i} state in the checkpoint does not match this optimizer's param groups"
+            )
 
 
 def restore_optimizer_states(optimizers, states: list) -> None:
@@ -333,12 +351,15 @@ def load_model_state(module: torch.nn.Module, state: dict, path: str) -> None:
     missing = sorted(k for k, v in own.items() if k not in state and v.data_ptr() not in saved)
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ParamRejected(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
-                            f"unexpected {unexpected[:5]}")
+        raise ParamRejected(
+            f"checkpoint {path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor) or v.shape != own[k].shape]
     if bad:
         k = bad[0]
         got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
-        raise ParamRejected(f"checkpoint {path} does not fit this model: {len(bad)} tensors differ, e.g. {k} "
-                            f"is {got} in the checkpoint, {tuple(own[k].shape)} in the model")
+        raise ParamRejected(
+            f"checkpoint {path} does not fit this model: {len(bad)} tensors differ, e.g. {k} "
+            f"is {got} in the checkpoint, {tuple(own[k].shape)} in the model"
+        )
     module.load_state_dict(state, strict=False)

@@ -123,9 +123,11 @@ from ._options import make_options, options_doc, options_signature
 from ._workarounds.hf import TrainListener, find_trainer, trainer_callbacks, watch_train
 from ._workarounds.python import unwatch, watch_uncaught
 
-_GRAD_NORM_DOC = ("also record ``grad_norm`` at every step, not only at HF's logging steps. HF reports the norm "
-                  "before clipping; tmon can only measure it after, so with clipping on (``max_grad_norm > 0``, "
-                  "HF's default) this warns and leaves ``grad_norm`` to HF's logs.")
+_GRAD_NORM_DOC = (
+    "also record ``grad_norm`` at every step, not only at HF's logging steps. HF reports the norm "
+    "before clipping; tmon can only measure it after, so with clipping on (``max_grad_norm > 0``, "
+    "HF's default) this warns and leaves ``grad_norm`` to HF's logs."
+)
 
 
 class TMonCallback(TrainerCallback, TrainListener):
@@ -133,11 +135,16 @@ class TMonCallback(TrainerCallback, TrainListener):
 
     >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[TMonCallback()])  # doctest: +SKIP
 
-    {options_doc(indent=4, log_grad_norm=_GRAD_NORM_DOC,
-                 run_name="readable name of the run; default ``TrainingArguments.run_name``, else "
-                          "``hf-<date>-<time>``.",
-                 schedule="``tmon_core.At(...)`` items: parameter changes at a step or epoch. ``At(step=k)`` "
-                          "applies before the optimizer step HF records as step ``k``.")}
+    {
+        options_doc(
+            indent=4,
+            log_grad_norm=_GRAD_NORM_DOC,
+            run_name="readable name of the run; default ``TrainingArguments.run_name``, else "
+            "``hf-<date>-<time>``.",
+            schedule="``tmon_core.At(...)`` items: parameter changes at a step or epoch. ``At(step=k)`` "
+            "applies before the optimizer step HF records as step ``k``.",
+        )
+    }
 
     Pass it in ``Trainer(callbacks=[...])``: then an exception that ends ``train()`` is seen where
     it happens. Added later with ``trainer.add_callback``, it is seen from the next ``train()`` on,
@@ -169,7 +176,9 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._eval_step = None
         self._eval_metrics: dict = {}
         self._after_fit = _hf.AfterFit()
-        self._checkpoints = CheckpointWatcher()  # the directories on_save recorded: which save_total_limit removed
+        self._checkpoints = (
+            CheckpointWatcher()
+        )  # the directories on_save recorded: which save_total_limit removed
         self._callbacks: list = []  # the trainer's callback list (live): what ended the fit is read at its end
         self._stop_requested = False
         self._epoch_first_step = None
@@ -208,8 +217,12 @@ class TMonCallback(TrainerCallback, TrainListener):
                 # the same train() started over: auto_find_batch_size caught an OOM and retries smaller
                 self._attach(args, state, model, optimizer)
                 if self._rec is not None:
-                    session.event(ev.OOM, step=self._step, message="out of memory: the Trainer retries with "
-                                  f"train_batch_size={state.train_batch_size} (auto_find_batch_size)")
+                    session.event(
+                        ev.OOM,
+                        step=self._step,
+                        message="out of memory: the Trainer retries with "
+                        f"train_batch_size={state.train_batch_size} (auto_find_batch_size)",
+                    )
                     self._rec.update_config(**RunConfig(train_batch_size=state.train_batch_size).as_dict())
                 return
             session.abandon(self._step)  # an earlier train() that raised where nothing saw it
@@ -259,8 +272,17 @@ class TMonCallback(TrainerCallback, TrainListener):
             return
         if self._rec is not None:
             self._scan_removed()
-            session.event(ev.TRAIN_END, step=state.global_step, data=_hf.end_reason(
-                args, state, self._callbacks, stop_requested=self._stop_requested, empty_epoch=self._empty_epoch))
+            session.event(
+                ev.TRAIN_END,
+                step=state.global_step,
+                data=_hf.end_reason(
+                    args,
+                    state,
+                    self._callbacks,
+                    stop_requested=self._stop_requested,
+                    empty_epoch=self._empty_epoch,
+                ),
+            )
         unwatch(session)
         session.end(ev.COMPLETED)
         self._model = self._optimizer = None
@@ -409,12 +431,17 @@ class TMonCallback(TrainerCallback, TrainListener):
         def optimizer():
             return _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
 
-        apply_decisions(self._ctl, decisions, step, {
-            SetParams: lambda d: _hf.set_params(optimizer(), kw.get("lr_scheduler"), d),
-            SaveCheckpoint: lambda d: self._save(d, control),
-            Rollback: lambda d: _hf.rollback(_hf.given(kw, "model", self._model), optimizer(), d, step),
-            Stop: lambda d: self._stop(d, control),
-        })
+        apply_decisions(
+            self._ctl,
+            decisions,
+            step,
+            {
+                SetParams: lambda d: _hf.set_params(optimizer(), kw.get("lr_scheduler"), d),
+                SaveCheckpoint: lambda d: self._save(d, control),
+                Rollback: lambda d: _hf.rollback(_hf.given(kw, "model", self._model), optimizer(), d, step),
+                Stop: lambda d: self._stop(d, control),
+            },
+        )
 
     def _save(self, d: SaveCheckpoint, control) -> None:
         control.should_save = True  # HF saves after this step; on_save records it and resolves d

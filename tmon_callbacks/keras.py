@@ -95,8 +95,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tmon_callbacks.keras needs Keras 3: pip install 'tmon[keras]'") from exc
 if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on the environment
-    raise ImportError(f"tmon_callbacks.keras needs Keras 3, found keras {keras.__version__}: "
-                      "pip install 'tmon[keras]'")
+    raise ImportError(
+        f"tmon_callbacks.keras needs Keras 3, found keras {keras.__version__}: pip install 'tmon[keras]'"
+    )
 
 from typing_extensions import override
 
@@ -117,8 +118,10 @@ _PLAIN = (float, int)
 # step, read from the optimizer, kept once (as ``lr``)
 _LR_LOG_KEY = "learning_rate"
 # the one option that differs here: Lightning, HF and tmon_core.track take log_grad_norm=True
-_NO_GRAD_NORM = ("must stay False with Keras: Model.fit hands callbacks no gradients, so this callback refuses "
-                 "True (``log_grad_norm=True`` is for the torch adapters: Lightning, HF, ``tmon_core.track``).")
+_NO_GRAD_NORM = (
+    "must stay False with Keras: Model.fit hands callbacks no gradients, so this callback refuses "
+    "True (``log_grad_norm=True`` is for the torch adapters: Lightning, HF, ``tmon_core.track``)."
+)
 
 
 class TMonCallback(keras.callbacks.Callback):
@@ -126,8 +129,13 @@ class TMonCallback(keras.callbacks.Callback):
 
     >>> model.fit(x, y, epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
 
-    {options_doc(indent=4, run_name="readable name of the run; default ``keras-<date>-<time>``.",
-                 log_grad_norm=_NO_GRAD_NORM)}
+    {
+        options_doc(
+            indent=4,
+            run_name="readable name of the run; default ``keras-<date>-<time>``.",
+            log_grad_norm=_NO_GRAD_NORM,
+        )
+    }
 
     One instance can serve several ``fit()`` calls: each is its own run.
     """
@@ -136,10 +144,12 @@ class TMonCallback(keras.callbacks.Callback):
         super().__init__()
         self.options = make_options(store, options)
         if self.options.log_grad_norm:
-            raise ValueError("log_grad_norm=True is not available with Keras (it is for the torch adapters: "
-                             "Lightning's and HF's TMonCallback, tmon_core.track): Keras' Model.fit hands callbacks "
-                             "no gradients, so there is no gradient norm to record; leave log_grad_norm=False. "
-                             f"Received log_grad_norm={self.options.log_grad_norm!r}")
+            raise ValueError(
+                "log_grad_norm=True is not available with Keras (it is for the torch adapters: "
+                "Lightning's and HF's TMonCallback, tmon_core.track): Keras' Model.fit hands callbacks "
+                "no gradients, so there is no gradient norm to record; leave log_grad_norm=False. "
+                f"Received log_grad_norm={self.options.log_grad_norm!r}"
+            )
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._steps = None  # this fit's step functions, wrapped (_workarounds.keras.StepFunctions)
@@ -203,8 +213,14 @@ class TMonCallback(keras.callbacks.Callback):
             return
         self._unwrap()
         self._ckpts.scan()
-        reason = _fit.end_reason(self.model, self.params, self._callbacks, last_epoch=self._last_epoch,
-                                 epoch_steps=self._epoch_steps, stop_requested=self._stop_requested)
+        reason = _fit.end_reason(
+            self.model,
+            self.params,
+            self._callbacks,
+            last_epoch=self._last_epoch,
+            epoch_steps=self._epoch_steps,
+            stop_requested=self._stop_requested,
+        )
         session.event(ev.TRAIN_END, step=self._step, data=reason)
         unwatch(session)
         session.end(ev.COMPLETED)
@@ -281,7 +297,9 @@ class TMonCallback(keras.callbacks.Callback):
         self._clock.new_epoch(first_wait=False)  # an epoch's first batch has no data_time
         if self._ctl is not None:
             self._ctl.on_epoch_start(epoch, self._step)
-        self._opt = _fit.OptimizerValues(_fit.optimizers(self.model))  # a callback may have swapped in a schedule
+        self._opt = _fit.OptimizerValues(
+            _fit.optimizers(self.model)
+        )  # a callback may have swapped in a schedule
         self.session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
 
     @override
@@ -294,8 +312,11 @@ class TMonCallback(keras.callbacks.Callback):
             last = self._batch_logs
             # only what the batches did not carry (val_*...): a batch key's epoch value is its last
             # running mean again, a second point at the same step
-            values = {k: v for k, v in logs.items() if type(v) in _PLAIN and k not in last
-                      and not k.startswith(_LR_LOG_KEY)}
+            values = {
+                k: v
+                for k, v in logs.items()
+                if type(v) in _PLAIN and k not in last and not k.startswith(_LR_LOG_KEY)
+            }
             if values:
                 self._rec.log(values, self._last_step if self._last_step is not None else self._step)
         self._ckpts.context = (self._step, epoch, logs)
@@ -329,7 +350,9 @@ class TMonCallback(keras.callbacks.Callback):
             self._evaluating_after_fit = False
             step = self._evaluation_step()
             # test_<name>, as the fit's own validation is val_<name>: evaluate's "loss" is not the fit's
-            session.log_evaluation({f"test_{k}": v for k, v in (logs or {}).items() if type(v) in _PLAIN}, step)
+            session.log_evaluation(
+                {f"test_{k}": v for k, v in (logs or {}).items() if type(v) in _PLAIN}, step
+            )
             session.end_evaluation(step)
 
     def _after_fit(self) -> bool:
@@ -347,9 +370,17 @@ class TMonCallback(keras.callbacks.Callback):
         return opts[0]
 
     def _apply(self, decisions, step: int) -> None:
-        apply_decisions(self._ctl, decisions, step, {
-            SetParams: self._set_params, SaveCheckpoint: lambda d: self._save_checkpoint(d, step),
-            Rollback: lambda d: self._rollback(d, step), Stop: self._stop})
+        apply_decisions(
+            self._ctl,
+            decisions,
+            step,
+            {
+                SetParams: self._set_params,
+                SaveCheckpoint: lambda d: self._save_checkpoint(d, step),
+                Rollback: lambda d: self._rollback(d, step),
+                Stop: self._stop,
+            },
+        )
 
     def _set_params(self, d: SetParams) -> dict:
         old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
@@ -363,14 +394,19 @@ class TMonCallback(keras.callbacks.Callback):
         path = os.path.join(folder, f"tmon-{self.run_id}-step={step}.keras")
         self.model.save(path)  # Keras' own format: weights, optimizer state, config
         self._ckpts.known(path)
-        self._rec.checkpoint(path, step=step, epoch=self._epoch, source="manual", description=d.description,
-                             tags=d.tags)
+        self._rec.checkpoint(
+            path, step=step, epoch=self._epoch, source="manual", description=d.description, tags=d.tags
+        )
         return {"new": {"path": path}, "reason": d.description}
 
     def _rollback(self, d: Rollback, step: int) -> dict:
         _keras.load_weights(self.model, d.path)
-        return {"old": {"step": step}, "new": {"checkpoint_id": d.checkpoint_id, "path": d.path},
-                "event": ev.ROLLBACK, "reason": f"rolled back to checkpoint {d.checkpoint_id}"}
+        return {
+            "old": {"step": step},
+            "new": {"checkpoint_id": d.checkpoint_id, "path": d.path},
+            "event": ev.ROLLBACK,
+            "reason": f"rolled back to checkpoint {d.checkpoint_id}",
+        }
 
     def _stop(self, d: Stop) -> dict:
         self.model.stop_training = True  # this batch runs, then fit ends as EarlyStopping ends it

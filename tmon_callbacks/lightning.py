@@ -8,7 +8,9 @@ try:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import Logger
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("tmon_callbacks.lightning needs the lightning package: pip install 'tmon[lightning]'") from exc
+    raise ImportError(
+        "tmon_callbacks.lightning needs the lightning package: pip install 'tmon[lightning]'"
+    ) from exc
 
 from ._lightning import DOC, TMonCallbackMixin, TMonLoggerMixin
 from ._lightning_trainer import LightningPackage

@@ -91,12 +91,22 @@ class Tracker(LoopControl):
     docstring for what each call records. A context manager; without ``with``, call ``finish()``
     (a tracker still open when the interpreter exits is finished then, like ``wandb``'s runs)."""
 
-    def __init__(self, optimizer=None, model=None, scheduler=None, *, config: dict | None = None,
-                 store: str | os.PathLike | None = None, total_steps: int | None = None,
-                 checkpoint_dir: str | os.PathLike = "tmon-checkpoints", **options: Any):
+    def __init__(
+        self,
+        optimizer=None,
+        model=None,
+        scheduler=None,
+        *,
+        config: dict | None = None,
+        store: str | os.PathLike | None = None,
+        total_steps: int | None = None,
+        checkpoint_dir: str | os.PathLike = "tmon-checkpoints",
+        **options: Any,
+    ):
         self.options = make_options(store, options, owner="tmon_core.track")
         self._wrapped, self._optimizers, self._schedulers = _loop.check_arguments(
-            optimizer, model, scheduler, config, total_steps, checkpoint_dir)
+            optimizer, model, scheduler, config, total_steps, checkpoint_dir
+        )
         self.model = model
         self.checkpoint_dir = os.fspath(checkpoint_dir)
         self._user_config = dict(config or {})
@@ -136,10 +146,18 @@ class Tracker(LoopControl):
                 self._hooks.append(opt.register_step_pre_hook(self._before_optimizer_step))
             if self._rec is not None:
                 try:
-                    self._rec.update_config(**_loop.run_config(
-                        world=world, wrapped=self._wrapped, optimizers=self._optimizers, schedulers=self._schedulers,
-                        model=self.model, checkpoint_dir=self.checkpoint_dir, user_config=self._user_config,
-                        control=self._ctl.describe() if self._ctl is not None else None))
+                    self._rec.update_config(
+                        **_loop.run_config(
+                            world=world,
+                            wrapped=self._wrapped,
+                            optimizers=self._optimizers,
+                            schedulers=self._schedulers,
+                            model=self.model,
+                            checkpoint_dir=self.checkpoint_dir,
+                            user_config=self._user_config,
+                            control=self._ctl.describe() if self._ctl is not None else None,
+                        )
+                    )
                 except Exception as exc:  # a config tmon cannot read costs the config, not the run
                     warn_once(self, "config", exc)
                 if self._total_steps:
@@ -183,8 +201,11 @@ class Tracker(LoopControl):
             recording = self._rec is not None
             self._detach()
             if recording:
-                self.session.event(ev.TRAIN_END, step=self._step,
-                                   data={"reason": self._end_reason(), "steps": self._step, "epochs": self._epochs})
+                self.session.event(
+                    ev.TRAIN_END,
+                    step=self._step,
+                    data={"reason": self._end_reason(), "steps": self._step, "epochs": self._epochs},
+                )
         finally:
             unwatch(self.session)
             self.session.end(ev.COMPLETED)
@@ -202,8 +223,9 @@ class Tracker(LoopControl):
             pass
 
     def _end_reason(self) -> str:
-        return _loop.end_reason(self._stop_requested, self.should_stop, self._total_steps, self._step,
-                                self._epoch_complete)
+        return _loop.end_reason(
+            self._stop_requested, self.should_stop, self._total_steps, self._step, self._epoch_complete
+        )
 
     def _detach(self) -> None:
         """Stop recording and steering: hooks off; a later ``t.step()`` warns (once) that the run has
@@ -224,8 +246,11 @@ class Tracker(LoopControl):
         try:
             self._opt_values = self._read_optimizers()
             if self._grad_norm_wanted and self._grad_norm is None:
-                params = (self.model.parameters() if self.model is not None
-                          else [p for o in self._optimizers for g in o.param_groups for p in g["params"]])
+                params = (
+                    self.model.parameters()
+                    if self.model is not None
+                    else [p for o in self._optimizers for g in o.param_groups for p in g["params"]]
+                )
                 self._grad_norm = _torch.grad_norm(params)
         except Exception as exc:
             warn_once(self, "optimizer_step", exc)
@@ -283,15 +308,23 @@ class Tracker(LoopControl):
         session.end_evaluation()
 
     def _warn_ended(self, call: str) -> None:
-        warn_once(self, call, RuntimeError(f"run {self.run_id} has ended (the track() block was left or finish() "
-                                           f"called): t.{call}() records nothing more; start another track() "
-                                           f"(t.log() still records an evaluation of the trained model)"))
+        warn_once(
+            self,
+            call,
+            RuntimeError(
+                f"run {self.run_id} has ended (the track() block was left or finish() "
+                f"called): t.{call}() records nothing more; start another track() "
+                f"(t.log() still records an evaluation of the trained model)"
+            ),
+        )
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         """Record ``values`` (your names) at ``step``: by default the step last done (0 before any),
         where a validation after an epoch belongs."""
         if not isinstance(values, dict):
-            raise ValueError(f"t.log takes a dict of name -> value, received {type(values).__name__}: {values!r:.80}")
+            raise ValueError(
+                f"t.log takes a dict of name -> value, received {type(values).__name__}: {values!r:.80}"
+            )
         if self._rec is None:
             if self._ended and values:
                 self._evaluate(values, step)
@@ -301,7 +334,9 @@ class Tracker(LoopControl):
         if step is None:
             at = max(self._step - 1, 0)
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int (or None: the step last done), received step={step!r}")
+            raise ValueError(
+                f"step must be a non-negative int (or None: the step last done), received step={step!r}"
+            )
         else:
             at = step
         try:
@@ -350,23 +385,44 @@ class Tracker(LoopControl):
                 session.event(ev.EPOCH_END, step=self._step, epoch=epoch, completed=self._epoch_complete)
 
     # ------------------------------------------------------------ checkpoints
-    def checkpoint(self, path: str | os.PathLike | None = None, *, monitor: str | None = None, monitor_value=None,
-                   description: str | None = None, tags: list[str] | None = None) -> str | None:
+    def checkpoint(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        monitor: str | None = None,
+        monitor_value=None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+    ) -> str | None:
         """Record a checkpoint file you saved at ``path`` (with the metric it was chosen by), or, without
         ``path``, save model and optimizer state into ``checkpoint_dir`` and record that. Returns the path."""
         if self.session is None:
             return None
         if path is None:
             try:
-                path = self._save(max(self._step - 1, 0), source="t.checkpoint", description=description, tags=tags)
+                path = self._save(
+                    max(self._step - 1, 0), source="t.checkpoint", description=description, tags=tags
+                )
             except Rejected as exc:
                 raise ValueError(str(exc)) from None
             return path
         path = os.path.abspath(os.fspath(path))
         if not os.path.exists(path):
-            warn_once(self, f"checkpoint {path}", FileNotFoundError(f"checkpoint {path} does not exist: not recorded"))
+            warn_once(
+                self,
+                f"checkpoint {path}",
+                FileNotFoundError(f"checkpoint {path} does not exist: not recorded"),
+            )
             return None
         if self._rec is not None:
-            self._rec.checkpoint(path, step=max(self._step - 1, 0), epoch=self._epoch, monitor=monitor,
-                                 monitor_value=monitor_value, source="t.checkpoint", description=description, tags=tags)
+            self._rec.checkpoint(
+                path,
+                step=max(self._step - 1, 0),
+                epoch=self._epoch,
+                monitor=monitor,
+                monitor_value=monitor_value,
+                source="t.checkpoint",
+                description=description,
+                tags=tags,
+            )
         return path

@@ -91,8 +91,12 @@ class LogCapture:
                 _uninstall_tees()
         if self.skipped:
             self.recorder.log_record(
-                "WARNING", f"tmon stored the first {self.stored} log records of this run; {self.skipped} more were "
-                f"not stored", logger="tmon", source="tmon")
+                "WARNING",
+                f"tmon stored the first {self.stored} log records of this run; {self.skipped} more were "
+                f"not stored",
+                logger="tmon",
+                source="tmon",
+            )
 
     def record(self, level: str, message: str, logger: str | None, source: str, wall_time: float) -> None:
         if self.stored >= self.max_records:
@@ -100,8 +104,14 @@ class LogCapture:
             return
         self.stored += 1
         # the step being computed: one past the last step recorded (0 before the first)
-        self.recorder.log_record(level, cut(message, MAX_MESSAGE), logger=logger, source=source,
-                                 step=self.recorder.next_step, wall_time=wall_time)
+        self.recorder.log_record(
+            level,
+            cut(message, MAX_MESSAGE),
+            logger=logger,
+            source=source,
+            step=self.recorder.next_step,
+            wall_time=wall_time,
+        )
 
 
 def _dispatch(level: str, message: str, logger: str | None, source: str, output: bool = False) -> None:
@@ -172,8 +182,11 @@ def _install(output: bool) -> None:
     if _handler is None:
         _handler = _Handler()
         root = logging.getLogger()
-        targets = [root] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
-                            if isinstance(lg, logging.Logger) and not lg.propagate]
+        targets = [root] + [
+            lg
+            for lg in list(logging.Logger.manager.loggerDict.values())
+            if isinstance(lg, logging.Logger) and not lg.propagate
+        ]
         for lg in targets:
             lg.addHandler(_handler)
         _handled_loggers[:] = targets
@@ -216,8 +229,12 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
             try:
                 text = f"{category.__name__}: {message} ({filename}:{lineno})"
                 ours = issubclass(category, _tmon_categories()) or str(message).startswith("tmon")
-                _dispatch("WARNING", text, category.__module__ + "." + category.__qualname__,
-                          "tmon" if ours else "warnings")
+                _dispatch(
+                    "WARNING",
+                    text,
+                    category.__module__ + "." + category.__qualname__,
+                    "tmon" if ours else "warnings",
+                )
             except Exception:
                 pass
         original = _original_showwarning or stdlib_showwarning()
@@ -239,8 +256,13 @@ class _Tee:
 
     def write(self, s):
         n = self._stream.write(s)
-        if (self.active and isinstance(s, str) and s and not getattr(_local, "busy", False)
-                and not getattr(_local, "in_showwarning", False)):  # captured already, as what it is
+        if (
+            self.active
+            and isinstance(s, str)
+            and s
+            and not getattr(_local, "busy", False)
+            and not getattr(_local, "in_showwarning", False)
+        ):  # captured already, as what it is
             try:
                 self._keep(s)
             except Exception:

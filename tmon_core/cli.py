@@ -70,8 +70,17 @@ def cmd_runs(store: Store, args) -> int:
         return 0
     rows = [("ID", "NAME", "STATUS", "FRAMEWORK", "STARTED", "DURATION", "STEPS")]
     for r in df.itertuples():
-        rows.append((r.id, r.name, r.status, r.framework or "-", _fmt_time(r.created_at), _fmt_duration(r.duration),
-                     "-" if r.steps is None or r.steps != r.steps else str(int(r.steps))))
+        rows.append(
+            (
+                r.id,
+                r.name,
+                r.status,
+                r.framework or "-",
+                _fmt_time(r.created_at),
+                _fmt_duration(r.duration),
+                "-" if r.steps is None or r.steps != r.steps else str(int(r.steps)),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -108,23 +117,32 @@ def cmd_show(store: Store, args) -> int:
             print(f"  host RAM used   {_fmt_bytes(peak.ram_used)} of {_fmt_bytes(peak.ram_total)}")
         print(f"  process RSS     {_fmt_bytes(samples.proc_rss.max())}")
         if samples.children_count.fillna(0).max() > 0:
-            print(f"  workers RSS     {_fmt_bytes(samples.children_rss.max())} "
-                  f"({int(samples.children_count.max())} processes at most)")
+            print(
+                f"  workers RSS     {_fmt_bytes(samples.children_rss.max())} "
+                f"({int(samples.children_count.max())} processes at most)"
+            )
         if samples.swap_used.notna().any():
             print(f"  swap used       {_fmt_bytes(samples.swap_used.max())}")
     nodes = run.nodes()
     if len(nodes) > 1:
         print("per node")
         for n in nodes.itertuples():
-            gpu = (f", {n.gpus} GPU peak {_fmt_bytes(n.gpu_mem_used_peak)} of {_fmt_bytes(n.gpu_mem_total)}"
-                   if n.gpus else "")
-            print(f"  node {n.node_rank} ({n.host}): RAM {_fmt_bytes(n.ram_used_peak)} of {_fmt_bytes(n.ram_total)}, "
-                  f"process {_fmt_bytes(n.proc_rss_peak)}, CPU {n.cpu_percent_mean:.0f}% mean{gpu}")
+            gpu = (
+                f", {n.gpus} GPU peak {_fmt_bytes(n.gpu_mem_used_peak)} of {_fmt_bytes(n.gpu_mem_total)}"
+                if n.gpus
+                else ""
+            )
+            print(
+                f"  node {n.node_rank} ({n.host}): RAM {_fmt_bytes(n.ram_used_peak)} of {_fmt_bytes(n.ram_total)}, "
+                f"process {_fmt_bytes(n.proc_rss_peak)}, CPU {n.cpu_percent_mean:.0f}% mean{gpu}"
+            )
     else:
         gpus = run.gpu_samples()
         for gpu, g in gpus.groupby("gpu"):
-            print(f"  GPU {gpu} memory    {_fmt_bytes(g.mem_used.max())} of {_fmt_bytes(g.mem_total.max())}"
-                  f"  ({g.name.iloc[0]})")
+            print(
+                f"  GPU {gpu} memory    {_fmt_bytes(g.mem_used.max())} of {_fmt_bytes(g.mem_total.max())}"
+                f"  ({g.name.iloc[0]})"
+            )
     ckpts = run.checkpoints()
     if not ckpts.empty:
         print(f"checkpoints {len(ckpts)} (last: {ckpts.path.iloc[-1]})")
@@ -146,7 +164,11 @@ def cmd_export(store: Store, args) -> int:
         frames.append(df)
     import pandas as pd
 
-    long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "step", "value", "wall_time"])
+    long = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["key", "step", "value", "wall_time"])
+    )
     out = args.output
     if args.format == "csv":
         text = long.to_csv(index=False)
@@ -154,12 +176,30 @@ def cmd_export(store: Store, args) -> int:
     elif args.format == "json":
         info = run.info()
         doc = {
-            "run": {k: info[k] for k in ("id", "name", "status", "framework", "created_at", "ended_at", "last_step",
-                                         "total_steps", "host", "config", "error")},
-            "metrics": {key: [[int(s), _json_num(v), float(w)] for s, v, w in zip(g.step, g.value, g.wall_time)]
-                        for key, g in long.groupby("key", sort=True)},
-            "events": [{k: (None if isinstance(v, float) and v != v else v) for k, v in e.items()}
-                       for e in run.events().to_dict("records")],
+            "run": {
+                k: info[k]
+                for k in (
+                    "id",
+                    "name",
+                    "status",
+                    "framework",
+                    "created_at",
+                    "ended_at",
+                    "last_step",
+                    "total_steps",
+                    "host",
+                    "config",
+                    "error",
+                )
+            },
+            "metrics": {
+                key: [[int(s), _json_num(v), float(w)] for s, v, w in zip(g.step, g.value, g.wall_time)]
+                for key, g in long.groupby("key", sort=True)
+            },
+            "events": [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in e.items()}
+                for e in run.events().to_dict("records")
+            ],
             "checkpoints": run.checkpoints().to_dict("records"),
         }
         _write_text(out, json.dumps(doc, indent=1, default=str))
@@ -167,15 +207,20 @@ def cmd_export(store: Store, args) -> int:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            print("tmon export --format parquet needs pyarrow: pip install 'tmon[parquet]' (or pip install pyarrow)",
-                  file=sys.stderr)
+            print(
+                "tmon export --format parquet needs pyarrow: pip install 'tmon[parquet]' (or pip install pyarrow)",
+                file=sys.stderr,
+            )
             return 2
         if not out:
             print("tmon export --format parquet needs an output file: -o FILE.parquet", file=sys.stderr)
             return 2
         long.to_parquet(out, index=False)
     if out:
-        print(f"wrote {len(long)} points of {long.key.nunique() if len(long) else 0} metrics to {out}", file=sys.stderr)
+        print(
+            f"wrote {len(long)} points of {long.key.nunique() if len(long) else 0} metrics to {out}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -190,8 +235,12 @@ def cmd_prune(store: Store, args) -> int:
 def cmd_delete(store: Store, args) -> int:
     from .store.retention import delete_run
 
-    rep = delete_run(store, resolve_run(store, args.run).id, delete_checkpoints=not args.keep_checkpoints,
-                     dry_run=args.dry_run)
+    rep = delete_run(
+        store,
+        resolve_run(store, args.run).id,
+        delete_checkpoints=not args.keep_checkpoints,
+        dry_run=args.dry_run,
+    )
     _print_removal(rep, args.dry_run)
     return 0
 
@@ -213,10 +262,14 @@ def _json_num(v: float):
 
 def _check_output(path: str) -> None:
     if os.path.isdir(path):
-        raise _UserError(f"cannot write {path}: it is a directory; give a file name (-o {os.path.join(path, 'run.csv')})")
+        raise _UserError(
+            f"cannot write {path}: it is a directory; give a file name (-o {os.path.join(path, 'run.csv')})"
+        )
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise _UserError(f"cannot write {path}: the directory {os.path.dirname(path) or parent} does not exist")
+        raise _UserError(
+            f"cannot write {path}: the directory {os.path.dirname(path) or parent} does not exist"
+        )
 
 
 def _write_text(path: str | None, text: str) -> None:
@@ -228,8 +281,13 @@ def _write_text(path: str | None, text: str) -> None:
 
 
 #: modules that add subcommands: each has ``register(subparsers) -> {name: handler(store, args)}``
-COMMAND_MODULES = ("tmon_core.control.cli", "tmon_core.diff.cli", "tmon_core.analysis.cli", "tmon_core.alerts.cli",
-                   "tmon_core.interop.cli")
+COMMAND_MODULES = (
+    "tmon_core.control.cli",
+    "tmon_core.diff.cli",
+    "tmon_core.analysis.cli",
+    "tmon_core.alerts.cli",
+    "tmon_core.interop.cli",
+)
 
 
 def _extra_commands(sub) -> dict:
@@ -257,8 +315,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     e = sub.add_parser("export", help="export a run's metrics")
     e.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     e.add_argument("--format", choices=("csv", "json", "parquet", "tensorboard", "mlflow"), default="csv")
-    e.add_argument("-o", "--output", help="output file (default: standard output; required for parquet; "
-                   "the log directory for tensorboard)")
+    e.add_argument(
+        "-o",
+        "--output",
+        help="output file (default: standard output; required for parquet; "
+        "the log directory for tensorboard)",
+    )
     from .interop.cli import add_export_arguments
 
     add_export_arguments(e)
@@ -270,8 +332,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     de.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     de.add_argument("--keep-checkpoints", action="store_true", help="leave checkpoint files on disk")
     de.add_argument("--dry-run", action="store_true", help="only list what would go")
-    handlers = {"runs": cmd_runs, "show": cmd_show, "export": cmd_export, "prune": cmd_prune,
-                "delete": cmd_delete, **_extra_commands(sub)}
+    handlers = {
+        "runs": cmd_runs,
+        "show": cmd_show,
+        "export": cmd_export,
+        "prune": cmd_prune,
+        "delete": cmd_delete,
+        **_extra_commands(sub),
+    }
     # --store after the subcommand works too
     for sp in sub.choices.values():
         sp.add_argument("--store", dest="store_sub", help=argparse.SUPPRESS)
@@ -327,8 +395,10 @@ def _store_error(exc: BaseException, store: _LazyStore) -> str:
     where = store.url or os.environ.get("TMON_STORE") or "tmon.db"
     text = _one_line(exc)
     if "locked" in text or "busy" in text:
-        return (f"the store {where} is locked: another process held its write lock for longer than the busy "
-                f"timeout ({DEFAULT_BUSY_TIMEOUT_MS / 1000:g} s); try again when it is done")
+        return (
+            f"the store {where} is locked: another process held its write lock for longer than the busy "
+            f"timeout ({DEFAULT_BUSY_TIMEOUT_MS / 1000:g} s); try again when it is done"
+        )
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return f"the store {where} is damaged ({text}); its undamaged runs may still read with sqlite3's .recover"
     return f"store error on {where}: {text}"
@@ -362,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TMON_DEBUG"):
             raise
         # a bug of tmon's rather than the user's: still one line, with the way to see more
-        print(f"tmon: {args.command} failed: {type(exc).__name__}: {_one_line(exc)} (TMON_DEBUG=1 shows the "
-              f"traceback)", file=sys.stderr)
+        print(
+            f"tmon: {args.command} failed: {type(exc).__name__}: {_one_line(exc)} (TMON_DEBUG=1 shows the "
+            f"traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         try:

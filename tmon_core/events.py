@@ -58,8 +58,17 @@ END_SHOULD_STOP = "should_stop"  # another callback or the user's code asked the
 END_DATA_EXHAUSTED = "data_exhausted"  # the data ran out before any limit (iterable datasets)
 END_EXCEPTION = "exception"
 END_INTERRUPT = "interrupt"
-END_REASONS = (END_MAX_STEPS, END_MAX_EPOCHS, END_EARLY_STOPPING, END_STOP_REQUEST, END_TIME_LIMIT,
-               END_SHOULD_STOP, END_DATA_EXHAUSTED, END_EXCEPTION, END_INTERRUPT)
+END_REASONS = (
+    END_MAX_STEPS,
+    END_MAX_EPOCHS,
+    END_EARLY_STOPPING,
+    END_STOP_REQUEST,
+    END_TIME_LIMIT,
+    END_SHOULD_STOP,
+    END_DATA_EXHAUSTED,
+    END_EXCEPTION,
+    END_INTERRUPT,
+)
 
 # the run config's key listing the framework callbacks in use with their settings:
 # [{"name": "EarlyStopping", "monitor": "val_loss", "mode": "min", "patience": 3, "min_delta": 0.0},

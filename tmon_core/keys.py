@@ -59,6 +59,8 @@ def check_key(key: object) -> str:
         if ord(ch) < 32 or 127 <= ord(ch) < 160:
             raise ValueError(f"metric key must not contain control characters, received {key!r}")
         if 0xD800 <= ord(ch) <= 0xDFFF:
-            raise ValueError(f"metric key must be valid Unicode text, received {key!r} holding the lone surrogate "
-                             f"{ch!r} (a name decoded from bytes that are not UTF-8?)")
+            raise ValueError(
+                f"metric key must be valid Unicode text, received {key!r} holding the lone surrogate "
+                f"{ch!r} (a name decoded from bytes that are not UTF-8?)"
+            )
     return key

@@ -49,18 +49,34 @@ class RunSession:
     ``samples`` on each node's local rank 0, which samples its own node's hardware.
     """
 
-    def __init__(self, opts, framework: str, *, global_rank: int = 0, local_rank: int = 0,
-                 node_rank: int = 0, run_id: str | None = None, config: dict | None = None):
+    def __init__(
+        self,
+        opts,
+        framework: str,
+        *,
+        global_rank: int = 0,
+        local_rank: int = 0,
+        node_rank: int = 0,
+        run_id: str | None = None,
+        config: dict | None = None,
+    ):
         self.opts = opts
         self.writes_metrics = global_rank == 0
         self.recorder: Recorder | None = None
         if self.writes_metrics or local_rank == 0:
             self.recorder = Recorder(
-                opts.store, run_name=opts.run_name, run_id=None if self.writes_metrics else run_id,
-                framework=framework, config=config, flush_interval=opts.flush_interval,
-                heartbeat_timeout=opts.heartbeat_timeout, tags=opts.tags, notes=opts.notes,
+                opts.store,
+                run_name=opts.run_name,
+                run_id=None if self.writes_metrics else run_id,
+                framework=framework,
+                config=config,
+                flush_interval=opts.flush_interval,
+                heartbeat_timeout=opts.heartbeat_timeout,
+                tags=opts.tags,
+                notes=opts.notes,
                 # a rank that only samples raises no alerts: the run's metrics are rank 0's
-                alerts=opts.alerts if self.writes_metrics else False, notify=opts.notify if self.writes_metrics else (),
+                alerts=opts.alerts if self.writes_metrics else False,
+                notify=opts.notify if self.writes_metrics else (),
             )
             if local_rank == 0 and opts.sample_interval is not None:
                 self.recorder.start_sampler(opts.sample_interval, node_rank=node_rank, gpus=opts.gpus)
@@ -108,8 +124,11 @@ class RunSession:
                 kind = ev.OOM if is_oom(exc) else ev.EXCEPTION
                 self.event(kind, step=step, message=f"{info['type']}: {info['message'][:500]}", data=info)
             if record_train_end:
-                self.event(ev.TRAIN_END, step=step,
-                           reason=ev.END_INTERRUPT if status == ev.INTERRUPTED else ev.END_EXCEPTION)
+                self.event(
+                    ev.TRAIN_END,
+                    step=step,
+                    reason=ev.END_INTERRUPT if status == ev.INTERRUPTED else ev.END_EXCEPTION,
+                )
         finally:  # whatever happened above, the run ends with the right status
             self.end(status, info)
 
@@ -117,8 +136,13 @@ class RunSession:
         """End a run whose fit stopped without telling its callback how (no end hook, no exception seen)."""
         if self.ended or self.recorder is None:
             return
-        info = {"type": "unknown", "message": "the fit stopped without reaching its end hook; the exception "
-                "that stopped it was not seen by tmon", "traceback": "", "oom": False}
+        info = {
+            "type": "unknown",
+            "message": "the fit stopped without reaching its end hook; the exception "
+            "that stopped it was not seen by tmon",
+            "traceback": "",
+            "oom": False,
+        }
         self.event(ev.EXCEPTION, step=step, message=info["message"], data=info)
         self.end(ev.FAILED, info)
 
@@ -231,8 +255,13 @@ def _attach_recorder(session: RunSession) -> Recorder:
     # its metrics sit at the fit's step count (Lightning logs test() at global_step): they must not
     # make the run read one step longer than it trained (Recorder.attach: moves_last_step=False);
     # a metric logged without a step follows the fit's last one (like=done)
-    rec = Recorder.attach(done.url, session.run_id, like=done, flush_interval=session.opts.flush_interval,
-                          heartbeat_timeout=session.opts.heartbeat_timeout)
+    rec = Recorder.attach(
+        done.url,
+        session.run_id,
+        like=done,
+        flush_interval=session.opts.flush_interval,
+        heartbeat_timeout=session.opts.heartbeat_timeout,
+    )
     _attached.add(rec)
     return rec
 

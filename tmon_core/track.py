@@ -10,9 +10,17 @@ import os
 from typing import Any
 
 
-def track(optimizer=None, model=None, scheduler=None, *, config: dict | None = None,
-          store: str | os.PathLike | None = None, total_steps: int | None = None,
-          checkpoint_dir: str | os.PathLike = "tmon-checkpoints", **options: Any):
+def track(
+    optimizer=None,
+    model=None,
+    scheduler=None,
+    *,
+    config: dict | None = None,
+    store: str | os.PathLike | None = None,
+    total_steps: int | None = None,
+    checkpoint_dir: str | os.PathLike = "tmon-checkpoints",
+    **options: Any,
+):
     """Record a hand-written training loop into a tmon store; returns a ``Tracker``.
 
     >>> with tmon_core.track(optimizer=opt, model=model, scheduler=sched, config={"batch_size": 64}) as t:  # doctest: +SKIP
@@ -51,5 +59,13 @@ def track(optimizer=None, model=None, scheduler=None, *, config: dict | None = N
         if getattr(exc, "name", None) == "torch":
             raise ImportError("tmon_core.track needs torch: pip install torch") from exc
         raise
-    return Tracker(optimizer, model, scheduler, config=config, store=store, total_steps=total_steps,
-                   checkpoint_dir=checkpoint_dir, **options)
+    return Tracker(
+        optimizer,
+        model,
+        scheduler,
+        config=config,
+        store=store,
+        total_steps=total_steps,
+        checkpoint_dir=checkpoint_dir,
+        **options,
+    )

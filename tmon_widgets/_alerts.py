@@ -27,11 +27,21 @@ GPU_MEM_WARNING, GPU_MEM_CRITICAL = RAM_WARNING, RAM_CRITICAL
 GPU_TEMP_WARNING, GPU_TEMP_CRITICAL = 83.0, 90.0
 
 #: event types that raise an alert, with its level
-EVENT_ALERTS = {OOM: "critical", EXCEPTION: "critical", REQUEST_REJECTED: "warning", STORE_GAP: "warning",
-                INTERRUPT: "warning"}
+EVENT_ALERTS = {
+    OOM: "critical",
+    EXCEPTION: "critical",
+    REQUEST_REJECTED: "warning",
+    STORE_GAP: "warning",
+    INTERRUPT: "warning",
+}
 #: what an alert of each of those event types says before the event's message
-EVENT_LABELS = {OOM: "out of memory", EXCEPTION: "training failed", REQUEST_REJECTED: "request rejected",
-                STORE_GAP: "store outage", INTERRUPT: "interrupted"}
+EVENT_LABELS = {
+    OOM: "out of memory",
+    EXCEPTION: "training failed",
+    REQUEST_REJECTED: "request rejected",
+    STORE_GAP: "store outage",
+    INTERRUPT: "interrupted",
+}
 
 
 def is_loss_key(key: str) -> bool:
@@ -46,19 +56,31 @@ class Alerts:
         self._seen: set = set()
         self._seen_events: set = set()
 
-    def add(self, run_id: str, kind: str, message: str, *, level: str = "warning", step=None, dedupe=None) -> bool:
+    def add(
+        self, run_id: str, kind: str, message: str, *, level: str = "warning", step=None, dedupe=None
+    ) -> bool:
         key = (run_id, kind, dedupe if dedupe is not None else message)
         if key in self._seen:
             return False
         self._seen.add(key)
-        self.items.append({"run_id": run_id, "kind": kind, "level": level, "message": message, "step": step,
-                           "time": time.time()})
+        self.items.append(
+            {
+                "run_id": run_id,
+                "kind": kind,
+                "level": level,
+                "message": message,
+                "step": step,
+                "time": time.time(),
+            }
+        )
         return True
 
     def nonfinite(self, run_id: str, key: str, step, value) -> None:
         if is_loss_key(key):
             what = "NaN" if isinstance(value, float) and math.isnan(value) else "inf"
-            self.add(run_id, "nan_loss", f"{key} is {what} at step {step}", level="critical", step=step, dedupe=key)
+            self.add(
+                run_id, "nan_loss", f"{key} is {what} at step {step}", level="critical", step=step, dedupe=key
+            )
 
     def from_events(self, run_id: str, events) -> None:
         """Alerts for the run's events (a DataFrame from ``Run.events()``), each event once."""
@@ -82,16 +104,27 @@ class Alerts:
         if host:
             used, total = host.get("ram_used"), host.get("ram_total")
             if _num(used) and _num(total) and total > 0 and used / total >= RAM_WARNING:
-                self.add(run_id, "memory", f"host RAM at {100 * used / total:.0f}% "
-                                          f"(warning at {100 * RAM_WARNING:.0f}%)", dedupe="ram")
+                self.add(
+                    run_id,
+                    "memory",
+                    f"host RAM at {100 * used / total:.0f}% (warning at {100 * RAM_WARNING:.0f}%)",
+                    dedupe="ram",
+                )
         for g in gpus:
             used, total = g.get("mem_used"), g.get("mem_total")
             if _num(used) and _num(total) and total > 0 and used / total >= GPU_MEM_WARNING:
-                self.add(run_id, "memory", f"GPU {g.get('gpu')} memory at {100 * used / total:.0f}% "
-                                          f"(warning at {100 * GPU_MEM_WARNING:.0f}%)", dedupe=f"gpu{g.get('gpu')}")
+                self.add(
+                    run_id,
+                    "memory",
+                    f"GPU {g.get('gpu')} memory at {100 * used / total:.0f}% "
+                    f"(warning at {100 * GPU_MEM_WARNING:.0f}%)",
+                    dedupe=f"gpu{g.get('gpu')}",
+                )
             temp = g.get("temperature_c")
             if _num(temp) and temp >= GPU_TEMP_WARNING:
-                self.add(run_id, "temperature", f"GPU {g.get('gpu')} at {temp:.0f} °C", dedupe=f"t{g.get('gpu')}")
+                self.add(
+                    run_id, "temperature", f"GPU {g.get('gpu')} at {temp:.0f} °C", dedupe=f"t{g.get('gpu')}"
+                )
 
     def for_run(self, run_id: str) -> list[dict]:
         return [a for a in self.items if a["run_id"] == run_id]

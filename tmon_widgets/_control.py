@@ -25,7 +25,8 @@ def steer_elsewhere(run_id: str, store_url: str) -> str:
         "(JupyterLab: right-click the notebook, <i>New Console for Notebook</i>; needs ipykernel 7): "
         f"<code>tmon_core.open_store({store_url!r}).run({run_id!r}).set_param('lr', 1e-4)</code>. "
         "Next time train with <code>tmon_widgets.fit_in_background(trainer.fit, model, dm)</code>: the cell "
-        "returns at once and these controls act during training.")
+        "returns at once and these controls act during training."
+    )
 
 
 class Sent:
@@ -76,8 +77,11 @@ class Control:
 
     def allowed(self, need: str = "manage") -> bool:
         rs = self.rs
-        return rs is not None and rs.running and LEVELS.index(rs.level) >= LEVELS.index(need) \
-            if rs is not None and rs.level in LEVELS else False
+        return (
+            rs is not None and rs.running and LEVELS.index(rs.level) >= LEVELS.index(need)
+            if rs is not None and rs.level in LEVELS
+            else False
+        )
 
     def banner(self, need: str = "manage") -> str:
         """Why the controls would not act, or that they act; HTML."""
@@ -86,17 +90,23 @@ class Control:
             return f.note("no run yet")
         url = self.mon.store.url
         if not rs.running:
-            return f.note(f"run {f.esc(rs.name)} is <b>{f.esc(rs.status)}</b>: there is no training to steer.")
+            return f.note(
+                f"run {f.esc(rs.name)} is <b>{f.esc(rs.status)}</b>: there is no training to steer."
+            )
         level = rs.level
         if level not in LEVELS or LEVELS.index(level) < LEVELS.index(need):
-            return f.note(f"this run's control level is <b>{f.esc(level)}</b>; these controls need "
-                          f"<b>{need}</b> (<code>TMonCallback(control={need!r})</code>). They are off.", "warn")
+            return f.note(
+                f"this run's control level is <b>{f.esc(level)}</b>; these controls need "
+                f"<b>{need}</b> (<code>TMonCallback(control={need!r})</code>). They are off.",
+                "warn",
+            )
         if self.mon.busy:
             return f.note(
                 "<b>This kernel is busy running a cell</b> (the training, if it was started in that cell). "
                 "Jupyter queues clicks and slider moves until the cell ends: a request made here now is sent "
-                "only then, when this run may be over, and would be rejected. "
-                + steer_elsewhere(rs.id, url), "warn")
+                "only then, when this run may be over, and would be rejected. " + steer_elsewhere(rs.id, url),
+                "warn",
+            )
         return ""
 
     def submit(self, kind: str, label: str, make) -> Sent | None:

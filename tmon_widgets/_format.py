@@ -10,11 +10,29 @@ from typing import Any
 from tmon_core import events as ev
 
 #: colours of the status badge
-STATUS_COLORS = {ev.RUNNING: "#1f77b4", ev.COMPLETED: "#2ca02c", ev.FAILED: "#d62728", ev.INTERRUPTED: "#ff7f0e",
-                 ev.LOST: "#7f7f7f", "waiting": "#9467bd", "NaN": "#d62728", "OOM": "#d62728"}
+STATUS_COLORS = {
+    ev.RUNNING: "#1f77b4",
+    ev.COMPLETED: "#2ca02c",
+    ev.FAILED: "#d62728",
+    ev.INTERRUPTED: "#ff7f0e",
+    ev.LOST: "#7f7f7f",
+    "waiting": "#9467bd",
+    "NaN": "#d62728",
+    "OOM": "#d62728",
+}
 #: line colours (category10), given to runs in compare mode and to keys otherwise
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 esc = html.escape
 
@@ -27,8 +45,10 @@ def text(v: Any) -> str:
 
 
 def badge(text: str, color: str) -> str:
-    return (f'<span style="background:{color};color:white;border-radius:8px;padding:1px 8px;'
-            f'font-size:0.85em;font-weight:600">{esc(text)}</span>')
+    return (
+        f'<span style="background:{color};color:white;border-radius:8px;padding:1px 8px;'
+        f'font-size:0.85em;font-weight:600">{esc(text)}</span>'
+    )
 
 
 def status_badge(status: str) -> str:
@@ -124,13 +144,21 @@ def table(rows: list[dict], columns: list[str], empty: str = "nothing yet", raw:
             text = str(v) if c in raw else esc(v if isinstance(v, str) else number(v))
             cells.append(f'<td style="padding:2px 8px;vertical-align:top">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return ('<table class="tmon-table" style="border-collapse:collapse;font-size:0.9em">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return (
+        '<table class="tmon-table" style="border-collapse:collapse;font-size:0.9em">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def note(text: str, kind: str = "info") -> str:
-    colors = {"info": ("#eef5fb", "#1f77b4"), "warn": ("#fff6e5", "#e69500"), "error": ("#fdecea", "#d62728"),
-              "ok": ("#eaf7ea", "#2ca02c")}
+    colors = {
+        "info": ("#eef5fb", "#1f77b4"),
+        "warn": ("#fff6e5", "#e69500"),
+        "error": ("#fdecea", "#d62728"),
+        "ok": ("#eaf7ea", "#2ca02c"),
+    }
     bg, fg = colors.get(kind, colors["info"])
-    return (f'<div style="background:{bg};border-left:4px solid {fg};padding:6px 10px;margin:4px 0;'
-            f'font-size:0.9em">{text}</div>')
+    return (
+        f'<div style="background:{bg};border-left:4px solid {fg};padding:6px 10px;margin:4px 0;'
+        f'font-size:0.9em">{text}</div>'
+    )

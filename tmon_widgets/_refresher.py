@@ -19,8 +19,14 @@ class RefreshThread:
     :data:`FINAL_TICKS` refreshes in a row; then ``last()`` once. A failing refresh is retried after
     ``interval * 2**failures`` seconds (30 at most)."""
 
-    def __init__(self, refresh: Callable[[], object], ended: Callable[[], bool], last: Callable[[], None],
-                 interval: float | None, name: str = "tmon-monitor"):
+    def __init__(
+        self,
+        refresh: Callable[[], object],
+        ended: Callable[[], bool],
+        last: Callable[[], None],
+        interval: float | None,
+        name: str = "tmon-monitor",
+    ):
         self._refresh, self._ended, self._last = refresh, ended, last
         self.interval, self.name = interval, name
         self._wake = threading.Event()

@@ -116,7 +116,9 @@ class RunState:
         bs = self.batch_size
         if bs is None or self.steps_per_s is None:
             return None
-        accumulate = self.config.get("accumulate_grad_batches") or self.config.get("gradient_accumulation_steps") or 1
+        accumulate = (
+            self.config.get("accumulate_grad_batches") or self.config.get("gradient_accumulation_steps") or 1
+        )
         world = self.config.get("world_size") or 1
         try:
             return self.steps_per_s * bs * float(accumulate) * float(world)

@@ -35,8 +35,16 @@ class Series:
     values seen in raw reads since the caller last cleared it (for live alerts).
     """
 
-    def __init__(self, run, key: str, max_points: int = 2000, *, start: int | None = None, end: int | None = None,
-                 window: int | None = None):
+    def __init__(
+        self,
+        run,
+        key: str,
+        max_points: int = 2000,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        window: int | None = None,
+    ):
         if not isinstance(max_points, int) or max_points < 4:
             raise ValueError(f"max_points must be an int >= 4, received max_points={max_points!r}")
         self.run, self.key, self.max_points = run, key, max_points
@@ -63,8 +71,12 @@ class Series:
             tail = self.run.tail(self.key, 1)
             last_hint = int(tail.step.iloc[-1]) if len(tail) else None
         self.reads += 1
-        df = self.run.metrics(self.key, max_points=self.max_points, start=self._lower(last_hint), end=self.end)
-        self._set(df.step.to_numpy(np.int64), df.value.to_numpy(np.float64), df.wall_time.to_numpy(np.float64))
+        df = self.run.metrics(
+            self.key, max_points=self.max_points, start=self._lower(last_hint), end=self.end
+        )
+        self._set(
+            df.step.to_numpy(np.int64), df.value.to_numpy(np.float64), df.wall_time.to_numpy(np.float64)
+        )
         bad = ~np.isfinite(self.value)
         if bad.any():  # a finished run opened later: its NaNs are seen here, never by update()
             self.nonfinite += list(zip(self.step[bad].tolist(), self.value[bad].tolist()))
@@ -96,8 +108,11 @@ class Series:
         bad = ~np.isfinite(value)
         if bad.any():
             self.nonfinite += list(zip(step[bad].tolist(), value[bad].tolist()))
-        self._set(np.concatenate([self.step, step]), np.concatenate([self.value, value]),
-                  np.concatenate([self.wall, df.wall_time.to_numpy(np.float64)]))
+        self._set(
+            np.concatenate([self.step, step]),
+            np.concatenate([self.value, value]),
+            np.concatenate([self.wall, df.wall_time.to_numpy(np.float64)]),
+        )
         self.last_step = int(step[-1])
         if self.window is not None:
             self._trim()
@@ -114,7 +129,7 @@ class Series:
             # ask for about twice what arrived last time: a refresh reads a few dozen rows
             self._tail = min(TAIL, max(32, 2 * new + 16))
             if new < len(tail) or len(tail) < n:
-                return tail.iloc[len(tail) - new:]
+                return tail.iloc[len(tail) - new :]
         return self.run.metrics(self.key, start=self.last_step + 1, end=self.end)
 
     def _set(self, step, value, wall) -> None:
@@ -129,7 +144,9 @@ class Series:
     def _fold(self) -> None:
         if len(self.step) <= self.max_points:
             return
-        keep, self.width = min_max_indices(self.step.astype(np.float64), self.value, self.max_points, self.width)
+        keep, self.width = min_max_indices(
+            self.step.astype(np.float64), self.value, self.max_points, self.width
+        )
         self._set(self.step[keep], self.value[keep], self.wall[keep])
 
 
@@ -179,8 +196,10 @@ def nice_ticks(lo: float, hi: float, count: int = 6) -> np.ndarray:
     """About ``count`` round values (1, 2, 2.5 or 5 times a power of ten apart) within [lo, hi]."""
     raw = (hi - lo) / max(1, count - 1)
     mag = 10.0 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (0.5, 1.0, 2.0, 2.5, 5.0, 10.0)),
-               key=lambda st: (abs((hi - lo) / st + 1 - count), -st))
+    step = min(
+        (m * mag for m in (0.5, 1.0, 2.0, 2.5, 5.0, 10.0)),
+        key=lambda st: (abs((hi - lo) / st + 1 - count), -st),
+    )
     first = math.ceil(lo / step - 1e-9) * step
     ticks = np.arange(first, hi + step * 1e-9, step)
     return np.round(ticks, 12)

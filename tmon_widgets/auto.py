@@ -46,12 +46,19 @@ def maybe_display(run_id: str, store_url: str | None = None, **kwargs):
                 except (KeyError, IndexError):
                     return None
 
-            mon = Monitor(store=store_url, _resolve=resolve, _waiting=f"waiting for run {run_id} to reach the store",
-                          **kwargs)
+            mon = Monitor(
+                store=store_url,
+                _resolve=resolve,
+                _waiting=f"waiting for run {run_id} to reach the store",
+                **kwargs,
+            )
             holder.append(mon)
         _live.display(mon)
         return mon
     except Exception as exc:  # never take the fit down
-        warnings.warn(f"tmon: the Monitor widget could not be shown ({type(exc).__name__}: {exc}); training "
-                      "continues", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"tmon: the Monitor widget could not be shown ({type(exc).__name__}: {exc}); training continues",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None

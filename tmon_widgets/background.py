@@ -52,8 +52,16 @@ class BackgroundFit:
     ``monitor=False``); ``run_id`` the run once the fit's tmon callback opened it.
     """
 
-    def __init__(self, fn, args: tuple = (), kwargs: dict | None = None, *, monitor: bool = True,
-                 store=None, name: str | None = None):
+    def __init__(
+        self,
+        fn,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        monitor: bool = True,
+        store=None,
+        name: str | None = None,
+    ):
         if not callable(fn):
             raise TypeError(f"fit_in_background needs a callable (e.g. trainer.fit), received {fn!r}")
         self.fn, self.args, self.kwargs = fn, tuple(args), dict(kwargs or {})
@@ -109,10 +117,14 @@ class BackgroundFit:
                 store = self.monitor.store if self.monitor is not None else open_store(self._store_url)
                 return store.run(rid)
             if self._done.is_set():
-                raise RuntimeError("the fit ended without opening a tmon run"
-                                   + (f": {type(self._exc).__name__}: {self._exc}" if self._exc else ""))
+                raise RuntimeError(
+                    "the fit ended without opening a tmon run"
+                    + (f": {type(self._exc).__name__}: {self._exc}" if self._exc else "")
+                )
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"no tmon run opened after {timeout:g} s: does the fit have a TMonCallback?")
+                raise TimeoutError(
+                    f"no tmon run opened after {timeout:g} s: does the fit have a TMonCallback?"
+                )
             time.sleep(0.05)
 
     def _resolve(self) -> str | None:
@@ -125,8 +137,9 @@ class BackgroundFit:
             mine = df[(df.pid == os.getpid()) & (df.created_at >= self.started_at - 1)]
             rid = mine.id.iloc[0] if len(mine) else None
         if rid is None and self.monitor is not None and time.time() - self.started_at > RUN_WAIT:
-            self.monitor.waiting_for = (f"no tmon run opened in {RUN_WAIT:.0f} s: does the fit have a "
-                                        "TMonCallback? (waiting on)")
+            self.monitor.waiting_for = (
+                f"no tmon run opened in {RUN_WAIT:.0f} s: does the fit have a TMonCallback? (waiting on)"
+            )
         return rid
 
     # ------------------------------------------------------------------ display
@@ -135,12 +148,18 @@ class BackgroundFit:
 
         from .monitor import Monitor
 
-        self.monitor = Monitor(store=self._store_url, _resolve=self._resolve,
-                               _waiting="training in the background: waiting for its tmon run to open")
-        self.status_html = widgets.HTML(f.note(
-            "training in a background thread: this notebook stays free, and the controls act during training. "
-            "<code>.wait()</code> blocks until the fit ends and re-raises its exception; <code>.stop()</code> "
-            "stops it."))
+        self.monitor = Monitor(
+            store=self._store_url,
+            _resolve=self._resolve,
+            _waiting="training in the background: waiting for its tmon run to open",
+        )
+        self.status_html = widgets.HTML(
+            f.note(
+                "training in a background thread: this notebook stays free, and the controls act during training. "
+                "<code>.wait()</code> blocks until the fit ends and re-raises its exception; <code>.stop()</code> "
+                "stops it."
+            )
+        )
         _live.display(widgets.VBox([self.monitor, self.status_html]))
 
     def _say_done(self) -> None:
@@ -148,12 +167,17 @@ class BackgroundFit:
             return
         took = f.duration((self.ended_at or time.time()) - self.started_at)
         if self._exc is None:
-            self.status_html.value = f.note(f"training finished in {took}: <code>.wait()</code> / "
-                                            "<code>.result()</code> return what the fit returned", "ok")
+            self.status_html.value = f.note(
+                f"training finished in {took}: <code>.wait()</code> / "
+                "<code>.result()</code> return what the fit returned",
+                "ok",
+            )
         else:
             self.status_html.value = f.note(
                 f"training failed after {took}: <b>{f.esc(type(self._exc).__name__)}: {f.esc(str(self._exc)[:500])}"
-                "</b>. <code>.wait()</code> re-raises it.", "error")
+                "</b>. <code>.wait()</code> re-raises it.",
+                "error",
+            )
 
     # ------------------------------------------------------------------ the handle
     def done(self) -> bool:
@@ -230,8 +254,10 @@ class BackgroundFit:
         if control is not None and hasattr(control, "should_training_stop"):
             control.should_training_stop = True
             return "trainer.control.should_training_stop = True"
-        raise RuntimeError(f"cannot stop {self.fn!r}: give the callback control='admin' (a stop request), or "
-                           "run a Lightning, Keras or Hugging Face fit method")
+        raise RuntimeError(
+            f"cannot stop {self.fn!r}: give the callback control='admin' (a stop request), or "
+            "run a Lightning, Keras or Hugging Face fit method"
+        )
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("failed" if self._exc is not None else "finished")

@@ -21,22 +21,44 @@ class CheckpointsTab:
         lay = widgets.Layout
         self.banner = widgets.HTML()
         self.table = widgets.HTML()
-        self.pick = widgets.SelectMultiple(options=[], rows=6, layout=lay(width="420px"),
-                                           description="select", style={"description_width": "50px"})
+        self.pick = widgets.SelectMultiple(
+            options=[],
+            rows=6,
+            layout=lay(width="420px"),
+            description="select",
+            style={"description_width": "50px"},
+        )
         self.description = widgets.Text(placeholder="description", layout=lay(width="260px"))
         self.tags = widgets.Text(placeholder="tags, comma separated", layout=lay(width="200px"))
-        self.create = widgets.Button(description="create checkpoint", icon="save", button_style="primary",
-                                     tooltip="ask the training to save a checkpoint at its next step",
-                                     layout=lay(width="170px"))
-        self.edit_tags = widgets.Text(placeholder="tags for the selected checkpoints", layout=lay(width="260px"))
+        self.create = widgets.Button(
+            description="create checkpoint",
+            icon="save",
+            button_style="primary",
+            tooltip="ask the training to save a checkpoint at its next step",
+            layout=lay(width="170px"),
+        )
+        self.edit_tags = widgets.Text(
+            placeholder="tags for the selected checkpoints", layout=lay(width="260px")
+        )
         self.save_tags = widgets.Button(description="save tags", icon="tag", layout=lay(width="110px"))
-        self.delete = widgets.Button(description="delete", icon="trash", button_style="danger",
-                                     tooltip="delete the selected checkpoint files (click twice)",
-                                     layout=lay(width="110px"))
-        self.diff = widgets.Button(description="diff the two selected", icon="columns", layout=lay(width="180px"))
-        self.rollback = widgets.Button(description="roll back", icon="undo", button_style="warning",
-                                       tooltip="restore weights and optimizer state from the selected checkpoint "
-                                               "(control level admin; click twice)", layout=lay(width="110px"))
+        self.delete = widgets.Button(
+            description="delete",
+            icon="trash",
+            button_style="danger",
+            tooltip="delete the selected checkpoint files (click twice)",
+            layout=lay(width="110px"),
+        )
+        self.diff = widgets.Button(
+            description="diff the two selected", icon="columns", layout=lay(width="180px")
+        )
+        self.rollback = widgets.Button(
+            description="roll back",
+            icon="undo",
+            button_style="warning",
+            tooltip="restore weights and optimizer state from the selected checkpoint "
+            "(control level admin; click twice)",
+            layout=lay(width="110px"),
+        )
         self.status = widgets.HTML()
         self.diff_out = widgets.VBox()
         self.create.on_click(lambda _b: self._create())
@@ -48,14 +70,26 @@ class CheckpointsTab:
         self._rows = None
         self._diff_thread: threading.Thread | None = None
         self.last_diff = None
-        self.widget = widgets.VBox([
-            self.banner,
-            widgets.HBox([self.description, self.tags, self.create]),
-            self.table,
-            widgets.HBox([self.pick, widgets.VBox([widgets.HBox([self.edit_tags, self.save_tags]),
-                                                   widgets.HBox([self.diff, self.rollback, self.delete])])]),
-            self.status, self.diff_out,
-        ])
+        self.widget = widgets.VBox(
+            [
+                self.banner,
+                widgets.HBox([self.description, self.tags, self.create]),
+                self.table,
+                widgets.HBox(
+                    [
+                        self.pick,
+                        widgets.VBox(
+                            [
+                                widgets.HBox([self.edit_tags, self.save_tags]),
+                                widgets.HBox([self.diff, self.rollback, self.delete]),
+                            ]
+                        ),
+                    ]
+                ),
+                self.status,
+                self.diff_out,
+            ]
+        )
 
     # ------------------------------------------------------------------ refresh (monitor lock held)
     def refresh(self) -> None:
@@ -69,19 +103,33 @@ class CheckpointsTab:
         rows = []
         for r in df.itertuples(index=False):
             step = None if str(r.step) == "<NA>" else int(r.step)
-            row = {"id": r.id, "step": step, "epoch": r.epoch,
-                   "monitor": f"{r.monitor} = {f.number(r.monitor_value)}" if f.text(r.monitor) else "",
-                   "size": f.size(r.size_bytes), "tags": ", ".join(r.tags or []),
-                   "description": f.text(r.description), "file": os.path.basename(r.path),
-                   "source": f.text(r.source)}
+            row = {
+                "id": r.id,
+                "step": step,
+                "epoch": r.epoch,
+                "monitor": f"{r.monitor} = {f.number(r.monitor_value)}" if f.text(r.monitor) else "",
+                "size": f.size(r.size_bytes),
+                "tags": ", ".join(r.tags or []),
+                "description": f.text(r.description),
+                "file": os.path.basename(r.path),
+                "source": f.text(r.source),
+            }
             if loss_key and step is not None:
                 row[loss_key] = self.mon.value_at(loss_key, step)
             rows.append(row)
-        cols = ["id", "step", "epoch", "source", "monitor"] + ([loss_key] if loss_key else []) + \
-            ["size", "tags", "description", "file"]
+        cols = (
+            ["id", "step", "epoch", "source", "monitor"]
+            + ([loss_key] if loss_key else [])
+            + ["size", "tags", "description", "file"]
+        )
         self.table.value = f.table(rows, cols, empty="no checkpoints recorded yet")
-        opts = [(f"#{r['id']} · step {r['step']} · {r['file']}" + (f" · {r['tags']}" if r["tags"] else ""), int(r["id"]))
-                for r in rows]
+        opts = [
+            (
+                f"#{r['id']} · step {r['step']} · {r['file']}" + (f" · {r['tags']}" if r["tags"] else ""),
+                int(r["id"]),
+            )
+            for r in rows
+        ]
         if opts != list(self.pick.options):
             keep = tuple(v for v in self.pick.value if v in {o[1] for o in opts})
             with self.mon.quiet():
@@ -108,7 +156,11 @@ class CheckpointsTab:
         tags = [t.strip() for t in self.tags.value.split(",") if t.strip()]
         desc = self.description.value.strip() or None
         try:
-            self.ctl.submit("checkpoint", "create checkpoint", lambda run: run.request_checkpoint(desc, tags, source="widget"))
+            self.ctl.submit(
+                "checkpoint",
+                "create checkpoint",
+                lambda run: run.request_checkpoint(desc, tags, source="widget"),
+            )
         except Exception as exc:
             self._say(f.note(f"not sent: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"))
             return
@@ -117,8 +169,13 @@ class CheckpointsTab:
     def _selected(self, n: int | None = None) -> list[int] | None:
         ids = list(self.pick.value)
         if n is not None and len(ids) != n:
-            self._say(f.note(f"select {'one checkpoint' if n == 1 else f'{n} checkpoints'} in the list "
-                             f"(selected: {len(ids)})", "warn"))
+            self._say(
+                f.note(
+                    f"select {'one checkpoint' if n == 1 else f'{n} checkpoints'} in the list "
+                    f"(selected: {len(ids)})",
+                    "warn",
+                )
+            )
             return None
         if not ids:
             self._say(f.note("select checkpoints in the list first", "warn"))
@@ -137,7 +194,11 @@ class CheckpointsTab:
         except Exception as exc:
             self._say(f.note(f"tags not saved: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"))
             return
-        self._say(f.note(f"tags of {', '.join(f'#{i}' for i in ids)} set to {f.esc(', '.join(tags) or '(none)')}", "ok"))
+        self._say(
+            f.note(
+                f"tags of {', '.join(f'#{i}' for i in ids)} set to {f.esc(', '.join(tags) or '(none)')}", "ok"
+            )
+        )
         self.mon.refresh()
 
     def _confirm(self, what: str, action) -> None:
@@ -147,7 +208,9 @@ class CheckpointsTab:
         key = f"{what}:{ids}"
         if self._armed != key:
             self._armed = key
-            self._say(f.note(f"click <b>{what}</b> again to {what} {', '.join(f'#{i}' for i in ids)}", "warn"))
+            self._say(
+                f.note(f"click <b>{what}</b> again to {what} {', '.join(f'#{i}' for i in ids)}", "warn")
+            )
             return
         self._armed = None
         action(ids)
@@ -166,7 +229,9 @@ class CheckpointsTab:
     def _rollback(self, ids: list[int]) -> None:
         cid = ids[0]
         try:
-            self.ctl.submit("rollback", f"roll back to #{cid}", lambda run: run.rollback(cid, source="widget"))
+            self.ctl.submit(
+                "rollback", f"roll back to #{cid}", lambda run: run.rollback(cid, source="widget")
+            )
         except Exception as exc:
             self._say(f.note(f"not sent: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"))
             return
@@ -179,8 +244,9 @@ class CheckpointsTab:
             return
         a, b = sorted(ids)
         self._say(f.note(f"comparing #{a} with #{b}…"))
-        self._diff_thread = threading.Thread(target=self._diff_worker, args=(a, b), name="tmon-widget-diff",
-                                             daemon=True)
+        self._diff_thread = threading.Thread(
+            target=self._diff_worker, args=(a, b), name="tmon-widget-diff", daemon=True
+        )
         self._diff_thread.start()
 
     def _diff_worker(self, a: int, b: int) -> None:
@@ -189,12 +255,19 @@ class CheckpointsTab:
 
             d = diff(a, b, store=self.mon.store)
         except Exception as exc:
-            self._say(f.note(f"diff of #{a} and #{b} failed: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"))
+            self._say(
+                f.note(f"diff of #{a} and #{b} failed: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
+            )
             return
         with self.mon.lock:
             self.show_diff(d)
-            self._say(f.note(f"#{a} → #{b}: {d.summary['changed']} of {d.summary['tensors']} tensors changed "
-                             f"in {d.summary.get('seconds', 0):.2f} s", "ok"))
+            self._say(
+                f.note(
+                    f"#{a} → #{b}: {d.summary['changed']} of {d.summary['tensors']} tensors changed "
+                    f"in {d.summary.get('seconds', 0):.2f} s",
+                    "ok",
+                )
+            )
 
     def show_diff(self, d, top: int = 15) -> None:
         """Render a ``CheckpointDiff``: a bar chart of the most-changed layers, parameter and metric tables."""
@@ -203,28 +276,51 @@ class CheckpointsTab:
         names = [str(n) for n in t.name][::-1]
         vals = np.nan_to_num(t.rel_change.to_numpy(np.float64), nan=0.0)[::-1]
         xs, ys = bq.OrdinalScale(), bq.LinearScale(min=0.0)
-        bars = bq.Bars(x=names, y=vals, scales={"x": xs, "y": ys}, orientation="horizontal", colors=["#1f77b4"],
-                       tooltip=bq.Tooltip(fields=["x", "y"], labels=["tensor", "relative change"],
-                                          formats=["", ".3g"]))
-        fig = bq.Figure(marks=[bars], title=f"most-changed tensors (relative change ‖b−a‖/‖a‖, top {len(t)})",
-                        axes=[bq.Axis(scale=xs, side="left", tick_style={"font-size": "10px"}),
-                              bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2g")],
-                        fig_margin={"top": 36, "bottom": 42, "left": 260, "right": 20}, animation_duration=0,
-                        layout=widgets.Layout(height=f"{max(220, 22 * len(t) + 80)}px", width="auto"))
+        bars = bq.Bars(
+            x=names,
+            y=vals,
+            scales={"x": xs, "y": ys},
+            orientation="horizontal",
+            colors=["#1f77b4"],
+            tooltip=bq.Tooltip(fields=["x", "y"], labels=["tensor", "relative change"], formats=["", ".3g"]),
+        )
+        fig = bq.Figure(
+            marks=[bars],
+            title=f"most-changed tensors (relative change ‖b−a‖/‖a‖, top {len(t)})",
+            axes=[
+                bq.Axis(scale=xs, side="left", tick_style={"font-size": "10px"}),
+                bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2g"),
+            ],
+            fig_margin={"top": 36, "bottom": 42, "left": 260, "right": 20},
+            animation_duration=0,
+            layout=widgets.Layout(height=f"{max(220, 22 * len(t) + 80)}px", width="auto"),
+        )
         s = d.summary
-        head = (f"<b>#{s['a'].get('id')} (step {s['a'].get('step')}) → #{s['b'].get('id')} (step {s['b'].get('step')})"
-                f"</b>: {f.esc(d.counts())}; overall {f.esc(d.overall())}")
+        head = (
+            f"<b>#{s['a'].get('id')} (step {s['a'].get('step')}) → #{s['b'].get('id')} (step {s['b'].get('step')})"
+            f"</b>: {f.esc(d.counts())}; overall {f.esc(d.overall())}"
+        )
         parts = [head]
         if len(d.params):
             parts.append("<h4>parameters that differ</h4>" + d.params.to_html(index=False, na_rep="-"))
         else:
             parts.append("<h4>parameters</h4>no differences")
         if d.changes:
-            parts.append("<h4>changes tmon applied between them</h4>" + f.table(
-                [{"step": c.get("step"), "change": c.get("change"), "source": c.get("source")} for c in d.changes],
-                ["step", "change", "source"]))
+            parts.append(
+                "<h4>changes tmon applied between them</h4>"
+                + f.table(
+                    [
+                        {"step": c.get("step"), "change": c.get("change"), "source": c.get("source")}
+                        for c in d.changes
+                    ],
+                    ["step", "change", "source"],
+                )
+            )
         if len(d.metrics):
-            parts.append("<h4>metrics at each checkpoint</h4>" + f.table(_metric_rows(d.metrics), list(d.metrics.columns)))
+            parts.append(
+                "<h4>metrics at each checkpoint</h4>"
+                + f.table(_metric_rows(d.metrics), list(d.metrics.columns))
+            )
         if d.notes:
             parts.append("<h4>notes</h4><ul>" + "".join(f"<li>{f.esc(n)}</li>" for n in d.notes) + "</ul>")
         self.diff_out.children = [widgets.HTML(parts[0]), fig, widgets.HTML("".join(parts[1:]))]

@@ -20,8 +20,15 @@ from ._series import nice_ticks
 
 GB = 1e9
 #: events marked on the hardware charts (colours no sample line has)
-EVENT_COLORS = {ev.CHECKPOINT: "#444444", ev.PARAM_CHANGE: "#b8860b", ev.ROLLBACK: "#8b0000", ev.OOM: "#8b0000",
-                ev.EXCEPTION: "#8b0000", ev.STOPPED: "#000000", ev.STORE_GAP: "#b8860b"}
+EVENT_COLORS = {
+    ev.CHECKPOINT: "#444444",
+    ev.PARAM_CHANGE: "#b8860b",
+    ev.ROLLBACK: "#8b0000",
+    ev.OOM: "#8b0000",
+    ev.EXCEPTION: "#8b0000",
+    ev.STOPPED: "#000000",
+    ev.STORE_GAP: "#b8860b",
+}
 MARKER_STRIP = 0.06
 
 
@@ -34,30 +41,54 @@ class _TimeChart:
         self.ymin, self.ymax = ymin, ymax
         self.ys = bq.LinearScale(min=ymin, max=ymax)
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
-        self.x_axis = bq.Axis(scale=xs, label="seconds since the run started", num_ticks=6, grid_lines="dashed",
-                              tick_format="~g")
+        self.x_axis = bq.Axis(
+            scale=xs,
+            label="seconds since the run started",
+            num_ticks=6,
+            grid_lines="dashed",
+            tick_format="~g",
+        )
         self.fig = bq.Figure(
-            marks=[], animation_duration=0,
-            axes=[self.x_axis, bq.Axis(scale=self.ys, side="left", label=ylabel, tick_format=".3~g",
-                                       grid_lines="dashed")],
+            marks=[],
+            animation_duration=0,
+            axes=[
+                self.x_axis,
+                bq.Axis(scale=self.ys, side="left", label=ylabel, tick_format=".3~g", grid_lines="dashed"),
+            ],
             fig_margin={"top": 8, "bottom": 42, "left": 60, "right": 28},
-            layout=widgets.Layout(height="220px", width="auto", min_width="320px"))
+            layout=widgets.Layout(height="220px", width="auto", min_width="320px"),
+        )
         self.legend = widgets.HTML()
         self.box = widgets.VBox([self.legend, self.fig], layout=widgets.Layout(min_width="320px"))
         self.lines: dict[str, bq.Lines] = {}
         self.thresholds: list[bq.Lines] = []
-        self.events = bq.Lines(x=np.zeros((1, 2)), y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
-                               scales={"x": xs, "y": self.rule_scale}, colors=["#444444"], stroke_width=2.5,
-                               visible=False, preserve_domain={"x": True},
-                               tooltip=bq.Tooltip(fields=["name"], labels=["event"]))
+        self.events = bq.Lines(
+            x=np.zeros((1, 2)),
+            y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
+            scales={"x": xs, "y": self.rule_scale},
+            colors=["#444444"],
+            stroke_width=2.5,
+            visible=False,
+            preserve_domain={"x": True},
+            tooltip=bq.Tooltip(fields=["name"], labels=["event"]),
+        )
         self.xs = xs
         self._legend()
 
-    def set_line(self, name: str, x: np.ndarray, y: np.ndarray, color: str, max_points: int, style="solid") -> None:
+    def set_line(
+        self, name: str, x: np.ndarray, y: np.ndarray, color: str, max_points: int, style="solid"
+    ) -> None:
         line = self.lines.get(name)
         if line is None:
-            line = self.lines[name] = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
-                                               colors=[color], labels=[name], line_style=style, stroke_width=1.5)
+            line = self.lines[name] = bq.Lines(
+                x=np.zeros(0),
+                y=np.zeros(0),
+                scales={"x": self.xs, "y": self.ys},
+                colors=[color],
+                labels=[name],
+                line_style=style,
+                stroke_width=1.5,
+            )
             self._marks()
         keep, _ = min_max_indices(x, y, max_points)
         with line.hold_sync():
@@ -81,9 +112,17 @@ class _TimeChart:
 
     def threshold(self, warning: float, critical: float) -> None:
         for value, color, label in ((warning, "#e69500", "warning"), (critical, "#d62728", "critical")):
-            self.thresholds.append(bq.Lines(x=np.array([0.0, 1.0]), y=np.array([value, value]),
-                                            scales={"x": self.rule_scale, "y": self.ys}, colors=[color],
-                                            line_style="dashed", labels=[f"{label} {value:g}"], stroke_width=1))
+            self.thresholds.append(
+                bq.Lines(
+                    x=np.array([0.0, 1.0]),
+                    y=np.array([value, value]),
+                    scales={"x": self.rule_scale, "y": self.ys},
+                    colors=[color],
+                    line_style="dashed",
+                    labels=[f"{label} {value:g}"],
+                    stroke_width=1,
+                )
+            )
         self._marks()
 
     def mark_events(self, x: np.ndarray, colors: list[str], names: list[str]) -> None:
@@ -115,13 +154,17 @@ class _TimeChart:
         items = []
         for ln in list(self.lines.values()) + self.thresholds:
             dash = {"dashed": "6,3", "dotted": "2,3"}.get(ln.line_style, "")
-            items.append(f'<span style="margin-right:12px;white-space:nowrap"><svg width="22" height="8" '
-                         f'style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" stroke="{ln.colors[0]}" '
-                         f'stroke-width="2.5" stroke-dasharray="{dash}"/></svg> {f.esc(ln.labels[0])}</span>')
+            items.append(
+                f'<span style="margin-right:12px;white-space:nowrap"><svg width="22" height="8" '
+                f'style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" stroke="{ln.colors[0]}" '
+                f'stroke-width="2.5" stroke-dasharray="{dash}"/></svg> {f.esc(ln.labels[0])}</span>'
+            )
         if self.events.visible:
             items.append('<span style="color:#555;white-space:nowrap"><b>|</b> events (hover)</span>')
-        html = (f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:60px">'
-                f'<b style="font-size:1.1em;margin-right:12px">{f.esc(self.title)}</b>{"".join(items)}</div>')
+        html = (
+            f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:60px">'
+            f'<b style="font-size:1.1em;margin-right:12px">{f.esc(self.title)}</b>{"".join(items)}</div>'
+        )
         if self.legend.value != html:
             self.legend.value = html
 
@@ -141,11 +184,13 @@ class HardwareTab:
         self.gpu_power = _TimeChart("GPU power", "W", self.xs, ymin=0.0)
         self.gpu_temp = _TimeChart("GPU temperature", "°C", self.xs)
         self.gpu_temp.threshold(al.GPU_TEMP_WARNING, al.GPU_TEMP_CRITICAL)
-        lay = widgets.Layout(grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))", width="100%",
-                             grid_gap="4px")
+        lay = widgets.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))", width="100%", grid_gap="4px"
+        )
         self.host_grid = widgets.GridBox([self.cpu.box, self.ram.box, self.swap.box], layout=lay)
-        self.gpu_grid = widgets.GridBox([self.gpu_mem.box, self.gpu_util.box, self.gpu_power.box, self.gpu_temp.box],
-                                        layout=lay)
+        self.gpu_grid = widgets.GridBox(
+            [self.gpu_mem.box, self.gpu_util.box, self.gpu_power.box, self.gpu_temp.box], layout=lay
+        )
         self.gpu_box = widgets.VBox([widgets.HTML("<b>GPUs</b>"), self.gpu_grid])
         self.summary = widgets.HTML()
         self.widget = widgets.VBox([self.note, self.summary, self.host_grid, self.gpu_box])
@@ -161,7 +206,9 @@ class HardwareTab:
         gpus = []
         if len(self.gpus):
             last = self.gpus.wall_time.max()
-            gpus = [r._asdict() for r in self.gpus[self.gpus.wall_time >= last - 1e-6].itertuples(index=False)]
+            gpus = [
+                r._asdict() for r in self.gpus[self.gpus.wall_time >= last - 1e-6].itertuples(index=False)
+            ]
         self.mon.alerts.from_sample(rs.id, host, gpus)
 
     def render(self) -> None:
@@ -172,8 +219,9 @@ class HardwareTab:
         s, g = self.samples, self.gpus
         mp = self.mon.max_points
         if not len(s):
-            self.note.value = f.note("no hardware samples for this run (sampling off: sample_interval=None, or "
-                                     "none written yet)")
+            self.note.value = f.note(
+                "no hardware samples for this run (sampling off: sample_interval=None, or none written yet)"
+            )
         else:
             self.note.value = ""
             nodes = list(s.groupby(["host", "node_rank"], dropna=False))
@@ -189,25 +237,50 @@ class HardwareTab:
 
                 self.cpu.set_line("cpu" + tag, x, col("cpu_percent"), color, mp)
                 self.ram.set_line("host used" + tag, x, 100 * col("ram_used") / total, color, mp)
-                self.ram.set_line("this process" + tag, x, 100 * col("proc_rss") / total, f.PALETTE[(i + 1) % 10], mp,
-                                  "dashed")
-                self.ram.set_line("dataloader workers" + tag, x, 100 * col("children_rss") / total,
-                                  f.PALETTE[(i + 2) % 10], mp, "dotted")
+                self.ram.set_line(
+                    "this process" + tag,
+                    x,
+                    100 * col("proc_rss") / total,
+                    f.PALETTE[(i + 1) % 10],
+                    mp,
+                    "dashed",
+                )
+                self.ram.set_line(
+                    "dataloader workers" + tag,
+                    x,
+                    100 * col("children_rss") / total,
+                    f.PALETTE[(i + 2) % 10],
+                    mp,
+                    "dotted",
+                )
                 self.swap.set_line("swap" + tag, x, col("swap_used") / GB, color, mp)
             last = s.iloc[-1]
-            self.summary.value = ("latest: " + " · ".join([
-                f"CPU {f.number(last.cpu_percent, 3)}%",
-                f"RAM {f.size(last.ram_used)} of {f.size(last.ram_total)}",
-                f"process {f.size(last.proc_rss)}",
-                f"workers {f.size(last.children_rss)} ({f.number(last.children_count)} processes)",
-                f"swap {f.size(last.swap_used)}"]))
+            self.summary.value = "latest: " + " · ".join(
+                [
+                    f"CPU {f.number(last.cpu_percent, 3)}%",
+                    f"RAM {f.size(last.ram_used)} of {f.size(last.ram_total)}",
+                    f"process {f.size(last.proc_rss)}",
+                    f"workers {f.size(last.children_rss)} ({f.number(last.children_count)} processes)",
+                    f"swap {f.size(last.swap_used)}",
+                ]
+            )
         if g is None or not len(g):
-            self.gpu_box.children = [widgets.HTML("<b>GPUs</b>"), widgets.HTML(f.note(
-                "no GPU samples: no NVIDIA GPU seen by NVML on the training machine, or gpus=False"))]
+            self.gpu_box.children = [
+                widgets.HTML("<b>GPUs</b>"),
+                widgets.HTML(
+                    f.note(
+                        "no GPU samples: no NVIDIA GPU seen by NVML on the training machine, or gpus=False"
+                    )
+                ),
+            ]
         else:
             self.gpu_box.children = [widgets.HTML("<b>GPUs</b>"), self.gpu_grid]
-            for i, ((host, rank, gpu), part) in enumerate(g.groupby(["host", "node_rank", "gpu"], dropna=False)):
-                tag = f"GPU {gpu}" + (f" {host}:{rank}" if g.host.nunique() > 1 or g.node_rank.nunique() > 1 else "")
+            for i, ((host, rank, gpu), part) in enumerate(
+                g.groupby(["host", "node_rank", "gpu"], dropna=False)
+            ):
+                tag = f"GPU {gpu}" + (
+                    f" {host}:{rank}" if g.host.nunique() > 1 or g.node_rank.nunique() > 1 else ""
+                )
                 color = f.PALETTE[i % len(f.PALETTE)]
                 x = part.wall_time.to_numpy(np.float64) - t0
 
@@ -224,7 +297,10 @@ class HardwareTab:
             part = events[events.type.isin(list(EVENT_COLORS))]
             x = part.wall_time.to_numpy(np.float64) - t0
             colors = [EVENT_COLORS[t] for t in part.type]
-            names = [f"{t.replace('_', ' ')}: {f.text(m)}"[:200] for t, m in zip(part.type, part.message, strict=True)]
+            names = [
+                f"{t.replace('_', ' ')}: {f.text(m)}"[:200]
+                for t, m in zip(part.type, part.message, strict=True)
+            ]
             for chart in charts:
                 chart.mark_events(x, colors, names)
         xs = [ln.x for c in charts for ln in c.lines.values() if len(ln.x)]

@@ -19,7 +19,9 @@ class Header:
         mon = self.mon
         now = time.time()
         if not mon.runs:
-            self.html.value = f'<div class="tmon-header">{f.status_badge("waiting")} {f.esc(mon.waiting_for)}</div>'
+            self.html.value = (
+                f'<div class="tmon-header">{f.status_badge("waiting")} {f.esc(mon.waiting_for)}</div>'
+            )
             return
         parts = []
         if len(mon.runs) == 1:
@@ -29,18 +31,30 @@ class Header:
         else:
             rows = []
             for rs in mon.runs:
-                swatch = f'<span style="display:inline-block;width:12px;height:12px;background:{rs.color}"></span>'
-                rows.append({"": swatch, "run": f"<b>{f.esc(rs.name)}</b> <code>{rs.id[:8]}</code>",
-                             "status": self._badge(rs), "progress": self._progress(rs, now)})
-            parts.append(f.table(rows, ["", "run", "status", "progress"], raw=("", "run", "status", "progress")))
+                swatch = (
+                    f'<span style="display:inline-block;width:12px;height:12px;background:{rs.color}"></span>'
+                )
+                rows.append(
+                    {
+                        "": swatch,
+                        "run": f"<b>{f.esc(rs.name)}</b> <code>{rs.id[:8]}</code>",
+                        "status": self._badge(rs),
+                        "progress": self._progress(rs, now),
+                    }
+                )
+            parts.append(
+                f.table(rows, ["", "run", "status", "progress"], raw=("", "run", "status", "progress"))
+            )
         alerts = mon.alerts.items[-6:]
         if alerts:
             chips = []
             for a in reversed(alerts):
                 color = "#d62728" if a["level"] == "critical" else "#e69500"
                 who = "" if len(mon.runs) == 1 else f"{f.esc(mon.run_name(a['run_id']))}: "
-                chips.append(f'<span class="tmon-alert" style="border:1px solid {color};color:{color};border-radius:4px;'
-                             f'padding:0 6px;margin-right:4px;display:inline-block">{who}{f.esc(a["message"])}</span>')
+                chips.append(
+                    f'<span class="tmon-alert" style="border:1px solid {color};color:{color};border-radius:4px;'
+                    f'padding:0 6px;margin-right:4px;display:inline-block">{who}{f.esc(a["message"])}</span>'
+                )
             more = len(mon.alerts.items) - len(alerts)
             tail = f' <span style="color:#777">+{more} earlier (Events tab)</span>' if more > 0 else ""
             parts.append(f'<div style="margin-top:4px">{"".join(chips)}{tail}</div>')
@@ -58,8 +72,10 @@ class Header:
             bits.append(f.esc(info["framework"]))
         if info.get("host"):
             bits.append(f.esc(f"{info['host']} pid {info.get('pid')}"))
-        return (f'<span style="font-size:1.15em;font-weight:600">{f.esc(rs.name)}</span> {self._badge(rs)} '
-                f'<span style="color:#777;font-size:0.85em">{" · ".join(bits)}</span>')
+        return (
+            f'<span style="font-size:1.15em;font-weight:600">{f.esc(rs.name)}</span> {self._badge(rs)} '
+            f'<span style="color:#777;font-size:0.85em">{" · ".join(bits)}</span>'
+        )
 
     @staticmethod
     def _progress(rs, now: float) -> str:
@@ -69,9 +85,11 @@ class Header:
             step = f"step <b>{last:,}</b>" + (f" / {total:,}" if total else "")
             if total:
                 pct = max(0.0, min(1.0, last / total))
-                step += (f' <span style="display:inline-block;width:80px;height:8px;background:#eee;'
-                         f'vertical-align:middle"><span style="display:block;height:8px;width:{pct * 100:.0f}%;'
-                         f'background:{rs.color}"></span></span>')
+                step += (
+                    f' <span style="display:inline-block;width:80px;height:8px;background:#eee;'
+                    f'vertical-align:middle"><span style="display:block;height:8px;width:{pct * 100:.0f}%;'
+                    f'background:{rs.color}"></span></span>'
+                )
             bits.append(step)
         else:
             bits.append("no steps yet")

@@ -64,8 +64,19 @@ class Monitor(widgets.VBox):
         x: ``"step"``, ``"epoch"`` or ``"time"``.
     """
 
-    def __init__(self, run=None, *, store=None, runs=None, interval: float | None = 0.5, max_points: int = 2000,
-                 metrics: list[str] | None = None, x: str = "step", _resolve=None, _waiting: str | None = None):
+    def __init__(
+        self,
+        run=None,
+        *,
+        store=None,
+        runs=None,
+        interval: float | None = 0.5,
+        max_points: int = 2000,
+        metrics: list[str] | None = None,
+        x: str = "step",
+        _resolve=None,
+        _waiting: str | None = None,
+    ):
         super().__init__()
         if interval is not None and (not isinstance(interval, (int, float)) or interval < 0.05):
             raise ValueError(f"interval must be >= 0.05 seconds or None, received interval={interval!r}")
@@ -110,7 +121,14 @@ class Monitor(widgets.VBox):
         self.parameters = ParametersTab(self)
         self.report = ReportTab(self)
         self.events_tab = EventsTab(self)
-        self._tabs = [self.metrics, self.hardware, self.checkpoints, self.parameters, self.report, self.events_tab]
+        self._tabs = [
+            self.metrics,
+            self.hardware,
+            self.checkpoints,
+            self.parameters,
+            self.report,
+            self.events_tab,
+        ]
         # Only the shown tab's widgets are in the page: a bqplot figure in a hidden tab is laid out at
         # width 0 and logs "<rect> attribute width: A negative value" for every redraw.
         self._slots = [widgets.Box(layout=widgets.Layout(width="100%")) for _ in self._tabs]
@@ -260,7 +278,11 @@ class Monitor(widgets.VBox):
         polled = self.control.poll() if self.control.pending else False
         for tab in (self.checkpoints, self.parameters):
             tab.gate()
-            if (visible is tab and (slow or polled or self.control.pending)) or blind_due or (blind and polled):
+            if (
+                (visible is tab and (slow or polled or self.control.pending))
+                or blind_due
+                or (blind and polled)
+            ):
                 tab.refresh()
             elif tab is self.parameters and slow:
                 tab.show_current()
@@ -270,8 +292,10 @@ class Monitor(widgets.VBox):
             self.report.refresh()
         note = None
         if self.busy and self.runs[0].running:
-            note = ("<b>busy kernel</b>: this kernel is running a cell: the charts keep updating, but clicks on the controls "
-                    "are queued until the cell ends (Parameters tab says how to steer now)")
+            note = (
+                "<b>busy kernel</b>: this kernel is running a cell: the charts keep updating, but clicks on the controls "
+                "are queued until the cell ends (Parameters tab says how to steer now)"
+            )
         self.header.render(note)
 
     def _read_slow(self) -> None:
@@ -285,8 +309,14 @@ class Monitor(widgets.VBox):
                 rs.epoch = self.latest[rs.id]["epoch"][1]
             rs.measure_rate(list(self.latest[rs.id]))
             if rs.status == "lost":
-                self.alerts.add(rs.id, "lost", f"no heartbeat for {rs.info.get('heartbeat_timeout', 0):.0f} s: "
-                                               "the training process may be gone", level="critical", dedupe="lost")
+                self.alerts.add(
+                    rs.id,
+                    "lost",
+                    f"no heartbeat for {rs.info.get('heartbeat_timeout', 0):.0f} s: "
+                    "the training process may be gone",
+                    level="critical",
+                    dedupe="lost",
+                )
         if self.runs and self._slow_count % 5 == 1:  # the store's run list, for the overlay picker
             self.metrics.update_overlay_options(self.store.runs())
 
@@ -365,7 +395,9 @@ class Monitor(widgets.VBox):
         return self._refresher.alive
 
     def stop_refresh(self) -> None:
-        if not hasattr(self, "_refresher"):  # __init__ failed early (ipywidgets closes widgets when collected)
+        if not hasattr(
+            self, "_refresher"
+        ):  # __init__ failed early (ipywidgets closes widgets when collected)
             return
         self._refresher.stop()
 

@@ -28,15 +28,22 @@ def optimizer_params(config: dict) -> set[str] | None:
     for o in opts:
         if not isinstance(o, dict):
             continue
-        names = set(o.get("defaults") or {}) | set(o.get("config") or {})  # torch defaults; Keras get_config()
+        names = set(o.get("defaults") or {}) | set(
+            o.get("config") or {}
+        )  # torch defaults; Keras get_config()
         for name, aliases in _OPTIMIZER_NAMES.items():
             if names & aliases:
                 out.add(name)
     return out or None
 
 
-_OPTIMIZER_NAMES = {"lr": {"lr", "learning_rate"}, "momentum": {"momentum", "betas", "beta_1"},
-                    "weight_decay": {"weight_decay"}, "betas": {"betas", "beta_1"}, "eps": {"eps", "epsilon"}}
+_OPTIMIZER_NAMES = {
+    "lr": {"lr", "learning_rate"},
+    "momentum": {"momentum", "betas", "beta_1"},
+    "weight_decay": {"weight_decay"},
+    "betas": {"betas", "beta_1"},
+    "eps": {"eps", "epsilon"},
+}
 
 
 def _input(name: str, spec: dict | None):
@@ -44,15 +51,33 @@ def _input(name: str, spec: dict | None):
     lay = widgets.Layout(width="330px")
     style = {"description_width": "0px"}
     if name == "lr":
-        return widgets.FloatLogSlider(value=1e-3, base=10, min=-7, max=1, step=0.05, readout_format=".3g",
-                                      continuous_update=False, layout=lay, style=style)
+        return widgets.FloatLogSlider(
+            value=1e-3,
+            base=10,
+            min=-7,
+            max=1,
+            step=0.05,
+            readout_format=".3g",
+            continuous_update=False,
+            layout=lay,
+            style=style,
+        )
     if name in ("weight_decay", "momentum"):
-        return widgets.BoundedFloatText(value=0.0, min=0.0, max=0.999999, step=0.01 if name == "momentum" else 1e-4,
-                                        layout=widgets.Layout(width="150px"))
+        return widgets.BoundedFloatText(
+            value=0.0,
+            min=0.0,
+            max=0.999999,
+            step=0.01 if name == "momentum" else 1e-4,
+            layout=widgets.Layout(width="150px"),
+        )
     if name == "eps":
-        return widgets.BoundedFloatText(value=1e-8, min=1e-12, max=1.0, step=1e-9, layout=widgets.Layout(width="150px"))
+        return widgets.BoundedFloatText(
+            value=1e-8, min=1e-12, max=1.0, step=1e-9, layout=widgets.Layout(width="150px")
+        )
     if name == "betas":
-        return widgets.Text(value="0.9, 0.999", placeholder="beta1, beta2", layout=widgets.Layout(width="150px"))
+        return widgets.Text(
+            value="0.9, 0.999", placeholder="beta1, beta2", layout=widgets.Layout(width="150px")
+        )
     spec = spec or {}
     bounds, typ = spec.get("bounds"), spec.get("type", "float")
     if typ in ("float", "int") and bounds:
@@ -80,15 +105,26 @@ class _ParamRow:
         self.tab, self.name = tab, name
         self.current = widgets.HTML(layout=widgets.Layout(width="150px"))
         self.input = _input(name, spec)
-        self.apply = widgets.Button(description=f"apply {name}", icon="check", layout=widgets.Layout(width="170px"),
-                                    tooltip=f"ask the training to set {name} at its next step")
+        self.apply = widgets.Button(
+            description=f"apply {name}",
+            icon="check",
+            layout=widgets.Layout(width="170px"),
+            tooltip=f"ask the training to set {name} at its next step",
+        )
         self.dirty = False
         self.known = False  # a current value was read back: until then the input holds a placeholder
         self.custom = spec is not None
         self.input.observe(self._edited, names="value")
         self.apply.on_click(lambda _b: tab.apply(self))
-        self.widget = widgets.HBox([widgets.HTML(f"<b>{f.esc(name)}</b>", layout=widgets.Layout(width="120px")),
-                                    self.current, self.input, self.apply], layout=widgets.Layout(align_items="center"))
+        self.widget = widgets.HBox(
+            [
+                widgets.HTML(f"<b>{f.esc(name)}</b>", layout=widgets.Layout(width="120px")),
+                self.current,
+                self.input,
+                self.apply,
+            ],
+            layout=widgets.Layout(align_items="center"),
+        )
         self.widget.add_class(f"tmon-param-{name}")
 
     def _edited(self, _change) -> None:
@@ -122,36 +158,59 @@ class ParametersTab:
         self.ctl = monitor.control
         lay = widgets.Layout
         self.banner = widgets.HTML()
-        self.mode = widgets.Dropdown(options=MODES, value="scale", description="mode",
-                                     style={"description_width": "40px"}, layout=lay(width="260px"))
+        self.mode = widgets.Dropdown(
+            options=MODES,
+            value="scale",
+            description="mode",
+            style={"description_width": "40px"},
+            layout=lay(width="260px"),
+        )
         self.rows: dict[str, _ParamRow] = {}
         self.rows_box = widgets.VBox()
         self.preset = widgets.Dropdown(options=[], layout=lay(width="260px"))
         self.preset_values = widgets.HTML()
-        self.apply_preset = widgets.Button(description="apply preset", icon="magic", layout=lay(width="130px"))
+        self.apply_preset = widgets.Button(
+            description="apply preset", icon="magic", layout=lay(width="130px")
+        )
         self.apply_preset.on_click(lambda _b: self._preset())
         self.preset.observe(lambda _c: self._show_preset(), names="value")
         self.schedule = widgets.HTML()
         self.history = widgets.HTML()
         self.stop_reason = widgets.Text(placeholder="why (kept with the run)", layout=lay(width="260px"))
-        self.stop = widgets.Button(description="stop run", icon="stop", button_style="danger",
-                                   tooltip="stop the training cleanly at its next step (control level admin; "
-                                           "click twice)", layout=lay(width="120px"))
+        self.stop = widgets.Button(
+            description="stop run",
+            icon="stop",
+            button_style="danger",
+            tooltip="stop the training cleanly at its next step (control level admin; click twice)",
+            layout=lay(width="120px"),
+        )
         self.stop.on_click(lambda _b: self._stop())
         self._armed = False
         self.status = widgets.HTML()
         self._impacts: dict[int, dict] = {}
         self._spec_key = None
-        self.presets_box = widgets.VBox([widgets.HTML("<b>presets</b>"),
-                                         widgets.HBox([self.preset, self.apply_preset]), self.preset_values])
-        self.widget = widgets.VBox([
-            self.banner,
-            widgets.HBox([widgets.HTML("<b>parameters</b>", layout=lay(width="120px")), self.mode]),
-            self.rows_box, self.status, self.presets_box,
-            widgets.HTML("<b>schedule</b>"), self.schedule,
-            widgets.HTML("<b>requests</b>"), self.history,
-            widgets.HTML("<b>stop</b>"), widgets.HBox([self.stop_reason, self.stop]),
-        ])
+        self.presets_box = widgets.VBox(
+            [
+                widgets.HTML("<b>presets</b>"),
+                widgets.HBox([self.preset, self.apply_preset]),
+                self.preset_values,
+            ]
+        )
+        self.widget = widgets.VBox(
+            [
+                self.banner,
+                widgets.HBox([widgets.HTML("<b>parameters</b>", layout=lay(width="120px")), self.mode]),
+                self.rows_box,
+                self.status,
+                self.presets_box,
+                widgets.HTML("<b>schedule</b>"),
+                self.schedule,
+                widgets.HTML("<b>requests</b>"),
+                self.history,
+                widgets.HTML("<b>stop</b>"),
+                widgets.HBox([self.stop_reason, self.stop]),
+            ]
+        )
 
     # ------------------------------------------------------------------ refresh (monitor lock held)
     def refresh(self) -> None:
@@ -178,8 +237,11 @@ class ParametersTab:
                 continue
             if name == "betas":
                 row.show(None if "momentum" not in latest else latest["momentum"][1])
-                row.current.value = ("β1 now <b>" + f.esc(f.number(latest["momentum"][1])) + "</b>") \
-                    if "momentum" in latest else "now <b>-</b>"
+                row.current.value = (
+                    ("β1 now <b>" + f.esc(f.number(latest["momentum"][1])) + "</b>")
+                    if "momentum" in latest
+                    else "now <b>-</b>"
+                )
                 continue
             row.show(latest[key][1] if key in latest else None)
         self._schedule(rs)
@@ -205,7 +267,10 @@ class ParametersTab:
             return
         ctl = rs.control
         self.banner.value = self.ctl.banner("manage")
-        spec_key = (tuple(ctl.get("params") or ()), tuple(sorted((ctl.get("presets") or {}).items(), key=str)))
+        spec_key = (
+            tuple(ctl.get("params") or ()),
+            tuple(sorted((ctl.get("presets") or {}).items(), key=str)),
+        )
         if spec_key != self._spec_key:
             self._spec_key = spec_key
             self._build(ctl)
@@ -218,8 +283,12 @@ class ParametersTab:
             # a custom Param is not logged, so a value the user typed is enough
             ready = row.known or (row.custom and row.dirty)
             row.apply.disabled = not manage or not ready
-            row.apply.tooltip = (f"ask the training to set {row.name} at its next step" if ready else
-                                 f"waiting for the run's current {row.name}" + (" (or type a value)" if row.custom else ""))
+            row.apply.tooltip = (
+                f"ask the training to set {row.name} at its next step"
+                if ready
+                else f"waiting for the run's current {row.name}"
+                + (" (or type a value)" if row.custom else "")
+            )
         self.apply_preset.disabled = not manage or not self.preset.options
         self.stop.disabled = not admin
 
@@ -231,7 +300,8 @@ class ParametersTab:
         names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
         self.rows = {n: self.rows.get(n) or _ParamRow(self, n, custom.get(n)) for n in names}
         self.rows_box.children = [r.widget for r in self.rows.values()] or [
-            widgets.HTML(f.note("this run describes no steerable parameters (its callback has no control)"))]
+            widgets.HTML(f.note("this run describes no steerable parameters (its callback has no control)"))
+        ]
         presets = ctl.get("presets") or {}
         with self.mon.quiet():
             self.preset.options = sorted(presets)
@@ -258,10 +328,20 @@ class ParametersTab:
                 done = epoch is not None and epoch >= it.get("epoch", math.inf)
                 todo = ""
             change = ", ".join(f"{k} → {f.number(v)}" for k, v in (it.get("params") or {}).items())
-            rows.append({"when": when, "change": change, "ramp": f"{it['ramp']} steps" if it.get("ramp") else "",
-                         "mode": it.get("mode"), "status": "✓ done" if done else f"to come {todo}".strip()})
-        self.schedule.value = f.table(rows, ["when", "change", "ramp", "mode", "status"],
-                                      empty="no schedule (TMonCallback(schedule=[At(step=..., lr=...)]))")
+            rows.append(
+                {
+                    "when": when,
+                    "change": change,
+                    "ramp": f"{it['ramp']} steps" if it.get("ramp") else "",
+                    "mode": it.get("mode"),
+                    "status": "✓ done" if done else f"to come {todo}".strip(),
+                }
+            )
+        self.schedule.value = f.table(
+            rows,
+            ["when", "change", "ramp", "mode", "status"],
+            empty="no schedule (TMonCallback(schedule=[At(step=..., lr=...)]))",
+        )
 
     def _history(self, rs) -> None:
         df = rs.run.requests()
@@ -269,12 +349,18 @@ class ParametersTab:
         rows = []
         for r in df.itertuples(index=False):
             payload = r.payload if isinstance(r.payload, dict) else {}
-            what = {"set_param": lambda p: ", ".join(f"{k}={f.number(v)}" for k, v in (p.get("values") or {}).items())
-                    + (f" ({p.get('mode')})" if p.get("mode") else ""),
-                    "preset": lambda p: f"preset {p.get('name')}",
-                    "checkpoint": lambda p: "checkpoint" + (f": {p['description']}" if p.get("description") else ""),
-                    "rollback": lambda p: f"roll back to #{p.get('checkpoint_id')}",
-                    "stop": lambda p: "stop" + (f": {p['reason']}" if p.get("reason") else "")}.get(r.kind)
+            what = {
+                "set_param": lambda p: (
+                    ", ".join(f"{k}={f.number(v)}" for k, v in (p.get("values") or {}).items())
+                    + (f" ({p.get('mode')})" if p.get("mode") else "")
+                ),
+                "preset": lambda p: f"preset {p.get('name')}",
+                "checkpoint": lambda p: (
+                    "checkpoint" + (f": {p['description']}" if p.get("description") else "")
+                ),
+                "rollback": lambda p: f"roll back to #{p.get('checkpoint_id')}",
+                "stop": lambda p: "stop" + (f": {p['reason']}" if p.get("reason") else ""),
+            }.get(r.kind)
             text = what(payload) if what else r.kind
             step = None if str(r.applied_step) == "<NA>" else int(r.applied_step)
             if r.status == "applied":
@@ -289,12 +375,25 @@ class ParametersTab:
             impact = ""
             if r.status == "applied" and r.kind in ("set_param", "preset") and loss_key and step is not None:
                 impact = self._impact(rs, int(r.id), step, loss_key)
-            rows.append({"#": int(r.id), "at": f.clock(r.requested_at), "by": r.requested_by,
-                         "source": payload.get("source", ""), "request": text, "outcome": outcome, "change": change,
-                         "impact": impact})
+            rows.append(
+                {
+                    "#": int(r.id),
+                    "at": f.clock(r.requested_at),
+                    "by": r.requested_by,
+                    "source": payload.get("source", ""),
+                    "request": text,
+                    "outcome": outcome,
+                    "change": change,
+                    "impact": impact,
+                }
+            )
         rows.reverse()
-        self.history.value = f.table(rows[:50], ["#", "at", "by", "source", "request", "outcome", "change", "impact"],
-                                     empty="no requests yet", raw=("outcome",))
+        self.history.value = f.table(
+            rows[:50],
+            ["#", "at", "by", "source", "request", "outcome", "change", "impact"],
+            empty="no requests yet",
+            raw=("outcome",),
+        )
 
     def _impact(self, rs, request_id: int, step: int, key: str) -> str:
         cached = self._impacts.get(request_id)
@@ -321,8 +420,11 @@ class ParametersTab:
             return
         mode = self.mode.value
         try:
-            self.ctl.submit("set_param", f"{row.name} = {f.number(value)}, {mode}",
-                            lambda run: run.set_param(row.name, value, mode=mode, source="widget"))
+            self.ctl.submit(
+                "set_param",
+                f"{row.name} = {f.number(value)}, {mode}",
+                lambda run: run.set_param(row.name, value, mode=mode, source="widget"),
+            )
         except Exception as exc:
             self.status.value = f.note(f"not sent: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
             return

@@ -30,11 +30,17 @@ def report_function():
 class ReportTab:
     def __init__(self, monitor):
         self.mon = monitor
-        self.button = widgets.Button(description="refresh report", icon="refresh", layout=widgets.Layout(width="140px"))
+        self.button = widgets.Button(
+            description="refresh report", icon="refresh", layout=widgets.Layout(width="140px")
+        )
         self.button.on_click(lambda _b: self.compute(force=True))
         self.status = widgets.HTML()
-        self.body = widgets.HTML(f.note("the report is computed when this tab is opened (and again when the run "
-                                        "ends, or with <i>refresh report</i>)"))
+        self.body = widgets.HTML(
+            f.note(
+                "the report is computed when this tab is opened (and again when the run "
+                "ends, or with <i>refresh report</i>)"
+            )
+        )
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.body])
         self.report = None
         self._computed_at = 0.0
@@ -46,8 +52,11 @@ class ReportTab:
         rs = self.mon.runs[0] if self.mon.runs else None
         if rs is None:
             return
-        stale = (self.report is None and self._computed_status is None) or rs.status != self._computed_status \
+        stale = (
+            (self.report is None and self._computed_status is None)
+            or rs.status != self._computed_status
             or (rs.running and time.time() - self._computed_at > LIVE_EVERY)
+        )
         if stale:
             self.compute()
 
@@ -61,7 +70,9 @@ class ReportTab:
         self._computed_at = time.time()
         self.status.value = '<span style="color:#777">computing…</span>'
         others = list(self.mon.runs[1:])
-        self._thread = threading.Thread(target=self._work, args=(rs, others), name="tmon-widget-report", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, args=(rs, others), name="tmon-widget-report", daemon=True
+        )
         self._thread.start()
         if wait:
             self._thread.join()
@@ -69,8 +80,11 @@ class ReportTab:
     def _work(self, rs, others=()) -> None:
         fn = report_function()
         if fn is None:
-            self.body.value = f.note("report not available: this tmon has no <code>tmon_core.report</code> "
-                                     "(the analysis module is missing or failed to import)", "warn")
+            self.body.value = f.note(
+                "report not available: this tmon has no <code>tmon_core.report</code> "
+                "(the analysis module is missing or failed to import)",
+                "warn",
+            )
             self.status.value = ""
             return
         try:
@@ -79,7 +93,9 @@ class ReportTab:
             except TypeError:
                 r = fn(rs.id, store=self.mon.store.url)
         except Exception as exc:
-            self.body.value = f.note(f"report not available: {f.esc(f'{type(exc).__name__}: {exc}')}", "error")
+            self.body.value = f.note(
+                f"report not available: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"
+            )
             self.status.value = ""
             return
         if r is None:
@@ -101,7 +117,8 @@ class ReportTab:
                     card = fn(o.id, store=self.mon.store.url)
                 body += f"<div style='margin-top:8px'>{card._repr_html_()}</div>" if card is not None else ""
             except Exception as exc:
-                body += f.note(f"{f.esc(o.name)}: report not available: {f.esc(f'{type(exc).__name__}: {exc}')}",
-                               "error")
+                body += f.note(
+                    f"{f.esc(o.name)}: report not available: {f.esc(f'{type(exc).__name__}: {exc}')}", "error"
+                )
         self.body.value = f"<div style='color:#777'>{f.esc(when)}</div>{body}"
         self.status.value = f'<span style="color:#777">computed at {f.clock(time.time())}</span>'

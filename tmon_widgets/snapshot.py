@@ -17,8 +17,10 @@ def _fmt(v: float) -> str:
 
 def chart_svg(title: str, lines: list[tuple[str, str, np.ndarray, np.ndarray]]) -> str:
     """An SVG line chart: ``lines`` of (label, colour, x, y); non-finite points are left out."""
-    pts = [(label, color, x[np.isfinite(x) & np.isfinite(y)], y[np.isfinite(x) & np.isfinite(y)])
-           for label, color, x, y in lines]
+    pts = [
+        (label, color, x[np.isfinite(x) & np.isfinite(y)], y[np.isfinite(x) & np.isfinite(y)])
+        for label, color, x, y in lines
+    ]
     pts = [p for p in pts if len(p[2])]
     if not pts:
         return ""
@@ -39,8 +41,10 @@ def chart_svg(title: str, lines: list[tuple[str, str, np.ndarray, np.ndarray]]) 
     def sy(y):
         return TOP + (1 - (y - y0) / (y1 - y0)) * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" style="font:11px sans-serif">',
-           f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" style="font:11px sans-serif">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>',
+    ]
     for v, anchor in ((y1, TOP + 8), (y0, TOP + ph)):
         out.append(f'<text x="{LEFT - 4}" y="{anchor}" text-anchor="end" fill="#555">{_fmt(v)}</text>')
     for v, anchor in ((x0, "start"), (x1, "end")):
@@ -50,8 +54,10 @@ def chart_svg(title: str, lines: list[tuple[str, str, np.ndarray, np.ndarray]]) 
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
     out.append("</svg>")
     legend = " ".join(f'<span style="color:{c}">━</span> {f.esc(label)}' for label, c, _x, _y in pts)
-    return (f'<div style="display:inline-block;margin:4px 8px 4px 0;vertical-align:top">'
-            f'<div style="font-size:0.85em"><b>{f.esc(title)}</b> {legend}</div>{"".join(out)}</div>')
+    return (
+        f'<div style="display:inline-block;margin:4px 8px 4px 0;vertical-align:top">'
+        f'<div style="font-size:0.85em"><b>{f.esc(title)}</b> {legend}</div>{"".join(out)}</div>'
+    )
 
 
 def snapshot_html(mon) -> str:
@@ -65,11 +71,14 @@ def snapshot_html(mon) -> str:
                 if ident in chart.same:
                     continue
                 label = " = ".join([raw.labels[0]] + [o[1] for o, p in chart.same.items() if p == ident])
-                lines.append((label, raw.colors[0], np.asarray(raw.x, dtype=float),
-                              np.asarray(raw.y, dtype=float)))
+                lines.append(
+                    (label, raw.colors[0], np.asarray(raw.x, dtype=float), np.asarray(raw.y, dtype=float))
+                )
             charts.append(chart_svg(fam, lines))
         xlabel = m.xaxis.value
         head = mon.header.html.value
     body = "".join(c for c in charts if c) or f.note("no metrics recorded yet")
-    return (f'<div class="tmon-snapshot">{head}<div style="color:#777;font-size:0.85em">a snapshot (x: {xlabel}): '
-            f"the live Monitor needs a Jupyter front end with ipywidgets</div>{body}</div>")
+    return (
+        f'<div class="tmon-snapshot">{head}<div style="color:#777;font-size:0.85em">a snapshot (x: {xlabel}): '
+        f"the live Monitor needs a Jupyter front end with ipywidgets</div>{body}</div>"
+    )

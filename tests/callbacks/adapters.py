@@ -66,9 +66,16 @@ class LightningHarness(Harness):
                 if step in asks:
                     asks[step]()
 
-        t = Trainer(max_epochs=epochs, callbacks=[cb, Probe()], default_root_dir=tmp_path, logger=False,
-                    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                    log_every_n_steps=1)
+        t = Trainer(
+            max_epochs=epochs,
+            callbacks=[cb, Probe()],
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            log_every_n_steps=1,
+        )
         t.fit(TinyRegressor(lr=self.lr, two_groups=True), SyntheticData(n=256, batch_size=16))
         return out
 
@@ -87,7 +94,7 @@ class HFHarness(Harness):
     def run(self, tmp_path, cb, asks=None, epochs=1):
         from transformers import Trainer, TrainerCallback
 
-        from tests.test_hf import TokenData, args, tiny_bert
+        from tests.callbacks.test_hf import TokenData, args, tiny_bert
 
         out, asks = Fit(), asks or {}
         self.total = epochs * self.steps_per_epoch
@@ -101,9 +108,14 @@ class HFHarness(Harness):
                 if step in asks:
                     asks[step]()
 
-        Trainer(model=tiny_bert(), train_dataset=TokenData(32), callbacks=[cb, Probe()],
-                args=args(tmp_path, num_train_epochs=epochs, save_strategy="no", optim="sgd",
-                          learning_rate=self.lr)).train()
+        Trainer(
+            model=tiny_bert(),
+            train_dataset=TokenData(32),
+            callbacks=[cb, Probe()],
+            args=args(
+                tmp_path, num_train_epochs=epochs, save_strategy="no", optim="sgd", learning_rate=self.lr
+            ),
+        ).train()
         return out
 
 
@@ -116,10 +128,12 @@ class KerasHarness(Harness):
     def run(self, tmp_path, cb, asks=None, epochs=1):
         import keras
 
-        from tests.test_keras import data, mlp
+        from tests.callbacks.test_keras import data, mlp
 
         if keras.backend.backend() != "torch":
-            pytest.skip(f"Keras runs on the torch backend in these tests, this process has {keras.backend.backend()}")
+            pytest.skip(
+                f"Keras runs on the torch backend in these tests, this process has {keras.backend.backend()}"
+            )
         out, asks = Fit(), asks or {}
 
         class Probe(keras.callbacks.Callback):
@@ -137,8 +151,9 @@ class KerasHarness(Harness):
                 Probe.step += 1
 
         x, y = data(64)
-        mlp(keras.optimizers.SGD(self.lr)).fit(x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False,
-                                              callbacks=[cb, Probe()])
+        mlp(keras.optimizers.SGD(self.lr)).fit(
+            x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False, callbacks=[cb, Probe()]
+        )
         return out
 
 
@@ -150,6 +165,9 @@ def harness_params():
     out = []
     for cls in HARNESSES:
         missing = importlib.util.find_spec(cls.module) is None
-        out.append(pytest.param(cls, id=cls.name,
-                                marks=pytest.mark.skipif(missing, reason=f"{cls.module} is not installed")))
+        out.append(
+            pytest.param(
+                cls, id=cls.name, marks=pytest.mark.skipif(missing, reason=f"{cls.module} is not installed")
+            )
+        )
     return out

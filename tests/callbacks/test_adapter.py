@@ -98,7 +98,10 @@ def test_watcher_reports_new_rewritten_and_removed_files_by_mtime(tmp_path):
     d.mkdir()
     old = write(d / "old.ckpt", 100)
     w = CheckpointWatcher(CheckpointWatcher.in_folders([d, tmp_path / "not-yet"], "*.ckpt"))
-    assert w.scan() == ([old], [])  # the first scan of a fit takes in earlier runs' files (the caller ignores it)
+    assert w.scan() == (
+        [old],
+        [],
+    )  # the first scan of a fit takes in earlier runs' files (the caller ignores it)
     assert w.scan() == ([], [])
     a = write(d / "a.ckpt", 200)
     write(d / "a.txt", 200)  # not a checkpoint name
@@ -185,12 +188,20 @@ def test_a_handler_that_raises_rejects_its_decision_and_the_next_one_still_appli
         raise KeyError("lr")
 
     ctl = FakeController()
-    apply_decisions(ctl, [SetParams("api"), Rollback("api"), Stop("api")], 3,
-                    {SetParams: reject, Rollback: crash, Stop: lambda d: {"reason": "stop requested"}})
-    assert ctl.resolved == [("SetParams", 3, False, {"reason": "SGD has no 'betas'"}),
-                            ("Rollback", 3, False, {"reason": "KeyError: 'lr'"}),
-                            ("Stop", 3, True, {"reason": "stop requested"})]
-    apply_decisions(None, [SetParams("api")], 3, {SetParams: reject})  # a rank that only applies: no controller
+    apply_decisions(
+        ctl,
+        [SetParams("api"), Rollback("api"), Stop("api")],
+        3,
+        {SetParams: reject, Rollback: crash, Stop: lambda d: {"reason": "stop requested"}},
+    )
+    assert ctl.resolved == [
+        ("SetParams", 3, False, {"reason": "SGD has no 'betas'"}),
+        ("Rollback", 3, False, {"reason": "KeyError: 'lr'"}),
+        ("Stop", 3, True, {"reason": "stop requested"}),
+    ]
+    apply_decisions(
+        None, [SetParams("api")], 3, {SetParams: reject}
+    )  # a rank that only applies: no controller
 
 
 def test_one_function_for_every_decision_still_works():
@@ -216,7 +227,8 @@ def test_a_failing_hook_warns_once_and_returns_none():
         assert cb.on_step(2) is None
     assert cb.calls == 2
     assert [str(w.message) for w in caught] == [
-        "tmon: Callback.on_step failed (ValueError: bad 1); training continues"]
+        "tmon: Callback.on_step failed (ValueError: bad 1); training continues"
+    ]
     assert caught[0].category is TMonCallbackWarning and caught[0].filename == __file__
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -227,9 +239,15 @@ def test_a_failing_hook_warns_once_and_returns_none():
 
 # ---------------------------------------------------------------------------- RunConfig
 def test_run_config_stores_only_what_was_given():
-    cfg = RunConfig(framework="keras", precision="16-mixed", batch_size=None, callbacks=[{"name": "EarlyStopping"}])
-    assert cfg.as_dict() == {"framework": "keras", "precision": "16-mixed", "callbacks": [{"name": "EarlyStopping"}],
-                             "batch_size": None}
+    cfg = RunConfig(
+        framework="keras", precision="16-mixed", batch_size=None, callbacks=[{"name": "EarlyStopping"}]
+    )
+    assert cfg.as_dict() == {
+        "framework": "keras",
+        "precision": "16-mixed",
+        "callbacks": [{"name": "EarlyStopping"}],
+        "batch_size": None,
+    }
     assert RunConfig().as_dict() == {}
     assert not UNSET and repr(UNSET) == "UNSET"
     with pytest.raises(TypeError):

@@ -11,12 +11,14 @@ import math
 import pytest
 
 from tests.callbacks.adapters import harness_params
-from tests.control_helpers import handed_over
+from tests.callbacks.control_helpers import handed_over
 from tmon_core import Param, open_store
 from tmon_core import events as ev
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
 
 
 @pytest.fixture(params=harness_params())
@@ -24,7 +26,9 @@ def adapter(request):
     return request.param()
 
 
-def test_invalid_requests_are_rejected_with_reasons_and_the_optimizer_is_untouched(adapter, tmp_path, store_url):
+def test_invalid_requests_are_rejected_with_reasons_and_the_optimizer_is_untouched(
+    adapter, tmp_path, store_url
+):
     reqs = {}
 
     def ask():
@@ -89,7 +93,9 @@ def test_stop_request_ends_the_fit_cleanly(adapter, tmp_path, store_url):
 
     cb = adapter.callback(store_url, flush_interval=0.05, sample_interval=None, control="admin")
     fit = adapter.run(tmp_path, cb, {at: ask}, epochs=10)
-    assert fit.steps == list(range(adapter.first, at + 2))  # applied before the next step, which runs; then it ends
+    assert fit.steps == list(
+        range(adapter.first, at + 2)
+    )  # applied before the next step, which runs; then it ends
     run = open_store(store_url).run(cb.run_id)
     assert run.status == "completed"
     stopped = run.events(ev.STOPPED)
@@ -104,17 +110,31 @@ def test_presets_and_custom_params(adapter, tmp_path, store_url):
 
     def ask():
         run = open_store(store_url).run(cb.run_id)
-        reqs.extend([run.apply_preset("cool-down"), run.set_param("knob", 0.5), run.set_param("knob", 2.0),
-                     run.apply_preset("nope")])
+        reqs.extend(
+            [
+                run.apply_preset("cool-down"),
+                run.set_param("knob", 0.5),
+                run.set_param("knob", 2.0),
+                run.apply_preset("nope"),
+            ]
+        )
         handed_over(cb)
 
-    cb = adapter.callback(store_url, flush_interval=0.05, sample_interval=None,
-                          presets={"cool-down": {"lr": 0.001, "weight_decay": 0.0}},
-                          params={"knob": Param(get=lambda: knob["value"], set=lambda v: knob.update(value=v),
-                                                bounds=(0.0, 1.0))},
-                          tags=["control"], notes="steered")
+    cb = adapter.callback(
+        store_url,
+        flush_interval=0.05,
+        sample_interval=None,
+        presets={"cool-down": {"lr": 0.001, "weight_decay": 0.0}},
+        params={
+            "knob": Param(get=lambda: knob["value"], set=lambda v: knob.update(value=v), bounds=(0.0, 1.0))
+        },
+        tags=["control"],
+        notes="steered",
+    )
     fit = adapter.run(tmp_path, cb, {at: ask, at + 1: lambda: seen.append(knob["value"])})
-    assert [r.status for r in reqs] == ["applied", "applied", "rejected", "rejected"], [r.reason for r in reqs]
+    assert [r.status for r in reqs] == ["applied", "applied", "rejected", "rejected"], [
+        r.reason for r in reqs
+    ]
     assert fit.lrs[at + 1][0] == pytest.approx(0.001) and fit.wds[at + 1][0] == 0.0
     assert seen == [0.5], "the custom parameter was set before the next step began"
     assert "out of bounds" in reqs[2].reason and "unknown preset 'nope'" in reqs[3].reason
@@ -124,7 +144,9 @@ def test_presets_and_custom_params(adapter, tmp_path, store_url):
 
 def test_the_constructor_refuses_bad_options_by_name(adapter):
     TMonCallback = adapter.callback_class()
-    with pytest.raises(ValueError, match="control must be one of off, view, manage, admin, received control='root'"):
+    with pytest.raises(
+        ValueError, match="control must be one of off, view, manage, admin, received control='root'"
+    ):
         TMonCallback(control="root")
     with pytest.raises(ValueError, match="preset 'bad': lr=-1.0 is out of bounds"):
         TMonCallback(presets={"bad": {"lr": -1.0}})

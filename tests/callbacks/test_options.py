@@ -42,7 +42,9 @@ def test_options_doc_drops_into_an_f_string_docstring():
 
 
 def test_make_options_names_an_unknown_option_and_checks_values():
-    with pytest.raises(TypeError, match="unknown option.*'sample_intervall'.*its options are: store, alerts, capture_logs"):
+    with pytest.raises(
+        TypeError, match="unknown option.*'sample_intervall'.*its options are: store, alerts, capture_logs"
+    ):
         make_options(None, {"sample_intervall": 1})
     with pytest.raises(ValueError, match="flush_interval"):
         make_options(None, {"flush_interval": 0})

@@ -65,9 +65,18 @@ class Listener(TrainerCallback, wa.TrainListener):
 
 
 def trainer(tmp_path, listener, fail=False):
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2,
-                             report_to="none", disable_tqdm=True, use_cpu=True, save_strategy="no")
-    return Trainer(model=Tiny(fail), args=args, train_dataset=Pairs(), eval_dataset=Pairs(), callbacks=[listener])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        save_strategy="no",
+    )
+    return Trainer(
+        model=Tiny(fail), args=args, train_dataset=Pairs(), eval_dataset=Pairs(), callbacks=[listener]
+    )
 
 
 def test_checkpoint_prefix_is_hfs():
@@ -95,7 +104,11 @@ def test_watch_train_swaps_the_class_for_a_same_named_subclass_that_reports_trai
     sub = type(t)
     assert sub is not cls and issubclass(sub, cls) and sub.__bases__ == (cls,)
     assert (sub.__name__, sub.__qualname__, sub.__module__, sub.__doc__) == (
-        cls.__name__, cls.__qualname__, cls.__module__, cls.__doc__)
+        cls.__name__,
+        cls.__qualname__,
+        cls.__module__,
+        cls.__doc__,
+    )
     assert set(vars(sub)) >= {"train", "log_metrics"}
     wa.watch_train(t)  # once only
     other = trainer(tmp_path, Listener())
@@ -118,7 +131,10 @@ def test_an_exception_escaping_train_is_reported_then_raised(tmp_path):
     listener.calls.clear()
     with pytest.raises(RuntimeError, match="boom"):
         t.train()
-    assert listener.calls[0] == "entered" and listener.calls[-2:] == [("failed", "boom inside the step"), "left"]
+    assert listener.calls[0] == "entered" and listener.calls[-2:] == [
+        ("failed", "boom inside the step"),
+        "left",
+    ]
 
 
 def test_after_fit_stage_tells_evaluate_from_predict(tmp_path):
@@ -135,7 +151,11 @@ def test_after_fit_stage_tells_evaluate_from_predict(tmp_path):
 
 def test_early_stopping_state_tmon_reads():
     cb = EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=0.1)
-    assert (cb.early_stopping_patience, cb.early_stopping_threshold, cb.early_stopping_patience_counter) == (2, 0.1, 0)
+    assert (cb.early_stopping_patience, cb.early_stopping_threshold, cb.early_stopping_patience_counter) == (
+        2,
+        0.1,
+        0,
+    )
     assert not wa.early_stopping_exhausted(cb)
     cb.early_stopping_patience_counter = 2
     assert wa.early_stopping_exhausted(cb)
@@ -153,4 +173,6 @@ def test_the_gradient_checkpointing_flag_tmon_reads_exists():
     the run config reads whichever the model class has (_hf.run_config)."""
     from transformers import PreTrainedModel
 
-    assert any(hasattr(PreTrainedModel, n) for n in ("is_activation_checkpointing", "is_gradient_checkpointing"))
+    assert any(
+        hasattr(PreTrainedModel, n) for n in ("is_activation_checkpointing", "is_gradient_checkpointing")
+    )

@@ -16,13 +16,17 @@ import pytest  # noqa: E402
 
 keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
-    pytest.skip(f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
-                allow_module_level=True)
+    pytest.skip(
+        f"these tests run Keras on the torch backend, this process has {keras.backend.backend()}",
+        allow_module_level=True,
+    )
 
 from tmon_callbacks._workarounds import keras as wa  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def data(n: int = 48):
@@ -33,8 +37,13 @@ def data(n: int = 48):
 
 def mlp(optimizer="adam", units: int = 1):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(units, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(units, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer=optimizer, loss="binary_crossentropy")
     return model
 
@@ -55,11 +64,16 @@ class Hook(keras.callbacks.Callback):
 
 # ---------------------------------------------------------------------------- the optimizer
 
+
 def test_learning_rate_object_is_the_schedule_or_the_variable_the_optimizer_was_given():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=3, decay_rate=0.5)
     opt = keras.optimizers.SGD(schedule)
-    assert wa.learning_rate_object(opt) is schedule, "Keras no longer keeps a schedule in optimizer._learning_rate"
-    assert wa.learning_rate_object(opt) is not opt.learning_rate  # the public one is its value: why we need this
+    assert wa.learning_rate_object(opt) is schedule, (
+        "Keras no longer keeps a schedule in optimizer._learning_rate"
+    )
+    assert (
+        wa.learning_rate_object(opt) is not opt.learning_rate
+    )  # the public one is its value: why we need this
     const = keras.optimizers.Adam(0.01)
     lr = wa.learning_rate_object(const)
     assert hasattr(lr, "assign"), "a float learning rate is no longer a variable in optimizer._learning_rate"
@@ -90,10 +104,12 @@ def test_a_mismatched_optimizer_on_load_is_a_skipping_warning(tmp_path):
         other.load_weights(path)
     messages = [str(w.message) for w in caught]
     assert any(wa.skipped_on_load(m) for m in messages), (
-        f"Keras no longer warns 'Skipping' when an optimizer does not fit the file; it said {messages}")
+        f"Keras no longer warns 'Skipping' when an optimizer does not fit the file; it said {messages}"
+    )
 
 
 # ---------------------------------------------------------------------------- the fit Keras is running
+
 
 def test_fit_callbacks_and_arguments_are_found_from_on_train_begin():
     x, y = data()
@@ -103,7 +119,8 @@ def test_fit_callbacks_and_arguments_are_found_from_on_train_begin():
     callbacks, (batch_size, initial_epoch) = hook.seen["on_train_begin"]
     names = [type(c).__name__ for c in callbacks]
     assert hook in callbacks and other in callbacks and "History" in names, (
-        f"the CallbackList calling on_train_begin was not found among the calling frames: {names}")
+        f"the CallbackList calling on_train_begin was not found among the calling frames: {names}"
+    )
     assert (batch_size, initial_epoch) == (16, 1), "fit's batch_size/initial_epoch locals moved"
 
 
@@ -123,10 +140,12 @@ def test_resolved_mode_reads_keras_monitor_op():
     model.fit(x, y, batch_size=16, epochs=1, validation_split=0.25, verbose=0, callbacks=[loss, acc])
     assert loss.mode == acc.mode == "auto"
     assert (wa.resolved_mode(loss), wa.resolved_mode(acc)) == ("min", "max"), (
-        "EarlyStopping.monitor_op no longer holds keras.ops.less / keras.ops.greater")
+        "EarlyStopping.monitor_op no longer holds keras.ops.less / keras.ops.greater"
+    )
 
 
 # ---------------------------------------------------------------------------- monkeypatches of the model
+
 
 def test_wrapped_step_functions_are_what_fit_calls_and_see_a_step_raising():
     x, y = data()
@@ -148,7 +167,8 @@ def test_wrapped_step_functions_are_what_fit_calls_and_see_a_step_raising():
     hook = Hook(begin, when=("on_train_begin", "on_test_begin"))
     model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[hook])
     assert calls == {"train_function": 6, "test_function": 2}, (
-        f"fit no longer calls the step functions set in on_train_begin/on_test_begin at each batch: {calls}")
+        f"fit no longer calls the step functions set in on_train_begin/on_test_begin at each batch: {calls}"
+    )
     assert model.train_function.__name__ == model.test_function.__name__ == "step_function"
     steps.unwrap()
     assert model.train_function.__name__ == "counting"
@@ -192,7 +212,8 @@ def test_evaluate_takes_callbacks_seventh_and_a_fit_validates_through_it_with_a_
     model.evaluate = spy
     model.fit(x, y, batch_size=16, epochs=1, validation_split=0.25, verbose=0)
     assert passed and isinstance(passed[0], keras.callbacks.CallbackList), (
-        "fit's validation no longer calls self.evaluate(callbacks=<CallbackList>)")
+        "fit's validation no longer calls self.evaluate(callbacks=<CallbackList>)"
+    )
 
 
 @pytest.mark.parametrize("positional", [False, True])

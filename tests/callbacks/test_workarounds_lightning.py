@@ -16,13 +16,28 @@ import torch  # noqa: E402
 from examples.tiny_lightning import make  # noqa: E402
 from tmon_callbacks._workarounds import lightning as wa  # noqa: E402
 
-PACKAGES = ["lightning.pytorch", pytest.param("pytorch_lightning", marks=pytest.mark.skipif(
-    importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch_lightning is not installed"))]
+PACKAGES = [
+    "lightning.pytorch",
+    pytest.param(
+        "pytorch_lightning",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch_lightning is not installed"
+        ),
+    ),
+]
 
 
 def _trainer(pl, tmp_path, callbacks, **kw):
-    return pl.Trainer(callbacks=callbacks, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, **kw)
+    return pl.Trainer(
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        **kw,
+    )
 
 
 def test_the_version_gate_reads_versions():
@@ -66,7 +81,9 @@ def test_skip_unused_hooks_leaves_what_a_subclass_defines(package):
     cb = Mine()
     wa.skip_unused_hooks(cb, wa.UNUSED_BATCH_HOOKS, pl.Callback, Base)
     assert callable(cb.on_after_backward) and cb.on_before_backward is None
-    assert all(hasattr(pl.Callback, name) for name in wa.UNUSED_BATCH_HOOKS), "a batch hook Lightning no longer has"
+    assert all(hasattr(pl.Callback, name) for name in wa.UNUSED_BATCH_HOOKS), (
+        "a batch hook Lightning no longer has"
+    )
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -86,13 +103,15 @@ def test_the_result_collection_holds_the_steps_self_log_values(package, tmp_path
             seen.append((values, outputs["loss"].detach().clone()))
 
     _trainer(pl, tmp_path, [Reader()], max_epochs=1, limit_val_batches=0).fit(
-        TinyRegressor(), SyntheticData(n=48, batch_size=16))
+        TinyRegressor(), SyntheticData(n=48, batch_size=16)
+    )
     assert len(seen) == 3
     for values, loss in seen:
         assert values["loss"] == "tmon's"  # a name tmon records itself keeps tmon's value
         assert set(values) == {"loss", "train_loss_step"}  # the on_step value, under its logged name
-        assert torch.is_tensor(values["train_loss_step"]) and float(values["train_loss_step"]) == pytest.approx(
-            float(loss))
+        assert torch.is_tensor(values["train_loss_step"]) and float(
+            values["train_loss_step"]
+        ) == pytest.approx(float(loss))
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -130,4 +149,8 @@ def test_private_settings_of_timer_and_swa(package):
     callbacks = importlib.import_module(f"{package}.callbacks")
     assert wa.private_settings(callbacks.Timer(duration="00:00:01:00")) == {"duration_s": 60.0}
     swa = callbacks.StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=3, annealing_epochs=2)
-    assert wa.private_settings(swa) == {"swa_epoch_start": 3, "annealing_epochs": 2, "annealing_strategy": "cos"}
+    assert wa.private_settings(swa) == {
+        "swa_epoch_start": 3,
+        "annealing_epochs": 2,
+        "annealing_strategy": "cos",
+    }

@@ -61,13 +61,17 @@ def test_warnings_keeps_its_own_showwarning_under_the_private_name():
     import warnings as w
 
     orig = wa.stdlib_showwarning()
-    assert callable(orig) and orig.__name__ == "showwarning" and orig.__module__ in ("warnings", "_py_warnings")
+    assert (
+        callable(orig) and orig.__name__ == "showwarning" and orig.__module__ in ("warnings", "_py_warnings")
+    )
     # what Python prints, to the file it is handed (the chain of wrappers ends here); in a fresh
     # interpreter: pytest routes this test's warnings elsewhere
-    code = (f"import io, sys; sys.path.insert(0, {REPO!r}); from tmon_callbacks._workarounds.python import "
-            "stdlib_showwarning; out = io.StringIO(); "
-            "stdlib_showwarning()('kept as printed', UserWarning, 'train.py', 12, file=out); "
-            "print(repr(out.getvalue()))")
+    code = (
+        f"import io, sys; sys.path.insert(0, {REPO!r}); from tmon_callbacks._workarounds.python import "
+        "stdlib_showwarning; out = io.StringIO(); "
+        "stdlib_showwarning()('kept as printed', UserWarning, 'train.py', 12, file=out); "
+        "print(repr(out.getvalue()))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == repr("train.py:12: UserWarning: kept as printed\n"), result.stderr
     # warnings itself compares showwarning against this name to know whether it was replaced
@@ -111,8 +115,10 @@ def test_uncaught_exceptions_of_a_thread_and_of_the_script_fail_the_watched_run(
     script.write_text(SCRIPT.format(repo=REPO))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stdout.splitlines() == ["thread run failed at step 7: ValueError: in a thread",
-                                          "main run failed at step 3: KeyError: 'at the top level'"]
+    assert result.stdout.splitlines() == [
+        "thread run failed at step 7: ValueError: in a thread",
+        "main run failed at step 3: KeyError: 'at the top level'",
+    ]
     # the hooks that were there still ran: Python's own traceback printing
     assert "Exception in thread" in result.stderr and "ValueError: in a thread" in result.stderr
     assert "Traceback" in result.stderr and "KeyError: 'at the top level'" in result.stderr

@@ -23,10 +23,15 @@ def sgd(lr: float = 0.1):
 def test_composite_schedulers_keep_their_children_in__schedulers(composite):
     opt = sgd()
     children = [sched.LinearLR(opt, start_factor=0.5, total_iters=4), sched.ExponentialLR(opt, gamma=0.9)]
-    outer = (sched.SequentialLR(opt, children, milestones=[4]) if composite == "SequentialLR"
-             else sched.ChainedScheduler(children))
+    outer = (
+        sched.SequentialLR(opt, children, milestones=[4])
+        if composite == "SequentialLR"
+        else sched.ChainedScheduler(children)
+    )
     assert hasattr(outer, "_schedulers"), f"torch {torch.__version__}: {composite} no longer has _schedulers"
-    assert wa.inner_schedulers(outer) == children, f"torch {torch.__version__}: {composite}._schedulers changed"
+    assert wa.inner_schedulers(outer) == children, (
+        f"torch {torch.__version__}: {composite}._schedulers changed"
+    )
     assert wa.inner_schedulers(children[0]) == []
     # and what it is for: a scaled lr reaches the bases of the children that act on the optimizer
     before, lr = [c.base_lrs[0] for c in children], opt.param_groups[0]["lr"]

@@ -29,22 +29,48 @@ from tmon_core import Recorder
 from tmon_core import events as ev
 
 GiB = 2**30
-PL_CFG = {"framework": "lightning.pytorch", "precision": "32-true", "accumulate_grad_batches": 1,
-          "gradient_clip_val": None, "batch_size": 32, "num_workers": 2, "pin_memory": False,
-          "persistent_workers": False, "prefetch_factor": 2, "num_parameters": 100_000, "param_dtypes": ["float32"],
-          "world_size": 1, "optimizers": [{"class": "SGD", "defaults": {"lr": 0.1, "momentum": 0.9,
-                                                                       "weight_decay": 0}}]}
+PL_CFG = {
+    "framework": "lightning.pytorch",
+    "precision": "32-true",
+    "accumulate_grad_batches": 1,
+    "gradient_clip_val": None,
+    "batch_size": 32,
+    "num_workers": 2,
+    "pin_memory": False,
+    "persistent_workers": False,
+    "prefetch_factor": 2,
+    "num_parameters": 100_000,
+    "param_dtypes": ["float32"],
+    "world_size": 1,
+    "optimizers": [{"class": "SGD", "defaults": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0}}],
+}
 #: fault label -> the rule that should find it
 FAULTS = {
-    "nonfinite": "stability.nonfinite", "divergence": "stability.divergence", "spikes": "stability.spikes",
-    "plateau": "stability.plateau", "overfitting": "stability.overfitting",
-    "grad_explode": "stability.grad_explode", "grad_vanish": "stability.grad_vanish",
-    "input_bound": "throughput.input_bound", "memory_gpu": "memory.gpu", "memory_host": "memory.host",
-    "stall": "throughput.stalls", "lr_hurt": "control.lr_change",
+    "nonfinite": "stability.nonfinite",
+    "divergence": "stability.divergence",
+    "spikes": "stability.spikes",
+    "plateau": "stability.plateau",
+    "overfitting": "stability.overfitting",
+    "grad_explode": "stability.grad_explode",
+    "grad_vanish": "stability.grad_vanish",
+    "input_bound": "throughput.input_bound",
+    "memory_gpu": "memory.gpu",
+    "memory_host": "memory.host",
+    "stall": "throughput.stalls",
+    "lr_hurt": "control.lr_change",
 }
 #: faults whose onset is a step (the others are a state of the whole run)
-TIMED = ("nonfinite", "divergence", "spikes", "plateau", "overfitting", "grad_explode", "grad_vanish", "stall",
-         "lr_hurt")
+TIMED = (
+    "nonfinite",
+    "divergence",
+    "spikes",
+    "plateau",
+    "overfitting",
+    "grad_explode",
+    "grad_vanish",
+    "stall",
+    "lr_hurt",
+)
 
 
 @dataclass
@@ -110,14 +136,16 @@ def _noise(rng, n: int, most: float = 0.7) -> tuple[np.ndarray, str]:
     r = float(rng.uniform(1.5, 4.0))
     s = float(rng.uniform(0.05, 0.25))
     hard = rng.random(n) < p
-    return np.where(hard, r, 1.0) * np.exp(s * rng.standard_normal(n)), f"bimodal p={p:.2f} ×{r:.1f} σ={s:.2f}"
+    return np.where(hard, r, 1.0) * np.exp(
+        s * rng.standard_normal(n)
+    ), f"bimodal p={p:.2f} ×{r:.1f} σ={s:.2f}"
 
 
 def _start_jump(rng, loss: np.ndarray) -> None:
     """The first steps of a fit: a jump before the descent (Adam with a large lr)."""
     if rng.random() < 0.3:
         k = int(rng.integers(1, 4))
-        loss[1:1 + k] *= rng.uniform(1.5, 4.0, k)
+        loss[1 : 1 + k] *= rng.uniform(1.5, 4.0, k)
 
 
 def _val_of(rng, clean: np.ndarray, n: int, overfit_from: int | None = None) -> dict:
@@ -146,16 +174,35 @@ def _timing(rng, n: int, data_scale: float | None = None) -> tuple[np.ndarray, n
 
 
 def host(used: float, total: float = 64 * GiB) -> dict:
-    return {"host": socket.gethostname(), "node_rank": 0, "cpu_percent": 50.0, "ram_total": int(total),
-            "ram_used": int(used), "ram_available": int(total - used), "swap_used": 0, "proc_rss": int(4 * GiB),
-            "children_rss": 0, "children_count": 0}
+    return {
+        "host": socket.gethostname(),
+        "node_rank": 0,
+        "cpu_percent": 50.0,
+        "ram_total": int(total),
+        "ram_used": int(used),
+        "ram_available": int(total - used),
+        "swap_used": 0,
+        "proc_rss": int(4 * GiB),
+        "children_rss": 0,
+        "children_count": 0,
+    }
 
 
 def gpu(used: float, total: float = 80 * GiB) -> dict:
-    return {"host": socket.gethostname(), "node_rank": 0, "gpu": 0, "name": "NVIDIA A100-SXM4-80GB",
-            "mem_used": int(used), "mem_total": int(total), "util_percent": 90.0, "power_watts": 300.0,
-            "temperature_c": 60.0, "torch_allocated": int(used * 0.95), "torch_reserved": None,
-            "torch_max_allocated": int(used * 0.95)}
+    return {
+        "host": socket.gethostname(),
+        "node_rank": 0,
+        "gpu": 0,
+        "name": "NVIDIA A100-SXM4-80GB",
+        "mem_used": int(used),
+        "mem_total": int(total),
+        "util_percent": 90.0,
+        "power_watts": 300.0,
+        "temperature_c": 60.0,
+        "torch_allocated": int(used * 0.95),
+        "torch_reserved": None,
+        "torch_max_allocated": int(used * 0.95),
+    }
 
 
 def _samples(rng, n: int, gpu_frac: float | None = None, host_frac: float | None = None) -> list:
@@ -173,8 +220,14 @@ def _base(rng, i: int, fault: str | None, n: int | None = None) -> tuple[Spec, n
     noise, nk = _noise(rng, n)
     loss = clean * noise
     _start_jump(rng, loss)
-    spec = Spec(f"{'healthy' if fault is None else fault}-{i}", fault, None, n,
-                {"loss": loss, "lr": lr}, noise=f"{shape}, {nk}")
+    spec = Spec(
+        f"{'healthy' if fault is None else fault}-{i}",
+        fault,
+        None,
+        n,
+        {"loss": loss, "lr": lr},
+        noise=f"{shape}, {nk}",
+    )
     return spec, clean
 
 
@@ -199,8 +252,14 @@ def healthy(i: int) -> Spec:
         old = float(spec.series["lr"][k])
         spec.series["lr"][k:] = old * 0.1
         spec.series["loss"][k:] *= 0.8
-        spec.events.append((k, "param_change", f"lr: {old} -> {old * 0.1}",
-                            {"old": {"lr": old}, "new": {"lr": old * 0.1}, "source": "widget"}))
+        spec.events.append(
+            (
+                k,
+                "param_change",
+                f"lr: {old} -> {old * 0.1}",
+                {"old": {"lr": old}, "new": {"lr": old * 0.1}, "source": "widget"},
+            )
+        )
     return spec
 
 
@@ -226,7 +285,9 @@ def faulty(i: int) -> Spec:
         noise = np.exp(float(rng.choice([0.02, 0.1, 0.2, 0.35])) * rng.standard_normal(n))
         loss[:] = clean * noise
         every = max(int(n * rng.uniform(0.08, 0.2)), 60)
-        first = max(int(n * rng.uniform(0.1, 0.3)), 70)  # the detector judges from its third block (64 points)
+        first = max(
+            int(n * rng.uniform(0.1, 0.3)), 70
+        )  # the detector judges from its third block (64 points)
         at = np.arange(first, n, every)
         loss[at] *= rng.uniform(10, 100, len(at))
         spec.onset = int(at[0])
@@ -271,7 +332,9 @@ def faulty(i: int) -> Spec:
         spec.samples = _samples(rng, n, host_frac=float(rng.uniform(0.88, 0.99)))
     elif fault == "stall":  # the loader hangs: one to three steps wait tens of seconds for their batch
         step, data = _timing(rng, n)
-        at = np.sort(rng.choice(np.arange(int(0.1 * n), int(0.9 * n)), int(rng.integers(1, 4)), replace=False))
+        at = np.sort(
+            rng.choice(np.arange(int(0.1 * n), int(0.9 * n)), int(rng.integers(1, 4)), replace=False)
+        )
         data[at] = rng.uniform(20, 120, len(at))
         spec.series["step_time"], spec.series["data_time"] = step, data
         spec.onset = int(at[0])
@@ -280,12 +343,31 @@ def faulty(i: int) -> Spec:
         new = old * float(rng.uniform(5, 20))
         spec.series["lr"][k:] = new
         loss[k:] *= rng.uniform(1.5, 3.0)
-        spec.events.append((k, "param_change", f"lr: {old} -> {new}",
-                            {"old": {"lr": old}, "new": {"lr": new}, "source": "widget", "request_id": 1,
-                             "mode": "scale"}))
+        spec.events.append(
+            (
+                k,
+                "param_change",
+                f"lr: {old} -> {new}",
+                {
+                    "old": {"lr": old},
+                    "new": {"lr": new},
+                    "source": "widget",
+                    "request_id": 1,
+                    "mode": "scale",
+                },
+            )
+        )
         spec.onset = k
-    if fault not in ("overfitting", "grad_explode", "grad_vanish", "input_bound", "stall", "memory_gpu",
-                     "memory_host", "plateau"):
+    if fault not in (
+        "overfitting",
+        "grad_explode",
+        "grad_vanish",
+        "input_bound",
+        "stall",
+        "memory_gpu",
+        "memory_host",
+        "plateau",
+    ):
         _extras(rng, spec, clean)
     return spec
 
@@ -304,7 +386,9 @@ def write(spec: Spec, url: str) -> str:
     data_t = spec.series.get("data_time")
     wall = rec_start = __import__("time").time() - 10.0
     if step_t is not None:  # the steps took the time they say: walls follow (a stall is a gap)
-        walls = (wall + np.cumsum(np.asarray(step_t) + np.asarray(data_t if data_t is not None else 0.0))).tolist()
+        walls = (
+            wall + np.cumsum(np.asarray(step_t) + np.asarray(data_t if data_t is not None else 0.0))
+        ).tolist()
         wall = walls[-1]
         rec_start = walls[0] - 1.0
     else:
@@ -324,7 +408,9 @@ def write(spec: Spec, url: str) -> str:
         for typ, msg, data in evs.get(s, ()):
             rec.event(typ, step=s, message=msg, data=data)
         for h, gs in samples.get(s, ()):
-            rec.sample(None if h is None else {**h, "wall_time": walls[s], "step": s},
-                       [{**g, "wall_time": walls[s]} for g in gs])
+            rec.sample(
+                None if h is None else {**h, "wall_time": walls[s], "step": s},
+                [{**g, "wall_time": walls[s]} for g in gs],
+            )
     rec.close(ev.COMPLETED)
     return rec.run_id

@@ -32,15 +32,17 @@ def _modules():
         if family == "mlp":
             return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1), nn.Flatten(0))
         if family == "cnn":
-            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                 nn.Linear(8 * 16, 4))
+            return nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 4)
+            )
 
         class Encoder(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.emb = nn.Embedding(20, 16)
-                self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0,
-                                                                            batch_first=True), 1)
+                self.enc = nn.TransformerEncoder(
+                    nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1
+                )
                 self.head = nn.Linear(16, 3)
 
             def forward(self, x):
@@ -73,13 +75,21 @@ def _modules():
 
         def configure_optimizers(self):
             hp = self.hparams
-            opt = (torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9) if hp.opt == "sgd"
-                   else torch.optim.Adam(self.parameters(), lr=hp.lr))
-            sched = {"constant": None,
-                     "step": lambda: torch.optim.lr_scheduler.StepLR(opt, step_size=max(hp.total // 3, 1), gamma=0.3),
-                     "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.total),
-                     "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=hp.total + 5,
-                                                                             pct_start=0.15)}[hp.schedule]
+            opt = (
+                torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9)
+                if hp.opt == "sgd"
+                else torch.optim.Adam(self.parameters(), lr=hp.lr)
+            )
+            sched = {
+                "constant": None,
+                "step": lambda: torch.optim.lr_scheduler.StepLR(
+                    opt, step_size=max(hp.total // 3, 1), gamma=0.3
+                ),
+                "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.total),
+                "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+                    opt, max_lr=hp.lr, total_steps=hp.total + 5, pct_start=0.15
+                ),
+            }[hp.schedule]
             if sched is None:
                 return opt
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched(), "interval": "step"}}
@@ -87,8 +97,10 @@ def _modules():
     def loaders(family, batch, seed, n=640):
         x, y = data(family, n, seed)
         split = int(0.8 * n)
-        return (DataLoader(TensorDataset(x[:split], y[:split]), batch_size=batch, shuffle=True),
-                DataLoader(TensorDataset(x[split:], y[split:]), batch_size=64))
+        return (
+            DataLoader(TensorDataset(x[:split], y[:split]), batch_size=batch, shuffle=True),
+            DataLoader(TensorDataset(x[split:], y[split:]), batch_size=64),
+        )
 
     return Fit, loaders
 
@@ -96,13 +108,28 @@ def _modules():
 def plans(count: int) -> list[dict]:
     """``count`` fits: the three families in turn, then the optimizers, then the schedules; batch sizes
     4, 8, 32, 64 in turn; every fourth with NaN from a step."""
-    families, opts, schedules = ("mlp", "cnn", "transformer"), ("sgd", "adam"), ("constant", "step", "cosine", "onecycle")
+    families, opts, schedules = (
+        ("mlp", "cnn", "transformer"),
+        ("sgd", "adam"),
+        ("constant", "step", "cosine", "onecycle"),
+    )
     out = []
     for i in range(count):
         family, opt, schedule = families[i % 3], opts[(i // 3) % 2], schedules[(i // 6) % 4]
-        lr = {"sgd": 0.01 if family == "mlp" else 0.05, "adam": 1e-3 if family != "transformer" else 3e-3}[opt]
-        out.append({"family": family, "opt": opt, "schedule": schedule, "batch": (4, 8, 32, 64)[i % 4], "lr": lr,
-                    "seed": i, "nan_at": 30 + (7 * i) % 100 if i % 4 == 3 else None})  # inside the 150 steps
+        lr = {"sgd": 0.01 if family == "mlp" else 0.05, "adam": 1e-3 if family != "transformer" else 3e-3}[
+            opt
+        ]
+        out.append(
+            {
+                "family": family,
+                "opt": opt,
+                "schedule": schedule,
+                "batch": (4, 8, 32, 64)[i % 4],
+                "lr": lr,
+                "seed": i,
+                "nan_at": 30 + (7 * i) % 100 if i % 4 == 3 else None,
+            }
+        )  # inside the 150 steps
     return out
 
 
@@ -119,9 +146,19 @@ def real_runs(count: int, url: str, root: str, *, steps: int = 150) -> list:
         torch.manual_seed(p["seed"])
         train, val = loaders(p["family"], p["batch"], p["seed"])
         cb = TMonCallback(url, flush_interval=0.2, sample_interval=None, widget=False)
-        t = Trainer(max_steps=steps, callbacks=[cb], default_root_dir=root, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, log_every_n_steps=1, enable_checkpointing=False,
-                    val_check_interval=25, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+        t = Trainer(
+            max_steps=steps,
+            callbacks=[cb],
+            default_root_dir=root,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            val_check_interval=25,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+        )
         t.fit(Fit(p["family"], p["opt"], p["lr"], p["schedule"], steps, p["nan_at"]), train, val)
         name = f"{p['family']}-{p['opt']}-{p['schedule']}-b{p['batch']}-s{p['seed']}"
         fault = "nonfinite" if p["nan_at"] is not None else None

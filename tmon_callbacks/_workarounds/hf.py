@@ -56,6 +56,7 @@ def watch_train(trainer) -> None:
 def _watching_class(cls: type) -> type:
     sub = _watching_classes.get(cls)
     if sub is None:
+
         def train(self, *args, **kwargs):
             listeners = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainListener)]
             for cb in listeners:
@@ -79,9 +80,18 @@ def _watching_class(cls: type) -> type:
 
         functools.update_wrapper(train, cls.train)
         functools.update_wrapper(log_metrics, cls.log_metrics)
-        sub = _watching_classes[cls] = type(cls.__name__, (cls,), {
-            "train": train, "log_metrics": log_metrics, "_tmon_watches_train": True, "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+        sub = _watching_classes[cls] = type(
+            cls.__name__,
+            (cls,),
+            {
+                "train": train,
+                "log_metrics": log_metrics,
+                "_tmon_watches_train": True,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+            },
+        )
     return sub
 
 
@@ -105,7 +115,9 @@ def trainer_callbacks(callback) -> list:
     callbacks' settings are read from it; no hook hands a callback the others."""
     from transformers.trainer_callback import CallbackHandler
 
-    found = caller_locals(lambda o: isinstance(o, CallbackHandler) and any(c is callback for c in o.callbacks))
+    found = caller_locals(
+        lambda o: isinstance(o, CallbackHandler) and any(c is callback for c in o.callbacks)
+    )
     return found["self"].callbacks if found else []
 
 
@@ -117,7 +129,9 @@ def after_fit_stage() -> str:
     frame = sys._getframe(1)
     try:
         while frame is not None:
-            if frame.f_code.co_name in ("predict", "evaluate") and isinstance(frame.f_locals.get("self"), Trainer):
+            if frame.f_code.co_name in ("predict", "evaluate") and isinstance(
+                frame.f_locals.get("self"), Trainer
+            ):
                 return "test" if frame.f_code.co_name == "predict" else "evaluate"
             frame = frame.f_back
         return "evaluate"

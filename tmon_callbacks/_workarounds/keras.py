@@ -62,8 +62,11 @@ def fit_callbacks(callback) -> list:
     Why: tmon lists the fit's callbacks in the run's config, records ModelCheckpoint's files and
     reads EarlyStopping at the end; the ``CallbackList`` is ``self`` in a calling frame.
     """
-    found = caller_locals(lambda obj: isinstance(obj, keras.callbacks.CallbackList)
-                          and any(c is callback for c in obj.callbacks))
+    found = caller_locals(
+        lambda obj: (
+            isinstance(obj, keras.callbacks.CallbackList) and any(c is callback for c in obj.callbacks)
+        )
+    )
     return found["self"].callbacks if found else []
 
 
@@ -83,7 +86,7 @@ def fit_arguments(model) -> tuple[int | None, object]:
 
 
 def resolved_mode(cb) -> str:
-    """"min" or "max" as a monitoring callback (EarlyStopping, ModelCheckpoint...) compares.
+    """ "min" or "max" as a monitoring callback (EarlyStopping, ModelCheckpoint...) compares.
 
     Why: ``mode="auto"`` is resolved by Keras at the callback's first epoch into the undocumented
     ``monitor_op`` (``keras.ops.less`` or ``keras.ops.greater``); ``mode`` itself stays "auto".
@@ -140,7 +143,9 @@ class StepFunctions:
         self._wrapped = {}
 
 
-EVALUATE_CALLBACKS_ARG = 6  # index of ``callbacks`` among ``Model.evaluate``'s positional arguments (self excluded)
+EVALUATE_CALLBACKS_ARG = (
+    6  # index of ``callbacks`` among ``Model.evaluate``'s positional arguments (self excluded)
+)
 _MARK = "_tmon_run_evaluation"
 
 
@@ -165,11 +170,17 @@ def watch_evaluate(model, callback, belongs) -> None:
         if not belongs():  # trained again since: its evaluations are not this run's
             unwatch_evaluate(model)
             return original(*args, **kwargs)
-        listed = list(callbacks) if isinstance(callbacks, (list, tuple)) else [] if callbacks is None else [callbacks]
+        listed = (
+            list(callbacks)
+            if isinstance(callbacks, (list, tuple))
+            else []
+            if callbacks is None
+            else [callbacks]
+        )
         if not any(c is callback for c in listed):
             listed.append(callback)
             if len(args) > n:
-                args = (*args[:n], listed, *args[n + 1:])
+                args = (*args[:n], listed, *args[n + 1 :])
             else:
                 kwargs["callbacks"] = listed
         return original(*args, **kwargs)

@@ -18,9 +18,17 @@ from typing import Any
 SKIPS_NON_CALLABLE_HOOKS_SINCE = (1, 6)
 
 #: per-batch hooks that Lightning hands every callback and TMonCallback does not use
-UNUSED_BATCH_HOOKS = ("on_before_backward", "on_after_backward", "on_before_zero_grad", "on_validation_batch_start",
-                      "on_validation_batch_end", "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start",
-                      "on_predict_batch_end")
+UNUSED_BATCH_HOOKS = (
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_zero_grad",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
 
 
 def skips_non_callable_hooks(version: str | None) -> bool:

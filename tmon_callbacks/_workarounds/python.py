@@ -119,6 +119,7 @@ def _install_hooks() -> None:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     if shell is not None and hasattr(shell, "events"):
+
         def post_run_cell(result):
             # result: IPython's ExecutionResult; error_in_exec is the exception the cell raised
             _fail_watched(getattr(result, "error_in_exec", None), threading.get_ident())

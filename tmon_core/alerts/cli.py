@@ -20,24 +20,46 @@ DEFAULT_STALL_AFTER = 600.0
 
 
 def register(subparsers) -> dict:
-    a = subparsers.add_parser("alerts", help="the alerts of a run", description="List a run's alerts: raised by the "
-                              "run itself or by tmon watch, with their delivery outcome.")
-    a.add_argument("run", nargs="?", default="latest", help="run id, unique id prefix, run name, or 'latest' (default)")
+    a = subparsers.add_parser(
+        "alerts",
+        help="the alerts of a run",
+        description="List a run's alerts: raised by the "
+        "run itself or by tmon watch, with their delivery outcome.",
+    )
+    a.add_argument(
+        "run", nargs="?", default="latest", help="run id, unique id prefix, run name, or 'latest' (default)"
+    )
     a.add_argument("--json", action="store_true", help="print a JSON list")
     a.add_argument("--since", help="only alerts raised in the last 10m, 12h, 2d ...")
-    w = subparsers.add_parser("watch", help="alert on runs that died, stall or end, from a process of its own",
-                              description="Poll the store and alert on runs whose heartbeat stopped (lost), that make "
-                                          "no progress (stall) or that ended, delivering through apprise URLs "
-                                          "(--notify, or $TMON_NOTIFY). Several watchers on one store send each "
-                                          "alert once; a restarted one sends nothing twice. Ctrl-C ends it.")
-    w.add_argument("--notify", action="append", metavar="URL",
-                   help="an apprise URL (slack://..., json://host/path, mailto://...); repeat for more "
-                        "(default $TMON_NOTIFY)")
-    w.add_argument("--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between polls (default 10)")
-    w.add_argument("--stall-after", type=float, default=DEFAULT_STALL_AFTER,
-                   help="seconds without a new step before a running run is stalled (default 600)")
-    w.add_argument("--lookback", default="1d",
-                   help="runs whose heartbeat stopped longer ago than this are not alerted (default 1d)")
+    w = subparsers.add_parser(
+        "watch",
+        help="alert on runs that died, stall or end, from a process of its own",
+        description="Poll the store and alert on runs whose heartbeat stopped (lost), that make "
+        "no progress (stall) or that ended, delivering through apprise URLs "
+        "(--notify, or $TMON_NOTIFY). Several watchers on one store send each "
+        "alert once; a restarted one sends nothing twice. Ctrl-C ends it.",
+    )
+    w.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL",
+        help="an apprise URL (slack://..., json://host/path, mailto://...); repeat for more "
+        "(default $TMON_NOTIFY)",
+    )
+    w.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between polls (default 10)"
+    )
+    w.add_argument(
+        "--stall-after",
+        type=float,
+        default=DEFAULT_STALL_AFTER,
+        help="seconds without a new step before a running run is stalled (default 600)",
+    )
+    w.add_argument(
+        "--lookback",
+        default="1d",
+        help="runs whose heartbeat stopped longer ago than this are not alerted (default 1d)",
+    )
     w.add_argument("--once", action="store_true", help="one pass, then exit (for cron and tests)")
     return {"alerts": cmd_alerts, "watch": cmd_watch}
 
@@ -67,8 +89,10 @@ def cmd_alerts(store, args) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
         step = "-" if r.step is None or r.step is _NA() else str(r.step)
         # (str(): an alert event written by other code may lack a field)
-        print(f"{when}  {str(r.level):<8}  {str(r.rule):<11}  step {step:<8}  {_delivered(r.delivered):<13}  "
-              f"{r.title}" + ("  [watch]" if r.source == "watch" else ""))
+        print(
+            f"{when}  {str(r.level):<8}  {str(r.rule):<11}  step {step:<8}  {_delivered(r.delivered):<13}  "
+            f"{r.title}" + ("  [watch]" if r.source == "watch" else "")
+        )
     return 0
 
 
@@ -108,15 +132,23 @@ def cmd_watch(store, args) -> int:
         lookback = parse_duration(args.lookback)
     except ValueError as exc:
         raise ValueError(f"--lookback: {exc}") from None
-    watcher = Watcher(store.url, notify=args.notify, interval=args.interval, stall_after=args.stall_after,
-                      lookback=lookback)
+    watcher = Watcher(
+        store.url, notify=args.notify, interval=args.interval, stall_after=args.stall_after, lookback=lookback
+    )
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \
-        threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     if not args.once:
-        print(f"tmon watch: watching {watcher.where()} every {args.interval:g} s "
-              f"({'delivering to ' + ', '.join(watcher.notifier.targets) if watcher.notifier.enabled else 'no delivery: recording only'}); "
-              "Ctrl-C ends it", file=sys.stderr, flush=True)
+        print(
+            f"tmon watch: watching {watcher.where()} every {args.interval:g} s "
+            f"({'delivering to ' + ', '.join(watcher.notifier.targets) if watcher.notifier.enabled else 'no delivery: recording only'}); "
+            "Ctrl-C ends it",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         watcher.run(once=args.once, stop=stop)
     except KeyboardInterrupt:  # Ctrl-C: run() closed the watcher on its way out

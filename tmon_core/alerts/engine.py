@@ -52,8 +52,15 @@ class AlertEngine:
     """The live rules of one run. ``rules``: True (every default rule), False (none) or the names
     of the default rules to keep; ``custom``: ``Alert`` rules on any metric."""
 
-    def __init__(self, rules=True, custom=(), thresholds: Thresholds | dict | None = None, *,
-                 stall_after_s: float = 60.0, clock=time.time) -> None:
+    def __init__(
+        self,
+        rules=True,
+        custom=(),
+        thresholds: Thresholds | dict | None = None,
+        *,
+        stall_after_s: float = 60.0,
+        clock=time.time,
+    ) -> None:
         if rules is True:
             names = set(DEFAULT_RULES)
         elif rules is False or rules is None:
@@ -62,13 +69,19 @@ class AlertEngine:
             names = set(rules)
             unknown = sorted(names - set(DEFAULT_RULES))
             if unknown:
-                raise ValueError(f"unknown alert rule(s) {unknown}; the rules are: {', '.join(DEFAULT_RULES)}")
+                raise ValueError(
+                    f"unknown alert rule(s) {unknown}; the rules are: {', '.join(DEFAULT_RULES)}"
+                )
         custom = list(custom)
         for c in custom:
             if not isinstance(c, Alert):
                 raise TypeError(f"custom alert rules must be tmon_core.alerts.Alert, received {c!r}")
         t = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**(thresholds or {}))
-        if isinstance(stall_after_s, bool) or not isinstance(stall_after_s, (int, float)) or not stall_after_s > 0:
+        if (
+            isinstance(stall_after_s, bool)
+            or not isinstance(stall_after_s, (int, float))
+            or not stall_after_s > 0
+        ):
             raise ValueError(f"stall_after_s must be seconds > 0, received stall_after_s={stall_after_s!r}")
         self.t = t
         self.stall_after_s = float(stall_after_s)
@@ -141,11 +154,17 @@ class AlertEngine:
         if quiet <= limit:
             return []
         self._stalled = True
-        return self._say("stall", "warning", f"No step for {_fmt_s(quiet)}",
-                         f"The last step, {self._last_step}, ended {_fmt_s(quiet)} ago; a step takes "
-                         f"{_fmt_s(median)} (median) and nothing else (validation, evaluation) is running. The run "
-                         "may hang: a dataloader worker, a collective operation waiting for another rank, I/O.",
-                         self._last_step, now, {"quiet_s": quiet, "median_step_s": median, "limit_s": limit})
+        return self._say(
+            "stall",
+            "warning",
+            f"No step for {_fmt_s(quiet)}",
+            f"The last step, {self._last_step}, ended {_fmt_s(quiet)} ago; a step takes "
+            f"{_fmt_s(median)} (median) and nothing else (validation, evaluation) is running. The run "
+            "may hang: a dataloader worker, a collective operation waiting for another rank, I/O.",
+            self._last_step,
+            now,
+            {"quiet_s": quiet, "median_step_s": median, "limit_s": limit},
+        )
 
     def finish(self, status: str, error: dict | None = None, step: int | None = None) -> list[dict]:
         """The run ended with ``status`` (completed, failed, interrupted)."""
@@ -153,25 +172,59 @@ class AlertEngine:
             return []
         step = self._last_step if step is None else step
         if status == ev.COMPLETED:
-            return self._say("finished", "info", "The run finished", f"Completed at step {step}.", step, None, {})
+            return self._say(
+                "finished", "info", "The run finished", f"Completed at step {step}.", step, None, {}
+            )
         if status == ev.FAILED:
             what = f"{error.get('type')}: {error.get('message', '')[:300]}" if error else "an error"
-            return self._say("failed", "critical", "The run failed", f"It stopped at step {step} with {what}.",
-                             step, None, {"error": error})
+            return self._say(
+                "failed",
+                "critical",
+                "The run failed",
+                f"It stopped at step {step} with {what}.",
+                step,
+                None,
+                {"error": error},
+            )
         if status == ev.INTERRUPTED:
-            return self._say("interrupted", "warning", "The run was interrupted", f"Interrupted at step {step}.",
-                             step, None, {})
+            return self._say(
+                "interrupted",
+                "warning",
+                "The run was interrupted",
+                f"Interrupted at step {step}.",
+                step,
+                None,
+                {},
+            )
         return []
 
     # ------------------------------------------------------------------ the rules
-    def _say(self, rule: str, level: str, title: str, text: str, step, wall, evidence: dict,
-             once: str | None = None) -> list[dict]:
+    def _say(
+        self,
+        rule: str,
+        level: str,
+        title: str,
+        text: str,
+        step,
+        wall,
+        evidence: dict,
+        once: str | None = None,
+    ) -> list[dict]:
         key = once or rule
         if key in self._said:
             return []
         self._said.add(key)
-        return [{"rule": rule, "level": level, "title": title, "text": text, "step": step,
-                 "wall_time": self.clock() if wall is None else wall, "evidence": evidence}]
+        return [
+            {
+                "rule": rule,
+                "level": level,
+                "title": title,
+                "text": text,
+                "step": step,
+                "wall_time": self.clock() if wall is None else wall,
+                "evidence": evidence,
+            }
+        ]
 
     def _loss_update(self, steps, values, walls) -> list[dict]:
         found = {d.name: d for d in self._loss.update(steps, values, walls)}
@@ -181,23 +234,43 @@ class AlertEngine:
         if nf is not None and "nonfinite" in self.rules:
             e = nf.evidence
             last = e.get("last_finite_loss")
-            out += self._say("nonfinite", "critical", f"{e['kind']} {key} at step {nf.onset}",
-                             f"{key} became {e['kind']} at step {nf.onset}"
-                             + (f"; the last finite value was {last:.6g}" if last is not None else "") + ".",
-                             nf.onset, e.get("wall_time"), e)
+            out += self._say(
+                "nonfinite",
+                "critical",
+                f"{e['kind']} {key} at step {nf.onset}",
+                f"{key} became {e['kind']} at step {nf.onset}"
+                + (f"; the last finite value was {last:.6g}" if last is not None else "")
+                + ".",
+                nf.onset,
+                e.get("wall_time"),
+                e,
+            )
         dv = found.get("divergence")
         if dv is not None and "divergence" in self.rules:
             e = dv.evidence
-            out += self._say("divergence", "critical" if e["lost_all"] else "warning", f"{key} is diverging",
-                             f"{key} rose from its best {e['best_smoothed_loss']:.4g} (step {e['best_step']}) to "
-                             f"{e['final_smoothed_loss']:.4g} since step {dv.onset}.", dv.onset, None, e)
+            out += self._say(
+                "divergence",
+                "critical" if e["lost_all"] else "warning",
+                f"{key} is diverging",
+                f"{key} rose from its best {e['best_smoothed_loss']:.4g} (step {e['best_step']}) to "
+                f"{e['final_smoothed_loss']:.4g} since step {dv.onset}.",
+                dv.onset,
+                None,
+                e,
+            )
         sp = found.get("spikes")
         if sp is not None and "spikes" in self.rules and sp.evidence["count"] >= SPIKES_TO_ALERT:
             e = sp.evidence
-            out += self._say("spikes", "warning", f"{e['count']} {key} spikes",
-                             f"{key} spiked {e['count']} times (steps {', '.join(map(str, e['steps'][:5]))}); the worst "
-                             f"at step {e['worst_step']} was {e['worst_vs_median']:.1f}x its recent level.",
-                             e["worst_step"], e.get("wall_time"), e)
+            out += self._say(
+                "spikes",
+                "warning",
+                f"{e['count']} {key} spikes",
+                f"{key} spiked {e['count']} times (steps {', '.join(map(str, e['steps'][:5]))}); the worst "
+                f"at step {e['worst_step']} was {e['worst_vs_median']:.1f}x its recent level.",
+                e["worst_step"],
+                e.get("wall_time"),
+                e,
+            )
         return out
 
     def _grad_update(self, steps, values, walls) -> list[dict]:
@@ -207,9 +280,16 @@ class AlertEngine:
         nf = self._grad.nonfinite.result()
         if nf is None:
             return []
-        return self._say("nonfinite", "critical", f"{nf.evidence['kind']} gradient norm at step {nf.onset}",
-                         f"The gradient norm became {nf.evidence['kind']} at step {nf.onset}.", nf.onset, None,
-                         nf.evidence, once="nonfinite.grad_norm")
+        return self._say(
+            "nonfinite",
+            "critical",
+            f"{nf.evidence['kind']} gradient norm at step {nf.onset}",
+            f"The gradient norm became {nf.evidence['kind']} at step {nf.onset}.",
+            nf.onset,
+            None,
+            nf.evidence,
+            once="nonfinite.grad_norm",
+        )
 
     def _event(self, e: dict) -> list[dict]:
         typ = e.get("type")
@@ -223,8 +303,15 @@ class AlertEngine:
             # saving took its time: the quiet before it is not a stall
             self._last_step_wall = max(self._last_step_wall, float(e.get("wall_time") or 0.0))
         if typ == ev.OOM and "memory" in self.rules:
-            return self._say("oom", "critical", "Out of memory", str(e.get("message") or "")[:500], e.get("step"),
-                             e.get("wall_time"), {})
+            return self._say(
+                "oom",
+                "critical",
+                "Out of memory",
+                str(e.get("message") or "")[:500],
+                e.get("step"),
+                e.get("wall_time"),
+                {},
+            )
         return []
 
     def _memory(self, samples, gpu_samples) -> list[dict]:
@@ -237,26 +324,46 @@ class AlertEngine:
             lv = self._host.level()
             if lv is not None:
                 e = lv.evidence
-                out += self._say("memory.host", e["level"], f"Host RAM at {e['fraction']:.0%}",
-                                 f"Host RAM reached {e['fraction']:.0%} of {e['ram_total_bytes'] / 2**30:.1f} GiB "
-                                 f"(first at step {e['first_step']}).", e["first_step"], e["first_wall_time"], e,
-                                 once=f"memory.host.{e['level']}")
+                out += self._say(
+                    "memory.host",
+                    e["level"],
+                    f"Host RAM at {e['fraction']:.0%}",
+                    f"Host RAM reached {e['fraction']:.0%} of {e['ram_total_bytes'] / 2**30:.1f} GiB "
+                    f"(first at step {e['first_step']}).",
+                    e["first_step"],
+                    e["first_wall_time"],
+                    e,
+                    once=f"memory.host.{e['level']}",
+                )
         groups: dict[tuple, list] = {}
         for g in gpu_samples:
             groups.setdefault((g.get("host"), g.get("node_rank"), g.get("gpu")), []).append(g)
         for key, rows in groups.items():
             mem = self._gpus.setdefault(key, GpuMemory(self.t.memory_warning, self.t.memory_critical))
             col = lambda name, rows=rows: np.array([_f(r.get(name)) for r in rows])  # noqa: E731
-            mem.update(col("mem_used"), col("mem_total"), col("wall_time"),
-                       torch_max_allocated=col("torch_max_allocated"), util_percent=col("util_percent"),
-                       name=[r.get("name") for r in rows], step=col("step"))
+            mem.update(
+                col("mem_used"),
+                col("mem_total"),
+                col("wall_time"),
+                torch_max_allocated=col("torch_max_allocated"),
+                util_percent=col("util_percent"),
+                name=[r.get("name") for r in rows],
+                step=col("step"),
+            )
             lv = mem.level()
             if lv is not None:
                 e = lv.evidence
-                out += self._say("memory.gpu", e["level"], f"GPU {key[2]} memory at {e['fraction']:.0%}",
-                                 f"GPU {key[2]} memory reached {e['fraction']:.0%} of "
-                                 f"{(e['mem_total_bytes'] or 0) / 2**30:.1f} GiB.", e["first_step"],
-                                 e["first_wall_time"], e, once=f"memory.gpu.{key}.{e['level']}")
+                out += self._say(
+                    "memory.gpu",
+                    e["level"],
+                    f"GPU {key[2]} memory at {e['fraction']:.0%}",
+                    f"GPU {key[2]} memory reached {e['fraction']:.0%} of "
+                    f"{(e['mem_total_bytes'] or 0) / 2**30:.1f} GiB.",
+                    e["first_step"],
+                    e["first_wall_time"],
+                    e,
+                    once=f"memory.gpu.{key}.{e['level']}",
+                )
         return out
 
 

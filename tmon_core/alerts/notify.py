@@ -36,14 +36,18 @@ def notify_urls(notify=None) -> list[str]:
         notify = os.environ.get(ENV, "")
         if notify and os.path.isfile(notify.strip()):
             with open(notify.strip(), encoding="utf-8") as f:
-                notify = "\n".join(line for line in f.read().splitlines() if not line.lstrip().startswith("#"))
+                notify = "\n".join(
+                    line for line in f.read().splitlines() if not line.lstrip().startswith("#")
+                )
     if isinstance(notify, str):
         notify = [u for u in re.split(r"[\s,]+", notify) if u]
     urls = list(notify or ())
     for u in urls:
         if not isinstance(u, str) or "://" not in u:
-            raise ValueError(f"notify takes apprise URLs such as 'slack://...' or 'json://host/path', "
-                             f"received {(u[:12] + '…') if isinstance(u, str) else repr(u)} (cut: it may hold a secret)")
+            raise ValueError(
+                f"notify takes apprise URLs such as 'slack://...' or 'json://host/path', "
+                f"received {(u[:12] + '…') if isinstance(u, str) else repr(u)} (cut: it may hold a secret)"
+            )
     return urls
 
 
@@ -65,8 +69,17 @@ def redact(url: str) -> str:
 class Notifier:
     """Sends alerts to ``urls`` off the training thread (see the module docstring)."""
 
-    def __init__(self, urls: list[str], *, label: str = "", min_interval_s: float = 600.0, retries: int = 3,
-                 backoff_s: float = 1.0, on_outcome=None, clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        label: str = "",
+        min_interval_s: float = 600.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        on_outcome=None,
+        clock=time.monotonic,
+    ) -> None:
         self.urls = list(urls)
         self.targets = [redact(u) for u in self.urls]
         self.label = label
@@ -86,14 +99,21 @@ class Notifier:
         try:
             import apprise
         except ImportError:
-            warnings.warn("tmon: alerts are recorded but not delivered: delivery needs apprise "
-                          "(pip install \"tmon[alerts]\")", TMonAlertWarning, stacklevel=3)
+            warnings.warn(
+                "tmon: alerts are recorded but not delivered: delivery needs apprise "
+                '(pip install "tmon[alerts]")',
+                TMonAlertWarning,
+                stacklevel=3,
+            )
             return
         ap = apprise.Apprise()
         for url, shown in zip(self.urls, self.targets):
             if not ap.add(url):
-                warnings.warn(f"tmon: apprise does not know the notify URL {shown}; it is skipped",
-                              TMonAlertWarning, stacklevel=3)
+                warnings.warn(
+                    f"tmon: apprise does not know the notify URL {shown}; it is skipped",
+                    TMonAlertWarning,
+                    stacklevel=3,
+                )
         if not len(ap):
             return
         self._apprise = ap
@@ -129,8 +149,9 @@ class Notifier:
                 last = self._last_sent.get(rule)
                 if last is not None and now - last < self.min_interval_s:
                     self._held.setdefault(rule, []).append(alert)
-                    self._outcome(alert, None, "held back: one message per rule every "
-                                               f"{self.min_interval_s:.0f} s")
+                    self._outcome(
+                        alert, None, f"held back: one message per rule every {self.min_interval_s:.0f} s"
+                    )
                     continue
                 self._last_sent[rule] = now
                 self._deliver(alert, self._held.pop(rule, []))
@@ -145,8 +166,10 @@ class Notifier:
         if alert.get("step") is not None:
             body += f"\n(step {alert['step']})"
         if held:
-            body += (f"\n{len(held)} more alert{'s' * (len(held) != 1)} of this kind "
-                     f"{'were' if len(held) != 1 else 'was'} held back since the last message.")
+            body += (
+                f"\n{len(held)} more alert{'s' * (len(held) != 1)} of this kind "
+                f"{'were' if len(held) != 1 else 'was'} held back since the last message."
+            )
         kind = getattr(apprise.NotifyType, _LEVEL_TYPES.get(alert["level"], "info").upper())
         reason = None
         for attempt in range(self.retries):
@@ -154,16 +177,20 @@ class Notifier:
                 ok = bool(self._apprise.notify(body=body, title=title, notify_type=kind))
             if ok:
                 break
-            reason = _strip_secrets(captured.getvalue().strip().splitlines()[-1:] or ["delivery failed"], self.urls)
+            reason = _strip_secrets(
+                captured.getvalue().strip().splitlines()[-1:] or ["delivery failed"], self.urls
+            )
             if attempt + 1 < self.retries:
-                time.sleep(self.backoff_s * 2 ** attempt)
+                time.sleep(self.backoff_s * 2**attempt)
         self._outcome(alert, ok, None if ok else reason, held=len(held), summary=summary)
 
     def _outcome(self, alert: dict, delivered: bool | None, reason: str | None, **extra) -> None:
         if self.on_outcome is None:
             return
         try:
-            self.on_outcome(alert, {"delivered": delivered, "reason": reason, "targets": self.targets, **extra})
+            self.on_outcome(
+                alert, {"delivered": delivered, "reason": reason, "targets": self.targets, **extra}
+            )
         except Exception as exc:
             log.warning("tmon: recording an alert's delivery failed: %s", exc)
 

@@ -29,17 +29,23 @@ class Alert:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
-            raise ValueError(f"Alert key must be a metric name (a non-empty string), received key={self.key!r}")
+            raise ValueError(
+                f"Alert key must be a metric name (a non-empty string), received key={self.key!r}"
+            )
         for name in ("above", "below", "zscore"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            ):
                 raise ValueError(f"Alert {name} must be a finite number or None, received {name}={v!r}")
         if self.above is None and self.below is None and self.zscore is None:
             raise ValueError(f"Alert({self.key!r}) needs above=, below= or zscore=")
         if self.zscore is not None and self.zscore <= 0:
             raise ValueError(f"Alert zscore must be > 0, received zscore={self.zscore!r}")
         if self.above is not None and self.below is not None and self.below >= self.above:
-            raise ValueError(f"Alert below= must be under above=, received below={self.below!r}, above={self.above!r}")
+            raise ValueError(
+                f"Alert below= must be under above=, received below={self.below!r}, above={self.above!r}"
+            )
         if self.level not in LEVELS:
             raise ValueError(f"Alert level must be one of {', '.join(LEVELS)}, received level={self.level!r}")
         if not isinstance(self.min_points, int) or self.min_points < 2:
@@ -85,11 +91,22 @@ class UserRuleState:
             elif r.zscore is not None and self.n >= r.min_points:
                 sd = math.sqrt(self.m2 / (self.n - 1))
                 if sd > 0 and abs(v - self.mean) / sd > r.zscore:
-                    why = (f"{r.key} = {v:.6g} at step {s}, {abs(v - self.mean) / sd:.1f} standard deviations "
-                           f"from its mean {self.mean:.6g}")
+                    why = (
+                        f"{r.key} = {v:.6g} at step {s}, {abs(v - self.mean) / sd:.1f} standard deviations "
+                        f"from its mean {self.mean:.6g}"
+                    )
             if why is not None and not self.outside:
-                out.append({"rule": r.name, "level": r.level, "title": f"{r.key} {r.describe()}", "text": why,
-                            "step": int(s), "wall_time": float(w), "evidence": {"key": r.key, "value": v}})
+                out.append(
+                    {
+                        "rule": r.name,
+                        "level": r.level,
+                        "title": f"{r.key} {r.describe()}",
+                        "text": why,
+                        "step": int(s),
+                        "wall_time": float(w),
+                        "evidence": {"key": r.key, "value": v},
+                    }
+                )
             self.outside = why is not None
             # the moments take every finite value, so an excursion widens what counts as normal slowly
             self.n += 1

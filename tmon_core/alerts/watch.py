@@ -47,8 +47,18 @@ class Watcher:
     """Watches the store at ``url`` (see the module docstring). ``notify``: apprise URLs, or None for
     ``$TMON_NOTIFY``; ``out``: where a line per alert and the store's outages are written."""
 
-    def __init__(self, url: str | None = None, *, notify=None, interval: float = 10.0, stall_after: float = 600.0,
-                 lookback: float = 86400.0, min_interval_s: float = 600.0, out=None, clock=time.time) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        notify=None,
+        interval: float = 10.0,
+        stall_after: float = 600.0,
+        lookback: float = 86400.0,
+        min_interval_s: float = 600.0,
+        out=None,
+        clock=time.time,
+    ) -> None:
         for name, v in (("interval", interval), ("stall_after", stall_after), ("lookback", lookback)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be seconds > 0, received {name}={v!r}")
@@ -64,7 +74,9 @@ class Watcher:
         self._progress: dict[str, tuple] = {}  # run id -> (last step, since when it has not moved)
         self._outcomes: list[tuple] = []  # (run id, uid, outcome) from the delivery thread, to record
         self._lock = threading.Lock()
-        self.notifier = Notifier(notify_urls(notify), min_interval_s=min_interval_s, on_outcome=self._on_outcome)
+        self.notifier = Notifier(
+            notify_urls(notify), min_interval_s=min_interval_s, on_outcome=self._on_outcome
+        )
 
     # ------------------------------------------------------------------ the loop
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
@@ -135,13 +147,23 @@ class Watcher:
             return []
         quiet = now - r["heartbeat_at"]
         where = f" (pid {r['pid']} on {r['host']})" if r["host"] else ""
-        alert = {"rule": "lost", "level": "critical", "title": f"No heartbeat for {_fmt_s(quiet)}",
-                 "text": f"The run {r['name']}{where} is marked running but its last heartbeat was {_fmt_s(quiet)} ago "
-                         f"(timeout {_fmt_s(r['heartbeat_timeout'])}), at step {r['last_step']}: the process was "
-                         "killed (SIGKILL, the OOM killer), its node went away, or it cannot reach the store.",
-                 "step": r["last_step"], "wall_time": now,
-                 "evidence": {"heartbeat_at": r["heartbeat_at"], "heartbeat_timeout": r["heartbeat_timeout"],
-                              "quiet_s": quiet, "host": r["host"], "pid": r["pid"]}}
+        alert = {
+            "rule": "lost",
+            "level": "critical",
+            "title": f"No heartbeat for {_fmt_s(quiet)}",
+            "text": f"The run {r['name']}{where} is marked running but its last heartbeat was {_fmt_s(quiet)} ago "
+            f"(timeout {_fmt_s(r['heartbeat_timeout'])}), at step {r['last_step']}: the process was "
+            "killed (SIGKILL, the OOM killer), its node went away, or it cannot reach the store.",
+            "step": r["last_step"],
+            "wall_time": now,
+            "evidence": {
+                "heartbeat_at": r["heartbeat_at"],
+                "heartbeat_timeout": r["heartbeat_timeout"],
+                "quiet_s": quiet,
+                "host": r["host"],
+                "pid": r["pid"],
+            },
+        }
         return self._raise(r, key, alert)
 
     def _stall(self, r: dict, now: float) -> list[dict]:
@@ -158,16 +180,23 @@ class Watcher:
             return []
         if store_alerts.own_alerts(self.store, r["id"], ["stall"], since=seen[1]):
             return []  # the run said it itself
-        alert = {"rule": "stall", "level": "warning", "title": f"No new step for {_fmt_s(quiet)}",
-                 "text": f"The run {r['name']} is alive (its heartbeat goes on) but has logged no new step for "
-                         f"{_fmt_s(quiet)}; the last was step {step}. It may hang: a dataloader worker, a collective "
-                         "operation waiting for another rank, I/O, or a long evaluation or save.",
-                 "step": step, "wall_time": now, "evidence": {"quiet_s": quiet, "stall_after_s": self.stall_after,
-                                                              "last_progress_at": seen[1]}}
+        alert = {
+            "rule": "stall",
+            "level": "warning",
+            "title": f"No new step for {_fmt_s(quiet)}",
+            "text": f"The run {r['name']} is alive (its heartbeat goes on) but has logged no new step for "
+            f"{_fmt_s(quiet)}; the last was step {step}. It may hang: a dataloader worker, a collective "
+            "operation waiting for another rank, I/O, or a long evaluation or save.",
+            "step": step,
+            "wall_time": now,
+            "evidence": {"quiet_s": quiet, "stall_after_s": self.stall_after, "last_progress_at": seen[1]},
+        }
         return self._raise(r, key, alert)
 
     def _ended(self, r: dict) -> list[dict]:
-        found = AlertEngine(rules=["lifecycle"], clock=self.clock).finish(r["status"], r["error"], r["last_step"])
+        found = AlertEngine(rules=["lifecycle"], clock=self.clock).finish(
+            r["status"], r["error"], r["last_step"]
+        )
         if not found or store_alerts.own_alerts(self.store, r["id"], LIFECYCLE_RULES):
             # nothing to say about this status, or the run said it itself: only mark it done
             store_alerts.claim(self.store, r["id"], store_alerts.ENDED, None, watcher=self.name)
@@ -180,11 +209,21 @@ class Watcher:
         uid = store_alerts.claim(self.store, r["id"], key, alert, watcher=self.name)
         if uid is None:
             return []  # another watcher claimed it first
-        self._say(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(alert['wall_time']))}  {alert['level']:<8}  "
-                  f"{alert['rule']:<11}  {r['name']} ({r['id']})  {alert['title']}", stream=sys.stdout)
+        self._say(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(alert['wall_time']))}  {alert['level']:<8}  "
+            f"{alert['rule']:<11}  {r['name']} ({r['id']})  {alert['title']}",
+            stream=sys.stdout,
+        )
         # one message per run and rule per min_interval_s: the run's id joins the rule for the notifier
-        self.notifier.send({**alert, "rule": f"{r['id']}/{alert['rule']}", "title": f"{r['name']}: {alert['title']}",
-                            "run_id": r["id"], "uid": uid})
+        self.notifier.send(
+            {
+                **alert,
+                "rule": f"{r['id']}/{alert['rule']}",
+                "title": f"{r['name']}: {alert['title']}",
+                "run_id": r["id"],
+                "uid": uid,
+            }
+        )
         return [{**alert, "run_id": r["id"], "uid": uid}]
 
     # ------------------------------------------------------------------ delivery outcomes
@@ -216,8 +255,10 @@ class Watcher:
             orig = getattr(exc, "orig", None)
             text = " ".join(str(orig if orig is not None else exc).split())[:300] or type(exc).__name__
             self._down = text
-            self._say(f"tmon watch: cannot reach the store {self.where()} ({text}); still polling every "
-                      f"{self.interval:g} s")
+            self._say(
+                f"tmon watch: cannot reach the store {self.where()} ({text}); still polling every "
+                f"{self.interval:g} s"
+            )
 
     def _say(self, line: str, stream=None) -> None:
         stream = stream or self.out

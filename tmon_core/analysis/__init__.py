@@ -24,8 +24,18 @@ import os
 from .model import CRITICAL, GOOD, INFO, WARNING, Finding, Recommendation, Thresholds
 from .report import Report
 
-__all__ = ["CRITICAL", "GOOD", "INFO", "WARNING", "Finding", "Recommendation", "Report", "Thresholds",
-           "load_report", "report"]
+__all__ = [
+    "CRITICAL",
+    "GOOD",
+    "INFO",
+    "WARNING",
+    "Finding",
+    "Recommendation",
+    "Report",
+    "Thresholds",
+    "load_report",
+    "report",
+]
 
 
 def _open(run, store):
@@ -43,8 +53,9 @@ def _open(run, store):
                 raise KeyError(f"{st} holds no runs yet")
             return found, st, own
         if not isinstance(run, str):
-            raise ValueError(f"run must be a run id, a unique id prefix, a run name, 'latest' or a Run, "
-                             f"received {run!r}")
+            raise ValueError(
+                f"run must be a run id, a unique id prefix, a run name, 'latest' or a Run, received {run!r}"
+            )
         return st.run(run), st, own
     except BaseException:
         if own:
@@ -52,8 +63,13 @@ def _open(run, store):
         raise
 
 
-def report(run=None, *, store: str | os.PathLike | None = None, thresholds: Thresholds | dict | None = None,
-           save: bool = True) -> Report:
+def report(
+    run=None,
+    *,
+    store: str | os.PathLike | None = None,
+    thresholds: Thresholds | dict | None = None,
+    save: bool = True,
+) -> Report:
     """The report of ``run`` (a run id, a unique prefix, a run name, ``"latest"``, a ``Run``; default:
     the latest run) in ``store`` (URL, path or ``Store``; default ``$TMON_STORE`` or ``sqlite:///tmon.db``).
 

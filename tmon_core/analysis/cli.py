@@ -10,10 +10,15 @@ from . import report
 
 
 def register(subparsers) -> dict:
-    p = subparsers.add_parser("report", help="health, findings and recommendations for a run",
-                              description="Analyse a run from the store: health score, findings with evidence, "
-                                          "ranked recommendations in the framework's own settings.")
-    p.add_argument("run", nargs="?", default="latest", help="run id, unique id prefix, run name, or 'latest' (default)")
+    p = subparsers.add_parser(
+        "report",
+        help="health, findings and recommendations for a run",
+        description="Analyse a run from the store: health score, findings with evidence, "
+        "ranked recommendations in the framework's own settings.",
+    )
+    p.add_argument(
+        "run", nargs="?", default="latest", help="run id, unique id prefix, run name, or 'latest' (default)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-save", action="store_true", help="do not store the report with the run")
     return {"report": cmd_report}

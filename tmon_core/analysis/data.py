@@ -86,8 +86,12 @@ class RunData:
                 df = self.run.tail(key, TAIL)
             else:
                 df = self.run.metrics(key, max_points=DOWNSAMPLED)
-            self._series[cache_key] = Series(key, df.step.to_numpy(np.int64), df.value.to_numpy(np.float64),
-                                             df.wall_time.to_numpy(np.float64))
+            self._series[cache_key] = Series(
+                key,
+                df.step.to_numpy(np.int64),
+                df.value.to_numpy(np.float64),
+                df.wall_time.to_numpy(np.float64),
+            )
         return self._series[cache_key]
 
     @cached_property
@@ -101,8 +105,13 @@ class RunData:
     @cached_property
     def val_loss(self) -> Series | None:
         candidates = [k for k in VAL_LOSS_KEYS if k in self.keys]
-        candidates += sorted(k for k in self.keys if k not in candidates and "loss" in k.lower()
-                             and any(p in k.lower() for p in ("val", "eval", "valid")))
+        candidates += sorted(
+            k
+            for k in self.keys
+            if k not in candidates
+            and "loss" in k.lower()
+            and any(p in k.lower() for p in ("val", "eval", "valid"))
+        )
         for key in candidates:
             s = self.series(key)
             if s is not None and len(s):
@@ -197,7 +206,10 @@ class RunData:
 
     @cached_property
     def full_precision(self) -> bool:
-        return self.precision in ("32-true", "32", "float32", "64-true", "64", "float64") or self.precision == "None"
+        return (
+            self.precision in ("32-true", "32", "float32", "64-true", "64", "float64")
+            or self.precision == "None"
+        )
 
     @cached_property
     def num_workers(self) -> int | None:
@@ -229,10 +241,18 @@ class RunData:
             return out
         for (host, node, gpu), part in g.groupby(["host", "node_rank", "gpu"], dropna=False):
             mem = GpuMemory(self.t.memory_warning, self.t.memory_critical)
-            c = {k: part[k].to_numpy(float, na_value=np.nan)
-                 for k in ("mem_used", "mem_total", "wall_time", "torch_max_allocated", "util_percent")}
-            mem.update(c["mem_used"], c["mem_total"], c["wall_time"], torch_max_allocated=c["torch_max_allocated"],
-                       util_percent=c["util_percent"], name=part["name"].dropna().tolist())
+            c = {
+                k: part[k].to_numpy(float, na_value=np.nan)
+                for k in ("mem_used", "mem_total", "wall_time", "torch_max_allocated", "util_percent")
+            }
+            mem.update(
+                c["mem_used"],
+                c["mem_total"],
+                c["wall_time"],
+                torch_max_allocated=c["torch_max_allocated"],
+                util_percent=c["util_percent"],
+                name=part["name"].dropna().tolist(),
+            )
             out.append({"host": host, "node_rank": int(node), "gpu": int(gpu), **mem.peak()})
         return out
 
@@ -257,8 +277,16 @@ class RunData:
         s = self.samples
         if s.empty:
             return None
-        cols = ("wall_time", "ram_used", "ram_total", "swap_used", "proc_rss", "children_rss", "children_count",
-                "cpu_percent")
+        cols = (
+            "wall_time",
+            "ram_used",
+            "ram_total",
+            "swap_used",
+            "proc_rss",
+            "children_rss",
+            "children_count",
+            "cpu_percent",
+        )
         return {c: s[c].to_numpy(float, na_value=np.nan) for c in cols}
 
     @cached_property
@@ -272,8 +300,14 @@ class RunData:
         rows: dict[float, list] = {}
         for r in g.itertuples():
             rows.setdefault(float(r.wall_time), []).append(
-                {"gpu": int(r.gpu), "mem_used_bytes": _num(r.mem_used), "mem_total_bytes": _num(r.mem_total),
-                 "util_percent": _num(r.util_percent), "torch_allocated_bytes": _num(r.torch_allocated)})
+                {
+                    "gpu": int(r.gpu),
+                    "mem_used_bytes": _num(r.mem_used),
+                    "mem_total_bytes": _num(r.mem_total),
+                    "util_percent": _num(r.util_percent),
+                    "torch_allocated_bytes": _num(r.torch_allocated),
+                }
+            )
         return times, [rows[float(t)] for t in times]
 
     def memory_at(self, wall_time: float | None) -> dict | None:
@@ -288,14 +322,20 @@ class RunData:
             i = _nearest(walls, wall_time)
             total = _num(h["ram_total"][i])
             used = _num(h["ram_used"][i])
-            out.update({
-                "sample_time": float(walls[i]), "offset_s": round(float(walls[i] - wall_time), 3),
-                "ram_used_bytes": used, "ram_total_bytes": total,
-                "ram_fraction": used / total if total and used is not None else None,
-                "swap_used_bytes": _num(h["swap_used"][i]), "proc_rss_bytes": _num(h["proc_rss"][i]),
-                "workers_rss_bytes": _num(h["children_rss"][i]), "workers": _int(h["children_count"][i]),
-                "cpu_percent": _num(h["cpu_percent"][i]),
-            })
+            out.update(
+                {
+                    "sample_time": float(walls[i]),
+                    "offset_s": round(float(walls[i] - wall_time), 3),
+                    "ram_used_bytes": used,
+                    "ram_total_bytes": total,
+                    "ram_fraction": used / total if total and used is not None else None,
+                    "swap_used_bytes": _num(h["swap_used"][i]),
+                    "proc_rss_bytes": _num(h["proc_rss"][i]),
+                    "workers_rss_bytes": _num(h["children_rss"][i]),
+                    "workers": _int(h["children_count"][i]),
+                    "cpu_percent": _num(h["cpu_percent"][i]),
+                }
+            )
         g = self._gpu_rows
         if g is not None:
             times, rows = g

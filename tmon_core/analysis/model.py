@@ -26,7 +26,9 @@ class Finding:
     evidence: dict = field(default_factory=dict)
     step: int | None = None
     wall_time: float | None = None
-    confidence: float | None = None  # 0-1: how far the evidence stands out of the run's own noise (None: a fact)
+    confidence: float | None = (
+        None  # 0-1: how far the evidence stands out of the run's own noise (None: a fact)
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,7 +68,9 @@ class Thresholds:
     memory_headroom: float = 0.50  # peak GPU memory below this: a larger batch fits
     swap_growth_bytes: float = 256 * 2**20  # swap that grew by this much during the run: the host ran short
     data_share: float = 0.30  # share of a step spent waiting for data that makes a run input-bound
-    data_wait_min_s: float = 0.010  # ... when the median wait is at least this (ms waits are IPC, not a bottleneck)
+    data_wait_min_s: float = (
+        0.010  # ... when the median wait is at least this (ms waits are IPC, not a bottleneck)
+    )
     gpu_util_low: float = 40.0  # mean GPU utilization (%) below this: the GPU idles
     cpu_saturated: float = 90.0  # mean host CPU (%) at or above this: the CPU is the limit
     stall_factor: float = 10.0  # a step this many times the median step ...
@@ -77,7 +81,9 @@ class Thresholds:
     spike_sigmas: float = 9.0  # ... and this many units of the run's own noise above it is a spike
     divergence_factor: float = 2.0  # smoothed loss ending this many times above its best: divergence
     plateau_min_steps: int = 500  # the shortest run judged for a plateau
-    plateau_improvement: float = 0.05  # last third's improvement, at its 95 % upper bound, below this: plateau
+    plateau_improvement: float = (
+        0.05  # last third's improvement, at its 95 % upper bound, below this: plateau
+    )
     overfit_rise: float = 0.05  # validation loss this much (relative) above its best, twice in a row
     grad_explode_factor: float = 10.0  # late grad norm this many times the early one: exploding
     grad_vanish_factor: float = 1e-3  # late grad norm below this fraction of the early one: vanishing
@@ -90,8 +96,10 @@ class Thresholds:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
                 raise ValueError(f"{name} must be a fraction in (0, 1], received {name}={v!r}")
         if self.memory_warning > self.memory_critical:
-            raise ValueError(f"memory_warning must be <= memory_critical, received memory_warning="
-                             f"{self.memory_warning!r}, memory_critical={self.memory_critical!r}")
+            raise ValueError(
+                f"memory_warning must be <= memory_critical, received memory_warning="
+                f"{self.memory_warning!r}, memory_critical={self.memory_critical!r}"
+            )
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
@@ -107,9 +115,13 @@ class Thresholds:
             known = {f.name for f in dataclasses.fields(cls)}
             unknown = sorted(set(value) - known)
             if unknown:
-                raise ValueError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+                raise ValueError(
+                    f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                )
             return cls(**value)
-        raise ValueError(f"thresholds must be a Thresholds or a dict, received {type(value).__name__}: {value!r}")
+        raise ValueError(
+            f"thresholds must be a Thresholds or a dict, received {type(value).__name__}: {value!r}"
+        )
 
 
 def health_of(findings: list[Finding]) -> str:

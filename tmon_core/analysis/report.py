@@ -54,9 +54,20 @@ class Report:
     >>> r.health, r.recommendations[0].action     # doctest: +SKIP
     """
 
-    def __init__(self, run_id: str, health: str, summary: dict, findings: list[Finding],
-                 recommendations: list[Recommendation], log_errors: list[dict], *, created_at: float | None = None,
-                 thresholds: dict | None = None, version: int = VERSION, library_notices: list[dict] | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        health: str,
+        summary: dict,
+        findings: list[Finding],
+        recommendations: list[Recommendation],
+        log_errors: list[dict],
+        *,
+        created_at: float | None = None,
+        thresholds: dict | None = None,
+        version: int = VERSION,
+        library_notices: list[dict] | None = None,
+    ):
         self.run_id = run_id
         self.health = health
         self.summary = summary
@@ -72,10 +83,16 @@ class Report:
     # ------------------------------------------------------------------ structured forms
     def to_dict(self) -> dict:
         return {
-            "version": self.version, "run_id": self.run_id, "created_at": self.created_at, "health": self.health,
-            "summary": self.summary, "findings": [f.to_dict() for f in self.findings],
-            "recommendations": [r.to_dict() for r in self.recommendations], "log_errors": self.log_errors,
-            "library_notices": self.library_notices, "thresholds": self.thresholds,
+            "version": self.version,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "health": self.health,
+            "summary": self.summary,
+            "findings": [f.to_dict() for f in self.findings],
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "log_errors": self.log_errors,
+            "library_notices": self.library_notices,
+            "thresholds": self.thresholds,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -83,11 +100,18 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        return cls(d["run_id"], d["health"], d.get("summary") or {},
-                   [Finding(**f) for f in d.get("findings") or []],
-                   [Recommendation(**r) for r in d.get("recommendations") or []],
-                   d.get("log_errors") or [], created_at=d.get("created_at"), thresholds=d.get("thresholds"),
-                   version=d.get("version", VERSION), library_notices=d.get("library_notices") or [])
+        return cls(
+            d["run_id"],
+            d["health"],
+            d.get("summary") or {},
+            [Finding(**f) for f in d.get("findings") or []],
+            [Recommendation(**r) for r in d.get("recommendations") or []],
+            d.get("log_errors") or [],
+            created_at=d.get("created_at"),
+            thresholds=d.get("thresholds"),
+            version=d.get("version", VERSION),
+            library_notices=d.get("library_notices") or [],
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Report:
@@ -95,8 +119,10 @@ class Report:
 
     # ------------------------------------------------------------------ readable forms
     def __repr__(self) -> str:
-        return (f"Report(run={self.run_id!r}, health={self.health!r}, {len(self.findings)} findings, "
-                f"{len(self.recommendations)} recommendations, {len(self.log_errors)} log errors)")
+        return (
+            f"Report(run={self.run_id!r}, health={self.health!r}, {len(self.findings)} findings, "
+            f"{len(self.recommendations)} recommendations, {len(self.log_errors)} log errors)"
+        )
 
     def __str__(self) -> str:
         from .render import text
@@ -122,10 +148,16 @@ def build(run, thresholds: Thresholds) -> Report:
     summary["counts"]["recommendations"] = len(recs)
     log_errors = [e for e in d.log_entries if e["category"] != LIBRARY]
     notices = [e for e in d.log_entries if e["category"] == LIBRARY]
-    return Report(run.id, health_of(findings), json_safe(summary),
-                  [Finding(**json_safe(f.to_dict())) for f in findings],
-                  [Recommendation(**json_safe(r.to_dict())) for r in recs],
-                  json_safe(log_errors), thresholds=json_safe(thresholds.__dict__), library_notices=json_safe(notices))
+    return Report(
+        run.id,
+        health_of(findings),
+        json_safe(summary),
+        [Finding(**json_safe(f.to_dict())) for f in findings],
+        [Recommendation(**json_safe(r.to_dict())) for r in recs],
+        json_safe(log_errors),
+        thresholds=json_safe(thresholds.__dict__),
+        library_notices=json_safe(notices),
+    )
 
 
 def rank(recs: list[Recommendation]) -> list[Recommendation]:
@@ -136,9 +168,15 @@ def rank(recs: list[Recommendation]) -> list[Recommendation]:
     for i, r in enumerate(recs):
         key = (RANK.get(r.severity, 9), r.rule)
         lead[key] = min(lead.get(key, (r.priority, i)), (r.priority, i))
-    order = sorted(range(len(recs)), key=lambda i: (RANK.get(recs[i].severity, 9),
-                                                    lead[(RANK.get(recs[i].severity, 9), recs[i].rule)],
-                                                    recs[i].priority, i))
+    order = sorted(
+        range(len(recs)),
+        key=lambda i: (
+            RANK.get(recs[i].severity, 9),
+            lead[(RANK.get(recs[i].severity, 9), recs[i].rule)],
+            recs[i].priority,
+            i,
+        ),
+    )
     kept: dict[str, Recommendation] = {}
     out = []
     for i in order:
@@ -160,33 +198,75 @@ def summarize(d, findings: list[Finding]) -> dict:
     h = d.host_peak
     memory: dict[str, Any] = {}
     if h is not None:
-        growth = (h["swap_peak_bytes"] - h["swap_start_bytes"]
-                  if h["swap_peak_bytes"] is not None and h["swap_start_bytes"] is not None else None)
-        memory.update({"host_peak_bytes": h["ram_used_bytes"], "host_total_bytes": h["ram_total_bytes"],
-                       "host_peak_fraction": h["fraction"], "swap_peak_bytes": h["swap_peak_bytes"],
-                       "swap_growth_bytes": growth, "process_peak_rss_bytes": h["peak_proc_rss_bytes"],
-                       "workers_peak_rss_bytes": h["peak_workers_rss_bytes"], "workers": h["max_workers"],
-                       "cpu_mean_percent": h["cpu_mean_percent"]})
-    memory["gpus"] = [{k: p[k] for k in ("gpu", "name", "host", "peak_mem_bytes", "mem_total_bytes", "peak_fraction",
-                                          "torch_peak_allocated_bytes", "mean_util_percent")} for p in d.gpu_peaks]
+        growth = (
+            h["swap_peak_bytes"] - h["swap_start_bytes"]
+            if h["swap_peak_bytes"] is not None and h["swap_start_bytes"] is not None
+            else None
+        )
+        memory.update(
+            {
+                "host_peak_bytes": h["ram_used_bytes"],
+                "host_total_bytes": h["ram_total_bytes"],
+                "host_peak_fraction": h["fraction"],
+                "swap_peak_bytes": h["swap_peak_bytes"],
+                "swap_growth_bytes": growth,
+                "process_peak_rss_bytes": h["peak_proc_rss_bytes"],
+                "workers_peak_rss_bytes": h["peak_workers_rss_bytes"],
+                "workers": h["max_workers"],
+                "cpu_mean_percent": h["cpu_mean_percent"],
+            }
+        )
+    memory["gpus"] = [
+        {
+            k: p[k]
+            for k in (
+                "gpu",
+                "name",
+                "host",
+                "peak_mem_bytes",
+                "mem_total_bytes",
+                "peak_fraction",
+                "torch_peak_allocated_bytes",
+                "mean_util_percent",
+            )
+        }
+        for p in d.gpu_peaks
+    ]
     g = d.gpu_peak
     memory["gpu_peak_fraction"] = g["peak_fraction"] if g else None
     err = d.failure
     counts = {s: sum(1 for f in findings if f.severity == s) for s in ("critical", "warning", "info")}
     logs = d.log_entries
     return {
-        "run_id": info["id"], "name": info["name"], "framework": d.framework, "status": d.status,
-        "started_at": info["created_at"], "ended_at": info.get("ended_at"), "duration_s": d.duration,
-        "steps": d.steps_done, "total_steps": info.get("total_steps"), "host": info.get("host"),
+        "run_id": info["id"],
+        "name": info["name"],
+        "framework": d.framework,
+        "status": d.status,
+        "started_at": info["created_at"],
+        "ended_at": info.get("ended_at"),
+        "duration_s": d.duration,
+        "steps": d.steps_done,
+        "total_steps": info.get("total_steps"),
+        "host": info.get("host"),
         "error": {"type": err.get("type"), "message": (err.get("message") or "")[:1000]} if err else None,
         "dropped_points": info.get("dropped_points") or 0,
-        "memory": memory, "throughput": _throughput(d), "best": _best(d),
-        "config": {"batch_size": d.batch_size, "accumulation": d.accumulation, "precision": d.precision,
-                   "num_workers": d.num_workers, "world_size": d.config.get("world_size")},
-        "counts": {"findings": counts, "recommendations": None,
-                   "log_errors": sum(e["count"] for e in logs if e["category"] not in ("warning", "tmon", LIBRARY)),
-                   "log_warnings": sum(e["count"] for e in logs if e["category"] == "warning"),
-                   "library_notices": sum(e["count"] for e in logs if e["category"] == LIBRARY)},
+        "memory": memory,
+        "throughput": _throughput(d),
+        "best": _best(d),
+        "config": {
+            "batch_size": d.batch_size,
+            "accumulation": d.accumulation,
+            "precision": d.precision,
+            "num_workers": d.num_workers,
+            "world_size": d.config.get("world_size"),
+        },
+        "counts": {
+            "findings": counts,
+            "recommendations": None,
+            "log_errors": sum(e["count"] for e in logs if e["category"] not in ("warning", "tmon", LIBRARY)),
+            "log_warnings": sum(e["count"] for e in logs if e["category"] == "warning"),
+            "library_notices": sum(e["count"] for e in logs if e["category"] == LIBRARY),
+        },
     }
 
 
@@ -200,8 +280,10 @@ def _throughput(d) -> dict:
         out["median_data_s"] = float(np.median(dt)) if len(dt) else None
         both = np.isfinite(tm["step_time"]) & np.isfinite(tm["data_time"])
         if both.sum():
-            out["data_share"] = float(tm["data_time"][both].sum() / max(1e-12, (tm["data_time"][both]
-                                                                                 + tm["step_time"][both]).sum()))
+            out["data_share"] = float(
+                tm["data_time"][both].sum()
+                / max(1e-12, (tm["data_time"][both] + tm["step_time"][both]).sum())
+            )
     loss = d.loss
     if loss is not None and len(loss) >= 2 and loss.walls[-1] > loss.walls[0]:
         sps = float((loss.steps[-1] - loss.steps[0]) / (loss.walls[-1] - loss.walls[0]))
@@ -217,7 +299,13 @@ def _best(d) -> dict:
     keys = sorted(k for k in d.keys if not any(k == o or k.startswith(o + "/") for o in _OWN_KEYS))
     for key in keys[:40]:
         low = key.lower()
-        mode = "min" if any(w in low for w in _MIN_WORDS) else "max" if any(w in low for w in _MAX_WORDS) else None
+        mode = (
+            "min"
+            if any(w in low for w in _MIN_WORDS)
+            else "max"
+            if any(w in low for w in _MAX_WORDS)
+            else None
+        )
         if mode is None:
             continue
         s = d.loss if d.loss is not None and key == d.loss.key else d.series(key)
@@ -227,7 +315,12 @@ def _best(d) -> dict:
         if not len(f):
             continue
         i = int(np.argmin(f.values) if mode == "min" else np.argmax(f.values))
-        out[key] = {"value": float(f.values[i]), "step": int(f.steps[i]), "mode": mode, "last": float(f.values[-1])}
+        out[key] = {
+            "value": float(f.values[i]),
+            "step": int(f.steps[i]),
+            "mode": mode,
+            "last": float(f.values[-1]),
+        }
         if len(out) >= 20:
             break
     return out

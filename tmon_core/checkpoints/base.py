@@ -96,8 +96,15 @@ def plain(value: Any, budget: Budget | None = None, _depth: int = 0) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return value.item() if value.ndim == 0 else (value.tolist() if value.size <= MAX_PARAM_LIST
-                                                     else f"<array {list(value.shape)} {value.dtype}>")
+        return (
+            value.item()
+            if value.ndim == 0
+            else (
+                value.tolist()
+                if value.size <= MAX_PARAM_LIST
+                else f"<array {list(value.shape)} {value.dtype}>"
+            )
+        )
     if type(value).__name__ in ("Tensor", "Parameter") and hasattr(value, "numel"):
         if value.numel() == 1 and value.ndim == 0:
             return value.item()
@@ -113,17 +120,27 @@ def plain(value: Any, budget: Budget | None = None, _depth: int = 0) -> Any:
         if len(value) > MAX_PARAM_LIST or _depth >= MAX_LIST_DEPTH:
             return f"<dict of {len(value)}>"
         budget = budget or Budget()
-        return {str(k): plain(v, budget, _depth + 1) if budget.take() else "<not read>" for k, v in value.items()}
+        return {
+            str(k): plain(v, budget, _depth + 1) if budget.take() else "<not read>" for k, v in value.items()
+        }
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, (set, frozenset)):
-        if len(value) > MAX_PARAM_LIST or not all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        if len(value) > MAX_PARAM_LIST or not all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in value
+        ):
             return f"<set of {len(value)}>"
     return repr(value)
 
 
-def flatten(prefix: str, value: Any, out: dict[str, Any], skip: frozenset = frozenset(),
-            budget: Budget | None = None, _depth: int = 0) -> dict[str, Any]:
+def flatten(
+    prefix: str,
+    value: Any,
+    out: dict[str, Any],
+    skip: frozenset = frozenset(),
+    budget: Budget | None = None,
+    _depth: int = 0,
+) -> dict[str, Any]:
     """Flatten nested dicts (and lists of dicts) into ``out`` under dotted keys; at most
     ``budget``'s values visited and ``MAX_PARAM_DEPTH`` levels followed."""
     budget = budget or Budget()
@@ -156,7 +173,9 @@ def optimizer_params(states: list, out: dict[str, Any], budget: Budget | None = 
                 continue
             for k, v in group.items():
                 if k == "params":
-                    out[f"{prefix}.pg{j}.n_params"] = len(v) if isinstance(v, (list, tuple)) else plain(v, budget)
+                    out[f"{prefix}.pg{j}.n_params"] = (
+                        len(v) if isinstance(v, (list, tuple)) else plain(v, budget)
+                    )
                 else:
                     out[f"{prefix}.pg{j}.{k}"] = plain(v, budget)
 

@@ -41,8 +41,13 @@ MAX_ZIP_MEMBERS = 200_000
 MAX_ZIP_RATIO = 100
 MAX_SMALL_MEMBER = 64 * 1024 * 1024
 
-_KIND = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+_KIND = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def _kind(mode: int) -> str:
@@ -64,15 +69,20 @@ def entry(path: str, *, dir_ok: bool = True) -> os.stat_result:
     if stat.S_ISREG(st.st_mode) or dir_ok and stat.S_ISDIR(st.st_mode):
         return st
     target = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
-    raise CheckpointError(path, f"{_kind(st.st_mode)}{target}, not a regular file: not opened (tmon diff reads "
-                                "checkpoint files and checkpoint directories only)")
+    raise CheckpointError(
+        path,
+        f"{_kind(st.st_mode)}{target}, not a regular file: not opened (tmon diff reads "
+        "checkpoint files and checkpoint directories only)",
+    )
 
 
 def open_regular(path: str) -> tuple[int, int]:
     """``(fd, size)`` of ``path`` opened read-only, once it is known to be a regular file."""
     before = entry(path, dir_ok=False)
     # O_NONBLOCK: if a FIFO was swapped in since the stat, open() returns instead of waiting for a writer
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    flags = (
+        os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    )
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -80,8 +90,11 @@ def open_regular(path: str) -> tuple[int, int]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
         os.close(fd)
-        raise CheckpointError(path, "the file was replaced while being opened (now "
-                                    f"{'a regular file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)})")
+        raise CheckpointError(
+            path,
+            "the file was replaced while being opened (now "
+            f"{'a regular file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)})",
+        )
     return fd, st.st_size
 
 
@@ -99,7 +112,9 @@ def read_regular(path: str, limit: int) -> bytes:
             chunks.append(block)
             got += len(block)
         if got > limit:
-            raise CheckpointError(path, f"grew past the {limit} bytes accepted for this file while being read")
+            raise CheckpointError(
+                path, f"grew past the {limit} bytes accepted for this file while being read"
+            )
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -122,7 +137,7 @@ def json_depth(raw: bytes) -> int:
     deepest = level = 0
     in_string = False
     for s in range(0, text.size, _BLOCK):
-        block = text[s:s + _BLOCK]
+        block = text[s : s + _BLOCK]
         quotes = np.cumsum(block == ord('"'), dtype=np.int32)
         outside = (quotes & 1) == (1 if in_string else 0)  # an even count of quotes before: outside a string
         run = np.cumsum(np.where(outside, _STEP[block], 0), dtype=np.int64)
@@ -159,13 +174,19 @@ def shape_of(path: str, name: str, shape: Any) -> tuple[int, ...]:
     """A header's shape as a tuple of ints, refused unless it is a list of at most ``MAX_RANK``
     non-negative integers."""
     if not isinstance(shape, list):
-        raise CheckpointError(path, f"tensor {name!r}: shape must be a list of integers, received {short(shape)}")
+        raise CheckpointError(
+            path, f"tensor {name!r}: shape must be a list of integers, received {short(shape)}"
+        )
     if len(shape) > MAX_RANK:
-        raise CheckpointError(path, f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} accepted")
+        raise CheckpointError(
+            path, f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} accepted"
+        )
     for s in shape:
         if not is_int(s) or s < 0:
-            raise CheckpointError(path, f"tensor {name!r}: shape {short(shape)} holds {short(s)}, expected "
-                                        "non-negative integers")
+            raise CheckpointError(
+                path,
+                f"tensor {name!r}: shape {short(shape)} holds {short(s)}, expected non-negative integers",
+            )
     return tuple(shape)
 
 
@@ -202,10 +223,10 @@ def zip_members(f, size: int) -> int | None:
     at = tail.rfind(_EOCD)
     if at < 0 or at + 22 > len(tail):
         return None
-    (count,) = struct.unpack("<H", tail[at + 10: at + 12])
-    if count != 0xFFFF or at < 20 or tail[at - 20: at - 16] != _EOCD64_LOCATOR:
+    (count,) = struct.unpack("<H", tail[at + 10 : at + 12])
+    if count != 0xFFFF or at < 20 or tail[at - 20 : at - 16] != _EOCD64_LOCATOR:
         return count
-    (rec,) = struct.unpack("<Q", tail[at - 12: at - 4])
+    (rec,) = struct.unpack("<Q", tail[at - 12 : at - 4])
     if rec + 56 > size:
         return None
     f.seek(rec)
@@ -219,15 +240,23 @@ def check_zip(path: str, f, size: int) -> None:
     """Refuse a zip listing more than ``MAX_ZIP_MEMBERS`` members, before ``zipfile`` reads the list."""
     n = zip_members(f, size)
     if n is not None and n > MAX_ZIP_MEMBERS:
-        raise CheckpointError(path, f"the zip archive lists {n} members, more than the {MAX_ZIP_MEMBERS} accepted")
+        raise CheckpointError(
+            path, f"the zip archive lists {n} members, more than the {MAX_ZIP_MEMBERS} accepted"
+        )
     f.seek(0)
 
 
 def check_inflation(path: str, info) -> None:
     """Refuse a compressed zip member (a ``zipfile.ZipInfo``) that inflates past reason: torch and
     Keras store their weights uncompressed, and weights deflate by a few percent, not 100x."""
-    if info.compress_type and info.file_size > MAX_SMALL_MEMBER and \
-            info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
-        raise CheckpointError(path, f"{info.filename} in the archive inflates {info.compress_size} bytes to "
-                                    f"{info.file_size} ({info.file_size // max(1, info.compress_size)}x): a zip bomb? "
-                                    "not extracted")
+    if (
+        info.compress_type
+        and info.file_size > MAX_SMALL_MEMBER
+        and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size)
+    ):
+        raise CheckpointError(
+            path,
+            f"{info.filename} in the archive inflates {info.compress_size} bytes to "
+            f"{info.file_size} ({info.file_size // max(1, info.compress_size)}x): a zip bomb? "
+            "not extracted",
+        )

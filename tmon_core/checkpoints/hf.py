@@ -38,8 +38,10 @@ def open_directory(path: str, open_file: Callable[[str], Checkpoint]) -> Checkpo
         _trainer_state(path, ck)
         _optimizer(path, ck)
         if os.path.exists(os.path.join(path, "training_args.bin")):
-            ck.notes.append("training_args.bin not read: it is a full pickle of TrainingArguments, "
-                            "which tmon never unpickles")
+            ck.notes.append(
+                "training_args.bin not read: it is a full pickle of TrainingArguments, "
+                "which tmon never unpickles"
+            )
     except BaseException:
         ck.close()
         raise
@@ -67,38 +69,57 @@ def _weights(path: str, open_file: Callable[[str], Checkpoint]) -> Checkpoint:
     tensors = sorted(glob.glob(join(glob.escape(path), "*.safetensors")))
     if tensors:  # e.g. adapter_model.safetensors, or shards without their index
         return SafetensorsCheckpoint(tensors, path)
-    singles = sorted(f for f in os.listdir(path) if f.lower().endswith(SINGLE_FILE_SUFFIXES)
-                     and os.path.isfile(join(path, f)))
+    singles = sorted(
+        f
+        for f in os.listdir(path)
+        if f.lower().endswith(SINGLE_FILE_SUFFIXES) and os.path.isfile(join(path, f))
+    )
     if len(singles) == 1:
         ck = open_file(join(path, singles[0]))
         ck.notes.append(f"the directory holds one checkpoint file: {singles[0]}")
         return ck
-    subdirs = sorted(d for d in os.listdir(path) if d.startswith("checkpoint-") and os.path.isdir(join(path, d)))
+    subdirs = sorted(
+        d for d in os.listdir(path) if d.startswith("checkpoint-") and os.path.isdir(join(path, d))
+    )
     if subdirs:
-        raise CheckpointError(path, "a training output directory, not a checkpoint: pass one of its checkpoint "
-                                    f"directories ({', '.join(subdirs[:5])})")
+        raise CheckpointError(
+            path,
+            "a training output directory, not a checkpoint: pass one of its checkpoint "
+            f"directories ({', '.join(subdirs[:5])})",
+        )
     if singles:
-        raise CheckpointError(path, f"the directory holds {len(singles)} checkpoint files; pass one of them "
-                                    f"({', '.join(singles[:5])})")
-    raise CheckpointError(path, "no weights in this directory (looked for model.safetensors, "
-                                "model.safetensors.index.json, pytorch_model.bin, *.safetensors, or one checkpoint file)")
+        raise CheckpointError(
+            path,
+            f"the directory holds {len(singles)} checkpoint files; pass one of them "
+            f"({', '.join(singles[:5])})",
+        )
+    raise CheckpointError(
+        path,
+        "no weights in this directory (looked for model.safetensors, "
+        "model.safetensors.index.json, pytorch_model.bin, *.safetensors, or one checkpoint file)",
+    )
 
 
 def _shards(index_path: str) -> list[str]:
     index = guard.read_json(index_path, "the shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
-        raise CheckpointError(index_path, "unreadable shard index: expected {\"weight_map\": {tensor name: shard file "
-                                          "name}}")
+        raise CheckpointError(
+            index_path, 'unreadable shard index: expected {"weight_map": {tensor name: shard file name}}'
+        )
     files = list(dict.fromkeys(weight_map.values()))
     outside = [f for f in files if f in ("", ".", "..") or os.path.basename(f) != f or os.path.isabs(f)]
     if outside:  # shards sit beside their index; anything else is not this checkpoint's
-        raise CheckpointError(index_path, f"the shard index names {outside[0]!r}, not a file in its directory")
+        raise CheckpointError(
+            index_path, f"the shard index names {outside[0]!r}, not a file in its directory"
+        )
     base = os.path.dirname(index_path)
     paths = [os.path.join(base, f) for f in files]
     missing = [f for f, p in zip(files, paths, strict=True) if not os.path.exists(p)]
     if missing:
-        raise CheckpointError(index_path, f"{len(missing)} shard(s) listed in the index are missing: {', '.join(missing[:5])}")
+        raise CheckpointError(
+            index_path, f"{len(missing)} shard(s) listed in the index are missing: {', '.join(missing[:5])}"
+        )
     return paths
 
 

@@ -79,15 +79,22 @@ class H5Checkpoint(Checkpoint):
         def hard(name):  # a link in the file itself: an external one would open another file, maybe a FIFO
             return isinstance(f.get(name, getlink=True), h5py.HardLink)
 
-        if hard("model_weights") and isinstance(f["model_weights"], h5py.Group):  # a Keras 2 model saved whole
+        if hard("model_weights") and isinstance(
+            f["model_weights"], h5py.Group
+        ):  # a Keras 2 model saved whole
             root = f["model_weights"]
             self.format = "keras-h5"
             for attr in ("model_config", "training_config"):
                 if attr in f.attrs:
                     try:
                         text = _text(f.attrs[attr]).encode("utf-8")
-                        flatten(attr.split("_")[0], guard.load_json(text, self.path, attr), self.params, VOLATILE_KEYS,
-                                budget=self.budget)
+                        flatten(
+                            attr.split("_")[0],
+                            guard.load_json(text, self.path, attr),
+                            self.params,
+                            VOLATILE_KEYS,
+                            budget=self.budget,
+                        )
                     except (ValueError, TypeError):
                         pass
             if "keras_version" in f.attrs:
@@ -116,21 +123,31 @@ class H5Checkpoint(Checkpoint):
         """Refuse what reading this dataset would turn into: other files (virtual, external
         storage), or a vast array the file does not hold (unallocated: HDF5 serves its fill value)."""
         if ds.is_virtual:
-            raise CheckpointError(self.path, f"dataset {name!r} is a virtual dataset (its data is mapped from other "
-                                             "files): not read")
+            raise CheckpointError(
+                self.path,
+                f"dataset {name!r} is a virtual dataset (its data is mapped from other files): not read",
+            )
         if ds.external:
-            raise CheckpointError(self.path, f"dataset {name!r} keeps its data in external files "
-                                             f"({ds.external[0][0]!r}...): not read")
+            raise CheckpointError(
+                self.path,
+                f"dataset {name!r} keeps its data in external files ({ds.external[0][0]!r}...): not read",
+            )
         nbytes = guard.numel(ds.shape or ()) * ds.dtype.itemsize
         stored = ds.id.get_storage_size()
         self._unstored += max(0, nbytes - MAX_H5_RATIO * stored)
         if self._unstored > MAX_H5_UNSTORED:
-            raise CheckpointError(self.path, f"dataset {name!r} is {ds.dtype}{list(ds.shape)} "
-                                             f"({guard.human_bytes(nbytes)}) but the file stores {stored} bytes of it "
-                                             "(unallocated, or compressed beyond reason): not read")
+            raise CheckpointError(
+                self.path,
+                f"dataset {name!r} is {ds.dtype}{list(ds.shape)} "
+                f"({guard.human_bytes(nbytes)}) but the file stores {stored} bytes of it "
+                "(unallocated, or compressed beyond reason): not read",
+            )
         if ds.chunks and guard.numel(ds.chunks) * ds.dtype.itemsize > MAX_H5_CHUNK:
-            raise CheckpointError(self.path, f"dataset {name!r} has chunks of {list(ds.chunks)} elements, over "
-                                             f"{guard.human_bytes(MAX_H5_CHUNK)} each: not read")
+            raise CheckpointError(
+                self.path,
+                f"dataset {name!r} has chunks of {list(ds.chunks)} elements, over "
+                f"{guard.human_bytes(MAX_H5_CHUNK)} each: not read",
+            )
 
     def _optimizer_var(self, name: str, ds) -> None:
         if ds.shape != ():
@@ -164,7 +181,7 @@ class H5Checkpoint(Checkpoint):
                 data, base = np.asarray(ds[r0:r1]).reshape(-1), r0 * row
         except OSError as exc:
             raise CheckpointError(self.path, f"cannot read dataset {name!r} ({exc})") from None
-        return data[start - base: stop - base]
+        return data[start - base : stop - base]
 
     def _close_source(self) -> None:
         if self._source is not None and hasattr(self._source, "close"):
@@ -245,13 +262,16 @@ def open_keras_archive(path: str) -> H5Checkpoint:
         try:
             z = zipfile.ZipFile(raw)
         except zipfile.BadZipFile:
-            raise CheckpointError(path, "truncated or corrupt: not a readable zip archive (a .keras file is one)") \
-                from None
+            raise CheckpointError(
+                path, "truncated or corrupt: not a readable zip archive (a .keras file is one)"
+            ) from None
         with z:
             config, meta, info, source, tmp = _archive_members(path, z, raw, size)
     ck = H5Checkpoint(path, source=source if tmp is None else tmp, fmt="keras", cleanup=tmp)
     if tmp is not None:
-        ck.notes.append("model.weights.h5 is compressed in the archive: extracted to a temporary file to read it")
+        ck.notes.append(
+            "model.weights.h5 is compressed in the archive: extracted to a temporary file to read it"
+        )
     _keras_config_params(config, ck.params, ck.budget)
     if isinstance(meta, dict) and isinstance(meta.get("keras_version"), str):
         ck.params["keras_version"] = meta["keras_version"]
@@ -263,10 +283,15 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
     sizes checked before it is read (a zip bomb declares them too, or is caught by zipfile's own
     stop at the declared size)."""
     names = z.namelist()
-    weights = "model.weights.h5" if "model.weights.h5" in names else \
-        next((n for n in names if n.endswith(".weights.h5")), None)
+    weights = (
+        "model.weights.h5"
+        if "model.weights.h5" in names
+        else next((n for n in names if n.endswith(".weights.h5")), None)
+    )
     if weights is None:
-        raise CheckpointError(path, f"a .keras archive without model.weights.h5 (it holds: {', '.join(names[:10])})")
+        raise CheckpointError(
+            path, f"a .keras archive without model.weights.h5 (it holds: {', '.join(names[:10])})"
+        )
     docs = []
     for name in ("config.json", "metadata.json"):
         if name not in names:
@@ -274,8 +299,11 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
             continue
         member = z.getinfo(name)
         if member.file_size > MAX_ARCHIVE_JSON:
-            raise CheckpointError(path, f"{name} in the archive declares {member.file_size} bytes, more than the "
-                                        f"{MAX_ARCHIVE_JSON} accepted")
+            raise CheckpointError(
+                path,
+                f"{name} in the archive declares {member.file_size} bytes, more than the "
+                f"{MAX_ARCHIVE_JSON} accepted",
+            )
         try:
             docs.append(guard.load_json(z.read(name), path, f"{name} in the archive"))
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
@@ -284,8 +312,11 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
     tmp = None
     if info.compress_type == zipfile.ZIP_STORED:
         if info.file_size != info.compress_size:
-            raise CheckpointError(path, f"corrupt .keras archive: {weights} is stored uncompressed but declares "
-                                        f"{info.file_size} bytes and {info.compress_size} compressed")
+            raise CheckpointError(
+                path,
+                f"corrupt .keras archive: {weights} is stored uncompressed but declares "
+                f"{info.file_size} bytes and {info.compress_size} compressed",
+            )
         raw.seek(info.header_offset)
         local = raw.read(30)
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
@@ -293,7 +324,9 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         offset = info.header_offset + 30 + name_len + extra_len
         if offset + info.file_size > size:
-            raise CheckpointError(path, "truncated .keras archive: model.weights.h5 runs past the end of the file")
+            raise CheckpointError(
+                path, "truncated .keras archive: model.weights.h5 runs past the end of the file"
+            )
         # a descriptor of its own on the file checked and opened above, not the path again (it could be swapped)
         mine = os.fdopen(os.dup(raw.fileno()), "rb")
         source = io.BufferedReader(_Window(mine, offset, info.file_size), buffer_size=1 << 20)
@@ -306,7 +339,9 @@ def _archive_members(path: str, z: zipfile.ZipFile, raw, size: int):
                     out.write(block)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             os.unlink(tmp)
-            raise CheckpointError(path, f"corrupt .keras archive: cannot extract model.weights.h5 ({exc})") from None
+            raise CheckpointError(
+                path, f"corrupt .keras archive: cannot extract model.weights.h5 ({exc})"
+            ) from None
         source = None
     return docs[0], docs[1], info, source, tmp
 
@@ -316,8 +351,11 @@ def _check_inflation(path: str, name: str, info: zipfile.ZipInfo) -> None:
     guard.check_inflation(path, info)
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if info.file_size > free:
-        raise CheckpointError(path, f"{name} in the archive needs {guard.human_bytes(info.file_size)} to extract, "
-                                    f"{tempfile.gettempdir()} has {guard.human_bytes(free)} free")
+        raise CheckpointError(
+            path,
+            f"{name} in the archive needs {guard.human_bytes(info.file_size)} to extract, "
+            f"{tempfile.gettempdir()} has {guard.human_bytes(free)} free",
+        )
 
 
 def _keras_config_params(config: dict, out: dict, budget=None) -> None:
@@ -335,7 +373,13 @@ def _keras_config_params(config: dict, out: dict, budget=None) -> None:
                 lc = layer.get("config") if isinstance(layer.get("config"), dict) else {}
                 name = lc.get("name") or layer.get("name") or "?"
                 out[f"layers.{name}.class"] = plain(layer.get("class_name"), budget)
-                flatten(f"layers.{name}", {kk: vv for kk, vv in lc.items() if kk != "name"}, out, VOLATILE_KEYS, budget)
+                flatten(
+                    f"layers.{name}",
+                    {kk: vv for kk, vv in lc.items() if kk != "name"},
+                    out,
+                    VOLATILE_KEYS,
+                    budget,
+                )
         else:
             flatten(f"model.{k}", v, out, VOLATILE_KEYS, budget)
     compile_config = config.get("compile_config")
@@ -346,4 +390,10 @@ def _keras_config_params(config: dict, out: dict, budget=None) -> None:
             flatten("compile.optimizer", opt["config"], out, VOLATILE_KEYS, budget)
         elif opt is not None:
             out["compile.optimizer"] = plain(opt, budget)
-        flatten("compile", {k: v for k, v in compile_config.items() if k != "optimizer"}, out, VOLATILE_KEYS, budget)
+        flatten(
+            "compile",
+            {k: v for k, v in compile_config.items() if k != "optimizer"},
+            out,
+            VOLATILE_KEYS,
+            budget,
+        )

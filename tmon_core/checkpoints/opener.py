@@ -61,8 +61,16 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
             ck = _open_file(path)
     except CheckpointError:
         raise
-    except (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, UnicodeError,
-            MemoryError) as exc:  # content no reader foresaw: still the file and one line, never a traceback
+    except (
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+        UnicodeError,
+        MemoryError,
+    ) as exc:  # content no reader foresaw: still the file and one line, never a traceback
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise CheckpointError(path, f"unexpected content ({type(exc).__name__}: {first})") from None
     if ck.budget.spent:
@@ -90,9 +98,12 @@ def _open_file(path: str) -> Checkpoint:
         return open_h5(path)
     if kind == "torch":
         return open_torch(path)
-    raise CheckpointError(path, "unsupported format: not a torch checkpoint (zip or pickle), safetensors, HDF5 "
-                                "or a Keras archive (expected .ckpt, .pt, .pth, .bin, .safetensors, .weights.h5, "
-                                f".h5, .keras or a Hugging Face checkpoint directory); the file starts with {head[:8]!r}")
+    raise CheckpointError(
+        path,
+        "unsupported format: not a torch checkpoint (zip or pickle), safetensors, HDF5 "
+        "or a Keras archive (expected .ckpt, .pt, .pth, .bin, .safetensors, .weights.h5, "
+        f".h5, .keras or a Hugging Face checkpoint directory); the file starts with {head[:8]!r}",
+    )
 
 
 def sniff(head: bytes, size: int, path: str, f=None) -> str | None:
@@ -128,8 +139,9 @@ def _is_keras_zip(path: str, f=None, size: int | None = None) -> bool:
                 guard.check_inflation(path, info)
     except zipfile.BadZipFile:
         if path.lower().endswith(".keras"):
-            raise CheckpointError(path, "truncated or corrupt: not a readable zip archive (a .keras file is one)") \
-                from None
+            raise CheckpointError(
+                path, "truncated or corrupt: not a readable zip archive (a .keras file is one)"
+            ) from None
         return False  # let torch say what is wrong with it
     except OSError as exc:
         raise CheckpointError(path, f"cannot read the file: {exc}") from None

@@ -55,14 +55,19 @@ def read_torch_checkpoint(path: str) -> dict:
     # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else makes
     # torch.load fail with whatever its parser trips on (IndexError for a text file)
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):
-        raise refused(path, f"cannot read checkpoint {path}: not a torch checkpoint (torch.save writes a zip "
-                            f"archive; this file starts with {head!r})")
+        raise refused(
+            path,
+            f"cannot read checkpoint {path}: not a torch checkpoint (torch.save writes a zip "
+            f"archive; this file starts with {head!r})",
+        )
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise refused(path, f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise refused(
+            path, f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     if not isinstance(obj, dict):
         raise refused(path, f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -74,7 +79,9 @@ def _read_safetensors(path: str) -> dict:
 
         return load_file(path, device="cpu")
     except Exception as exc:
-        raise refused(path, f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise refused(
+            path, f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
 
 
 def read_torch_weights(path: str) -> dict:
@@ -88,8 +95,9 @@ def read_loop_checkpoint(path: str) -> tuple[dict, list | None]:
     """Model state and optimizer states (None when the checkpoint has none) of the formats a plain
     loop saves; nothing is unpickled."""
     if os.path.isdir(path):
-        model_file = next((os.path.join(path, n) for n in WEIGHTS_FILES if os.path.isfile(os.path.join(path, n))),
-                          None)
+        model_file = next(
+            (os.path.join(path, n) for n in WEIGHTS_FILES if os.path.isfile(os.path.join(path, n))), None
+        )
         if model_file is None:
             raise refused(path, f"checkpoint directory {path} holds no {' or '.join(WEIGHTS_FILES)}")
         state = read_torch_weights(model_file)
@@ -104,8 +112,11 @@ def read_loop_checkpoint(path: str) -> tuple[dict, list | None]:
         return obj, None  # torch.save(model.state_dict(), path)
     key = next((k for k in MODEL_KEYS if isinstance(obj.get(k), dict)), None)
     if key is None:
-        raise refused(path, f"checkpoint {path} holds no model state: neither a state dict nor a dict with one of "
-                            f"{', '.join(MODEL_KEYS)}")
+        raise refused(
+            path,
+            f"checkpoint {path} holds no model state: neither a state dict nor a dict with one of "
+            f"{', '.join(MODEL_KEYS)}",
+        )
     opt = next((obj[k] for k in OPTIMIZER_KEYS if obj.get(k) is not None), None)
     if opt is None and isinstance(obj.get("optimizer_states"), list):  # Lightning's layout
         opt = obj["optimizer_states"]
@@ -127,11 +138,15 @@ def read_hf_checkpoint(path: str) -> tuple[dict, dict | None, int | None]:
                     with open(os.path.join(path, index)) as f:
                         shards = sorted(set(json.load(f)["weight_map"].values()))
                 except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise refused(path, f"cannot read {index} in {path}: {type(exc).__name__}: {exc}") from None
+                    raise refused(
+                        path, f"cannot read {index} in {path}: {type(exc).__name__}: {exc}"
+                    ) from None
                 files = [os.path.join(path, os.path.basename(str(s))) for s in shards]
         if not files:
-            raise refused(path, f"checkpoint {path} holds no model weights ({', '.join(WEIGHTS_FILES)} or their "
-                                f".index.json)")
+            raise refused(
+                path,
+                f"checkpoint {path} holds no model weights ({', '.join(WEIGHTS_FILES)} or their .index.json)",
+            )
     else:
         raise refused(path, f"checkpoint {path} does not exist")
     state: dict = {}

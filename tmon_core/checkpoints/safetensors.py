@@ -23,11 +23,22 @@ MAX_DEPTH = 8  # a header is name -> {dtype, shape: [...], data_offsets: [...]}:
 
 #: safetensors dtype -> (our name, numpy type the bytes are read as)
 DTYPES = {
-    "F64": ("float64", np.float64), "F32": ("float32", np.float32), "F16": ("float16", np.float16),
-    "BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint8), "F8_E5M2": ("float8_e5m2", np.uint8),
-    "I64": ("int64", np.int64), "I32": ("int32", np.int32), "I16": ("int16", np.int16), "I8": ("int8", np.int8),
-    "U64": ("uint64", np.uint64), "U32": ("uint32", np.uint32), "U16": ("uint16", np.uint16), "U8": ("uint8", np.uint8),
-    "BOOL": ("bool", np.bool_), "C64": ("complex64", np.complex64),
+    "F64": ("float64", np.float64),
+    "F32": ("float32", np.float32),
+    "F16": ("float16", np.float16),
+    "BF16": ("bfloat16", np.uint16),
+    "F8_E4M3": ("float8_e4m3fn", np.uint8),
+    "F8_E5M2": ("float8_e5m2", np.uint8),
+    "I64": ("int64", np.int64),
+    "I32": ("int32", np.int32),
+    "I16": ("int16", np.int16),
+    "I8": ("int8", np.int8),
+    "U64": ("uint64", np.uint64),
+    "U32": ("uint32", np.uint32),
+    "U16": ("uint16", np.uint16),
+    "U8": ("uint8", np.uint8),
+    "BOOL": ("bool", np.bool_),
+    "C64": ("complex64", np.complex64),
 }
 
 
@@ -82,11 +93,16 @@ class _File:
     def _parse(self) -> None:
         path, size = self.path, self.size
         if size < 8:
-            raise CheckpointError(path, f"truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
+            raise CheckpointError(
+                path, f"truncated: {size} bytes, a safetensors file starts with an 8-byte header length"
+            )
         (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
         if n > MAX_HEADER:
-            raise CheckpointError(path, f"corrupt safetensors header: it claims {n} bytes of header, more than the "
-                                        f"{MAX_HEADER} accepted (not a safetensors file?)")
+            raise CheckpointError(
+                path,
+                f"corrupt safetensors header: it claims {n} bytes of header, more than the "
+                f"{MAX_HEADER} accepted (not a safetensors file?)",
+            )
         if 8 + n > size:
             raise CheckpointError(path, f"truncated: the header needs {8 + n} bytes, the file has {size}")
         header = load_json(os.pread(self.fd, n, 8), path, "corrupt safetensors header", MAX_DEPTH)
@@ -96,7 +112,9 @@ class _File:
         available = size - self.data_start
         meta = header.pop("__metadata__", None) or {}
         # the format's metadata is text to text; anything else is not kept (it could nest or be huge)
-        self.metadata = {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
+        self.metadata = (
+            {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
+        )
         self.entries: dict[str, tuple[str, tuple[int, ...], int]] = {}  # name -> code, shape, absolute offset
         for name, e in sorted(header.items(), key=lambda kv: _begin(kv[1])):
             self.entries[name] = self._entry(name, e, available)
@@ -105,28 +123,45 @@ class _File:
         """One header entry, every field checked against the format and the file's size."""
         path = self.path
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
-            raise CheckpointError(path, f"corrupt safetensors header: entry {name!r} is not an object with dtype, "
-                                        f"shape and data_offsets ({short(e)})")
+            raise CheckpointError(
+                path,
+                f"corrupt safetensors header: entry {name!r} is not an object with dtype, "
+                f"shape and data_offsets ({short(e)})",
+            )
         code = e["dtype"]
         if code not in DTYPES:
-            raise CheckpointError(path, f"tensor {name!r} has dtype {short(code)}, which tmon cannot compare "
-                                        f"(expected one of {', '.join(DTYPES)})")
+            raise CheckpointError(
+                path,
+                f"tensor {name!r} has dtype {short(code)}, which tmon cannot compare "
+                f"(expected one of {', '.join(DTYPES)})",
+            )
         shape = shape_of(path, name, e["shape"])
         offsets = e["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
-            raise CheckpointError(path, f"tensor {name!r}: data_offsets must be two integers [begin, end], "
-                                        f"received {short(offsets)}")
+            raise CheckpointError(
+                path,
+                f"tensor {name!r}: data_offsets must be two integers [begin, end], received {short(offsets)}",
+            )
         begin, end = offsets
         if not 0 <= begin <= end:
-            raise CheckpointError(path, f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets}: "
-                                        "expected 0 <= begin <= end")
+            raise CheckpointError(
+                path,
+                f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets}: "
+                "expected 0 <= begin <= end",
+            )
         if end > available:
-            raise CheckpointError(path, f"truncated: tensor {name!r} ends at byte {self.data_start + end}, the file "
-                                        f"has {self.size} bytes (data_offsets {offsets} outside the data)")
+            raise CheckpointError(
+                path,
+                f"truncated: tensor {name!r} ends at byte {self.data_start + end}, the file "
+                f"has {self.size} bytes (data_offsets {offsets} outside the data)",
+            )
         nbytes = numel(shape) * np.dtype(DTYPES[code][1]).itemsize  # Python ints: no overflow to 0
         if end - begin != nbytes:
-            raise CheckpointError(path, f"corrupt safetensors header: {name!r} is {code}{list(shape)} "
-                                        f"({human_bytes(nbytes)}) but spans bytes {begin}..{end}")
+            raise CheckpointError(
+                path,
+                f"corrupt safetensors header: {name!r} is {code}{list(shape)} "
+                f"({human_bytes(nbytes)}) but spans bytes {begin}..{end}",
+            )
         return code, shape, self.data_start + begin
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -138,8 +173,11 @@ class _File:
             got = 0
             while got < want:  # pread may return less than asked for
                 try:
-                    n = os.preadv(self.fd, [view[got:]], pos + got) if hasattr(os, "preadv") else \
-                        _pread_into(self.fd, view[got:], pos + got)
+                    n = (
+                        os.preadv(self.fd, [view[got:]], pos + got)
+                        if hasattr(os, "preadv")
+                        else _pread_into(self.fd, view[got:], pos + got)
+                    )
                 except OSError as exc:
                     raise CheckpointError(self.path, f"cannot read {name!r}: {exc.strerror or exc}") from None
                 if n == 0:

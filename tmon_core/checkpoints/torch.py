@@ -61,18 +61,27 @@ def safe_load(path: str) -> Any:
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg:
-            detail = (re.search(r"WeightsUnpickler error: ([^\n]*)", msg)
-                      or re.search(r"([^\n]*unsupported GLOBAL[^\n]*)", msg, re.IGNORECASE))
+            detail = re.search(r"WeightsUnpickler error: ([^\n]*)", msg) or re.search(
+                r"([^\n]*unsupported GLOBAL[^\n]*)", msg, re.IGNORECASE
+            )
             why = detail.group(1).strip().rstrip(".") if detail else "a type outside the allowed set"
-            why = why.split(" was not an allowed global")[0]  # torch goes on to suggest allowlisting it: not here
-            raise CheckpointError(path, "refused to unpickle: the file holds objects that torch.load(weights_only=True) "
-                                        f"does not allow ({why}); tmon never fully unpickles a checkpoint, since that "
-                                        "can run code from the file. Re-save the weights as a state_dict or "
-                                        "safetensors.") from None
-        raise CheckpointError(path, f"truncated or corrupt pickle: {msg.splitlines()[0] if msg else exc!r}") from None
+            why = why.split(" was not an allowed global")[
+                0
+            ]  # torch goes on to suggest allowlisting it: not here
+            raise CheckpointError(
+                path,
+                "refused to unpickle: the file holds objects that torch.load(weights_only=True) "
+                f"does not allow ({why}); tmon never fully unpickles a checkpoint, since that "
+                "can run code from the file. Re-save the weights as a state_dict or "
+                "safetensors.",
+            ) from None
+        raise CheckpointError(
+            path, f"truncated or corrupt pickle: {msg.splitlines()[0] if msg else exc!r}"
+        ) from None
     except (EOFError, OSError) as exc:
-        raise CheckpointError(path, f"truncated or corrupt: {type(exc).__name__}: {exc or 'unexpected end of file'}") \
-            from None
+        raise CheckpointError(
+            path, f"truncated or corrupt: {type(exc).__name__}: {exc or 'unexpected end of file'}"
+        ) from None
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         if any(s in first for s in ("zip archive", "central directory", "PytorchStreamReader", "file_size")):
@@ -80,7 +89,9 @@ def safe_load(path: str) -> Any:
         raise CheckpointError(path, f"torch.load failed: {first}") from None
     except Exception as exc:  # a damaged pickle stream can raise nearly anything
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(path, f"not a readable torch checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(
+            path, f"not a readable torch checkpoint ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def _is_tensor(v) -> bool:
@@ -107,14 +118,18 @@ class TorchCheckpoint(Checkpoint):
                 continue
             name = str(name)
             self._sd[name] = t
-            self.tensors[name] = TensorInfo(tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch."))
+            self.tensors[name] = TensorInfo(
+                tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch.")
+            )
             if t.device.type == "meta":
                 self.unreadable[name] = "a meta tensor (no data saved)"
             else:
                 _check_extent(path, name, t)
         if skipped:
-            self.notes.append(f"{len(skipped)} non-tensor state entries not compared: {', '.join(skipped[:5])}"
-                              + (" ..." if len(skipped) > 5 else ""))
+            self.notes.append(
+                f"{len(skipped)} non-tensor state entries not compared: {', '.join(skipped[:5])}"
+                + (" ..." if len(skipped) > 5 else "")
+            )
 
     def add(self, other: TorchCheckpoint) -> None:
         """Merge another shard's tensors into this checkpoint."""
@@ -153,15 +168,21 @@ def _check_extent(path: str, name: str, t) -> None:
     nbytes = t.numel() * t.element_size()
     if t.layout != torch.strided:
         if nbytes > MAX_DENSE:
-            raise CheckpointError(path, f"tensor {name!r}: a sparse tensor of shape {list(t.shape)}, "
-                                        f"{guard.human_bytes(nbytes)} once made dense to compare, more than the "
-                                        f"{guard.human_bytes(MAX_DENSE)} accepted")
+            raise CheckpointError(
+                path,
+                f"tensor {name!r}: a sparse tensor of shape {list(t.shape)}, "
+                f"{guard.human_bytes(nbytes)} once made dense to compare, more than the "
+                f"{guard.human_bytes(MAX_DENSE)} accepted",
+            )
         return
     held = t.untyped_storage().nbytes()
     if nbytes > held and nbytes > MAX_MATERIALIZED:
-        raise CheckpointError(path, f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} is "
-                                    f"{guard.human_bytes(nbytes)} of elements over a storage of {held} bytes (an "
-                                    f"overlapping view, as expand() makes); re-save it with .contiguous()")
+        raise CheckpointError(
+            path,
+            f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} is "
+            f"{guard.human_bytes(nbytes)} of elements over a storage of {held} bytes (an "
+            f"overlapping view, as expand() makes); re-save it with .contiguous()",
+        )
 
 
 def to_numpy(t) -> np.ndarray:
@@ -184,9 +205,18 @@ def open_torch(path: str) -> TorchCheckpoint:
         return _interpret(path, obj)
     except CheckpointError:
         raise
-    except (TypeError, AttributeError, ValueError, KeyError, IndexError, RecursionError, OverflowError) as exc:
-        raise CheckpointError(path, f"a checkpoint of unexpected structure ({type(exc).__name__}: "
-                                    f"{str(exc)[:200]})") from None
+    except (
+        TypeError,
+        AttributeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
+        raise CheckpointError(
+            path, f"a checkpoint of unexpected structure ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _interpret(path: str, obj) -> TorchCheckpoint:
@@ -194,8 +224,9 @@ def _interpret(path: str, obj) -> TorchCheckpoint:
         return TorchCheckpoint(path, {"tensor": obj})
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    if "state_dict" in obj and ("pytorch-lightning_version" in obj or "optimizer_states" in obj
-                                or "global_step" in obj):
+    if "state_dict" in obj and (
+        "pytorch-lightning_version" in obj or "optimizer_states" in obj or "global_step" in obj
+    ):
         return _lightning(path, obj)
     if all(_is_tensor(v) for v in obj.values()):
         return TorchCheckpoint(path, obj)
@@ -216,7 +247,7 @@ def _lightning(path: str, obj: dict) -> TorchCheckpoint:
     optimizer_params(_list(obj.get("optimizer_states")), p, ck.budget)
     scheduler_params(_list(obj.get("lr_schedulers")), p, ck.budget)
     callbacks = obj.get("callbacks")
-    for key, state in (callbacks.items() if isinstance(callbacks, dict) else ()):
+    for key, state in callbacks.items() if isinstance(callbacks, dict) else ():
         _callback_state(ck, str(key), state)
     return ck
 
@@ -257,7 +288,9 @@ def _training_dict(path: str, obj: dict) -> TorchCheckpoint:
         except CheckpointError as exc:
             raise CheckpointError(path, exc.reason) from None
         if not sd:
-            raise CheckpointError(path, f"holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
+            raise CheckpointError(
+                path, f"holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:10]))})"
+            )
     ck = TorchCheckpoint(path, sd)
     p = ck.params
     for key, value in rest.items():
@@ -283,8 +316,11 @@ def _collect(obj: dict, prefix: str, tensors: dict, rest: dict, budget: Budget, 
             rest[name] = v
         elif _is_tensor(v):
             tensors[name] = v
-        elif isinstance(v, dict) and depth < MAX_NESTING and any(_is_tensor(x) or isinstance(x, dict)
-                                                                  for x in v.values()):
+        elif (
+            isinstance(v, dict)
+            and depth < MAX_NESTING
+            and any(_is_tensor(x) or isinstance(x, dict) for x in v.values())
+        ):
             _collect(v, f"{name}.", tensors, rest, budget, depth + 1)
         else:
             rest[name] = v

@@ -12,7 +12,24 @@ from .params import BUILTIN, MODES, PIN, SCALE, SET, Param
 from .requests import Request
 
 __all__ = [
-    "At", "BUILTIN", "Change", "Controller", "Decision", "LEVELS", "MODES", "PARAM_CHANGE", "PIN", "Param",
-    "REQUEST_REJECTED", "ROLLBACK", "Request", "Rollback", "SCALE", "SET", "STOPPED", "SaveCheckpoint", "SetParams",
+    "At",
+    "BUILTIN",
+    "Change",
+    "Controller",
+    "Decision",
+    "LEVELS",
+    "MODES",
+    "PARAM_CHANGE",
+    "PIN",
+    "Param",
+    "REQUEST_REJECTED",
+    "ROLLBACK",
+    "Request",
+    "Rollback",
+    "SCALE",
+    "SET",
+    "STOPPED",
+    "SaveCheckpoint",
+    "SetParams",
     "Stop",
 ]

@@ -42,8 +42,14 @@ def _outcome(req, args) -> int:
     status = req.wait(timeout=args.wait) if args.wait > 0 else req.status
     info = req.info()
     if status == "applied":
-        print(f"request {req.id} applied at step {info['applied_step']}"
-              + (f": {json.dumps(info['old_value'])} -> {json.dumps(info['new_value'])}" if info["new_value"] else ""))
+        print(
+            f"request {req.id} applied at step {info['applied_step']}"
+            + (
+                f": {json.dumps(info['old_value'])} -> {json.dumps(info['new_value'])}"
+                if info["new_value"]
+                else ""
+            )
+        )
         return 0
     if status == "rejected":
         print(f"request {req.id} rejected: {info['reason']}")
@@ -56,12 +62,16 @@ def register(sub) -> dict:
     def common(p, run=True):
         if run:
             p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
-        p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outcome (0: do not wait)")
+        p.add_argument(
+            "--wait", type=float, default=30.0, help="seconds to wait for the outcome (0: do not wait)"
+        )
         p.add_argument("--no-wait", dest="wait", action="store_const", const=0.0)
 
     p = sub.add_parser("set", help="change parameters of a running run")
     common(p)
-    p.add_argument("assignments", nargs="+", metavar="NAME=VALUE", help="lr=5e-5, lr@1=1e-4, betas=0.9,0.99 ...")
+    p.add_argument(
+        "assignments", nargs="+", metavar="NAME=VALUE", help="lr=5e-5, lr@1=1e-4, betas=0.9,0.99 ..."
+    )
     p.add_argument("--mode", choices=("scale", "pin", "set"), default="scale")
     p = sub.add_parser("preset", help="apply one of the run's presets")
     common(p)
@@ -83,8 +93,15 @@ def register(sub) -> dict:
     p.add_argument("run")
     p.add_argument("checkpoint", type=int)
     p.add_argument("tags", nargs="+")
-    return {"set": cmd_set, "preset": cmd_preset, "checkpoint": cmd_checkpoint, "rollback": cmd_rollback,
-            "stop": cmd_stop, "requests": cmd_requests, "tag": cmd_tag}
+    return {
+        "set": cmd_set,
+        "preset": cmd_preset,
+        "checkpoint": cmd_checkpoint,
+        "rollback": cmd_rollback,
+        "stop": cmd_stop,
+        "requests": cmd_requests,
+        "tag": cmd_tag,
+    }
 
 
 def _run(store, ref):
@@ -111,7 +128,9 @@ def cmd_checkpoint(store, args) -> int:
 
 
 def cmd_rollback(store, args) -> int:
-    return _outcome(_run(store, args.run).rollback(args.checkpoint, compatible=args.compatible, source="cli"), args)
+    return _outcome(
+        _run(store, args.run).rollback(args.checkpoint, compatible=args.compatible, source="cli"), args
+    )
 
 
 def cmd_stop(store, args) -> int:
@@ -125,12 +144,19 @@ def cmd_requests(store, args) -> int:
         return 0
     for r in df.itertuples():
         if isinstance(r.payload, dict):
-            what = json.dumps({k: v for k, v in r.payload.items() if k != "source" and v not in (None, [], {})})
+            what = json.dumps(
+                {k: v for k, v in r.payload.items() if k != "source" and v not in (None, [], {})}
+            )
         else:  # a row written by hand that is not a JSON object (it was rejected): its text, cut short
             what = " ".join(str(r.payload or "").split())
             what = what if len(what) <= 40 else what[:37] + "..."
-        outcome = (f"applied at step {r.applied_step}" if r.status == "applied"
-                   else f"rejected: {r.reason}" if r.status == "rejected" else "pending")
+        outcome = (
+            f"applied at step {r.applied_step}"
+            if r.status == "applied"
+            else f"rejected: {r.reason}"
+            if r.status == "rejected"
+            else "pending"
+        )
         print(f"{r.id:>4}  {r.kind:<10} {what:<40} {r.requested_by or '-':<24} {outcome}")
     return 0
 

@@ -27,8 +27,13 @@ from .params import MODES, SCALE, Param, check_value, split_name
 
 LEVELS = ("off", "view", "manage", "admin")
 #: the lowest level that allows each request kind
-REQUIRED_LEVEL = {"set_param": "manage", "preset": "manage", "checkpoint": "manage", "rollback": "admin",
-                  "stop": "admin"}
+REQUIRED_LEVEL = {
+    "set_param": "manage",
+    "preset": "manage",
+    "checkpoint": "manage",
+    "rollback": "admin",
+    "stop": "admin",
+}
 
 NEVER = math.inf
 
@@ -54,9 +59,11 @@ def rollback_path_refusal(path: str, dirs) -> str | None:
         if real == d or real.startswith(d.rstrip(os.sep) + os.sep):
             return None
     where = ", ".join(sorted(dirs)) or "none yet"
-    return (f"checkpoint path {path} is outside the directories where this run recorded its checkpoints ({where}); "
-            f"rollback loads only those, or a path allowed in the training process with "
-            f"run.rollback(..., allow_path=True)")
+    return (
+        f"checkpoint path {path} is outside the directories where this run recorded its checkpoints ({where}); "
+        f"rollback loads only those, or a path allowed in the training process with "
+        f"run.rollback(..., allow_path=True)"
+    )
 
 
 class Controller:
@@ -67,8 +74,15 @@ class Controller:
     ``resolve()``.
     """
 
-    def __init__(self, recorder=None, *, schedule=(), presets: dict | None = None, params: dict | None = None,
-                 control: str = "manage"):
+    def __init__(
+        self,
+        recorder=None,
+        *,
+        schedule=(),
+        presets: dict | None = None,
+        params: dict | None = None,
+        control: str = "manage",
+    ):
         if control not in LEVELS:
             raise ValueError(f"control must be one of {', '.join(LEVELS)}, received control={control!r}")
         self.recorder = recorder
@@ -85,7 +99,9 @@ class Controller:
         self.presets: dict[str, dict] = {}
         for name, values in (presets or {}).items():
             if not isinstance(values, dict) or not values:
-                raise ValueError(f"preset {name!r} must be a non-empty dict of parameter values, received {values!r}")
+                raise ValueError(
+                    f"preset {name!r} must be a non-empty dict of parameter values, received {values!r}"
+                )
             self.presets[name] = dict(self._validate_changes(values, f"preset {name!r}"))
         self._by_step = sorted((i for i in schedule if i.step is not None), key=lambda i: i.step)
         self._by_epoch = sorted((i for i in schedule if i.epoch is not None), key=lambda i: i.epoch)
@@ -111,7 +127,9 @@ class Controller:
         return {
             "level": self.level,
             "params": sorted({"lr", "weight_decay", "momentum", "betas", "eps"} | set(self.custom)),
-            "custom_params": {k: {"bounds": p.bounds, "type": p.type.__name__} for k, p in self.custom.items()},
+            "custom_params": {
+                k: {"bounds": p.bounds, "type": p.type.__name__} for k, p in self.custom.items()
+            },
             "presets": self.presets,
             "schedule": [i.to_dict() for i in self._by_step + self._by_epoch],
         }
@@ -137,13 +155,17 @@ class Controller:
             item = self._by_step.pop(0)
             out += self._from_schedule(item, step)
         for (name, group), value in self.pins.items():
-            out.append(SetParams(source="pin", quiet=True, changes=[self._change(name, group, value)], mode="set"))
+            out.append(
+                SetParams(source="pin", quiet=True, changes=[self._change(name, group, value)], mode="set")
+            )
         while self._incoming:
             req = self._incoming.popleft()
             try:
                 decision = self._from_request(req, step)
             except Exception as exc:  # whatever a request holds, it ends rejected, never in the fit
-                decision = self._reject(req, step, f"cannot read the request: {type(exc).__name__}: {exc}"[:1000])
+                decision = self._reject(
+                    req, step, f"cannot read the request: {type(exc).__name__}: {exc}"[:1000]
+                )
             if decision is not None:
                 out.append(decision)
         self._recompute(step)
@@ -167,15 +189,26 @@ class Controller:
             name, group = split_name(full)
             changes.append(self._change(name, group, check_value(full, value, self.custom)[0]))
         if item.ramp and self.get_value is not None:
-            ramp = {"start": step, "end": step + item.ramp, "mode": item.mode, "label": repr(item),
-                    "changes": [(c, self._current(c)) for c in changes]}
+            ramp = {
+                "start": step,
+                "end": step + item.ramp,
+                "mode": item.mode,
+                "label": repr(item),
+                "changes": [(c, self._current(c)) for c in changes],
+            }
             self._ramps.append(ramp)
             return self._ramp_steps(step, only=ramp)
         if item.mode == "pin":
             for c in changes:
                 self.pins[(c.name, c.group)] = c.value
-        return [SetParams(source="schedule", changes=changes, mode="set" if item.mode == "pin" else item.mode,
-                          label=repr(item))]
+        return [
+            SetParams(
+                source="schedule",
+                changes=changes,
+                mode="set" if item.mode == "pin" else item.mode,
+                label=repr(item),
+            )
+        ]
 
     def _current(self, c: Change):
         try:
@@ -195,8 +228,15 @@ class Controller:
                     changes.append(c)
             first, last = step == ramp["start"], frac >= 1.0
             pin = ramp["mode"] == "pin"
-            out.append(SetParams(source="schedule", changes=changes, mode="set" if pin else ramp["mode"],
-                                 label=ramp["label"], quiet=not (first or last)))
+            out.append(
+                SetParams(
+                    source="schedule",
+                    changes=changes,
+                    mode="set" if pin else ramp["mode"],
+                    label=ramp["label"],
+                    quiet=not (first or last),
+                )
+            )
             if last and ramp in self._ramps:
                 self._ramps.remove(ramp)
                 if pin:  # a pinned ramp holds its target once it gets there
@@ -207,16 +247,23 @@ class Controller:
     def _from_request(self, req: dict, step: int) -> Decision | None:
         kind, payload = req["kind"], req.get("payload") or {}
         source = payload.get("source")
-        common = {"source": source if isinstance(source, str) else "api", "request_id": req["id"],
-                  "requested_by": req.get("requested_by")}
+        common = {
+            "source": source if isinstance(source, str) else "api",
+            "request_id": req["id"],
+            "requested_by": req.get("requested_by"),
+        }
         if not isinstance(kind, str):
             return self._reject(req, step, f"unknown request kind {kind!r:.50}")
         need = REQUIRED_LEVEL.get(kind)
         if need is None:
             return self._reject(req, step, f"unknown request kind {kind!r}")
         if LEVELS.index(self.level) < LEVELS.index(need):
-            return self._reject(req, step, f"this run's control level is {self.level!r}; {kind} needs {need!r} "
-                                           f"(TMonCallback(control={need!r}))")
+            return self._reject(
+                req,
+                step,
+                f"this run's control level is {self.level!r}; {kind} needs {need!r} "
+                f"(TMonCallback(control={need!r}))",
+            )
         if kind in ("set_param", "preset"):
             if kind == "preset":
                 name = payload.get("name")
@@ -228,10 +275,14 @@ class Controller:
             else:
                 values, label = payload.get("values") or {}, None
             if not isinstance(values, dict):
-                return self._reject(req, step, f"values must be a JSON object of parameter -> value, received {values!r:.100}")
+                return self._reject(
+                    req, step, f"values must be a JSON object of parameter -> value, received {values!r:.100}"
+                )
             group = payload.get("group")
             if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
-                return self._reject(req, step, f"group must be a param group index >= 0, received {group!r:.50}")
+                return self._reject(
+                    req, step, f"group must be a param group index >= 0, received {group!r:.50}"
+                )
             mode = payload.get("mode") or SCALE
             if not isinstance(mode, str) or mode not in MODES:
                 return self._reject(req, step, f"mode must be one of {', '.join(MODES)}, received {mode!r}")
@@ -264,14 +315,24 @@ class Controller:
         if kind == "rollback":
             ckpt = payload.get("checkpoint")
             if not isinstance(ckpt, dict) or not isinstance(ckpt.get("path"), str):
-                return self._reject(req, step, f"checkpoint {payload.get('checkpoint_id')!r} is not recorded in this store")
+                return self._reject(
+                    req, step, f"checkpoint {payload.get('checkpoint_id')!r} is not recorded in this store"
+                )
             same_run = ckpt.get("run_id") == (self.recorder.run_id if self.recorder else None)
             if not same_run and payload.get("compatible") is not True:
-                return self._reject(req, step, f"checkpoint {ckpt['id']} belongs to run {ckpt.get('run_id')}, not this "
-                                               f"run; pass compatible=True to load it anyway")
+                return self._reject(
+                    req,
+                    step,
+                    f"checkpoint {ckpt['id']} belongs to run {ckpt.get('run_id')}, not this "
+                    f"run; pass compatible=True to load it anyway",
+                )
             if ckpt.get("deleted"):
-                return self._reject(req, step, f"checkpoint {ckpt['id']} is marked deleted: its file {ckpt['path']} "
-                                               f"was removed or replaced since it was recorded")
+                return self._reject(
+                    req,
+                    step,
+                    f"checkpoint {ckpt['id']} is marked deleted: its file {ckpt['path']} "
+                    f"was removed or replaced since it was recorded",
+                )
             refusal = rollback_path_refusal(ckpt["path"], getattr(self.recorder, "checkpoint_dirs", ()))
             if refusal is not None:
                 return self._reject(req, step, f"checkpoint {ckpt['id']}: {refusal}")
@@ -283,43 +344,84 @@ class Controller:
     def _reject(self, req: dict, step: int, reason: str) -> None:
         self._report(req["id"], "rejected", step, reason=reason)
         if self.recorder is not None:
-            self.recorder.event(ev.REQUEST_REJECTED, step=step, message=reason,
-                                data={"request_id": req["id"], "kind": req["kind"], "payload": req.get("payload"),
-                                      "requested_by": req.get("requested_by")})
+            self.recorder.event(
+                ev.REQUEST_REJECTED,
+                step=step,
+                message=reason,
+                data={
+                    "request_id": req["id"],
+                    "kind": req["kind"],
+                    "payload": req.get("payload"),
+                    "requested_by": req.get("requested_by"),
+                },
+            )
         return None
 
-    def resolve(self, decision: Decision, step: int, *, applied: bool, old: Any = None, new: Any = None,
-                reason: str | None = None, event: str | None = None, data: dict | None = None) -> None:
+    def resolve(
+        self,
+        decision: Decision,
+        step: int,
+        *,
+        applied: bool,
+        old: Any = None,
+        new: Any = None,
+        reason: str | None = None,
+        event: str | None = None,
+        data: dict | None = None,
+    ) -> None:
         """Record what happened to ``decision``: the request row, and an event."""
         if not applied and isinstance(decision, SetParams):
             for c in decision.changes:  # a rejected pin must not be re-applied every step
                 self.pins.pop((c.name, c.group), None)
         if decision.request_id is not None:
-            self._report(decision.request_id, "applied" if applied else "rejected", step, old=old, new=new,
-                         reason=reason)
+            self._report(
+                decision.request_id,
+                "applied" if applied else "rejected",
+                step,
+                old=old,
+                new=new,
+                reason=reason,
+            )
         if self.recorder is None or (decision.quiet and applied):
             return
-        base = {"request_id": decision.request_id, "source": decision.source, "requested_by": decision.requested_by}
+        base = {
+            "request_id": decision.request_id,
+            "source": decision.source,
+            "requested_by": decision.requested_by,
+        }
         if not applied:
             self.recorder.event(ev.REQUEST_REJECTED, step=step, message=reason, data={**base, **(data or {})})
             return
         if isinstance(decision, SetParams):
+
             def side(values, c):
                 return _short(values.get(_key(c)) if isinstance(values, dict) else values)
 
             msg = ", ".join(f"{_key(c)}: {side(old, c)} -> {side(new, c)}" for c in decision.changes)
-            self.recorder.event(event or ev.PARAM_CHANGE, step=step, message=msg,
-                                data={**base, "mode": decision.mode, "label": decision.label, "old": old, "new": new,
-                                      **(data or {})})
+            self.recorder.event(
+                event or ev.PARAM_CHANGE,
+                step=step,
+                message=msg,
+                data={
+                    **base,
+                    "mode": decision.mode,
+                    "label": decision.label,
+                    "old": old,
+                    "new": new,
+                    **(data or {}),
+                },
+            )
         else:
             kind = event or DECISION_EVENTS.get(type(decision), type(decision).__name__.lower())
-            self.recorder.event(kind, step=step, message=reason,
-                                data={**base, "old": old, "new": new, **(data or {})})
+            self.recorder.event(
+                kind, step=step, message=reason, data={**base, "old": old, "new": new, **(data or {})}
+            )
 
     def _report(self, request_id: int, status: str, step: int, **fields) -> None:
         if self.recorder is not None:
-            self.recorder.resolve_request(request_id, status=status, applied_step=step, applied_at=time.time(),
-                                          **fields)
+            self.recorder.resolve_request(
+                request_id, status=status, applied_step=step, applied_at=time.time(), **fields
+            )
 
 
 def _key(c: Change) -> str:

@@ -19,10 +19,19 @@ class At:
     ``scale`` (default), ``pin`` or ``set`` (see ``tmon_core.control.params``).
     """
 
-    def __init__(self, *, step: int | None = None, epoch: int | None = None, ramp: int = 0, mode: str = SCALE,
-                 **params: Any):
+    def __init__(
+        self,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        ramp: int = 0,
+        mode: str = SCALE,
+        **params: Any,
+    ):
         if (step is None) == (epoch is None):
-            raise ValueError(f"At needs exactly one of step= or epoch=, received step={step!r}, epoch={epoch!r}")
+            raise ValueError(
+                f"At needs exactly one of step= or epoch=, received step={step!r}, epoch={epoch!r}"
+            )
         for label, v in (("step", step), ("epoch", epoch)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"At {label} must be a non-negative int, received {label}={v!r}")
@@ -36,11 +45,19 @@ class At:
 
     def __repr__(self) -> str:
         when = f"step={self.step}" if self.step is not None else f"epoch={self.epoch}"
-        extra = (f", ramp={self.ramp}" if self.ramp else "") + (f", mode={self.mode!r}" if self.mode != SCALE else "")
+        extra = (f", ramp={self.ramp}" if self.ramp else "") + (
+            f", mode={self.mode!r}" if self.mode != SCALE else ""
+        )
         return f"At({when}, {', '.join(f'{k}={v!r}' for k, v in self.params.items())}{extra})"
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "ramp": self.ramp, "mode": self.mode, "params": self.params}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "ramp": self.ramp,
+            "mode": self.mode,
+            "params": self.params,
+        }
 
 
 @dataclass

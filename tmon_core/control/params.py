@@ -60,9 +60,13 @@ class Param:
 
     def __post_init__(self) -> None:
         if not callable(self.get) or not callable(self.set):
-            raise ValueError(f"Param needs callables get= and set=, received get={self.get!r}, set={self.set!r}")
+            raise ValueError(
+                f"Param needs callables get= and set=, received get={self.get!r}, set={self.set!r}"
+            )
         if self.bounds is not None and (len(self.bounds) != 2 or not self.bounds[0] <= self.bounds[1]):
-            raise ValueError(f"Param bounds must be (low, high) with low <= high, received bounds={self.bounds!r}")
+            raise ValueError(
+                f"Param bounds must be (low, high) with low <= high, received bounds={self.bounds!r}"
+            )
 
 
 def split_name(name: str) -> tuple[str, int | None]:
@@ -88,7 +92,10 @@ def check_value(name: str, value: Any, custom: dict[str, Param]) -> tuple[Any, s
                 return value, reason
             value = p.type(ok)
             if p.bounds is not None and not p.bounds[0] <= value <= p.bounds[1]:
-                return value, f"{value!r} is out of bounds: {base} must be in [{p.bounds[0]:g}, {p.bounds[1]:g}]"
+                return (
+                    value,
+                    f"{value!r} is out of bounds: {base} must be in [{p.bounds[0]:g}, {p.bounds[1]:g}]",
+                )
             return value, None
         if not isinstance(value, p.type):
             return value, f"{base} takes a {p.type.__name__}, received {type(value).__name__} {value!r}"

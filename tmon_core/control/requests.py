@@ -27,6 +27,8 @@ from ..store import requests as request_rows
 from ..store.requests import decode_json
 
 SOURCES = ("api", "cli", "widget", "schedule", "preset")
+
+
 def default_requester() -> str:
     try:
         user = getpass.getuser()
@@ -81,9 +83,17 @@ def submit(run, kind: str, payload: dict, *, requested_by: str | None = None, so
     if run_status != RUNNING:
         status, reason = "rejected", f"run {run.id} is {run_status}: there is no training to steer"
     now = time.time()
-    rid = request_rows.insert_request(run.store, run.id, kind, _payload_json(payload), status=status,
-                                      requested_by=requested_by or default_requester(), requested_at=now,
-                                      reason=reason, applied_at=now if reason else None)
+    rid = request_rows.insert_request(
+        run.store,
+        run.id,
+        kind,
+        _payload_json(payload),
+        status=status,
+        requested_by=requested_by or default_requester(),
+        requested_at=now,
+        reason=reason,
+        applied_at=now if reason else None,
+    )
     return Request(run.store, rid)
 
 
@@ -112,15 +122,19 @@ def rollback(run, checkpoint_id: int, *, compatible: bool = False, allow_path: b
     where it recorded its own checkpoints; ``allow_path=True``, called in the process that trains
     the run, lets it load this checkpoint's path wherever it is (another run's, with ``compatible``)."""
     if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int):
-        raise ValueError(f"checkpoint_id must be the int id of a recorded checkpoint, received {checkpoint_id!r}")
+        raise ValueError(
+            f"checkpoint_id must be the int id of a recorded checkpoint, received {checkpoint_id!r}"
+        )
     if allow_path:
         from .controller import allow_rollback_path
 
         info = run.info()
         if info.get("pid") != os.getpid() or info.get("host") != socket.gethostname():
-            raise ValueError(f"allow_path=True works only in the process that trains run {run.id} "
-                             f"(pid {info.get('pid')} on {info.get('host')}); this is pid {os.getpid()} on "
-                             f"{socket.gethostname()}")
+            raise ValueError(
+                f"allow_path=True works only in the process that trains run {run.id} "
+                f"(pid {info.get('pid')} on {info.get('host')}); this is pid {os.getpid()} on "
+                f"{socket.gethostname()}"
+            )
         allow_rollback_path(run.store.checkpoint(checkpoint_id)["path"])
     return submit(run, "rollback", {"checkpoint_id": checkpoint_id, "compatible": bool(compatible)}, **kw)
 
@@ -197,8 +211,9 @@ def impact(run, request_id: int, key: str = "loss", window: int = 50) -> dict:
         ok = np.isfinite(vals)
         out[f"{side}_points"] = int(ok.sum())
         out[f"{side}_mean"] = float(vals[ok].mean()) if ok.any() else None
-        out[f"{side}_slope"] = (float(np.polyfit(part.step.to_numpy(dtype=float)[ok], vals[ok], 1)[0])
-                                if ok.sum() >= 2 else None)
+        out[f"{side}_slope"] = (
+            float(np.polyfit(part.step.to_numpy(dtype=float)[ok], vals[ok], 1)[0]) if ok.sum() >= 2 else None
+        )
     if out["before_mean"] and out["after_mean"] is not None:
         out["change"] = (out["after_mean"] - out["before_mean"]) / abs(out["before_mean"])
     return out

@@ -16,11 +16,16 @@ from .engine import diff
 
 
 def register(subparsers) -> dict:
-    p = subparsers.add_parser("diff", help="what changed between two checkpoints, tensor by tensor",
-                              description="Compare two checkpoints: tensors, parameters, metrics.")
+    p = subparsers.add_parser(
+        "diff",
+        help="what changed between two checkpoints, tensor by tensor",
+        description="Compare two checkpoints: tensors, parameters, metrics.",
+    )
     p.add_argument("a", help="the earlier checkpoint: a recorded checkpoint id, or a file or directory")
     p.add_argument("b", help="the later checkpoint: a recorded checkpoint id, or a file or directory")
-    p.add_argument("--top", type=int, default=20, metavar="N", help="show the N most-changed tensors (default 20)")
+    p.add_argument(
+        "--top", type=int, default=20, metavar="N", help="show the N most-changed tensors (default 20)"
+    )
     p.add_argument("--json", action="store_true", help="print the whole diff as JSON")
     return {"diff": cmd_diff}
 
@@ -52,9 +57,15 @@ def cmd_diff(store, args) -> int:
     except CheckpointError as exc:
         print(f"tmon diff: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    except (MemoryError, RecursionError, OSError) as exc:  # what a reader missed: still one line, not a traceback
-        print(f"tmon diff: cannot compare {args.a} and {args.b}: {type(exc).__name__}: {_one_line(str(exc))}",
-              file=sys.stderr)
+    except (
+        MemoryError,
+        RecursionError,
+        OSError,
+    ) as exc:  # what a reader missed: still one line, not a traceback
+        print(
+            f"tmon diff: cannot compare {args.a} and {args.b}: {type(exc).__name__}: {_one_line(str(exc))}",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(_json_safe(d.to_dict()), indent=1, default=str))

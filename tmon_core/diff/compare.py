@@ -97,11 +97,20 @@ def _pairs(read_a: Reader, read_b: Reader | None, bounds, pool: ThreadPoolExecut
 
 
 def _float_type(*dtypes) -> type:
-    return np.float64 if any(d == np.float64 or d.kind in "iu" and d.itemsize >= 4 for d in dtypes) else np.float32
+    return (
+        np.float64
+        if any(d == np.float64 or d.kind in "iu" and d.itemsize >= 4 for d in dtypes)
+        else np.float32
+    )
 
 
-def compare(read_a: Reader, read_b: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None,
-            chunk: int | None = None) -> TensorStats:
+def compare(
+    read_a: Reader,
+    read_b: Reader,
+    shape: tuple[int, ...],
+    pool: ThreadPoolExecutor | None = None,
+    chunk: int | None = None,
+) -> TensorStats:
     """Stats of ``b - a`` for two tensors of ``shape`` read through ``read_a``/``read_b``."""
     st = TensorStats(numel=math.prod(shape))
     for a, b in _pairs(read_a, read_b, chunk_bounds(shape, chunk), pool):
@@ -114,8 +123,9 @@ def compare(read_a: Reader, read_b: Reader, shape: tuple[int, ...], pool: Thread
     return st
 
 
-def norm_sq(read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None,
-            chunk: int | None = None) -> float:
+def norm_sq(
+    read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | None = None, chunk: int | None = None
+) -> float:
     """Σx² of one tensor (for tensors only one side has)."""
     total = 0.0
     for a, _ in _pairs(read, None, chunk_bounds(shape, chunk), pool):
@@ -125,7 +135,7 @@ def norm_sq(read: Reader, shape: tuple[int, ...], pool: ThreadPoolExecutor | Non
         else:
             x = a.astype(_float_type(a.dtype), copy=False)
             with np.errstate(over="ignore"):
-                part = sum(float(np.dot(x[s:s + BLOCK], x[s:s + BLOCK])) for s in range(0, x.size, BLOCK))
+                part = sum(float(np.dot(x[s : s + BLOCK], x[s : s + BLOCK])) for s in range(0, x.size, BLOCK))
             if math.isinf(part) and x.dtype != np.float64:  # float32 overflow: redo in float64
                 x = x.astype(np.float64)
                 part = float(np.dot(x, x))
@@ -156,7 +166,7 @@ def _float_chunk_inner(st: TensorStats, a: np.ndarray, b: np.ndarray, ftype) -> 
     d = np.subtract(y, x)
     sa = sb = sd = ab = 0.0
     for s in range(0, d.size, BLOCK):
-        xs, ys, ds = x[s:s + BLOCK], y[s:s + BLOCK], d[s:s + BLOCK]
+        xs, ys, ds = x[s : s + BLOCK], y[s : s + BLOCK], d[s : s + BLOCK]
         sa += float(np.dot(xs, xs))
         sb += float(np.dot(ys, ys))
         sd += float(np.dot(ds, ds))

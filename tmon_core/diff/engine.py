@@ -41,10 +41,16 @@ class Side:
         row = self.row or {}
         step = self.ck.step if self.ck.step is not None else row.get("step")
         epoch = self.ck.epoch if self.ck.epoch is not None else row.get("epoch")
-        return {"ref": self.ref if isinstance(self.ref, int) else os.fspath(self.ref), "path": self.ck.path,
-                "format": self.ck.format, "id": row.get("id"), "run_id": row.get("run_id"),
-                "step": None if step is None else int(step), "epoch": None if epoch is None else float(epoch),
-                "tensors": len(self.ck.tensors)}
+        return {
+            "ref": self.ref if isinstance(self.ref, int) else os.fspath(self.ref),
+            "path": self.ck.path,
+            "format": self.ck.format,
+            "id": row.get("id"),
+            "run_id": row.get("run_id"),
+            "step": None if step is None else int(step),
+            "epoch": None if epoch is None else float(epoch),
+            "tensors": len(self.ck.tensors),
+        }
 
 
 def diff(a, b, *, store=None) -> CheckpointDiff:
@@ -71,14 +77,23 @@ def diff(a, b, *, store=None) -> CheckpointDiff:
         sa, sb = sides
         pairs, mapping = match_names(list(sa.ck.tensors), list(sb.ck.tensors))
         if not any(na is not None and nb is not None for na, nb, _ in pairs):
-            raise CheckpointError(None, f"{sa.ck.path} and {sb.ck.path} have no tensor names in common: unrelated "
-                                        f"models? (a: {_sample(sa.ck.tensors)}; b: {_sample(sb.ck.tensors)})")
+            raise CheckpointError(
+                None,
+                f"{sa.ck.path} and {sb.ck.path} have no tensor names in common: unrelated "
+                f"models? (a: {_sample(sa.ck.tensors)}; b: {_sample(sb.ck.tensors)})",
+            )
         with ThreadPoolExecutor(1, thread_name_prefix="tmon-diff-read") as pool:
             rows, totals = _compare_all(sa.ck, sb.ck, pairs, pool)
         notes = [f"a: {n}" for n in sa.ck.notes] + [f"b: {n}" for n in sb.ck.notes] + totals.pop("notes")
         summary = {"a": sa.describe(), "b": sb.describe(), **totals, "name_mapping": mapping}
-        result = CheckpointDiff(summary, rows, _params(sa.params, sb.params), _metrics(sa.metrics, sb.metrics), notes,
-                                _changes_between(sa, sb, stores))
+        result = CheckpointDiff(
+            summary,
+            rows,
+            _params(sa.params, sb.params),
+            _metrics(sa.metrics, sb.metrics),
+            notes,
+            _changes_between(sa, sb, stores),
+        )
         result.summary["params_changed"] = int(len(result.params))
         result.summary["seconds"] = time.perf_counter() - t0
         return result
@@ -100,7 +115,9 @@ def _open_side(ref, store, stores: dict) -> Side:
         return stores["s"][0]
 
     if isinstance(ref, bool) or not isinstance(ref, (int, np.integer, str, os.PathLike)):
-        raise CheckpointError(None, f"a checkpoint is a recorded checkpoint id (int) or a path, received {ref!r}")
+        raise CheckpointError(
+            None, f"a checkpoint is a recorded checkpoint id (int) or a path, received {ref!r}"
+        )
     row = None
     if isinstance(ref, (int, np.integer)):
         ref = int(ref)
@@ -160,8 +177,16 @@ def _changes_between(sa: Side, sb: Side, stores: dict) -> list[dict]:
     out = []
     for step, message, data in zip(ev.step, ev.message, ev.data, strict=True):
         data = data if isinstance(data, dict) else {}
-        out.append({"step": int(step), "change": message, "source": data.get("source"),
-                    "request_id": data.get("request_id"), "old": data.get("old"), "new": data.get("new")})
+        out.append(
+            {
+                "step": int(step),
+                "change": message,
+                "source": data.get("source"),
+                "request_id": data.get("request_id"),
+                "old": data.get("old"),
+                "new": data.get("new"),
+            }
+        )
     return out
 
 
@@ -176,7 +201,9 @@ def _strip_options(names: list[str]) -> list[str]:
     options = [""]
     prefix = ""
     while True:
-        nxt = next((p for p in WRAPPER_PREFIXES if names and all(n.startswith(prefix + p) for n in names)), None)
+        nxt = next(
+            (p for p in WRAPPER_PREFIXES if names and all(n.startswith(prefix + p) for n in names)), None
+        )
         if nxt is None:
             break
         prefix += nxt
@@ -189,8 +216,8 @@ def match_names(names_a: list[str], names_b: list[str]) -> tuple[list[tuple], st
     best = None
     for pa in _strip_options(names_a):
         for pb in _strip_options(names_b):
-            ka = {n[len(pa):]: n for n in names_a}
-            kb = {n[len(pb):]: n for n in names_b}
+            ka = {n[len(pa) :]: n for n in names_a}
+            kb = {n[len(pb) :]: n for n in names_b}
             common = len(ka.keys() & kb.keys())
             if best is None or common > best[0]:
                 best = (common, pa, pb, ka, kb)
@@ -199,8 +226,9 @@ def match_names(names_a: list[str], names_b: list[str]) -> tuple[list[tuple], st
     pairs += [(None, nb, k) for k, nb in kb.items() if k not in ka]
     mapping = None
     if pa or pb:
-        mapping = f"names matched after removing {pa!r} from a and {pb!r} from b".replace("'' from a and ", "") \
-            .replace(" and '' from b", "")
+        mapping = f"names matched after removing {pa!r} from a and {pb!r} from b".replace(
+            "'' from a and ", ""
+        ).replace(" and '' from b", "")
     return pairs, mapping
 
 
@@ -228,11 +256,25 @@ def _compare_all(ca: Checkpoint, cb: Checkpoint, pairs, pool) -> tuple[list[dict
         ia: TensorInfo | None = ca.tensors.get(na) if na is not None else None
         ib: TensorInfo | None = cb.tensors.get(nb) if nb is not None else None
         info = ib or ia
-        row = {"name": name, "status": None, "shape": info.shape, "dtype": info.dtype,
-               "shape_a": ia.shape if ia else None, "dtype_a": ia.dtype if ia else None, "numel": info.numel,
-               "norm_a": math.nan, "norm_b": math.nan, "norm_diff": math.nan, "rel_change": math.nan,
-               "cosine": math.nan, "max_abs_diff": math.nan, "frac_changed": math.nan}
-        why = (ca.unreadable.get(na) if na is not None else None) or (cb.unreadable.get(nb) if nb is not None else None)
+        row = {
+            "name": name,
+            "status": None,
+            "shape": info.shape,
+            "dtype": info.dtype,
+            "shape_a": ia.shape if ia else None,
+            "dtype_a": ia.dtype if ia else None,
+            "numel": info.numel,
+            "norm_a": math.nan,
+            "norm_b": math.nan,
+            "norm_diff": math.nan,
+            "rel_change": math.nan,
+            "cosine": math.nan,
+            "max_abs_diff": math.nan,
+            "frac_changed": math.nan,
+        }
+        why = (ca.unreadable.get(na) if na is not None else None) or (
+            cb.unreadable.get(nb) if nb is not None else None
+        )
         if why:
             row["status"] = "skipped"
             notes.append(f"{name}: not compared, {why}")
@@ -241,20 +283,42 @@ def _compare_all(ca: Checkpoint, cb: Checkpoint, pairs, pool) -> tuple[list[dict
                 bytes_read += _compare_pair(row, ca, cb, na, nb, ia, ib, tot, pool)
             except (OSError, MemoryError, RuntimeError) as exc:  # CheckpointError passes: it names its file
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                raise CheckpointError(None, f"reading tensor {name!r} of {ca.path} / {cb.path} failed "
-                                            f"({type(exc).__name__}: {first})") from None
+                raise CheckpointError(
+                    None,
+                    f"reading tensor {name!r} of {ca.path} / {cb.path} failed "
+                    f"({type(exc).__name__}: {first})",
+                ) from None
         counts[row["status"]] += 1
         rows.append(row)
     compared = counts["changed"] + counts["unchanged"]
-    totals = {"tensors": len(rows), "compared": compared, **counts,
-              "numel_compared": tot.numel, "elements_changed": tot.n_changed, "frac_changed": tot.frac_changed,
-              "rel_change": tot.rel_change, "cosine": tot.cosine, "norm_a": tot.norm_a, "norm_b": tot.norm_b,
-              "bytes_read": bytes_read, "notes": notes}
+    totals = {
+        "tensors": len(rows),
+        "compared": compared,
+        **counts,
+        "numel_compared": tot.numel,
+        "elements_changed": tot.n_changed,
+        "frac_changed": tot.frac_changed,
+        "rel_change": tot.rel_change,
+        "cosine": tot.cosine,
+        "norm_a": tot.norm_a,
+        "norm_b": tot.norm_b,
+        "bytes_read": bytes_read,
+        "notes": notes,
+    }
     return rows, totals
 
 
-def _compare_pair(row: dict, ca: Checkpoint, cb: Checkpoint, na, nb, ia: TensorInfo | None, ib: TensorInfo | None,
-                  tot: compare.TensorStats, pool) -> int:
+def _compare_pair(
+    row: dict,
+    ca: Checkpoint,
+    cb: Checkpoint,
+    na,
+    nb,
+    ia: TensorInfo | None,
+    ib: TensorInfo | None,
+    tot: compare.TensorStats,
+    pool,
+) -> int:
     """Fill ``row`` with the numbers of one pair (or one side); the bytes read."""
     bytes_read = 0
     if ia is None or ib is None:
@@ -271,8 +335,15 @@ def _compare_pair(row: dict, ca: Checkpoint, cb: Checkpoint, na, nb, ia: TensorI
     else:
         st = compare.compare(_reader(ca, na), _reader(cb, nb), ia.shape, pool)
         bytes_read += ia.numel * (_itemsize(ia.dtype) + _itemsize(ib.dtype))
-        row.update(norm_a=st.norm_a, norm_b=st.norm_b, norm_diff=st.norm_diff, rel_change=st.rel_change,
-                   cosine=st.cosine, max_abs_diff=st.max_abs_diff, frac_changed=st.frac_changed)
+        row.update(
+            norm_a=st.norm_a,
+            norm_b=st.norm_b,
+            norm_diff=st.norm_diff,
+            rel_change=st.rel_change,
+            cosine=st.cosine,
+            max_abs_diff=st.max_abs_diff,
+            frac_changed=st.frac_changed,
+        )
         row["status"] = "changed" if st.n_changed else "unchanged"
         for k in ("numel", "sq_a", "sq_b", "sq_diff", "dot", "n_changed"):
             setattr(tot, k, getattr(tot, k) + getattr(st, k))
@@ -285,8 +356,17 @@ def _same(x, y) -> bool:
         return True
     if isinstance(x, list) and isinstance(y, list):
         return len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y, strict=True))
-    return type(x) is type(y) and x == y or (isinstance(x, (int, float)) and isinstance(y, (int, float))
-                                              and not isinstance(x, bool) and not isinstance(y, bool) and x == y)
+    return (
+        type(x) is type(y)
+        and x == y
+        or (
+            isinstance(x, (int, float))
+            and isinstance(y, (int, float))
+            and not isinstance(x, bool)
+            and not isinstance(y, bool)
+            and x == y
+        )
+    )
 
 
 _MISSING = object()
@@ -296,8 +376,17 @@ def _params(pa: dict, pb: dict) -> list[dict]:
     rows = []
     for key in list(pa) + [k for k in pb if k not in pa]:
         x, y = pa.get(key, _MISSING), pb.get(key, _MISSING)
-        status = "added" if x is _MISSING else "removed" if y is _MISSING else "same" if _same(x, y) else "changed"
-        rows.append({"key": key, "a": None if x is _MISSING else x, "b": None if y is _MISSING else y, "status": status})
+        status = (
+            "added" if x is _MISSING else "removed" if y is _MISSING else "same" if _same(x, y) else "changed"
+        )
+        rows.append(
+            {
+                "key": key,
+                "a": None if x is _MISSING else x,
+                "b": None if y is _MISSING else y,
+                "status": status,
+            }
+        )
     return rows
 
 

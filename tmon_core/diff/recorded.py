@@ -34,8 +34,10 @@ def open_store_for(store: Any) -> tuple[Store, bool]:
 def checkpoint_row(store: Store, ckpt_id: int) -> dict:
     row = checkpoints.checkpoint_row(store, int(ckpt_id))
     if row is None:
-        raise CheckpointError(ckpt_id, f"no checkpoint with id {ckpt_id} in {store} "
-                                       "(ids are the 'id' column of Run.checkpoints())")
+        raise CheckpointError(
+            ckpt_id,
+            f"no checkpoint with id {ckpt_id} in {store} (ids are the 'id' column of Run.checkpoints())",
+        )
     return row
 
 
@@ -57,15 +59,21 @@ def check_current(store: Store, row: dict) -> None:
     where = f"recorded at {row['path']} (run {row['run_id']}, step {row['step']})"
     newer = newer_at_path(store, row)
     if newer is not None:
-        raise CheckpointError(row["id"], f"{where}, but that file was overwritten since: checkpoint {newer['id']} "
-                                         f"(run {newer['run_id']}, step {newer['step']}) was written to the same path; "
-                                         f"diff {newer['id']}, or pass the path to compare the file as it is now")
+        raise CheckpointError(
+            row["id"],
+            f"{where}, but that file was overwritten since: checkpoint {newer['id']} "
+            f"(run {newer['run_id']}, step {newer['step']}) was written to the same path; "
+            f"diff {newer['id']}, or pass the path to compare the file as it is now",
+        )
     if not os.path.exists(row["path"]):
         gone = " (removed by the checkpoint callback's top-k policy)" if row.get("deleted") else ""
         raise CheckpointError(row["id"], f"{where}, but that file no longer exists{gone}")
     if row.get("deleted"):
-        raise CheckpointError(row["id"], f"{where}, but the store marks it deleted or overwritten: the file there now "
-                                         "is not that checkpoint; pass the path to compare the file as it is now")
+        raise CheckpointError(
+            row["id"],
+            f"{where}, but the store marks it deleted or overwritten: the file there now "
+            "is not that checkpoint; pass the path to compare the file as it is now",
+        )
 
 
 def metrics_at(run: Run, step: int | None, wall_time: float) -> dict[str, tuple[float, int | None]]:

@@ -7,8 +7,22 @@ import math
 from typing import Any
 
 #: the columns of ``CheckpointDiff.layers``
-LAYER_COLUMNS = ["name", "status", "shape", "dtype", "shape_a", "dtype_a", "numel", "norm_a", "norm_b", "norm_diff",
-                 "rel_change", "cosine", "max_abs_diff", "frac_changed"]
+LAYER_COLUMNS = [
+    "name",
+    "status",
+    "shape",
+    "dtype",
+    "shape_a",
+    "dtype_a",
+    "numel",
+    "norm_a",
+    "norm_b",
+    "norm_diff",
+    "rel_change",
+    "cosine",
+    "max_abs_diff",
+    "frac_changed",
+]
 PARAM_COLUMNS = ["key", "a", "b", "status"]
 METRIC_COLUMNS = ["key", "a", "b", "change", "step_a", "step_b"]
 #: statuses, in the order a summary lists them
@@ -51,8 +65,15 @@ class CheckpointDiff:
         notes: what was skipped or could not be read, and why.
     """
 
-    def __init__(self, summary: dict, layers: list[dict], params: list[dict], metrics: list[dict],
-                 notes: list[str] | None = None, changes: list[dict] | None = None):
+    def __init__(
+        self,
+        summary: dict,
+        layers: list[dict],
+        params: list[dict],
+        metrics: list[dict],
+        notes: list[str] | None = None,
+        changes: list[dict] | None = None,
+    ):
         pd = _pd()
         self.changes = list(changes or [])
         self.summary = summary
@@ -73,15 +94,21 @@ class CheckpointDiff:
         """The ``n`` most-changed tensors of those compared, by ``by`` (``rel_change``, ``norm_diff``,
         ``max_abs_diff``, ``frac_changed``; largest first)."""
         if by not in ("rel_change", "norm_diff", "max_abs_diff", "frac_changed", "cosine"):
-            raise ValueError(f"by must be rel_change, norm_diff, max_abs_diff, frac_changed or cosine, received by={by!r}")
+            raise ValueError(
+                f"by must be rel_change, norm_diff, max_abs_diff, frac_changed or cosine, received by={by!r}"
+            )
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, received n={n!r}")
         df = self.layers[self.layers.status.isin(("changed", "unchanged"))]
-        return df.sort_values(by, ascending=(by == "cosine"), kind="stable", na_position="last").head(n) \
+        return (
+            df.sort_values(by, ascending=(by == "cosine"), kind="stable", na_position="last")
+            .head(n)
             .reset_index(drop=True)
+        )
 
     def to_dict(self) -> dict:
         """Everything as plain Python (lists of row dicts); NaN stays a float NaN."""
+
         def rows(df):
             out = df.astype(object).where(df.notna(), None).to_dict("records")
             for r in out:
@@ -92,11 +119,24 @@ class CheckpointDiff:
 
         layers = rows(self.layers)
         for r in layers:  # keep NaN as NaN for the numeric columns (None means "not applicable" elsewhere)
-            for k in ("norm_a", "norm_b", "norm_diff", "rel_change", "cosine", "max_abs_diff", "frac_changed"):
+            for k in (
+                "norm_a",
+                "norm_b",
+                "norm_diff",
+                "rel_change",
+                "cosine",
+                "max_abs_diff",
+                "frac_changed",
+            ):
                 if r[k] is None:
                     r[k] = math.nan
-        return {"summary": dict(self.summary), "layers": layers, "params": rows(self.params),
-                "metrics": rows(self.metrics), "changes": [dict(c) for c in self.changes]}
+        return {
+            "summary": dict(self.summary),
+            "layers": layers,
+            "params": rows(self.params),
+            "metrics": rows(self.metrics),
+            "changes": [dict(c) for c in self.changes],
+        }
 
     # ------------------------------------------------------------------ display
     def _side(self, key: str) -> str:
@@ -113,31 +153,43 @@ class CheckpointDiff:
     def counts(self) -> str:
         """One line: how many tensors, and how many changed, stayed, appeared, went..."""
         s = self.summary
-        return f"{s['tensors']} tensors: " + ", ".join(f"{s[k]} {k.replace('_', '-')}" for k in STATUSES
-                                                        if s[k] or k in ("changed", "unchanged"))
+        return f"{s['tensors']} tensors: " + ", ".join(
+            f"{s[k]} {k.replace('_', '-')}" for k in STATUSES if s[k] or k in ("changed", "unchanged")
+        )
 
     def overall(self) -> str:
         """One line: the relative change, the cosine, the share of elements that changed."""
         s = self.summary
-        return (f"relative change {_fmt(s['rel_change'])}, cosine {_fmt(s['cosine'], 8)}, "
-                f"{100 * s['frac_changed']:.1f}% of {s['numel_compared']:,} elements changed")
+        return (
+            f"relative change {_fmt(s['rel_change'])}, cosine {_fmt(s['cosine'], 8)}, "
+            f"{100 * s['frac_changed']:.1f}% of {s['numel_compared']:,} elements changed"
+        )
 
     def format(self, top: int = 10) -> str:
         """A plain-text report (what ``repr`` and ``tmon diff`` show)."""
-        lines = [f"a  {self._side('a')}", f"b  {self._side('b')}", self.counts(), "overall  " + self.overall()]
+        lines = [
+            f"a  {self._side('a')}",
+            f"b  {self._side('b')}",
+            self.counts(),
+            "overall  " + self.overall(),
+        ]
         if self.summary.get("name_mapping"):
             lines.append(self.summary["name_mapping"])
         t = self.top(top)
         if len(t):
             lines += ["", f"most changed tensors (top {len(t)} by relative change):"]
-            lines += _table(t, ["name", "status", "shape", "numel", "rel_change", "cosine", "max_abs_diff",
-                                "frac_changed"])
+            lines += _table(
+                t,
+                ["name", "status", "shape", "numel", "rel_change", "cosine", "max_abs_diff", "frac_changed"],
+            )
         other = self.layers[~self.layers.status.isin(("changed", "unchanged"))]
         if len(other):
             lines += ["", "added / removed / shape-changed / skipped:"]
             shown = other.head(max(top, 1)).copy()
-            shown["shape"] = [f"{_fmt(a)} -> {_fmt(b)}" if st == "shape_changed" else _fmt(b)
-                              for a, b, st in zip(shown.shape_a, shown["shape"], shown.status, strict=True)]
+            shown["shape"] = [
+                f"{_fmt(a)} -> {_fmt(b)}" if st == "shape_changed" else _fmt(b)
+                for a, b, st in zip(shown.shape_a, shown["shape"], shown.status, strict=True)
+            ]
             lines += _table(shown, ["name", "status", "shape", "numel", "norm_a", "norm_b"])
             if len(other) > len(shown):
                 lines.append(f"  ... and {len(other) - len(shown)} more")
@@ -155,8 +207,9 @@ class CheckpointDiff:
             lines += ["", "parameter changes tmon applied between the checkpoints:"]
             lines += [f"  step {c['step']}: {c['change']} ({c['source'] or '?'})" for c in self.changes]
         if len(self.metrics):
-            lines += ["", "metrics at each checkpoint:"] + _table(self.metrics, ["key", "a", "b", "change", "step_a",
-                                                                                  "step_b"])
+            lines += ["", "metrics at each checkpoint:"] + _table(
+                self.metrics, ["key", "a", "b", "change", "step_a", "step_b"]
+            )
         if self.notes:
             lines += ["", "notes:"] + [f"  {n}" for n in self.notes]
         return "\n".join(lines)
@@ -166,8 +219,10 @@ class CheckpointDiff:
 
     def _repr_html_(self) -> str:
         e = html.escape
-        head = (f"<b>CheckpointDiff</b><br>a: <code>{e(self._side('a'))}</code><br>b: <code>{e(self._side('b'))}</code>"
-                f"<br>{e(self.counts())}<br>overall: {e(self.overall())}")
+        head = (
+            f"<b>CheckpointDiff</b><br>a: <code>{e(self._side('a'))}</code><br>b: <code>{e(self._side('b'))}</code>"
+            f"<br>{e(self.counts())}<br>overall: {e(self.overall())}"
+        )
         parts = [head, "<h4>Most changed tensors</h4>", self.top(20).to_html(index=False, na_rep="-")]
         if len(self.params):
             parts += ["<h4>Parameters that differ</h4>", self.params.to_html(index=False, na_rep="-")]
@@ -183,5 +238,10 @@ def _table(df, cols: list[str]) -> list[str]:
     widths = [min(60, max(len(r[i]) for r in cells)) for i in range(len(cols))]
     out = []
     for r in cells:
-        out.append("  " + "  ".join((c if len(c) <= 60 else c[:57] + "...").ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        out.append(
+            "  "
+            + "  ".join(
+                (c if len(c) <= 60 else c[:57] + "...").ljust(w) for c, w in zip(r, widths, strict=True)
+            ).rstrip()
+        )
     return out

@@ -19,4 +19,11 @@ from .csvlog import import_csv
 from .mlflow_store import export_mlflow, import_mlflow
 from .tensorboard import export_tensorboard, import_tensorboard
 
-__all__ = ["Imported", "export_mlflow", "export_tensorboard", "import_csv", "import_mlflow", "import_tensorboard"]
+__all__ = [
+    "Imported",
+    "export_mlflow",
+    "export_tensorboard",
+    "import_csv",
+    "import_mlflow",
+    "import_tensorboard",
+]

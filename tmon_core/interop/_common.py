@@ -37,7 +37,11 @@ class Imported:
     keys: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        what = f"imported {self.points} points of {len(self.keys)} keys as" if self.created else "already in the store as"
+        what = (
+            f"imported {self.points} points of {len(self.keys)} keys as"
+            if self.created
+            else "already in the store as"
+        )
         return f"{self.source}: {what} run {self.run_id}"
 
 
@@ -77,13 +81,33 @@ class RunWriter:
     with the source's start/end times and status. Wall times the source lacks are the caller's
     to choose (and say so in ``imported_from``)."""
 
-    def __init__(self, store, *, name: str, framework: str, fp: str, source: str, fmt: str,
-                 hparams: dict | None = None, extra: dict | None = None, tags: list[str] | None = None):
-        config: dict = {"imported_from": {"format": fmt, "source": source, "fingerprint": fp, **(extra or {})}}
+    def __init__(
+        self,
+        store,
+        *,
+        name: str,
+        framework: str,
+        fp: str,
+        source: str,
+        fmt: str,
+        hparams: dict | None = None,
+        extra: dict | None = None,
+        tags: list[str] | None = None,
+    ):
+        config: dict = {
+            "imported_from": {"format": fmt, "source": source, "fingerprint": fp, **(extra or {})}
+        }
         if hparams:
             config["hparams"] = hparams
-        self.rec = Recorder(store, run_name=name[:250] or framework, framework=framework, config=config,
-                            tags=[TAG_PREFIX + fp, *(tags or ())], flush_interval=1.0, heartbeat_timeout=60.0)
+        self.rec = Recorder(
+            store,
+            run_name=name[:250] or framework,
+            framework=framework,
+            config=config,
+            tags=[TAG_PREFIX + fp, *(tags or ())],
+            flush_interval=1.0,
+            heartbeat_timeout=60.0,
+        )
         self.log = self.rec.log  # log(values, step, wall_time=...): the Recorder's own hot path
         self.run_id = self.rec.run_id
         self.points = 0
@@ -94,8 +118,15 @@ class RunWriter:
         for path, step, epoch in find_checkpoints(log_dir):
             self.rec.checkpoint(path, step=step, epoch=epoch, source="import")
 
-    def close(self, *, first_wall: float | None, last_wall: float | None, last_step: int | None,
-              status: str = ev.COMPLETED, error: dict | None = None) -> None:
+    def close(
+        self,
+        *,
+        first_wall: float | None,
+        last_wall: float | None,
+        last_step: int | None,
+        status: str = ev.COMPLETED,
+        error: dict | None = None,
+    ) -> None:
         """End the run as the source ended it: created/ended at the source's first and last wall
         times, ``last_step`` the largest step (points may come in any order)."""
         self.rec.flush(120.0)
@@ -113,8 +144,10 @@ class RunWriter:
         self.rec.update_run(pid=None, **fields)
         self.rec.close(None)  # the status is the source's, set above, not "completed" by default
         if self.rec.dropped:
-            raise RuntimeError(f"tmon could not write {self.rec.dropped} points of the imported run {self.run_id}: "
-                               f"{'; '.join(self.rec.problems[-3:])}")
+            raise RuntimeError(
+                f"tmon could not write {self.rec.dropped} points of the imported run {self.run_id}: "
+                f"{'; '.join(self.rec.problems[-3:])}"
+            )
 
     def result(self, source: str) -> Imported:
         return Imported(self.run_id, source, True, self.points, sorted(self.keys))
@@ -147,11 +180,18 @@ def find_checkpoints(log_dir: str) -> list[tuple[str, int | None, float | None]]
         for name in sorted(os.listdir(lightning)):
             if name.endswith(".ckpt"):
                 step, epoch = _STEP.search(name), _EPOCH.search(name)
-                out.append((os.path.join(lightning, name), int(step.group(1)) if step else None,
-                            float(epoch.group(1)) if epoch else None))
+                out.append(
+                    (
+                        os.path.join(lightning, name),
+                        int(step.group(1)) if step else None,
+                        float(epoch.group(1)) if epoch else None,
+                    )
+                )
     if _HF_CKPT.match(os.path.basename(log_dir)):
         parent = os.path.dirname(log_dir)
-        for name in sorted(os.listdir(parent), key=lambda n: int(m.group(1)) if (m := _HF_CKPT.match(n)) else -1):
+        for name in sorted(
+            os.listdir(parent), key=lambda n: int(m.group(1)) if (m := _HF_CKPT.match(n)) else -1
+        ):
             m = _HF_CKPT.match(name)
             if m and os.path.isdir(os.path.join(parent, name)):
                 out.append((os.path.join(parent, name), int(m.group(1)), None))

@@ -19,14 +19,19 @@ EXPORT_FORMATS = ("tensorboard", "mlflow")
 
 
 def register(subparsers) -> dict:
-    p = subparsers.add_parser("import", help="import TensorBoard logs, an MLflow store or CSV logs as runs",
-                              description="Import runs recorded by other tools; each becomes an ordinary tmon "
-                                          "run. Importing the same source again does not duplicate it.")
+    p = subparsers.add_parser(
+        "import",
+        help="import TensorBoard logs, an MLflow store or CSV logs as runs",
+        description="Import runs recorded by other tools; each becomes an ordinary tmon "
+        "run. Importing the same source again does not duplicate it.",
+    )
     kinds = p.add_subparsers(dest="source_kind", required=True)
     tb = kinds.add_parser("tensorboard", help="TensorBoard event files: one run per directory holding them")
     tb.add_argument("path", help="a log directory (searched recursively) or an event file")
     ml = kinds.add_parser("mlflow", help="an MLflow tracking store, through MLflow's client")
-    ml.add_argument("--tracking-uri", required=True, help="sqlite:///mlflow.db, a file store path, http://...")
+    ml.add_argument(
+        "--tracking-uri", required=True, help="sqlite:///mlflow.db, a file store path, http://..."
+    )
     ml.add_argument("--experiment", help="only this experiment (by name)")
     cs = kinds.add_parser("csv", help="Lightning or Keras CSVLogger file, or HF trainer_state.json")
     cs.add_argument("path", help="the file, or a directory holding metrics.csv or trainer_state.json")
@@ -34,8 +39,12 @@ def register(subparsers) -> dict:
         sp.add_argument("--name", help="the run's name (default: from the path)")
     for sp in (tb, ml, cs):
         # SUPPRESS: unset here must not hide a --store given before the source kind
-        sp.add_argument("--store", dest="store_sub", default=argparse.SUPPRESS,
-                        help="database URL or SQLite file (as tmon --store)")
+        sp.add_argument(
+            "--store",
+            dest="store_sub",
+            default=argparse.SUPPRESS,
+            help="database URL or SQLite file (as tmon --store)",
+        )
     handlers = {"import": cmd_import}
     try:
         from . import exporter
@@ -83,7 +92,9 @@ def export_run(run, args) -> int:
         from .tensorboard import export_tensorboard
 
         if not args.output:
-            raise ValueError("--format tensorboard needs -o DIR, the log directory to write the event file in")
+            raise ValueError(
+                "--format tensorboard needs -o DIR, the log directory to write the event file in"
+            )
         print(export_tensorboard(run, args.output))
     elif args.format == "mlflow":
         from .mlflow_store import export_mlflow

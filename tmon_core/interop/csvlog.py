@@ -51,8 +51,10 @@ def detect(path: str) -> str:
         return LIGHTNING
     if "epoch" in header:
         return KERAS
-    raise ValueError(f"{path}: neither a Lightning CSVLogger file (a 'step' column) nor a Keras one (an 'epoch' "
-                     f"column); its columns: {', '.join(header[:20]) or 'none'}")
+    raise ValueError(
+        f"{path}: neither a Lightning CSVLogger file (a 'step' column) nor a Keras one (an 'epoch' "
+        f"column); its columns: {', '.join(header[:20]) or 'none'}"
+    )
 
 
 def _rows_csv(path: str, fmt: str):
@@ -81,12 +83,17 @@ def _rows_hf(state: dict):
     for entry in state.get("log_history") or ():
         if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
             continue
-        vals = {k: float(v) for k, v in entry.items()
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        vals = {
+            k: float(v)
+            for k, v in entry.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         yield entry["step"], vals
 
 
-def import_csv(path: str | os.PathLike, store=None, *, name: str | None = None, fmt: str | None = None) -> list[Imported]:
+def import_csv(
+    path: str | os.PathLike, store=None, *, name: str | None = None, fmt: str | None = None
+) -> list[Imported]:
     """Import a Lightning/Keras ``CSVLogger`` file or a ``trainer_state.json`` (a directory: its
     ``metrics.csv`` or ``trainer_state.json``) into ``store`` as one run."""
     path = os.fspath(path)
@@ -118,8 +125,16 @@ def import_csv(path: str | os.PathLike, store=None, *, name: str | None = None, 
             from .tensorboard import _hparams
 
             hparams = _hparams(os.path.dirname(path))
-    w = RunWriter(store, name=name or _name(path), framework=fmt, fp=fp, source=path, fmt=fmt,
-                  hparams=clean_hparams(hparams), extra={"wall_times": "file mtime"})
+    w = RunWriter(
+        store,
+        name=name or _name(path),
+        framework=fmt,
+        fp=fp,
+        source=path,
+        fmt=fmt,
+        hparams=clean_hparams(hparams),
+        extra={"wall_times": "file mtime"},
+    )
     n, max_step, keys = 0, None, set()
     for step, vals in rows:
         if rename:

@@ -65,7 +65,9 @@ class _RunState:
 class Snapshot:
     """What a scrape serves: built by a poll, swapped in whole (a scrape never sees half a poll)."""
 
-    def __init__(self, runs: dict[str, _RunState], up: bool, stale: bool, polled_at: float | None, duration: float):
+    def __init__(
+        self, runs: dict[str, _RunState], up: bool, stale: bool, polled_at: float | None, duration: float
+    ):
         self.runs, self.up, self.stale, self.polled_at, self.duration = runs, up, stale, polled_at, duration
 
 
@@ -74,14 +76,26 @@ class Exporter:
     latest snapshot. ``keys``: fnmatch patterns of the metric keys to export (default all, up to
     ``max_keys`` per run, in name order); ``grace``: how long an ended run stays exported."""
 
-    def __init__(self, store: str | None = None, *, interval: float = 5.0, grace: float = 300.0,
-                 keys: list[str] | None = None, max_keys: int = 50):
+    def __init__(
+        self,
+        store: str | None = None,
+        *,
+        interval: float = 5.0,
+        grace: float = 300.0,
+        keys: list[str] | None = None,
+        max_keys: int = 50,
+    ):
         if not isinstance(interval, (int, float)) or interval <= 0:
             raise ValueError(f"interval must be a positive number of seconds, received interval={interval!r}")
         if not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError(f"max_keys must be a positive int, received max_keys={max_keys!r}")
         self.url = store
-        self.interval, self.grace, self.patterns, self.max_keys = float(interval), float(grace), keys, max_keys
+        self.interval, self.grace, self.patterns, self.max_keys = (
+            float(interval),
+            float(grace),
+            keys,
+            max_keys,
+        )
         self._store = None
         self._runs: dict[str, _RunState] = {}
         self.snapshot = Snapshot({}, False, False, None, 0.0)
@@ -129,7 +143,9 @@ class Exporter:
                     pass
                 self._store = None
             prev = self.snapshot
-            self.snapshot = Snapshot(prev.runs, False, bool(prev.runs), prev.polled_at, time.perf_counter() - t0)
+            self.snapshot = Snapshot(
+                prev.runs, False, bool(prev.runs), prev.polled_at, time.perf_counter() - t0
+            )
             self._rendered = None
             return self.snapshot
         self.last_error = None
@@ -152,7 +168,9 @@ class Exporter:
             if not live:
                 continue
             rid = row["id"]
-            last_step = None if row["last_step"] is None or math.isnan(row["last_step"]) else int(row["last_step"])
+            last_step = (
+                None if row["last_step"] is None or math.isnan(row["last_step"]) else int(row["last_step"])
+            )
             state = self._runs.get(rid)
             if state is None:
                 state = _RunState(info=row)
@@ -165,7 +183,7 @@ class Exporter:
     def _read_run(self, store, rid: str, state: _RunState, last_step: int | None, now: float) -> None:
         run = store.run(rid)
         latest = run.latest()
-        wanted = [k for k in sorted(latest) if self._wanted(k)][:self.max_keys]
+        wanted = [k for k in sorted(latest) if self._wanted(k)][: self.max_keys]
         state.latest = {k: latest[k] for k in wanted}
         for k in (K.EPOCH, K.STEP_TIME, K.DATA_TIME):  # their own families, whatever the allow-list says
             if k in latest:
@@ -188,22 +206,40 @@ class Exporter:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         snap = snap or self.snapshot
-        info = InfoMetricFamily("tmon_run", "a tmon run", labels=["run_id", "run_name", "framework", "status", "host"])
+        info = InfoMetricFamily(
+            "tmon_run", "a tmon run", labels=["run_id", "run_name", "framework", "status", "host"]
+        )
         step = GaugeMetricFamily("tmon_run_step", "the run's last step", labels=["run_id"])
         epoch = GaugeMetricFamily("tmon_run_epoch", "the run's latest epoch", labels=["run_id"])
-        metric = GaugeMetricFamily("tmon_metric", "the latest value of a metric key", labels=["run_id", "key"])
-        nonfinite = GaugeMetricFamily("tmon_run_nonfinite", "1 when the key's latest value is NaN or inf",
-                                      labels=["run_id", "key"])
+        metric = GaugeMetricFamily(
+            "tmon_metric", "the latest value of a metric key", labels=["run_id", "key"]
+        )
+        nonfinite = GaugeMetricFamily(
+            "tmon_run_nonfinite", "1 when the key's latest value is NaN or inf", labels=["run_id", "key"]
+        )
         st = GaugeMetricFamily("tmon_step_time_seconds", "the latest step time", labels=["run_id"])
-        dt = GaugeMetricFamily("tmon_data_time_seconds", "the latest data (input wait) time", labels=["run_id"])
-        rate = GaugeMetricFamily("tmon_steps_per_second", "steps per second between the last polls", labels=["run_id"])
-        last = GaugeMetricFamily("tmon_last_step_timestamp_seconds", "wall time of the run's newest point",
-                                 labels=["run_id"])
+        dt = GaugeMetricFamily(
+            "tmon_data_time_seconds", "the latest data (input wait) time", labels=["run_id"]
+        )
+        rate = GaugeMetricFamily(
+            "tmon_steps_per_second", "steps per second between the last polls", labels=["run_id"]
+        )
+        last = GaugeMetricFamily(
+            "tmon_last_step_timestamp_seconds", "wall time of the run's newest point", labels=["run_id"]
+        )
         alerts = CounterMetricFamily("tmon_alerts", "alerts the run raised", labels=["run_id"])
         for rid, s in snap.runs.items():
             i = s.info
-            info.add_metric([rid, str(i.get("name") or ""), str(i.get("framework") or ""), str(i.get("status") or ""),
-                             str(i.get("host") or "")], {})
+            info.add_metric(
+                [
+                    rid,
+                    str(i.get("name") or ""),
+                    str(i.get("framework") or ""),
+                    str(i.get("status") or ""),
+                    str(i.get("host") or ""),
+                ],
+                {},
+            )
             if s.last_step is not None:
                 step.add_metric([rid], s.last_step)
             for key, (_, value) in s.latest.items():
@@ -223,14 +259,21 @@ class Exporter:
                 last.add_metric([rid], s.last_point_wall)
             alerts.add_metric([rid], s.alerts)
         yield from (info, step, epoch, metric, nonfinite, st, dt, rate, last, alerts)
-        yield GaugeMetricFamily("tmon_exporter_store_up", "1 when the last poll read the store", value=float(snap.up))
-        yield GaugeMetricFamily("tmon_exporter_stale", "1 while serving values from before a failed poll",
-                                value=float(snap.stale))
+        yield GaugeMetricFamily(
+            "tmon_exporter_store_up", "1 when the last poll read the store", value=float(snap.up)
+        )
+        yield GaugeMetricFamily(
+            "tmon_exporter_stale", "1 while serving values from before a failed poll", value=float(snap.stale)
+        )
         if snap.polled_at is not None:
-            yield GaugeMetricFamily("tmon_exporter_last_poll_timestamp_seconds", "when the last good poll ended",
-                                    value=snap.polled_at)
-        yield GaugeMetricFamily("tmon_exporter_poll_duration_seconds", "how long the last poll took",
-                                value=snap.duration)
+            yield GaugeMetricFamily(
+                "tmon_exporter_last_poll_timestamp_seconds",
+                "when the last good poll ended",
+                value=snap.polled_at,
+            )
+        yield GaugeMetricFamily(
+            "tmon_exporter_poll_duration_seconds", "how long the last poll took", value=snap.duration
+        )
         yield GaugeMetricFamily("tmon_exporter_runs", "runs exported", value=len(snap.runs))
 
     def start(self) -> None:
@@ -299,14 +342,23 @@ def serve(store: str | None, port: int = DEFAULT_PORT, addr: str = "0.0.0.0", **
 
 
 def register(subparsers) -> dict:
-    p = subparsers.add_parser("exporter", help="serve /metrics of the store's live runs for Prometheus",
-                              description="A Prometheus exporter for the store: every live run (and runs ended in "
-                                          "the last --grace seconds) at http://HOST:PORT/metrics. Reads only.")
+    p = subparsers.add_parser(
+        "exporter",
+        help="serve /metrics of the store's live runs for Prometheus",
+        description="A Prometheus exporter for the store: every live run (and runs ended in "
+        "the last --grace seconds) at http://HOST:PORT/metrics. Reads only.",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default all)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between reads of the store (default 5)")
-    p.add_argument("--grace", type=float, default=300.0, help="seconds an ended run stays exported (default 300)")
-    p.add_argument("--keys", help="comma-separated fnmatch patterns of the metric keys to export (default all)")
+    p.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between reads of the store (default 5)"
+    )
+    p.add_argument(
+        "--grace", type=float, default=300.0, help="seconds an ended run stays exported (default 300)"
+    )
+    p.add_argument(
+        "--keys", help="comma-separated fnmatch patterns of the metric keys to export (default all)"
+    )
     p.add_argument("--max-keys", type=int, default=50, help="at most this many keys per run (default 50)")
     return {"exporter": cmd_exporter}
 
@@ -314,11 +366,15 @@ def register(subparsers) -> dict:
 def cmd_exporter(store, args) -> int:
     url = getattr(args, "store_sub", None) or getattr(store, "url", None)
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
-    exporter, server = serve(url, args.port, args.addr, interval=args.interval, grace=args.grace, keys=keys,
-                             max_keys=args.max_keys)
+    exporter, server = serve(
+        url, args.port, args.addr, interval=args.interval, grace=args.grace, keys=keys, max_keys=args.max_keys
+    )
     state = "" if exporter.snapshot.up else f" (the store cannot be read yet: {exporter.last_error})"
-    print(f"tmon exporter: http://{args.addr}:{args.port}/metrics, reading {url or 'the default store'} every "
-          f"{args.interval:g} s{state}", flush=True)
+    print(
+        f"tmon exporter: http://{args.addr}:{args.port}/metrics, reading {url or 'the default store'} every "
+        f"{args.interval:g} s{state}",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

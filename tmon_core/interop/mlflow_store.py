@@ -35,8 +35,10 @@ def _client(tracking_uri: str | None):
     try:
         from mlflow import MlflowClient
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("reading or writing an MLflow store needs mlflow: pip install 'tmon[interop]' "
-                          "(or pip install mlflow-skinny)") from exc
+        raise ImportError(
+            "reading or writing an MLflow store needs mlflow: pip install 'tmon[interop]' "
+            "(or pip install mlflow-skinny)"
+        ) from exc
     if tracking_uri is not None and ("://" not in tracking_uri or tracking_uri.startswith("file:")):
         # a file store (mlruns/): MLflow 3 refuses it unless allowed, to push users to a database;
         # reading (or writing) one is what an import or export is for, so it is allowed here
@@ -58,8 +60,9 @@ def _all(fetch):
             return
 
 
-def import_mlflow(tracking_uri: str | None, store=None, *, experiment: str | None = None,
-                  run_ids: list[str] | None = None) -> list[Imported]:
+def import_mlflow(
+    tracking_uri: str | None, store=None, *, experiment: str | None = None, run_ids: list[str] | None = None
+) -> list[Imported]:
     """Import the runs of the MLflow store at ``tracking_uri`` (all experiments, or ``experiment``
     by name; or only ``run_ids``) into ``store``."""
     client = _client(tracking_uri)
@@ -74,7 +77,13 @@ def import_mlflow(tracking_uri: str | None, store=None, *, experiment: str | Non
     if run_ids is not None:
         runs = [client.get_run(r) for r in run_ids]
     else:
-        runs = list(_all(lambda t: client.search_runs(list(names), page_token=t, order_by=["attributes.start_time ASC"])))
+        runs = list(
+            _all(
+                lambda t: client.search_runs(
+                    list(names), page_token=t, order_by=["attributes.start_time ASC"]
+                )
+            )
+        )
     out = []
     for r in runs:
         info, data = r.info, r.data
@@ -85,10 +94,21 @@ def import_mlflow(tracking_uri: str | None, store=None, *, experiment: str | Non
             out.append(Imported(existing, source, False))
             continue
         tags = {k: v for k, v in data.tags.items()}
-        w = RunWriter(store, name=info.run_name or info.run_id, framework=FRAMEWORK, fp=fp, source=source,
-                      fmt="mlflow", hparams=clean_hparams(dict(data.params)),
-                      extra={"mlflow_run_id": info.run_id, "experiment": names.get(info.experiment_id, info.experiment_id),
-                             "mlflow_status": info.status, "mlflow_tags": tags})
+        w = RunWriter(
+            store,
+            name=info.run_name or info.run_id,
+            framework=FRAMEWORK,
+            fp=fp,
+            source=source,
+            fmt="mlflow",
+            hparams=clean_hparams(dict(data.params)),
+            extra={
+                "mlflow_run_id": info.run_id,
+                "experiment": names.get(info.experiment_id, info.experiment_id),
+                "mlflow_status": info.status,
+                "mlflow_tags": tags,
+            },
+        )
         points = []
         for key in sorted(data.metrics):
             for m in client.get_metric_history(info.run_id, key):
@@ -100,8 +120,12 @@ def import_mlflow(tracking_uri: str | None, store=None, *, experiment: str | Non
         w.points, w.keys = len(points), {p[2] for p in points}
         start = info.start_time / 1000.0 if info.start_time else (points[0][0] / 1000.0 if points else None)
         end = info.end_time / 1000.0 if info.end_time else (points[-1][0] / 1000.0 if points else start)
-        w.close(first_wall=start, last_wall=end, last_step=max((p[1] for p in points), default=None),
-                status=_STATUS.get(info.status, ev.COMPLETED))
+        w.close(
+            first_wall=start,
+            last_wall=end,
+            last_step=max((p[1] for p in points), default=None),
+            status=_STATUS.get(info.status, ev.COMPLETED),
+        )
         out.append(w.result(source))
     return out
 
@@ -123,12 +147,16 @@ def export_mlflow(run, tracking_uri: str | None, *, experiment: str = "tmon") ->
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     info = run.info()
-    mr = client.create_run(exp_id, start_time=int(round(info["created_at"] * 1000)), run_name=info["name"],
-                           tags={"tmon.run_id": info["id"], "tmon.framework": str(info.get("framework") or "")})
+    mr = client.create_run(
+        exp_id,
+        start_time=int(round(info["created_at"] * 1000)),
+        run_name=info["name"],
+        tags={"tmon.run_id": info["id"], "tmon.framework": str(info.get("framework") or "")},
+    )
     rid = mr.info.run_id
     params = [Param(k[:250], str(v)[:6000]) for k, v in _flat((info.get("config") or {}).get("hparams"))]
     for i in range(0, len(params), 100):
-        client.log_batch(rid, params=params[i:i + 100])
+        client.log_batch(rid, params=params[i : i + 100])
     batch = []
     for key in run.metric_keys():
         df = run.metrics(key)

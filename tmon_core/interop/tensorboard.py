@@ -37,8 +37,10 @@ def _event_pb2():
     try:
         from tensorboard.compat.proto import event_pb2
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("reading or writing TensorBoard files needs the tensorboard package: "
-                          "pip install 'tmon[interop]' (or pip install tensorboard)") from exc
+        raise ImportError(
+            "reading or writing TensorBoard files needs the tensorboard package: "
+            "pip install 'tmon[interop]' (or pip install tensorboard)"
+        ) from exc
     return event_pb2
 
 
@@ -76,9 +78,16 @@ def _simple_layout(event_pb2, body: bytes):
     except Exception:
         return _NOT_SIMPLE
     vals = e1.summary.value
-    if (len(vals) != 1 or vals[0].WhichOneof("value") != "simple_value" or vals[0].simple_value != 1.0
-            or e0.summary.value[0].simple_value != 0.0 or e1.step != 0 or vals[0].HasField("metadata")
-            or e1.ListFields()[-1][0].name != "summary" or len(e1.ListFields()) != 2):
+    if (
+        len(vals) != 1
+        or vals[0].WhichOneof("value") != "simple_value"
+        or vals[0].simple_value != 1.0
+        or e0.summary.value[0].simple_value != 0.0
+        or e1.step != 0
+        or vals[0].HasField("metadata")
+        or e1.ListFields()[-1][0].name != "summary"
+        or len(e1.ListFields()) != 2
+    ):
         return _NOT_SIMPLE
     return vals[0].tag
 
@@ -163,7 +172,16 @@ def _decode(data: bytes, event_pb2):
     if simple.any():
         w = walls[simple]
         stats = (int(simple.sum()), set(names), float(w.min()), float(w.max()), int(steps[simple].max()))
-    return (starts, ends, simple.tolist(), tags.tolist(), steps.tolist(), walls.tolist(), values.tolist(), stats)
+    return (
+        starts,
+        ends,
+        simple.tolist(),
+        tags.tolist(),
+        steps.tolist(),
+        walls.tolist(),
+        values.tolist(),
+        stats,
+    )
 
 
 def scan(run_dir: str, log) -> tuple[int, set, float, float, int]:
@@ -184,12 +202,13 @@ def scan(run_dir: str, log) -> tuple[int, set, float, float, int]:
             n += stats[0]
             tags |= stats[1]
             first, last, max_step = min(first, stats[2]), max(last, stats[3]), max(max_step, stats[4])
-        for i, fast, tag, step, wall, x in zip(range(len(simple)), simple, rec_tags, rec_steps, rec_walls,
-                                               rec_values):
+        for i, fast, tag, step, wall, x in zip(
+            range(len(simple)), simple, rec_tags, rec_steps, rec_walls, rec_values
+        ):
             if fast:
                 log({tag: x}, step, wall_time=wall)
                 continue
-            e = parse(data[starts[i]:ends[i]])
+            e = parse(data[starts[i] : ends[i]])
             values = e.summary.value  # empty when the event holds no summary
             if not values:
                 continue
@@ -270,12 +289,22 @@ def import_tensorboard(path: str | os.PathLike, store=None, *, name: str | None 
             out.append(Imported(existing, source, False))
             continue
         rel = os.path.relpath(run_dir, os.path.dirname(root)) if run_dir != root else os.path.basename(root)
-        w = RunWriter(store, name=name or rel, framework=FRAMEWORK, fp=fp, source=source, fmt="tensorboard",
-                      hparams=clean_hparams(_hparams(run_dir)), extra={"files": [os.path.basename(f) for f in files]})
+        w = RunWriter(
+            store,
+            name=name or rel,
+            framework=FRAMEWORK,
+            fp=fp,
+            source=source,
+            fmt="tensorboard",
+            hparams=clean_hparams(_hparams(run_dir)),
+            extra={"files": [os.path.basename(f) for f in files]},
+        )
         n, keys, first, last, max_step = scan(run_dir, w.log)
         w.checkpoints(run_dir)
         w.points, w.keys = n, keys
-        w.close(first_wall=first if n else None, last_wall=last if n else None, last_step=max_step if n else None)
+        w.close(
+            first_wall=first if n else None, last_wall=last if n else None, last_step=max_step if n else None
+        )
         out.append(w.result(source))
     return out
 
@@ -291,11 +320,17 @@ def export_tensorboard(run, out_dir: str | os.PathLike, keys: list[str] | None =
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(glob.escape(os.fspath(out_dir)), "*tfevents*.tmon")
     before = set(glob.glob(pattern))
-    writer = EventFileWriter(os.fspath(out_dir), max_queue_size=1024, flush_secs=3600, filename_suffix=".tmon")
+    writer = EventFileWriter(
+        os.fspath(out_dir), max_queue_size=1024, flush_secs=3600, filename_suffix=".tmon"
+    )
     info = run.info()
-    writer.add_event(event_pb2.Event(wall_time=info["created_at"] or time.time(), file_version="brain.Event:2"))
-    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-                                       data_class=summary_pb2.DATA_CLASS_SCALAR)
+    writer.add_event(
+        event_pb2.Event(wall_time=info["created_at"] or time.time(), file_version="brain.Event:2")
+    )
+    meta = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
     shape = tensor_shape_pb2.TensorShapeProto()
     for key in keys if keys is not None else run.metric_keys():
         df = run.metrics(key)
@@ -303,13 +338,19 @@ def export_tensorboard(run, out_dir: str | os.PathLike, keys: list[str] | None =
         walls = df["wall_time"].to_numpy(np.float64)
         vals = df["value"].to_numpy(np.float64)
         for i in range(len(steps)):
-            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, tensor_shape=shape,
-                                            tensor_content=vals[i:i + 1].astype("<f8").tobytes())
+            tensor = tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_DOUBLE,
+                tensor_shape=shape,
+                tensor_content=vals[i : i + 1].astype("<f8").tobytes(),
+            )
             value = summary_pb2.Summary.Value(tag=key, tensor=tensor)
             if i == 0:
                 value.metadata.CopyFrom(meta)  # as TensorBoard writes: the plugin on a tag's first point
-            writer.add_event(event_pb2.Event(wall_time=float(walls[i]), step=int(steps[i]),
-                                             summary=summary_pb2.Summary(value=[value])))
+            writer.add_event(
+                event_pb2.Event(
+                    wall_time=float(walls[i]), step=int(steps[i]), summary=summary_pb2.Summary(value=[value])
+                )
+            )
     writer.close()
     (path,) = set(glob.glob(pattern)) - before
     return path

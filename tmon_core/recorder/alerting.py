@@ -37,8 +37,10 @@ def alert_options(alerts, notify) -> tuple[object, list, list[str]]:
         elif isinstance(a, str) and a in DEFAULT_RULES:
             names.append(a)
         else:
-            raise ValueError(f"alerts takes True, False, rule names ({', '.join(DEFAULT_RULES)}) and "
-                             f"tmon_core.alerts.Alert rules, received {a!r}")
+            raise ValueError(
+                f"alerts takes True, False, rule names ({', '.join(DEFAULT_RULES)}) and "
+                f"tmon_core.alerts.Alert rules, received {a!r}"
+            )
     return names, custom, urls
 
 
@@ -91,14 +93,27 @@ class RecorderAlerts:
 
     def _data(self, alert: dict) -> dict:
         alert["uid"] = uuid.uuid4().hex
-        return {"uid": alert["uid"], "rule": alert["rule"], "level": alert["level"], "title": alert["title"],
-                "evidence": json_safe(alert.get("evidence") or {}), "source": "run"}
+        return {
+            "uid": alert["uid"],
+            "rule": alert["rule"],
+            "level": alert["level"],
+            "title": alert["title"],
+            "evidence": json_safe(alert.get("evidence") or {}),
+            "source": "run",
+        }
 
     def _row(self, alert: dict) -> dict:
         """An event row as the writer's batch holds them (the writer thread adds it to its batch)."""
         data = self._data(alert)
-        return {"wall_time": alert["wall_time"], "step": alert.get("step"), "type": ev.ALERT,
-                "message": alert["text"], "data": to_json(data)}
+        return {
+            "wall_time": alert["wall_time"],
+            "step": alert.get("step"),
+            "type": ev.ALERT,
+            "message": alert["text"],
+            "data": to_json(data),
+        }
 
     def _outcome(self, alert: dict, outcome: dict) -> None:
-        self.recorder.event(ev.ALERT_DELIVERY, step=alert.get("step"), data={"uid": alert.get("uid"), **outcome})
+        self.recorder.event(
+            ev.ALERT_DELIVERY, step=alert.get("step"), data={"uid": alert.get("uid"), **outcome}
+        )

@@ -90,7 +90,9 @@ class Recorder(Packing, WriterThread):
         notify=None,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
-            raise ValueError(f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}")
+            raise ValueError(
+                f"flush_interval must be between 0.05 and 60 seconds, received flush_interval={flush_interval!r}"
+            )
         if not isinstance(heartbeat_timeout, (int, float)) or heartbeat_timeout <= flush_interval:
             raise ValueError(
                 f"heartbeat_timeout must be a number of seconds above flush_interval={flush_interval}, "
@@ -124,7 +126,8 @@ class Recorder(Packing, WriterThread):
         self._config: dict = dict(config or {})
         self._run_row = {
             "id": self.run_id,
-            "name": run_name or f"{framework or 'run'}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(created))}",
+            "name": run_name
+            or f"{framework or 'run'}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(created))}",
             "status": ev.RUNNING,
             "framework": framework,
             "created_at": created,
@@ -159,11 +162,18 @@ class Recorder(Packing, WriterThread):
         self.checkpoint_dirs: set[str] = set()  # where checkpoint() recorded files: what rollback may load
         self._alerts = None
         if alert_rules or alert_custom:
-            self._alerts = RecorderAlerts(self, alert_rules, alert_custom, alert_urls,
-                                          label=f"{self._run_row['name']} ({self.run_id[:8]})")
+            self._alerts = RecorderAlerts(
+                self,
+                alert_rules,
+                alert_custom,
+                alert_urls,
+                label=f"{self._run_row['name']} ({self.run_id[:8]})",
+            )
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._open_store()
-        self._thread = threading.Thread(target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_writer, name=f"tmon-writer-{self.run_id}", daemon=True
+        )
         self._thread.start()
         _live.add(self)
 
@@ -185,7 +195,9 @@ class Recorder(Packing, WriterThread):
         return rec
 
     # ------------------------------------------------------------------ hot path
-    def log(self, metrics: dict[str, Any], step: int | None = None, *, wall_time: float | None = None) -> None:
+    def log(
+        self, metrics: dict[str, Any], step: int | None = None, *, wall_time: float | None = None
+    ) -> None:
         """Record ``metrics`` (key -> number, numpy scalar or one-element tensor) at ``step``.
 
         ``step=None`` means one past the last step logged; ``wall_time`` (seconds since the epoch)
@@ -223,19 +235,46 @@ class Recorder(Packing, WriterThread):
         return self._next_step
 
     # ------------------------------------------------------------------ everything else (not per step)
-    def event(self, type: str, /, *, step: int | None = None, message: str | None = None,
-              data: dict | None = None, **fields: Any) -> None:
+    def event(
+        self,
+        type: str,
+        /,
+        *,
+        step: int | None = None,
+        message: str | None = None,
+        data: dict | None = None,
+        **fields: Any,
+    ) -> None:
         """Record an event (see ``tmon_core.events`` for the types tmon writes).
 
         Its data is ``data`` (any JSON-able dict, whatever its keys) updated with ``fields``."""
         if fields:
             data = {**(data or {}), **fields}
-        self._ops.append(("events", {"wall_time": _now(), "step": step, "type": type, "message": message,
-                                     "data": to_json(data) if data else None}))
+        self._ops.append(
+            (
+                "events",
+                {
+                    "wall_time": _now(),
+                    "step": step,
+                    "type": type,
+                    "message": message,
+                    "data": to_json(data) if data else None,
+                },
+            )
+        )
 
-    def checkpoint(self, path: str | os.PathLike, *, step: int | None = None, epoch: float | None = None,
-                   monitor: str | None = None, monitor_value: float | None = None, source: str | None = None,
-                   description: str | None = None, tags: list[str] | None = None) -> None:
+    def checkpoint(
+        self,
+        path: str | os.PathLike,
+        *,
+        step: int | None = None,
+        epoch: float | None = None,
+        monitor: str | None = None,
+        monitor_value: float | None = None,
+        source: str | None = None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
         """Record a checkpoint written at ``path`` (file or directory; its size is taken now).
 
         Its real directory joins ``checkpoint_dirs``: a rollback of this run loads files there only,
@@ -243,12 +282,31 @@ class Recorder(Packing, WriterThread):
         path = os.path.abspath(os.fspath(path))
         size = path_size(path)
         self.checkpoint_dirs.add(os.path.realpath(os.path.dirname(path)))
-        row = {"wall_time": _now(), "step": step, "epoch": epoch, "path": path, "size_bytes": size,
-               "monitor": monitor, "monitor_value": _opt_float(monitor_value), "source": source,
-               "description": description, "tags": to_json(list(tags)) if tags else None, "deleted": False}
+        row = {
+            "wall_time": _now(),
+            "step": step,
+            "epoch": epoch,
+            "path": path,
+            "size_bytes": size,
+            "monitor": monitor,
+            "monitor_value": _opt_float(monitor_value),
+            "source": source,
+            "description": description,
+            "tags": to_json(list(tags)) if tags else None,
+            "deleted": False,
+        }
         self._ops.append(("checkpoints", row))
-        self.event(ev.CHECKPOINT, step=step, message=path, path=path, size_bytes=size, epoch=epoch,
-                   monitor=monitor, monitor_value=_opt_float(monitor_value), source=source)
+        self.event(
+            ev.CHECKPOINT,
+            step=step,
+            message=path,
+            path=path,
+            size_bytes=size,
+            epoch=epoch,
+            monitor=monitor,
+            monitor_value=_opt_float(monitor_value),
+            source=source,
+        )
 
     def checkpoint_removed(self, path: str | os.PathLike) -> None:
         """Mark a recorded checkpoint as deleted from disk (e.g. pruned by a top-k policy)."""
@@ -261,11 +319,30 @@ class Recorder(Packing, WriterThread):
         for g in gpus:
             self._ops.append(("gpu_samples", g))
 
-    def log_record(self, level: str, message: str, *, logger: str | None = None, source: str = "logging",
-                   step: int | None = None, wall_time: float | None = None) -> None:
+    def log_record(
+        self,
+        level: str,
+        message: str,
+        *,
+        logger: str | None = None,
+        source: str = "logging",
+        step: int | None = None,
+        wall_time: float | None = None,
+    ) -> None:
         """Record a captured log line or warning."""
-        self._ops.append(("logs", {"wall_time": wall_time or _now(), "step": step, "level": level,
-                                   "logger": logger, "message": message, "source": source}))
+        self._ops.append(
+            (
+                "logs",
+                {
+                    "wall_time": wall_time or _now(),
+                    "step": step,
+                    "level": level,
+                    "logger": logger,
+                    "message": message,
+                    "source": source,
+                },
+            )
+        )
 
     def resolve_request(self, request_id: int, **fields: Any) -> None:
         """Write a control request's outcome (status, applied_step, old/new value, reason)."""
@@ -322,8 +399,10 @@ class Recorder(Packing, WriterThread):
         if self._alerts is not None:
             # the last points' alerts, then how the run ended, then their delivery: all before the last flush
             self.flush(timeout=min(self.close_timeout, 5.0))
-            self._alerts.finish(status, None if error is None else error if isinstance(error, dict)
-                                else describe_exception(error))
+            self._alerts.finish(
+                status,
+                None if error is None else error if isinstance(error, dict) else describe_exception(error),
+            )
             self._alerts.close(timeout=min(self.close_timeout, 10.0))
         if status is not None:
             if self._request_listener is not None:
@@ -377,6 +456,8 @@ _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 def _close_live() -> None:
     for rec in list(_live):
         try:
-            rec.close(ev.INTERRUPTED, {"type": "exit", "message": "the process exited before the run was closed"})
+            rec.close(
+                ev.INTERRUPTED, {"type": "exit", "message": "the process exited before the run was closed"}
+            )
         except Exception:
             pass

@@ -35,8 +35,10 @@ def prepare_value(key: str, v: Any) -> Any:
         return float(v)
     if is_tensor(v):
         if v.numel() != 1:
-            raise TypeError(f"metric {key!r}: a tensor value must hold one element, received a tensor of shape "
-                            f"{tuple(v.shape)}")
+            raise TypeError(
+                f"metric {key!r}: a tensor value must hold one element, received a tensor of shape "
+                f"{tuple(v.shape)}"
+            )
         if v.is_complex():
             raise TypeError(f"metric {key!r}: a tensor value must be real, received a {v.dtype} tensor")
         if v.is_meta:
@@ -44,13 +46,19 @@ def prepare_value(key: str, v: Any) -> Any:
         return v.detach() if v.requires_grad else v  # detach only costs where there is a graph to drop
     if isinstance(v, np.ndarray):
         if v.size != 1:
-            raise TypeError(f"metric {key!r}: a numpy array value must hold one element, received an array of "
-                            f"shape {v.shape}")
+            raise TypeError(
+                f"metric {key!r}: a numpy array value must hold one element, received an array of "
+                f"shape {v.shape}"
+            )
         if v.dtype.kind not in "biuf":
-            raise TypeError(f"metric {key!r}: a numpy array value must hold a real number, received dtype {v.dtype}")
+            raise TypeError(
+                f"metric {key!r}: a numpy array value must hold a real number, received dtype {v.dtype}"
+            )
         return v
     if isinstance(v, (complex, np.complexfloating)):
-        raise TypeError(f"metric {key!r}: value must be a real number, received {type(v).__name__}: {v!r:.80}")
+        raise TypeError(
+            f"metric {key!r}: value must be a real number, received {type(v).__name__}: {v!r:.80}"
+        )
     if hasattr(v, "__float__") and not isinstance(v, (str, bytes)):
         return v
     raise TypeError(
@@ -85,7 +93,9 @@ def to_floats(values: list) -> tuple[list[float], int]:
             pending.append((out, i, v))
         elif type(v) is not float:
             try:
-                out[i] = float(v.item() if isinstance(v, np.ndarray) else v)  # (numpy 2 refuses float() of 1-d)
+                out[i] = float(
+                    v.item() if isinstance(v, np.ndarray) else v
+                )  # (numpy 2 refuses float() of 1-d)
             except OverflowError:  # an int beyond float range: the nearest float is ±inf
                 out[i] = (math.inf if v > 0 else -math.inf) if isinstance(v, int) else math.nan
             except Exception:
@@ -106,8 +116,17 @@ def to_floats(values: list) -> tuple[list[float], int]:
 
 def numpy_safe(torch, dtype) -> bool:
     """A CPU tensor of ``dtype`` has a numpy view (bfloat16 and complex go through ``.to``)."""
-    return dtype in (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16,
-                     torch.int8, torch.uint8, torch.bool)
+    return dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
 
 
 def column(values: list, spent=None) -> tuple[np.ndarray, int]:

@@ -58,10 +58,25 @@ class Block:
     contiguous bytes rather than a dozen scattered objects per step. A block lives as long as
     its recorder: one per distinct key set and type pattern."""
 
-    __slots__ = ("keys", "numbers", "objects", "tensors", "arrays", "pick_numbers", "pick_objects", "pack", "rows")
+    __slots__ = (
+        "keys",
+        "numbers",
+        "objects",
+        "tensors",
+        "arrays",
+        "pick_numbers",
+        "pick_objects",
+        "pack",
+        "rows",
+    )
 
-    def __init__(self, keys: tuple[str, ...], objects: tuple[int, ...], tensors: tuple[int, ...] = (),
-                 arrays: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        objects: tuple[int, ...],
+        tensors: tuple[int, ...] = (),
+        arrays: tuple[int, ...] = (),
+    ):
         self.keys = keys
         self.objects = objects  # positions (in keys) of the values kept as objects
         self.numbers = tuple(i for i in range(len(keys)) if i not in objects)
@@ -129,7 +144,8 @@ class Packing:
         keys, values = tuple(metrics), tuple(metrics.values())
         sig = (keys, tuple(map(type, values)))
         block = self._blocks.get(sig) or self._blocks.setdefault(
-            sig, Block(keys, tuple(objects), tuple(tensors), tuple(arrays)))
+            sig, Block(keys, tuple(objects), tuple(tensors), tuple(arrays))
+        )
         try:
             entry = self._entry(block, values, step, wall_time)
         except (OverflowError, struct.error):
@@ -139,7 +155,8 @@ class Packing:
             tensors = [i for i, v in enumerate(values) if is_tensor(v)]
             arrays = [i for i, v in enumerate(values) if isinstance(v, np.ndarray)]
             block = self._blocks.get(sig) or self._blocks.setdefault(
-                sig, Block(keys, tuple(range(len(keys))), tuple(tensors), tuple(arrays)))
+                sig, Block(keys, tuple(range(len(keys))), tuple(tensors), tuple(arrays))
+            )
             entry = self._entry(block, values, step, wall_time)
         self._next_step = step + 1
         block.rows.append(entry)
@@ -154,6 +171,12 @@ class Packing:
 
     @staticmethod
     def _check_wall_time(wall_time: Any) -> float:
-        if isinstance(wall_time, (int, float)) and not isinstance(wall_time, bool) and math.isfinite(wall_time):
+        if (
+            isinstance(wall_time, (int, float))
+            and not isinstance(wall_time, bool)
+            and math.isfinite(wall_time)
+        ):
             return float(wall_time)
-        raise ValueError(f"wall_time must be seconds since the epoch (a finite number), received wall_time={wall_time!r}")
+        raise ValueError(
+            f"wall_time must be seconds since the epoch (a finite number), received wall_time={wall_time!r}"
+        )

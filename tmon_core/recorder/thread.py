@@ -75,7 +75,9 @@ class WriterThread:
     def _open_store(self) -> bool:
         try:
             if self._engine is None:
-                self._engine = create_store_engine(self.url, writer=True, busy_timeout_ms=self._busy_timeout_ms)
+                self._engine = create_store_engine(
+                    self.url, writer=True, busy_timeout_ms=self._busy_timeout_ms
+                )
             ensure_schema(self._engine)
             writer = StoreWriter(self._engine, self.run_id, self._run_row, run_exists=self._attach)
             if not self._attach:
@@ -85,8 +87,10 @@ class WriterThread:
         except ValueError:
             raise
         except Exception as exc:
-            self._problem(f"tmon cannot open its store {self._safe_url()} ({error_text(exc)}); "
-                          f"training continues, tmon keeps the data in memory and retries")
+            self._problem(
+                f"tmon cannot open its store {self._safe_url()} ({error_text(exc)}); "
+                f"training continues, tmon keeps the data in memory and retries"
+            )
             self._reconnect()
             return False
 
@@ -101,7 +105,11 @@ class WriterThread:
             except Exception as exc:  # never let the writer thread die
                 self._problem(f"tmon writer error: {type(exc).__name__}: {exc}")
             if stopping or self._stop.is_set():
-                if self._unwritten is None and not any(b.rows for b in list(self._blocks.values())) and not self._ops:
+                if (
+                    self._unwritten is None
+                    and not any(b.rows for b in list(self._blocks.values()))
+                    and not self._ops
+                ):
                     return
                 deadline = deadline or _now() + self.close_timeout
                 if _now() > deadline:
@@ -135,8 +143,10 @@ class WriterThread:
             for i, j in enumerate(block.objects):
                 col, bad = column(list(map(operator.itemgetter(i), objects)), spent)
                 if bad:
-                    self._problem(f"tmon: {bad} value(s) of metric {block.keys[j]!r} could not be converted to a "
-                                  f"number; stored as NaN")
+                    self._problem(
+                        f"tmon: {bad} value(s) of metric {block.keys[j]!r} could not be converted to a "
+                        f"number; stored as NaN"
+                    )
                 chunks.setdefault(block.keys[j], []).append((steps, col, walls))
             if block.objects:
                 spent.append(objects)
@@ -179,7 +189,9 @@ class WriterThread:
             # closing: the last write brings the summaries up to date (close() queued everything first)
             final = self._stop.is_set()
             try:
-                fresh = self._writer.write(batch, poll_requests=self._request_listener is not None, final=final)
+                fresh = self._writer.write(
+                    batch, poll_requests=self._request_listener is not None, final=final
+                )
             except Exception as exc:
                 if store_failure(exc) or not self._writer.probe():
                     raise
@@ -192,14 +204,21 @@ class WriterThread:
                     raise error from None
             if self._failing_since is not None:
                 # the run record shows the outage: when, how long, what could not be kept
-                self.event(ev.STORE_GAP, message=f"the store could not be written for {_now() - self._failing_since:.1f} s",
-                           since=self._failing_since, until=_now(), dropped_points=self.dropped)
+                self.event(
+                    ev.STORE_GAP,
+                    message=f"the store could not be written for {_now() - self._failing_since:.1f} s",
+                    since=self._failing_since,
+                    until=_now(),
+                    dropped_points=self.dropped,
+                )
                 self._failing_since = None
                 self._problem(f"tmon store recovered: {self._safe_url()} is writable again; backlog written")
         except Exception as exc:
             if not isinstance(exc, _StoreUnavailable):
-                self._problem(f"tmon could not write to {self._safe_url()} ({error_text(exc)}); "
-                              f"training continues, tmon keeps the data in memory and retries")
+                self._problem(
+                    f"tmon could not write to {self._safe_url()} ({error_text(exc)}); "
+                    f"training continues, tmon keeps the data in memory and retries"
+                )
                 self._reconnect()
             self._keep_unwritten(batch)
             if self._failing_since is None:
@@ -227,8 +246,10 @@ class WriterThread:
         seen = (refusal["table"], refusal.get("field"))
         self._refusals[seen] = self._refusals.get(seen, 0) + 1
         if self._refusals[seen] == 1:
-            self._problem(f"tmon could not store a {describe(refusal)}; the run's other records were written "
-                          f"(each record refused is a {ev.RECORD_REFUSED!r} event of run {self.run_id})")
+            self._problem(
+                f"tmon could not store a {describe(refusal)}; the run's other records were written "
+                f"(each record refused is a {ev.RECORD_REFUSED!r} event of run {self.run_id})"
+            )
 
     def _reconnect(self) -> None:
         """After a failed write: every pooled connection goes. SQLite opens a file read-only for
@@ -256,6 +277,8 @@ class WriterThread:
                 batch.points[key] = (s[keep], v[keep], w[keep])
                 dropped += cut
             self.dropped += dropped
-            self._problem(f"tmon dropped the {dropped} oldest unwritten points of run {self.run_id}: "
-                          f"the store has been failing and the buffer holds at most {self.max_buffer}")
+            self._problem(
+                f"tmon dropped the {dropped} oldest unwritten points of run {self.run_id}: "
+                f"the store has been failing and the buffer holds at most {self.max_buffer}"
+            )
         self._unwritten = batch

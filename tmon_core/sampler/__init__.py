@@ -31,10 +31,19 @@ MIN_INTERVAL = 0.1
 
 
 class HardwareSampler:
-    def __init__(self, recorder, interval: float = 1.0, *, node_rank: int = 0, gpus: bool = True,
-                 collectors: list[Collector] | None = None):
+    def __init__(
+        self,
+        recorder,
+        interval: float = 1.0,
+        *,
+        node_rank: int = 0,
+        gpus: bool = True,
+        collectors: list[Collector] | None = None,
+    ):
         if not isinstance(interval, (int, float)) or interval < MIN_INTERVAL:
-            raise ValueError(f"sample_interval must be >= {MIN_INTERVAL} seconds, received sample_interval={interval!r}")
+            raise ValueError(
+                f"sample_interval must be >= {MIN_INTERVAL} seconds, received sample_interval={interval!r}"
+            )
         self.recorder = recorder
         self.interval = float(interval)
         self.node_rank = node_rank
@@ -70,8 +79,12 @@ class HardwareSampler:
 
     def sample_once(self) -> None:
         t0 = time.thread_time()
-        host: dict = {"wall_time": time.time(), "host": self.host, "node_rank": self.node_rank,
-                      "step": max(self.recorder.next_step - 1, 0)}
+        host: dict = {
+            "wall_time": time.time(),
+            "host": self.host,
+            "node_rank": self.node_rank,
+            "step": max(self.recorder.next_step - 1, 0),
+        }
         gpus: list[dict] = []
         for c in self.active:
             try:
@@ -80,7 +93,10 @@ class HardwareSampler:
                 self._say_once(c.name, f"{c.name} collector failed: {type(exc).__name__}: {exc}")
                 continue
             if isinstance(got, list):
-                gpus = [dict(g, wall_time=host["wall_time"], host=self.host, node_rank=self.node_rank) for g in got]
+                gpus = [
+                    dict(g, wall_time=host["wall_time"], host=self.host, node_rank=self.node_rank)
+                    for g in got
+                ]
             else:
                 host.update(got)
             for what in getattr(c, "missing", ()):

@@ -17,4 +17,13 @@ from .run import Run
 from .schema import SCHEMA_VERSION
 from .store import Store, open_store
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "SCHEMA_VERSION", "Run", "Store", "StoreVersionError", "open_store", "resolve_url"]
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "SCHEMA_VERSION",
+    "Run",
+    "Store",
+    "StoreVersionError",
+    "open_store",
+    "resolve_url",
+]

@@ -65,8 +65,11 @@ def alerts(store, run_id: str, since: float | None = None):
     False, ``"held"``, or None when no delivery was configured or none came yet), uid, source."""
     where = [EventRow.run_id == run_id, EventRow.type.in_((ev.ALERT, ev.ALERT_DELIVERY))]
     with store.engine.connect() as conn:
-        rows = conn.execute(select(EventRow.wall_time, EventRow.step, EventRow.type, EventRow.message, EventRow.data)
-                            .where(*where).order_by(EventRow.wall_time, EventRow.id)).all()
+        rows = conn.execute(
+            select(EventRow.wall_time, EventRow.step, EventRow.type, EventRow.message, EventRow.data)
+            .where(*where)
+            .order_by(EventRow.wall_time, EventRow.id)
+        ).all()
     found, outcome = [], {}
     for wall, step, typ, message, data in rows:
         d = _loads(data)
@@ -74,8 +77,18 @@ def alerts(store, run_id: str, since: float | None = None):
             delivered = d.get("delivered")
             outcome[d.get("uid")] = "held" if delivered is None else bool(delivered)
         elif since is None or wall >= since:
-            found.append({"time": wall, "step": step, "rule": d.get("rule"), "level": d.get("level"),
-                          "title": d.get("title"), "text": message, "uid": d.get("uid"), "source": d.get("source")})
+            found.append(
+                {
+                    "time": wall,
+                    "step": step,
+                    "rule": d.get("rule"),
+                    "level": d.get("level"),
+                    "title": d.get("title"),
+                    "text": message,
+                    "uid": d.get("uid"),
+                    "source": d.get("source"),
+                }
+            )
     for a in found:
         a["delivered"] = outcome.get(a["uid"])
     df = _pd().DataFrame(found, columns=COLUMNS)
@@ -86,10 +99,21 @@ def alerts(store, run_id: str, since: float | None = None):
 
 def alert_event(alert: dict, uid: str, source: str) -> dict:
     """The ``tmon_events`` row of ``alert`` (a dict of ``AlertEngine``'s form), storable as it is."""
-    data = {"uid": uid, "rule": alert["rule"], "level": alert["level"], "title": alert["title"],
-            "evidence": alert.get("evidence") or {}, "source": source}
-    row = {"wall_time": float(alert.get("wall_time") or time.time()), "step": alert.get("step"), "type": ev.ALERT,
-           "message": alert["text"], "data": to_json(data)}
+    data = {
+        "uid": uid,
+        "rule": alert["rule"],
+        "level": alert["level"],
+        "title": alert["title"],
+        "evidence": alert.get("evidence") or {},
+        "source": source,
+    }
+    row = {
+        "wall_time": float(alert.get("wall_time") or time.time()),
+        "step": alert.get("step"),
+        "type": ev.ALERT,
+        "message": alert["text"],
+        "data": to_json(data),
+    }
     clean, refused = clean_row(EventRow, row)
     if refused is not None:  # a step beyond 64 bits, say: the alert still goes in, without it
         clean, _ = clean_row(EventRow, {**row, "step": None})
@@ -104,10 +128,15 @@ def claim(store, run_id: str, key: str, alert: dict | None, *, watcher: str) -> 
     uid = uuid.uuid4().hex if alert is not None else None
     try:
         with store.write_engine.begin() as conn:
-            conn.execute(AlertClaimRow.__table__.insert().values(run_id=run_id, key=key[:200], uid=uid,
-                                                                 claimed_at=time.time(), watcher=watcher[:250]))
+            conn.execute(
+                AlertClaimRow.__table__.insert().values(
+                    run_id=run_id, key=key[:200], uid=uid, claimed_at=time.time(), watcher=watcher[:250]
+                )
+            )
             if alert is not None:
-                conn.execute(EventRow.__table__.insert().values(run_id=run_id, **alert_event(alert, uid, "watch")))
+                conn.execute(
+                    EventRow.__table__.insert().values(run_id=run_id, **alert_event(alert, uid, "watch"))
+                )
     except IntegrityError:
         return None
     return uid or ""
@@ -115,10 +144,22 @@ def claim(store, run_id: str, key: str, alert: dict | None, *, watcher: str) -> 
 
 def record_delivery(store, run_id: str, uid: str, outcome: dict) -> None:
     """Record the delivery ``outcome`` of alert ``uid`` (Notifier's: delivered, reason, targets, held)."""
-    data = {"uid": uid, "delivered": outcome.get("delivered"), "reason": outcome.get("reason"),
-            "targets": list(outcome.get("targets") or ()), "held": int(outcome.get("held") or 0)}
-    row, _ = clean_row(EventRow, {"wall_time": time.time(), "type": ev.ALERT_DELIVERY,
-                                  "message": outcome.get("reason"), "data": to_json(data)})
+    data = {
+        "uid": uid,
+        "delivered": outcome.get("delivered"),
+        "reason": outcome.get("reason"),
+        "targets": list(outcome.get("targets") or ()),
+        "held": int(outcome.get("held") or 0),
+    }
+    row, _ = clean_row(
+        EventRow,
+        {
+            "wall_time": time.time(),
+            "type": ev.ALERT_DELIVERY,
+            "message": outcome.get("reason"),
+            "data": to_json(data),
+        },
+    )
     with store.write_engine.begin() as conn:
         conn.execute(EventRow.__table__.insert().values(run_id=run_id, **row))
 
@@ -129,17 +170,36 @@ def watched_runs(store, since: float) -> list[dict]:
     run's row (error decoded) with ``claims``: the keys claimed for it already."""
     seen = exists().where(AlertClaimRow.run_id == RunRow.id, AlertClaimRow.key == SEEN_RUNNING)
     ended = exists().where(AlertClaimRow.run_id == RunRow.id, AlertClaimRow.key == ENDED)
-    cols = [RunRow.id, RunRow.name, RunRow.status, RunRow.framework, RunRow.created_at, RunRow.ended_at,
-            RunRow.heartbeat_at, RunRow.heartbeat_timeout, RunRow.host, RunRow.pid, RunRow.last_step, RunRow.error]
-    q = select(*cols).where(or_(and_(RunRow.status == ev.RUNNING, RunRow.heartbeat_at >= since),
-                                and_(RunRow.status != ev.RUNNING, seen, not_(ended))))
+    cols = [
+        RunRow.id,
+        RunRow.name,
+        RunRow.status,
+        RunRow.framework,
+        RunRow.created_at,
+        RunRow.ended_at,
+        RunRow.heartbeat_at,
+        RunRow.heartbeat_timeout,
+        RunRow.host,
+        RunRow.pid,
+        RunRow.last_step,
+        RunRow.error,
+    ]
+    q = select(*cols).where(
+        or_(
+            and_(RunRow.status == ev.RUNNING, RunRow.heartbeat_at >= since),
+            and_(RunRow.status != ev.RUNNING, seen, not_(ended)),
+        )
+    )
     with store.engine.connect() as conn:
         runs = [dict(r) for r in conn.execute(q).mappings()]
         claims: dict[str, set] = {r["id"]: set() for r in runs}
         ids = list(claims)
         for i in range(0, len(ids), 500):
-            for rid, key in conn.execute(select(AlertClaimRow.run_id, AlertClaimRow.key)
-                                         .where(AlertClaimRow.run_id.in_(ids[i:i + 500]))):
+            for rid, key in conn.execute(
+                select(AlertClaimRow.run_id, AlertClaimRow.key).where(
+                    AlertClaimRow.run_id.in_(ids[i : i + 500])
+                )
+            ):
                 claims[rid].add(key)
     for r in runs:
         r["error"] = _loads(r["error"]) or None
@@ -151,7 +211,9 @@ def last_point_time(store, run_id: str) -> float | None:
     """When the run's newest metric point was logged (UNIX seconds), or None before its first."""
     series = select(SeriesRow.id).where(SeriesRow.run_id == run_id).scalar_subquery()
     with store.engine.connect() as conn:
-        return conn.execute(select(func.max(ChunkRow.last_wall)).where(ChunkRow.series_id.in_(series))).scalar()
+        return conn.execute(
+            select(func.max(ChunkRow.last_wall)).where(ChunkRow.series_id.in_(series))
+        ).scalar()
 
 
 def own_alerts(store, run_id: str, rules, since: float | None = None) -> list[dict]:

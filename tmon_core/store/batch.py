@@ -33,15 +33,22 @@ class Batch:
         return sum(len(s) for s, _, _ in self.points.values())
 
     def n_rows(self) -> int:
-        return (self.n_points() + len(self.events) + len(self.samples) + len(self.gpu_samples)
-                + len(self.checkpoints) + len(self.logs))
+        return (
+            self.n_points()
+            + len(self.events)
+            + len(self.samples)
+            + len(self.gpu_samples)
+            + len(self.checkpoints)
+            + len(self.logs)
+        )
 
     def absorb(self, newer: Batch) -> None:
         """Append a newer batch to this (older, unwritten) one."""
         for key, (s, v, w) in newer.points.items():
             mine = self.points.get(key)
-            self.points[key] = (s, v, w) if mine is None else tuple(
-                np.concatenate((a, b)) for a, b in zip(mine, (s, v, w)))
+            self.points[key] = (
+                (s, v, w) if mine is None else tuple(np.concatenate((a, b)) for a, b in zip(mine, (s, v, w)))
+            )
         self.events += newer.events
         self.samples += newer.samples
         self.gpu_samples += newer.gpu_samples
@@ -63,16 +70,28 @@ class Batch:
         out: list[tuple[str, Any, str, dict]] = []
         for key, arrays in self.points.items():
             if len(arrays[0]):
-                out.append(("points", (key, arrays), "tmon_series",
-                            {"key": key, "step": int(arrays[0][0]), "points": len(arrays[0])}))
-        for attr, table in (("events", "tmon_events"), ("samples", "tmon_samples"),
-                            ("gpu_samples", "tmon_gpu_samples"), ("logs", "tmon_logs")):
+                out.append(
+                    (
+                        "points",
+                        (key, arrays),
+                        "tmon_series",
+                        {"key": key, "step": int(arrays[0][0]), "points": len(arrays[0])},
+                    )
+                )
+        for attr, table in (
+            ("events", "tmon_events"),
+            ("samples", "tmon_samples"),
+            ("gpu_samples", "tmon_gpu_samples"),
+            ("logs", "tmon_logs"),
+        ):
             out += [(attr, row, table, row) for row in getattr(self, attr)]
         removals = sorted(self.removed_checkpoints, key=lambda r: r[1])
         j = 0
         for i, row in enumerate(self.checkpoints + [None]):
             while j < len(removals) and removals[j][1] <= i:
-                out.append(("removed_checkpoints", removals[j][0], "tmon_checkpoints", {"path": removals[j][0]}))
+                out.append(
+                    ("removed_checkpoints", removals[j][0], "tmon_checkpoints", {"path": removals[j][0]})
+                )
                 j += 1
             if row is not None:
                 out.append(("checkpoints", row, "tmon_checkpoints", row))

@@ -26,27 +26,49 @@ def checkpoint_row(store, checkpoint_id: int, run_id: str | None = None) -> dict
 def newest_id_at_path(store, path: str) -> int | None:
     """The id of the last checkpoint recorded at ``path`` (absolute), deleted or not, or None."""
     with store.engine.connect() as conn:
-        return conn.execute(select(CheckpointRow.id).where(CheckpointRow.path == path)
-                            .order_by(CheckpointRow.id.desc()).limit(1)).scalar()
+        return conn.execute(
+            select(CheckpointRow.id)
+            .where(CheckpointRow.path == path)
+            .order_by(CheckpointRow.id.desc())
+            .limit(1)
+        ).scalar()
 
 
 def live_at_path(store, path: str) -> dict | None:
     """The newest checkpoint recorded at ``path`` (absolute) not marked deleted, or None."""
     with store.engine.connect() as conn:
-        row = conn.execute(select(CheckpointRow).where(CheckpointRow.path == path, CheckpointRow.deleted.is_(False))
-                           .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)).mappings().first()
+        row = (
+            conn.execute(
+                select(CheckpointRow)
+                .where(CheckpointRow.path == path, CheckpointRow.deleted.is_(False))
+                .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row is not None else None
 
 
 def newer_at_path(store, row: dict) -> dict | None:
     """The newest checkpoint recorded at ``row``'s path after it (any run), or None."""
     with store.engine.connect() as conn:
-        newer = conn.execute(select(CheckpointRow).where(CheckpointRow.path == row["path"],
-                                                         or_(CheckpointRow.wall_time > row["wall_time"],
-                                                             and_(CheckpointRow.wall_time == row["wall_time"],
-                                                                  CheckpointRow.id > row["id"])))
-                             .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc()).limit(1)
-                             ).mappings().first()
+        newer = (
+            conn.execute(
+                select(CheckpointRow)
+                .where(
+                    CheckpointRow.path == row["path"],
+                    or_(
+                        CheckpointRow.wall_time > row["wall_time"],
+                        and_(CheckpointRow.wall_time == row["wall_time"], CheckpointRow.id > row["id"]),
+                    ),
+                )
+                .order_by(CheckpointRow.wall_time.desc(), CheckpointRow.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
     return dict(newer) if newer is not None else None
 
 
@@ -63,4 +85,3 @@ def mark_deleted(store, checkpoint_id: int) -> None:
     """Mark a checkpoint's row deleted (its file is gone or holds something else)."""
     with store.write_engine.begin() as conn:
         conn.execute(update(CheckpointRow).where(CheckpointRow.id == checkpoint_id).values(deleted=True))
-

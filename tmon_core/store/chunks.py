@@ -19,8 +19,9 @@ FLOAT = np.dtype("<f8")
 READ_COLUMNS = "first_step, n, steps, vals, walls"
 
 
-def encode(series_id: int, steps: np.ndarray, values: np.ndarray, walls: np.ndarray,
-           memo: dict | None = None) -> list[tuple]:
+def encode(
+    series_id: int, steps: np.ndarray, values: np.ndarray, walls: np.ndarray, memo: dict | None = None
+) -> list[tuple]:
     """Rows ``(series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, walls)``.
 
     ``memo`` (a dict kept for one flush): series that share their steps and wall-time arrays (the
@@ -31,17 +32,22 @@ def encode(series_id: int, steps: np.ndarray, values: np.ndarray, walls: np.ndar
     key = (id(steps), id(walls))
     cuts = memo.get(key)
     if cuts is None or cuts[0] is not steps or cuts[1] is not walls:  # (ids are only unique while alive)
-        cuts = memo[key] = (steps, walls, _cuts(np.ascontiguousarray(steps, dtype=STEP),
-                                                np.ascontiguousarray(walls, dtype=FLOAT)))
-    return [(series_id, n, *bounds, s_bytes, values[i:i + n].tobytes(), w_bytes)
-            for i, n, bounds, s_bytes, w_bytes in cuts[2]]
+        cuts = memo[key] = (
+            steps,
+            walls,
+            _cuts(np.ascontiguousarray(steps, dtype=STEP), np.ascontiguousarray(walls, dtype=FLOAT)),
+        )
+    return [
+        (series_id, n, *bounds, s_bytes, values[i : i + n].tobytes(), w_bytes)
+        for i, n, bounds, s_bytes, w_bytes in cuts[2]
+    ]
 
 
 def _cuts(steps: np.ndarray, walls: np.ndarray) -> list[tuple]:
     """Per chunk of at most ``CHUNK_POINTS``: (offset, n, bounds, steps bytes, walls bytes)."""
     out = []
     for i in range(0, len(steps), CHUNK_POINTS):
-        s, w = steps[i:i + CHUNK_POINTS], walls[i:i + CHUNK_POINTS]
+        s, w = steps[i : i + CHUNK_POINTS], walls[i : i + CHUNK_POINTS]
         if len(s) <= 64:  # python's min/max beat numpy's per-call cost on a few points
             sl, wl = s.tolist(), w.tolist()
             bounds = min(sl), max(sl), min(wl), max(wl)
@@ -49,7 +55,12 @@ def _cuts(steps: np.ndarray, walls: np.ndarray) -> list[tuple]:
             bounds = int(s.min()), int(s.max()), float(w.min()), float(w.max())
         n = len(s)
         # consecutive steps (one value per step, the usual case) are implied by first_step and n
-        implied = n > 1 and bounds[1] - bounds[0] == n - 1 and int(s[0]) == bounds[0] and bool((np.diff(s) == 1).all())
+        implied = (
+            n > 1
+            and bounds[1] - bounds[0] == n - 1
+            and int(s[0]) == bounds[0]
+            and bool((np.diff(s) == 1).all())
+        )
         out.append((i, n, bounds, b"" if implied else s.tobytes(), w.tobytes()))
     return out
 
@@ -60,8 +71,9 @@ def decode(rows, lo: int | None = None, hi: int | None = None) -> tuple[np.ndarr
     rows = list(rows)
     if not rows:
         return np.empty(0, STEP), np.empty(0, FLOAT), np.empty(0, FLOAT)
-    steps = np.concatenate([np.frombuffer(r[2], STEP) if len(r[2]) else np.arange(r[0], r[0] + r[1], dtype=STEP)
-                            for r in rows])
+    steps = np.concatenate(
+        [np.frombuffer(r[2], STEP) if len(r[2]) else np.arange(r[0], r[0] + r[1], dtype=STEP) for r in rows]
+    )
     values = np.concatenate([np.frombuffer(r[3], FLOAT) for r in rows])
     walls = np.concatenate([np.frombuffer(r[4], FLOAT) for r in rows])
     if lo is not None or hi is not None:

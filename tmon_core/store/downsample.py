@@ -24,7 +24,9 @@ from .summaries import Buckets, merge
 __all__ = ["bucket_extremes", "min_max", "min_max_indices", "min_max_rows", "with_ends"]
 
 
-def bucket_extremes(bucket: np.ndarray, values: np.ndarray, *, finite_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def bucket_extremes(
+    bucket: np.ndarray, values: np.ndarray, *, finite_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Per bucket, the index of its first smallest and of its last largest value: ``(lo, hi)``, one
     entry per bucket, in bucket order.
 
@@ -41,16 +43,26 @@ def bucket_extremes(bucket: np.ndarray, values: np.ndarray, *, finite_only: bool
     nan = np.isnan(values)
     # the points as one-point summary buckets whose "step" is their index: merged per bucket, the
     # summaries' own reduction picks the extremes (one algorithm for the store and the charts)
-    raw = Buckets(series=np.zeros(n, dtype=np.int64), bucket=bucket, n=np.ones(n, dtype=np.int64),
-                  n_nan=nan.astype(np.int64), min_v=values, min_s=index, min_w=index,
-                  max_v=values, max_s=index, max_w=index)
+    raw = Buckets(
+        series=np.zeros(n, dtype=np.int64),
+        bucket=bucket,
+        n=np.ones(n, dtype=np.int64),
+        n_nan=nan.astype(np.int64),
+        min_v=values,
+        min_s=index,
+        min_w=index,
+        max_v=values,
+        max_s=index,
+        max_w=index,
+    )
     b = merge(np.asarray(bucket, dtype=np.int64), raw)
     empty = b.n_nan == b.n
     return b.min_s, np.where(empty, b.min_s, b.max_s)
 
 
-def min_max(steps: np.ndarray, values: np.ndarray, walls: np.ndarray, lo: int, hi: int,
-            buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def min_max(
+    steps: np.ndarray, values: np.ndarray, walls: np.ndarray, lo: int, hi: int, buckets: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step-ordered points reduced to the smallest and largest point of each of ``buckets`` equal
     step ranges over [lo, hi], in step order (what the summaries hold, computed from the points).
     A bucket whose extremes are one point (same step and value), or holds only NaN, keeps one."""
@@ -100,8 +112,9 @@ def with_ends(steps, values, walls, head, tail):
     return s[order], v[order], w[order]
 
 
-def min_max_indices(x: np.ndarray, y: np.ndarray, max_points: int, width: float | None = None,
-                    origin: float = 0.0) -> tuple[np.ndarray, float]:
+def min_max_indices(
+    x: np.ndarray, y: np.ndarray, max_points: int, width: float | None = None, origin: float = 0.0
+) -> tuple[np.ndarray, float]:
     """Indices of the points to keep so that at most ``max_points`` remain, and the bucket width used
     (what a chart folds the points it holds with).
 

@@ -135,7 +135,9 @@ def _ensure_schema_once(engine: Engine, create: bool) -> int:
         Base.metadata.create_all(conn, checkfirst=True)
         existing = conn.execute(select(SchemaVersion.version)).scalar()
         if existing is None:
-            conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION, created_at=time.time()))
+            conn.execute(
+                SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION, created_at=time.time())
+            )
             existing = SCHEMA_VERSION
     _check_version(engine, existing)
     return existing

@@ -54,20 +54,29 @@ def _v2(op: Operations) -> None:
 
 
 # schema 3's statements, as the writer wrote them then
-_V3_CHUNK_INSERT = ("INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, "
-                    "walls)")
+_V3_CHUNK_INSERT = (
+    "INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, walls)"
+)
 _V3_CHUNK_WIDTH = 9
-_V3_SUMMARY_INSERT = ("INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
-                      "max_value, max_step, max_wall)")
+_V3_SUMMARY_INSERT = (
+    "INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
+    "max_value, max_step, max_wall)"
+)
 _V3_SUMMARY_WIDTH = 11
 _V3_SUMMARY_UPSERT = (
     " ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
     "n = tmon_summaries.n + excluded.n, n_nan = tmon_summaries.n_nan + excluded.n_nan, "
-    + ", ".join(f"{c} = CASE WHEN (tmon_summaries.min_value IS NULL OR excluded.min_value < tmon_summaries.min_value) "
-                f"THEN excluded.{c} ELSE tmon_summaries.{c} END" for c in ("min_value", "min_step", "min_wall"))
+    + ", ".join(
+        f"{c} = CASE WHEN (tmon_summaries.min_value IS NULL OR excluded.min_value < tmon_summaries.min_value) "
+        f"THEN excluded.{c} ELSE tmon_summaries.{c} END"
+        for c in ("min_value", "min_step", "min_wall")
+    )
     + ", "
-    + ", ".join(f"{c} = CASE WHEN (tmon_summaries.max_value IS NULL OR excluded.max_value > tmon_summaries.max_value) "
-                f"THEN excluded.{c} ELSE tmon_summaries.{c} END" for c in ("max_value", "max_step", "max_wall"))
+    + ", ".join(
+        f"{c} = CASE WHEN (tmon_summaries.max_value IS NULL OR excluded.max_value > tmon_summaries.max_value) "
+        f"THEN excluded.{c} ELSE tmon_summaries.{c} END"
+        for c in ("max_value", "max_step", "max_wall")
+    )
 )
 
 
@@ -76,7 +85,7 @@ def _v3_insert(conn, head: str, width: int, rows: list[tuple], ph: str, tail: st
     limit = (32_766 if conn.dialect.name == "sqlite" else 65_535) // width
     cur = conn.connection.dbapi_connection.cursor()
     for i in range(0, len(rows), limit):
-        part = rows[i:i + limit]
+        part = rows[i : i + limit]
         values = ", ".join(["(" + ", ".join([ph] * width) + ")"] * len(part))
         cur.execute(f"{head} VALUES {values}{tail}", tuple(itertools.chain.from_iterable(part)))
 
@@ -100,27 +109,42 @@ def _v3(op: Operations) -> None:
     ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     # summary buckets widened (16 -> 256 steps at the finest level): rebuilt from the points
     conn.execute(text("DELETE FROM tmon_summaries"))
-    series = conn.execute(text("SELECT DISTINCT series_id FROM tmon_points ORDER BY series_id")).scalars().all()
+    series = (
+        conn.execute(text("SELECT DISTINCT series_id FROM tmon_points ORDER BY series_id")).scalars().all()
+    )
     for sid in series:
-        result = conn.execute(text(
-            "SELECT step, value, wall_time FROM tmon_points WHERE series_id = :s ORDER BY step, seq"), {"s": sid},
-            execution_options={"stream_results": True})  # a server-side cursor on PostgreSQL
+        result = conn.execute(
+            text("SELECT step, value, wall_time FROM tmon_points WHERE series_id = :s ORDER BY step, seq"),
+            {"s": sid},
+            execution_options={"stream_results": True},
+        )  # a server-side cursor on PostgreSQL
         for part in result.partitions(chunks.CHUNK_POINTS):
             steps = np.array([r[0] for r in part], dtype=np.int64)
-            values = np.array([math.nan if r[1] is None else r[1] for r in part], dtype=np.float64)  # NULL was NaN
+            values = np.array(
+                [math.nan if r[1] is None else r[1] for r in part], dtype=np.float64
+            )  # NULL was NaN
             walls = np.array([r[2] for r in part], dtype=np.float64)
             _v3_insert(conn, _V3_CHUNK_INSERT, _V3_CHUNK_WIDTH, chunks.encode(sid, steps, values, walls), ph)
-            _v3_insert(conn, _V3_SUMMARY_INSERT, _V3_SUMMARY_WIDTH, summaries.summarize([(sid, steps, values, walls)]),
-                       ph, _V3_SUMMARY_UPSERT)
+            _v3_insert(
+                conn,
+                _V3_SUMMARY_INSERT,
+                _V3_SUMMARY_WIDTH,
+                summaries.summarize([(sid, steps, values, walls)]),
+                ph,
+                _V3_SUMMARY_UPSERT,
+            )
     op.drop_table("tmon_points")
 
 
 def _v4(op: Operations) -> None:
     op.add_column("tmon_series", Column("summarized_chunk", BigInteger, nullable=False, server_default="0"))
     # every chunk written so far is in the summaries (schema 3 summarized at every flush)
-    op.get_bind().execute(text(
-        "UPDATE tmon_series SET summarized_chunk = COALESCE("
-        "(SELECT MAX(id) FROM tmon_chunks WHERE tmon_chunks.series_id = tmon_series.id), 0)"))
+    op.get_bind().execute(
+        text(
+            "UPDATE tmon_series SET summarized_chunk = COALESCE("
+            "(SELECT MAX(id) FROM tmon_chunks WHERE tmon_chunks.series_id = tmon_series.id), 0)"
+        )
+    )
 
 
 def _v5(op: Operations) -> None:
@@ -146,8 +170,10 @@ def upgrade(engine: Engine) -> int:
         lock_schema(conn)
         current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.id.desc())).scalar()
         if current is not None and (type(current) is not int or current < 1):  # no tmon wrote it
-            raise StoreVersionError(f"cannot upgrade a tmon store from schema version {current!r}: tmon's versions "
-                                    f"are 1 to {SCHEMA_VERSION}")
+            raise StoreVersionError(
+                f"cannot upgrade a tmon store from schema version {current!r}: tmon's versions "
+                f"are 1 to {SCHEMA_VERSION}"
+            )
         if current is None or current >= SCHEMA_VERSION:
             return current
         op = Operations(MigrationContext.configure(conn))

@@ -60,7 +60,8 @@ def last(conn, sid: int, n: int):
     """The ``n`` points with the largest steps (the later-written first among equal steps)."""
     index = conn.exec_driver_sql(
         f"SELECT id, first_step, last_step, n FROM tmon_chunks WHERE series_id = {int(sid)} "
-        f"ORDER BY last_step DESC, id DESC").fetchall()  # the index and the small columns only
+        f"ORDER BY last_step DESC, id DESC"
+    ).fetchall()  # the index and the small columns only
     take, count, floor = [], 0, None
     for cid, first, last_step, k in index:
         if count >= n and last_step < floor:
@@ -75,8 +76,9 @@ def last(conn, sid: int, n: int):
 
 
 def _read_chunks(conn, where: str, lo: int | None = None, hi: int | None = None):
-    return chunks.decode(_fetch(conn, f"SELECT {chunks.READ_COLUMNS} FROM tmon_chunks WHERE {where} ORDER BY id"),
-                         lo, hi)
+    return chunks.decode(
+        _fetch(conn, f"SELECT {chunks.READ_COLUMNS} FROM tmon_chunks WHERE {where} ORDER BY id"), lo, hi
+    )
 
 
 def _step_bounds(conn, sid, x, start, end):
@@ -96,7 +98,8 @@ def _step_bounds(conn, sid, x, start, end):
         s = s[keep]
         return (int(s.min()), int(s.max())) if len(s) else (None, None)
     lo, hi = conn.exec_driver_sql(
-        f"SELECT MIN(first_step), MAX(last_step) FROM tmon_chunks WHERE series_id = {int(sid)}").first()
+        f"SELECT MIN(first_step), MAX(last_step) FROM tmon_chunks WHERE series_id = {int(sid)}"
+    ).first()
     if lo is None:
         return None, None
     if x == "step":
@@ -108,13 +111,16 @@ def _step_bounds(conn, sid, x, start, end):
 
 
 def _raw(conn, sid, lo, hi):
-    return _read_chunks(conn, f"series_id = {int(sid)} AND first_step <= {int(hi)} AND last_step >= {int(lo)}",
-                        lo, hi)
+    return _read_chunks(
+        conn, f"series_id = {int(sid)} AND first_step <= {int(hi)} AND last_step >= {int(lo)}", lo, hi
+    )
 
 
 def _summarized(conn, sid) -> int:
     """The id of the last chunk of series ``sid`` that the summaries hold."""
-    return conn.exec_driver_sql(f"SELECT summarized_chunk FROM tmon_series WHERE id = {int(sid)}").scalar() or 0
+    return (
+        conn.exec_driver_sql(f"SELECT summarized_chunk FROM tmon_series WHERE id = {int(sid)}").scalar() or 0
+    )
 
 
 def _count_at_most(conn, sid, lo, hi) -> int:
@@ -124,10 +130,12 @@ def _count_at_most(conn, sid, lo, hi) -> int:
     width = summary_width(level)
     n = conn.exec_driver_sql(
         f"SELECT SUM(n) FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
-        f"AND bucket >= {lo // width} AND bucket <= {hi // width}").scalar()
+        f"AND bucket >= {lo // width} AND bucket <= {hi // width}"
+    ).scalar()
     fresh = conn.exec_driver_sql(
         f"SELECT SUM(n) FROM tmon_chunks WHERE series_id = {int(sid)} AND id > {_summarized(conn, sid)} "
-        f"AND first_step <= {int(hi)} AND last_step >= {int(lo)}").scalar()
+        f"AND first_step <= {int(hi)} AND last_step >= {int(lo)}"
+    ).scalar()
     return (n or 0) + (fresh or 0)
 
 
@@ -146,16 +154,24 @@ def _downsample(conn, sid, lo, hi, max_points):
         rows = conn.exec_driver_sql(
             "SELECT bucket, min_value, min_step, min_wall, max_value, max_step, max_wall "
             f"FROM tmon_summaries WHERE series_id = {int(sid)} AND level = {level} "
-            f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket").fetchall()
+            f"AND bucket >= {b0} AND bucket <= {b1} ORDER BY bucket"
+        ).fetchall()
         # the points written since the summaries were last brought up to date (a few flushes;
         # a killed run keeps them for good)
         first, last_step = b0 * width, (b1 + 1) * width - 1
-        fresh = _read_chunks(conn, f"series_id = {int(sid)} AND id > {_summarized(conn, sid)} "
-                                   f"AND first_step <= {last_step} AND last_step >= {first}", first, last_step)
+        fresh = _read_chunks(
+            conn,
+            f"series_id = {int(sid)} AND id > {_summarized(conn, sid)} "
+            f"AND first_step <= {last_step} AND last_step >= {first}",
+            first,
+            last_step,
+        )
         rows = with_points(rows, *fresh, width)
         for bucket, lov, los, low, hiv, his, hiw in rows:
             if lov is None:  # every point of the bucket was NaN: keep one (a real one) so it shows
-                out.append((bucket * width if los is None else los, math.nan, math.nan if low is None else low))
+                out.append(
+                    (bucket * width if los is None else los, math.nan, math.nan if low is None else low)
+                )
             elif los == his and lov == hiv:
                 out.append((los, lov, low))
             elif los < his:

@@ -32,8 +32,13 @@ from .text import MAX_TEXT, storable
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 #: Batch attribute -> the table its rows go to
-TABLES = {"events": EventRow, "samples": SampleRow, "gpu_samples": GpuSampleRow, "checkpoints": CheckpointRow,
-          "logs": LogRow}
+TABLES = {
+    "events": EventRow,
+    "samples": SampleRow,
+    "gpu_samples": GpuSampleRow,
+    "checkpoints": CheckpointRow,
+    "logs": LogRow,
+}
 #: the fields of a refused row that tell a reader which record it was
 _IDENTITY = ("type", "step", "key", "path", "logger", "level", "gpu", "id", "wall_time")
 
@@ -64,8 +69,11 @@ def columns(model) -> dict[str, tuple[str, int, bool]]:
 def _defaults(model) -> tuple[tuple[str, object], ...]:
     """The columns that need a value and have a default of their own (``node_rank``, ``deleted``):
     the writer's plain INSERTs do not apply SQLAlchemy's defaults, so a row without them gets them here."""
-    return tuple((c.name, c.default.arg) for c in model.__table__.columns
-                 if not c.nullable and c.default is not None and c.default.is_scalar)
+    return tuple(
+        (c.name, c.default.arg)
+        for c in model.__table__.columns
+        if not c.nullable and c.default is not None and c.default.is_scalar
+    )
 
 
 def clean_value(kind: str, limit: int, nullable: bool, v):
@@ -119,8 +127,9 @@ def clean_row(model, row: dict, skip: tuple = ()) -> tuple[dict | None, dict | N
         if spec is None or name == "run_id":
             if name in skip:
                 continue
-            return None, refusal(model.__tablename__, name, f"is not a column of {model.__tablename__} that tmon writes",
-                                 row)
+            return None, refusal(
+                model.__tablename__, name, f"is not a column of {model.__tablename__} that tmon writes", row
+            )
         if name in skip:
             continue
         # the usual values go through as they are: a sample (a dozen numbers a second) costs ~10 us
@@ -161,7 +170,11 @@ def clean_batch(batch) -> list[dict]:
         cols = columns(RunRow)
         for name, v in list(batch.run_update.items()):
             spec = cols.get(name)
-            new, why = (None, "is not a column of tmon_runs that tmon writes") if spec is None else clean_value(*spec, v)
+            new, why = (
+                (None, "is not a column of tmon_runs that tmon writes")
+                if spec is None
+                else clean_value(*spec, v)
+            )
             if why is None:
                 batch.run_update[name] = new
             else:
@@ -169,8 +182,9 @@ def clean_batch(batch) -> list[dict]:
                 refused.append(refusal("tmon_runs", name, why, {}))
     if batch.removed_checkpoints:
         kind, limit, _ = columns(CheckpointRow)["path"]
-        batch.removed_checkpoints = [(storable(p if type(p) is str else str(p), limit), pos)
-                                     for p, pos in batch.removed_checkpoints]
+        batch.removed_checkpoints = [
+            (storable(p if type(p) is str else str(p), limit), pos) for p, pos in batch.removed_checkpoints
+        ]
     if batch.reject_pending:
         batch.reject_pending = storable(str(batch.reject_pending), columns(RequestRow)["reason"][1])
     return refused

@@ -16,8 +16,17 @@ from sqlalchemy import select
 
 from .schema import RequestRow
 
-__all__ = ["COLUMNS", "KINDS", "BadRequest", "decode_json", "insert_request", "json_depth", "parse_request_row",
-           "request_row", "request_rows"]
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "BadRequest",
+    "decode_json",
+    "insert_request",
+    "json_depth",
+    "parse_request_row",
+    "request_row",
+    "request_rows",
+]
 
 #: the request kinds a run understands (the controller's levels say who may send each)
 KINDS = ("set_param", "preset", "checkpoint", "rollback", "stop")
@@ -33,14 +42,32 @@ _TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 COLUMNS = [c for c in RequestRow.__table__.columns.keys() if c != "run_id"]
 
 
-def insert_request(store, run_id: str, kind: str, payload: str, *, status: str, requested_by: str,
-                   requested_at: float, reason: str | None = None, applied_at: float | None = None) -> int:
+def insert_request(
+    store,
+    run_id: str,
+    kind: str,
+    payload: str,
+    *,
+    status: str,
+    requested_by: str,
+    requested_at: float,
+    reason: str | None = None,
+    applied_at: float | None = None,
+) -> int:
     """Add a request row (``payload``: JSON text); returns its id."""
     with store.write_engine.begin() as conn:
-        return conn.execute(RequestRow.__table__.insert().values(
-            run_id=run_id, kind=kind, payload=payload, status=status, requested_by=requested_by,
-            requested_at=requested_at, reason=reason, applied_at=applied_at,
-        )).inserted_primary_key[0]
+        return conn.execute(
+            RequestRow.__table__.insert().values(
+                run_id=run_id,
+                kind=kind,
+                payload=payload,
+                status=status,
+                requested_by=requested_by,
+                requested_at=requested_at,
+                reason=reason,
+                applied_at=applied_at,
+            )
+        ).inserted_primary_key[0]
 
 
 def request_row(store, request_id: int) -> dict | None:
@@ -53,8 +80,11 @@ def request_row(store, request_id: int) -> dict | None:
 def request_rows(store, run_id: str) -> list[dict]:
     """The rows of run ``run_id``'s requests, oldest first, with the ``COLUMNS``."""
     with store.engine.connect() as conn:
-        rows = conn.execute(select(*[RequestRow.__table__.c[c] for c in COLUMNS])
-                            .where(RequestRow.run_id == run_id).order_by(RequestRow.id)).mappings()
+        rows = conn.execute(
+            select(*[RequestRow.__table__.c[c] for c in COLUMNS])
+            .where(RequestRow.run_id == run_id)
+            .order_by(RequestRow.id)
+        ).mappings()
         return [dict(r) for r in rows]
 
 
@@ -77,7 +107,9 @@ def parse_request_row(row: dict) -> dict:
         if not isinstance(text, str):
             raise BadRequest(f"payload must be JSON text, received {type(text).__name__}")
         if len(text) > MAX_PAYLOAD_CHARS:
-            raise BadRequest(f"payload is {len(text)} characters long; a request holds at most {MAX_PAYLOAD_CHARS}")
+            raise BadRequest(
+                f"payload is {len(text)} characters long; a request holds at most {MAX_PAYLOAD_CHARS}"
+            )
         depth = json_depth(text)
         if depth > MAX_DEPTH:
             raise BadRequest(f"payload is nested {depth} levels deep; a request holds at most {MAX_DEPTH}")
@@ -86,12 +118,18 @@ def parse_request_row(row: dict) -> dict:
         except ValueError as exc:  # also a number of more digits than Python converts
             raise BadRequest(f"payload is not a valid JSON object: {str(exc)[:200]}") from None
         if not isinstance(payload, dict):
-            raise BadRequest(f"payload is not a valid JSON object: a JSON object is needed, received "
-                             f"{type(payload).__name__}")
+            raise BadRequest(
+                f"payload is not a valid JSON object: a JSON object is needed, received "
+                f"{type(payload).__name__}"
+            )
         _check_ints(payload)
     requested_by = row.get("requested_by")
-    return {"id": row["id"], "kind": kind, "payload": payload,
-            "requested_by": requested_by if isinstance(requested_by, str) else None}
+    return {
+        "id": row["id"],
+        "kind": kind,
+        "payload": payload,
+        "requested_by": requested_by if isinstance(requested_by, str) else None,
+    }
 
 
 def json_depth(text: str) -> int:
@@ -121,8 +159,10 @@ def _check_ints(payload: dict) -> None:
         items = node.values() if isinstance(node, dict) else node
         for v in items:
             if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT - 1 <= v <= MAX_INT:
-                raise BadRequest(f"payload holds the integer {str(v)[:30]}{'...' if len(str(v)) > 30 else ''}, "
-                                 f"beyond 64 bits")
+                raise BadRequest(
+                    f"payload holds the integer {str(v)[:30]}{'...' if len(str(v)) > 30 else ''}, "
+                    f"beyond 64 bits"
+                )
             if isinstance(v, (dict, list)):
                 stack.append(v)
 

@@ -52,14 +52,18 @@ def _counts(conn, run_ids: list[str], tables) -> dict[str, int]:
             q = select(func.count()).select_from(model).where(model.run_id.in_(run_ids))
         out[model.__tablename__] = conn.execute(q).scalar() or 0
         if model is ChunkRow:  # what the user logged, not how it is packed
-            out["points"] = conn.execute(
-                select(func.sum(ChunkRow.n)).where(ChunkRow.series_id.in_(series))).scalar() or 0
+            out["points"] = (
+                conn.execute(select(func.sum(ChunkRow.n)).where(ChunkRow.series_id.in_(series))).scalar() or 0
+            )
     return out
 
 
 def _remove_files(conn, run_ids: list[str], dry_run: bool) -> list[str]:
-    rows = conn.execute(select(CheckpointRow.id, CheckpointRow.path).where(
-        CheckpointRow.run_id.in_(run_ids), CheckpointRow.deleted.is_(False))).all()
+    rows = conn.execute(
+        select(CheckpointRow.id, CheckpointRow.path).where(
+            CheckpointRow.run_id.in_(run_ids), CheckpointRow.deleted.is_(False)
+        )
+    ).all()
     gone = []
     for _, path in rows:
         if os.path.exists(path):
@@ -109,13 +113,28 @@ def prune(store, older_than: float | str, *, keep_checkpoints: bool = False, dry
         raise ValueError(f"older_than must be >= 0, received {older_than!r}")
     cutoff = time.time() - seconds
     with store.write_engine.begin() as conn:
-        ids = conn.execute(select(RunRow.id).where(
-            RunRow.status != RUNNING, func.coalesce(RunRow.ended_at, RunRow.heartbeat_at, RunRow.created_at) < cutoff,
-        )).scalars().all()
+        ids = (
+            conn.execute(
+                select(RunRow.id).where(
+                    RunRow.status != RUNNING,
+                    func.coalesce(RunRow.ended_at, RunRow.heartbeat_at, RunRow.created_at) < cutoff,
+                )
+            )
+            .scalars()
+            .all()
+        )
         # a run still marked running whose heartbeat stopped long ago (lost) is old too
-        lost = conn.execute(select(RunRow.id).where(
-            RunRow.status == RUNNING, RunRow.heartbeat_at < cutoff,
-            RunRow.heartbeat_at < time.time() - RunRow.heartbeat_timeout)).scalars().all()
+        lost = (
+            conn.execute(
+                select(RunRow.id).where(
+                    RunRow.status == RUNNING,
+                    RunRow.heartbeat_at < cutoff,
+                    RunRow.heartbeat_at < time.time() - RunRow.heartbeat_timeout,
+                )
+            )
+            .scalars()
+            .all()
+        )
         ids = sorted(set(ids) | set(lost))
         report = {"runs": ids, "rows": _counts(conn, ids, BULKY) if ids else {}, "files": []}
         if ids and not keep_checkpoints:

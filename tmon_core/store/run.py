@@ -59,7 +59,9 @@ def steps_done(last_step: int | float | None, framework: str | None) -> int | No
     return int(last_step) + (0 if framework in ONE_BASED_STEPS else 1)
 
 
-def effective_status(status: str, heartbeat_at: float | None, timeout: float, now: float | None = None) -> str:
+def effective_status(
+    status: str, heartbeat_at: float | None, timeout: float, now: float | None = None
+) -> str:
     """A running run whose heartbeat is older than its timeout reads as ``lost``."""
     if status == RUNNING and heartbeat_at is not None and (now or time.time()) - heartbeat_at > timeout:
         return LOST
@@ -121,8 +123,14 @@ class Run(RunControl):
             raise KeyError(f"run {self.id} has no metric {key!r}; its metrics: {known}")
         return series[key]
 
-    def metrics(self, key: str, max_points: int | None = None, x: str = "step",
-                start: float | None = None, end: float | None = None):
+    def metrics(
+        self,
+        key: str,
+        max_points: int | None = None,
+        x: str = "step",
+        start: float | None = None,
+        end: float | None = None,
+    ):
         """The points of metric ``key``: a DataFrame with ``step``, ``value`` and ``wall_time``.
 
         ``max_points`` caps the rows: the range is cut into ``max_points // 2`` buckets and each
@@ -168,15 +176,24 @@ class Run(RunControl):
 
     @staticmethod
     def _frame(steps, values, walls):
-        return _pd().DataFrame({"step": np.asarray(steps, dtype=np.int64), "value": np.asarray(values, dtype=float),
-                                "wall_time": np.asarray(walls, dtype=float)})
+        return _pd().DataFrame(
+            {
+                "step": np.asarray(steps, dtype=np.int64),
+                "value": np.asarray(values, dtype=float),
+                "wall_time": np.asarray(walls, dtype=float),
+            }
+        )
 
     # -------------------------------------------------------------- other tables
     def _table(self, model, order, where=(), json_cols=()):
         pd = _pd()
         cols = [c for c in model.__table__.columns.keys() if c != "run_id"]
         with self.store.engine.connect() as conn:
-            q = select(*[model.__table__.c[c] for c in cols]).where(model.run_id == self.id, *where).order_by(*order)
+            q = (
+                select(*[model.__table__.c[c] for c in cols])
+                .where(model.run_id == self.id, *where)
+                .order_by(*order)
+            )
             rows = [dict(r) for r in conn.execute(q).mappings()]
         for r in rows:
             for c in json_cols:
@@ -207,22 +224,48 @@ class Run(RunControl):
         and peak memory used and total (bytes)."""
         pd = _pd()
         s = self.samples()
-        cols = ["host", "node_rank", "samples", "cpu_percent_mean", "ram_used_peak", "ram_total", "proc_rss_peak",
-                "children_rss_peak", "children_count_peak", "gpus", "gpu_mem_used_peak", "gpu_mem_total"]
+        cols = [
+            "host",
+            "node_rank",
+            "samples",
+            "cpu_percent_mean",
+            "ram_used_peak",
+            "ram_total",
+            "proc_rss_peak",
+            "children_rss_peak",
+            "children_count_peak",
+            "gpus",
+            "gpu_mem_used_peak",
+            "gpu_mem_total",
+        ]
         if s.empty:
             return pd.DataFrame(columns=cols)
-        out = s.groupby(["host", "node_rank"], dropna=False).agg(
-            samples=("wall_time", "size"), cpu_percent_mean=("cpu_percent", "mean"), ram_used_peak=("ram_used", "max"),
-            ram_total=("ram_total", "max"), proc_rss_peak=("proc_rss", "max"),
-            children_rss_peak=("children_rss", "max"), children_count_peak=("children_count", "max"),
-        ).reset_index()
+        out = (
+            s.groupby(["host", "node_rank"], dropna=False)
+            .agg(
+                samples=("wall_time", "size"),
+                cpu_percent_mean=("cpu_percent", "mean"),
+                ram_used_peak=("ram_used", "max"),
+                ram_total=("ram_total", "max"),
+                proc_rss_peak=("proc_rss", "max"),
+                children_rss_peak=("children_rss", "max"),
+                children_count_peak=("children_count", "max"),
+            )
+            .reset_index()
+        )
         g = self.gpu_samples()
         if g.empty:
             out["gpus"], out["gpu_mem_used_peak"], out["gpu_mem_total"] = 0, None, None
         else:
-            per = g.groupby(["host", "node_rank"], dropna=False).agg(
-                gpus=("gpu", "nunique"), gpu_mem_used_peak=("mem_used", "max"), gpu_mem_total=("mem_total", "max"),
-            ).reset_index()
+            per = (
+                g.groupby(["host", "node_rank"], dropna=False)
+                .agg(
+                    gpus=("gpu", "nunique"),
+                    gpu_mem_used_peak=("mem_used", "max"),
+                    gpu_mem_total=("mem_total", "max"),
+                )
+                .reset_index()
+            )
             out = out.merge(per, on=["host", "node_rank"], how="left")
             out["gpus"] = out["gpus"].fillna(0).astype(int)
         return out[cols]
@@ -248,7 +291,12 @@ class Run(RunControl):
     def count_points(self) -> int:
         """How many metric points the run holds, over all keys."""
         with self.store.engine.connect() as conn:
-            return conn.execute(
-                text("SELECT SUM(c.n) FROM tmon_chunks c JOIN tmon_series s ON c.series_id = s.id WHERE s.run_id = :r"),
-                {"r": self.id},
-            ).scalar() or 0
+            return (
+                conn.execute(
+                    text(
+                        "SELECT SUM(c.n) FROM tmon_chunks c JOIN tmon_series s ON c.series_id = s.id WHERE s.run_id = :r"
+                    ),
+                    {"r": self.id},
+                ).scalar()
+                or 0
+            )

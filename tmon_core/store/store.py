@@ -85,16 +85,36 @@ class Store:
         out = []
         for r in rows:
             end = r["ended_at"] or r["heartbeat_at"] or now
-            out.append({
-                "id": r["id"], "name": r["name"],
-                "status": effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"], now),
-                "framework": r["framework"], "created_at": r["created_at"], "ended_at": r["ended_at"],
-                "duration": end - r["created_at"], "last_step": r["last_step"],
-                "steps": steps_done(r["last_step"], r["framework"]), "host": r["host"], "pid": r["pid"],
-                "tags": loads(r["tags"]) or [],
-            })
-        cols = ["id", "name", "status", "framework", "created_at", "ended_at", "duration", "last_step", "steps", "host",
-                "pid", "tags"]
+            out.append(
+                {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "status": effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"], now),
+                    "framework": r["framework"],
+                    "created_at": r["created_at"],
+                    "ended_at": r["ended_at"],
+                    "duration": end - r["created_at"],
+                    "last_step": r["last_step"],
+                    "steps": steps_done(r["last_step"], r["framework"]),
+                    "host": r["host"],
+                    "pid": r["pid"],
+                    "tags": loads(r["tags"]) or [],
+                }
+            )
+        cols = [
+            "id",
+            "name",
+            "status",
+            "framework",
+            "created_at",
+            "ended_at",
+            "duration",
+            "last_step",
+            "steps",
+            "host",
+            "pid",
+            "tags",
+        ]
         return pd.DataFrame(out, columns=cols)
 
     def run(self, run_id: str) -> Run:
@@ -102,14 +122,20 @@ class Store:
         if not isinstance(run_id, str) or not run_id:
             raise ValueError(f"run_id must be a non-empty string, received {run_id!r}")
         with self.engine.connect() as conn:
-            ids = conn.execute(select(RunRow.id).where(RunRow.id.startswith(run_id, autoescape=True))).scalars().all()
+            ids = (
+                conn.execute(select(RunRow.id).where(RunRow.id.startswith(run_id, autoescape=True)))
+                .scalars()
+                .all()
+            )
             if not ids:
                 ids = conn.execute(select(RunRow.id).where(RunRow.name == run_id)).scalars().all()
         if len(ids) == 1:
             return Run(self, ids[0])
         if not ids:
             raise KeyError(f"no run {run_id!r} in {self}")
-        raise KeyError(f"{run_id!r} matches {len(ids)} runs in {self}: {', '.join(sorted(ids)[:5])}; give more of the id")
+        raise KeyError(
+            f"{run_id!r} matches {len(ids)} runs in {self}: {', '.join(sorted(ids)[:5])}; give more of the id"
+        )
 
     def checkpoint(self, checkpoint_id: int) -> dict:
         """The recorded checkpoint ``checkpoint_id`` (any run) as a dict; KeyError when unknown."""
@@ -141,6 +167,11 @@ def sqlite_path(url: str) -> str | None:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+    if (
+        u.get_backend_name() != "sqlite"
+        or not u.database
+        or u.database == ":memory:"
+        or u.database.startswith("file:")
+    ):
         return None
     return os.path.abspath(u.database)

@@ -32,8 +32,18 @@ class Buckets:
 
     def coarser(self, bucket: np.ndarray) -> Buckets:
         """The same rows under other bucket numbers (a level where each series has one bucket)."""
-        return Buckets(self.series, bucket, self.n, self.n_nan, self.min_v, self.min_s, self.min_w,
-                       self.max_v, self.max_s, self.max_w)
+        return Buckets(
+            self.series,
+            bucket,
+            self.n,
+            self.n_nan,
+            self.min_v,
+            self.min_s,
+            self.min_w,
+            self.max_v,
+            self.max_s,
+            self.max_w,
+        )
 
     def rows(self, level: int) -> list[tuple]:
         """``(series_id, level, bucket, n, n_nan, min (value, step, wall), max (value, step, wall))``;
@@ -42,13 +52,26 @@ class Buckets:
         if np.isnan(self.min_v).any() or np.isnan(self.max_v).any():
             lo = [None if x != x else x for x in lo]
             hi = [None if x != x else x for x in hi]
-        return list(zip(self.series.tolist(), itertools.repeat(level), self.bucket.tolist(), self.n.tolist(),
-                        self.n_nan.tolist(), lo, self.min_s.tolist(), self.min_w.tolist(), hi,
-                        self.max_s.tolist(), self.max_w.tolist()))
+        return list(
+            zip(
+                self.series.tolist(),
+                itertools.repeat(level),
+                self.bucket.tolist(),
+                self.n.tolist(),
+                self.n_nan.tolist(),
+                lo,
+                self.min_s.tolist(),
+                self.min_w.tolist(),
+                hi,
+                self.max_s.tolist(),
+                self.max_w.tolist(),
+            )
+        )
 
 
-def _pick(values: np.ndarray, is_nan: np.ndarray, best: np.ndarray, real: np.ndarray, group: np.ndarray,
-          last: bool) -> np.ndarray:
+def _pick(
+    values: np.ndarray, is_nan: np.ndarray, best: np.ndarray, real: np.ndarray, group: np.ndarray, last: bool
+) -> np.ndarray:
     """Per group, the index of the first (or ``last``) value equal to the group's ``best``,
     preferring a real value over a NaN placeholder of the same value (a real +inf wins)."""
     hit = np.flatnonzero((values == best[group]) & ~(is_nan & real[group]))
@@ -80,8 +103,12 @@ def merge(keys: np.ndarray, src: Buckets) -> Buckets:
         bucket=keys[starts],
         n=n,
         n_nan=n_nan,
-        min_v=src.min_v[first], min_s=src.min_s[first], min_w=src.min_w[first],
-        max_v=src.max_v[last], max_s=src.max_s[last], max_w=src.max_w[last],
+        min_v=src.min_v[first],
+        min_s=src.min_s[first],
+        min_w=src.min_w[first],
+        max_v=src.max_v[last],
+        max_s=src.max_s[last],
+        max_w=src.max_w[last],
     )
 
 
@@ -101,8 +128,16 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
         order = np.lexsort((steps, series))  # stable: equal steps keep their logged order
         series, steps, values, walls = series[order], steps[order], values[order], walls[order]
     raw = Buckets(
-        series=series, bucket=steps, n=np.ones(len(steps), dtype=np.int64), n_nan=np.isnan(values).astype(np.int64),
-        min_v=values, min_s=steps, min_w=walls, max_v=values, max_s=steps, max_w=walls,
+        series=series,
+        bucket=steps,
+        n=np.ones(len(steps), dtype=np.int64),
+        n_nan=np.isnan(values).astype(np.int64),
+        min_v=values,
+        min_s=steps,
+        min_w=walls,
+        max_v=values,
+        max_s=steps,
+        max_w=walls,
     )
     level = merge(steps // SUMMARY_BASE, raw)
     rows = level.rows(0)
@@ -117,8 +152,9 @@ def summarize(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> li
     return rows
 
 
-def with_points(rows: list[tuple], steps: np.ndarray, values: np.ndarray, walls: np.ndarray,
-                width: int) -> list[tuple]:
+def with_points(
+    rows: list[tuple], steps: np.ndarray, values: np.ndarray, walls: np.ndarray, width: int
+) -> list[tuple]:
     """Stored summary rows ``(bucket, min (value, step, wall), max (value, step, wall))`` of one
     series and level, with points the summaries do not hold yet (the chunks written since they
     were last brought up to date): the rows those points would have made, buckets they add
@@ -127,27 +163,63 @@ def with_points(rows: list[tuple], steps: np.ndarray, values: np.ndarray, walls:
         return rows
     k = len(rows)
     # (an all-NaN bucket stores NULL extremes but the step and wall time of one of its NaN points)
-    stored = np.array([[math.nan if x is None else x for x in r] for r in rows], dtype=np.float64).reshape(k, 7)
+    stored = np.array([[math.nan if x is None else x for x in r] for r in rows], dtype=np.float64).reshape(
+        k, 7
+    )
     steps = np.asarray(steps, dtype=np.int64)
     keys = np.concatenate((stored[:, 0].astype(np.int64), steps // width))
     order = np.argsort(keys, kind="stable")  # a stored row before the new points of its bucket
     nan = np.concatenate((np.isnan(stored[:, 1]), np.isnan(values))).astype(np.int64)
     src = Buckets(
-        series=np.zeros(len(keys), dtype=np.int64), bucket=keys, n=np.ones(len(keys), dtype=np.int64), n_nan=nan,
-        min_v=np.concatenate((stored[:, 1], values)), min_s=np.concatenate((stored[:, 2].astype(np.int64), steps)),
-        min_w=np.concatenate((stored[:, 3], walls)), max_v=np.concatenate((stored[:, 4], values)),
-        max_s=np.concatenate((stored[:, 5].astype(np.int64), steps)), max_w=np.concatenate((stored[:, 6], walls)),
+        series=np.zeros(len(keys), dtype=np.int64),
+        bucket=keys,
+        n=np.ones(len(keys), dtype=np.int64),
+        n_nan=nan,
+        min_v=np.concatenate((stored[:, 1], values)),
+        min_s=np.concatenate((stored[:, 2].astype(np.int64), steps)),
+        min_w=np.concatenate((stored[:, 3], walls)),
+        max_v=np.concatenate((stored[:, 4], values)),
+        max_s=np.concatenate((stored[:, 5].astype(np.int64), steps)),
+        max_w=np.concatenate((stored[:, 6], walls)),
     )
-    src = Buckets(*(a[order] for a in (src.series, src.bucket, src.n, src.n_nan, src.min_v, src.min_s, src.min_w,
-                                       src.max_v, src.max_s, src.max_w)))
+    src = Buckets(
+        *(
+            a[order]
+            for a in (
+                src.series,
+                src.bucket,
+                src.n,
+                src.n_nan,
+                src.min_v,
+                src.min_s,
+                src.min_w,
+                src.max_v,
+                src.max_s,
+                src.max_w,
+            )
+        )
+    )
     out = merge(src.bucket, src)
-    return [(b, None if nn == n else lv, ls, lw, None if nn == n else hv, hs, hw) for b, n, nn, lv, ls, lw, hv, hs, hw
-            in zip(out.bucket.tolist(), out.n.tolist(), out.n_nan.tolist(), out.min_v.tolist(), out.min_s.tolist(),
-                   out.min_w.tolist(), out.max_v.tolist(), out.max_s.tolist(), out.max_w.tolist())]
+    return [
+        (b, None if nn == n else lv, ls, lw, None if nn == n else hv, hs, hw)
+        for b, n, nn, lv, ls, lw, hv, hs, hw in zip(
+            out.bucket.tolist(),
+            out.n.tolist(),
+            out.n_nan.tolist(),
+            out.min_v.tolist(),
+            out.min_s.tolist(),
+            out.min_w.tolist(),
+            out.max_v.tolist(),
+            out.max_s.tolist(),
+            out.max_w.tolist(),
+        )
+    ]
 
 
-SUMMARY_INSERT = ("INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
-                  "max_value, max_step, max_wall)")
+SUMMARY_INSERT = (
+    "INSERT INTO tmon_summaries (series_id, level, bucket, n, n_nan, min_value, min_step, min_wall, "
+    "max_value, max_step, max_wall)"
+)
 SUMMARY_WIDTH = 11
 
 
@@ -160,9 +232,13 @@ def upsert_clause() -> str:
     return (
         f" ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
         f"n = {t}.n + excluded.n, n_nan = {t}.n_nan + excluded.n_nan, "
-        + ", ".join(f"{c} = CASE WHEN {better_lo} THEN excluded.{c} ELSE {t}.{c} END"
-                    for c in ("min_value", "min_step", "min_wall"))
+        + ", ".join(
+            f"{c} = CASE WHEN {better_lo} THEN excluded.{c} ELSE {t}.{c} END"
+            for c in ("min_value", "min_step", "min_wall")
+        )
         + ", "
-        + ", ".join(f"{c} = CASE WHEN {better_hi} THEN excluded.{c} ELSE {t}.{c} END"
-                    for c in ("max_value", "max_step", "max_wall"))
+        + ", ".join(
+            f"{c} = CASE WHEN {better_hi} THEN excluded.{c} ELSE {t}.{c} END"
+            for c in ("max_value", "max_step", "max_wall")
+        )
     )

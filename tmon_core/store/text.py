@@ -57,7 +57,7 @@ def cut(text: str, limit: int) -> str:
         mark = f"{CUT_MARK}{n} chars]"
         keep = limit - len(mark)
         if keep < 0:  # a column too narrow for the count (a level, a status): "…" alone
-            return text[:limit - 1] + "…" if limit > 0 else ""
+            return text[: limit - 1] + "…" if limit > 0 else ""
         if len(text) - keep == n:
             return text[:keep] + mark
         n = len(text) - keep
@@ -84,6 +84,8 @@ def check_text(name: str, value: str, limit: int) -> str:
     why = problem(value, limit)
     if why is not None:
         shown = value if len(value) <= 80 else value[:80] + "..."
-        raise ValueError(f"{name} must be text the store can keep as it is (at most {limit} characters, no NUL, "
-                         f"no lone surrogates): {name}={shown!r} {why}")
+        raise ValueError(
+            f"{name} must be text the store can keep as it is (at most {limit} characters, no NUL, "
+            f"no lone surrogates): {name}={shown!r} {why}"
+        )
     return value

@@ -36,7 +36,9 @@ def _placeholder(engine: Engine) -> str | None:
     return {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style)
 
 
-CHUNK_INSERT = "INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, walls)"
+CHUNK_INSERT = (
+    "INSERT INTO tmon_chunks (series_id, n, first_step, last_step, first_wall, last_wall, steps, vals, walls)"
+)
 CHUNK_WIDTH = 9
 SERIES_INSERT = "INSERT INTO tmon_series (run_id, key)"
 
@@ -56,14 +58,18 @@ def insert_rows(conn, head: str, width: int, rows: list[tuple], ph: str, tail: s
     thread to hand the GIL back (measured in a Lightning fit: ~40 us per row instead of ~1).
     Statements hold 2**k rows (``rows`` is cut by its binary digits), so their SQL text repeats
     from flush to flush and the driver's statement cache keeps them compiled."""
-    limit = (32_766 if conn.dialect.name == "sqlite" else 65_535) // width  # the drivers' bound-parameter caps
+    limit = (
+        32_766 if conn.dialect.name == "sqlite" else 65_535
+    ) // width  # the drivers' bound-parameter caps
     size = 1 << (limit.bit_length() - 1)
     cur = cursor if cursor is not None else raw_cursor(conn)
     i = 0
     while i < len(rows):
         while size > len(rows) - i:
             size >>= 1
-        cur.execute(_statement(head, width, size, ph, tail), tuple(itertools.chain.from_iterable(rows[i:i + size])))
+        cur.execute(
+            _statement(head, width, size, ph, tail), tuple(itertools.chain.from_iterable(rows[i : i + size]))
+        )
         i += size
 
 
@@ -95,8 +101,10 @@ class StoreWriter:
                 f"uses paramstyle {engine.dialect.paramstyle!r}, which tmon does not support"
             )
         self._heartbeat_sql = f"UPDATE tmon_runs SET heartbeat_at = {ph}, last_step = {ph} WHERE id = {ph}"
-        self._poll_sql = (f"SELECT id, kind, payload, requested_by FROM tmon_requests WHERE run_id = {ph} "
-                          f"AND status = 'pending' AND id > {ph} ORDER BY id")
+        self._poll_sql = (
+            f"SELECT id, kind, payload, requested_by FROM tmon_requests WHERE run_id = {ph} "
+            f"AND status = 'pending' AND id > {ph} ORDER BY id"
+        )
         self._ph = ph
         self._summary_tail = upsert_clause()
         self._heads: dict[tuple, str] = {}  # (table, columns) -> "INSERT INTO table (columns)"
@@ -126,7 +134,9 @@ class StoreWriter:
             except Exception:  # a broken connection: nothing left to give back
                 pass
 
-    def write(self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False, final: bool = False) -> list[dict]:
+    def write(
+        self, batch: Batch, heartbeat: bool = True, poll_requests: bool = False, final: bool = False
+    ) -> list[dict]:
         """Write ``batch`` in one transaction; with ``poll_requests``, return the run's control
         requests that became pending since the last call (rollbacks with their checkpoint row).
         ``final``: the run's last write, which brings the summaries up to date."""
@@ -145,7 +155,9 @@ class StoreWriter:
         except Exception:
             return False
 
-    def write_each(self, batch: Batch, final: bool = False) -> tuple[list[dict], Batch | None, BaseException | None]:
+    def write_each(
+        self, batch: Batch, final: bool = False
+    ) -> tuple[list[dict], Batch | None, BaseException | None]:
         """Write what the store takes of ``batch``, whose write failed while the store itself takes
         writes (``probe()``): the batch is written in halves, a failing half in halves again, down
         to the record that fails alone, which is refused. The other records are written, in
@@ -200,12 +212,19 @@ class StoreWriter:
             for upd in batch.request_updates:
                 upd = dict(upd)
                 rid = upd.pop("id")
-                conn.execute(update(RequestRow).where(RequestRow.id == rid, RequestRow.run_id == self.run_id,
-                                                      RequestRow.status == "pending").values(**upd))
+                conn.execute(
+                    update(RequestRow)
+                    .where(
+                        RequestRow.id == rid, RequestRow.run_id == self.run_id, RequestRow.status == "pending"
+                    )
+                    .values(**upd)
+                )
             if batch.reject_pending:
-                conn.execute(update(RequestRow).where(RequestRow.run_id == self.run_id,
-                                                      RequestRow.status == "pending").values(
-                    status="rejected", reason=batch.reject_pending, applied_at=time.time()))
+                conn.execute(
+                    update(RequestRow)
+                    .where(RequestRow.run_id == self.run_id, RequestRow.status == "pending")
+                    .values(status="rejected", reason=batch.reject_pending, applied_at=time.time())
+                )
             elif poll_requests:
                 fresh = self._pending_requests(conn, cur)
             values = dict(batch.run_update)
@@ -239,14 +258,21 @@ class StoreWriter:
                     cid = req["payload"].get("checkpoint_id")
                     ck = None
                     if isinstance(cid, int) and not isinstance(cid, bool):  # bounded to 64 bits by the parser
-                        ck = conn.execute(select(CheckpointRow).where(CheckpointRow.id == cid)).mappings().first()
+                        ck = (
+                            conn.execute(select(CheckpointRow).where(CheckpointRow.id == cid))
+                            .mappings()
+                            .first()
+                        )
                     req["payload"]["checkpoint"] = dict(ck) if ck else None
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 # (not counted in _last_request: should this transaction fail, the row is pending
                 # again and the next poll rejects it again)
-                conn.execute(update(RequestRow).where(RequestRow.id == r["id"]).values(
-                    status="rejected", applied_at=time.time(), reason=reason[:1000]))
+                conn.execute(
+                    update(RequestRow)
+                    .where(RequestRow.id == r["id"])
+                    .values(status="rejected", applied_at=time.time(), reason=reason[:1000])
+                )
                 continue
             out.append(req)
         return out
@@ -262,9 +288,15 @@ class StoreWriter:
             removed_after[path] = max(removed_after.get(path, -1), pos)
         paths = sorted(last_save.keys() | removed_after.keys())
         for i in range(0, len(paths), 500):
-            conn.execute(update(CheckpointRow).where(
-                CheckpointRow.run_id == self.run_id, CheckpointRow.deleted == false(),
-                CheckpointRow.path.in_(paths[i:i + 500])).values(deleted=True))
+            conn.execute(
+                update(CheckpointRow)
+                .where(
+                    CheckpointRow.run_id == self.run_id,
+                    CheckpointRow.deleted == false(),
+                    CheckpointRow.path.in_(paths[i : i + 500]),
+                )
+                .values(deleted=True)
+            )
         rows = []
         for i, r in enumerate(saves):
             deleted = last_save[r["path"]] != i or removed_after.get(r["path"], -1) > i
@@ -310,14 +342,17 @@ class StoreWriter:
         out: dict[str, int] = {}
         ph = self._ph
         for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            cur.execute(f"SELECT key, id FROM tmon_series WHERE run_id = {ph} AND key IN ({', '.join([ph] * len(part))})",
-                        (self.run_id, *part))
+            part = keys[i : i + 500]
+            cur.execute(
+                f"SELECT key, id FROM tmon_series WHERE run_id = {ph} AND key IN ({', '.join([ph] * len(part))})",
+                (self.run_id, *part),
+            )
             out.update(cur.fetchall())
         return out
 
-    def _write_points(self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                      final: bool) -> Callable[[], None]:
+    def _write_points(
+        self, conn, cur, points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], final: bool
+    ) -> Callable[[], None]:
         """Insert the points' chunks; bring the summaries up to date when they are due. Returns
         what to remember once the transaction has committed."""
         rows: list[tuple] = []
@@ -337,20 +372,33 @@ class StoreWriter:
         n_pending = self._unsummarized_points + sum(len(p[1]) for p in parts)
         flushes = self._unsummarized_flushes + bool(parts)
         if pending and (final or flushes >= SUMMARY_EVERY_FLUSHES or n_pending >= SUMMARY_EVERY_POINTS):
-            insert_rows(conn, SUMMARY_INSERT, SUMMARY_WIDTH, summarize(_by_series(pending)), self._ph,
-                        self._summary_tail, cur)
+            insert_rows(
+                conn,
+                SUMMARY_INSERT,
+                SUMMARY_WIDTH,
+                summarize(_by_series(pending)),
+                self._ph,
+                self._summary_tail,
+                cur,
+            )
             # the largest chunk id now: this transaction holds the write lock (SQLite) and wrote
             # every chunk of these series, so each of them is in the summaries up to it
             cur.execute("SELECT MAX(id) FROM tmon_chunks")
             top = cur.fetchone()[0]
             sids = sorted({p[0] for p in pending})
-            cur.execute(f"UPDATE tmon_series SET summarized_chunk = {int(top)} "
-                        f"WHERE id IN ({', '.join(str(int(i)) for i in sids)})")
+            cur.execute(
+                f"UPDATE tmon_series SET summarized_chunk = {int(top)} "
+                f"WHERE id IN ({', '.join(str(int(i)) for i in sids)})"
+            )
             pending, n_pending, flushes = [], 0, 0
 
         def committed() -> None:
             self._series.update(new)
-            self._unsummarized, self._unsummarized_points, self._unsummarized_flushes = pending, n_pending, flushes
+            self._unsummarized, self._unsummarized_points, self._unsummarized_flushes = (
+                pending,
+                n_pending,
+                flushes,
+            )
 
         return committed
 
@@ -375,5 +423,7 @@ def _by_series(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> l
     grouped: dict[int, list[tuple]] = {}
     for p in parts:
         grouped.setdefault(p[0], []).append(p[1:])
-    return [(sid, *(ps[0] if len(ps) == 1 else (np.concatenate(c) for c in zip(*ps))))
-            for sid, ps in grouped.items()]
+    return [
+        (sid, *(ps[0] if len(ps) == 1 else (np.concatenate(c) for c in zip(*ps))))
+        for sid, ps in grouped.items()
+    ]

@@ -35,9 +35,13 @@ class Chart:
         self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6)
         self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3g", grid_lines="dashed")
         # the legend is HTML above the plot (bqplot's sits on the data and is clipped in compare mode)
-        self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], animation_duration=0,
-                             fig_margin={"top": 8, "bottom": 42, "left": 64, "right": 28},
-                             layout=widgets.Layout(height="250px", width="auto", min_width="320px"))
+        self.fig = bq.Figure(
+            marks=[],
+            axes=[self.x_axis, self.y_axis],
+            animation_duration=0,
+            fig_margin={"top": 8, "bottom": 42, "left": 64, "right": 28},
+            layout=widgets.Layout(height="250px", width="auto", min_width="320px"),
+        )
         self.legend = widgets.HTML()
         self.box = widgets.VBox([self.legend, self.fig], layout=widgets.Layout(min_width="320px"))
         self.lines: dict[tuple[str, str], tuple] = {}
@@ -45,10 +49,17 @@ class Chart:
         self.markers: dict[str, tuple] = {}
         for kind, color in MARKERS.items():
             # ticks only: a Scatter (even hidden) makes bqplot pad the x domain (-19 ... 1,518 for 0 ... 1,499)
-            rules = bq.Lines(x=np.zeros((1, 2)), y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
-                             scales={"x": xs, "y": self.rule_scale}, colors=[color], stroke_width=2.5, visible=False,
-                             preserve_domain={"x": True}, enable_hover=True,
-                             tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]))
+            rules = bq.Lines(
+                x=np.zeros((1, 2)),
+                y=np.array([[1.0 - MARKER_STRIP, 1.0]]),
+                scales={"x": xs, "y": self.rule_scale},
+                colors=[color],
+                stroke_width=2.5,
+                visible=False,
+                preserve_domain={"x": True},
+                enable_hover=True,
+                tooltip=bq.Tooltip(fields=["name"], labels=[kind.replace("_", " ")]),
+            )
             self.markers[kind] = rules
 
     def close(self) -> None:
@@ -66,12 +77,27 @@ class Chart:
 
     def new_line(self, label: str, color: str, style: str) -> tuple:
         """A (raw, smoothed) pair of empty lines; the smoothed one hidden until smoothing is on."""
-        raw = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
-                       colors=[color], labels=[label], line_style=style,
-                       stroke_width=1.6, enable_hover=False)
-        smooth = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
-                          colors=[color], labels=[label + " (smoothed)"], line_style=style,
-                          stroke_width=2.0, visible=False, enable_hover=False)
+        raw = bq.Lines(
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": self.xs, "y": self.ys},
+            colors=[color],
+            labels=[label],
+            line_style=style,
+            stroke_width=1.6,
+            enable_hover=False,
+        )
+        smooth = bq.Lines(
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": self.xs, "y": self.ys},
+            colors=[color],
+            labels=[label + " (smoothed)"],
+            line_style=style,
+            stroke_width=2.0,
+            visible=False,
+            enable_hover=False,
+        )
         return raw, smooth
 
     def show_lines(self, lines: dict, markers_shown: bool) -> None:
@@ -114,16 +140,24 @@ class Chart:
                 continue
             names = [raw.labels[0]] + [o[1] for o, p in self.same.items() if p == ident]
             dash = LINE_DASH.get(raw.line_style, "")
-            swatch = (f'<svg width="22" height="8" style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" '
-                      f'stroke="{raw.colors[0]}" stroke-width="2.5" stroke-dasharray="{dash}"/></svg>')
-            items.append(f'<span style="margin-right:12px;white-space:nowrap">{swatch} {f.esc(" = ".join(names))}</span>')
+            swatch = (
+                f'<svg width="22" height="8" style="vertical-align:middle"><line x1="0" y1="4" x2="22" y2="4" '
+                f'stroke="{raw.colors[0]}" stroke-width="2.5" stroke-dasharray="{dash}"/></svg>'
+            )
+            items.append(
+                f'<span style="margin-right:12px;white-space:nowrap">{swatch} {f.esc(" = ".join(names))}</span>'
+            )
         if markers_shown:
             for kind, color in MARKERS.items():
                 if self.markers[kind].visible:
-                    items.append(f'<span style="margin-right:12px;white-space:nowrap;color:#555">'
-                                 f'<span style="color:{color};font-weight:900">|</span> {kind.replace("_", " ")}</span>')
-        html = (f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:64px">'
-                f'<b style="font-size:1.1em;margin-right:12px">{f.esc(self.family)}</b>{"".join(items)}</div>')
+                    items.append(
+                        f'<span style="margin-right:12px;white-space:nowrap;color:#555">'
+                        f'<span style="color:{color};font-weight:900">|</span> {kind.replace("_", " ")}</span>'
+                    )
+        html = (
+            f'<div class="tmon-legend" style="font-size:0.85em;line-height:1.4;padding-left:64px">'
+            f'<b style="font-size:1.1em;margin-right:12px">{f.esc(self.family)}</b>{"".join(items)}</div>'
+        )
         if self.legend.value != html:
             self.legend.value = html
 
@@ -136,9 +170,15 @@ class Chart:
         for i, (ident, s) in enumerate(held):
             if s is None or not len(s) or ident in same:
                 continue
-            for other, t in held[i + 1:]:
-                if (other[0] == ident[0] and other not in same and t is not None and len(t) == len(s)
-                        and np.array_equal(t.step, s.step) and np.array_equal(t.value, s.value, equal_nan=True)):
+            for other, t in held[i + 1 :]:
+                if (
+                    other[0] == ident[0]
+                    and other not in same
+                    and t is not None
+                    and len(t) == len(s)
+                    and np.array_equal(t.step, s.step)
+                    and np.array_equal(t.value, s.value, equal_nan=True)
+                ):
                     same[other] = ident
         if same != self.same:
             self.same = same
@@ -212,8 +252,13 @@ def round_x_ticks(charts, mode: str, auto: bool) -> None:
         cur = ax.tick_values
         if ticks is None and (cur is None or not len(cur)):
             continue
-        if ticks is not None and cur is not None and len(cur) == len(ticks) and np.array_equal(cur, ticks) \
-                and ax.tick_format == fmt:
+        if (
+            ticks is not None
+            and cur is not None
+            and len(cur) == len(ticks)
+            and np.array_equal(cur, ticks)
+            and ax.tick_format == fmt
+        ):
             continue
         with ax.hold_sync():
             ax.tick_values = ticks if ticks is not None else np.zeros(0)

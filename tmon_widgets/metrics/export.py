@@ -18,8 +18,12 @@ class Export:
 
     def __init__(self, tab):
         self.tab = tab
-        self.button = widgets.Button(description="export CSV", icon="download", layout=widgets.Layout(width="110px"),
-                                     tooltip="the visible series, every point: a CSV to download")
+        self.button = widgets.Button(
+            description="export CSV",
+            icon="download",
+            layout=widgets.Layout(width="110px"),
+            tooltip="the visible series, every point: a CSV to download",
+        )
         self.out = widgets.HTML()
         self.button.on_click(lambda _b: self._clicked())
 
@@ -53,8 +57,11 @@ class Export:
             path = self._name()
         path = os.path.abspath(os.fspath(path))
         df.to_csv(path, index=False)
-        self.out.value = f.note(f"wrote <code>{f.esc(path)}</code>: {len(df):,} points of "
-                                f"{df.key.nunique() if len(df) else 0} series", "ok")
+        self.out.value = f.note(
+            f"wrote <code>{f.esc(path)}</code>: {len(df):,} points of "
+            f"{df.key.nunique() if len(df) else 0} series",
+            "ok",
+        )
         return path
 
     def link(self) -> str:
@@ -66,7 +73,9 @@ class Export:
         n = df.key.nunique() if len(df) else 0
         self.out.value = f.note(
             f'<a download="{f.esc(name)}" href="data:text/csv;base64,{data}" style="font-weight:600">'
-            f'⬇ download {f.esc(name)}</a>: {len(df):,} points of {n} series', "ok")
+            f"⬇ download {f.esc(name)}</a>: {len(df):,} points of {n} series",
+            "ok",
+        )
         return name
 
     def _clicked(self) -> None:

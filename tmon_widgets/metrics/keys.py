@@ -9,8 +9,19 @@ from __future__ import annotations
 OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay", "betas", "eps")
 SYSTEM_KEYS = ("step_time", "data_time", "epoch", "grad_norm")
 GROUP_ORDER = ("train", "val", "optimizer", "system")
-_PREFIXES = ("train_", "train/", "training_", "val_", "val/", "valid_", "validation_", "eval_", "eval/", "test_",
-             "test/")
+_PREFIXES = (
+    "train_",
+    "train/",
+    "training_",
+    "val_",
+    "val/",
+    "valid_",
+    "validation_",
+    "eval_",
+    "eval/",
+    "test_",
+    "test/",
+)
 _SUFFIXES = ("_step", "_epoch")
 
 
@@ -22,7 +33,7 @@ def family(key: str) -> str:
     k = key
     for p in _PREFIXES:
         if k.startswith(p) and len(k) > len(p):
-            k = k[len(p):]
+            k = k[len(p) :]
             break
     for s in _SUFFIXES:
         if k.endswith(s) and len(k) > len(s):

@@ -24,8 +24,13 @@ from .export import Export
 from .keys import by_group, default_keys, family, group
 from .zoom import Zoom
 
-TIMEFRAMES = [("all steps", None), ("last 100 steps", 100), ("last 1,000 steps", 1000),
-              ("last 10,000 steps", 10000), ("last 100,000 steps", 100000)]
+TIMEFRAMES = [
+    ("all steps", None),
+    ("last 100 steps", 100),
+    ("last 1,000 steps", 1000),
+    ("last 10,000 steps", 10000),
+    ("last 100,000 steps", 100000),
+]
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "seconds since the run started"}
 
 
@@ -52,36 +57,79 @@ class MetricsTab:
         self.select.observe(self._on_select, names="value")
         self.overlay = widgets.SelectMultiple(options=[], rows=4, layout=lay(width="250px"))
         self.overlay.observe(self._on_overlay, names="value")
-        self.smoothing = widgets.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="smoothing",
-                                             continuous_update=False, readout_format=".2f",
-                                             style={"description_width": "70px"}, layout=lay(width="260px"))
-        self.xaxis = widgets.ToggleButtons(options=["step", "epoch", "time"], value=x, tooltips=[
-            "optimizer steps", "epochs (fractional within an epoch)", "seconds since the run started"],
-            style={"button_width": "64px"})
-        self.yscale = widgets.ToggleButtons(options=["linear", "log"], value="linear", style={"button_width": "64px"})
+        self.smoothing = widgets.FloatSlider(
+            value=0.0,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            description="smoothing",
+            continuous_update=False,
+            readout_format=".2f",
+            style={"description_width": "70px"},
+            layout=lay(width="260px"),
+        )
+        self.xaxis = widgets.ToggleButtons(
+            options=["step", "epoch", "time"],
+            value=x,
+            tooltips=[
+                "optimizer steps",
+                "epochs (fractional within an epoch)",
+                "seconds since the run started",
+            ],
+            style={"button_width": "64px"},
+        )
+        self.yscale = widgets.ToggleButtons(
+            options=["linear", "log"], value="linear", style={"button_width": "64px"}
+        )
         self.timeframe = widgets.Dropdown(options=TIMEFRAMES, index=0, layout=lay(width="150px"))
         self.panzoom, self.reset_zoom = self.zoom.toggle, self.zoom.reset_button
         # off by default: dozens of checkpoints make a comb over every chart
-        self.show_markers = widgets.Checkbox(value=False, description="markers", indent=False, layout=lay(width="90px"),
-                                             tooltip="ticks at the top of each chart: parameter changes, checkpoints, "
-                                                     "rollbacks, a stop (hover for what)")
+        self.show_markers = widgets.Checkbox(
+            value=False,
+            description="markers",
+            indent=False,
+            layout=lay(width="90px"),
+            tooltip="ticks at the top of each chart: parameter changes, checkpoints, "
+            "rollbacks, a stop (hover for what)",
+        )
         self.export, self.export_out = self.exporter.button, self.exporter.out
         self.status = widgets.HTML()
         self.latest = widgets.HTML()
-        for w, name in ((self.smoothing, "value"), (self.xaxis, "value"), (self.yscale, "value"),
-                        (self.timeframe, "value"), (self.show_markers, "value")):
+        for w, name in (
+            (self.smoothing, "value"),
+            (self.xaxis, "value"),
+            (self.yscale, "value"),
+            (self.timeframe, "value"),
+            (self.show_markers, "value"),
+        ):
             w.observe(self._on_option, names=name)
 
-        self.grid = widgets.GridBox(layout=lay(grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))",
-                                               width="100%", grid_gap="4px"))
-        toolbar = widgets.HBox([self.xaxis, self.yscale, self.timeframe, self.smoothing, self.show_markers,
-                                self.panzoom, self.reset_zoom, self.export],
-                               layout=lay(flex_flow="row wrap", align_items="center"))
-        side = widgets.VBox([widgets.HTML("<b>metrics</b>"), self.select,
-                             widgets.HTML("<b>overlay runs</b>"), self.overlay],
-                            layout=lay(width="260px", min_width="260px"))
-        main = widgets.VBox([toolbar, self.status, self.grid, self.export_out, self.latest],
-                            layout=lay(flex="1 1 auto", width="100%"))
+        self.grid = widgets.GridBox(
+            layout=lay(
+                grid_template_columns="repeat(auto-fill, minmax(380px, 1fr))", width="100%", grid_gap="4px"
+            )
+        )
+        toolbar = widgets.HBox(
+            [
+                self.xaxis,
+                self.yscale,
+                self.timeframe,
+                self.smoothing,
+                self.show_markers,
+                self.panzoom,
+                self.reset_zoom,
+                self.export,
+            ],
+            layout=lay(flex_flow="row wrap", align_items="center"),
+        )
+        side = widgets.VBox(
+            [widgets.HTML("<b>metrics</b>"), self.select, widgets.HTML("<b>overlay runs</b>"), self.overlay],
+            layout=lay(width="260px", min_width="260px"),
+        )
+        main = widgets.VBox(
+            [toolbar, self.status, self.grid, self.export_out, self.latest],
+            layout=lay(flex="1 1 auto", width="100%"),
+        )
         self.widget = widgets.HBox([side, main], layout=lay(width="100%"))
 
     @property
@@ -155,7 +203,9 @@ class MetricsTab:
 
     def update_overlay_options(self, runs_df) -> None:
         primary = self.mon.runs[0].id if self.mon.runs else None
-        opts = [(f"{r.name} · {r.status} · {r.id[:8]}", r.id) for r in runs_df.itertuples() if r.id != primary]
+        opts = [
+            (f"{r.name} · {r.status} · {r.id[:8]}", r.id) for r in runs_df.itertuples() if r.id != primary
+        ]
         if opts != list(self.overlay.options):
             chosen = tuple(v for v in self.overlay.value if v in {o[1] for o in opts})
             with self.mon.quiet():
@@ -227,8 +277,11 @@ class MetricsTab:
             self._draw_markers()
             self._latest()
         self._dirty = False
-        self.status.value = "" if selected else f.note("no metrics recorded yet" if not self.keys else
-                                                       "choose metrics on the left")
+        self.status.value = (
+            ""
+            if selected
+            else f.note("no metrics recorded yet" if not self.keys else "choose metrics on the left")
+        )
 
     def _layout(self, selected: list[str]) -> None:
         fams: list[str] = []
@@ -298,7 +351,9 @@ class MetricsTab:
             chart.dedupe(self.series, self.show_markers.value)
             chart.fit_y(log)
         if drawn:
-            round_x_ticks(self.charts.values(), self.xaxis.value, auto=self.zoom.on or self.zoom.range is not None)
+            round_x_ticks(
+                self.charts.values(), self.xaxis.value, auto=self.zoom.on or self.zoom.range is not None
+            )
 
     def _draw_markers(self) -> None:
         rs = self.mon.runs[0]
@@ -317,8 +372,10 @@ class MetricsTab:
                 continue
             steps = part.step.to_numpy(dtype=np.float64, na_value=np.nan)
             x = self.x_values(rs, steps, part.wall_time.to_numpy(np.float64))
-            names = [f"step {'' if s != s else int(s)}: {f.text(m) or kind}"[:200]
-                     for s, m in zip(steps, part.message, strict=True)]
+            names = [
+                f"step {'' if s != s else int(s)}: {f.text(m) or kind}"[:200]
+                for s, m in zip(steps, part.message, strict=True)
+            ]
             ok = np.isfinite(x)
             names = [n for n, k in zip(names, ok, strict=True) if k]
             for chart in self.charts.values():
@@ -337,7 +394,14 @@ class MetricsTab:
                     if len(fin):
                         row["min"], row["max"] = float(fin.min()), float(fin.max())
                 rows.append(row)
-        cols = (["run"] if len(self.mon.runs) > 1 else []) + ["metric", "group", "step", "value", "min", "max"]
+        cols = (["run"] if len(self.mon.runs) > 1 else []) + [
+            "metric",
+            "group",
+            "step",
+            "value",
+            "min",
+            "max",
+        ]
         self.latest.value = "<b>latest values</b>" + f.table(rows, cols, empty="no metrics yet")
 
     # ------------------------------------------------------------------ export

@@ -28,9 +28,13 @@ class Zoom:
         self.scale = bq.LinearScale()
         self.scale.observe(self._on_domain, names=["min", "max"])
         lay = widgets.Layout
-        self.toggle = widgets.ToggleButton(value=False, description="pan/zoom", icon="search",
-                                           tooltip="drag to pan, wheel to zoom: the visible range is re-read in detail",
-                                           layout=lay(width="110px"))
+        self.toggle = widgets.ToggleButton(
+            value=False,
+            description="pan/zoom",
+            icon="search",
+            tooltip="drag to pan, wheel to zoom: the visible range is re-read in detail",
+            layout=lay(width="110px"),
+        )
         self.reset_button = widgets.Button(description="reset zoom", layout=lay(width="95px"))
         self.toggle.observe(self._on_toggle, names="value")
         self.reset_button.on_click(lambda _b: self.reset())

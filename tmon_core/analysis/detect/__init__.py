@@ -44,15 +44,15 @@ nothing there.
 from __future__ import annotations
 
 from .base import (
-                   BLOCK,
-                   REF_BLOCKS,
-                   SPIKE_HABIT,
-                   SPIKE_MIN_RATIO,
-                   SPIKE_SCALE_FLOOR,
-                   SPIKE_SIGMAS,
-                   Blocks,
-                   Detection,
-                   NonFinite,
+    BLOCK,
+    REF_BLOCKS,
+    SPIKE_HABIT,
+    SPIKE_MIN_RATIO,
+    SPIKE_SCALE_FLOOR,
+    SPIKE_SIGMAS,
+    Blocks,
+    Detection,
+    NonFinite,
 )
 from .evaluation import GradDetector, OverfitDetector
 from .hardware import GpuMemory, HostMemory

@@ -19,7 +19,6 @@ _ONE_SIDED = 1.645  # z of a one-sided 95 % bound
 _MEDIAN_SE = 1.15  # SE of a 32-point interquartile mean of Gaussian noise, in σ/sqrt(n)  # SE of a block median = this × MAD / sqrt(n) for Gaussian noise
 
 
-
 @dataclass
 class Detection:
     """What a detector found: ``name`` (nonfinite, spikes, divergence, plateau, no_progress,
@@ -54,14 +53,14 @@ class _Grow:
         need = self.n + len(x)
         if need > len(self.data):
             grown = np.empty(max(need, 2 * len(self.data)), self.data.dtype)
-            grown[:self.n] = self.data[:self.n]
+            grown[: self.n] = self.data[: self.n]
             self.data = grown
-        self.data[self.n:need] = x
+        self.data[self.n : need] = x
         self.n = need
 
     @property
     def view(self) -> np.ndarray:
-        return self.data[:self.n]
+        return self.data[: self.n]
 
     def last(self, default: float = 0.0):
         return self.data[self.n - 1] if self.n else default
@@ -83,7 +82,9 @@ class Blocks:
         self.best_index = -1  # the lowest level's block (the first of equals)
         self.pending_log = np.empty(0)
         self.pending_steps = np.empty(0, np.int64)
-        self.sorted = np.empty((0, BLOCK))  # the last complete blocks' logs, sorted (REF_BLOCKS between updates)
+        self.sorted = np.empty(
+            (0, BLOCK)
+        )  # the last complete blocks' logs, sorted (REF_BLOCKS between updates)
         self.sorted_from = 0  # the block index of sorted[0]
         self.count = 0  # points taken
         self.nonpositive_step: int | None = None
@@ -109,9 +110,12 @@ class Blocks:
             fsteps = all_steps[:k].reshape(-1, BLOCK)
             # the interquartile mean: robust to a spike like the median, yet steady when a share of
             # hard batches puts the median on the edge between two modes
-            med = full[:, BLOCK // 4:3 * BLOCK // 4].mean(axis=1)
-            q25, q75, q90 = (full[:, int(q * (BLOCK - 1))] * (1 - q * (BLOCK - 1) % 1)
-                             + full[:, int(q * (BLOCK - 1)) + 1] * (q * (BLOCK - 1) % 1) for q in (0.25, 0.75, 0.9))
+            med = full[:, BLOCK // 4 : 3 * BLOCK // 4].mean(axis=1)
+            q25, q75, q90 = (
+                full[:, int(q * (BLOCK - 1))] * (1 - q * (BLOCK - 1) % 1)
+                + full[:, int(q * (BLOCK - 1)) + 1] * (q * (BLOCK - 1) % 1)
+                for q in (0.25, 0.75, 0.9)
+            )
             q50 = (full[:, BLOCK // 2 - 1] + full[:, BLOCK // 2]) / 2
             n0 = len(self)
             j = int(np.argmin(med))
@@ -154,6 +158,7 @@ class Blocks:
     def se(self, i) -> np.ndarray:
         """Standard error of block ``i``'s level (its interquartile mean)."""
         return _MEDIAN_SE * self.sd[i] / math.sqrt(BLOCK)
+
 
 class _Positive:
     """Splits new points into non-finite ones, and finite ones turned into logs (stopping at the first
@@ -205,7 +210,7 @@ class NonFinite:
                 v = float(values[i])
                 self.kind = "NaN" if math.isnan(v) else "+inf" if v > 0 else "-inf"
                 self.before = np.concatenate([self.before, values[:i]])[-50:]
-                self.finite_after = bool(ok[i + 1:].any())
+                self.finite_after = bool(ok[i + 1 :].any())
         else:
             self.finite_after = self.finite_after or bool(ok.any())
         self.recent_ok = np.concatenate([self.recent_ok, ok])[-10:]
@@ -217,10 +222,21 @@ class NonFinite:
         last = float(self.before[-1]) if len(self.before) else None
         med = float(np.median(self.before)) if len(self.before) >= 5 else None
         trend = last / med if last is not None and med and med > 0 else None
-        return Detection("nonfinite", self.first, 1.0, {
-            "first_step": self.first, "kind": self.kind, "count": self.count, "of_points": self.points,
-            "last_finite_loss": last, "last_finite_vs_recent_median": trend, "recovered": recovered,
-            "wall_time": self.first_wall})
+        return Detection(
+            "nonfinite",
+            self.first,
+            1.0,
+            {
+                "first_step": self.first,
+                "kind": self.kind,
+                "count": self.count,
+                "of_points": self.points,
+                "last_finite_loss": last,
+                "last_finite_vs_recent_median": trend,
+                "recovered": recovered,
+                "wall_time": self.first_wall,
+            },
+        )
 
 
 def _trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -239,10 +255,10 @@ def _departure(b: Blocks, excess: np.ndarray, i: int, offset: int = 3) -> int:
     and the next ones, in log space (where growth and decay are straight), is followed back to zero,
     no further than one block before the blocks that lean that way at all."""
     j = i + offset
-    ys = excess[i:i + 4]
+    ys = excess[i : i + 4]
     if len(ys) >= 2 and ys[1] > 2 * ys[0]:  # a fast departure: the blocks after it are past the bend
         ys = ys[:2]
-    xs = ((b.first[j:j + len(ys)] + b.last[j:j + len(ys)]) / 2.0).astype(float)
+    xs = ((b.first[j : j + len(ys)] + b.last[j : j + len(ys)]) / 2.0).astype(float)
     start = int(b.first[j])
     if len(xs) < 2:
         return start

@@ -56,7 +56,7 @@ class OverfitDetector:
             values = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
         b = int(np.argmin(values))
         best = float(values[b])
-        after = values[b + 1:]
+        after = values[b + 1 :]
         if len(after) < 2:
             return None
         limit = best + self.rise * abs(best)
@@ -73,10 +73,20 @@ class OverfitDetector:
         if train_best is None or train_last is None or not train_last < train_best * 0.99:
             return None
         margin = (min(after[-1], after[-2]) - best) / max(self.rise * abs(best), 1e-12)
-        return Detection("overfitting", steps[rb], _conf(margin), {
-            "best_step": steps[rb], "best_value": float(raw[rb]), "last_value": float(raw[-1]),
-            "evaluations": len(raw), "evaluations_after_best": len(raw) - 1 - rb, "train_loss_at_best": train_best,
-            "train_loss_at_end": train_last})
+        return Detection(
+            "overfitting",
+            steps[rb],
+            _conf(margin),
+            {
+                "best_step": steps[rb],
+                "best_value": float(raw[rb]),
+                "last_value": float(raw[-1]),
+                "evaluations": len(raw),
+                "evaluations_after_best": len(raw) - 1 - rb,
+                "train_loss_at_best": train_best,
+                "train_loss_at_end": train_last,
+            },
+        )
 
 
 class GradDetector:
@@ -102,14 +112,21 @@ class GradDetector:
         b = self.pos.blocks
         nf = self.nonfinite.result()
         if len(b.med) < 4:
-            return [Detection("grad_explode", nf.onset, 1.0, {"nonfinite": nf.evidence["count"]})] if nf else []
+            return (
+                [Detection("grad_explode", nf.onset, 1.0, {"nonfinite": nf.evidence["count"]})] if nf else []
+            )
         early = float(np.median(b.med[:3]))
         late = float(b.med[-1])
-        ev = {"early_median": math.exp(early), "late_median": math.exp(late),
-              "nonfinite": nf.evidence["count"] if nf else 0, "points": self.nonfinite.points, "window": BLOCK}
+        ev = {
+            "early_median": math.exp(early),
+            "late_median": math.exp(late),
+            "nonfinite": nf.evidence["count"] if nf else 0,
+            "points": self.nonfinite.points,
+            "window": BLOCK,
+        }
         noise = 4.0 * float(np.max(b.se(slice(0, 3))))
         if self._scanned < len(b.med):  # only the new blocks: the first departure, once seen, stays
-            new = b.med[self._scanned:] - early
+            new = b.med[self._scanned :] - early
             margin = max(math.log(2.0), noise)
             if self._above is None and (new > margin).any():
                 self._above = self._scanned - 3 + int(np.argmax(new > margin))
@@ -120,8 +137,14 @@ class GradDetector:
             onset = _departure(b, b.med[3:] - early, self._above) if self._above is not None else None
             if nf and (onset is None or nf.onset < onset):
                 onset = nf.onset
-            return [Detection("grad_explode", onset, _conf((late - early) / math.log(self.explode)) if not nf else 1.0,
-                              {**ev, "first_nonfinite_step": nf.onset if nf else None})]
+            return [
+                Detection(
+                    "grad_explode",
+                    onset,
+                    _conf((late - early) / math.log(self.explode)) if not nf else 1.0,
+                    {**ev, "first_nonfinite_step": nf.onset if nf else None},
+                )
+            ]
         if early - late >= -math.log(self.vanish):
             onset = _departure(b, early - b.med[3:], self._below) if self._below is not None else None
             return [Detection("grad_vanish", onset, _conf((early - late) / -math.log(self.vanish)), ev)]

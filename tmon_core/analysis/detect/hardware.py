@@ -15,8 +15,17 @@ import numpy as np
 
 from .base import Detection, _conf
 
-HOST_COLUMNS = ("wall_time", "ram_used", "ram_total", "swap_used", "proc_rss", "children_rss", "children_count",
-                "cpu_percent", "step")
+HOST_COLUMNS = (
+    "wall_time",
+    "ram_used",
+    "ram_total",
+    "swap_used",
+    "proc_rss",
+    "children_rss",
+    "children_count",
+    "cpu_percent",
+    "step",
+)
 
 
 def _col(cols: dict, name: str, n: int) -> np.ndarray:
@@ -50,8 +59,12 @@ class _Level:
             return None
         step, wall = self.first[level]
         limit = self.critical if level == "critical" else self.warning
-        return Detection(name, step, _conf(peak_fraction / limit), {
-            **evidence, "level": level, "first_step": step, "first_wall_time": wall})
+        return Detection(
+            name,
+            step,
+            _conf(peak_fraction / limit),
+            {**evidence, "level": level, "first_step": step, "first_wall_time": wall},
+        )
 
 
 class HostMemory:
@@ -108,14 +121,21 @@ class HostMemory:
             return None
         fin = lambda v: None if v == -math.inf else v  # noqa: E731
         return {
-            "samples": self.samples, "ram_used_bytes": float(b["ram_used"]), "ram_total_bytes": float(b["ram_total"]),
-            "fraction": self._frac, "wall_time": float(b["wall_time"]),
-            "step": None if math.isnan(b["step"]) else int(b["step"]), "proc_rss_bytes": _opt(b["proc_rss"]),
+            "samples": self.samples,
+            "ram_used_bytes": float(b["ram_used"]),
+            "ram_total_bytes": float(b["ram_total"]),
+            "fraction": self._frac,
+            "wall_time": float(b["wall_time"]),
+            "step": None if math.isnan(b["step"]) else int(b["step"]),
+            "proc_rss_bytes": _opt(b["proc_rss"]),
             "workers_rss_bytes": _opt(b["children_rss"]),
             "workers": 0 if math.isnan(b["children_count"]) else int(b["children_count"]),
-            "peak_proc_rss_bytes": fin(self._proc), "peak_workers_rss_bytes": fin(self._workers),
-            "max_workers": int(self._kids), "per_worker_rss_bytes": fin(self._per_worker),
-            "swap_start_bytes": self._swap_start, "swap_peak_bytes": fin(self._swap_peak),
+            "peak_proc_rss_bytes": fin(self._proc),
+            "peak_workers_rss_bytes": fin(self._workers),
+            "max_workers": int(self._kids),
+            "per_worker_rss_bytes": fin(self._per_worker),
+            "swap_start_bytes": self._swap_start,
+            "swap_peak_bytes": fin(self._swap_peak),
             "cpu_mean_percent": self._cpu_sum / self._cpu_n if self._cpu_n else None,
         }
 
@@ -123,8 +143,19 @@ class HostMemory:
         """``host_memory`` once RAM reached the warning level: its ``level`` (warning or critical) and the
         first step and time it did so."""
         p = self.peak()
-        return None if p is None else self._level.detection("host_memory", p["fraction"], {
-            "fraction": p["fraction"], "ram_used_bytes": p["ram_used_bytes"], "ram_total_bytes": p["ram_total_bytes"]})
+        return (
+            None
+            if p is None
+            else self._level.detection(
+                "host_memory",
+                p["fraction"],
+                {
+                    "fraction": p["fraction"],
+                    "ram_used_bytes": p["ram_used_bytes"],
+                    "ram_total_bytes": p["ram_total_bytes"],
+                },
+            )
+        )
 
 
 class GpuMemory:
@@ -140,8 +171,17 @@ class GpuMemory:
         self._util_sum, self._util_n = 0.0, 0
         self._level = _Level(warning, critical)
 
-    def update(self, mem_used, mem_total, wall_time, *, torch_max_allocated=None, util_percent=None, name=None,
-               step=None) -> None:
+    def update(
+        self,
+        mem_used,
+        mem_total,
+        wall_time,
+        *,
+        torch_max_allocated=None,
+        util_percent=None,
+        name=None,
+        step=None,
+    ) -> None:
         used = np.asarray(mem_used, dtype=np.float64).reshape(-1)
         n = len(used)
         if not n:
@@ -174,16 +214,28 @@ class GpuMemory:
     def peak(self) -> dict:
         peak = None if self._peak == -math.inf else self._peak
         total = None if self._total == -math.inf else self._total
-        return {"name": self.name, "samples": self.samples, "peak_mem_bytes": peak, "mem_total_bytes": total,
-                "peak_at": self._peak_at if peak is not None else None,
-                "peak_fraction": peak / total if peak is not None and total and total > 0 else None,
-                "torch_peak_allocated_bytes": None if self._alloc == -math.inf else self._alloc,
-                "mean_util_percent": self._util_sum / self._util_n if self._util_n else None}
+        return {
+            "name": self.name,
+            "samples": self.samples,
+            "peak_mem_bytes": peak,
+            "mem_total_bytes": total,
+            "peak_at": self._peak_at if peak is not None else None,
+            "peak_fraction": peak / total if peak is not None and total and total > 0 else None,
+            "torch_peak_allocated_bytes": None if self._alloc == -math.inf else self._alloc,
+            "mean_util_percent": self._util_sum / self._util_n if self._util_n else None,
+        }
 
     def level(self) -> Detection | None:
         """``gpu_memory`` once this GPU's memory reached the warning level (see ``HostMemory.level``)."""
         p = self.peak()
         if p["peak_fraction"] is None:
             return None
-        return self._level.detection("gpu_memory", p["peak_fraction"], {
-            "fraction": p["peak_fraction"], "peak_mem_bytes": p["peak_mem_bytes"], "mem_total_bytes": p["mem_total_bytes"]})
+        return self._level.detection(
+            "gpu_memory",
+            p["peak_fraction"],
+            {
+                "fraction": p["peak_fraction"],
+                "peak_mem_bytes": p["peak_mem_bytes"],
+                "mem_total_bytes": p["mem_total_bytes"],
+            },
+        )

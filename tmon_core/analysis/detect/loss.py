@@ -36,8 +36,9 @@ class Spikes:
         self.worst: dict | None = None
         self.z_sum = 0.0
 
-    def judge(self, blocks: Blocks, start: int, steps: np.ndarray, logs: np.ndarray,
-              walls: np.ndarray | None) -> None:
+    def judge(
+        self, blocks: Blocks, start: int, steps: np.ndarray, logs: np.ndarray, walls: np.ndarray | None
+    ) -> None:
         """``logs`` are the points ``start``.. just added to ``blocks`` (which has completed every block
         before theirs): each is judged against the two blocks before its own."""
         n = len(logs)
@@ -77,25 +78,45 @@ class Spikes:
             return
         gi = idx[judged][hit]
         js = np.flatnonzero(judged)[hit]
-        for g, j, zz, r, m in zip(gi.tolist(), js.tolist(), z[hit].tolist(), rise[hit].tolist(), ref[hit].tolist()):
+        for g, j, zz, r, m in zip(
+            gi.tolist(), js.tolist(), z[hit].tolist(), rise[hit].tolist(), ref[hit].tolist()
+        ):
             if g != self.last_spike_index + 1:
                 self.events.append(int(steps[j]))
                 self.z_sum += zz
             self.last_spike_index = g
             if self.worst is None or zz > self.worst["z"]:
-                self.worst = {"step": int(steps[j]), "value": float(math.exp(logs[j])), "z": float(zz),
-                              "ratio": float(math.exp(r)), "reference": float(math.exp(m)),
-                              "wall_time": float(walls[j]) if walls is not None else None}
+                self.worst = {
+                    "step": int(steps[j]),
+                    "value": float(math.exp(logs[j])),
+                    "z": float(zz),
+                    "ratio": float(math.exp(r)),
+                    "reference": float(math.exp(m)),
+                    "wall_time": float(walls[j]) if walls is not None else None,
+                }
 
     def result(self) -> Detection | None:
         if not self.events:
             return None
         w = self.worst
         n = len(self.events)
-        return Detection("spikes", self.events[0], _conf(w["z"] / self.sigmas), {
-            "count": n, "steps": self.events[:20], "worst_step": w["step"], "worst_value": w["value"],
-            "worst_vs_median": w["ratio"], "worst_sigmas": w["z"], "reference_median": w["reference"],
-            "mean_sigmas": self.z_sum / n, "threshold_sigmas": self.sigmas, "wall_time": w["wall_time"]})
+        return Detection(
+            "spikes",
+            self.events[0],
+            _conf(w["z"] / self.sigmas),
+            {
+                "count": n,
+                "steps": self.events[:20],
+                "worst_step": w["step"],
+                "worst_value": w["value"],
+                "worst_vs_median": w["ratio"],
+                "worst_sigmas": w["z"],
+                "reference_median": w["reference"],
+                "mean_sigmas": self.z_sum / n,
+                "threshold_sigmas": self.sigmas,
+                "wall_time": w["wall_time"],
+            },
+        )
 
 
 def divergence(blocks: Blocks, factor: float) -> Detection | None:
@@ -112,13 +133,24 @@ def divergence(blocks: Blocks, factor: float) -> Detection | None:
     need = max(math.log(factor), noise, 0.25 * progress)
     if rise <= need:
         return None
-    excess = m[b + 1:] - best
+    excess = m[b + 1 :] - best
     clear = np.flatnonzero(excess > max(math.log(1.25), noise / 2))
     onset = _departure(blocks, excess, int(clear[0]), b + 1) if len(clear) else int(blocks.first[b + 1])
-    return Detection("divergence", onset, _conf(rise / need), {
-        "best_smoothed_loss": math.exp(best), "best_step": int(blocks.last[b]), "final_smoothed_loss": math.exp(final),
-        "first_smoothed_loss": math.exp(first), "turn_step": onset, "lost_all": progress > 0 and final >= first,
-        "noise_log": noise, "window": BLOCK})
+    return Detection(
+        "divergence",
+        onset,
+        _conf(rise / need),
+        {
+            "best_smoothed_loss": math.exp(best),
+            "best_step": int(blocks.last[b]),
+            "final_smoothed_loss": math.exp(final),
+            "first_smoothed_loss": math.exp(first),
+            "turn_step": onset,
+            "lost_all": progress > 0 and final >= first,
+            "noise_log": noise,
+            "window": BLOCK,
+        },
+    )
 
 
 def plateau(blocks: Blocks, min_steps: float, improvement: float) -> Detection | None:
@@ -139,13 +171,23 @@ def plateau(blocks: Blocks, min_steps: float, improvement: float) -> Detection |
     # improvement over the window in log (≈ relative) units; the trend is per block (per BLOCK points)
     drop, drop_se = float(-slope * (nb - 1)), float(se * (nb - 1))
     overall = float(m[0]) - level
-    ev = {"from_step": int(blocks.first[i0]), "to_step": int(blocks.last[-1]), "improvement": drop,
-          "improvement_se": drop_se, "start_loss": math.exp(float(m[0])), "level": math.exp(level),
-          "overall_improvement": overall, "blocks": nb, "window": BLOCK}
+    ev = {
+        "from_step": int(blocks.first[i0]),
+        "to_step": int(blocks.last[-1]),
+        "improvement": drop,
+        "improvement_se": drop_se,
+        "start_loss": math.exp(float(m[0])),
+        "level": math.exp(level),
+        "overall_improvement": overall,
+        "blocks": nb,
+        "window": BLOCK,
+    }
     upper = drop + _ONE_SIDED * drop_se  # the improvement it may still be making, at 95 % confidence
     ev["improvement_upper"] = upper
     if overall < improvement and upper < improvement:
-        return Detection("no_progress", int(blocks.first[0]), _conf(improvement / max(overall, upper, 1e-9)), ev)
+        return Detection(
+            "no_progress", int(blocks.first[0]), _conf(improvement / max(overall, upper, 1e-9)), ev
+        )
     if upper >= improvement:
         return None
     onset = _flat_from(blocks, span)
@@ -179,9 +221,15 @@ def _flat_from(blocks: Blocks, span: int, most: int = 120) -> int:
 class LossDetector:
     """NaN/inf, spikes, divergence, plateau and no progress of one loss series."""
 
-    def __init__(self, *, divergence_factor: float = 2.0, plateau_min_steps: float = 500,
-                 plateau_improvement: float = 0.05, spike_sigmas: float = SPIKE_SIGMAS,
-                 spike_min_ratio: float = SPIKE_MIN_RATIO) -> None:
+    def __init__(
+        self,
+        *,
+        divergence_factor: float = 2.0,
+        plateau_min_steps: float = 500,
+        plateau_improvement: float = 0.05,
+        spike_sigmas: float = SPIKE_SIGMAS,
+        spike_min_ratio: float = SPIKE_MIN_RATIO,
+    ) -> None:
         self.nonfinite = NonFinite()
         self.spikes = Spikes(spike_sigmas, spike_min_ratio)
         self.pos = _Positive()
@@ -199,7 +247,7 @@ class LossDetector:
         self.nonfinite.update(steps, values, walls)
         ok = np.isfinite(values)
         s, logs = self.pos.logs(steps, values)
-        w = walls[ok][:len(s)] if walls is not None else None
+        w = walls[ok][: len(s)] if walls is not None else None
         blocks = self.blocks
         start = blocks.count
         blocks.update(s, logs)

@@ -54,8 +54,14 @@ class StepTimes:
     waited for its batch (NaN or missing where not recorded), aligned by position.
     """
 
-    def __init__(self, *, stall_factor: float = 10.0, stall_min_s: float = 1.0, data_share: float = 0.30,
-                 data_wait_min_s: float = 0.010) -> None:
+    def __init__(
+        self,
+        *,
+        stall_factor: float = 10.0,
+        stall_min_s: float = 1.0,
+        data_share: float = 0.30,
+        data_wait_min_s: float = 0.010,
+    ) -> None:
         self.stall_factor, self.stall_min_s = stall_factor, stall_min_s
         self.data_share, self.data_wait_min_s = data_share, data_wait_min_s
         self.count = 0
@@ -82,8 +88,9 @@ class StepTimes:
         self._median.extend(total.tolist())
         walls = None if walls is None else _arr(walls, np.float64)
         for i in np.flatnonzero(total > self.stall_min_s).tolist():
-            self._long.append((int(steps[i]), float(total[i]), float(wait[i]),
-                               None if walls is None else float(walls[i])))
+            self._long.append(
+                (int(steps[i]), float(total[i]), float(wait[i]), None if walls is None else float(walls[i]))
+            )
         ok = np.isfinite(st) & np.isfinite(dt) & (st >= 0) & (dt >= 0)
         if ok.any():
             self._waits.extend(dt[ok].tolist())
@@ -100,8 +107,13 @@ class StepTimes:
             return None
         share = self._wait_s / max(1e-12, self._both_s)
         wait = float(self._waits.value())
-        return {"data_share": share, "median_data_s": wait, "median_step_s": float(self._computes.value()), "steps": n,
-                "bound": share >= self.data_share and wait >= self.data_wait_min_s}
+        return {
+            "data_share": share,
+            "median_data_s": wait,
+            "median_step_s": float(self._computes.value()),
+            "steps": n,
+            "bound": share >= self.data_share and wait >= self.data_wait_min_s,
+        }
 
     def stalls(self, boundary_steps=()) -> Detection | None:
         """Steps over ``stall_factor`` × the median step and ``stall_min_s``, except those next to a
@@ -120,8 +132,20 @@ class StepTimes:
         waited = sum(w for _, _, w, _ in kept)
         longest = max(kept, key=lambda x: x[1])
         share = lost / self.total_s if self.total_s else None
-        return Detection("stalls", kept[0][0], _conf(longest[1] / limit), {
-            "count": len(kept), "steps": [s for s, _, _, _ in kept[:20]], "stall_time_s": lost,
-            "share_of_training": share, "median_step_s": median, "limit_s": limit,
-            "longest_step": longest[0], "longest_s": longest[1], "longest_wall_time": longest[3],
-            "data_share_of_stalls": waited / max(1e-12, sum(t for _, t, _, _ in kept))})
+        return Detection(
+            "stalls",
+            kept[0][0],
+            _conf(longest[1] / limit),
+            {
+                "count": len(kept),
+                "steps": [s for s, _, _, _ in kept[:20]],
+                "stall_time_s": lost,
+                "share_of_training": share,
+                "median_step_s": median,
+                "limit_s": limit,
+                "longest_step": longest[0],
+                "longest_s": longest[1],
+                "longest_wall_time": longest[3],
+                "data_share_of_stalls": waited / max(1e-12, sum(t for _, t, _, _ in kept)),
+            },
+        )

@@ -33,14 +33,32 @@ def run_all(d) -> tuple[list[Finding], list[Recommendation]]:
             for item in module.check(d):
                 (findings if isinstance(item, Finding) else recs).append(item)
         except Exception as exc:  # one broken rule must not cost the rest of the report
-            findings.append(Finding(f"{family}.error", INFO, f"The {family} rules could not run",
-                                    f"{type(exc).__name__}: {exc}", {"error": f"{type(exc).__name__}: {exc}"}))
+            findings.append(
+                Finding(
+                    f"{family}.error",
+                    INFO,
+                    f"The {family} rules could not run",
+                    f"{type(exc).__name__}: {exc}",
+                    {"error": f"{type(exc).__name__}: {exc}"},
+                )
+            )
     return findings, recs
 
 
-def recommend(rule: str, severity: str, title: str, setting: Setting, value: Any, impact: str, *,
-              evidence: dict | None = None, action: str | None = None, priority: int = 50,
-              current: Any = "from-setting", value_for_code: Any = "same") -> Recommendation:
+def recommend(
+    rule: str,
+    severity: str,
+    title: str,
+    setting: Setting,
+    value: Any,
+    impact: str,
+    *,
+    evidence: dict | None = None,
+    action: str | None = None,
+    priority: int = 50,
+    current: Any = "from-setting",
+    value_for_code: Any = "same",
+) -> Recommendation:
     """A recommendation to set ``setting`` to ``value``; the action names the pasteable code."""
     code = setting.code(value if value_for_code == "same" else value_for_code)
     cur = setting.current if current == "from-setting" else current
@@ -48,9 +66,19 @@ def recommend(rule: str, severity: str, title: str, setting: Setting, value: Any
         action = f"Set {code}" if code else title
         if cur is not None and code:
             action += f" (now {fmt_value(cur)})"
-    return Recommendation(rule=rule, severity=severity, title=title, action=action, impact=impact,
-                          config_path=setting.path, current_value=cur, recommended_value=value,
-                          evidence=evidence or {}, code=code, priority=priority)
+    return Recommendation(
+        rule=rule,
+        severity=severity,
+        title=title,
+        action=action,
+        impact=impact,
+        config_path=setting.path,
+        current_value=cur,
+        recommended_value=value,
+        evidence=evidence or {},
+        code=code,
+        priority=priority,
+    )
 
 
 def fmt_bytes(n: float | None) -> str:

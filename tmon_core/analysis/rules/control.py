@@ -72,8 +72,15 @@ def _one(d, loss, f, step, old, new, w, data):
     effect = (a_mean - expected) / scale if len(ta) else float("inf")
     # a difference inside the run's own noise is no effect, however large it looks: the noise of both
     # means and of the trend carried over the window
-    noise = 3.0 * math.sqrt(float(tb.var()) / len(tb) + slope_var * w * w
-                            + (float(ta.var()) / len(ta) if len(ta) > 1 else 0.0)) / scale
+    noise = (
+        3.0
+        * math.sqrt(
+            float(tb.var()) / len(tb)
+            + slope_var * w * w
+            + (float(ta.var()) / len(ta) if len(ta) > 1 else 0.0)
+        )
+        / scale
+    )
     need = math.log1p(0.05) if logs else 0.05
     clear = effect > max(need, noise) if effect > 0 else effect < -max(need, noise)
     verdict = "hurt" if nonfinite or (effect > 0 and clear) else "helped" if clear else "unclear"
@@ -81,36 +88,90 @@ def _one(d, loss, f, step, old, new, w, data):
         b_mean, a_mean, expected = math.exp(b_mean), math.exp(a_mean), math.exp(expected)
         effect = math.expm1(effect) if math.isfinite(effect) else effect
     direction = "lowered" if new < old else "raised"
-    evidence = {"step": step, "old": old, "new": new, "window": w, "loss_before_mean": b_mean,
-                "loss_after_mean": a_mean if len(after) else None, "trend_expected_mean": expected,
-                "effect": effect if np.isfinite(effect) else None, "noise": noise, "nonfinite_after": int(len(after_all) - len(after)),
-                "source": data.get("source"), "request_id": data.get("request_id"), "verdict": verdict}
+    evidence = {
+        "step": step,
+        "old": old,
+        "new": new,
+        "window": w,
+        "loss_before_mean": b_mean,
+        "loss_after_mean": a_mean if len(after) else None,
+        "trend_expected_mean": expected,
+        "effect": effect if np.isfinite(effect) else None,
+        "noise": noise,
+        "nonfinite_after": int(len(after_all) - len(after)),
+        "source": data.get("source"),
+        "request_id": data.get("request_id"),
+        "verdict": verdict,
+    }
     what = f"The learning rate was {direction} from {fmt_value(old)} to {fmt_value(new)} at step {step}"
     if verdict == "hurt":
-        why = ("the loss became non-finite after it" if nonfinite else
-               f"over the next {w} steps the loss averaged {fmt_value(a_mean)} against {fmt_value(expected)} on the "
-               "previous trend")
-        yield Finding("control.lr_change", WARNING, f"An lr change at step {step} hurt", f"{what}: {why}.", evidence,
-                      step=step)
-        yield recommend("control.lr_change", WARNING, f"Keep the learning rate at {fmt_value(old)}", d.terms.lr(),
-                        old, f"the change to {fmt_value(new)} made the loss worse", evidence=evidence, current=new,
-                        priority=20)
+        why = (
+            "the loss became non-finite after it"
+            if nonfinite
+            else f"over the next {w} steps the loss averaged {fmt_value(a_mean)} against {fmt_value(expected)} on the "
+            "previous trend"
+        )
+        yield Finding(
+            "control.lr_change",
+            WARNING,
+            f"An lr change at step {step} hurt",
+            f"{what}: {why}.",
+            evidence,
+            step=step,
+        )
+        yield recommend(
+            "control.lr_change",
+            WARNING,
+            f"Keep the learning rate at {fmt_value(old)}",
+            d.terms.lr(),
+            old,
+            f"the change to {fmt_value(new)} made the loss worse",
+            evidence=evidence,
+            current=new,
+            priority=20,
+        )
         return
     if verdict == "unclear":
-        yield Finding("control.lr_change", INFO, f"An lr change at step {step} had no clear effect",
-                      f"{what}: the loss over the next {w} steps stayed within 5 % of its previous trend.", evidence,
-                      step=step)
+        yield Finding(
+            "control.lr_change",
+            INFO,
+            f"An lr change at step {step} had no clear effect",
+            f"{what}: the loss over the next {w} steps stayed within 5 % of its previous trend.",
+            evidence,
+            step=step,
+        )
         return
-    yield Finding("control.lr_change", INFO, f"An lr change at step {step} helped",
-                  f"{what}: over the next {w} steps the loss averaged {fmt_value(a_mean)} against "
-                  f"{fmt_value(expected)} on the previous trend.", evidence, step=step)
+    yield Finding(
+        "control.lr_change",
+        INFO,
+        f"An lr change at step {step} helped",
+        f"{what}: over the next {w} steps the loss averaged {fmt_value(a_mean)} against "
+        f"{fmt_value(expected)} on the previous trend.",
+        evidence,
+        step=step,
+    )
     if new < old:
         gamma = float(f"{new / old:.3g}")
-        yield recommend("control.lr_change", INFO, f"Schedule the decay at step {step}",
-                        d.terms.milestone_schedule(step, old), gamma,
-                        f"the next run gets the same drop (×{gamma}) at step {step} without anyone watching",
-                        evidence=evidence, current=None, priority=40)
+        yield recommend(
+            "control.lr_change",
+            INFO,
+            f"Schedule the decay at step {step}",
+            d.terms.milestone_schedule(step, old),
+            gamma,
+            f"the next run gets the same drop (×{gamma}) at step {step} without anyone watching",
+            evidence=evidence,
+            current=None,
+            priority=40,
+        )
     else:
-        yield recommend("control.lr_change", INFO, f"Start at learning rate {fmt_value(new)}", d.terms.lr(), new,
-                        "the raised learning rate trained faster; the next run can start there", evidence=evidence,
-                        current=old, priority=40)
+        yield recommend(
+            "control.lr_change",
+            INFO,
+            f"Start at learning rate {fmt_value(new)}",
+            d.terms.lr(),
+            new,
+            "the raised learning rate trained faster; the next run can start there",
+            evidence=evidence,
+            current=old,
+            priority=40,
+        )

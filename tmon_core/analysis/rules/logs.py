@@ -36,21 +36,42 @@ from ..terms import Setting
 from . import fmt_bytes, recommend
 
 PATTERNS = (
-    ("oom", re.compile(r"out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|OOM when allocating|"
-                       r"ResourceExhausted|Cannot allocate memory|\bMemoryError\b", re.I)),
-    ("dataloader", re.compile(r"DataLoader worker|worker \(pid|exited unexpectedly|killed by signal|Bus error|"
-                              r"shared memory|/dev/shm|\bshm\b|Too many open files", re.I)),
+    (
+        "oom",
+        re.compile(
+            r"out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|OOM when allocating|"
+            r"ResourceExhausted|Cannot allocate memory|\bMemoryError\b",
+            re.I,
+        ),
+    ),
+    (
+        "dataloader",
+        re.compile(
+            r"DataLoader worker|worker \(pid|exited unexpectedly|killed by signal|Bus error|"
+            r"shared memory|/dev/shm|\bshm\b|Too many open files",
+            re.I,
+        ),
+    ),
     ("nccl", re.compile(r"\bNCCL|ProcessGroupNCCL|collective operation timeout|\bc10d\b", re.I)),
-    ("cuda", re.compile(r"CUDA error|CUDA_ERROR_|cuDNN error|CUDNN_STATUS|CUBLAS_STATUS|device-side assert|"
-                        r"illegal memory access|CUDA kernel errors", re.I)),
+    (
+        "cuda",
+        re.compile(
+            r"CUDA error|CUDA_ERROR_|cuDNN error|CUDNN_STATUS|CUBLAS_STATUS|device-side assert|"
+            r"illegal memory access|CUDA kernel errors",
+            re.I,
+        ),
+    ),
     ("nonfinite", re.compile(r"\bnan\b|\b-?inf\b|non-finite|not finite|\boverflow", re.I)),
 )
 CATEGORY_ORDER = ("oom", "cuda", "nccl", "dataloader", "nonfinite", "error", "tmon", "warning", "library")
 LIBRARY = "library"
 # what tmon_core.capture stores for a warning: "<Category>: <message> (<filename>:<lineno>)", and
 # logging.captureWarnings' "<filename>:<lineno>: <Category>: <message>"
-_NOTICE = re.compile(r"^\w*(?:DeprecationWarning|FutureWarning): .*\((?P<file>[^()]+):\d+\)\s*$"
-                     r"|^(?P<file2>\S[^:]*):\d+: \w*(?:DeprecationWarning|FutureWarning): ", re.S)
+_NOTICE = re.compile(
+    r"^\w*(?:DeprecationWarning|FutureWarning): .*\((?P<file>[^()]+):\d+\)\s*$"
+    r"|^(?P<file2>\S[^:]*):\d+: \w*(?:DeprecationWarning|FutureWarning): ",
+    re.S,
+)
 _THIRD_PARTY = re.compile(r"[/\\](?:site|dist)-packages[/\\]")
 
 
@@ -62,6 +83,8 @@ def library_notice(message: str, source: str | None, logger: str | None = None) 
     if not m:
         return False
     return bool(_THIRD_PARTY.search(m.group("file") or m.group("file2") or ""))
+
+
 MAX_ENTRIES = 200
 _LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30}
 
@@ -73,7 +96,9 @@ def as_step(v) -> int | None:
         return None
 
 
-def categorize(message: str, level: str = "ERROR", source: str | None = None, logger: str | None = None) -> str | None:
+def categorize(
+    message: str, level: str = "ERROR", source: str | None = None, logger: str | None = None
+) -> str | None:
     """The category of one message (None: an INFO line that matches nothing)."""
     if source == "tmon":
         return "tmon"
@@ -100,8 +125,17 @@ def collect(d) -> list[dict]:
             cat = categorize(r.message or "", r.level, r.source, r.logger)
             if cat is None:
                 continue
-            raw.append({"wall_time": float(r.wall_time), "step": as_step(r.step), "level": r.level, "source": r.source, "logger": r.logger,
-                        "category": cat, "message": r.message or ""})
+            raw.append(
+                {
+                    "wall_time": float(r.wall_time),
+                    "step": as_step(r.step),
+                    "level": r.level,
+                    "source": r.source,
+                    "logger": r.logger,
+                    "category": cat,
+                    "message": r.message or "",
+                }
+            )
     raw = _drop_echoes(raw)
     err = d.failure
     failure_events = d.events_of(ev.EXCEPTION, ev.OOM)
@@ -110,19 +144,35 @@ def collect(d) -> list[dict]:
         if last_failure is not None and e.Index == last_failure.name:
             continue  # the event of the run's own error: added below with the traceback
         msg = e.message or e.type
-        raw.append({"wall_time": float(e.wall_time), "step": as_step(e.step),
-                    "level": "ERROR", "source": "event", "logger": None,
-                    "category": "oom" if e.type == ev.OOM else categorize(msg, "ERROR", "exception"),
-                    "message": msg})
+        raw.append(
+            {
+                "wall_time": float(e.wall_time),
+                "step": as_step(e.step),
+                "level": "ERROR",
+                "source": "event",
+                "logger": None,
+                "category": "oom" if e.type == ev.OOM else categorize(msg, "ERROR", "exception"),
+                "message": msg,
+            }
+        )
     if err is not None:
         msg = f"{err.get('type', 'error')}: {err.get('message', '')}".strip()
         wall = float(last_failure.wall_time) if last_failure is not None else d.info.get("ended_at")
         step = last_failure.step if last_failure is not None else d.last_step
         cat = "oom" if err.get("oom") else categorize(msg, "ERROR", "exception")
-        raw.append({"wall_time": wall, "step": as_step(step), "level": "ERROR",
-                    "source": "exception", "logger": None, "category": cat, "message": msg,
-                    "traceback": (err.get("traceback") or "")[-4000:] or None})
-    raw.sort(key=lambda e: (e["wall_time"] or 0))
+        raw.append(
+            {
+                "wall_time": wall,
+                "step": as_step(step),
+                "level": "ERROR",
+                "source": "exception",
+                "logger": None,
+                "category": cat,
+                "message": msg,
+                "traceback": (err.get("traceback") or "")[-4000:] or None,
+            }
+        )
+    raw.sort(key=lambda e: e["wall_time"] or 0)
     folded = _fold(raw)
     if len(folded) > MAX_ENTRIES:
         keep = sorted(folded, key=lambda e: CATEGORY_ORDER.index(e["category"]))[:MAX_ENTRIES]
@@ -137,8 +187,11 @@ def _drop_echoes(rows: list[dict]) -> list[dict]:
     """A record that a handler also printed (captured as a logging record and as a stderr line)."""
     import bisect
 
-    seen = sorted((r["wall_time"], r["message"].splitlines()[0] if r["message"] else "") for r in rows
-                  if r["source"] not in ("stdout", "stderr"))
+    seen = sorted(
+        (r["wall_time"], r["message"].splitlines()[0] if r["message"] else "")
+        for r in rows
+        if r["source"] not in ("stdout", "stderr")
+    )
     times = [t for t, _ in seen]
     out = []
     for r in rows:
@@ -182,10 +235,16 @@ def check(d):
     errors = [e for e in by_cat.get("error", []) if e["source"] not in ("exception", "event")]
     if errors:
         n = sum(e["count"] for e in errors)
-        yield Finding("logs.errors", WARNING, f"{n} error record{'s' * (n != 1)} logged during the run",
-                      "Records at ERROR or above that match no known cause; the first: "
-                      f"{_first_line(errors[0]['message'])}", {"count": n, "first": _brief(errors[:5])},
-                      step=errors[0]["step"], wall_time=errors[0]["wall_time"])
+        yield Finding(
+            "logs.errors",
+            WARNING,
+            f"{n} error record{'s' * (n != 1)} logged during the run",
+            "Records at ERROR or above that match no known cause; the first: "
+            f"{_first_line(errors[0]['message'])}",
+            {"count": n, "first": _brief(errors[:5])},
+            step=errors[0]["step"],
+            wall_time=errors[0]["wall_time"],
+        )
 
 
 def _first_line(msg: str, n: int = 300) -> str:
@@ -194,8 +253,15 @@ def _first_line(msg: str, n: int = 300) -> str:
 
 
 def _brief(entries: list[dict]) -> list[dict]:
-    return [{"wall_time": e["wall_time"], "step": e["step"], "message": _first_line(e["message"]),
-             "count": e["count"]} for e in entries]
+    return [
+        {
+            "wall_time": e["wall_time"],
+            "step": e["step"],
+            "message": _first_line(e["message"]),
+            "count": e["count"],
+        }
+        for e in entries
+    ]
 
 
 def _env(name: str) -> Setting:
@@ -210,14 +276,30 @@ def _cuda(d, entries, failed):
     assert_hint = any("device-side assert" in e["message"].lower() for e in entries)
     detail = f"A CUDA error was reported: {_first_line(first['message'])}."
     if assert_hint:
-        detail += (" A device-side assert is most often an index out of range on the GPU (a label >= the number "
-                   "of classes, a token id >= the vocabulary size).")
-    yield Finding("logs.cuda", sev, "CUDA error", detail, {"errors": _brief(entries[:5]), "memory": first["memory"]},
-                  step=first["step"], wall_time=first["wall_time"])
-    yield recommend("logs.cuda", sev, "Locate the failing CUDA operation", _env("CUDA_LAUNCH_BLOCKING"), 1,
-                    "CUDA errors are reported asynchronously, at a later call; with launch blocking the "
-                    "traceback points at the operation that failed (slower: for debugging only)",
-                    evidence={"first_error": _first_line(first["message"])}, priority=10)
+        detail += (
+            " A device-side assert is most often an index out of range on the GPU (a label >= the number "
+            "of classes, a token id >= the vocabulary size)."
+        )
+    yield Finding(
+        "logs.cuda",
+        sev,
+        "CUDA error",
+        detail,
+        {"errors": _brief(entries[:5]), "memory": first["memory"]},
+        step=first["step"],
+        wall_time=first["wall_time"],
+    )
+    yield recommend(
+        "logs.cuda",
+        sev,
+        "Locate the failing CUDA operation",
+        _env("CUDA_LAUNCH_BLOCKING"),
+        1,
+        "CUDA errors are reported asynchronously, at a later call; with launch blocking the "
+        "traceback points at the operation that failed (slower: for debugging only)",
+        evidence={"first_error": _first_line(first["message"])},
+        priority=10,
+    )
 
 
 def _nccl(d, entries, failed):
@@ -226,19 +308,40 @@ def _nccl(d, entries, failed):
     sev = CRITICAL if failed else WARNING
     first = entries[0]
     timeout = any("timeout" in e["message"].lower() or "timed out" in e["message"].lower() for e in entries)
-    yield Finding("logs.nccl", sev, "NCCL (distributed communication) error" + (" : a collective timed out"
-                  if timeout else ""), f"{_first_line(first['message'])}",
-                  {"errors": _brief(entries[:5]), "timeout": timeout}, step=first["step"], wall_time=first["wall_time"])
+    yield Finding(
+        "logs.nccl",
+        sev,
+        "NCCL (distributed communication) error" + (" : a collective timed out" if timeout else ""),
+        f"{_first_line(first['message'])}",
+        {"errors": _brief(entries[:5]), "timeout": timeout},
+        step=first["step"],
+        wall_time=first["wall_time"],
+    )
     setting = d.terms.ddp_timeout()
     if timeout and setting.path:
         current = setting.current if isinstance(setting.current, (int, float)) else 1800
-        yield recommend("logs.nccl", sev, "Give slow collectives more time", setting, int(current * 2),
-                        "ranks that wait on a slow one (a long evaluation, checkpoint or data step on one rank) no "
-                        "longer abort the job; if the timeout still fires, one rank is stuck, not slow",
-                        evidence={"errors": _brief(entries[:3])}, current=current, priority=10)
-    yield recommend("logs.nccl", INFO if timeout else sev, "See what NCCL is doing", _env("NCCL_DEBUG"), "INFO",
-                    "NCCL logs its set-up and the failing operation, naming the rank and the network interface",
-                    evidence={"errors": _brief(entries[:3])}, priority=20)
+        yield recommend(
+            "logs.nccl",
+            sev,
+            "Give slow collectives more time",
+            setting,
+            int(current * 2),
+            "ranks that wait on a slow one (a long evaluation, checkpoint or data step on one rank) no "
+            "longer abort the job; if the timeout still fires, one rank is stuck, not slow",
+            evidence={"errors": _brief(entries[:3])},
+            current=current,
+            priority=10,
+        )
+    yield recommend(
+        "logs.nccl",
+        INFO if timeout else sev,
+        "See what NCCL is doing",
+        _env("NCCL_DEBUG"),
+        "INFO",
+        "NCCL logs its set-up and the failing operation, naming the rank and the network interface",
+        evidence={"errors": _brief(entries[:3])},
+        priority=20,
+    )
 
 
 def _dataloader(d, entries, failed):
@@ -247,36 +350,68 @@ def _dataloader(d, entries, failed):
     sev = CRITICAL if failed else WARNING
     first = entries[0]
     text = " ".join(e["message"] for e in entries).lower()
-    killed = "killed by signal" in text and ("killed" in text.split("killed by signal", 1)[1][:40]
-                                             or "signal 9" in text or "sigkill" in text)
+    killed = "killed by signal" in text and (
+        "killed" in text.split("killed by signal", 1)[1][:40] or "signal 9" in text or "sigkill" in text
+    )
     shm = "bus error" in text or "shared memory" in text or "/dev/shm" in text or " shm" in text
     files = "too many open files" in text
-    cause = ("a worker was killed (SIGKILL: most often the kernel's out-of-memory killer)" if killed else
-             "shared memory (/dev/shm) ran out" if shm else "the process ran out of file descriptors" if files
-             else "a worker exited unexpectedly")
-    yield Finding("logs.dataloader", sev, "A dataloader worker crashed",
-                  f"{_first_line(first['message'])} ({cause}).", {"errors": _brief(entries[:5]), "cause": cause,
-                                                                    "memory": first["memory"]},
-                  step=first["step"], wall_time=first["wall_time"])
+    cause = (
+        "a worker was killed (SIGKILL: most often the kernel's out-of-memory killer)"
+        if killed
+        else "shared memory (/dev/shm) ran out"
+        if shm
+        else "the process ran out of file descriptors"
+        if files
+        else "a worker exited unexpectedly"
+    )
+    yield Finding(
+        "logs.dataloader",
+        sev,
+        "A dataloader worker crashed",
+        f"{_first_line(first['message'])} ({cause}).",
+        {"errors": _brief(entries[:5]), "cause": cause, "memory": first["memory"]},
+        step=first["step"],
+        wall_time=first["wall_time"],
+    )
     workers = d.num_workers
     setting = d.terms.num_workers()
     if (killed or shm) and workers and setting.path:
         mem = first["memory"] or {}
         per = (mem.get("workers_rss_bytes") or 0) / (mem.get("workers") or workers)
         new = workers // 2
-        yield recommend("logs.dataloader", sev, "Fewer dataloader workers", setting, new,
-                        f"each worker holds its own copy of what it loads{f' (~{fmt_bytes(per)} RSS each)' if per else ''}"
-                        "; fewer workers need less RAM and shared memory", evidence={"cause": cause}, priority=10)
+        yield recommend(
+            "logs.dataloader",
+            sev,
+            "Fewer dataloader workers",
+            setting,
+            new,
+            f"each worker holds its own copy of what it loads{f' (~{fmt_bytes(per)} RSS each)' if per else ''}"
+            "; fewer workers need less RAM and shared memory",
+            evidence={"cause": cause},
+            priority=10,
+        )
     if shm:
-        yield recommend("logs.dataloader", sev, "Give the container more shared memory",
-                        Setting("docker run --shm-size=...", None), "8g",
-                        "dataloader workers hand batches to the main process through /dev/shm; Docker's default "
-                        "is 64 MB", evidence={"cause": cause}, priority=15)
+        yield recommend(
+            "logs.dataloader",
+            sev,
+            "Give the container more shared memory",
+            Setting("docker run --shm-size=...", None),
+            "8g",
+            "dataloader workers hand batches to the main process through /dev/shm; Docker's default is 64 MB",
+            evidence={"cause": cause},
+            priority=15,
+        )
     if files:
-        yield recommend("logs.dataloader", sev, "Share tensors through files, not descriptors",
-                        Setting("torch.multiprocessing.set_sharing_strategy(...)", "file_descriptor"), "file_system",
-                        "each tensor a worker sends no longer holds a file descriptor open",
-                        evidence={"cause": cause}, priority=15)
+        yield recommend(
+            "logs.dataloader",
+            sev,
+            "Share tensors through files, not descriptors",
+            Setting("torch.multiprocessing.set_sharing_strategy(...)", "file_descriptor"),
+            "file_system",
+            "each tensor a worker sends no longer holds a file descriptor open",
+            evidence={"cause": cause},
+            priority=15,
+        )
 
 
 def _nonfinite(d, entries):
@@ -289,13 +424,26 @@ def _nonfinite(d, entries):
         return  # the stability rules report the NaN loss itself, with these lines as context
     n = sum(e["count"] for e in entries)
     first = entries[0]
-    yield Finding("logs.nonfinite", WARNING, "NaN/inf or overflow messages in the log",
-                  f"{n} message{'s' * (n != 1)} about non-finite values or overflow, the first: "
-                  f"{_first_line(first['message'])}", {"count": n, "messages": _brief(entries[:5])},
-                  step=first["step"], wall_time=first["wall_time"])
+    yield Finding(
+        "logs.nonfinite",
+        WARNING,
+        "NaN/inf or overflow messages in the log",
+        f"{n} message{'s' * (n != 1)} about non-finite values or overflow, the first: "
+        f"{_first_line(first['message'])}",
+        {"count": n, "messages": _brief(entries[:5])},
+        step=first["step"],
+        wall_time=first["wall_time"],
+    )
     if d.fp16:
         setting = d.terms.precision("bf16-mixed")
         value = d.terms.precision_value("bf16-mixed")
-        yield recommend("logs.nonfinite", WARNING, "bf16 instead of fp16", setting, value,
-                        "bf16 has fp32's range: no loss-scale overflows or skipped steps (needs an Ampere or newer "
-                        "GPU)", evidence={"precision": d.precision, "count": n}, priority=20)
+        yield recommend(
+            "logs.nonfinite",
+            WARNING,
+            "bf16 instead of fp16",
+            setting,
+            value,
+            "bf16 has fp32's range: no loss-scale overflows or skipped steps (needs an Ampere or newer GPU)",
+            evidence={"precision": d.precision, "count": n},
+            priority=20,
+        )

@@ -12,8 +12,11 @@ import re
 from ..model import INFO, Finding
 from . import recommend
 
-TENSOR_CORES = re.compile(r"V100|\bT4\b|A100|A800|\bA10G?\b|\bA30\b|\bA40\b|\bA16\b|\bA2\b|\bL4\b|L40|H100|H200|H800|"
-                          r"GH200|B100|B200|GB200|RTX|Titan V", re.I)
+TENSOR_CORES = re.compile(
+    r"V100|\bT4\b|A100|A800|\bA10G?\b|\bA30\b|\bA40\b|\bA16\b|\bA2\b|\bL4\b|L40|H100|H200|H800|"
+    r"GH200|B100|B200|GB200|RTX|Titan V",
+    re.I,
+)
 _NO_BF16 = re.compile(r"V100|\bT4\b|Titan V|RTX 20\d\d|Quadro RTX|RTX [468]000\b(?! Ada)", re.I)
 
 
@@ -28,13 +31,27 @@ def check(d):
         return
     target = "16-mixed" if all(_NO_BF16.search(n) for n in tc) else "bf16-mixed"
     evidence = {"precision": d.precision, "gpus": tc, "target": target}
-    yield Finding("precision.fp32", INFO, "Full fp32 precision on tensor-core GPUs",
-                  f"The run trained in {d.precision} on {', '.join(tc)}: its tensor cores run 16-bit matrix math "
-                  "several times faster than fp32.", evidence)
+    yield Finding(
+        "precision.fp32",
+        INFO,
+        "Full fp32 precision on tensor-core GPUs",
+        f"The run trained in {d.precision} on {', '.join(tc)}: its tensor cores run 16-bit matrix math "
+        "several times faster than fp32.",
+        evidence,
+    )
     t = d.terms
-    yield recommend("precision.fp32", INFO, f"Mixed precision ({'bf16' if target.startswith('bf16') else 'fp16'})",
-                    t.precision(target), t.precision_value(target),
-                    "typically 1.5-3× faster steps and about half the activation memory; "
-                    + ("bf16 keeps fp32's range, so no loss scaling is needed" if target.startswith("bf16")
-                       else "fp16 needs loss scaling (the framework does it with mixed precision)"),
-                    evidence=evidence, priority=40)
+    yield recommend(
+        "precision.fp32",
+        INFO,
+        f"Mixed precision ({'bf16' if target.startswith('bf16') else 'fp16'})",
+        t.precision(target),
+        t.precision_value(target),
+        "typically 1.5-3× faster steps and about half the activation memory; "
+        + (
+            "bf16 keeps fp32's range, so no loss scaling is needed"
+            if target.startswith("bf16")
+            else "fp16 needs loss scaling (the framework does it with mixed precision)"
+        ),
+        evidence=evidence,
+        priority=40,
+    )

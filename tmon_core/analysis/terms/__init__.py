@@ -45,8 +45,24 @@ def framework_of(info: dict) -> str:
 
 
 def terms_for(framework: str, config: dict) -> Terms:
-    return {LIGHTNING: LightningTerms, HF: HFTerms, KERAS: KerasTerms, PYTORCH: PyTorchTerms}.get(framework, Terms)(config)
+    return {LIGHTNING: LightningTerms, HF: HFTerms, KERAS: KerasTerms, PYTORCH: PyTorchTerms}.get(
+        framework, Terms
+    )(config)
 
 
-__all__ = ["GENERIC", "HF", "KERAS", "LIGHTNING", "PYTORCH", "HFTerms", "KerasTerms", "LightningTerms", "PyTorchTerms",
-           "Setting", "Terms", "framework_of", "literal", "terms_for"]
+__all__ = [
+    "GENERIC",
+    "HF",
+    "KERAS",
+    "LIGHTNING",
+    "PYTORCH",
+    "HFTerms",
+    "KerasTerms",
+    "LightningTerms",
+    "PyTorchTerms",
+    "Setting",
+    "Terms",
+    "framework_of",
+    "literal",
+    "terms_for",
+]

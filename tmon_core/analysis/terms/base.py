@@ -109,7 +109,9 @@ class Terms:
         return Setting("gradient_clip_norm=...", self.rc.gradient_clip_val)
 
     def lr(self) -> Setting:
-        return Setting("learning_rate=...", finite(self.optimizer_value("lr") or self.optimizer_value("learning_rate")))
+        return Setting(
+            "learning_rate=...", finite(self.optimizer_value("lr") or self.optimizer_value("learning_rate"))
+        )
 
     def weight_decay(self) -> Setting:
         return Setting("weight_decay=...", self.optimizer_value("weight_decay"))

@@ -1,0 +1,366 @@
+"""The Prometheus exporter: what it serves, bounded keys, incremental reads, store outages, never
+writing; and a real Prometheus (Debian's ``prometheus``) scraping it with the repo's scrape config
+and alert rules while a Lightning fit trains into the store, the NaN rule firing and every query
+of the Grafana dashboard returning data."""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tmon_core import Recorder  # noqa: E402
+from tmon_core.interop.exporter import Exporter  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEPLOY = os.path.join(REPO, "deploy")
+
+
+def scrape(exporter) -> dict:
+    """(name, labels as a sorted tuple) -> value, from the exporter's text output."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(exporter)
+    out = {}
+    for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_serves_live_runs_latest_values_nan_and_info(store_url):
+    rec = Recorder(store_url, run_name="live", framework="lightning", flush_interval=0.1)
+    done = Recorder(store_url, run_name="old", flush_interval=0.1)
+    done.log({"loss": 1.0}, 0)
+    done.close()
+    for s in range(5):
+        rec.log({"loss": 1.0 / (s + 1), "lr": 0.1, "step_time": 0.02, "data_time": 0.001, "epoch": 0.0}, s)
+    rec.log({"loss": math.nan}, 5)
+    rec.flush()
+    ex = Exporter(store_url, grace=0.0)  # the ended run is out at once
+    ex.poll()
+    m = scrape(ex)
+    rid = rec.run_id
+    assert (
+        m[
+            (
+                "tmon_run_info",
+                (
+                    ("framework", "lightning"),
+                    ("host", socket.gethostname()),
+                    ("run_id", rid),
+                    ("run_name", "live"),
+                    ("status", "running"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert m[("tmon_run_step", (("run_id", rid),))] == 5
+    assert math.isnan(m[("tmon_metric", (("key", "loss"), ("run_id", rid)))])
+    assert m[("tmon_run_nonfinite", (("key", "loss"), ("run_id", rid)))] == 1
+    assert m[("tmon_metric", (("key", "lr"), ("run_id", rid)))] == 0.1
+    assert m[("tmon_step_time_seconds", (("run_id", rid),))] == 0.02
+    assert m[("tmon_data_time_seconds", (("run_id", rid),))] == 0.001
+    assert m[("tmon_run_epoch", (("run_id", rid),))] == 0.0
+    assert abs(m[("tmon_last_step_timestamp_seconds", (("run_id", rid),))] - time.time()) < 60
+    assert m[("tmon_alerts_total", (("run_id", rid),))] == 0
+    assert m[("tmon_exporter_store_up", ())] == 1 and m[("tmon_exporter_stale", ())] == 0
+    assert m[("tmon_exporter_runs", ())] == 1  # "old" ended: out after the grace period
+    assert not [k for k in m if dict(k[1]).get("run_id") == done.run_id]
+    rec.close()
+
+
+def test_a_lost_run_is_exported_as_lost_for_the_grace_period(store_url):
+    rec = Recorder(store_url, run_name="dies", flush_interval=0.1, heartbeat_timeout=0.3)
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    rec.close(None)  # the process "dies": the run stays running in the store, its heartbeat stops
+    time.sleep(0.6)
+    ex = Exporter(store_url)
+    ex.poll()
+    info = [dict(k[1]) for k in scrape(ex) if k[0] == "tmon_run_info"]
+    assert [(i["run_id"], i["status"]) for i in info] == [(rec.run_id, "lost")]
+    ex = Exporter(store_url, grace=0.1)
+    ex.poll()
+    assert not [k for k in scrape(ex) if k[0] == "tmon_run_info"]
+
+
+def test_keys_allow_list_and_cap_bound_the_cardinality(store_url):
+    with Recorder(store_url, flush_interval=0.1, heartbeat_timeout=600) as rec:
+        rec.log({f"k{i:03d}": float(i) for i in range(200)} | {"loss": 1.0, "val_loss": 2.0}, 0)
+        rec.flush()
+        ex = Exporter(store_url, max_keys=20)
+        ex.poll()
+        keys = {dict(k[1])["key"] for k in scrape(ex) if k[0] == "tmon_metric"}
+        assert len(keys) == 20
+        ex = Exporter(store_url, keys=["loss", "val_*"])
+        ex.poll()
+        keys = {dict(k[1])["key"] for k in scrape(ex) if k[0] == "tmon_metric"}
+        assert keys == {"loss", "val_loss"}
+
+
+def test_reads_are_incremental_and_steps_per_second(store_url):
+    a = Recorder(store_url, run_name="a", flush_interval=0.1)
+    b = Recorder(store_url, run_name="b", flush_interval=0.1)
+    for r in (a, b):
+        r.log({"loss": 1.0}, 0)
+        r.flush()
+    ex = Exporter(store_url)
+    reads = []
+    orig = ex._read_run
+    ex._read_run = lambda store, rid, *rest: (reads.append(rid), orig(store, rid, *rest))
+    ex.poll()
+    assert sorted(reads) == sorted([a.run_id, b.run_id])
+    reads.clear()
+    ex.poll()
+    assert reads == []  # nothing moved: nothing read but the run list
+    for s in range(1, 11):
+        a.log({"loss": 1.0 / s}, s)
+    a.flush()
+    time.sleep(0.2)
+    ex.poll()
+    assert reads == [a.run_id]
+    m = scrape(ex)
+    assert m[("tmon_run_step", (("run_id", a.run_id),))] == 10
+    assert m[("tmon_steps_per_second", (("run_id", a.run_id),))] > 0
+    a.close()
+    b.close()
+
+
+def test_survives_a_store_outage_serving_stale_values_and_never_writes(tmp_path):
+    path = tmp_path / "s.db"
+    url = f"sqlite:///{path}"
+    with Recorder(url, flush_interval=0.1, heartbeat_timeout=3600) as rec:
+        rec.log({"loss": 0.5}, 3)
+    # a run left "running" by a process that is still alive elsewhere: written, then the writer gone
+    rec2 = Recorder(url, run_name="running", flush_interval=0.1, heartbeat_timeout=3600)
+    rec2.log({"loss": 0.25}, 7)
+    rec2.flush()
+    rec2.close(None)
+    before = sha(path)
+    ex = Exporter(url)
+    ex.poll()
+    assert scrape(ex)[("tmon_metric", (("key", "loss"), ("run_id", rec2.run_id)))] == 0.25
+    for _ in range(3):
+        ex.poll()
+    assert sha(path) == before  # polls never write
+    ex._store.close()
+    saved = path.read_bytes()
+    path.write_bytes(b"this is not a database" * 100)
+    ex._store = None
+    ex.poll()
+    m = scrape(ex)
+    assert m[("tmon_exporter_store_up", ())] == 0 and m[("tmon_exporter_stale", ())] == 1
+    assert (
+        m[("tmon_metric", (("key", "loss"), ("run_id", rec2.run_id)))] == 0.25
+    )  # the last values, still served
+    assert ex.last_error
+    path.write_bytes(saved)
+    ex.poll()
+    m = scrape(ex)
+    assert m[("tmon_exporter_store_up", ())] == 1 and m[("tmon_exporter_stale", ())] == 0
+
+
+def test_promtool_checks_the_alert_rules_and_the_scrape_config():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    out = subprocess.run(
+        [promtool, "check", "rules", os.path.join(DEPLOY, "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(
+        [promtool, "check", "config", os.path.join(DEPLOY, "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def _wait(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path, store_url):
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    pytest.importorskip("lightning")
+    from lightning.pytorch import Trainer
+
+    from examples.tiny_lightning import make
+    from tmon_callbacks.lightning import TMonCallback
+
+    # the store exists before the exporter starts (it never creates one)
+    Recorder(store_url, run_name="warmup", flush_interval=0.1).close()
+    ex_port, prom_port = free_port(), free_port()
+    exporter = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tmon_core.interop",
+            "--store",
+            store_url,
+            "exporter",
+            "--port",
+            str(ex_port),
+            "--addr",
+            "127.0.0.1",
+            "--interval",
+            "0.5",
+            "--grace",
+            "600",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # the repo's scrape config and rules, pointed at this exporter and scraped every second
+    with open(os.path.join(DEPLOY, "prometheus.yml")) as f:
+        cfg = f.read().replace("localhost:9464", f"127.0.0.1:{ex_port}").replace("15s", "1s")
+    cfg = cfg.replace("- alerts.yml", f"- {os.path.join(DEPLOY, 'alerts.yml')}")
+    (tmp_path / "prometheus.yml").write_text(cfg)
+    prom = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+    try:
+        _wait(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{ex_port}/metrics", timeout=2).status == 200,
+            60,
+            "the exporter",
+        )
+        _wait(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2).status == 200,
+            60,
+            "prometheus",
+        )
+        _wait(lambda: _get(f"{api}/rules")["data"]["groups"], 60, "the alert rules to load")
+        assert len(_get(f"{api}/rules")["data"]["groups"][0]["rules"]) == 7
+        _wait(
+            lambda: [r["value"][1] for r in _get(f"{api}/query?query=up")["data"]["result"]] == ["1"],
+            60,
+            "prometheus' first scrape of the exporter",
+        )
+
+        TinyRegressor, SyntheticData = make("lightning.pytorch")
+        cb = TMonCallback(
+            store_url,
+            flush_interval=0.2,
+            sample_interval=None,
+            run_name="prom-fit",
+            report="off",
+            widget=False,
+        )
+        t = Trainer(
+            max_epochs=10,
+            callbacks=[cb],
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+        )
+        fit = threading.Thread(
+            target=t.fit,
+            args=(TinyRegressor(lr=0.01, sleep=0.1, nan_at_step=70), SyntheticData(n=192, batch_size=16)),
+        )
+        start = time.time()
+        fit.start()
+        fit.join(300)
+        assert not fit.is_alive()
+        time.sleep(3)  # the last poll and scrape
+        rid = cb.run_id
+
+        def series(query):
+            q = urllib.parse.urlencode({"query": query, "start": start - 5, "end": time.time(), "step": "1"})
+            res = _get(f"{api}/query_range?{q}")["data"]["result"]
+            return [float(v) for _, v in res[0]["values"]] if res else []
+
+        steps = series(f'tmon_run_step{{run_id="{rid}"}}')
+        assert len(set(steps)) >= 3 and steps == sorted(steps) and steps[-1] == 9 * 9 + 8, (
+            steps
+        )  # 9 steps/epoch
+        loss = series(f'tmon_metric{{run_id="{rid}",key="train_loss_step"}}')
+        assert len(set(loss)) >= 3, loss
+        assert series(f'tmon_run_info{{run_id="{rid}",run_name="prom-fit"}}')
+        assert series(f'tmon_steps_per_second{{run_id="{rid}"}}')
+        assert series("tmon_exporter_store_up") and series("tmon_exporter_store_up")[-1] == 1
+        # the loss went NaN at step 70: the exporter says so and the repo's NaN rule fires
+        assert series(f'tmon_run_nonfinite{{run_id="{rid}",key="train_loss_step"}}')
+        _wait(
+            lambda: any(
+                a["labels"]["alertname"] == "TmonNonFiniteMetric" and a["state"] == "firing"
+                for a in _get(f"{api}/alerts")["data"]["alerts"]
+            ),
+            30,
+            "the NaN alert to fire",
+        )
+        # every query of the Grafana dashboard returns data (but those of other exporters: DCGM, node)
+        with open(os.path.join(DEPLOY, "grafana", "tmon-dashboard.json")) as f:
+            dashboard = json.load(f)
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        ours = [e for e in exprs if not e.startswith(("DCGM_", "node_"))]
+        assert len(ours) == len(exprs) - 2
+        for expr in ours:
+            assert series(expr), f"no data for the dashboard's query {expr!r}"
+    finally:
+        for p in (prom, exporter):
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
