@@ -2,6 +2,7 @@
 through the query API."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -281,7 +282,8 @@ def test_torchrun_two_processes_write_one_run_once(tmp_path, store_url):
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    # found anywhere in the output: two processes share it, and another line may lack its newline
+    ranks = sorted(list(m) for m in re.findall(r"RANK (\d+) (\S+) (True|False)", proc.stdout))
     assert len(ranks) == 2 and ranks[0][1] == ranks[1][1]  # one run id on both processes
     assert [r[2] for r in ranks] == ["True", "False"]
     store = open_store(store_url)
