@@ -135,7 +135,7 @@ def test_a_slow_target_does_not_hold_up_the_caller():
         n = Notifier([f"json://127.0.0.1:{slow.port}/hook"])
         for step in range(5):
             n.send(_alert(rule=f"r{step}", step=step))  # returns at once: the server holds the first request
-        assert slow.bodies == [] and n._queue.qsize() >= 3, "send() waited for the server"
+        assert slow.bodies == [], "send() waited for the server"
         release.set()
         assert len(slow.wait_for(5)) == 5
         n.close()

@@ -147,7 +147,7 @@ class AlertEngine:
             return []
         if self._times.count < STALL_MIN_STEPS:
             return []
-        median = self._times._median.value() or 0.0
+        median = self._times.median_step_s() or 0.0
         limit = max(self.t.stall_factor * median, self.t.stall_min_s, self.stall_after_s)
         now = self.clock() if now is None else now
         quiet = now - self._last_step_wall

@@ -50,7 +50,7 @@ class RecorderAlerts:
         from ..alerts.notify import Notifier
 
         self.recorder = recorder
-        self.engine = AlertEngine(rules if rules is not True else True, custom)
+        self.engine = AlertEngine(rules, custom)
         self.lock = threading.Lock()
         self.failed = False
         self.notifier = Notifier(urls, label=label, on_outcome=self._outcome) if urls else None

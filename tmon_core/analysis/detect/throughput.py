@@ -99,6 +99,10 @@ class StepTimes:
             self._both_s += float((dt[ok] + st[ok]).sum())
 
     # ------------------------------------------------------------------ what the run shows so far
+    def median_step_s(self) -> float | None:
+        """The median time of a step so far (its wait for data included), or None before any."""
+        return self._median.value()
+
     def input_share(self) -> dict | None:
         """The share of step time spent waiting for data, with ``bound`` when it makes the run
         input-bound; None before 10 steps with both times."""
