@@ -227,9 +227,53 @@ def test_a_running_run_that_makes_no_progress_is_stalled_once_per_stall(store_ur
     store.close()
 
 
+def test_a_validation_or_the_first_step_gets_phase_factor_times_longer_before_it_is_a_stall(store_url):
+    later = [0.0]
+
+    def clock():
+        return time.time() + later[0]
+
+    validating = Recorder(store_url, run_name="long validation", flush_interval=0.05, heartbeat_timeout=60)
+    starting = Recorder(store_url, run_name="slow start", flush_interval=0.05, heartbeat_timeout=60)
+    try:
+        for step in range(3):
+            validating.log({"loss": 1.0}, step)
+        validating.event(ev.VALIDATION_START, step=2)
+        time.sleep(0.3)
+        watcher = Watcher(store_url, notify=[], stall_after=10, phase_factor=3, clock=clock)
+        assert watcher.poll() == []
+        later[0] = 25  # past stall_after, within 3 x stall_after: a validation may take this long
+        assert watcher.poll() == []
+        later[0] = 31
+        alerts = {a["run_id"]: a for a in watcher.poll()}
+        assert set(alerts) == {validating.run_id, starting.run_id}
+        v, s = alerts[validating.run_id], alerts[starting.run_id]
+        assert v["title"].endswith("in validation") and v["evidence"]["phase"] == "validation"
+        assert v["evidence"]["stall_after_s"] == 30 and "allowed 30 s there" in v["text"]
+        assert s["evidence"]["phase"] == "the first step" and s["step"] is None
+        watcher.close()
+
+        # a closed validation is training again: stall_after alone
+        validating.event(ev.VALIDATION_END, step=2)
+        validating.log({"loss": 1.0}, 3)
+        time.sleep(0.3)
+        later[0] = 0
+        watcher = Watcher(store_url, notify=[], stall_after=10, phase_factor=3, clock=clock)
+        assert [a for a in watcher.poll() if a["run_id"] == validating.run_id] == []
+        later[0] = 11
+        (again,) = [a for a in watcher.poll() if a["run_id"] == validating.run_id]
+        assert again["step"] == 3 and again["evidence"]["phase"] is None
+        watcher.close()
+    finally:
+        validating.close()
+        starting.close()
+
+
 def test_bad_options_are_refused_and_no_store_is_created(store_url, capsys):
     with pytest.raises(ValueError, match="stall_after must be seconds > 0, received stall_after=0"):
         Watcher(store_url, notify=[], stall_after=0)
+    with pytest.raises(ValueError, match="phase_factor must be a number >= 1, received phase_factor=0.5"):
+        Watcher(store_url, notify=[], phase_factor=0.5)
     from tmon_core.cli import main
 
     assert main(["--store", store_url, "watch", "--once"]) == 2

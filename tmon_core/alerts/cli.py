@@ -1,4 +1,5 @@
-"""``tmon alerts RUN [--json] [--since 10m]`` and ``tmon watch [--notify URL ...] [--interval 10] [--stall-after 600]``.
+"""``tmon alerts RUN [--json] [--since 10m]`` and ``tmon watch [--notify URL ...] [--interval 10] [--stall-after 600]
+[--phase-factor 3]``.
 
 ``tmon alerts`` prints a run's alerts, one line each (``--json``: a list of objects, for scripts
 and agents); it only reads. ``tmon watch`` is a long-running process over the store that alerts on
@@ -54,6 +55,12 @@ def register(subparsers) -> dict:
         type=float,
         default=DEFAULT_STALL_AFTER,
         help="seconds without a new step before a running run is stalled (default 600)",
+    )
+    w.add_argument(
+        "--phase-factor",
+        type=float,
+        default=3.0,
+        help="times longer allowed in a validation or evaluation, and before the first step (default 3)",
     )
     w.add_argument(
         "--lookback",
@@ -133,7 +140,12 @@ def cmd_watch(store, args) -> int:
     except ValueError as exc:
         raise ValueError(f"--lookback: {exc}") from None
     watcher = Watcher(
-        store.url, notify=args.notify, interval=args.interval, stall_after=args.stall_after, lookback=lookback
+        store.url,
+        notify=args.notify,
+        interval=args.interval,
+        stall_after=args.stall_after,
+        phase_factor=args.phase_factor,
+        lookback=lookback,
     )
     stop = threading.Event()
     previous = (

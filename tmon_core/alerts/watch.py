@@ -6,7 +6,10 @@ Every ``interval`` seconds the watcher reads the store's runs and alerts, with s
   killed (SIGKILL, the OOM killer), its node gone, or cut off from the store;
 * ``stall``: a running run whose last step has not moved for ``stall_after`` seconds (its writer
   still beats, so the process lives, but training does not advance: a hung dataloader worker or
-  collective) unless the run alerted the stall itself;
+  collective) unless the run alerted the stall itself. Phases that are slow by nature get
+  ``phase_factor`` times longer: a validation or evaluation the run opened and has not closed, and
+  the time before the first step (data loading, compilation, a checkpoint loaded to resume); the
+  alert says which phase it stalled in;
 * ``finished`` / ``failed`` / ``interrupted``: a run a watcher saw running has ended, unless the
   run recorded that alert itself (the lifecycle rule of ``AlertEngine``, whose words these are).
 
@@ -54,6 +57,7 @@ class Watcher:
         notify=None,
         interval: float = 10.0,
         stall_after: float = 600.0,
+        phase_factor: float = 3.0,
         lookback: float = 86400.0,
         min_interval_s: float = 600.0,
         out=None,
@@ -62,6 +66,13 @@ class Watcher:
         for name, v in (("interval", interval), ("stall_after", stall_after), ("lookback", lookback)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be seconds > 0, received {name}={v!r}")
+        if (
+            isinstance(phase_factor, bool)
+            or not isinstance(phase_factor, (int, float))
+            or not phase_factor >= 1
+        ):
+            raise ValueError(f"phase_factor must be a number >= 1, received phase_factor={phase_factor!r}")
+        self.phase_factor = float(phase_factor)
         self.url = url
         self.interval = float(interval)
         self.stall_after = float(stall_after)
@@ -178,18 +189,40 @@ class Watcher:
         key = f"stall@{step}"  # what every watcher agrees on: the step it stalled at
         if quiet <= self.stall_after or key in r["claims"]:
             return []
+        phase = None
+        if step is None:
+            phase = ("the first step", seen[1])
+        else:
+            opened = store_alerts.open_phase(self.store, r["id"])
+            if opened is not None and opened[1] >= seen[1] - 1.0:  # opened since the last step
+                phase = opened
+        limit = self.stall_after * (self.phase_factor if phase else 1.0)
+        if quiet <= limit:
+            return []
         if store_alerts.own_alerts(self.store, r["id"], ["stall"], since=seen[1]):
             return []  # the run said it itself
+        where = "" if phase is None else f" in {phase[0]}"
         alert = {
             "rule": "stall",
             "level": "warning",
-            "title": f"No new step for {_fmt_s(quiet)}",
+            "title": f"No new step for {_fmt_s(quiet)}{where}",
             "text": f"The run {r['name']} is alive (its heartbeat goes on) but has logged no new step for "
-            f"{_fmt_s(quiet)}; the last was step {step}. It may hang: a dataloader worker, a collective "
-            "operation waiting for another rank, I/O, or a long evaluation or save.",
+            f"{_fmt_s(quiet)}; the last was step {step}"
+            + (
+                f", and it has been{where} since {_fmt_s(now - phase[1])} ago (allowed {_fmt_s(limit)} there)"
+                if phase
+                else ""
+            )
+            + ". It may hang: a dataloader worker, a collective operation waiting for another rank, "
+            "I/O, or a long evaluation or save.",
             "step": step,
             "wall_time": now,
-            "evidence": {"quiet_s": quiet, "stall_after_s": self.stall_after, "last_progress_at": seen[1]},
+            "evidence": {
+                "quiet_s": quiet,
+                "stall_after_s": limit,
+                "last_progress_at": seen[1],
+                "phase": None if phase is None else phase[0],
+            },
         }
         return self._raise(r, key, alert)
 

@@ -216,6 +216,26 @@ def last_point_time(store, run_id: str) -> float | None:
         ).scalar()
 
 
+#: the phases a watcher does not take for a stall at once: (the event that opens it, the one that closes it)
+PHASE_EVENTS = {ev.VALIDATION_START: ev.VALIDATION_END, ev.EVALUATION_START: ev.EVALUATION_END}
+
+
+def open_phase(store, run_id: str) -> tuple[str, float] | None:
+    """``(phase, since)`` when the run's newest phase event opens a phase (``validation_start``,
+    ``evaluation_start``) that no later event closed, else None."""
+    types = list(PHASE_EVENTS) + list(PHASE_EVENTS.values())
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(EventRow.type, EventRow.wall_time)
+            .where(EventRow.run_id == run_id, EventRow.type.in_(types))
+            .order_by(EventRow.wall_time.desc(), EventRow.id.desc())
+            .limit(1)
+        ).first()
+    if row is None or row[0] not in PHASE_EVENTS:
+        return None
+    return row[0].removesuffix("_start"), row[1]
+
+
 def own_alerts(store, run_id: str, rules, since: float | None = None) -> list[dict]:
     """The alerts of ``rules`` the run recorded itself (source "run"), raised at or after ``since``."""
     where = [EventRow.run_id == run_id, EventRow.type == ev.ALERT]
