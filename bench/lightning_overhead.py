@@ -59,7 +59,7 @@ SCALARS = ("train/loss", "train/mae", "train/max_err", "train/pred_mean", "train
 
 CONFIGS = ["bare", "NullLogger", "TMonCallback", "CSVLogger", "TensorBoardLogger", "MLFlowLogger"]
 #: not run by default; pick with --configs to split tmon's overhead into its parts
-OPTIONAL = ["TMonCallback-nosampler"]
+OPTIONAL = ["TMonCallback-nosampler", "TMonCallback-alerts"]
 #: configurations run only in the first ``--slow-rounds`` rounds
 SLOW = {"MLFlowLogger"}
 
@@ -243,6 +243,8 @@ def make_config(config: str, tmp: str, tag: str, classes, mlflow_uri: str):
 
         store = os.path.join(tmp, f"tmon_{tag}.db")
         kw = {"sample_interval": None} if config.endswith("-nosampler") else {}
+        if config.endswith("-alerts"):  # every live rule, on the writer thread (no delivery target)
+            kw = {"alerts": True, "notify": []}
         return (
             False,
             TMonCallback(store=store, run_name=f"bench-{tag}", **kw),
