@@ -24,6 +24,7 @@ from . import diff, events, keys  # diff: the package, callable as tmon_core.dif
 from .analysis import Report, report
 from .control import At, Param, Request
 from .diff import CheckpointDiff, CheckpointError
+from .guard import Guard
 from .recorder import Recorder, TMonStoreWarning
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store
@@ -35,6 +36,7 @@ __all__ = [
     "At",
     "CheckpointDiff",
     "CheckpointError",
+    "Guard",
     "HardwareSampler",
     "Param",
     "Recorder",

@@ -18,7 +18,8 @@ A record the store refused on its own (text it cannot hold, a value out of range
 ``record_refused`` event (data: ``table``, ``field``, ``reason``) while the rest of its batch is kept.
 
 Control (``tmon_core.control``) writes ``param_change``, ``request_rejected``, ``rollback``,
-``stopped`` and ``savecheckpoint``; the hardware sampler writes ``sampler`` once for what it cannot read.
+``stopped`` and ``savecheckpoint`` (``source: "guard"`` when a guard decided it, beside its ``guard``
+event); the hardware sampler writes ``sampler`` once for what it cannot read.
 """
 
 TRAIN_START = "train_start"
@@ -39,6 +40,11 @@ RECORD_REFUSED = "record_refused"  # one record the store would not take; the ot
 # live alerts (``tmon_core.alerts``): data: uid, rule, level, title, evidence, source ("run" or "watch")
 ALERT = "alert"
 ALERT_DELIVERY = "alert_delivery"  # an alert's delivery outcome (data: uid, delivered, reason, targets, held)
+# a guard's action (``tmon_core.guard``), one per action, at the step that fired it (data: action
+# "skip" | "rollback" | "stop", trigger "nonfinite" | "divergence", step, attempt, lr_before, lr_after,
+# restored_step, mode); the rollback itself, its lr change and the stop are the control events below
+# with source "guard"
+GUARD = "guard"
 
 # events written by control (``tmon_core.control``): what happened to a request or a schedule item
 PARAM_CHANGE = "param_change"  # a parameter changed (data: old, new, mode, label, request_id, source)

@@ -106,6 +106,7 @@ class Controller:
         self._by_step = sorted((i for i in schedule if i.step is not None), key=lambda i: i.step)
         self._by_epoch = sorted((i for i in schedule if i.epoch is not None), key=lambda i: i.epoch)
         self._incoming: collections.deque = collections.deque()
+        self._decided: collections.deque = collections.deque()  # decisions made in-process (a guard's)
         self._ramps: list[dict] = []
         self.pins: dict[tuple[str, int | None], Any] = {}
         self.get_value = None  # bound by the adapter: (name, group) -> current value
@@ -142,6 +143,13 @@ class Controller:
             self.next_step = 0
 
     # ------------------------------------------------------------------ training thread side
+    def submit(self, decision: Decision) -> None:
+        """A decision made in the training process (``tmon_core.guard``: source "guard"), handed out
+        first by the next ``due()``, whatever the control level (like the schedule, it is the
+        user's own configuration). It travels to every rank and is resolved like any other."""
+        self._decided.append(decision)
+        self.next_step = 0
+
     def on_epoch_start(self, epoch: int, step: int) -> None:
         while self._by_epoch and self._by_epoch[0].epoch <= epoch:
             item = self._by_epoch.pop(0)
@@ -150,7 +158,10 @@ class Controller:
 
     def due(self, step: int) -> list[Decision]:
         """The decisions to apply before the batch at ``step``."""
-        out: list[Decision] = self._ramp_steps(step)  # ramps already running (a new one starts below)
+        out: list[Decision] = []
+        while self._decided:  # first: a guard's rollback restores state a schedule item then changes
+            out.append(self._decided.popleft())
+        out += self._ramp_steps(step)  # ramps already running (a new one starts below)
         while self._by_step and self._by_step[0].step <= step:
             item = self._by_step.pop(0)
             out += self._from_schedule(item, step)
@@ -177,7 +188,7 @@ class Controller:
             nxt = min(nxt, step + 1)
         self.next_step = nxt
         # offer() may have queued a request while we computed: never overwrite its wake-up
-        if self._incoming:
+        if self._incoming or self._decided:
             self.next_step = 0
 
     def _change(self, name: str, group: int | None, value: Any) -> Change:

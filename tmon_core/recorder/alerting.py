@@ -44,6 +44,19 @@ def alert_options(alerts, notify) -> tuple[object, list, list[str]]:
     return names, custom, urls
 
 
+def alert_data(alert: dict) -> dict:
+    """The data of an ``alert`` event a run raises itself (source "run"); gives ``alert`` its uid."""
+    alert["uid"] = uuid.uuid4().hex
+    return {
+        "uid": alert["uid"],
+        "rule": alert["rule"],
+        "level": alert["level"],
+        "title": alert["title"],
+        "evidence": json_safe(alert.get("evidence") or {}),
+        "source": "run",
+    }
+
+
 class RecorderAlerts:
     def __init__(self, recorder, rules, custom, urls, label: str) -> None:
         from ..alerts import AlertEngine
@@ -83,6 +96,12 @@ class RecorderAlerts:
         except Exception as exc:
             log.warning("tmon: the run's end alert failed: %s", exc)
 
+    def say(self, alert: dict) -> None:
+        """Training thread: an alert raised outside the rules (a guard's action), recorded and
+        delivered like theirs."""
+        self.recorder.event(ev.ALERT, step=alert.get("step"), message=alert["text"], data=self._data(alert))
+        self._send(alert)
+
     def close(self, timeout: float) -> None:
         if self.notifier is not None:
             self.notifier.close(timeout)
@@ -92,15 +111,7 @@ class RecorderAlerts:
             self.notifier.send(alert)
 
     def _data(self, alert: dict) -> dict:
-        alert["uid"] = uuid.uuid4().hex
-        return {
-            "uid": alert["uid"],
-            "rule": alert["rule"],
-            "level": alert["level"],
-            "title": alert["title"],
-            "evidence": json_safe(alert.get("evidence") or {}),
-            "source": "run",
-        }
+        return alert_data(alert)
 
     def _row(self, alert: dict) -> dict:
         """An event row as the writer's batch holds them (the writer thread adds it to its batch)."""

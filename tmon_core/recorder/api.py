@@ -32,7 +32,7 @@ from ..store.batch import Batch
 from ..store.engine import resolve_url
 from ..store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
 from ..store.writer import StoreWriter
-from .alerting import RecorderAlerts, alert_options
+from .alerting import RecorderAlerts, alert_data, alert_options
 from .packing import MAX_STEP, Block, Packing
 from .thread import WriterThread
 
@@ -160,6 +160,7 @@ class Recorder(Packing, WriterThread):
         self._sampler = None
         self._request_listener = None
         self.checkpoint_dirs: set[str] = set()  # where checkpoint() recorded files: what rollback may load
+        self._flush_listeners: list = []  # fn(batch) on the writer thread, after the live alerts
         self._alerts = None
         if alert_rules or alert_custom:
             self._alerts = RecorderAlerts(
@@ -355,6 +356,40 @@ class Recorder(Packing, WriterThread):
         """Poll the store for this run's pending control requests at every flush; ``listener``
         receives each new one (a dict) on the writer thread."""
         self._request_listener = listener
+
+    def on_flush(self, listener) -> None:
+        """Call ``listener(batch)`` on the writer thread with what each flush holds (``batch.points``:
+        key -> (steps, values, wall times) arrays; ``batch.events``...), before it is written. A
+        listener that raises is dropped with a warning, never the flush. (A guard's divergence
+        detector reads the loss here, off the training thread.)"""
+        self._flush_listeners.append(listener)
+
+    def alert(
+        self,
+        rule: str,
+        level: str,
+        title: str,
+        text: str,
+        *,
+        step: int | None = None,
+        evidence: dict | None = None,
+    ) -> None:
+        """Raise an alert from the training thread (a guard's action): an ``alert`` event like the
+        live rules' (``run.alerts()`` lists it), delivered where they are when ``notify`` gave somewhere,
+        whether or not the live rules are on. ``level``: info, warning or critical."""
+        alert = {
+            "rule": rule,
+            "level": level,
+            "title": title,
+            "text": text,
+            "step": step,
+            "wall_time": _now(),
+            "evidence": evidence or {},
+        }
+        if self._alerts is not None:
+            self._alerts.say(alert)
+        else:
+            self.event(ev.ALERT, step=step, message=text, data=alert_data(alert))
 
     def update_config(self, **config: Any) -> None:
         """Merge ``config`` into the run's stored configuration."""

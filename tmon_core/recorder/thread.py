@@ -174,6 +174,12 @@ class WriterThread:
         batch, waiters = self._drain()
         if self._alerts is not None:  # what this batch raises is written with it
             self._alerts.on_flush(batch)
+        for listener in list(self._flush_listeners):
+            try:
+                listener(batch)
+            except Exception as exc:  # a listener is never worth a lost flush
+                self._flush_listeners.remove(listener)
+                log.warning("tmon: a flush listener of run %s failed and is dropped: %s", self.run_id, exc)
         # each record is checked once, before it can join a backlog: a record the store cannot
         # hold leaves the batch here and costs only itself
         refused = clean_batch(batch)
