@@ -39,6 +39,11 @@ class CallbackOptions:
     )
     tags: list[str] | None = _opt(None, "labels stored with the run.")
     notes: str | None = _opt(None, "free text stored with the run.")
+    group: str | None = _opt(
+        None,
+        "the group the run belongs to (a sweep, an experiment): ``runs(group=...)``, "
+        "``tmon runs --group``, ``Monitor(group=...)``, the group report; default ``$TMON_GROUP``.",
+    )
     capture_logs: bool = _opt(
         True,
         "keep Python logging records at WARNING and above and warnings.warn calls "
@@ -62,6 +67,12 @@ class CallbackOptions:
         None,
         "apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``, "
         "``json://host/path``); None reads ``$TMON_NOTIFY``.",
+    )
+    guard: object = _opt(
+        None,
+        '``"skip"`` | ``"rollback"`` | ``"stop"`` or a ``tmon_core.Guard`` for its options: act on a '
+        "NaN/inf step or a divergence (skip its update; restore the last good snapshot and halve the "
+        "lr; stop), each action an event and an alert (see ``tmon_core.guard``); None: no guard.",
     )
 
     def __post_init__(self) -> None:
@@ -100,6 +111,9 @@ class CallbackOptions:
             check_text("tags", tag, MAX_TAG)
         if self.notes is not None:
             check_text("notes", self.notes, MAX_NOTES)
+        from tmon_core.run_groups import resolve_group
+
+        resolve_group(self.group)  # a bad group (or $TMON_GROUP) fails here, not when the fit starts
         if not isinstance(self.log_grad_norm, bool):
             raise ValueError(
                 f"log_grad_norm must be True or False, received log_grad_norm={self.log_grad_norm!r}"
@@ -112,6 +126,9 @@ class CallbackOptions:
         from tmon_core.recorder.alerting import alert_options
 
         alert_options(self.alerts, self.notify)  # a bad rule or URL fails here, not mid-fit
+        from tmon_core.guard import Guard
+
+        Guard.from_option(self.guard)  # a bad guard fails here, not mid-fit
         if self.store is not None:
             from tmon_core.store import resolve_url
 

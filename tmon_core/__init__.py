@@ -26,6 +26,7 @@ from .control import At, Param, Request
 from .diff import CheckpointDiff, CheckpointError
 from .guard import Guard
 from .recorder import Recorder, TMonStoreWarning
+from .run_groups import groups
 from .sampler import HardwareSampler
 from .store import Run, Store, StoreVersionError, open_store
 from .track import track
@@ -49,6 +50,7 @@ __all__ = [
     "__version__",
     "diff",
     "events",
+    "groups",
     "keys",
     "latest_run",
     "open_store",
@@ -58,10 +60,11 @@ __all__ = [
 ]
 
 
-def runs(store: str | os.PathLike | None = None):
-    """The runs of the default store (or ``store``), newest first, as a DataFrame."""
+def runs(store: str | os.PathLike | None = None, *, group: str | None = None):
+    """The runs of the default store (or ``store``), newest first, as a DataFrame; ``group``: only
+    that group's runs (``TMonCallback(group=...)``, ``$TMON_GROUP``)."""
     with open_store(store) as s:
-        return s.runs()
+        return s.runs(group=group)
 
 
 def latest_run(store: str | os.PathLike | None = None) -> Run | None:

@@ -74,6 +74,7 @@ class RunSession:
                 heartbeat_timeout=opts.heartbeat_timeout,
                 tags=opts.tags,
                 notes=opts.notes,
+                group=opts.group,
                 # a rank that only samples raises no alerts: the run's metrics are rank 0's
                 alerts=opts.alerts if self.writes_metrics else False,
                 notify=opts.notify if self.writes_metrics else (),

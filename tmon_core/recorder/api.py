@@ -28,6 +28,7 @@ from .. import events as ev
 from ..checkpoints import path_size
 from ..errors import describe_exception
 from ..jsonable import to_json
+from ..run_groups import check_group, resolve_group
 from ..store.batch import Batch
 from ..store.engine import resolve_url
 from ..store.text import MAX_NOTES, MAX_RUN_NAME, MAX_TAG, check_text
@@ -68,6 +69,8 @@ class Recorder(Packing, WriterThread):
             ``$TMON_NOTIFY`` gives somewhere to deliver them. Alerts are ``alert`` events.
         notify: apprise URLs to deliver alerts to (``slack://...``, ``mailto://...``,
             ``json://host/path``...); None reads ``$TMON_NOTIFY``. Needs ``pip install "tmon[alerts]"``.
+        group: the group the run belongs to (a sweep, an experiment; ``tmon_core.run_groups``); None
+            reads ``$TMON_GROUP`` (unset: no group). Ignored by a recorder attached to an existing run.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Recorder(Packing, WriterThread):
         moves_last_step: bool = True,
         alerts=None,
         notify=None,
+        group: str | None = None,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
             raise ValueError(
@@ -110,11 +114,16 @@ class Recorder(Packing, WriterThread):
             check_text("notes", notes, MAX_NOTES)
         if framework is not None:
             check_text("framework", framework, 64)
+        if run_id is None:
+            group = resolve_group(group)  # the option, else $TMON_GROUP
+        elif group is not None:  # an attached recorder adds to a run that has its group already
+            check_group(group)
         alert_rules, alert_custom, alert_urls = alert_options(alerts, notify)
         if not isinstance(max_buffer, int) or max_buffer < 1000:
             raise ValueError(f"max_buffer must be an int >= 1000 points, received max_buffer={max_buffer!r}")
         self.url = resolve_url(store)
         self.run_id = run_id or new_run_id()
+        self.group = group
         self.flush_interval = float(flush_interval)
         self.close_timeout = float(close_timeout)
         self.max_buffer = max_buffer
@@ -139,6 +148,7 @@ class Recorder(Packing, WriterThread):
             "dropped_points": 0,
             "tags": to_json(list(tags)) if tags else None,
             "notes": notes,
+            "group_name": group,
         }
         self._attach = run_id is not None
         self._moves_last_step = bool(moves_last_step)

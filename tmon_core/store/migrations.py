@@ -14,6 +14,9 @@ History:
        not at every flush, and readers add the chunks above that id (see schema.py)
     5  ``tmon_alert_claims``: what ``tmon watch`` processes alerted on, one row per run and
        condition under a UNIQUE index, so several watchers, or one restarted, send each alert once
+    6  runs gain ``group_name`` (indexed): the group of runs one belongs to (a sweep, an
+       experiment), for ``runs(group=...)``, ``tmon groups`` and the group report; NULL for the
+       runs written before (they belong to no group)
 
 Each upgrade carries its own SQL, written for the tables as they were at its version: none
 imports the writer's statements, so a later change of the writer leaves the old upgrades as they
@@ -160,7 +163,12 @@ def _v5(op: Operations) -> None:
     op.create_index("ux_tmon_alert_claims_run_key", "tmon_alert_claims", ["run_id", "key"], unique=True)
 
 
-UPGRADES = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(op: Operations) -> None:
+    op.add_column("tmon_runs", Column("group_name", String(250), nullable=True))
+    op.create_index("ix_tmon_runs_group_name", "tmon_runs", ["group_name"])
+
+
+UPGRADES = {2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 assert max(UPGRADES) == SCHEMA_VERSION, "every schema version needs its upgrade"
 
 

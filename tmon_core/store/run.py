@@ -93,9 +93,15 @@ class Run(RunControl):
         r = self._row()
         return effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
 
+    @property
+    def group(self) -> str | None:
+        """The group the run belongs to (a sweep, an experiment), or None."""
+        return self._row()["group_name"]
+
     def info(self) -> dict:
-        """Metadata and configuration of the run (config and error decoded from JSON)."""
+        """Metadata and configuration of the run (config and error decoded from JSON; the group as ``group``)."""
         r = self._row()
+        r["group"] = r.pop("group_name")
         r["status"] = effective_status(r["status"], r["heartbeat_at"], r["heartbeat_timeout"])
         r["steps"] = steps_done(r["last_step"], r["framework"])
         r["config"] = loads(r["config"]) or {}

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 5  # see migrations.py for the history and the upgrades
+SCHEMA_VERSION = 6  # see migrations.py for the history and the upgrades
 
 #: bucket width in steps of summary level ``L`` is ``SUMMARY_BASE * SUMMARY_FACTOR ** L``. Ranges of
 #: up to ``RAW_DOWNSAMPLE_POINTS`` points are downsampled from the points themselves (decoding
@@ -115,8 +115,14 @@ class RunRow(Base):
     dropped_points: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     tags: Mapped[str | None] = mapped_column(Text)  # JSON list (schema 2)
     notes: Mapped[str | None] = mapped_column(Text)  # (schema 2)
+    #: the group the run belongs to (a sweep, an experiment: ``TMonCallback(group=...)``,
+    #: ``$TMON_GROUP``), NULL for none (schema 6). Not ``group``: an SQL keyword, to quote in every query
+    group_name: Mapped[str | None] = mapped_column(String(250))
 
-    __table_args__ = (Index("ix_tmon_runs_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_tmon_runs_created_at", "created_at"),
+        Index("ix_tmon_runs_group_name", "group_name"),
+    )
 
 
 class SeriesRow(Base):

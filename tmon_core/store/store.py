@@ -75,12 +75,18 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def runs(self):
+    def runs(self, group: str | None = None):
         """One row per run, newest first: id, name, status, framework, created_at, ended_at,
-        duration (s), last_step, steps (how many were recorded: see ``steps_done``), host, pid, tags."""
+        duration (s), last_step, steps (how many were recorded: see ``steps_done``), host, pid, tags,
+        group (None for a run in none). ``group``: only the runs of that group."""
         pd = _pd()
+        query = select(RunRow).order_by(RunRow.created_at.desc())
+        if group is not None:
+            if not isinstance(group, str):
+                raise ValueError(f"group must be a group's name (a string), received group={group!r}")
+            query = query.where(RunRow.group_name == group)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(RunRow).order_by(RunRow.created_at.desc())).mappings().all()
+            rows = conn.execute(query).mappings().all()
         now = time.time()
         out = []
         for r in rows:
@@ -99,6 +105,7 @@ class Store:
                     "host": r["host"],
                     "pid": r["pid"],
                     "tags": loads(r["tags"]) or [],
+                    "group": r["group_name"],
                 }
             )
         cols = [
@@ -114,6 +121,7 @@ class Store:
             "host",
             "pid",
             "tags",
+            "group",
         ]
         return pd.DataFrame(out, columns=cols)
 

@@ -26,6 +26,7 @@ CUT_MARK = "…[+"
 MAX_RUN_NAME = 250
 MAX_TAG = 250
 MAX_NOTES = 100_000
+MAX_GROUP = 250  # tmon_runs.group_name
 
 
 def storable(text: str, limit: int | None = None) -> str:
