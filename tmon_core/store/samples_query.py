@@ -6,21 +6,23 @@ newest sample of each GPU of each node, and returns a cursor with them;
 ``latest_samples(store, run_ids, cursor)`` then reads only the rows written since that cursor, of
 every run (a run that started since the last read is in them whatever ``run_ids`` said).
 
-What a read costs:
+What a read costs (one statement per table, the grouping done by the database: only the newest
+row of each node or GPU comes back to Python):
 
-* with a cursor: one range scan of each table's primary key (``id > cursor``): 100 runs sampled
-  each second and read every 5 s are ~500 host rows (and 8 times as many GPU rows on 8-GPU nodes),
-  however many rows the tables hold;
+* with a cursor: a range of each table's primary key (``id > cursor``), grouped by run, node (and
+  GPU), the highest id of each kept: 100 runs sampled each second and read every 5 s are ~500 host
+  rows scanned (and 8 times as many GPU rows on 8-GPU nodes), however many rows the tables hold;
 * without one (the first read, or when more than ``MAX_INCREMENT`` rows came since the cursor):
-  per run, one index seek for its newest sample time and one index range of the last ``window``
-  seconds before it (the node's newest samples are there: every node samples at the run's
-  interval). A node whose newest sample is older than that (a node that stopped sampling minutes
-  before the others) is left out of that first read.
+  per run, one index seek for its newest sample time and an index range of the ``window`` seconds
+  before it, where every node's newest sample is when the nodes sample at the run's interval. A
+  node whose newest sample is older than that (a node that lags or samples less often than
+  ``window``) is left out of that first read; the next read after its next sample has it.
 
-Samples are matched by ``wall_time`` (the newer one wins, then the higher id), so a row read twice
-or late changes nothing. On PostgreSQL ids come from a sequence and a transaction that commits
-after a later one can land below the cursor: that sample is missed, and the node's next one (a
-second later) takes its place.
+Within a run, node (and GPU), rows are written in time order (one sampler thread, one writer), so
+the highest id is the newest sample. Across reads samples are matched by ``wall_time`` (the newer
+one wins, then the higher id), so a row read twice changes nothing. On PostgreSQL ids come from a
+sequence and a transaction that commits after a later one can land below the cursor: that sample
+is missed, and the node's next one (a second later) takes its place.
 
 >>> import os, tempfile
 >>> from tmon_core import Recorder, open_store
@@ -42,12 +44,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 
-from .schema import GpuSampleRow, SampleRow
+from .schema import GpuSampleRow, RunRow, SampleRow
 
 #: seconds before a run's newest sample in which a first read looks for each node's newest one
-WINDOW = 120.0
+#: (10 s of an 8-GPU node sampled each second: 90 rows scanned per run)
+WINDOW = 10.0
 #: an incremental read of more rows than this per table is done as a first read instead
 MAX_INCREMENT = 200_000
 
@@ -79,41 +82,41 @@ def newer(row: dict, than: dict | None) -> bool:
     return than is None or (row["wall_time"], row["id"]) >= (than["wall_time"], than["id"])
 
 
-def _keep_newest(rows, key, out: dict) -> None:
-    for r in rows:
-        r = dict(r)
-        k = key(r)
-        if newer(r, out.get(k)):
-            out[k] = r
+def _group(t):
+    """The columns a newest sample is kept per: run and node (and GPU)."""
+    return [t.c.run_id, t.c.node_rank] + ([t.c.gpu] if "gpu" in t.c else [])
 
 
-def _host_key(r):
-    return (r["run_id"], r["node_rank"])
+def _key(t):
+    names = [c.name for c in _group(t)]
+    return lambda r: tuple(r[n] for n in names)
 
 
-def _gpu_key(r):
-    return (r["run_id"], r["node_rank"], r["gpu"])
+def _first_read(conn, table, cols, run_ids, out: dict, window: float) -> None:
+    """Per run of ``run_ids``: the highest id of each node (and GPU) among its samples of the
+    ``window`` seconds before its newest (an index seek, then an index range)."""
+    t, runs = table.__table__, RunRow.__table__
+    m = t.alias("m")
+    newest = select(func.max(m.c.wall_time)).where(m.c.run_id == runs.c.id).scalar_subquery()
+    key = _key(t)
+    for lo in range(0, len(run_ids), 500):  # a few hundred bound parameters a statement at most
+        ids = (
+            select(func.max(t.c.id))
+            .select_from(runs.join(t, and_(t.c.run_id == runs.c.id, t.c.wall_time >= newest - window)))
+            .where(runs.c.id.in_(run_ids[lo : lo + 500]))
+            .group_by(*_group(t))
+        )
+        for r in conn.execute(select(*[t.c[c] for c in cols]).where(t.c.id.in_(ids))).mappings():
+            out[key(r)] = dict(r)
 
 
-def _first_read(conn, table, cols, run_ids, key, out: dict, window: float) -> None:
+def _since(conn, table, cols, lo: int, hi: int, out: dict) -> None:
+    """The highest id of each run, node (and GPU) among the rows lo < id <= hi."""
     t = table.__table__
-    sel = [t.c[c] for c in cols]
-    for rid in run_ids:
-        newest = conn.execute(select(func.max(t.c.wall_time)).where(t.c.run_id == rid)).scalar()
-        if newest is None:
-            continue
-        rows = conn.execute(
-            select(*sel).where(t.c.run_id == rid, t.c.wall_time >= newest - window)
-        ).mappings()
-        _keep_newest(rows, key, out)
-
-
-def _since(conn, table, cols, lo: int, hi: int, key, out: dict) -> None:
-    t = table.__table__
-    rows = conn.execute(
-        select(*[t.c[c] for c in cols]).where(t.c.id > lo, t.c.id <= hi).order_by(t.c.id)
-    ).mappings()
-    _keep_newest(rows, key, out)
+    ids = select(func.max(t.c.id)).where(t.c.id > lo, t.c.id <= hi).group_by(*_group(t))
+    key = _key(t)
+    for r in conn.execute(select(*[t.c[c] for c in cols]).where(t.c.id.in_(ids))).mappings():
+        out[key(r)] = dict(r)
 
 
 def latest_samples(store, run_ids, cursor: Cursor | None = None, *, window: float = WINDOW) -> LatestSamples:
@@ -128,13 +131,13 @@ def latest_samples(store, run_ids, cursor: Cursor | None = None, *, window: floa
     with store.engine.connect() as conn:
         host_max = conn.execute(select(func.max(SampleRow.id))).scalar() or 0
         gpu_max = conn.execute(select(func.max(GpuSampleRow.id))).scalar() or 0
-        for table, cols, key, target, lo, hi in (
-            (SampleRow, _HOST_COLS, _host_key, out.host, cursor and cursor.host_id, host_max),
-            (GpuSampleRow, _GPU_COLS, _gpu_key, out.gpus, cursor and cursor.gpu_id, gpu_max),
+        for table, cols, target, lo, hi in (
+            (SampleRow, _HOST_COLS, out.host, cursor and cursor.host_id, host_max),
+            (GpuSampleRow, _GPU_COLS, out.gpus, cursor and cursor.gpu_id, gpu_max),
         ):
             if lo is None or hi - lo > MAX_INCREMENT or hi < lo:  # (hi < lo: the rows were pruned)
-                _first_read(conn, table, cols, run_ids, key, target, window)
+                _first_read(conn, table, cols, run_ids, target, window)
             elif hi > lo:
-                _since(conn, table, cols, lo, hi, key, target)
+                _since(conn, table, cols, lo, hi, target)
         out.cursor = Cursor(host_max, gpu_max)
     return out
