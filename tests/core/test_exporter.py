@@ -52,7 +52,7 @@ def sha(path) -> str:
 
 
 def test_serves_live_runs_latest_values_nan_and_info(store_url):
-    rec = Recorder(store_url, run_name="live", framework="lightning", flush_interval=0.1)
+    rec = Recorder(store_url, run_name="live", framework="lightning", flush_interval=0.1, group="sweep-7")
     done = Recorder(store_url, run_name="old", flush_interval=0.1)
     done.log({"loss": 1.0}, 0)
     done.close()
@@ -70,6 +70,7 @@ def test_serves_live_runs_latest_values_nan_and_info(store_url):
                 "tmon_run_info",
                 (
                     ("framework", "lightning"),
+                    ("group", "sweep-7"),
                     ("host", socket.gethostname()),
                     ("run_id", rid),
                     ("run_name", "live"),
@@ -92,6 +93,123 @@ def test_serves_live_runs_latest_values_nan_and_info(store_url):
     assert m[("tmon_exporter_runs", ())] == 1  # "old" ended: out after the grace period
     assert not [k for k in m if dict(k[1]).get("run_id") == done.run_id]
     rec.close()
+
+
+def _gpu(node, host, gpu, t, **values):
+    return dict(wall_time=t, host=host, node_rank=node, gpu=gpu, name="NVIDIA H200", **values)
+
+
+def test_hardware_of_running_runs_per_node_and_gpu_with_dcgm_labels(store_url):
+    """Host figures from a real sample of this machine; GPU rows as the sampler writes them from
+    NVML on a 2-node run (CI has no GPU), read back with the labels DCGM's exporter uses."""
+    import psutil
+
+    from tmon_core.sampler import HardwareSampler
+
+    rec = Recorder(store_url, run_name="hw", flush_interval=0.1, heartbeat_timeout=600)
+    rec.log({"loss": 1.0}, 0)
+    HardwareSampler(rec, gpus=False).start().stop()  # one sample of this machine: CPU, RAM, swap, process
+    t = time.time()
+    rec.sample(
+        {"wall_time": t, "host": "node-b", "node_rank": 1, "cpu_percent": 37.0, "ram_used": 5 << 30},
+        [
+            _gpu(1, "node-b", 0, t, util_percent=93.0, mem_used=70 << 30, mem_total=141 << 30),
+            _gpu(
+                1, "node-b", 1, t, util_percent=0.0, mem_used=1 << 30, mem_total=141 << 30, power_watts=95.5
+            ),
+        ],
+    )
+    rec.flush()
+    ex = Exporter(store_url)
+    ex.poll()
+    m = scrape(ex)
+    rid, me = rec.run_id, socket.gethostname()
+    node0 = (("Hostname", me), ("node", "0"), ("run_id", rid))
+    assert m[("tmon_host_memory_total_bytes", node0)] == psutil.virtual_memory().total
+    assert 0 < m[("tmon_host_memory_used_bytes", node0)] < psutil.virtual_memory().total
+    assert 0 <= m[("tmon_host_cpu_utilization_ratio", node0)] <= 1
+    assert m[("tmon_process_resident_memory_bytes", node0)] > 10 << 20  # this Python, torch imported or not
+    assert abs(m[("tmon_hardware_sample_timestamp_seconds", node0)] - t) < 60
+    node1 = (("Hostname", "node-b"), ("node", "1"), ("run_id", rid))
+    assert m[("tmon_host_cpu_utilization_ratio", node1)] == 0.37
+    assert m[("tmon_host_memory_used_bytes", node1)] == 5 << 30
+    assert ("tmon_host_memory_total_bytes", node1) not in m  # not in that sample: not made up
+
+    def gpu(i):
+        return (
+            ("Hostname", "node-b"),
+            ("gpu", str(i)),
+            ("modelName", "NVIDIA H200"),
+            ("node", "1"),
+            ("run_id", rid),
+        )
+
+    assert m[("tmon_gpu_utilization_ratio", gpu(0))] == 0.93
+    assert m[("tmon_gpu_memory_used_bytes", gpu(0))] == 70 << 30
+    assert m[("tmon_gpu_memory_total_bytes", gpu(1))] == 141 << 30
+    assert m[("tmon_gpu_power_watts", gpu(1))] == 95.5
+    assert ("tmon_gpu_power_watts", gpu(0)) not in m
+    assert not [k for k in m if k[0].startswith("tmon_gpu_") and dict(k[1])["node"] == "0"]
+
+    # a newer sample replaces the older one; an older one arriving late does not
+    t2 = time.time()
+    rec.sample(
+        None, [_gpu(1, "node-b", 0, t2, util_percent=50.0), _gpu(1, "node-b", 1, t - 30, util_percent=99.0)]
+    )
+    rec.flush()
+    ex.poll()
+    m = scrape(ex)
+    assert m[("tmon_gpu_utilization_ratio", gpu(0))] == 0.5
+    assert m[("tmon_gpu_utilization_ratio", gpu(1))] == 0.0
+    assert ("tmon_gpu_memory_used_bytes", gpu(0)) not in m  # the newest sample of GPU 0 had no memory
+
+    # the run ends: its info stays for the grace period, its hardware goes (it is history now)
+    rec.close()
+    ex.poll()
+    m = scrape(ex)
+    assert m[("tmon_run_info", next(k[1] for k in m if k[0] == "tmon_run_info"))] == 1
+    assert not [k for k in m if k[0].startswith(("tmon_host_", "tmon_gpu_", "tmon_hardware_"))]
+
+
+def test_hardware_reads_are_incremental(store_url, monkeypatch):
+    """After the first poll a poll reads only the sample rows written since the previous one."""
+    from tmon_core.interop import exporter as exporter_module
+    from tmon_core.store import samples_query
+
+    recs = [
+        Recorder(store_url, run_name=f"r{i}", flush_interval=0.1, heartbeat_timeout=600) for i in range(3)
+    ]
+    t0 = time.time() - 3600
+    for rec in recs:
+        for s in range(2000):  # an hour of 1.8 s samples
+            rec.sample({"wall_time": t0 + 1.8 * s, "host": "h", "node_rank": 0, "ram_used": s}, [])
+        rec.flush()
+    reads = []
+
+    def counting(store, run_ids, cursor=None, **kw):
+        got = samples_query.latest_samples(store, run_ids, cursor, **kw)
+        reads.append(len(got.host))
+        return got
+
+    monkeypatch.setattr(exporter_module, "latest_samples", counting)
+
+    def ram_used(m, rec):
+        return m[("tmon_host_memory_used_bytes", (("Hostname", "h"), ("node", "0"), ("run_id", rec.run_id)))]
+
+    ex = Exporter(store_url)
+    ex.poll()
+    m = scrape(ex)
+    assert [ram_used(m, rec) for rec in recs] == [1999] * 3
+    ex.poll()
+    assert reads[-1] == 0  # nothing new: nothing read
+    recs[1].sample({"wall_time": time.time(), "host": "h", "node_rank": 0, "ram_used": 7}, [])
+    recs[1].flush()
+    ex.poll()
+    assert reads[-1] == 1  # the one new row
+    m = scrape(ex)
+    assert [ram_used(m, rec) for rec in recs] == [1999, 7, 1999]
+    for rec in recs:
+        rec.close()
 
 
 def test_a_lost_run_is_exported_as_lost_for_the_grace_period(store_url):
@@ -203,6 +321,11 @@ def test_promtool_checks_the_alert_rules_and_the_scrape_config():
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    # each rule fed the exporter's series: it fires when it should, with run_name and group
+    out = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 
 
 def _get(url, timeout=5):
@@ -295,11 +418,37 @@ def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path
             "prometheus' first scrape of the exporter",
         )
 
+        # a run on a GPU node of the same group (CI has no GPU): its samples as the sampler writes
+        # them from NVML and torch's allocator, so the dashboard's GPU panels have data too
+        gpu_run = Recorder(store_url, run_name="gpu-node", group="prom-sweep", flush_interval=0.2)
+        now = time.time()
+        gpu_run.sample(
+            {"wall_time": now, "host": "gpu-host", "node_rank": 0, "cpu_percent": 12.5, "ram_used": 9 << 30},
+            [
+                _gpu(
+                    0,
+                    "gpu-host",
+                    i,
+                    now,
+                    mem_used=(60 + i) << 30,
+                    mem_total=141 << 30,
+                    util_percent=97.0,
+                    power_watts=650.0,
+                    temperature_c=61.0,
+                    torch_allocated=50 << 30,
+                    torch_reserved=58 << 30,
+                )
+                for i in range(2)
+            ],
+        )
+        gpu_run.flush()
+
         TinyRegressor, SyntheticData = make("lightning.pytorch")
         cb = TMonCallback(
             store_url,
             flush_interval=0.2,
-            sample_interval=None,
+            sample_interval=0.5,  # this machine's host figures, sampled twice a second
+            group="prom-sweep",
             run_name="prom-fit",
             report="off",
             widget=False,
@@ -349,14 +498,35 @@ def test_a_real_prometheus_scrapes_a_lightning_fit_through_the_exporter(tmp_path
             30,
             "the NaN alert to fire",
         )
-        # every query of the Grafana dashboard returns data (but those of other exporters: DCGM, node)
+        nan_alert = next(
+            a["labels"]
+            for a in _get(f"{api}/alerts")["data"]["alerts"]
+            if a["labels"]["alertname"] == "TmonNonFiniteMetric"
+        )
+        assert (nan_alert["run_name"], nan_alert["group"]) == ("prom-fit", "prom-sweep")  # for routing
+        # the fit's own hardware: this machine's memory and CPU while it trained
+        ram = series(f'tmon_host_memory_used_bytes{{run_id="{rid}",node="0"}}')
+        assert ram and all(0 < v < 1 << 50 for v in ram), ram
+        cpu = series(f'tmon_host_cpu_utilization_ratio{{run_id="{rid}"}}')
+        assert cpu and all(0 <= v <= 1 for v in cpu), cpu
+        assert series(
+            f'tmon_gpu_memory_used_bytes{{run_id="{gpu_run.run_id}",gpu="1",modelName="NVIDIA H200"}}'
+        )[-1] == float(61 << 30)
+        # every query of the Grafana dashboard returns data, with the group variable at "All" (Grafana
+        # sends its allValue, .*) and at the run's group; another group filters the runs out
+        assert "prom-sweep" in _get(f"{api}/label/group/values?match[]=tmon_run_info")["data"]
         with open(os.path.join(DEPLOY, "grafana", "tmon-dashboard.json")) as f:
             dashboard = json.load(f)
+        variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "group")
+        assert variable["definition"] == "label_values(tmon_run_info, group)" and variable["allValue"] == ".*"
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-        ours = [e for e in exprs if not e.startswith(("DCGM_", "node_"))]
-        assert len(ours) == len(exprs) - 2
-        for expr in ours:
-            assert series(expr), f"no data for the dashboard's query {expr!r}"
+        assert len(exprs) == 26 and sum("$group" in e for e in exprs) == 24  # all but the exporter's own
+        for expr in exprs:
+            for value in (".*", "prom-sweep"):
+                assert series(expr.replace("$group", value)), f"no data for the dashboard's query {expr!r}"
+            if "$group" in expr:
+                assert not series(expr.replace("$group", "another-group")), expr
+        gpu_run.close()
     finally:
         for p in (prom, exporter):
             p.terminate()

@@ -4,14 +4,18 @@
 How it reads: a poller thread reads the store every ``interval`` seconds and a scrape serves the
 last snapshot, so a scrape costs the same whatever the store holds. A poll lists the runs (one
 query) and reads the latest points only of runs whose ``last_step`` moved since the previous
-poll: an idle or finished run costs nothing after its first read. The exporter only reads
-(``open_store(create=False)``); when the store cannot be read it keeps serving the last values and
-says so (``tmon_exporter_store_up 0``, ``tmon_exporter_stale 1``).
+poll: an idle or finished run costs nothing after its first read. Hardware samples are read once
+per poll for all runs together, only the rows written since the previous poll
+(``tmon_core.store.samples_query``). The exporter only reads (``open_store(create=False)``); when
+the store cannot be read it keeps serving the last values and says so
+(``tmon_exporter_store_up 0``, ``tmon_exporter_stale 1``).
 
-Metrics (Prometheus conventions: ``tmon_`` prefix, base units, ``_seconds``, ``_total``):
+Metrics (Prometheus conventions: ``tmon_`` prefix, base units, ``_seconds``, ``_bytes``, ``_total``,
+ratios 0-1):
 
 ================================================  =========================================================
-``tmon_run_info{run_id,run_name,framework,status,host}``  1 per exported run (an info metric)
+``tmon_run_info{run_id,run_name,group,framework,  1 per exported run (an info metric); ``group`` is the
+status,host}``                                    run's group ("" without one)
 ``tmon_run_step{run_id}``                         the run's last step
 ``tmon_run_epoch{run_id}``                        the latest ``epoch`` value
 ``tmon_metric{run_id,key}``                       the latest value of each metric key: one family with
@@ -33,6 +37,48 @@ Metrics (Prometheus conventions: ``tmon_`` prefix, base units, ``_seconds``, ``_
 ``tmon_exporter_runs``                            runs exported
 ================================================  =========================================================
 
+Hardware, from each running run's newest sample of each node (``HardwareSampler``; a run that
+ended, or is lost, has none: its last figures are history, not the machine's state now). Labels:
+``run_id``, ``node`` (the node rank, "0" on one machine) and ``Hostname``; GPU families add
+``gpu`` and ``modelName``. A column the sampler could not read on that machine is absent.
+
+=============================================  ==============================  ==========================
+tmon                                           sample column                   DCGM exporter
+=============================================  ==============================  ==========================
+``tmon_hardware_sample_timestamp_seconds``     ``wall_time`` (host sample)
+``tmon_host_cpu_utilization_ratio``            ``cpu_percent`` / 100
+``tmon_host_memory_used_bytes``                ``ram_used``
+``tmon_host_memory_available_bytes``           ``ram_available``
+``tmon_host_memory_total_bytes``               ``ram_total``
+``tmon_host_swap_used_bytes``                  ``swap_used``
+``tmon_process_resident_memory_bytes``         ``proc_rss`` (the training process)
+``tmon_workers_resident_memory_bytes``         ``children_rss`` (its children:
+                                               dataloader workers)
+``tmon_worker_processes``                      ``children_count``
+``tmon_gpu_utilization_ratio``                 ``util_percent`` / 100          ``DCGM_FI_DEV_GPU_UTIL``/100
+``tmon_gpu_memory_used_bytes``                 ``mem_used``                    ``DCGM_FI_DEV_FB_USED`` MiB
+``tmon_gpu_memory_total_bytes``                ``mem_total``                   ``FB_USED + FB_FREE`` (+
+                                                                               ``FB_RESERVED``) MiB
+``tmon_gpu_temperature_celsius``               ``temperature_c``               ``DCGM_FI_DEV_GPU_TEMP``
+``tmon_gpu_power_watts``                       ``power_watts``                 ``DCGM_FI_DEV_POWER_USAGE``
+``tmon_gpu_torch_allocated_bytes``,            torch's caching allocator
+``tmon_gpu_torch_reserved_bytes``,             (``torch_*``), when the training
+``tmon_gpu_torch_max_allocated_bytes``         process has CUDA initialised
+=============================================  ==============================  ==========================
+
+The GPU labels DCGM's exporter also has: ``Hostname`` (the sampling node's hostname), ``modelName``
+(NVML's name, e.g. "NVIDIA H100 80GB HBM3") and ``gpu``. Caveat: tmon's ``gpu`` is the index among
+the GPUs the training process sees (torch's ``cuda:N``); DCGM's is NVML's index on the machine. They
+are the same unless ``CUDA_VISIBLE_DEVICES`` picks GPUs (``CUDA_VISIBLE_DEVICES=2,3``: tmon's 0 is
+DCGM's 2), so a join with DCGM series on ``gpu`` holds only then. DCGM's ``UUID``, ``device`` and
+``pci_bus_id`` are not exported: the samples do not hold them.
+
+The group is a label of ``tmon_run_info`` only: every per-run series joins it by ``run_id``
+(``tmon_metric * on (run_id) group_left (run_name, group) tmon_run_info{group="ablation"}``), which
+is how the Grafana dashboard's group filter and the alert rules (so Alertmanager can route by group)
+use it. Labelling every series with it would add no series (a run has one group) but would repeat
+it on each, and a run whose group changes would start new series of every family.
+
 NaN and ±inf are exported as such (Prometheus stores them); ``tmon_run_nonfinite`` makes them easy
 to alert on.
 """
@@ -47,6 +93,7 @@ from dataclasses import dataclass, field
 
 from .. import events as ev
 from .. import keys as K
+from ..store.samples_query import latest_samples, newer
 
 DEFAULT_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses too; 9090 is Prometheus itself
 
@@ -63,12 +110,22 @@ class _RunState:
 
 
 class Snapshot:
-    """What a scrape serves: built by a poll, swapped in whole (a scrape never sees half a poll)."""
+    """What a scrape serves: built by a poll, swapped in whole (a scrape never sees half a poll).
+    ``host``: (run_id, node_rank) -> the newest host sample; ``gpus``: (run_id, node_rank, gpu) ->
+    the newest GPU sample (``tmon_core.store.samples_query``)."""
 
     def __init__(
-        self, runs: dict[str, _RunState], up: bool, stale: bool, polled_at: float | None, duration: float
+        self,
+        runs: dict[str, _RunState],
+        up: bool,
+        stale: bool,
+        polled_at: float | None,
+        duration: float,
+        host: dict | None = None,
+        gpus: dict | None = None,
     ):
         self.runs, self.up, self.stale, self.polled_at, self.duration = runs, up, stale, polled_at, duration
+        self.host, self.gpus = host or {}, gpus or {}
 
 
 class Exporter:
@@ -98,6 +155,9 @@ class Exporter:
         )
         self._store = None
         self._runs: dict[str, _RunState] = {}
+        self._host: dict = {}  # (run_id, node_rank) -> newest host sample
+        self._gpus: dict = {}  # (run_id, node_rank, gpu) -> newest GPU sample
+        self._hw_cursor = None  # where the next read of the samples starts (None: a first read)
         self.snapshot = Snapshot({}, False, False, None, 0.0)
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -142,14 +202,23 @@ class Exporter:
                 except Exception:
                     pass
                 self._store = None
+                self._hw_cursor = None  # another store may be there when it comes back: read afresh
             prev = self.snapshot
             self.snapshot = Snapshot(
-                prev.runs, False, bool(prev.runs), prev.polled_at, time.perf_counter() - t0
+                prev.runs,
+                False,
+                bool(prev.runs),
+                prev.polled_at,
+                time.perf_counter() - t0,
+                prev.host,
+                prev.gpus,
             )
             self._rendered = None
             return self.snapshot
         self.last_error = None
-        self.snapshot = Snapshot(dict(self._runs), True, False, time.time(), time.perf_counter() - t0)
+        self.snapshot = Snapshot(
+            dict(self._runs), True, False, time.time(), time.perf_counter() - t0, self._host, self._gpus
+        )
         self._rendered = None
         return self.snapshot
 
@@ -178,7 +247,26 @@ class Exporter:
             if state.last_step != last_step or not state.latest:
                 self._read_run(store, rid, state, last_step, now)
             runs[rid] = state
+        self._read_samples(store, runs, now)
         self._runs = runs
+
+    def _read_samples(self, store, runs: dict[str, _RunState], now: float) -> None:
+        """Merge the samples written since the last poll (all runs at once) into new dicts (the
+        last snapshot keeps its own); forget those of runs gone from the export."""
+        running = [rid for rid, s in runs.items() if s.info["status"] == ev.RUNNING]
+        got = latest_samples(store, running, self._hw_cursor)
+        # a run's samples are kept until the run is out of the export; a run newer than this
+        # poll's run list (its first samples may come in before it is listed) is kept meanwhile
+        old = now - self.grace - 60.0
+        merged = []
+        for have, new in ((self._host, got.host), (self._gpus, got.gpus)):
+            out = {k: r for k, r in have.items() if k[0] in runs or r["wall_time"] >= old}
+            for k, r in new.items():
+                if newer(r, out.get(k)):
+                    out[k] = r
+            merged.append(out)
+        self._host, self._gpus = merged
+        self._hw_cursor = got.cursor
 
     def _read_run(self, store, rid: str, state: _RunState, last_step: int | None, now: float) -> None:
         run = store.run(rid)
@@ -207,7 +295,7 @@ class Exporter:
 
         snap = snap or self.snapshot
         info = InfoMetricFamily(
-            "tmon_run", "a tmon run", labels=["run_id", "run_name", "framework", "status", "host"]
+            "tmon_run", "a tmon run", labels=["run_id", "run_name", "group", "framework", "status", "host"]
         )
         step = GaugeMetricFamily("tmon_run_step", "the run's last step", labels=["run_id"])
         epoch = GaugeMetricFamily("tmon_run_epoch", "the run's latest epoch", labels=["run_id"])
@@ -233,10 +321,11 @@ class Exporter:
             info.add_metric(
                 [
                     rid,
-                    str(i.get("name") or ""),
-                    str(i.get("framework") or ""),
-                    str(i.get("status") or ""),
-                    str(i.get("host") or ""),
+                    _text(i.get("name")),
+                    _text(i.get("group")),
+                    _text(i.get("framework")),
+                    _text(i.get("status")),
+                    _text(i.get("host")),
                 ],
                 {},
             )
@@ -259,6 +348,7 @@ class Exporter:
                 last.add_metric([rid], s.last_point_wall)
             alerts.add_metric([rid], s.alerts)
         yield from (info, step, epoch, metric, nonfinite, st, dt, rate, last, alerts)
+        yield from _hardware(snap)
         yield GaugeMetricFamily(
             "tmon_exporter_store_up", "1 when the last poll read the store", value=float(snap.up)
         )
@@ -296,6 +386,81 @@ class Exporter:
             self._thread.join(self.interval + 30)
         if self._store is not None:
             self._store.close()
+
+
+def _text(value) -> str:
+    """A label value from a run list cell: "" for None and for pandas' NaN (a column of no values)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+#: host families: (name, help, sample column, divisor)
+HOST_FAMILIES = (
+    (
+        "tmon_hardware_sample_timestamp_seconds",
+        "wall time of the node's newest hardware sample",
+        "wall_time",
+        1,
+    ),
+    ("tmon_host_cpu_utilization_ratio", "host CPU busy, 0-1 (all cores)", "cpu_percent", 100),
+    ("tmon_host_memory_used_bytes", "host memory in use", "ram_used", 1),
+    ("tmon_host_memory_available_bytes", "host memory available", "ram_available", 1),
+    ("tmon_host_memory_total_bytes", "host memory", "ram_total", 1),
+    ("tmon_host_swap_used_bytes", "swap in use", "swap_used", 1),
+    ("tmon_process_resident_memory_bytes", "resident memory of the training process", "proc_rss", 1),
+    (
+        "tmon_workers_resident_memory_bytes",
+        "resident memory of its children (dataloader workers)",
+        "children_rss",
+        1,
+    ),
+    ("tmon_worker_processes", "children of the training process (dataloader workers)", "children_count", 1),
+)
+#: per-GPU families: (name, help, sample column, divisor)
+GPU_FAMILIES = (
+    ("tmon_gpu_utilization_ratio", "GPU busy, 0-1 (NVML's utilization rate)", "util_percent", 100),
+    ("tmon_gpu_memory_used_bytes", "GPU memory in use (NVML: every process)", "mem_used", 1),
+    ("tmon_gpu_memory_total_bytes", "GPU memory", "mem_total", 1),
+    ("tmon_gpu_temperature_celsius", "GPU temperature", "temperature_c", 1),
+    ("tmon_gpu_power_watts", "GPU power draw", "power_watts", 1),
+    ("tmon_gpu_torch_allocated_bytes", "memory torch's allocator holds for tensors", "torch_allocated", 1),
+    ("tmon_gpu_torch_reserved_bytes", "memory torch's caching allocator reserved", "torch_reserved", 1),
+    ("tmon_gpu_torch_max_allocated_bytes", "peak of torch_allocated", "torch_max_allocated", 1),
+)
+
+
+def _hardware(snap: Snapshot):
+    """The hardware families of a snapshot: the newest sample of each node and GPU of the runs that
+    are running (see the module docstring for the names, labels and DCGM's counterparts)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    running = {rid for rid, s in snap.runs.items() if s.info.get("status") == ev.RUNNING}
+    for families, rows, labels, values in (
+        (
+            HOST_FAMILIES,
+            snap.host,
+            ["run_id", "node", "Hostname"],
+            lambda k, r: [k[0], str(k[1]), str(r.get("host") or "")],
+        ),
+        (
+            GPU_FAMILIES,
+            snap.gpus,
+            ["run_id", "node", "Hostname", "gpu", "modelName"],
+            lambda k, r: [k[0], str(k[1]), str(r.get("host") or ""), str(k[2]), str(r.get("name") or "")],
+        ),
+    ):
+        fams = [(GaugeMetricFamily(name, doc, labels=labels), col, div) for name, doc, col, div in families]
+        for k in sorted(rows):
+            if k[0] not in running:
+                continue
+            r = rows[k]
+            label_values = values(k, r)
+            for fam, col, div in fams:
+                v = r.get(col)
+                if v is not None:
+                    fam.add_metric(label_values, float(v) / div)
+        yield from (f for f, _, _ in fams)
 
 
 class _Fixed:
