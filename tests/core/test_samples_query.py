@@ -91,3 +91,21 @@ def test_a_long_gap_is_read_afresh_and_a_bad_cursor_is_refused(store_url, monkey
             latest_samples(store, [rec.run_id], (1, 2))
         assert isinstance(got.cursor, Cursor)
     rec.close()
+
+
+def test_a_node_lagging_more_than_the_window_comes_with_its_next_sample(store_url):
+    rec = Recorder(store_url, flush_interval=0.1, heartbeat_timeout=600)
+    t = time.time()
+    rec.sample(host(t - 60, 1, ram_used=1), [])  # node 1 stopped sampling a minute ago
+    for s in range(5):
+        rec.sample(host(t - 4 + s, 0, ram_used=s), [])
+    rec.flush()
+    with open_store(store_url) as store:
+        first = latest_samples(store, [rec.run_id])
+        assert sorted(first.host) == [
+            (rec.run_id, 0)
+        ]  # node 1 is older than the window before node 0's newest
+        rec.sample(host(t + 1, 1, ram_used=2), [])
+        rec.flush()
+        assert latest_samples(store, [rec.run_id], first.cursor).host[(rec.run_id, 1)]["ram_used"] == 2
+    rec.close()
