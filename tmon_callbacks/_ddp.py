@@ -15,8 +15,12 @@ import torch
 import torch.distributed as dist
 
 from tmon_core.control import Change, Rollback, SaveCheckpoint, SetParams, Stop
+from tmon_core.guard import GuardRollback, GuardSnapshot
 
-_KINDS = {cls.__name__: cls for cls in (SetParams, SaveCheckpoint, Rollback, Stop)}
+# a guard's decisions (snapshot, rollback, its lr change, stop) travel like the controller's: plain fields
+_KINDS = {
+    cls.__name__: cls for cls in (SetParams, SaveCheckpoint, Rollback, Stop, GuardSnapshot, GuardRollback)
+}
 
 
 class DecisionLink:

@@ -56,13 +56,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from typing_extensions import override
 
 from tmon_core import events as ev
+from tmon_core.guard import Guard
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 from tmon_core.session import RunSession
 
 from . import _lightning_trainer as lt
-from . import _torch
+from . import _ray, _torch
 from ._adapter import CheckpointWatcher, StepClock, guarded
 from ._ddp import DecisionLink
+from ._guard_torch import TorchGuard
 from ._lightning_control import Steering
 from ._lightning_steps import StepEntries
 from ._lightning_trainer import LightningPackage
@@ -133,12 +135,13 @@ class TMonCallbackMixin(_Callback):
         self.run_id: str | None = None
         self._logger = self._logger_class(self)
         self._state_key: str | None = None
+        self._guard_opt = Guard.from_option(self.options.guard)
         if self._pl.skips_non_callable_hooks:
-            unused = (
-                wa.UNUSED_BATCH_HOOKS
-                if self.options.log_grad_norm
-                else (*wa.UNUSED_BATCH_HOOKS, "on_before_optimizer_step")
-            )
+            unused = wa.UNUSED_BATCH_HOOKS
+            if self._guard_opt is not None:  # the guard's check needs the loss and the step's gradients
+                unused = tuple(h for h in unused if h != "on_before_backward")
+            elif not self.options.log_grad_norm:
+                unused = (*unused, "on_before_optimizer_step")
             wa.skip_unused_hooks(self, unused, self._pl.Callback, TMonCallbackMixin)
 
     # ------------------------------------------------------------ lifecycle
@@ -153,16 +156,21 @@ class TMonCallbackMixin(_Callback):
             self._pl.framework,
             {"local_rank": trainer.local_rank, "node_rank": trainer.node_rank},
         )
+        opts, owner = self.options, {}
+        # a Ray Train worker: the trial's run (rank 0 owns it, resumed after a restart), ranks by Ray
+        # node; a SQLite store across nodes raises here, before training (_ray.SharedStoreRequired)
+        self._ray = ray = _ray.join(self.options)
+        if ray is not None:
+            opts, owner = ray.options, {"run_id": ray.run_id, "resume": True}
+            ranks = {"local_rank": ray.local_rank, "node_rank": ray.node_rank}
         run_id = session = None
         if trainer.global_rank == 0:
-            session = RunSession(self.options, framework, global_rank=0, **ranks)
+            session = RunSession(opts, framework, global_rank=0, **ranks, **owner)
             run_id = session.run_id
         if trainer.world_size > 1:
             run_id = trainer.strategy.broadcast(run_id, src=0)
         if session is None:
-            session = RunSession(
-                self.options, framework, global_rank=trainer.global_rank, run_id=run_id, **ranks
-            )
+            session = RunSession(opts, framework, global_rank=trainer.global_rank, run_id=run_id, **ranks)
         self.session, self.run_id = session, run_id
         self._trainer = trainer
         self._rec = session.recorder if session.writes_metrics else None
@@ -172,7 +180,8 @@ class TMonCallbackMixin(_Callback):
 
     def _reset(self) -> None:
         self.session = self.run_id = self._trainer = None
-        self._rec = self._ctl = self._link = None
+        self._rec = self._ctl = self._link = self._ray = None
+        self._step_offset = 0  # added to Lightning's steps: a restarted Ray trial continues its run
         self._ckpts = CheckpointWatcher()  # the folders ModelCheckpoint writes, from train start
         self._steering = Steering(self._pl, None, None, self._ckpts, None)  # this fit's, from setup
         self._optimizers: list = []
@@ -183,6 +192,8 @@ class TMonCallbackMixin(_Callback):
         self._clock = StepClock()
         self._entries = StepEntries(None, self)  # this fit's, from train start
         self._opt_values = self._grad_norm = None
+        self._guard = self._guard_loss = None  # this fit's TorchGuard (guard=...), from train start
+        self._guard_grads = True  # whether the guard's check reads the gradients (not under fp16's scaler)
         self._evaluating = None  # "test" | "validate" while evaluation after the fit is recorded
 
     @override
@@ -200,18 +211,26 @@ class TMonCallbackMixin(_Callback):
             if trainer.strategy.handles_gradient_accumulation
             else trainer.accumulate_grad_batches
         )
+        if self._guard_opt is not None:  # on every rank: each skips, snapshots and restores its own
+            self._start_guard(trainer, pl_module)
         if self._rec is None:
             return
+        if self._ray is not None:  # an earlier attempt of this Ray trial recorded steps: go on after them
+            self._step_offset = self._ray.resume(self._rec, trainer.global_step)
+            self._step += self._step_offset
         self._entries = StepEntries(self._rec, self, wa.result_collection(trainer), self._accum)
         self._ckpts.patterns = CheckpointWatcher.in_folders(lt.checkpoint_dirs(self._pl, trainer), "*.ckpt")
         self._ckpts.scan()  # files from earlier runs are not this run's
         self._attach(trainer)  # only now, after ModelCheckpoint resolved its directory from loggers[0]
         if self._ctl is not None:
             self._ctl.get_value = lambda name, group: _torch.read_param(trainer.optimizers, name, group)
-        self._rec.update_config(**lt.run_config(self._pl, trainer, pl_module, self, self._ctl))
+        config = lt.run_config(self._pl, trainer, pl_module, self, self._ctl)
+        self._rec.update_config(**config)
+        if self._ray is not None:  # the trial's config as hyperparameters, Ray's settings
+            self._rec.update_config(**self._ray.config(config.get("hparams")))
         total = lt.total_steps(trainer)
         if total is not None:
-            self._rec.update_run(total_steps=total)
+            self._rec.update_run(total_steps=total + self._step_offset)
         self.session.event(ev.TRAIN_START, step=self._step)
 
     @override
@@ -224,10 +243,12 @@ class TMonCallbackMixin(_Callback):
         if self.session is None:
             return
         self._detach(trainer)
+        self._close_guard()
         if not self.session.ended:
             if self._rec is not None:
                 self._entries.release()
                 self._scan_checkpoints()
+                self._ray_checkpoint(trainer)
                 self.session.event(
                     ev.TRAIN_END,
                     step=self._step,
@@ -243,12 +264,34 @@ class TMonCallbackMixin(_Callback):
                 self._end_evaluation(trainer)
             elif self.session is not None:
                 self._detach(trainer)
+                self._close_guard()
                 if self._rec is not None:
                     self._entries.release()  # the last batch before the crash is kept
                 self.session.fail(exception, self._step, record_train_end=True)
                 self._trainer = None
         except Exception:  # never mask the user's exception with one of ours
             pass
+
+    def _start_guard(self, trainer, pl_module) -> None:
+        """The guard of this fit (``guard=``): rank 0 decides, every rank checks its steps and keeps
+        its snapshots. Under fp16 with a gradient scaler, inf gradients are the scaler's business (it
+        skips those steps and lowers its scale): the guard judges the loss only."""
+        self._guard_grads = not str(trainer.precision).startswith("16")
+        self._guard = TorchGuard(
+            self._guard_opt,
+            self._rec,
+            self._ctl,
+            pl_module,
+            trainer.optimizers,
+            self._steering.schedulers,
+            self._step,
+        )
+        self._steering.guard = self._guard
+
+    def _close_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = self._guard_loss = None
 
     def _begin_evaluation(self, trainer, stage: str) -> None:
         """``trainer.test()`` / ``validate()`` after this callback's fit: recorded into that run."""
@@ -293,7 +336,28 @@ class TMonCallbackMixin(_Callback):
 
     @override
     @guarded
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self._guard is not None:  # (with accumulation, the sum: a NaN in any micro-batch stays NaN)
+            loss = loss.detach()
+            self._guard_loss = loss if self._guard_loss is None else self._guard_loss + loss
+
+    @override
+    @guarded
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._guard is not None:
+            # after backward (and DDP's all-reduce), before the update: one device sync
+            loss, self._guard_loss = self._guard_loss, None
+            self._guard.check(
+                self._step,
+                pl_module.parameters(),
+                [optimizer],
+                # DDP: the gradients only, the same on every rank, so every rank decides alike
+                loss if trainer.world_size == 1 or not self._guard_grads else None,
+                grads=self._guard_grads,
+            )
+            if self.options.log_grad_norm and self._rec is not None and self._guard_grads:
+                self._grad_norm = self._guard.grad_norm  # the check's norm (None after a skip: no grads)
+                return
         if self.options.log_grad_norm and self._rec is not None:
             self._grad_norm = _torch.grad_norm(pl_module.parameters())
 
@@ -309,6 +373,8 @@ class TMonCallbackMixin(_Callback):
         if stepped:
             self._last_global_step = gs
             self._step = step + 1
+            if self._guard is not None:
+                self._guard.step_end(step)
         rec = self._rec
         if rec is None:
             return
@@ -340,6 +406,8 @@ class TMonCallbackMixin(_Callback):
             if self.session is not None:
                 self.session.log_evaluation({k: v for k, v in metrics.items() if k != EPOCH}, step)
         elif self._rec is not None and metrics:
+            if self._step_offset and step is not None:
+                step += self._step_offset
             self._entries.logged(metrics, step, self._step)
 
     # ------------------------------------------------------------ epochs, validation, checkpoints
@@ -354,12 +422,14 @@ class TMonCallbackMixin(_Callback):
         if self._rec is not None and self._ckpts.patterns:
             # ModelCheckpoint removes a top-k loser after its logger hook ran: see it now
             self._scan_checkpoints()
+        self._ray_checkpoint(trainer)  # reported after tmon's epoch end hook ran
         self.session and self.session.event(ev.EPOCH_START, step=self._step, epoch=trainer.current_epoch)
 
     @override
     @guarded
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._entries.release()
+        self._ray_checkpoint(trainer)
         self.session and self.session.event(ev.EPOCH_END, step=self._step, epoch=trainer.current_epoch)
 
     @override
@@ -386,7 +456,7 @@ class TMonCallbackMixin(_Callback):
             monitor, value = lt.checkpoint_monitor(self._pl, trainer, path)
             self._rec.checkpoint(
                 path,
-                step=trainer.global_step,
+                step=trainer.global_step + self._step_offset,
                 epoch=trainer.current_epoch,
                 monitor=monitor,
                 monitor_value=value,
@@ -394,6 +464,14 @@ class TMonCallbackMixin(_Callback):
             )
         for path in removed:
             self._rec.checkpoint_removed(path)
+
+    def _ray_checkpoint(self, trainer) -> None:
+        """A checkpoint Ray persisted since the last look (``RayTrainReportCallback`` reports at epoch
+        end), recorded at its path in the run's storage."""
+        if self._ray is not None and self._rec is not None:
+            self._ray.record_checkpoint(
+                self._rec, trainer.global_step + self._step_offset, trainer.current_epoch
+            )
 
     @property
     @override

@@ -28,19 +28,18 @@ class Steering:
         )
         self.schedulers: list = []  # the fit's LR schedulers, from train start
         self.stop_requested = False
+        self.guard = None  # the fit's TorchGuard (guard=...): its snapshots and rollbacks
 
     def apply(self, decisions, trainer, pl_module, step: int) -> None:
-        apply_decisions(
-            self.controller,
-            decisions,
-            step,
-            {
-                SetParams: lambda d: self._set_params(d, trainer),
-                SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
-                Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
-                Stop: lambda d: self._stop(d, trainer),
-            },
-        )
+        handlers = {
+            SetParams: lambda d: self._set_params(d, trainer),
+            SaveCheckpoint: lambda d: self._save_checkpoint(d, trainer, step),
+            Rollback: lambda d: self._rollback(d, trainer, pl_module, step),
+            Stop: lambda d: self._stop(d, trainer),
+        }
+        if self.guard is not None:  # its snapshot and rollback (a Rollback's subclass: looked up first)
+            handlers.update(self.guard.handlers(step))
+        apply_decisions(self.controller, decisions, step, handlers)
 
     def _set_params(self, d: SetParams, trainer) -> dict:
         old, new = _torch.apply_changes(trainer.optimizers, self.schedulers, d.changes, d.mode)
