@@ -22,6 +22,18 @@ MARKERS = {PARAM_CHANGE: "#b8860b", CHECKPOINT: "#444444", ROLLBACK: "#8b0000", 
 #: the markers are short ticks in this top fraction of the plot, never lines across the data
 MARKER_STRIP = 0.06
 LINE_DASH = {"solid": "", "dashed": "6,3", "dotted": "2,3", "dash_dotted": "6,3,2,3"}
+#: While its kernel is busy a Monitor puts every tab in the page (the kernel cannot hear which one is
+#: shown), and the tabs not shown are ``display: none``: a bqplot figure first drawn there measures a
+#: width of 0, subtracts its margins and sets its background, event and clip rects to negative sizes
+#: (Chromium logs "<rect> attribute width: A negative value is not valid" for each, 6 per figure).
+#: This style lays hidden tabs out at full width instead, invisible, of no height and unclickable, so a
+#: figure is drawn at the size it will be shown at. A ``<style>`` in an HTML widget applies while it is
+#: in the page; the Metrics tab carries it (every tab is in the page while busy, and when the kernel
+#: hears the tab clicks only the shown tab is filled).
+HIDDEN_TABS_CSS = (
+    "<style>.tmon-monitor .widget-tab-contents > .lm-Widget.lm-mod-hidden {display: block !important; "
+    "visibility: hidden; height: 0; overflow: hidden; pointer-events: none}</style>"
+)
 
 
 class Chart:
@@ -33,7 +45,7 @@ class Chart:
         self.ys = bq.LogScale() if log else bq.LinearScale()
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
         self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6)
-        self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3g", grid_lines="dashed")
+        self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3~g", grid_lines="dashed")
         # the legend is HTML above the plot (bqplot's sits on the data and is clipped in compare mode)
         self.fig = bq.Figure(
             marks=[],

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _format as f
 from .._series import Series, epoch_axis
-from .chart import LINE_STYLES, MARKERS, Chart, round_x_ticks
+from .chart import HIDDEN_TABS_CSS, LINE_STYLES, MARKERS, Chart, round_x_ticks
 from .export import Export
 from .keys import by_group, default_keys, family, group
 from .zoom import Zoom
@@ -123,7 +123,12 @@ class MetricsTab:
             layout=lay(flex_flow="row wrap", align_items="center"),
         )
         side = widgets.VBox(
-            [widgets.HTML("<b>metrics</b>"), self.select, widgets.HTML("<b>overlay runs</b>"), self.overlay],
+            [
+                widgets.HTML("<b>metrics</b>" + HIDDEN_TABS_CSS),
+                self.select,
+                widgets.HTML("<b>overlay runs</b>"),
+                self.overlay,
+            ],
             layout=lay(width="260px", min_width="260px"),
         )
         main = widgets.VBox(
