@@ -27,13 +27,22 @@ class Rejected(Exception):
     """A control decision this run cannot apply; the message is the reason recorded."""
 
 
+class SetupRefused(ValueError):
+    """A setting tmon can judge only when the fit starts, and must refuse before it trains (Ray Train
+    workers on several nodes given a SQLite store): raised through the hook for the user to fix,
+    never swallowed by :func:`guarded`."""
+
+
 def guarded(fn):
-    """Run a hook; if tmon fails inside it, warn once per hook and let training go on."""
+    """Run a hook; if tmon fails inside it, warn once per hook and let training go on
+    (a :class:`SetupRefused` is raised: a configuration the user must change)."""
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         try:
             return fn(self, *args, **kwargs)
+        except SetupRefused:
+            raise
         except Exception as exc:
             warn_once(self, fn.__name__, exc)
             return None

@@ -315,10 +315,15 @@ class AfterFit:
             self.log(session, values, eval_step if split == "eval" else None)
 
 
-def open_session(owner, options, args) -> RunSession | None:
+def open_session(owner, options, args, ray=None) -> RunSession | None:
     """This process's view of the run. Every process reaches the broadcast of the run id, whatever
-    failed before it: a process missing from a collective would hang the others."""
+    failed before it: a process missing from a collective would hang the others. ``ray``: this
+    process as a Ray Train worker (``_ray.join``): the trial's run, ranks by Ray node."""
     local_rank, node = args.local_process_index, node_rank(args)
+    owner_args = {}
+    if ray is not None:
+        options, local_rank, node = ray.options, ray.local_rank, ray.node_rank
+        owner_args = {"run_id": ray.run_id, "resume": True}
     session = run_id = None
     if args.process_index == 0:
         try:
@@ -327,7 +332,9 @@ def open_session(owner, options, args) -> RunSession | None:
                 # the name HF gives W&B, MLflow... (its default is output_dir, which can be longer than
                 # a run name or not UTF-8: stored cut and escaped rather than refused)
                 opts = dataclasses.replace(opts, run_name=storable(args.run_name, MAX_RUN_NAME))
-            session = RunSession(opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node)
+            session = RunSession(
+                opts, "hf", global_rank=0, local_rank=local_rank, node_rank=node, **owner_args
+            )
             run_id = session.run_id
         except Exception as exc:
             warn_once(owner, "on_train_begin", exc)

@@ -37,6 +37,9 @@ SAMPLER = "sampler"  # what the hardware sampler cannot read here, said once
 EVALUATION_START = "evaluation_start"  # evaluation after the fit, recorded into the ended run
 EVALUATION_END = "evaluation_end"
 RECORD_REFUSED = "record_refused"  # one record the store would not take; the others were written
+# a run recorded again after its process ended (a Ray trial restarted after a failure): data:
+# previous_status, previous_last_step, framework_step (where the framework resumed), step_offset
+RESUMED = "resumed"
 # live alerts (``tmon_core.alerts``): data: uid, rule, level, title, evidence, source ("run" or "watch")
 ALERT = "alert"
 ALERT_DELIVERY = "alert_delivery"  # an alert's delivery outcome (data: uid, delivered, reason, targets, held)

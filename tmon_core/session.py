@@ -59,6 +59,7 @@ class RunSession:
         node_rank: int = 0,
         run_id: str | None = None,
         config: dict | None = None,
+        resume: bool = False,
     ):
         self.opts = opts
         self.writes_metrics = global_rank == 0
@@ -67,7 +68,9 @@ class RunSession:
             self.recorder = Recorder(
                 opts.store,
                 run_name=opts.run_name,
-                run_id=None if self.writes_metrics else run_id,
+                # resume: the recording process owns run_id, created when missing (a restarted Ray trial)
+                run_id=run_id if resume or not self.writes_metrics else None,
+                resume=resume and self.writes_metrics,
                 framework=framework,
                 config=config,
                 flush_interval=opts.flush_interval,

@@ -52,6 +52,9 @@ class Recorder(Packing, WriterThread):
         run_name: a readable name; default ``<framework>-<date>-<time>``.
         run_id: attach to an existing run (e.g. a second node of a distributed run) instead of
             creating a new one.
+        resume: with ``run_id``: record into run ``run_id`` as its owner, creating it when the store
+            has none (a run that outlives its process: a Ray trial restarted after a failure, whose
+            id is derived from the trial). Its ``group`` is resolved as for a new run.
         framework: the framework recorded with the run (``lightning``, ``hf``, ``keras``...).
         config: JSON-safe dict stored with the run (hyperparameters, trainer settings).
         flush_interval: seconds between writes (0.05 to 60).
@@ -92,6 +95,7 @@ class Recorder(Packing, WriterThread):
         alerts=None,
         notify=None,
         group: str | None = None,
+        resume: bool = False,
     ):
         if not isinstance(flush_interval, (int, float)) or not 0.05 <= flush_interval <= 60:
             raise ValueError(
@@ -114,7 +118,7 @@ class Recorder(Packing, WriterThread):
             check_text("notes", notes, MAX_NOTES)
         if framework is not None:
             check_text("framework", framework, 64)
-        if run_id is None:
+        if run_id is None or resume:
             group = resolve_group(group)  # the option, else $TMON_GROUP
         elif group is not None:  # an attached recorder adds to a run that has its group already
             check_group(group)
@@ -150,7 +154,7 @@ class Recorder(Packing, WriterThread):
             "notes": notes,
             "group_name": group,
         }
-        self._attach = run_id is not None
+        self._attach = run_id is not None and not resume  # (resume: the writer inserts the run when missing)
         self._moves_last_step = bool(moves_last_step)
         self._blocks: dict[tuple, Block] = {}  # (keys, value types) -> what log() received
         # what the writer has converted and no longer needs, for log() to free: freeing a tensor
