@@ -96,12 +96,23 @@ hands its callbacks:
 
 Under ``torchrun``/``accelerate`` process 0 decides and every process applies the same decisions
 at the same step (``_ddp.DecisionLink``: one broadcast of one int per step over gloo).
+
+Guard (``guard=``, ``tmon_core.guard``): ``on_pre_optimizer_step`` checks the step's gradients (after
+HF's clipping; HF hands callbacks no loss, and a NaN loss makes NaN gradients) with one device sync
+and drops them when they are not finite, so the optimizer leaves the weights as they were; the
+guard's snapshots, rollbacks and stop apply in ``on_step_end`` in one process (a stop ends the loop
+before another update), at the next ``on_step_begin`` under ``torchrun``. A rollback restores the
+model, the optimizer and HF's scheduler as they were at the snapshot (HF's step counter goes on, so
+the schedule ends that many steps short of its end); under fp16 the gradient scaler owns inf
+gradients and the guard acts on divergence only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import warnings
 from typing import Any
 
 try:
@@ -113,12 +124,14 @@ from typing_extensions import override
 
 from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
+from tmon_core.guard import NONFINITE, Guard
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, STEP_TIME
 from tmon_core.run_config import RunConfig
 from tmon_core.session import RunSession
 
-from . import _hf, _torch
-from ._adapter import CheckpointWatcher, StepClock, apply_decisions, guarded, warn_once
+from . import _hf, _ray, _torch
+from ._adapter import CheckpointWatcher, StepClock, TMonCallbackWarning, apply_decisions, guarded, warn_once
+from ._guard_torch import TorchGuard
 from ._options import make_options, options_doc, options_signature
 from ._workarounds.hf import TrainListener, find_trainer, trainer_callbacks, watch_train
 from ._workarounds.python import unwatch, watch_uncaught
@@ -163,13 +176,14 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._reset()
 
     def _reset(self) -> None:
-        self._rec = self._ctl = self._link = None
+        self._rec = self._ctl = self._link = self._ray = None
         self._pending_saves: list = []
         self._step = 0
         self._clock = StepClock()
         self._opt_values: dict | None = None
         self._grad_norm = None
         self._per_step_grad_norm = False
+        self._guard = None  # this fit's TorchGuard (guard=...), from train begin
         self._optimizer = self._model = None
         self._epoch = 0
         self._in_eval = False
@@ -216,6 +230,7 @@ class TMonCallback(TrainerCallback, TrainListener):
             if self._train_depth and self._session_call == self._train_calls:
                 # the same train() started over: auto_find_batch_size caught an OOM and retries smaller
                 self._attach(args, state, model, optimizer)
+                self._start_guard(args, state, model, optimizer, kwargs)
                 if self._rec is not None:
                     session.event(
                         ev.OOM,
@@ -231,7 +246,10 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._reset()
         self.session = self.run_id = None
         wrapped = self._train_depth > 0
-        session = _hf.open_session(self, self.options, args)
+        # a Ray Train worker: the trial's run (process 0 owns it, resumed after a restart), ranks by
+        # Ray node; a SQLite store across nodes raises here, before training (_ray.SharedStoreRequired)
+        self._ray = _ray.join(self.options)
+        session = _hf.open_session(self, self.options, args, ray=self._ray)
         if session is None:
             return
         self.session, self.run_id = session, session.run_id
@@ -244,11 +262,16 @@ class TMonCallback(TrainerCallback, TrainListener):
             from ._ddp import DecisionLink
 
             self._link = DecisionLink(self.options)
+        self._start_guard(args, state, model, optimizer, kwargs)
         if self._rec is None:
             return
         self._callbacks = trainer_callbacks(self)
         others = [cb for cb in self._callbacks if not isinstance(cb, TMonCallback)]
-        self._rec.update_config(**_hf.run_config(args, state, model, optimizer, kwargs, self._ctl, others))
+        config = _hf.run_config(args, state, model, optimizer, kwargs, self._ctl, others)
+        self._rec.update_config(**config)
+        if self._ray is not None:  # the trial's config as hyperparameters, Ray's settings; a restart
+            self._rec.update_config(**self._ray.config(config.get("hparams")))
+            self._ray.resume(self._rec, state.global_step, shifts=False)  # (HF's own steps are kept)
         if state.max_steps:
             self._rec.update_run(total_steps=int(state.max_steps))
         session.event(ev.TRAIN_START, step=self._step)
@@ -272,6 +295,8 @@ class TMonCallback(TrainerCallback, TrainListener):
             return
         if self._rec is not None:
             self._scan_removed()
+            if self._ray is not None:  # Ray's report callback persisted the last save after tmon's on_save
+                self._ray.record_checkpoint(self._rec, state.global_step, state.epoch)
             session.event(
                 ev.TRAIN_END,
                 step=state.global_step,
@@ -284,6 +309,7 @@ class TMonCallback(TrainerCallback, TrainListener):
                 ),
             )
         unwatch(session)
+        self._close_guard()
         session.end(ev.COMPLETED)
         self._model = self._optimizer = None
 
@@ -305,6 +331,15 @@ class TMonCallback(TrainerCallback, TrainListener):
     @override
     @guarded
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._guard is not None:
+            # after backward, DDP's all-reduce and HF's clipping, before the update: one device sync.
+            # The gradients only (HF hands callbacks no loss; a NaN loss makes NaN gradients)
+            model = _hf.given(kwargs, "model", self._model)
+            optimizer = _hf.given(kwargs, "optimizer", self._optimizer)
+            self._guard.check(state.global_step + 1, model.parameters(), [optimizer])
+            if self._per_step_grad_norm and self._rec is not None:
+                self._grad_norm = self._guard.grad_norm  # the check's norm (None after a skip)
+                return
         if self._per_step_grad_norm and self._rec is not None:
             self._grad_norm = _torch.grad_norm(self._model.parameters())
 
@@ -317,6 +352,8 @@ class TMonCallback(TrainerCallback, TrainListener):
     @override
     @guarded
     def on_step_end(self, args, state, control, **kwargs):
+        if self._guard is not None:
+            self._guard_step_end(state.global_step, control, kwargs)
         rec = self._rec
         if rec is None:
             return
@@ -419,6 +456,8 @@ class TMonCallback(TrainerCallback, TrainListener):
         if path is not None:
             self._checkpoints.known(path)
         self._scan_removed()
+        if self._ray is not None:  # the copy Ray persisted (RayTrainReportCallback's on_save ran first)
+            self._ray.record_checkpoint(self._rec, state.global_step, state.epoch)
         self._clock.pause()
 
     def _scan_removed(self) -> None:
@@ -426,22 +465,66 @@ class TMonCallback(TrainerCallback, TrainListener):
         for path in self._checkpoints.scan()[1]:
             self._rec.checkpoint_removed(path)
 
+    # ------------------------------------------------------------ guard (guard=...)
+    def _start_guard(self, args, state, model, optimizer, kw: dict) -> None:
+        """This fit's guard, on every process (each skips, snapshots and restores its own; process 0
+        decides). Under fp16 the gradient scaler owns inf gradients (it skips those steps itself):
+        the guard then acts on divergence only, HF handing callbacks no loss to judge."""
+        self._close_guard()
+        guard = Guard.from_option(self.options.guard)
+        if guard is None or model is None or optimizer is None:
+            return
+        scheduler = kw.get("lr_scheduler")
+        scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        if args.fp16 and NONFINITE in guard.on:
+            left = tuple(t for t in guard.on if t != NONFINITE)
+            warnings.warn(
+                "tmon: guard= under fp16: non-finite gradients are the gradient scaler's to skip; "
+                + ("the guard acts on divergence only" if left else "the guard is off"),
+                TMonCallbackWarning,
+                stacklevel=3,
+            )
+            if not left:
+                return
+            guard = copy.copy(guard)  # (the user's Guard stays as given, for the next fit)
+            guard.on = left
+        self._guard = TorchGuard(
+            guard,
+            self._rec,
+            self._ctl,
+            model,
+            [optimizer],
+            [scheduler] if scheduler is not None else [],
+            state.global_step + 1,
+        )
+
+    def _guard_step_end(self, step: int, control, kw: dict) -> None:
+        self._guard.step_end(step)
+        # one process: what the guard just decided applies now, between this step and the next (a
+        # stop ends the loop before another update); several: at the next step's exchange, as any decision
+        ctl = self._ctl
+        if self._link is None and ctl is not None and ctl.next_step <= step + 1:
+            self._apply(ctl.due(step + 1), step + 1, control, kw)
+
+    def _close_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
     # ------------------------------------------------------------ control decisions
     def _apply(self, decisions, step: int, control, kw: dict) -> None:
         def optimizer():
             return _torch.unwrap_optimizer(_hf.given(kw, "optimizer", self._optimizer))
 
-        apply_decisions(
-            self._ctl,
-            decisions,
-            step,
-            {
-                SetParams: lambda d: _hf.set_params(optimizer(), kw.get("lr_scheduler"), d),
-                SaveCheckpoint: lambda d: self._save(d, control),
-                Rollback: lambda d: _hf.rollback(_hf.given(kw, "model", self._model), optimizer(), d, step),
-                Stop: lambda d: self._stop(d, control),
-            },
-        )
+        handlers = {
+            SetParams: lambda d: _hf.set_params(optimizer(), kw.get("lr_scheduler"), d),
+            SaveCheckpoint: lambda d: self._save(d, control),
+            Rollback: lambda d: _hf.rollback(_hf.given(kw, "model", self._model), optimizer(), d, step),
+            Stop: lambda d: self._stop(d, control),
+        }
+        if self._guard is not None:  # its snapshot and rollback (a Rollback's subclass: looked up first)
+            handlers.update(self._guard.handlers(step))
+        apply_decisions(self._ctl, decisions, step, handlers)
 
     def _save(self, d: SaveCheckpoint, control) -> None:
         control.should_save = True  # HF saves after this step; on_save records it and resolves d
