@@ -40,17 +40,15 @@ class LoopControl:
             self._apply(decisions, step)
 
     def _apply(self, decisions, step: int) -> None:
-        apply_decisions(
-            self._ctl,
-            decisions,
-            step,
-            {
-                SetParams: self._set_params,
-                SaveCheckpoint: lambda d: self._save_requested(d, step),
-                Rollback: lambda d: self._rollback(d, step),
-                Stop: self._stop,
-            },
-        )
+        handlers = {
+            SetParams: self._set_params,
+            SaveCheckpoint: lambda d: self._save_requested(d, step),
+            Rollback: lambda d: self._rollback(d, step),
+            Stop: self._stop,
+        }
+        if self._guard is not None:  # its snapshot and rollback (a Rollback's subclass: looked up first)
+            handlers.update(self._guard.handlers(step))
+        apply_decisions(self._ctl, decisions, step, handlers)
 
     def _set_params(self, d: SetParams) -> dict:
         if not self._optimizers and any(c.custom is None for c in d.changes):

@@ -62,6 +62,12 @@ through), so ``At(step=k, lr=...)`` is the lr recorded at step ``k``:
   its epochs on it. Status ``completed`` with a ``stopped`` event, ``train_end`` reason
   ``stop_request``.
 
+Guard (``guard=``, ``tmon_core.guard``; needs ``model`` and ``optimizer``): the optimizer's step
+pre-hook checks the step's gradients (one device sync; the loss is not known before ``t.step()``,
+and a NaN loss makes NaN gradients) and drops them when they are not finite, so the update leaves
+the weights as they were; the guard's snapshots, rollbacks and stop apply at ``t.step()`` with the
+other decisions (a stop: ``t.should_stop``). Step numbers are ``t.step()``'s.
+
 Under ``torchrun``/``accelerate launch`` (``torch.distributed`` initialized when ``track`` is
 called) process 0 records, each node's local process 0 samples its hardware into the same run,
 and every process applies the same control decisions at the same step (``_ddp.DecisionLink``).
@@ -74,11 +80,13 @@ import time
 from typing import Any
 
 from tmon_core import events as ev
+from tmon_core.guard import Guard
 from tmon_core.keys import DATA_TIME, EPOCH, GRAD_NORM, LOSS, STEP_TIME
 from tmon_core.session import RunSession
 
 from . import _loop, _torch
 from ._adapter import Rejected, warn_once
+from ._guard_torch import TorchGuard
 from ._loop_control import LoopControl
 from ._options import make_options
 from ._workarounds.python import unwatch, watch_uncaught
@@ -108,6 +116,13 @@ class Tracker(LoopControl):
             optimizer, model, scheduler, config, total_steps, checkpoint_dir
         )
         self.model = model
+        guard = Guard.from_option(self.options.guard)
+        if guard is not None and (model is None or not self._optimizers):
+            raise ValueError(
+                f"track(guard={self.options.guard!r}) needs model= and optimizer=: the guard drops a "
+                "non-finite step's gradients before the optimizer's update and snapshots the model "
+                "and optimizer for a rollback"
+            )
         self.checkpoint_dir = os.fspath(checkpoint_dir)
         self._user_config = dict(config or {})
         self._total_steps = total_steps
@@ -129,6 +144,7 @@ class Tracker(LoopControl):
         self.run_id: str | None = None
         self._rec = self._ctl = self._link = None
         self._ended = False
+        self._guard_opt, self._guard, self._guard_checked = guard, None, False
         self._open()
         self._t_last = _perf()
 
@@ -144,6 +160,10 @@ class Tracker(LoopControl):
                 self._ctl.get_value = lambda name, group: _torch.read_param(opts, name, group)
             for opt in self._optimizers:
                 self._hooks.append(opt.register_step_pre_hook(self._before_optimizer_step))
+            if self._guard_opt is not None:  # every process: each skips, snapshots and restores its own
+                self._guard = TorchGuard(
+                    self._guard_opt, self._rec, self._ctl, self.model, self._optimizers, self._schedulers, 0
+                )
             if self._rec is not None:
                 try:
                     self._rec.update_config(
@@ -235,17 +255,30 @@ class Tracker(LoopControl):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         self._ended = self._ended or self._rec is not None
         self._rec = self._ctl = self._link = None
 
     # ------------------------------------------------------------ per step (the hot path)
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Read what this optimizer step uses, before a scheduler moves it (torch's step pre-hook)."""
+        """Read what this optimizer step uses, before a scheduler moves it (torch's step pre-hook);
+        with a guard, check the step's gradients first (once a step, over every optimizer's)."""
+        if self._guard is not None and not self._guard_checked:
+            self._guard_checked = True
+            try:
+                params = [p for o in self._optimizers for g in o.param_groups for p in g["params"]]
+                self._guard.check(self._step, params, self._optimizers)
+            except Exception as exc:
+                warn_once(self, "guard", exc)
         if self._rec is None:
             return
         try:
             self._opt_values = self._read_optimizers()
-            if self._grad_norm_wanted and self._grad_norm is None:
+            if self._grad_norm_wanted and self._grad_norm is None and self._guard is not None:
+                self._grad_norm = self._guard.grad_norm  # the check's (None after a skip)
+            elif self._grad_norm_wanted and self._grad_norm is None:
                 params = (
                     self.model.parameters()
                     if self.model is not None
@@ -291,6 +324,12 @@ class Tracker(LoopControl):
         elif self._ended:
             self._warn_ended("step")
             return
+        if self._guard is not None:
+            self._guard_checked = False
+            try:
+                self._guard.step_end(step)  # what it decides applies right below, before the next update
+            except Exception as exc:
+                warn_once(self, "guard", exc)
         self._step = step = step + 1
         if self._link is not None:  # several processes: process 0 decides, every process applies at this step
             self._exchange(step)
