@@ -22,6 +22,7 @@ import os
 
 from . import diff, events, keys  # diff: the package, callable as tmon_core.diff(a, b)
 from .analysis import Report, report
+from .analysis.group_report import GroupReport, group_report
 from .control import At, Param, Request
 from .diff import CheckpointDiff, CheckpointError
 from .guard import Guard
@@ -37,6 +38,7 @@ __all__ = [
     "At",
     "CheckpointDiff",
     "CheckpointError",
+    "GroupReport",
     "Guard",
     "HardwareSampler",
     "Param",
@@ -50,6 +52,7 @@ __all__ = [
     "__version__",
     "diff",
     "events",
+    "group_report",
     "groups",
     "keys",
     "latest_run",

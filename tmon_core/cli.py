@@ -1,6 +1,7 @@
 """The ``tmon`` command: look at runs from a terminal.
 
-    tmon runs                          the runs of the store, newest first
+    tmon runs [--group NAME] [--json]  the runs of the store (or of one group), newest first
+    tmon groups [--metric KEY]         the groups of runs (sweeps, experiments), with counts
     tmon show RUN                      status, steps, duration, last metrics, peak memory
     tmon export RUN --format csv|json|parquet|tensorboard|mlflow [-o FILE] [--tracking-uri URI]
     tmon prune --older-than 30d [--keep-checkpoints] [--dry-run]
@@ -64,27 +65,109 @@ def resolve_run(store: Store, ref: str) -> Run:
 
 
 def cmd_runs(store: Store, args) -> int:
-    df = store.runs()
-    if df.empty:
-        print(f"no runs in {store}")
+    group = getattr(args, "group", None)
+    df = store.runs(group=group)
+    if getattr(args, "json", False):
+        print(json.dumps([_run_json(r) for r in df.to_dict("records")], indent=1))
         return 0
-    rows = [("ID", "NAME", "STATUS", "FRAMEWORK", "STARTED", "DURATION", "STEPS")]
+    if df.empty:
+        print(f"no runs in group {group!r} of {store}" if group is not None else f"no runs in {store}")
+        return 0
+    grouped = df.group.notna().any()  # a GROUP column only where some run has one
+    rows = [
+        ("ID", "NAME", "STATUS", "FRAMEWORK")
+        + (("GROUP",) if grouped else ())
+        + ("STARTED", "DURATION", "STEPS")
+    ]
     for r in df.itertuples():
         rows.append(
-            (
-                r.id,
-                r.name,
-                r.status,
-                r.framework or "-",
+            (r.id, r.name, r.status, r.framework or "-")
+            + ((_text(r.group),) if grouped else ())
+            + (
                 _fmt_time(r.created_at),
                 _fmt_duration(r.duration),
                 "-" if r.steps is None or r.steps != r.steps else str(int(r.steps)),
             )
         )
+    _print_table(rows)
+    return 0
+
+
+def _text(v) -> str:
+    """A cell of text that may be missing (None, or pandas' NaN)."""
+    return "-" if v is None or v != v else str(v)
+
+
+def _print_table(rows: list[tuple]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _run_json(r: dict) -> dict:
+    """One row of ``Store.runs()`` as plain JSON (missing values as null)."""
+    out = {}
+    for k, v in r.items():
+        if isinstance(v, float) and v != v:
+            v = None
+        elif hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+            v = v.item()  # numpy scalars
+        out[k] = v
+    if out.get("steps") is not None:
+        out["steps"] = int(out["steps"])
+    return out
+
+
+def cmd_groups(store: Store, args) -> int:
+    from .run_groups import groups
+
+    df = groups(store.opened())
+    best = _group_best(store, df.group.tolist(), args.metric, args.mode) if args.metric else {}
+    if args.json:
+        out = [_run_json(r) for r in df.to_dict("records")]
+        for g in out:
+            if args.metric:
+                g["best"] = best.get(g["group"])
+        print(json.dumps(out, indent=1))
+        return 0
+    if df.empty:
+        print(f"no groups in {store} (runs get one with TMonCallback(group=...) or $TMON_GROUP)")
+        return 0
+    head = ("GROUP", "RUNS", "RUNNING", "COMPLETED", "FAILED", "STEPS", "LAST ACTIVITY")
+    rows = [head + ((f"BEST {args.metric}",) if args.metric else ())]
+    for r in df.itertuples():
+        row = (
+            r.group,
+            str(r.runs),
+            str(r.running),
+            str(r.completed),
+            str(r.failed),
+            str(r.steps),
+            _fmt_time(r.last_activity),
+        )
+        if args.metric:
+            b = best.get(r.group)
+            row += (f"{_fmt_value(b['value'])} ({b['name']})" if b else "-",)
+        rows.append(row)
+    _print_table(rows)
     return 0
+
+
+def _group_best(store: Store, names: list[str], metric: str, mode: str) -> dict:
+    """group -> {"run", "name", "value", "step"} of its best run by ``metric`` (None: no run has it)."""
+    from .analysis.group_report import best_value
+
+    out = {}
+    for name in names:
+        found = None
+        for r in store.runs(group=name).itertuples():
+            b = best_value(store.run(r.id), metric, mode)
+            if b is not None and (
+                found is None or (b[0] < found["value"] if mode == "min" else b[0] > found["value"])
+            ):
+                found = {"run": r.id, "name": r.name, "value": b[0], "step": b[1]}
+        out[name] = found
+    return out
 
 
 def cmd_show(store: Store, args) -> int:
@@ -309,7 +392,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p = argparse.ArgumentParser(prog="tmon", description="Look at and steer tmon training runs.")
     p.add_argument("--store", help="database URL or SQLite file (default $TMON_STORE or sqlite:///tmon.db)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("runs", help="list the runs, newest first")
+    ru = sub.add_parser("runs", help="list the runs, newest first")
+    ru.add_argument("--group", help="only the runs of this group (a sweep, an experiment)")
+    ru.add_argument("--json", action="store_true", help="print the runs as a JSON list")
+    gr = sub.add_parser("groups", help="list the groups of runs, most recently active first")
+    gr.add_argument("--metric", help="also show each group's best run by this metric (e.g. val_loss)")
+    gr.add_argument(
+        "--mode", choices=("min", "max"), default="min", help="best is the lowest (min) or highest"
+    )
+    gr.add_argument("--json", action="store_true", help="print the groups as a JSON list")
     s = sub.add_parser("show", help="summary of one run")
     s.add_argument("run", help="run id, unique id prefix, run name, or 'latest'")
     e = sub.add_parser("export", help="export a run's metrics")
@@ -334,6 +425,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     de.add_argument("--dry-run", action="store_true", help="only list what would go")
     handlers = {
         "runs": cmd_runs,
+        "groups": cmd_groups,
         "show": cmd_show,
         "export": cmd_export,
         "prune": cmd_prune,
@@ -353,6 +445,11 @@ class _LazyStore:
     def __init__(self, url: str | None):
         self.url = url
         self._store: Store | None = None
+
+    def opened(self) -> Store:
+        """The store itself (opened now if it was not), for code that wants a ``Store``."""
+        self.engine  # noqa: B018  (opens it, with the errors a user is told)
+        return self._store
 
     def __getattr__(self, name):
         if self._store is None:
