@@ -4,6 +4,7 @@
 >>> Monitor()                          # the latest run of the default store     # doctest: +SKIP
 >>> Monitor(run_id, store=url)         # any run, e.g. one training on another machine into PostgreSQL
 >>> Monitor(runs=[a, b, c])            # compare runs
+>>> Monitor(group="sweep-3")           # compare a group's runs (a sweep's trials), joined by later ones
 
 Reads through ``tmon_core``'s query and control APIs only. A thread of its own refreshes the view
 every ``interval`` seconds (0.5 by default) with incremental reads, so charts move while
@@ -28,6 +29,7 @@ from . import _format as f
 from . import _live
 from ._alerts import Alerts
 from ._control import Control
+from ._group import GroupView
 from ._refresher import RefreshThread
 from ._runs import RunState
 from .checkpoints import CheckpointsTab
@@ -58,6 +60,8 @@ class Monitor(widgets.VBox):
         store: a store URL, a SQLite path or an open ``tmon_core.Store``; default ``$TMON_STORE`` or
             ``sqlite:///tmon.db``.
         runs: several runs to compare (overlaid on the same charts; the first one is steered).
+        group: compare the runs of this group (``TMonCallback(group=...)``), in the order they
+            started, with a table of their settings; trials that start later join (``_group.py``).
         interval: seconds between refreshes; None: no refresh thread (call :meth:`refresh`).
         max_points: the most points per line sent to the browser.
         metrics: the metric keys shown first (default: the loss family, validation metrics, lr).
@@ -74,6 +78,7 @@ class Monitor(widgets.VBox):
         max_points: int = 2000,
         metrics: list[str] | None = None,
         x: str = "step",
+        group: str | None = None,
         _resolve=None,
         _waiting: str | None = None,
     ):
@@ -82,8 +87,8 @@ class Monitor(widgets.VBox):
             raise ValueError(f"interval must be >= 0.05 seconds or None, received interval={interval!r}")
         if not isinstance(max_points, int) or isinstance(max_points, bool) or max_points < 4:
             raise ValueError(f"max_points must be an int >= 4, received max_points={max_points!r}")
-        if run is not None and runs is not None:
-            raise ValueError("give run= or runs=, not both")
+        if (run is not None) + (runs is not None) + (group is not None) > 1:
+            raise ValueError("give one of run=, runs= or group=")
         self.lock = threading.RLock()
         self.interval, self.max_points = interval, max_points
         self._own_store = not isinstance(store, Store)
@@ -110,6 +115,11 @@ class Monitor(widgets.VBox):
         self.control = Control(self)
 
         refs = list(runs) if runs is not None else ([run] if run is not None else [])
+        self.group = GroupView(self, group) if group is not None else None
+        if self.group is not None:
+            refs = self.group.trial_ids()
+            _resolve = _resolve or self.group.first
+            _waiting = _waiting or f"waiting for a run in group {group!r} of {self.store}"
         self._resolve = _resolve
         self.waiting_for = _waiting or f"waiting for a run in {self.store}"
         if not refs and _resolve is None:
@@ -136,7 +146,12 @@ class Monitor(widgets.VBox):
         self.tabs = widgets.Tab(children=self._slots, titles=TAB_TITLES)
         self.tabs.observe(self._on_tab, names="selected_index")
         self.footer = widgets.HTML()
-        self.children = [self.header.widget, self.tabs, self.footer]
+        self.children = [
+            self.header.widget,
+            *([self.group.widget] if self.group else []),
+            self.tabs,
+            self.footer,
+        ]
         self.add_class("tmon-monitor")
         if refs:
             self._attach(refs)
@@ -300,6 +315,8 @@ class Monitor(widgets.VBox):
 
     def _read_slow(self) -> None:
         self._slow_count += 1
+        if self.group is not None:
+            self.group.pick_up()
         primary = self.runs[0]
         self.events = primary.run.events()
         self.alerts.from_events(primary.id, self.events)
@@ -376,7 +393,8 @@ class Monitor(widgets.VBox):
     # ------------------------------------------------------------------ the refresh thread
     def _ended(self) -> bool:
         """Every run shown has ended and no request of the controls waits for an answer."""
-        return bool(self.runs) and all(rs.final for rs in self.runs) and not self.control.pending
+        ended = bool(self.runs) and all(rs.final for rs in self.runs) and not self.control.pending
+        return self.group.ended(ended) if self.group is not None else ended
 
     def _last_refresh(self) -> None:
         """Everything read once more after the run ended: the slow parts (epoch, latest values, events)
