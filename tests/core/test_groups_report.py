@@ -227,3 +227,31 @@ def test_a_real_lightning_sweep(tmp_path, store_url, one_torch_thread, capsys):
     code, out, _ = cli(capsys, "--store", store_url, "report", "--group", "sweep-lr")
     assert code == 0 and f"best: {gr.best['name']}" in out and "lr=5" in out.split("problems:")[1]
     store.close()
+
+
+@pytest.mark.slow
+def test_an_hf_sweep_compares_its_training_arguments(tmp_path, store_url, one_torch_thread):
+    """Four HF trials that differ in learning_rate (and, as a sweep gives them, in output_dir): the
+    one setting that varied is args.learning_rate; where each trial wrote is not a setting."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import Trainer
+
+    from tests.callbacks.test_hf import TokenData, args, tiny_bert
+    from tmon_callbacks.hf import TMonCallback
+
+    for i, lr in enumerate((1e-4, 1e-3, 1e-2, 3e-2)):
+        cb = TMonCallback(store_url, group="hf-sweep", sample_interval=None, report="off", widget=False)
+        trial_dir = tmp_path / f"trial{i}"
+        Trainer(
+            model=tiny_bert(),
+            train_dataset=TokenData(32),
+            args=args(trial_dir, num_train_epochs=1, learning_rate=lr),
+            callbacks=[cb],
+        ).train()
+    gr = tmon_core.group_report("hf-sweep", store=store_url)
+    assert gr.metric == "loss" and gr.doc["varied"] == ["args.learning_rate"]
+    assert gr.shared["args.per_device_train_batch_size"] == 8 and "args.output_dir" not in gr.shared
+    (c,) = gr.correlations
+    assert c["setting"] == "args.learning_rate" and c["kind"] == "numeric" and c["trials"] == 4
+    assert sorted(gr.trials["args.learning_rate"]) == [1e-4, 1e-3, 1e-2, 3e-2]

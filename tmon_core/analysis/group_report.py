@@ -111,11 +111,19 @@ def settings_of(config: dict | None) -> dict[str, Any]:
     _flatten(config.get("datamodule_hparams"), "data.", out)
     args = config.get("training_args")
     if isinstance(args, dict):
-        _flatten(args, "args.", out)
+        _flatten({k: v for k, v in args.items() if not _where(k)}, "args.", out)
     for k in _FIT_SETTINGS:
         if config.get(k) is not None and k not in out:
             out[k] = config[k]
     return out
+
+
+def _where(key: str) -> bool:
+    """An HF argument that says where a trial writes or who it is, not how it trains: a sweep gives
+    each trial its own, and a column of them would hide the settings that did vary."""
+    return key in ("output_dir", "logging_dir", "run_name", "resume_from_checkpoint") or key.startswith(
+        ("hub_", "push_to_hub_")
+    )
 
 
 def _flatten(d, prefix: str, out: dict) -> None:
