@@ -169,6 +169,42 @@ def test_hardware_of_running_runs_per_node_and_gpu_with_dcgm_labels(store_url):
     assert not [k for k in m if k[0].startswith(("tmon_host_", "tmon_gpu_", "tmon_hardware_"))]
 
 
+def test_no_hardware_leaves_the_machines_to_node_and_dcgm_exporters(store_url):
+    rec = Recorder(store_url, run_name="hw", flush_interval=0.1, heartbeat_timeout=600)
+    rec.sample(
+        {"wall_time": time.time(), "host": "h", "node_rank": 0, "ram_used": 1}, [_gpu(0, "h", 0, time.time())]
+    )
+    rec.log({"loss": 1.0}, 0)
+    rec.flush()
+    with pytest.raises(ValueError, match="hardware must be True or False, received hardware='no'"):
+        Exporter(store_url, hardware="no")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tmon_core.interop", "--store", store_url, "exporter", "--no-hardware"]
+        + ["--port", str(port), "--addr", "127.0.0.1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        body = []
+        _wait(
+            lambda: (
+                body.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read())
+                is None
+            ),
+            60,
+            "the exporter",
+        )
+        assert b'run_name="hw"' in body[0]
+        assert b"tmon_host_" not in body[0] and b"tmon_gpu_" not in body[0]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        rec.close()
+
+
 def test_hardware_reads_are_incremental(store_url, monkeypatch):
     """After the first poll a poll reads only the sample rows written since the previous one."""
     from tmon_core.interop import exporter as exporter_module

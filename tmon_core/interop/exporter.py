@@ -131,7 +131,9 @@ class Snapshot:
 class Exporter:
     """Reads ``store`` every ``interval`` s; ``collect()`` (a prometheus_client collector) serves the
     latest snapshot. ``keys``: fnmatch patterns of the metric keys to export (default all, up to
-    ``max_keys`` per run, in name order); ``grace``: how long an ended run stays exported."""
+    ``max_keys`` per run, in name order); ``grace``: how long an ended run stays exported;
+    ``hardware=False``: no host and GPU families, and no reads of the samples (where node and DCGM
+    exporters already serve those machines' figures)."""
 
     def __init__(
         self,
@@ -141,6 +143,7 @@ class Exporter:
         grace: float = 300.0,
         keys: list[str] | None = None,
         max_keys: int = 50,
+        hardware: bool = True,
     ):
         if not isinstance(interval, (int, float)) or interval <= 0:
             raise ValueError(f"interval must be a positive number of seconds, received interval={interval!r}")
@@ -153,6 +156,9 @@ class Exporter:
             keys,
             max_keys,
         )
+        if not isinstance(hardware, bool):
+            raise ValueError(f"hardware must be True or False, received hardware={hardware!r}")
+        self.hardware = hardware
         self._store = None
         self._runs: dict[str, _RunState] = {}
         self._host: dict = {}  # (run_id, node_rank) -> newest host sample
@@ -243,7 +249,8 @@ class Exporter:
             if state.last_step != last_step or not state.latest:
                 self._read_run(store, rid, state, last_step, now)
             runs[rid] = state
-        self._read_samples(store, runs, now)
+        if self.hardware:
+            self._read_samples(store, runs, now)
         self._runs = runs
 
     def _read_samples(self, store, runs: dict[str, _RunState], now: float) -> None:
@@ -344,7 +351,8 @@ class Exporter:
                 last.add_metric([rid], s.last_point_wall)
             alerts.add_metric([rid], s.alerts)
         yield from (info, step, epoch, metric, nonfinite, st, dt, rate, last, alerts)
-        yield from _hardware(snap)
+        if self.hardware:
+            yield from _hardware(snap)
         yield GaugeMetricFamily(
             "tmon_exporter_store_up", "1 when the last poll read the store", value=float(snap.up)
         )
@@ -560,6 +568,12 @@ def register(subparsers) -> dict:
         "--keys", help="comma-separated fnmatch patterns of the metric keys to export (default all)"
     )
     p.add_argument("--max-keys", type=int, default=50, help="at most this many keys per run (default 50)")
+    p.add_argument(
+        "--no-hardware",
+        dest="hardware",
+        action="store_false",
+        help="no host and GPU figures (where node and DCGM exporters already serve them)",
+    )
     return {"exporter": cmd_exporter}
 
 
@@ -567,7 +581,14 @@ def cmd_exporter(store, args) -> int:
     url = getattr(args, "store_sub", None) or getattr(store, "url", None)
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     exporter, server = serve(
-        url, args.port, args.addr, interval=args.interval, grace=args.grace, keys=keys, max_keys=args.max_keys
+        url,
+        args.port,
+        args.addr,
+        interval=args.interval,
+        grace=args.grace,
+        keys=keys,
+        max_keys=args.max_keys,
+        hardware=args.hardware,
     )
     state = "" if exporter.snapshot.up else f" (the store cannot be read yet: {exporter.last_error})"
     print(
