@@ -8,9 +8,45 @@ from __future__ import annotations
 
 from sqlalchemy import and_, or_, select, update
 
+from .run import ONE_BASED_STEPS
 from .schema import CheckpointRow
 
-__all__ = ["checkpoint_row", "live_at_path", "mark_deleted", "newer_at_path", "newest_id_at_path", "set_tags"]
+__all__ = [
+    "checkpoint_row",
+    "live_at_path",
+    "mark_deleted",
+    "newer_at_path",
+    "newest_id_at_path",
+    "saved_after_step",
+    "set_tags",
+]
+
+#: sources whose recorded step is already the index of the last step the checkpoint holds: the plain
+#: loop's ``t.checkpoint`` (recorded after the steps it counts, at the step of its last ``t.step()``)
+SAVED_AT_LAST_STEP = frozenset({"t.checkpoint"})
+
+
+def saved_after_step(step, framework: str | None, source: str | None = None) -> int | None:
+    """The metric step a checkpoint was saved after: the last step whose update it holds, numbered as
+    the run's metrics are (the step its marker and table row sit at in the Monitor and the report).
+
+    A checkpoint's ``step`` is what its framework counted when it was saved: the steps done
+    (Lightning's and HF's ``global_step``, Keras' iterations, a checkpoint made on request at a step
+    boundary), the number in its file name (``epoch=0-step=4.ckpt``, ``checkpoint-4``). It is stored as
+    such, and rollback and diff read it so. Steps done are one past the last step's index where metrics
+    count from 0 (Lightning, Keras, the plain loop): a checkpoint at the end of a 4-step epoch is
+    recorded at 4 and holds the update of metric step 3. HF counts its steps from 1, so its count is
+    the step. None: no step (or none done yet).
+
+    >>> saved_after_step(4, "lightning"), saved_after_step(4, "hf"), saved_after_step(3, "pytorch", "t.checkpoint")
+    (3, 4, 3)
+    """
+    if step is None or step != step or str(step) == "<NA>":
+        return None
+    step = int(step)
+    if framework in ONE_BASED_STEPS or source in SAVED_AT_LAST_STEP:
+        return step
+    return step - 1 if step > 0 else None
 
 
 def checkpoint_row(store, checkpoint_id: int, run_id: str | None = None) -> dict | None:

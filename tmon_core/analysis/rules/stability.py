@@ -36,6 +36,7 @@ import numpy as np
 
 from ... import events as ev
 from ... import keys as K
+from ...store.checkpoints import saved_after_step
 from ..detect import GradDetector, LossDetector, OverfitDetector
 from ..model import CRITICAL, INFO, WARNING, Finding
 from . import fmt_value, recommend
@@ -239,18 +240,26 @@ def _spikes(d, key, x):
 
 
 # ---------------------------------------------------------------------------- divergence
+def _after(d, c):
+    """The metric step each checkpoint of ``c`` was saved after (``saved_after_step``): the step the
+    report's other figures name, where Lightning and Keras record a checkpoint one step later."""
+    return c.apply(lambda r: saved_after_step(r.step, d.framework, r.source), axis=1)
+
+
 def _nearest_checkpoint(d, step: int) -> dict | None:
     c = d.checkpoints
     if c.empty or not c.step.notna().any():
         return None
     c = c[c.step.notna()]
-    i = (c.step.astype(int) - step).abs().idxmin()
+    after = _after(d, c).fillna(-1).astype(int)
+    i = (after - step).abs().idxmin()
     row = c.loc[i]
     mv = row.monitor_value
     return {
         "id": int(row.id),
         "path": row.path,
         "step": int(row.step),
+        "after_step": int(after.loc[i]),
         "monitor": row.monitor,
         "monitor_value": float(mv) if isinstance(mv, (int, float)) and mv == mv else None,
     }
@@ -286,7 +295,7 @@ def _divergence(d, key, x):
         yield recommend(
             "stability.divergence",
             sev,
-            f"Resume from the checkpoint at step {ckpt['step']}",
+            f"Resume from the checkpoint saved after step {ckpt['after_step']}",
             d.terms.load_checkpoint(),
             ckpt["path"],
             f"the weights from before the loss turned (the best smoothed loss was at step {best_step})",
@@ -356,16 +365,25 @@ def _callback(d, name: str, monitor: str) -> dict | None:
 
 
 def _best_checkpoint(d, step: int) -> dict | None:
-    """A checkpoint of the evaluation at ``step``: Lightning and Keras record the validation one step
-    before the checkpoint that saves it."""
+    """A checkpoint of the evaluation at ``step``: the one saved after that step (Lightning and Keras
+    record it one step later, as their steps done), else one recorded at it."""
     c = d.checkpoints
     if c.empty or not c.step.notna().any():
         return None
-    c = c[c.step.notna() & c.step.astype("Int64").isin([step, step + 1])]
+    c = c[c.step.notna()]
+    after = _after(d, c)
+    exact = c[after == step]
+    c = exact if not exact.empty else c[c.step.astype("Int64").isin([step, step + 1])]
     if c.empty:
         return None
     row = c.iloc[0]
-    return {"id": int(row.id), "path": row.path, "step": int(row.step), "monitor": row.monitor}
+    return {
+        "id": int(row.id),
+        "path": row.path,
+        "step": int(row.step),
+        "after_step": saved_after_step(row.step, d.framework, row.source),
+        "monitor": row.monitor,
+    }
 
 
 def _overfitting(d, loss_det):
@@ -428,7 +446,7 @@ def _overfitting(d, loss_det):
         yield recommend(
             "stability.overfitting",
             WARNING,
-            f"Keep the checkpoint of step {ckpt['step']}",
+            f"Keep the checkpoint saved after step {ckpt['after_step']}",
             t.load_checkpoint(),
             ckpt["path"],
             f"the weights with the best {val.key} ({fmt_value(best)})",
@@ -449,7 +467,7 @@ def _overfitting(d, loss_det):
             setting,
             1 if d.framework == "lightning" else True,
             "no checkpoint of the best evaluation was recorded"
-            + (f" (the nearest is step {near['step']})" if near else ""),
+            + (f" (the nearest was saved after step {near['after_step']})" if near else ""),
             evidence=evidence,
             priority=15,
         )
