@@ -177,6 +177,8 @@ def cmd_show(store: Store, args) -> int:
     print(f"run       {info['id']}  ({info['name']})")
     print(f"status    {info['status']}")
     print(f"framework {info['framework'] or '-'}")
+    if info.get("group") is not None:
+        print(f"group     {info['group']}")
     print(f"host      {info['host'] or '-'} (pid {info['pid']})")
     print(f"started   {_fmt_time(info['created_at'])}   duration {_fmt_duration(end - info['created_at'])}")
     steps = "-" if info["steps"] is None else str(info["steps"])
@@ -271,6 +273,7 @@ def cmd_export(store: Store, args) -> int:
                     "last_step",
                     "total_steps",
                     "host",
+                    "group",
                     "config",
                     "error",
                 )

@@ -148,6 +148,10 @@ def test_the_commands(store_url, capsys):
     runs = json.loads(out)
     assert [r["group"] for r in runs] == [None, "other", "sweep", "sweep", "sweep", "sweep"]
     assert runs[0]["name"] == "no-group" and runs[1]["steps"] == 30
+    code, out, _ = cli(capsys, "--store", store_url, "show", "lr=0.1")
+    assert code == 0 and "group     sweep\n" in out
+    code, out, _ = cli(capsys, "--store", store_url, "export", "lr=0.1", "--format", "json")
+    assert json.loads(out)["run"]["group"] == "sweep"
     code, out, _ = cli(capsys, "--store", store_url, "runs", "--group", "nope")
     assert code == 0 and out.startswith("no runs in group 'nope'")
 
