@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-from tmon_core.events import EXCEPTION, INTERRUPT, OOM, REQUEST_REJECTED, STORE_GAP
+from tmon_core.events import ALERT, EXCEPTION, INTERRUPT, OOM, REQUEST_REJECTED, STORE_GAP
 
 
 def _memory_thresholds() -> tuple[float, float]:
@@ -44,6 +44,23 @@ EVENT_LABELS = {
 }
 
 
+#: the alerts the Monitor raises itself that a recorded alert of these rules (``tmon_core.alerts``) says
+#: already: where the run records its alerts, the header shows the rule's alert with its evidence, once
+COVERED_BY = {
+    "nan_loss": ("nonfinite",),
+    "memory": ("memory.host", "memory.gpu"),
+    OOM: ("oom",),
+    EXCEPTION: ("failed",),
+    INTERRUPT: ("interrupted",),
+}
+#: severity order of alert levels, most severe last
+LEVEL_ORDER = ("info", "warning", "critical")
+
+
+def severity(level: str | None) -> int:
+    return LEVEL_ORDER.index(level) if level in LEVEL_ORDER else 1
+
+
 def is_loss_key(key: str) -> bool:
     return "loss" in key.lower()
 
@@ -57,7 +74,17 @@ class Alerts:
         self._seen_events: set = set()
 
     def add(
-        self, run_id: str, kind: str, message: str, *, level: str = "warning", step=None, dedupe=None
+        self,
+        run_id: str,
+        kind: str,
+        message: str,
+        *,
+        level: str = "warning",
+        step=None,
+        dedupe=None,
+        title: str | None = None,
+        at: float | None = None,
+        recorded: bool = False,
     ) -> bool:
         key = (run_id, kind, dedupe if dedupe is not None else message)
         if key in self._seen:
@@ -68,12 +95,55 @@ class Alerts:
                 "run_id": run_id,
                 "kind": kind,
                 "level": level,
+                "title": title,
                 "message": message,
                 "step": step,
-                "time": time.time(),
+                "time": time.time() if at is None else at,
+                "recorded": recorded,
             }
         )
         return True
+
+    def from_recorded(self, run_id: str, events) -> bool:
+        """The alerts the run recorded (its live rules, ``tmon watch``): the ``alert`` rows of a
+        ``Run.events()`` frame (what ``Run.alerts()`` reads), each once. True when one was new."""
+        if events is None or not len(events):
+            return False
+        new = False
+        for row in events[events.type == ALERT].itertuples(index=False):
+            d = row.data if isinstance(row.data, dict) else {}
+            step = None if row.step is None or str(row.step) == "<NA>" else int(row.step)
+            text = row.message if isinstance(row.message, str) else ""
+            rule = str(d.get("rule") or "alert")
+            title = d.get("title") if isinstance(d.get("title"), str) and d.get("title") else rule
+            new |= self.add(
+                run_id,
+                rule,
+                text or title,
+                level=d["level"] if d.get("level") in LEVEL_ORDER else "warning",
+                step=step,
+                dedupe=("uid", d.get("uid") or (row.wall_time, text)),
+                title=title,
+                at=float(row.wall_time),
+                recorded=True,
+            )
+        return new
+
+    def shown(self, run_id: str) -> list[dict]:
+        """The run's alerts as the header lists them, oldest first: an alert the Monitor raised itself
+        is left out where the run recorded the same finding (its rule says it with the evidence)."""
+        mine = self.for_run(run_id)
+        rules = {a["kind"] for a in mine if a["recorded"]}
+        return [
+            a for a in mine if a["recorded"] or not any(r in rules for r in COVERED_BY.get(a["kind"], ()))
+        ]
+
+    @staticmethod
+    def headline(items: list[dict]) -> dict | None:
+        """The alert a person should see first: the most severe, the latest of those."""
+        if not items:
+            return None
+        return max(enumerate(items), key=lambda ia: (severity(ia[1]["level"]), ia[1]["time"], ia[0]))[1]
 
     def nonfinite(self, run_id: str, key: str, step, value) -> None:
         if is_loss_key(key):

@@ -83,6 +83,25 @@ class Control:
             else False
         )
 
+    def why_not(self, need: str = "manage") -> str | None:
+        """Why a control that needs level ``need`` cannot act now (a button's tooltip), None when it can."""
+        rs = self.rs
+        if rs is None:
+            return "no run yet"
+        if not rs.running:
+            return f"run ended: {rs.status}"
+        if rs.level not in LEVELS or LEVELS.index(rs.level) < LEVELS.index(need):
+            return f"this run's control level is {rs.level}: this needs {need}"
+        return None
+
+    def gate_button(self, button, need: str, tooltip: str, style: str = "", ready: bool = True) -> None:
+        """Enable ``button`` where the run allows ``need``; else disable it, drop its colour (a disabled
+        button in the primary or danger colour still looks like one to press) and say why in its tooltip."""
+        why = self.why_not(need)
+        button.disabled = why is not None or not ready
+        button.button_style = style if why is None else ""
+        button.tooltip = tooltip if why is None else why
+
     def banner(self, need: str = "manage") -> str:
         """Why the controls would not act, or that they act; HTML."""
         rs = self.rs

@@ -19,7 +19,10 @@ STATUS_COLORS = {
     "waiting": "#9467bd",
     "NaN": "#d62728",
     "OOM": "#d62728",
+    "diverged": "#d62728",
 }
+#: colours of alert levels (tmon_core.alerts: info, warning, critical)
+LEVEL_COLORS = {"critical": "#d62728", "warning": "#e69500", "info": "#1f77b4"}
 #: line colours (category10), given to runs in compare mode and to keys otherwise
 PALETTE = [
     "#1f77b4",
@@ -60,10 +63,12 @@ def health_status(status: str, kinds: set[str]) -> str:
     "completed" with a NaN loss did not end well)."""
     if status in (ev.FAILED, ev.LOST, ev.INTERRUPTED):
         return status
-    if "nan_loss" in kinds:
+    if "nan_loss" in kinds or "nonfinite" in kinds:  # the Monitor's own alert, or the run's rule
         return "NaN"
-    if ev.OOM in kinds:  # an alert raised by an oom event has the event's type as its kind
+    if ev.OOM in kinds:  # an alert raised by an oom event has the event's type as its kind (so has the rule)
         return "OOM"
+    if "divergence" in kinds:
+        return "diverged"
     return status
 
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from tmon_core.events import COMPLETED, FAILED, INTERRUPTED, RUNNING
+from tmon_core.store.run import steps_done
 
 #: keys read (in this order) to measure throughput: the first one the run records every step
 RATE_KEYS = ("loss", "step_time", "lr")
@@ -129,5 +130,5 @@ class RunState:
         total, last = self.total_steps, self.last_step
         if not self.running or not total or last is None or not self.steps_per_s:
             return None
-        left = total - last
+        left = total - steps_done(last, self.info.get("framework"))  # total counts steps, not indices
         return left / self.steps_per_s if left > 0 and math.isfinite(self.steps_per_s) else None

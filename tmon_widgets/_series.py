@@ -51,6 +51,7 @@ class Series:
         self.start, self.end, self.window = start, end, window
         self.step, self.value, self.wall = _EMPTY_I, _EMPTY_F, _EMPTY_F
         self.last_step: int | None = None  # the last step read from the store
+        self.last_value: float | None = None  # its value (the latest-values table shows it)
         self.width = 0.0
         self.nonfinite: list[tuple[int, float]] = []
         self.reads = 0  # store reads made (for tests and the benchmark)
@@ -82,6 +83,7 @@ class Series:
             self.nonfinite += list(zip(self.step[bad].tolist(), self.value[bad].tolist()))
         self.width = 0.0
         self.last_step = int(self.step[-1]) if len(self.step) else None
+        self.last_value = float(self.value[-1]) if len(self.step) else None
         if self.window is not None and self.last_step is not None:
             self._trim()
         self._fold()
@@ -113,7 +115,7 @@ class Series:
             np.concatenate([self.value, value]),
             np.concatenate([self.wall, df.wall_time.to_numpy(np.float64)]),
         )
-        self.last_step = int(step[-1])
+        self.last_step, self.last_value = int(step[-1]), float(value[-1])
         if self.window is not None:
             self._trim()
         self._fold()

@@ -11,7 +11,14 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from tmon_core.store.checkpoints import saved_after_step
+
 from . import _format as f
+
+CREATE_TIP = "ask the training to save a checkpoint at its next step"
+ROLLBACK_TIP = (
+    "restore weights and optimizer state from the selected checkpoint (control level admin; click twice)"
+)
 
 
 class CheckpointsTab:
@@ -34,7 +41,7 @@ class CheckpointsTab:
             description="create checkpoint",
             icon="save",
             button_style="primary",
-            tooltip="ask the training to save a checkpoint at its next step",
+            tooltip=CREATE_TIP,
             layout=lay(width="170px"),
         )
         self.edit_tags = widgets.Text(
@@ -55,8 +62,7 @@ class CheckpointsTab:
             description="roll back",
             icon="undo",
             button_style="warning",
-            tooltip="restore weights and optimizer state from the selected checkpoint "
-            "(control level admin; click twice)",
+            tooltip=ROLLBACK_TIP,
             layout=lay(width="110px"),
         )
         self.status = widgets.HTML()
@@ -100,12 +106,14 @@ class CheckpointsTab:
         df = rs.run.checkpoints()
         self._rows = df
         loss_key = self.mon.loss_key()
+        framework = rs.info.get("framework")
         rows = []
         for r in df.itertuples(index=False):
-            step = None if str(r.step) == "<NA>" else int(r.step)
+            # the metric step whose update it holds (Lightning records global_step, one past it)
+            step = saved_after_step(r.step, framework, f.text(r.source) or None)
             row = {
                 "id": r.id,
-                "step": step,
+                "after step": step,
                 "epoch": r.epoch,
                 "monitor": f"{r.monitor} = {f.number(r.monitor_value)}" if f.text(r.monitor) else "",
                 "size": f.size(r.size_bytes),
@@ -118,14 +126,15 @@ class CheckpointsTab:
                 row[loss_key] = self.mon.value_at(loss_key, step)
             rows.append(row)
         cols = (
-            ["id", "step", "epoch", "source", "monitor"]
+            ["id", "after step", "epoch", "source", "monitor"]
             + ([loss_key] if loss_key else [])
             + ["size", "tags", "description", "file"]
         )
         self.table.value = f.table(rows, cols, empty="no checkpoints recorded yet")
         opts = [
             (
-                f"#{r['id']} · step {r['step']} · {r['file']}" + (f" · {r['tags']}" if r["tags"] else ""),
+                f"#{r['id']} · after step {r['after step']} · {r['file']}"
+                + (f" · {r['tags']}" if r["tags"] else ""),
                 int(r["id"]),
             )
             for r in rows
@@ -140,8 +149,8 @@ class CheckpointsTab:
     def gate(self) -> None:
         """What the run's policy and the kernel allow now: the banner, enabled buttons (no store read)."""
         self.banner.value = self.ctl.banner("manage")
-        self.create.disabled = not self.ctl.allowed("manage")
-        self.rollback.disabled = not self.ctl.allowed("admin")
+        self.ctl.gate_button(self.create, "manage", CREATE_TIP, "primary")
+        self.ctl.gate_button(self.rollback, "admin", ROLLBACK_TIP, "warning")
 
     def _status(self) -> None:
         mine = [s for s in self.ctl.sent if s.kind in ("checkpoint", "rollback")]

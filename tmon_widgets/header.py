@@ -1,4 +1,16 @@
-"""The Monitor's header: run name, status badge, step/epoch, elapsed, throughput, ETA, alerts."""
+"""The Monitor's header: run name, status badge, steps, epoch, elapsed, throughput, ETA, and the run's
+alerts as they happen.
+
+Alerts: per run, the one a person should read first (the most severe, the latest of those) in its
+level's colour with the rule's evidence, a "show step N" button that zooms the Metrics tab's charts
+around the step it names, and "+K more", which opens the list of the others. The alerts are those the
+run recorded (its live rules, ``tmon watch``: ``Run.alerts()``) and those the Monitor raises from
+what it reads (a NaN it drew, a rejected request); one said by both is shown once, the rule's.
+
+Steps: the header says the step index of the last point (as the charts and the latest-values table
+number it) and how many steps are done, which is the figure the report and ``tmon show`` print:
+``step 447 · 448 of 448 steps`` for a 0-based framework, ``step 448 · 448 of 448 steps`` for HF.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +18,109 @@ import time
 
 import ipywidgets as widgets
 
+from tmon_core.store.run import steps_done
+
 from . import _format as f
+from ._alerts import Alerts
+
+#: the others listed under "+K more", newest first
+MAX_LISTED = 50
+
+
+def _when(a: dict) -> str:
+    step = f"step {a['step']:,}" if a.get("step") is not None else ""
+    return " · ".join(x for x in (step, f.clock(a.get("time"))) if x)
+
+
+def alert_html(a: dict, who: str = "") -> str:
+    """One alert in its level's colour: level, title and evidence, where and when."""
+    color = f.LEVEL_COLORS.get(a["level"], f.LEVEL_COLORS["warning"])
+    title = f"<b>{f.esc(a['title'])}</b>: " if a.get("title") and a["title"] != a["message"] else ""
+    return (
+        f'<span class="tmon-alert tmon-alert-{f.esc(a["level"])}" style="border-left:4px solid {color};'
+        f'background:{color}14;padding:1px 8px;display:inline-block">'
+        f'<span style="color:{color};font-weight:600;text-transform:uppercase;font-size:0.8em">'
+        f"{f.esc(a['level'])}</span> {who}{title}{f.esc(a['message'])}"
+        f' <span style="color:#777;font-size:0.85em">{_when(a)}</span></span>'
+    )
+
+
+class AlertRow:
+    """One run's alerts: the headline, "show step N", "+K more" and the list it opens."""
+
+    def __init__(self, header, run_id: str):
+        self.header, self.run_id = header, run_id
+        self.step: int | None = None
+        self._key = None
+        lay = widgets.Layout
+        self.chip = widgets.HTML()
+        self.show = widgets.Button(
+            description="show step",
+            icon="crosshairs",
+            tooltip="zoom the Metrics tab's charts around this step",
+            layout=lay(width="auto"),
+        )
+        self.more = widgets.ToggleButton(
+            value=False, tooltip="the run's other alerts", layout=lay(width="auto", display="none")
+        )
+        self.listing = widgets.HTML(layout=lay(display="none"))
+        self.show.add_class("tmon-show-step")
+        self.more.add_class("tmon-more-alerts")
+        self.show.on_click(lambda _b: self._show())
+        self.more.observe(self._toggle, names="value")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(
+                    [self.chip, self.show, self.more], layout=lay(align_items="center", flex_flow="row wrap")
+                ),
+                self.listing,
+            ]
+        )
+        self.widget.add_class("tmon-alerts")
+
+    def _show(self) -> None:
+        if self.step is not None:
+            self.header.mon.show_step(self.step, self.run_id)
+
+    def _toggle(self, change) -> None:
+        self.listing.layout.display = "" if change["new"] else "none"
+        self._label()
+
+    def _label(self) -> None:
+        n = self._others
+        self.more.description = (f"hide the other {n}" if self.more.value else f"+{n} more") if n else ""
+
+    def update(self, items: list[dict], who: str) -> None:
+        key = (who, tuple((a["kind"], a["message"], a["level"], a["step"], a["time"]) for a in items))
+        if key == self._key:
+            return
+        self._key = key
+        head = Alerts.headline(items)
+        others = [a for a in items if a is not head]
+        self._others = len(others)
+        self.chip.value = alert_html(head, who)
+        self.step = head.get("step")
+        self.show.description = f"show step {self.step:,}" if self.step is not None else "show step"
+        self.show.layout.display = "none" if self.step is None else ""
+        self.more.layout.display = "" if others else "none"
+        self._label()
+        listed = [alert_html(a) for a in sorted(others, key=lambda a: -a["time"])[:MAX_LISTED]]
+        more = len(others) - len(listed)
+        self.listing.value = (
+            '<div style="margin:2px 0 4px 12px;line-height:1.8">'
+            + "<br>".join(listed)
+            + (f'<br><span style="color:#777">and {more} earlier</span>' if more > 0 else "")
+            + "</div>"
+        )
 
 
 class Header:
     def __init__(self, monitor):
         self.mon = monitor
         self.html = widgets.HTML(layout=widgets.Layout(width="100%"))
-        self.widget = self.html
+        self.alerts = widgets.VBox(layout=widgets.Layout(width="100%"))
+        self.rows: dict[str, AlertRow] = {}
+        self.widget = widgets.VBox([self.html, self.alerts], layout=widgets.Layout(width="100%"))
 
     def render(self, busy_note: str | None = None) -> None:
         mon = self.mon
@@ -31,12 +138,9 @@ class Header:
         else:
             rows = []
             for rs in mon.runs:
-                swatch = (
-                    f'<span style="display:inline-block;width:12px;height:12px;background:{rs.color}"></span>'
-                )
                 rows.append(
                     {
-                        "": swatch,
+                        "": self._swatch(rs),
                         "run": f"<b>{f.esc(rs.name)}</b> <code>{rs.id[:8]}</code>",
                         "status": self._badge(rs),
                         "progress": self._progress(rs, now),
@@ -45,25 +149,50 @@ class Header:
             parts.append(
                 f.table(rows, ["", "run", "status", "progress"], raw=("", "run", "status", "progress"))
             )
-        alerts = mon.alerts.items[-6:]
-        if alerts:
-            chips = []
-            for a in reversed(alerts):
-                color = "#d62728" if a["level"] == "critical" else "#e69500"
-                who = "" if len(mon.runs) == 1 else f"{f.esc(mon.run_name(a['run_id']))}: "
-                chips.append(
-                    f'<span class="tmon-alert" style="border:1px solid {color};color:{color};border-radius:4px;'
-                    f'padding:0 6px;margin-right:4px;display:inline-block">{who}{f.esc(a["message"])}</span>'
-                )
-            more = len(mon.alerts.items) - len(alerts)
-            tail = f' <span style="color:#777">+{more} earlier (Events tab)</span>' if more > 0 else ""
-            parts.append(f'<div style="margin-top:4px">{"".join(chips)}{tail}</div>')
         if busy_note:
             parts.append(f'<div style="margin-top:4px;color:#b36b00">{busy_note}</div>')
         self.html.value = '<div class="tmon-header" style="line-height:1.6">' + "".join(parts) + "</div>"
+        self._alerts()
+
+    def static_html(self) -> str:
+        """The header as plain HTML (the snapshot shown where no widget front end runs): the headline
+        alert of each run after the title and progress."""
+        chips = "".join(
+            f'<div style="margin-top:2px">{row.chip.value}</div>'
+            for row in self.rows.values()
+            if row.widget in self.alerts.children
+        )
+        return self.html.value + chips
+
+    def _alerts(self) -> None:
+        mon = self.mon
+        compare = len(mon.runs) > 1
+        shown = []
+        for rs in mon.runs:
+            items = mon.alerts.shown(rs.id)
+            if not items:
+                continue
+            row = self.rows.get(rs.id)
+            if row is None:
+                row = self.rows[rs.id] = AlertRow(self, rs.id)
+            row.update(items, f"{self._swatch(rs)} <b>{f.esc(rs.name)}</b>: " if compare else "")
+            shown.append(row.widget)
+        if list(self.alerts.children) != shown:
+            self.alerts.children = shown
+
+    @staticmethod
+    def _swatch(rs) -> str:
+        return (
+            f'<span style="display:inline-block;width:12px;height:12px;background:{rs.color};'
+            'vertical-align:middle"></span>'
+        )
+
+    def badge_status(self, rs) -> str:
+        """What the run's badge says: its status, or what its alerts say went wrong (NaN, OOM, diverged)."""
+        return f.health_status(rs.status, {a["kind"] for a in self.mon.alerts.for_run(rs.id)})
 
     def _badge(self, rs) -> str:
-        return f.status_badge(f.health_status(rs.status, {a["kind"] for a in self.mon.alerts.for_run(rs.id)}))
+        return f.status_badge(self.badge_status(rs))
 
     def _title(self, rs) -> str:
         info = rs.info
@@ -82,9 +211,10 @@ class Header:
         bits = []
         last, total = rs.last_step, rs.total_steps
         if last is not None:
-            step = f"step <b>{last:,}</b>" + (f" / {total:,}" if total else "")
+            done = steps_done(last, rs.info.get("framework"))
+            step = f"step <b>{last:,}</b> · <b>{done:,}</b>" + (f" of {total:,}" if total else "") + " steps"
             if total:
-                pct = max(0.0, min(1.0, last / total))
+                pct = max(0.0, min(1.0, done / total))
                 step += (
                     f' <span style="display:inline-block;width:80px;height:8px;background:#eee;'
                     f'vertical-align:middle"><span style="display:block;height:8px;width:{pct * 100:.0f}%;'

@@ -23,6 +23,7 @@ import weakref
 
 import ipywidgets as widgets
 
+from tmon_core.events import ALERT
 from tmon_core.store import Run, Store, open_store
 
 from . import _format as f
@@ -282,6 +283,8 @@ class Monitor(widgets.VBox):
 
         if visible is self.metrics or blind or slow:
             self.metrics.refresh(slow)
+            if self._sync_latest():
+                self.metrics.show_latest()
         # a tab the kernel cannot see is shown: refreshed at a slower pace (what it reads grows with the run)
         blind_due = blind and (self._everything or now - self._last_blind >= BLIND_INTERVAL)
         if blind_due:
@@ -320,6 +323,9 @@ class Monitor(widgets.VBox):
         primary = self.runs[0]
         self.events = primary.run.events()
         self.alerts.from_events(primary.id, self.events)
+        self.alerts.from_recorded(primary.id, self.events)
+        for rs in self.runs[1:]:  # compared runs: only their alerts (the primary's events hold its own)
+            self.alerts.from_recorded(rs.id, rs.run.events(ALERT))
         for rs in self.runs:
             self.latest[rs.id] = rs.run.latest()
             if "epoch" in self.latest[rs.id]:
@@ -336,6 +342,39 @@ class Monitor(widgets.VBox):
                 )
         if self.runs and self._slow_count % 5 == 1:  # the store's run list, for the overlay picker
             self.metrics.update_overlay_options(self.store.runs())
+
+    def _sync_latest(self) -> bool:
+        """The latest-values table follows the charts: each series just read gives its last point (the
+        slow read of every key comes only every SLOW_INTERVAL, and the table lagged the header). A flush
+        that landed between the run row's read and the points' read moves the header's step with it, so
+        the header never says an older step than the table. True when a value changed."""
+        changed = False
+        for (run_id, key), s in self.metrics.series.items():
+            if s.last_step is None or s.last_value is None:
+                continue
+            latest = self.latest.setdefault(run_id, {})
+            old = latest.get(key)
+            if old is None or s.last_step > old[0]:
+                latest[key] = (s.last_step, s.last_value)
+                changed = True
+        for rs in self.runs:
+            top = max((v[0] for v in self.latest.get(rs.id, {}).values()), default=None)
+            if top is not None and rs.last_step is not None and top > rs.last_step:
+                rs.info["last_step"] = top
+        return changed
+
+    def show_step(self, step: int, run_id: str | None = None) -> tuple[float, float] | None:
+        """Show the Metrics tab zoomed around ``step`` of run ``run_id`` (default: the primary run): what
+        an alert's "show step N" button does. Returns the x range shown (None: nothing drawn to place it)."""
+        with self.lock:
+            rs = next((r for r in self.runs if r.id == run_id), None) if run_id else None
+            rs = rs or (self.runs[0] if self.runs else None)
+            if rs is None:
+                return None
+            shown = self.metrics.zoom.focus(rs, int(step))
+        self.select("Metrics")
+        self.refresh()
+        return shown
 
     def _update_busy(self) -> None:
         try:

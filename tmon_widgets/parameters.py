@@ -16,6 +16,8 @@ from . import _format as f
 CURRENT_KEY = {"lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay"}
 MODES = [("scale: rescale the schedule", "scale"), ("pin: hold the value", "pin"), ("set: write once", "set")]
 IMPACT_WINDOW = 50
+STOP_TIP = "stop the training cleanly at its next step (control level admin; click twice)"
+PRESET_TIP = "ask the training to apply the preset's values at its next step"
 
 
 def optimizer_params(config: dict) -> set[str] | None:
@@ -170,7 +172,7 @@ class ParametersTab:
         self.preset = widgets.Dropdown(options=[], layout=lay(width="260px"))
         self.preset_values = widgets.HTML()
         self.apply_preset = widgets.Button(
-            description="apply preset", icon="magic", layout=lay(width="130px")
+            description="apply preset", icon="magic", tooltip=PRESET_TIP, layout=lay(width="130px")
         )
         self.apply_preset.on_click(lambda _b: self._preset())
         self.preset.observe(lambda _c: self._show_preset(), names="value")
@@ -181,7 +183,7 @@ class ParametersTab:
             description="stop run",
             icon="stop",
             button_style="danger",
-            tooltip="stop the training cleanly at its next step (control level admin; click twice)",
+            tooltip=STOP_TIP,
             layout=lay(width="120px"),
         )
         self.stop.on_click(lambda _b: self._stop())
@@ -277,20 +279,20 @@ class ParametersTab:
         self._buttons()
 
     def _buttons(self) -> None:
-        manage, admin = self.ctl.allowed("manage"), self.ctl.allowed("admin")
+        gate = self.ctl.gate_button
         for row in self.rows.values():
             # a built-in's input shows a placeholder until its value is read: applying it would set that;
             # a custom Param is not logged, so a value the user typed is enough
             ready = row.known or (row.custom and row.dirty)
-            row.apply.disabled = not manage or not ready
-            row.apply.tooltip = (
+            tip = (
                 f"ask the training to set {row.name} at its next step"
                 if ready
                 else f"waiting for the run's current {row.name}"
                 + (" (or type a value)" if row.custom else "")
             )
-        self.apply_preset.disabled = not manage or not self.preset.options
-        self.stop.disabled = not admin
+            gate(row.apply, "manage", tip, ready=ready)
+        gate(self.apply_preset, "manage", PRESET_TIP, ready=bool(self.preset.options))
+        gate(self.stop, "admin", STOP_TIP, "danger")
 
     def _build(self, ctl: dict) -> None:
         custom = ctl.get("custom_params") or {}

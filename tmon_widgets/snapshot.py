@@ -76,7 +76,7 @@ def snapshot_html(mon) -> str:
                 )
             charts.append(chart_svg(fam, lines))
         xlabel = m.xaxis.value
-        head = mon.header.html.value
+        head = mon.header.static_html()
     body = "".join(c for c in charts if c) or f.note("no metrics recorded yet")
     return (
         f'<div class="tmon-snapshot">{head}<div style="color:#777;font-size:0.85em">a snapshot (x: {xlabel}): '

@@ -71,6 +71,13 @@ def recorded(tmp_path_factory):
     return url, a, b
 
 
+def header_text(mon) -> str:
+    """Everything the header shows as text: title and progress, each run's headline alert and the
+    list behind its "+K more"."""
+    rows = mon.header.rows.values()
+    return mon.header.html.value + "".join(r.chip.value + r.listing.value for r in rows)
+
+
 def line(mon, key, run_id=None):
     run_id = run_id or mon.runs[0].id
     for chart in mon.metrics.charts.values():
@@ -168,7 +175,8 @@ def test_lines_match_the_store(recorded):
     assert "val_loss" in mon.metrics.latest.value
     rules = mon.metrics.charts["loss"].markers["checkpoint"]
     ev = run.events("checkpoint")
-    assert rules.visible and sorted(arr(rules, "x")[:, 0]) == sorted(ev.step.astype(float))
+    # at the metric step each was saved after: Lightning records its global_step, one past it
+    assert rules.visible and sorted(arr(rules, "x")[:, 0]) == sorted(ev.step.astype(float) - 1)
     mon.close()
 
 
@@ -497,8 +505,8 @@ def test_live_refresh_reads_only_new_rows_and_raises_alerts(store_url):
     mon.refresh(slow=True)
     kinds = {a["kind"] for a in mon.alerts.items}
     assert {"nan_loss", "request_rejected"} <= kinds
-    assert "loss is NaN at step 3500" in mon.header.html.value
-    assert "request rejected: lr=20.0 is out of bounds" in mon.header.html.value
+    head = header_text(mon)
+    assert "loss is NaN at step 3500" in head and "request rejected: lr=20.0 is out of bounds" in head
     rec.close()
     mon.close()
 
@@ -695,7 +703,7 @@ def test_gpu_samples_are_drawn_with_thresholds_and_alerts(store_url):
     assert set(hw.gpu_util.lines) == {"GPU 0", "GPU 1"} and len(hw.gpu_mem.thresholds) == 2
     # GPU 1 ends at 78 of 80 GB (97.5 %): a memory alert in the header
     assert any(a["kind"] == "memory" and "GPU 1 memory at 98%" in a["message"] for a in mon.alerts.items)
-    assert "GPU 1 memory at 98%" in mon.header.html.value
+    assert "GPU 1 memory at 98%" in header_text(mon)
     mon.close()
     rec.close()
 
@@ -847,7 +855,7 @@ def test_a_finished_run_with_nan_losses_does_not_wear_a_completed_badge(store_ur
     mon = Monitor(runs=[rec.run_id, healthy.run_id], store=store_url, interval=None)
     head = mon.header.html.value
     assert ">NaN</span>" in head and head.count(">completed</span>") == 1
-    assert "loss is NaN at step" in head
+    assert "loss is NaN at step" in header_text(mon)
     # the line ends at its last finite point: bqplot placed a NaN end at (x, undefined), an SVG error
     y = arr(line(mon, "loss", rec.run_id)[0], "y")
     assert len(y) and np.isfinite(y[-1])
@@ -959,4 +967,202 @@ def test_only_the_shown_tab_is_in_the_page_while_the_kernel_listens(store_url):
     mon.select("Hardware")
     assert [bool(s.children) for s in mon._slots] == [False, True, False, False, False, False]
     assert mon._slots[1].children == (mon.hardware.widget,)
+    mon.close()
+
+
+# ---------------------------------------------------------------------------- alerts in the header (issue 19, item 5)
+def test_the_header_shows_the_runs_alerts_with_evidence_and_a_step_to_show(store_url):
+    """The run's own alerts (its live rules) appear in the header as they are recorded: the most severe
+    in its colour with the rule's evidence, "+K more" for the others, and "show step N" zooms the
+    Metrics charts around that step. The Monitor's own NaN alert is not said a second time."""
+    from tmon_core.alerts import Alert
+
+    rec = Recorder(
+        store_url,
+        run_name="nan-live",
+        flush_interval=0.05,
+        alerts=["nonfinite", "lifecycle", Alert("loss", above=5.0)],
+    )
+    for step in range(2000):
+        rec.log({"loss": 1.0 / (step + 1) + (9.0 if step == 700 else 0.0)}, step)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=0.1, metrics=["loss"])
+    try:
+        deadline = time.monotonic() + 10
+        while not mon.header.alerts.children and time.monotonic() < deadline:
+            time.sleep(0.05)
+        row = mon.header.rows[rec.run_id]
+        assert "<b>loss above 5</b>: loss = 9.001 at step 700" in row.chip.value.replace("9.00143", "9.001")
+        assert "tmon-alert-warning" in row.chip.value and row.show.description == "show step 700"
+        # NaN from step 2050 on, while the Monitor is open: the nonfinite rule's alert appears within a
+        # refresh (the slow read, every SLOW_INTERVAL) and becomes the headline (critical beats warning)
+        for step in range(2000, 2100):
+            rec.log({"loss": float("nan") if step >= 2050 else 0.001}, step)
+        rec.flush()
+        t0 = time.monotonic()
+        while "NaN loss at step 2050" not in row.chip.value and time.monotonic() - t0 < 10:
+            time.sleep(0.05)  # (the Monitor's own "loss is NaN" from the points it drew may come first)
+        seen_after = time.monotonic() - t0
+        assert row.show.description == "show step 2,050", header_text(mon)
+        assert seen_after <= monitor_mod.SLOW_INTERVAL + 1.5, f"the alert showed after {seen_after:.1f} s"
+        chip = row.chip.value
+        assert "tmon-alert-critical" in chip and "#d62728" in chip and "step 2,050" in chip
+        assert "NaN loss at step 2050" in chip and "the last finite value was 0.001" in chip, chip
+        assert row.more.description == "+1 more" and row.listing.layout.display == "none"
+        row.more.value = True
+        assert row.listing.layout.display == "" and "above 5" in row.listing.value
+        assert "hide the other 1" == row.more.description
+        # the Monitor's own NaN alert (from the points it drew) is the same finding: said once, the rule's
+        kinds = {a["kind"] for a in mon.alerts.shown(rec.run_id)}
+        assert "nan_loss" in {a["kind"] for a in mon.alerts.items} and kinds == {"nonfinite", "metric.loss"}
+        assert ">NaN</span>" in mon.header.html.value
+        # "show step 2050": the Metrics charts' x domain is zoomed around that step and read in detail
+        mon.select("Events")
+        row.show.click()
+        assert mon.tabs.selected_index == 0
+        xs = mon.metrics.xs
+        assert xs.min < 2050 < xs.max and xs.max - xs.min <= 0.15 * 2100, (xs.min, xs.max)
+        x = arr(line(mon, "loss")[0], "x")
+        assert x.min() >= xs.min - 2 and x.max() <= xs.max + 2 and np.all(np.diff(x) == 1), "raw points"
+        mon.metrics.reset_zoom.click()
+        assert mon.metrics.xs.min is None and mon.metrics._zoom is None
+    finally:
+        rec.close()
+        mon.close()
+    # the run's end is an alert too (info): the headline stays the critical one
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    row = mon.header.rows[rec.run_id]
+    assert "NaN loss" in row.chip.value and row.more.description == "+2 more"
+    assert "The run finished" in row.listing.value
+    mon.close()
+
+
+def test_comparison_badges_and_alerts_per_run(store_url):
+    """Item 9 of issue 18 in a comparison Monitor: the run with 199 non-finite losses wears NaN, a
+    healthy one completed, side by side; each run's alerts are in its own row with its name."""
+    bad = Recorder(store_url, run_name="bad", alerts=["nonfinite"])
+    for step in range(400):
+        bad.log({"loss": float("nan") if step > 200 else 1.0}, step)
+    bad.close()
+    good = Recorder(store_url, run_name="good", alerts=["nonfinite"])
+    for step in range(400):
+        good.log({"loss": 1.0 / (step + 1)}, step)
+    good.close()
+    mon = Monitor(runs=[bad.run_id, good.run_id], store=store_url, interval=None)
+    states = {rs.name: mon.header.badge_status(rs) for rs in mon.runs}
+    assert states == {"bad": "NaN", "good": "completed"}
+    head = mon.header.html.value
+    # the badges as drawn: one per run row, in the run's order
+    assert head.count("tmon-table") == 1 and head.index(">NaN</span>") < head.index(">completed</span>")
+    assert list(mon.header.rows) == [bad.run_id], "only the run with alerts has an alert row"
+    chip = mon.header.rows[bad.run_id].chip.value
+    assert "<b>bad</b>" in chip and "NaN loss at step 201" in chip
+    mon.header.rows[bad.run_id].show.click()
+    assert mon.metrics.xs.min < 201 < mon.metrics.xs.max
+    mon.close()
+
+
+def test_a_finished_runs_controls_are_off_and_say_why(store_url):
+    """A completed run's Parameters and Checkpoints tabs: stop, create, roll back and apply are disabled,
+    without the colour that makes a button look pressable, and their tooltip says why; a live run's
+    buttons are as they were."""
+    rec = Recorder(store_url, run_name="ends", config={"control": CONTROL}, flush_interval=0.05)
+    rec.log({"loss": 1.0, "lr": 0.1, "momentum": 0.9}, 0)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    p, c = mon.parameters, mon.checkpoints
+    live = [p.stop, p.apply_preset, p.rows["lr"].apply, c.create, c.rollback]
+    assert not any(b.disabled for b in live)
+    assert (p.stop.button_style, c.create.button_style, c.rollback.button_style) == (
+        "danger",
+        "primary",
+        "warning",
+    )
+    assert p.stop.tooltip.startswith("stop the training") and c.create.tooltip.startswith("ask the training")
+    rec.close()
+    mon.refresh(slow=True)
+    for b in live:
+        assert b.disabled and b.tooltip == "run ended: completed" and b.button_style == "", b.description
+    assert not c.delete.disabled and not c.diff.disabled, "files of a finished run can still be compared"
+    mon.close()
+    # opened after the end: the same from the first view
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    assert mon.parameters.stop.disabled and mon.parameters.stop.tooltip == "run ended: completed"
+    assert mon.checkpoints.create.tooltip == "run ended: completed"
+    mon.close()
+
+
+def test_steps_and_checkpoints_are_numbered_alike_in_the_header_table_markers_and_report(tmp_path):
+    """Item 10 of issue 18: the header said "step 79 / 80" where the report says "80 of 80 steps", and a
+    checkpoint saved after metric step 3 (the end of a 4-step epoch) was listed at step 4, Lightning's
+    global_step. Now the header gives the last step and the steps done, as the report does, and the
+    checkpoint's row, marker and the report's advice sit at step 3."""
+    lp = pytest.importorskip("lightning.pytorch")
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tmon_callbacks.lightning import TMonCallback
+    from tmon_core.analysis import report
+
+    class Overfits(lp.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(8, 1)
+
+        def training_step(self, batch, _i):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+
+        def validation_step(self, batch, _i):  # best after epoch 0, then worse and worse
+            self.log("val_loss", torch.tensor(0.5 + 0.1 * self.current_epoch))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+    data = DataLoader(TensorDataset(x, x.sum(1)), batch_size=8)  # 4 steps per epoch
+    url = f"sqlite:///{tmp_path}/tmon.db"
+    cb = TMonCallback(url, sample_interval=None, report="off", widget=False)
+    ckpt = lp.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpts"), save_top_k=-1)
+    trainer = lp.Trainer(
+        max_epochs=20,  # the report judges overfitting over a few 32-step blocks of the training loss
+        callbacks=[cb, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Overfits(), data, data)
+    run = open_store(url).run(cb.run_id)
+    cks = run.checkpoints()
+    assert cks.step.tolist()[0] == 4 and cks.path.iloc[0].endswith("epoch=0-step=4.ckpt"), (
+        "stored as Lightning counts"
+    )
+    assert run.metrics("val_loss").step.tolist()[0] == 3
+
+    r = report(run, save=False)
+    assert " · 80 of 80 steps" in str(r)
+    keep = [x for x in r.recommendations if x.title.startswith("Keep the checkpoint")]
+    assert [x.title for x in keep] == ["Keep the checkpoint saved after step 3"], [
+        x.title for x in r.recommendations
+    ]
+    assert "Overfitting after step 3: val_loss was best at step 3" in str(r)
+
+    mon = Monitor(run.id, store=url, interval=None, metrics=["loss", "val_loss"])
+    assert "step <b>79</b> · <b>80</b> of 80 steps" in mon.header.html.value
+    mon.select("Checkpoints")
+    first = mon.checkpoints.pick.options[0][0]
+    assert first.startswith(f"#{int(cks.id.iloc[0])} · after step 3 · epoch=0-step=4.ckpt"), first
+    loss3 = float(run.metrics("loss", start=3, end=3).value.iloc[0])
+    row = mon.checkpoints.table.value.split("<tbody>")[1].split("</tr>")[0]
+    cells = [c.split(">", 1)[1].split("</td>")[0] for c in row.split("<td")[1:]]
+    assert cells[:2] == [str(int(cks.id.iloc[0])), "3"] and f"{loss3:.4g}" in cells, cells
+    mon.select("Metrics")
+    mon.metrics.show_markers.value = True
+    marks = mon.metrics.charts["loss"].markers["checkpoint"]
+    assert sorted(set(arr(marks, "x")[:, 0].tolist())) == [4.0 * e + 3 for e in range(20)]
     mon.close()

@@ -17,6 +17,9 @@ import zlib
 import ipywidgets as widgets
 import numpy as np
 
+from tmon_core.events import CHECKPOINT
+from tmon_core.store.checkpoints import saved_after_step
+
 from .. import _format as f
 from .._series import Series, epoch_axis
 from .chart import HIDDEN_TABS_CSS, LINE_STYLES, MARKERS, Chart, round_x_ticks
@@ -280,7 +283,7 @@ class MetricsTab:
         self._draw(changed)
         if slow or self._dirty:
             self._draw_markers()
-            self._latest()
+            self.show_latest()
         self._dirty = False
         self.status.value = (
             ""
@@ -376,6 +379,15 @@ class MetricsTab:
                     chart.hide_markers(kind, shown)
                 continue
             steps = part.step.to_numpy(dtype=np.float64, na_value=np.nan)
+            if (
+                kind == CHECKPOINT
+            ):  # at the metric step whose update it holds, as the Checkpoints tab lists it
+                fw = rs.info.get("framework")
+                after = [
+                    saved_after_step(s, fw, d.get("source") if isinstance(d, dict) else None)
+                    for s, d in zip(steps, part.data)
+                ]
+                steps = np.array([np.nan if a is None else a for a in after], dtype=np.float64)
             x = self.x_values(rs, steps, part.wall_time.to_numpy(np.float64))
             names = [
                 f"step {'' if s != s else int(s)}: {f.text(m) or kind}"[:200]
@@ -386,7 +398,7 @@ class MetricsTab:
             for chart in self.charts.values():
                 chart.place_markers(kind, x[ok], names, shown)
 
-    def _latest(self) -> None:
+    def show_latest(self) -> None:
         rows = []
         for rs in self.mon.runs:
             latest = self.mon.latest.get(rs.id) or {}

@@ -71,6 +71,33 @@ class Zoom:
             self.tab.drop_series()
         self.tab.mon.refresh()
 
+    def focus(self, rs, step: int, wall: float | None = None) -> tuple[float, float] | None:
+        """Zoom every chart around ``step`` of run ``rs`` (an alert's "show step"): the x range of about
+        a tenth of the run centred on it (40 steps at least), re-read in detail; "reset zoom" undoes it.
+        Returns the range, or None when the charts hold nothing of the run to place the step by."""
+        tab = self.tab
+        last = max(int(rs.last_step or 0), int(step))
+        half = max(20.0, 0.05 * last)
+        lo_step, hi_step = max(0.0, step - half), step + half
+        if tab.xaxis.value == "step":
+            lo, hi = lo_step, hi_step
+        else:  # epoch or time: where the run's own points put those steps
+            held = [s for (rid, _k), s in tab.series.items() if rid == rs.id and len(s) >= 2]
+            if not held:
+                return None
+            s = max(held, key=len)
+            x = tab.x_values(rs, s.step, s.wall)
+            ok = np.isfinite(x)
+            if ok.sum() < 2:
+                return None
+            lo, hi = (float(v) for v in np.interp([lo_step, hi_step], s.step[ok].astype(np.float64), x[ok]))
+            if not hi > lo:
+                return None
+        self.range = (float(lo), float(hi))
+        self.set_domain(self.range[0], self.range[1])
+        self.apply()
+        return self.range
+
     # ------------------------------------------------------------------ the scale
     def set_domain(self, lo, hi) -> None:
         self._setting_scale = True
