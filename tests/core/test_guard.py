@@ -258,3 +258,51 @@ def test_the_modules_examples_run():
 
     result = doctest.testmod(tmon_core.guard, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ the report
+def guard_findings(url, run_id):
+    from tmon_core import report
+
+    r = report(run_id, store=url)
+    return [f for f in r.findings if f.rule == "guard.actions"], r
+
+
+def test_the_report_lists_the_rollbacks_and_says_the_run_recovered(store_url):
+    toy, g, run_id, _ = fit(store_url, Guard("rollback", every=5), steps=60, nan_at=(12, 23))
+    (f,), r = guard_findings(store_url, run_id)
+    assert f.severity == "info" and f.evidence["verdict"] == "helped"
+    assert [(a["step"], a["action"], a["restored_step"]) for a in f.evidence["actions"]] == [
+        (12, "rollback", 10),
+        (23, "rollback", 23),
+    ]
+    assert "step 12: rollback (nonfinite, back to step 10, lr 0.1 -> 0.05)" in f.detail
+    assert "the run completed with a final loss of" in f.detail
+    advice = [x for x in r.recommendations if x.rule == "guard.actions"]
+    assert advice and advice[0].recommended_value == 0.025
+    # the guard's lr changes are its own to judge, not control.lr_change's
+    assert not [x for x in r.findings if x.rule == "control.lr_change"]
+
+
+def test_the_report_says_when_the_guard_stopped_the_run(store_url):
+    toy, g, run_id, _ = fit(store_url, Guard("skip", max_skips=2), steps=30, nan_at=range(10, 30))
+    (f,), _ = guard_findings(store_url, run_id)
+    assert f.severity == "warning" and f.evidence["verdict"] == "stopped"
+    assert f.title == "The guard stopped the run at step 12 (it gave up)"
+    assert f.evidence["counts"] == {"skip": 2, "rollback": 0, "stop": 1}
+
+
+def test_the_report_says_when_the_run_did_not_recover(store_url):
+    # a skipped NaN, then a loss that climbs: skipping did not help
+    def loss_at(step, w):
+        return 1.0 + 0.1 * step
+
+    toy, g, run_id, _ = fit(store_url, Guard("skip"), steps=40, nan_at=(8,), loss_at=loss_at)
+    (f,), r = guard_findings(store_url, run_id)
+    assert f.severity == "warning" and f.evidence["verdict"] == "did not help"
+    assert f.title == "The guard acted, but the run did not recover"
+
+
+def test_a_run_without_guard_events_has_no_guard_finding(store_url):
+    toy, g, run_id, _ = fit(store_url, Guard("rollback"), steps=30)
+    assert guard_findings(store_url, run_id)[0] == []

@@ -8,6 +8,7 @@ throughput     input-bound steps, an idle GPU, stalls, uneven step times
 stability      NaN/inf loss, loss spikes, divergence, plateau, overfitting, gradient norm
 precision      fp32 on a GPU with tensor cores
 control        learning-rate changes that helped or hurt (from the control history)
+guard          what a guard (``guard=``) did, and whether the run recovered after it
 logs           captured warnings/errors: CUDA, NCCL, dataloader worker crashes, NaN messages
 =============  ==============================================================================
 """
@@ -21,7 +22,7 @@ from typing import Any
 from ..model import INFO, Finding, Recommendation
 from ..terms import Setting
 
-FAMILIES = ("lifecycle", "memory", "throughput", "stability", "precision", "control", "logs")
+FAMILIES = ("lifecycle", "memory", "throughput", "stability", "precision", "control", "guard", "logs")
 
 
 def run_all(d) -> tuple[list[Finding], list[Recommendation]]:
