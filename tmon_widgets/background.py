@@ -220,10 +220,10 @@ class BackgroundFit:
         method is being run (Lightning ``trainer.should_stop``, Keras ``model.stop_training``, HF
         ``trainer.control.should_training_stop``), which stops it at the end of the current step.
         """
-        if self._done.is_set():
-            return "already finished"
         reason = reason or "stopped with fit_in_background(...).stop()"
         rid = self.run_id
+        if rid is None and self._done.is_set():
+            return "already finished: nothing to stop"
         if rid is not None:
             from tmon_core.events import RUNNING
             from tmon_core.store import Store, open_store
@@ -231,7 +231,15 @@ class BackgroundFit:
             store = self.monitor.store if self.monitor is not None else open_store(self._store_url)
             try:
                 run = store.run(rid)
-                level = ((run.info().get("config") or {}).get("control") or {}).get("level")
+                info = run.info()
+                if info.get("status") != RUNNING or self._done.is_set():
+                    # the run ended (the fit may still be finishing: an evaluation, a callback's teardown):
+                    # setting the framework's flag now would claim a stop that cannot happen
+                    return (
+                        f"already finished: run {info.get('name') or rid} is {info.get('status')} at step "
+                        f"{info.get('last_step')}, nothing to stop"
+                    )
+                level = ((info.get("config") or {}).get("control") or {}).get("level")
                 if level == "admin":
                     req = run.stop(reason)
                     status = req.wait(timeout=timeout)

@@ -22,6 +22,7 @@ pytest.importorskip("bqplot")
 
 import tmon_widgets  # noqa: E402
 from tmon_core import Recorder, open_store  # noqa: E402
+from tmon_core import events as ev  # noqa: E402
 from tmon_core.store.downsample import min_max_indices  # noqa: E402
 from tmon_widgets import Monitor, fit_in_background  # noqa: E402
 from tmon_widgets import _series as series  # noqa: E402
@@ -1166,3 +1167,47 @@ def test_steps_and_checkpoints_are_numbered_alike_in_the_header_table_markers_an
     marks = mon.metrics.charts["loss"].markers["checkpoint"]
     assert sorted(set(arr(marks, "x")[:, 0].tolist())) == [4.0 * e + 3 for e in range(20)]
     mon.close()
+
+
+def test_stop_on_a_finished_fit_says_there_is_nothing_to_stop(store_url, tmp_path):
+    """Item 4 of issue 18: ``fit.stop()`` after the run ended said "already finished" when the thread was
+    done, but while the fit was still finishing (a callback's teardown after tmon ended the run) it set
+    ``trainer.should_stop`` and printed that, a stop that never happened. Both now say the run ended,
+    with its status and last step, and nothing is recorded or set."""
+    lp = pytest.importorskip("lightning.pytorch")
+    from examples.tiny_lightning import make
+    from tmon_callbacks.lightning import TMonCallback
+
+    gate = threading.Event()
+
+    class FinishesSlowly(lp.Callback):  # listed after tmon: its teardown runs once the run has ended
+        def teardown(self, trainer, pl_module, stage):
+            gate.wait(30)
+
+    Model, Data = make()
+    for level in ("manage", "admin"):
+        gate.clear()
+        cb = TMonCallback(store_url, sample_interval=None, control=level, run_name=f"short-{level}")
+        trainer = lp.Trainer(
+            max_epochs=2,
+            callbacks=[cb, FinishesSlowly()],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=str(tmp_path),
+        )
+        fit = fit_in_background(trainer.fit, Model(), Data())
+        run = fit.wait_for_run(60)
+        deadline = time.time() + 60
+        while run.status == "running" and time.time() < deadline:
+            time.sleep(0.05)
+        assert run.status == "completed" and not fit.done(), "the run ended, the fit is still finishing"
+        last = run.info()["last_step"]
+        expected = f"already finished: run short-{level} is completed at step {last}, nothing to stop"
+        assert fit.stop() == expected
+        assert trainer.should_stop is False and run.requests().empty, "no flag set, no request made"
+        gate.set()
+        fit.wait(60)
+        assert fit.stop() == expected
+        assert ev.STOPPED not in set(run.events().type)
