@@ -112,12 +112,22 @@ def test_trials_that_failed_went_nan_or_diverged_are_named_with_their_own_report
 
 
 def test_trial_reports_are_saved_and_reused(store_url):
-    recs = [trial(store_url, f"t{i}", {"lr": 0.1 * (i + 1)}, lambda s, i=i: 0.1 * i) for i in range(2)]
+    recs = [trial(store_url, f"t{i}", {"lr": 0.1 * (i + 1)}, lambda s, i=i: 0.1 * (i + 1)) for i in range(2)]
     tmon_core.group_report("sweep", store=store_url)
     saved = [load_report(r.run_id, store=store_url) for r in recs]
     assert all(s is not None for s in saved)
     tmon_core.group_report("sweep", store=store_url)
     assert [load_report(r.run_id, store=store_url).created_at for r in recs] == [s.created_at for s in saved]
+    # a trial still running is reported on (its status says so) but its provisional report is not kept
+    live = Recorder(
+        store_url, run_name="live", group="sweep", config={"hparams": {"lr": 0.5}}, flush_interval=0.05
+    )
+    live.log({"val_loss": 0.01}, 0)
+    live.flush()
+    gr = tmon_core.group_report("sweep", store=store_url)
+    assert gr.best["name"] == "live" and gr.doc["status_counts"] == {"completed": 2, "running": 1}
+    assert load_report(live.run_id, store=store_url) is None
+    live.close()
 
 
 def test_clear_errors(store_url):

@@ -243,10 +243,10 @@ class GroupReport:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        if self.shared:
-            lines.append(
-                "same in every trial: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.shared.items())
-            )
+        if self.shared:  # the user's own settings first (they come first), at most a dozen
+            same = [f"{k}={_fmt(v)}" for k, v in self.shared.items()]
+            more = f" ... (+{len(same) - 12}: to_json() has them all)" if len(same) > 12 else ""
+            lines.append("same in every trial: " + ", ".join(same[:12]) + more)
         lines += ["", f"what goes with a better {self.metric}:"]
         if not self.correlations:
             lines.append("  no setting varied between the trials")
@@ -298,7 +298,8 @@ def group_report(
 
 
 def _trial_report(run, info: dict, save: bool):
-    """The trial's own report: the saved one when it was made after the trial ended, else a new one."""
+    """The trial's own report: the saved one when it was made after the trial ended, else a new one
+    (saved when ``save`` and the trial has ended)."""
     from . import Thresholds
     from .report import build, load_latest
     from .report import save as save_report
@@ -309,7 +310,7 @@ def _trial_report(run, info: dict, save: bool):
         if saved is not None and saved.created_at >= end:
             return saved
     rep = build(run, Thresholds())
-    if save:
+    if save and info["status"] != "running":  # a running trial's report is provisional: not kept
         save_report(run.store, rep)
     return rep
 
