@@ -14,7 +14,7 @@ import time
 
 import ipywidgets as widgets
 
-from tmon_core.analysis.group_report import settings_of
+from tmon_core.analysis.group_report import DEFAULT_METRICS, settings_of
 from tmon_core.run_groups import check_group
 
 from . import _format as f
@@ -61,7 +61,8 @@ class GroupView:
         return now - self._ended_at >= LINGER_S
 
     def render(self) -> None:
-        """The settings table: a row per trial, a column per setting that varied between them."""
+        """The settings table: a row per trial, a column per setting that varied between them, and the
+        latest value of the metric the group report would judge by (``val_loss``, ``eval_loss``, ``loss``)."""
         runs = self.monitor.runs
         if not runs:
             self.widget.value = f.note(f"group {f.esc(self.group)}: no trial yet", "info")
@@ -71,6 +72,9 @@ class GroupView:
         for s in settings.values():
             names += [k for k in s if k not in names]
         varied = [k for k in names if len({repr(s.get(k)) for s in settings.values()}) > 1]
+        # the latest value of what the group report judges by (as the slow refresh last read it)
+        latest = self.monitor.latest
+        metric = next((m for m in DEFAULT_METRICS if any(m in latest.get(rs.id, {}) for rs in runs)), None)
         rows = []
         for rs in runs[:TABLE_ROWS]:
             s = settings[rs.id]
@@ -82,9 +86,12 @@ class GroupView:
             row.update(
                 {k: "-" if s.get(k) is None else s[k] if isinstance(s[k], str) else s[k] for k in varied}
             )
+            if metric is not None:
+                got = latest.get(rs.id, {}).get(metric)
+                row[metric] = "-" if got is None else got[1]
             rows.append(row)
         more = f"<div>and {len(runs) - TABLE_ROWS} more trials</div>" if len(runs) > TABLE_ROWS else ""
         self.widget.value = (
             f"<div class='tmon-group'><b>group {f.esc(self.group)}</b>: {len(runs)} trials"
-            f"{f.table(rows, ['trial', 'status', 'steps', *varied], raw=('trial',))}{more}</div>"
+            f"{f.table(rows, ['trial', 'status', 'steps', *varied, *([metric] if metric else [])], raw=('trial',))}{more}</div>"
         )

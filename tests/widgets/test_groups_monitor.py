@@ -53,6 +53,7 @@ def test_a_group_monitor_waits_for_its_first_trial_and_takes_later_ones(store_ur
     table = mon.group.widget.value
     assert "group sweep-3" in table and "2 trials" in table and ">lr<" in table
     assert "0.1" in table and "0.01" in table and ">depth<" not in table  # the same in both: no column
+    assert ">loss<" in table and ">0.5<" in table  # lr=0.1's latest loss: 0.1 * 100 / 20
     for rec in (first, second, other):
         rec.close()
     mon.close()
