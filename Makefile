@@ -8,7 +8,7 @@ PIP     = $(VENV)/bin/pip
 # the CPU build of torch, installed first so no dependency pulls a multi-GB CUDA build
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps lint demo test test-fast clean
+.PHONY: setup system-deps lint demo test test-fast screenshots clean
 
 # System packages the test suite uses: a PostgreSQL server for the postgres tests, chromium for
 # the JupyterLab browser tests (driven by playwright's Python API; never `playwright install`),
@@ -59,6 +59,10 @@ test: setup system-deps lint
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# the README's images (docs/img/monitor.png, report.png) from a real run in JupyterLab + headless chromium
+screenshots: setup system-deps
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) demo_out tmon.db tmon.db-wal tmon.db-shm
