@@ -1,8 +1,9 @@
 """Every place tmon relies on something Ray Train does not offer publicly.
 
-Each function says why tmon needs it and what it reads; ``tests/callbacks/test_ray_workarounds.py``
-fails loudly when an installed Ray no longer has what a function relies on (it runs a real Ray
-Train worker). Nothing here is imported outside a Ray Train worker.
+Each function says why tmon needs it and what it reads; ``tests/callbacks/test_ray.py`` fails loudly
+when an installed Ray no longer has what a function relies on (its real Ray Train workers must record
+the trial's ``train_loop_config`` as hyperparameters). Nothing here is imported outside a Ray Train
+worker.
 """
 
 from __future__ import annotations
