@@ -282,9 +282,12 @@ class CheckpointsTab:
         """Render a ``CheckpointDiff``: a bar chart of the most-changed layers, parameter and metric tables."""
         self.last_diff = d
         t = d.top(top)
-        names = [str(n) for n in t.name][::-1]
-        vals = np.nan_to_num(t.rel_change.to_numpy(np.float64), nan=0.0)[::-1]
-        xs, ys = bq.OrdinalScale(), bq.LinearScale(min=0.0)
+        names = _bar_labels([str(n) for n in t.name][::-1])
+        vals = np.nan_to_num(t.rel_change.to_numpy(np.float64), nan=0.0, posinf=0.0, neginf=0.0)[::-1]
+        # an explicit range: all-zero changes (identical checkpoints) are a zero-width domain, on which
+        # bqplot's axis format fails ("invalid format") and its ticks pile up on one value
+        top_value = float(vals.max()) if len(vals) else 0.0
+        xs, ys = bq.OrdinalScale(), bq.LinearScale(min=0.0, max=top_value * 1.05 if top_value > 0 else 1.0)
         bars = bq.Bars(
             x=names,
             y=vals,
@@ -298,7 +301,7 @@ class CheckpointsTab:
             title=f"most-changed tensors (relative change ‖b−a‖/‖a‖, top {len(t)})",
             axes=[
                 bq.Axis(scale=xs, side="left", tick_style={"font-size": "10px"}),
-                bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2g"),
+                bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2~g", num_ticks=6),
             ],
             fig_margin={"top": 36, "bottom": 42, "left": 260, "right": 20},
             animation_duration=0,
@@ -333,6 +336,14 @@ class CheckpointsTab:
         if d.notes:
             parts.append("<h4>notes</h4><ul>" + "".join(f"<li>{f.esc(n)}</li>" for n in d.notes) + "</ul>")
         self.diff_out.children = [widgets.HTML(parts[0]), fig, widgets.HTML("".join(parts[1:]))]
+
+
+def _bar_labels(names: list[str], width: int = 40) -> list[str]:
+    """Tensor names as the bar chart's left axis can show them (its margin holds about 40 characters):
+    a long name keeps its end, where the layer and the tensor are named (``…layers.11.attn.k_proj.weight``);
+    names that would become equal stay whole (an ordinal axis needs them distinct)."""
+    short = [n if len(n) <= width else "…" + n[-(width - 1) :] for n in names]
+    return short if len(set(short)) == len(short) else names
 
 
 def _metric_rows(df) -> list[dict]:
