@@ -88,7 +88,7 @@ def loader_advice(d, rule: str, sev: str, evidence: dict, share: float | None):
             yield recommend(
                 rule,
                 sev,
-                f"{want} dataloader workers",
+                f"{want} dataloader worker{'s' if want != 1 else ''}",
                 setting,
                 want,
                 f"batches are prepared in parallel with the training step: {gain}"
