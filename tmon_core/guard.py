@@ -320,7 +320,12 @@ class GuardRun:
     def snapshot(self, d: GuardSnapshot, step: int, snapshots) -> None:
         """Apply a ``GuardSnapshot`` at the boundary before ``step``: ``snapshots.save(step)``."""
         self._pending = False
-        snapshots.save(step)
+        try:
+            snapshots.save(step)
+        except BaseException:
+            # (recorded as the decision's rejection) the next try waits ``every`` steps, not one
+            self._since = step
+            raise
         self.snapshots.append((step, list(self.lrs())))
         del self.snapshots[: -self.guard.keep]
         self._clean, self._since = True, step

@@ -167,6 +167,49 @@ def test_a_healthy_fit_with_a_guard_has_no_guard_event_and_no_alert(tmp_path, st
     assert len(norms) == 24 and norms.value.gt(0).all()
 
 
+def test_one_callback_guards_two_fits_each_its_own_run(tmp_path, store_url):
+    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, guard=Guard("rollback", every=4))
+    fit(tmp_path, cb, NanAt((10,)), epochs=1)
+    first = cb.run_id
+    t, probe = fit(tmp_path, cb, NanAt((5,)), epochs=1)
+    assert cb.run_id != first and same(probe.weights[6], probe.weights[4])  # this fit's own snapshot at 4
+    store = open_store(store_url)
+    assert [d["step"] for d in store.run(first).events(ev.GUARD).data] == [10]
+    assert [d["restored_step"] for d in store.run(cb.run_id).events(ev.GUARD).data] == [4]
+
+
+def test_the_pytorch_lightning_package_skips_too(tmp_path, store_url):
+    pl = pytest.importorskip("pytorch_lightning")
+    from tmon_callbacks.pytorch_lightning import TMonCallback as PLCallback
+
+    Model, Data = make("pytorch_lightning")
+
+    class Nan(Model):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.global_step == 3 else loss
+
+    seen = {}
+
+    class Seen(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, idx):
+            seen[trainer.global_step] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    cb = PLCallback(store_url, flush_interval=0.05, sample_interval=None, guard="skip")
+    t = pl.Trainer(
+        max_epochs=1,
+        callbacks=[cb, Seen()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    t.fit(Nan(), Data(n=128, batch_size=16))
+    assert same(seen[3], seen[4]) and not same(seen[4], seen[5])
+    assert [d["action"] for d in open_store(store_url).run(cb.run_id).events(ev.GUARD).data] == ["skip"]
+
+
 DDP = textwrap.dedent("""
     import json, os, sys, warnings
     warnings.filterwarnings("ignore")

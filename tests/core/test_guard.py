@@ -40,13 +40,13 @@ class ToySnapshots:
         return {"where": "memory", "bytes": 16}
 
 
-def fit(url, guard, *, steps=40, nan_at=(), loss_at=None, start_w=4.0, flush=None):
+def fit(url, guard, *, steps=40, nan_at=(), loss_at=None, start_w=4.0, flush=None, snapshots=ToySnapshots):
     """Train the toy for ``steps`` steps with ``guard``; a NaN loss (and gradient) at ``nan_at``;
     ``loss_at(step, w)`` replaces the loss (a diverging one). Returns (toy, guard run, run id, log)."""
     rec = Recorder(url, flush_interval=0.05)
     ctl = Controller(rec, control="off")  # the guard acts whatever the control level
     toy = Toy(start_w)
-    snaps = ToySnapshots(toy)
+    snaps = snapshots(toy)
     g = guard.begin(rec, ctl, lrs=lambda: toy.lr)
     log = {"w_before": {}, "w_after": {}, "lr": {}}
     stopped = False
@@ -54,7 +54,12 @@ def fit(url, guard, *, steps=40, nan_at=(), loss_at=None, start_w=4.0, flush=Non
         if step >= ctl.next_step:
             for d in ctl.due(step):
                 if isinstance(d, GuardSnapshot):
-                    g.snapshot(d, step, snaps)
+                    try:
+                        g.snapshot(d, step, snaps)
+                    except (
+                        OSError
+                    ) as exc:  # as apply_decisions does: the decision is rejected, training goes on
+                        ctl.resolve(d, step, applied=False, reason=str(exc))
                 elif isinstance(d, GuardRollback):
                     ctl.resolve(d, step, applied=True, **g.rollback(d, step, snaps))
                 elif isinstance(d, SetParams):
@@ -231,6 +236,20 @@ def test_divergence_found_by_the_live_detector_rolls_back_to_before_its_onset(st
     assert first["trigger"] == "divergence" and first["action"] == "rollback"
     assert first["restored_step"] <= 200 < first["step"]  # a snapshot before the onset, acted on after it
     assert run.events(ev.ROLLBACK).data[0]["source"] == "guard"
+
+
+def test_a_snapshot_that_fails_is_retried_every_steps_later_and_a_nan_then_stops(store_url):
+    class Full(ToySnapshots):
+        def save(self, step):
+            raise OSError(f"No space left on device (step {step})")
+
+    toy, g, run_id, log = fit(store_url, Guard("rollback", every=5), steps=30, nan_at=(12,), snapshots=Full)
+    run = open_store(store_url).run(run_id)
+    rejected = run.events(ev.REQUEST_REJECTED)
+    assert rejected.step.tolist() == [0, 5, 10] and {d["source"] for d in rejected.data} == {"guard"}
+    (data,) = run.events(ev.GUARD).data
+    assert (data["action"], data["step"]) == ("stop", 12)
+    assert "there is no snapshot to roll back to" in run.events(ev.STOPPED).message[0]
 
 
 def test_stop_ends_the_run_at_the_next_boundary(store_url):
