@@ -276,7 +276,7 @@ class TMonCallbackMixin(_Callback):
         """The guard of this fit (``guard=``): rank 0 decides, every rank checks its steps and keeps
         its snapshots. Under fp16 with a gradient scaler, inf gradients are the scaler's business (it
         skips those steps and lowers its scale): the guard judges the loss only."""
-        self._guard_grads = not str(trainer.precision).startswith("16")
+        self._guard_grads = str(trainer.precision) not in ("16-mixed", "16")  # (16-true has no scaler)
         self._guard = TorchGuard(
             self._guard_opt,
             self._rec,

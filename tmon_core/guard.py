@@ -498,4 +498,17 @@ def _fmt(lrs: list) -> str:
     return ", ".join(f"{v:.3g}" for v in lrs)
 
 
-__all__ = ["Guard", "GuardRollback", "GuardRun", "GuardSnapshot", "MODES", "TRIGGERS"]
+__all__ = [
+    "DIVERGENCE",
+    "Guard",
+    "GuardRollback",
+    "GuardRun",
+    "GuardSnapshot",
+    "MODES",
+    "NONFINITE",
+    "ROLLBACK",
+    "RULE",
+    "SKIP",
+    "STOP",
+    "TRIGGERS",
+]
