@@ -26,10 +26,18 @@ Modes with a ``LearningRateSchedule`` (the same semantics as a torch scheduler's
 - ``pin``: ``set`` again before every step (the controller re-sends it): the value holds.
 
 A plain ``float`` learning rate lives in a variable no schedule moves, so there all three modes
-assign it (``pin`` also holds it against callbacks such as ``ReduceLROnPlateau``). Hyperparameters
-that are Python numbers (``momentum``, ``beta_1``, ``epsilon``, ``weight_decay``) are read at every
-step by eager backends (torch, tested); a compiled train function (TensorFlow, JAX) reads them when
-it is traced, and so does a replaced schedule: steering those backends is not tested.
+assign it (``pin`` also holds it against callbacks such as ``ReduceLROnPlateau``). A pin of a
+schedule's lr is one ``ScaledSchedule(hold=True)``: the controller sends the pin again at every
+step and finds it already in place.
+
+Backends: hyperparameters that are Python numbers (``momentum``, ``beta_1``, ``epsilon``,
+``weight_decay``) and the schedule object are read at every step by the eager torch backend; a
+compiled train function (TensorFlow's ``tf.function``, JAX's ``jit``, ``jit_compile=True`` on torch)
+reads them only when it is traced. ``apply_changes`` says when one of them changed, and the
+callback then makes the train function again (``_workarounds.keras.StepFunctions.rebuild``): the
+next step is traced with the new values. A variable (a float lr, the weights) needs no retrace.
+Tested on torch, TensorFlow and JAX by the change's effect on the weights
+(``tests/callbacks/test_keras_backends.py``).
 """
 
 from __future__ import annotations
@@ -51,26 +59,40 @@ _ATTRS = {"eps": "epsilon", "weight_decay": "weight_decay"}
 
 @keras.saving.register_keras_serializable(package="tmon")
 class ScaledSchedule(Schedule):
-    """``schedule(step) * factor``, except ``value`` at ``at_step`` (a one-step ``set``).
+    """``schedule(step) * factor``, except ``value`` at ``at_step`` (a one-step ``set``), or from
+    ``at_step`` on with ``hold=True`` (a ``pin``).
 
     Immutable: every change makes a new one around the original schedule, so a value recorded
     lazily for an earlier step is never computed with a later factor. A model saved mid-fit holds
     it (``tmon>ScaledSchedule``); loading that model needs ``import tmon_callbacks.keras``.
     """
 
-    def __init__(self, schedule, factor: float = 1.0, at_step: int | None = None, value: float | None = None):
+    def __init__(
+        self,
+        schedule,
+        factor: float = 1.0,
+        at_step: int | None = None,
+        value: float | None = None,
+        hold: bool = False,
+    ):
         super().__init__()
         self.schedule, self.factor, self.at_step, self.value = schedule, float(factor), at_step, value
+        self.hold = bool(hold)
 
     def __call__(self, step):
         lr = ops.convert_to_tensor(self.schedule(step))
         if self.factor != 1.0:
             lr = ops.multiply(lr, ops.cast(self.factor, lr.dtype))
         if self.at_step is not None:
-            lr = ops.where(
-                ops.equal(ops.cast(step, "int64"), self.at_step), ops.cast(self.value, lr.dtype), lr
-            )
+            step = ops.convert_to_tensor(step)  # int64 on TensorFlow and torch, int32 on JAX without x64
+            at = ops.cast(self.at_step, step.dtype)
+            when = ops.greater_equal(step, at) if self.hold else ops.equal(step, at)
+            lr = ops.where(when, ops.cast(self.value, lr.dtype), lr)
         return lr
+
+    def holds(self, value: float) -> bool:
+        """Whether this schedule already pins the lr at ``value``: a pin sent again changes nothing."""
+        return self.hold and self.value == value
 
     def get_config(self) -> dict:
         return {
@@ -78,6 +100,7 @@ class ScaledSchedule(Schedule):
             "factor": self.factor,
             "at_step": self.at_step,
             "value": self.value,
+            "hold": self.hold,
         }
 
     @classmethod
@@ -133,9 +156,12 @@ def read_param(opt, name: str, group=None):
     return 0.0 if v is None else float(v)
 
 
-def _lr_plan(opt, value: float, mode: str):
-    """What setting lr to ``value`` will assign: a float for a variable, a new schedule otherwise."""
+def _lr_plan(opt, value: float, mode: str, pinned: bool = False):
+    """What setting lr to ``value`` will assign: a float for a variable, a schedule otherwise (the
+    current one when it already pins ``value``)."""
     current = learning_rate_object(opt)
+    if isinstance(current, ScaledSchedule) and pinned and current.holds(value):
+        return current
     if isinstance(current, Schedule):
         base, factor = (
             (current.schedule, current.factor) if isinstance(current, ScaledSchedule) else (current, 1.0)
@@ -148,7 +174,7 @@ def _lr_plan(opt, value: float, mode: str):
                     f"multiply; use mode='set' or 'pin'"
                 )
             return ScaledSchedule(base, factor * value / now)
-        return ScaledSchedule(base, factor, at_step=_iterations(opt), value=value)
+        return ScaledSchedule(base, factor, at_step=_iterations(opt), value=value, hold=pinned)
     if callable(current) and not hasattr(current, "assign"):
         raise Rejected(
             f"{type(opt).__name__}.learning_rate is a plain callable ({type(current).__name__}): tmon can "
@@ -164,9 +190,12 @@ def _no_momentum_buffers(opt) -> bool:
     return not has_momentum_buffers(opt)
 
 
-def apply_changes(opt, changes, mode: str) -> tuple[dict, dict]:
-    """Apply ``changes`` (tmon_core.control.Change) to ``opt`` all or nothing; (old, new) by name.
-    Raises Rejected (nothing touched) when one cannot apply."""
+def apply_changes(opt, changes, mode: str, pinned=frozenset()) -> tuple[dict, dict, bool]:
+    """Apply ``changes`` (tmon_core.control.Change) to ``opt`` all or nothing; (old, new) by name,
+    and whether a value a traced step reads only when traced changed (a Python-number attribute, or
+    the lr's schedule object: see ``_workarounds.keras.compiled_step``). ``pinned``: the
+    ``(name, group)`` pairs the controller holds (``pin``), for which a ``set`` of a schedule's lr
+    holds from now on instead of for one step. Raises Rejected (nothing touched) when one cannot apply."""
     plan = []
     for c in changes:
         key = c.name if c.group is None else f"{c.name}@{c.group}"
@@ -175,7 +204,8 @@ def apply_changes(opt, changes, mode: str) -> tuple[dict, dict]:
             continue
         _check_group(c.group)
         if c.name == "lr":
-            plan.append((key, c, "lr", _lr_plan(opt, c.value, mode)))
+            pin = mode == "set" and (c.name, c.group) in pinned
+            plan.append((key, c, "lr", _lr_plan(opt, c.value, mode, pin)))
             continue
         slot = _slot(opt, c.name)
         if slot == "momentum" and c.value != 0 and _no_momentum_buffers(opt):
@@ -184,7 +214,7 @@ def apply_changes(opt, changes, mode: str) -> tuple[dict, dict]:
                 f"cannot be turned on during a fit"
             )
         plan.append((key, c, slot, c.value))
-    old, new = {}, {}
+    old, new, traced = {}, {}, False
     for key, c, slot, target in plan:
         if slot is None:
             old[key] = c.custom.get()
@@ -193,14 +223,17 @@ def apply_changes(opt, changes, mode: str) -> tuple[dict, dict]:
             continue
         old[key] = read_param(opt, c.name)
         if slot == "lr":
-            opt.learning_rate = target  # assigns the variable, or replaces the schedule
-        elif isinstance(slot, tuple):
-            for attr, v in zip(slot, target, strict=True):
-                setattr(opt, attr, float(v))
+            before = learning_rate_object(opt)
+            if target is not before:
+                opt.learning_rate = target  # assigns the variable, or replaces the schedule
+            traced |= learning_rate_object(opt) is not before
         else:
-            setattr(opt, slot, float(target))
+            attrs, values = (slot, target) if isinstance(slot, tuple) else ((slot,), (target,))
+            for attr, v in zip(attrs, values, strict=True):
+                traced |= getattr(opt, attr) != float(v)
+                setattr(opt, attr, float(v))
         new[key] = read_param(opt, c.name)
-    return old, new
+    return old, new, traced
 
 
 def load_weights(model, path: str) -> None:

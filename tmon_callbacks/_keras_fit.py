@@ -22,7 +22,7 @@ from tmon_core.keys import LR, MOMENTUM, WEIGHT_DECAY, group_key
 from tmon_core.run_config import RunConfig
 
 from ._adapter import CheckpointWatcher
-from ._workarounds.keras import learning_rate_object, resolved_mode
+from ._workarounds.keras import learning_rate_object, live_value, resolved_mode
 
 _PLAIN = (float, int)
 # callbacks Keras adds to every fit by itself (not listed in config["callbacks"])
@@ -76,15 +76,23 @@ class ScheduledLR:
             return math.nan
 
 
-def lr_reader(opt):
-    """A function returning the learning rate ``opt`` applies at its next step, without a device sync."""
-    schedule = learning_rate_object(opt)
+def lr_reader(opt, model=None):
+    """A function returning the learning rate ``opt`` applies at its next step, without a device sync.
+
+    With ``model`` (the model ``opt`` trains), variables are read as the next step will see them
+    (``_workarounds.keras.live_value``: on JAX, from the fit's state while Keras holds the variables
+    empty)."""
+    lr = learning_rate_object(opt)
     copy = ops.copy
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return lambda: ScheduledLR(schedule, copy(opt.iterations))
-    # a variable (a float lr, changed by ReduceLROnPlateau, LearningRateScheduler...) or a callable:
-    # a copy, so a later assignment does not rewrite what this step recorded
-    return lambda: copy(opt.learning_rate)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        iterations = live_value(model, opt.iterations) if model is not None else lambda: opt.iterations
+        return lambda: ScheduledLR(lr, copy(iterations()))
+    if hasattr(lr, "assign"):
+        # a variable (a float lr, changed by ReduceLROnPlateau, LearningRateScheduler...): a copy, so
+        # a later assignment does not rewrite what this step recorded
+        value = live_value(model, lr) if model is not None else lambda: lr.value
+        return lambda: copy(value())
+    return lambda: copy(opt.learning_rate)  # a plain callable
 
 
 class OptimizerValues:
@@ -94,7 +102,7 @@ class OptimizerValues:
 
     __slots__ = ("_readers",)
 
-    def __init__(self, opts=()):
+    def __init__(self, opts=(), model=None):
         self._readers = []
         for oi, opt in enumerate(opts):
             mom_attr = next(
@@ -104,7 +112,7 @@ class OptimizerValues:
                 (
                     opt,
                     group_key(LR, oi, 0),
-                    lr_reader(opt),
+                    lr_reader(opt, model),
                     mom_attr,
                     group_key(MOMENTUM, oi, 0),
                     group_key(WEIGHT_DECAY, oi, 0),

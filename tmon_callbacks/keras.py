@@ -1,4 +1,4 @@
-"""``TMonCallback`` for Keras 3 ``Model.fit``, on any backend (tested on torch).
+"""``TMonCallback`` for Keras 3 ``Model.fit``, on the torch, TensorFlow and JAX backends (all tested).
 
 >>> from tmon_callbacks.keras import TMonCallback
 >>> model.fit(x, y, epochs=3, callbacks=[TMonCallback()])   # doctest: +SKIP
@@ -20,7 +20,8 @@ Keras hook → what tmon records:
                                  comparison when none is: see Control below); then the learning
                                  rate of the step about to run, read from the optimizer (a
                                  ``LearningRateSchedule`` is evaluated at the optimizer's iteration
-                                 count, on the writer thread, off the hot path)
+                                 count, on the writer thread, off the hot path; on JAX, whose fit
+                                 empties the variables mid-epoch, from the fit's own state)
 ``on_train_batch_end``           every batch: the ``logs`` under Keras' names (``loss``, your
                                  metrics: Keras reports them as running means over the epoch so far,
                                  as its progress bar shows them), ``lr``, ``momentum`` (SGD momentum
@@ -71,6 +72,10 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
   a variable, assigned. A ``LearningRateSchedule`` is wrapped: ``scale`` (default) multiplies the
   schedule from now on so it continues from the new level, ``set`` holds for this step only,
   ``pin`` for every step until the next change (``_keras.ScaledSchedule``, saved with the model).
+  Where the step is compiled (TensorFlow's ``tf.function``, JAX's ``jit``, ``jit_compile=True`` on
+  torch), a change to a value the traced step holds as a constant (a Python-number hyperparameter,
+  the schedule object) makes the train function again, so the next step is traced with it
+  (``retraced`` in the ``param_change`` event's data); a float lr is a variable and needs none.
 - checkpoint: ``model.save`` to ``tmon-<run>-step=<k>.keras`` in the first ``ModelCheckpoint``'s
   directory (else ``./tmon-checkpoints``), recorded ``source="manual"`` with description and tags.
 - rollback: ``model.load_weights`` (Keras' loader, ``.keras`` / ``.weights.h5``: arrays only,
@@ -193,7 +198,7 @@ class TMonCallback(keras.callbacks.Callback):
         callbacks = self._callbacks = _wa.fit_callbacks(self)
         self._ckpts = _fit.ModelCheckpointFiles(self._rec, callbacks)
         self._step = _fit.iterations(model)
-        self._opt = _fit.OptimizerValues(_fit.optimizers(model))
+        self._opt = _fit.OptimizerValues(_fit.optimizers(model), model)
         self._steps = _wa.StepFunctions(model, self._on_exception)
         self._steps.wrap("train_function")
         watch_uncaught(session, self._current_step)
@@ -297,8 +302,9 @@ class TMonCallback(keras.callbacks.Callback):
         self._clock.new_epoch(first_wait=False)  # an epoch's first batch has no data_time
         if self._ctl is not None:
             self._ctl.on_epoch_start(epoch, self._step)
+        model = self.model
         self._opt = _fit.OptimizerValues(
-            _fit.optimizers(self.model)
+            _fit.optimizers(model), model
         )  # a callback may have swapped in a schedule
         self.session.event(ev.EPOCH_START, step=self._step, epoch=epoch)
 
@@ -383,10 +389,17 @@ class TMonCallback(keras.callbacks.Callback):
         )
 
     def _set_params(self, d: SetParams) -> dict:
-        old, new = _keras.apply_changes(self._optimizer(), d.changes, d.mode)
-        if any(c.name == "lr" for c in d.changes):  # the lr may now be another schedule object
-            self._opt = _fit.OptimizerValues(_fit.optimizers(self.model))
-        return {"old": old, "new": new}
+        pinned = self._ctl.pins.keys() if self._ctl is not None else ()
+        old, new, traced = _keras.apply_changes(self._optimizer(), d.changes, d.mode, pinned)
+        outcome = {"old": old, "new": new}
+        if traced:
+            model = self.model
+            self._opt = _fit.OptimizerValues(_fit.optimizers(model), model)  # the lr may be a new schedule
+            if self._steps is not None and _wa.compiled_step(model):
+                # the traced step read the old values when it was traced: trace it again
+                self._steps.rebuild("train_function")
+                outcome["data"] = {"retraced": "train_function"}
+        return outcome
 
     def _save_checkpoint(self, d: SaveCheckpoint, step: int) -> dict:
         folder = self._ckpts.manual_dir()

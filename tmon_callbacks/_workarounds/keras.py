@@ -1,7 +1,8 @@
 """Every place tmon's Keras adapter leans on Keras internals: a private or undocumented attribute it
 reads, a calling frame it looks into, a method of the model it replaces. Each says why; each is
 checked against the installed Keras by ``tests/callbacks/test_workarounds_keras.py``, which fails
-loudly when Keras changes what it relies on. Tested with Keras 3.15 (torch backend).
+loudly when Keras changes what it relies on. Tested with Keras 3.15 on its torch, TensorFlow and
+JAX backends (``tests/callbacks/test_keras_backends.py`` runs the JAX- and TensorFlow-specific parts).
 
 Nothing else in ``tmon_callbacks`` touches these internals: ``keras.py`` (the hooks) and
 ``_keras.py`` (control, config) call the functions here.
@@ -48,6 +49,57 @@ def skipped_on_load(message: str) -> bool:
     tmon reads that warning as a failure.
     """
     return "skipping" in message.lower()
+
+
+# ---------------------------------------------------------------------------- backends that compile the step
+
+
+def compiled_step(model) -> bool:
+    """Whether ``model.fit`` runs a traced train function: TensorFlow's ``tf.function`` (unless
+    ``run_eagerly``), JAX's ``jit`` and torch's ``torch.compile`` (with ``jit_compile``).
+
+    Why: a traced function reads the optimizer's Python numbers (``momentum``, ``beta_1``,
+    ``epsilon``, ``weight_decay``) and its ``LearningRateSchedule`` object once, when it is traced;
+    changing them later does nothing to the steps it runs (measured: a schedule replaced mid-fit on
+    TensorFlow or JAX left the weights' updates on the old schedule) until the function is made
+    again (``StepFunctions.rebuild``). Variables (a float learning rate, the weights) are read at
+    every step. Keras resolves ``jit_compile="auto"`` at ``compile()``; ``run_eagerly`` and
+    ``jit_compile`` are public attributes, which backend honours which is not documented.
+    """
+    if getattr(model, "run_eagerly", False):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return True  # a tf.function whatever jit_compile says (jit_compile adds XLA)
+    return bool(getattr(model, "jit_compile", False))  # jax: jax.jit; torch: torch.compile
+
+
+def live_value(model, variable):
+    """A function returning ``variable``'s value as the next step will read it, in the middle of a
+    fit, without making Keras copy the model's state back.
+
+    Why: JAX's fit passes the model's state through the jitted step as arrays and *purges* the
+    variables (their value is None) from the second batch of each epoch until the epoch ends or a
+    callback reads ``self.model`` (``Callback.model`` calls ``jax_state_sync``, which assigns every
+    variable: a cost per step that grows with the model). Reading a purged variable raises
+    ``TypeError: 'NoneType' object is not callable`` (issue 22). The current values are then in
+    ``model._jax_state["optimizer_variables"]``, in the order of ``model.optimizer.variables``
+    (``JAXTrainer.fit`` sets it after each step; both names are private). Other backends: the
+    variable itself.
+    """
+    if keras.backend.backend() != "jax":
+        return lambda: variable.value
+    outer = getattr(model, "optimizer", None)
+    index = next((i for i, v in enumerate(getattr(outer, "variables", ())) if v is variable), None)
+    if index is None:  # not one of the model's optimizer variables: nothing purges it
+        return lambda: variable.value
+
+    def read():
+        if variable._value is None:  # purged: the step's output holds it
+            return model._jax_state["optimizer_variables"][index]
+        return variable.value
+
+    return read
 
 
 # ---------------------------------------------------------------------------- the fit Keras is running
@@ -134,6 +186,24 @@ class StepFunctions:
 
         setattr(model, name, step_function)
         self._wrapped[name] = (fn, step_function)
+
+    def rebuild(self, name: str = "train_function") -> None:
+        """Make the step function again (``make_train_function(force=True)``) and wrap the new one,
+        so the next step is traced anew with the optimizer's current hyperparameters.
+
+        Why: see ``compiled_step``. Keras' fit loops (torch, TensorFlow, JAX) read
+        ``self.train_function`` at every batch, so a function made in ``on_train_batch_begin``
+        runs that batch. The first call traces (and compiles) it: a fraction of a second for a
+        small model, more for a large one.
+        """
+        model = self.model
+        make = getattr(model, "make_" + name)
+        if name in self._wrapped:  # Keras' own function back first: make_* must not see our wrapper
+            fn, wrapper = self._wrapped.pop(name)
+            if getattr(model, name, None) is wrapper:
+                setattr(model, name, fn)
+        make(force=True)
+        self.wrap(name)
 
     def unwrap(self) -> None:
         model = self.model

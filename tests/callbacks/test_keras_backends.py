@@ -1,0 +1,225 @@
+"""TMonCallback on Keras' three training backends (issue 22): torch, TensorFlow and JAX.
+
+Keras picks its backend once per process, at import, so each backend's fits run in a process of
+their own (``tests/callbacks/keras_backend_fits.py``, one process per backend for all the cases:
+the imports are paid once) and this module asserts on what a user would look at: the run in the
+store, the files on disk, and the weights. TensorFlow (``tf.function``) and JAX (``jit``) compile
+the step, which reads the optimizer's Python numbers and its schedule object only when traced: a
+change is proven to reach that compiled step by its effect on the weights (a linear model under
+SGD: each step's update is exactly lr × its gradient, computed here in numpy), not by reading the
+optimizer back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.callbacks.keras_backend_fits import BATCH, N, regression
+from tests.e2e.parity.harness import AtReferenceSteps, Rule, compare, from_records, read_csv, read_run
+from tmon_core import events as ev
+from tmon_core import open_store
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CASES = ("record", "float_lr", "schedule_lr", "momentum", "rollback")
+NEEDS = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+COMPILED = {"torch": False, "tensorflow": True, "jax": True}  # what these fits run: torch eagerly
+
+
+def _backend(name: str):
+    missing = importlib.util.find_spec("keras") is None or importlib.util.find_spec(NEEDS[name]) is None
+    if missing and os.environ.get("CI") == "true":  # make test installs them: CI must not skip quietly
+        marks = []
+    else:
+        marks = [pytest.mark.skipif(missing, reason=f"keras or {NEEDS[name]} is not installed")]
+    return pytest.param(name, id=name, marks=marks)
+
+
+pytestmark = pytest.mark.slow  # a process per backend, with its framework's imports (TensorFlow: seconds)
+
+
+def run_backend(backend: str, out, cases=CASES) -> dict:
+    """Run ``cases`` of keras_backend_fits with ``KERAS_BACKEND=backend`` in a new process; its JSON."""
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's start-up chatter
+        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TMON_STORE": f"sqlite:///{out}/default.db",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.callbacks.keras_backend_fits", str(out), *cases],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, f"the {backend} fits failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", params=[_backend(b) for b in ("torch", "tensorflow", "jax")])
+def fits(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"keras-{request.param}")
+    result = run_backend(request.param, out, CASES + (("jax_state",) if request.param == "jax" else ()))
+    assert result["backend"] == request.param
+    result["url"] = f"sqlite:///{out}/tmon.db"
+    result["out"] = out
+    return result
+
+
+def sgd_check(weights: dict, lrs: list[float], steps) -> list[str]:
+    """For each step k in ``steps``: whether the weights moved by exactly ``lrs[k]`` × the gradient of
+    the mse of batch k at the weights the step started from (a linear model, shuffle=False). The
+    steps where they did not, with the lr the move amounts to."""
+    x, y = regression()
+    bad = []
+    for k in steps:
+        (w0, b0), (w1, b1) = (
+            [np.array(a) for a in weights[str(k)]],
+            [np.array(a) for a in weights[str(k + 1)]],
+        )
+        i = (k % (N // BATCH)) * BATCH
+        xb, yb = x[i : i + BATCH], y[i : i + BATCH]
+        r = xb @ w0 + b0 - yb
+        grad = np.concatenate([(2 / BATCH * xb.T @ r).ravel(), 2 / BATCH * r.sum(0)])
+        moved = np.concatenate([(w0 - w1).ravel(), b0 - b1])
+        if not np.allclose(moved, lrs[k] * grad, rtol=2e-4, atol=1e-9):
+            bad.append(
+                f"step {k}: moved by {float(moved @ grad / (grad @ grad)):.6g} x grad, expected {lrs[k]:.6g}"
+            )
+    return bad
+
+
+# ---------------------------------------------------------------------------- recording
+class EpochEnd(Rule):
+    """Keras logs a row per epoch; tmon records every batch: an epoch's value is compared at the step of
+    its last batch (5 batches an epoch), ``lr``/``epoch`` aside."""
+
+    def points(self, key, tmon_pts, ref_pts):
+        return tmon_pts, [(5 * int(e) + 4, v) for e, v in ref_pts]
+
+
+def test_recording_is_what_keras_logged_and_checkpoints_are_recorded(fits):
+    rec = fits["record"]
+    url, run_id = fits["url"], rec["run_id"]
+    run = open_store(url).run(run_id)
+    assert run.status == "completed"
+    assert run.info()["config"]["backend"] == fits["backend"]
+    tmon = read_run(url, run_id)
+    rules = [EpochEnd(why=EpochEnd.__doc__), AtReferenceSteps(why="tmon records every batch")]
+    csv = read_csv(fits["out"] / "log.csv", step_column="epoch")
+    csv.pop("epoch", None)
+    require = ["loss", "mae", "val_loss", "val_mae"]
+    compare(tmon, csv, rules, require=require).check()  # every value CSVLogger wrote, equal
+    history = from_records(
+        [{"epoch": e, **{k: v[i] for k, v in rec["history"].items()}} for i, e in enumerate(rec["epochs"])],
+        step_key="epoch",
+    )
+    compare(tmon, history, rules, require=require).check()
+    # what each step used: the schedule at that step, read off the hot path on every backend
+    assert run.metrics("loss").step.tolist() == list(range(15))
+    assert run.metrics("lr").value.tolist() == pytest.approx(rec["schedule"], rel=1e-6)
+    assert run.metrics("momentum").value.tolist() == [0.5] * 15
+    # ModelCheckpoint's files, each recorded once with the step and epoch it was written at
+    ckpts = run.checkpoints()
+    files = sorted(str(p) for p in (fits["out"] / "ckpt").iterdir())
+    assert sorted(ckpts.path) == files and len(files) == 3
+    assert ckpts.step.tolist() == [5, 10, 15] and ckpts.epoch.tolist() == [0, 1, 2]
+    assert all(os.path.getsize(p) == s for p, s in zip(ckpts.path, ckpts.size_bytes))
+    assert run.events(ev.TRAIN_END).data[0]["reason"] == ev.END_MAX_EPOCHS
+
+
+def test_a_clean_run_gives_no_tmon_warning(fits):
+    assert fits["tmon_warnings"] == [], fits["tmon_warnings"]
+
+
+# ---------------------------------------------------------------------------- steering reaches the step
+def test_float_lr_scheduled_and_pinned_live_reaches_the_step(fits):
+    """lr 0.05, ``At(step=4, lr=0.01)``, then a live pin at 1e-12 from another thread (applied before
+    step 8, the third epoch). Nothing reads the model mid-epoch (on JAX that would hand tmon a synced
+    model): the weights stop moving in the third epoch, and the lr recorded is what each step used."""
+    res = fits["float_lr"]
+    assert res["request"] == {"status": "applied", "reason": None}
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.metrics("lr").value.tolist() == pytest.approx([0.05] * 4 + [0.01] * 4 + [1e-12] * 4)
+    ends = res["epoch_end"]
+    assert ends["2"] == ends["1"], "lr pinned at 1e-12: the third epoch must not move the weights"
+    assert ends["1"] != ends["0"]
+    req = run.requests().iloc[0]
+    assert req.status == "applied" and int(req.applied_step) == 8
+
+
+def test_schedule_lr_scaled_and_pinned_live_reaches_the_compiled_step(fits):
+    """An ExponentialDecay: ``At(step=4, lr=0.01)`` rescales it (the schedule goes on from 0.01), a live
+    pin at 0.002 holds from step 8. Each step's update is lr × gradient with that lr."""
+    res = fits["schedule_lr"]
+    s = res["schedule"]
+    expected = s[:4] + [0.01 * s[k] / s[4] for k in range(4, 8)] + [0.002] * 4
+    assert res["request"] == {"status": "applied", "reason": None}
+    assert sgd_check(res["weights"], expected, range(12)) == []
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.metrics("lr").value.tolist() == pytest.approx(expected, rel=1e-5)
+    changes = run.events("param_change")
+    assert changes.step.tolist() == [4, 8]  # the pin's repeats are quiet
+    # a compiled step is traced again for each new schedule object: twice, not at every pinned step
+    retraced = [d.get("retraced") for d in changes.data]
+    assert retraced == (["train_function"] * 2 if COMPILED[fits["backend"]] else [None, None])
+
+
+def test_momentum_change_reaches_the_compiled_step(fits):
+    """SGD(0.05, momentum=0.9), ``At(step=4, momentum=0.0)``: a Python number the compiled step read
+    when traced. From step 4 each update is exactly 0.05 × the gradient; before, momentum adds to it."""
+    res = fits["momentum"]
+    lrs = [0.05] * 12
+    assert sgd_check(res["weights"], lrs, range(4, 12)) == []
+    assert len(sgd_check(res["weights"], lrs, range(1, 4))) == 3  # momentum at work before
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.metrics("momentum").value.tolist() == [0.9] * 4 + [0.0] * 8
+    change = run.events("param_change").iloc[0]
+    assert change.step == 4 and change.data.get("retraced") == (
+        "train_function" if COMPILED[fits["backend"]] else None
+    )
+
+
+def test_rollback_restores_what_the_compiled_step_then_uses(fits):
+    """A checkpoint saved before step 3, a rollback before step 7 (SGD with momentum, shuffle=False:
+    step 7 trains on step 3's batch). Step 7 starts from step 3's weights, and its update equals step
+    3's: the step ran on the restored weights and momentum buffers."""
+    res = fits["rollback"]
+    assert {k: status for k, (status, _) in res["requests"].items()} == {
+        "ckpt": "applied",
+        "rollback": "applied",
+    }
+    w = {k: [np.array(a) for a in v] for k, v in res["weights"].items()}
+    assert all(np.array_equal(a, b) for a, b in zip(w["7"], w["3"]))
+    assert not all(np.allclose(a, b) for a, b in zip(w["7"], w["6"]))
+    assert all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(w["8"], w["4"]))
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.status == "completed"
+    manual = run.checkpoints().query("source == 'manual'").iloc[0]
+    assert manual.step == 3 and manual.path.endswith(".keras") and os.path.exists(manual.path)
+    assert run.events("rollback").step.tolist() == [7]
+    assert sorted(run.checkpoints().source) == ["ModelCheckpoint"] * 3 + ["manual"]
+
+
+def test_jax_fit_holds_the_optimizer_state_outside_the_variables(fits):
+    """What ``_workarounds.keras.live_value`` relies on: JAX's fit empties the variables from the
+    second batch of an epoch and keeps the current values in ``model._jax_state``."""
+    if fits["backend"] != "jax":
+        pytest.skip("JAX's fit only")
+    seen = fits["jax_state"]["seen"]
+    assert seen[0] == {"purged": [False, False], "state_iterations": None}
+    assert [s["purged"] for s in seen[1:]] == [[True, True]] * 3, (
+        f"Keras' JAX fit no longer purges the optimizer's variables mid-epoch: {seen}"
+    )
+    assert [s["state_iterations"] for s in seen[1:]] == [1, 2, 3], (
+        f"model._jax_state['optimizer_variables'] no longer holds the optimizer's state: {seen}"
+    )
