@@ -246,8 +246,12 @@ class GuardRun:
         self._ignore_before = start_step
         self._diverged: dict | None = None
         self.snapshot_info: dict | None = None
+        self._loss_keys: frozenset = frozenset()  # what the divergence detector is fed
         if self.ctl is not None:
             if DIVERGENCE in guard.on and recorder is not None:
+                from .alerts.engine import LOSS_KEYS
+
+                self._loss_keys = frozenset(LOSS_KEYS)
                 self._engine = self._new_engine()
                 recorder.on_flush(self._on_flush)
             self._decide(GuardSnapshot())
@@ -460,7 +464,7 @@ class GuardRun:
     def _new_engine():
         from .alerts.engine import AlertEngine
 
-        return AlertEngine(rules=[DIVERGENCE])
+        return AlertEngine(rules=[DIVERGENCE])  # (it reads the loss keys only: the others are not fed)
 
     def _on_flush(self, batch) -> None:
         """The writer thread's flush: the loss since the last rollback into the divergence detector."""
@@ -472,7 +476,7 @@ class GuardRun:
                 return
             points = {}
             for key, (s, v, w) in batch.points.items():
-                if len(s) and s[-1] >= self._ignore_before:
+                if key in self._loss_keys and len(s) and s[-1] >= self._ignore_before:
                     keep = s >= self._ignore_before
                     points[key] = (s[keep], v[keep], w[keep])
             if not points:
