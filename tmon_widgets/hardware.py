@@ -174,7 +174,7 @@ class HardwareTab:
         self.mon = monitor
         self.xs = bq.LinearScale()
         self.note = widgets.HTML()
-        self.cpu = _TimeChart("CPU", "% of all cores", self.xs, ymin=0.0)
+        self.cpu = _TimeChart("CPU", "% of all cores", self.xs, ymin=0.0, ymax=100.0)
         self.ram = _TimeChart("RAM", "% of host RAM", self.xs, ymin=0.0, ymax=100.0)
         self.ram.threshold(100 * al.RAM_WARNING, 100 * al.RAM_CRITICAL)
         self.swap = _TimeChart("swap", "GB used", self.xs, ymin=0.0)
