@@ -499,11 +499,13 @@ class TMonCallback(TrainerCallback, TrainListener):
         )
 
     def _guard_step_end(self, step: int, control, kw: dict) -> None:
-        self._guard.step_end(step)
-        # one process: what the guard just decided applies now, between this step and the next (a
-        # stop ends the loop before another update); several: at the next step's exchange, as any decision
+        run = self._guard.run
+        run.step_end(step)
+        # one process: what the guard decided in this step applies now, between this step and the
+        # next (a stop ends the loop before another update); several: at the next step's exchange
         ctl = self._ctl
-        if self._link is None and ctl is not None and ctl.next_step <= step + 1:
+        if run.news and self._link is None and ctl is not None:
+            run.news = False
             self._apply(ctl.due(step + 1), step + 1, control, kw)
 
     def _close_guard(self) -> None:

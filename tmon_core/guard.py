@@ -234,6 +234,9 @@ class GuardRun:
         self.lrs = lrs or (lambda: [])
         self.skips_in_a_row = 0
         self.attempt = 0  # rollbacks since the last new good snapshot
+        # rank 0 queued a decision since the adapter last cleared this: an adapter that can apply it
+        # at once (one process, between two steps) does, instead of at the next step's start
+        self.news = False
         self.actions: list[dict] = []  # what this guard did (the guard events' data), for tests and readers
         self.snapshots: list[tuple[int, list]] = []  # (step, lrs) of the snapshots kept, oldest first
         self._clean = True  # every step since ``_since`` was finite
@@ -365,7 +368,7 @@ class GuardRun:
 
     # ------------------------------------------------------------------ rank 0's decisions
     def _decide(self, decision: Decision) -> None:
-        self._pending = True
+        self._pending = self.news = True
         self.ctl.submit(decision)
 
     def _rollback(self, step: int, trigger: str, onset: int, evidence=None) -> None:
@@ -424,7 +427,7 @@ class GuardRun:
         )
 
     def _stop(self, step: int, trigger: str, why: str, evidence=None) -> None:
-        self._stopping = True
+        self._stopping = self.news = True
         self.ctl.submit(Stop(source=SOURCE, reason=f"guard: {why}"))
         gave_up = self.guard.mode != STOP
         self._record(
