@@ -98,6 +98,7 @@ class Monitor(widgets.VBox):
         self.alerts = Alerts()
         self.events = None  # the primary run's events (a DataFrame), read every SLOW_INTERVAL
         self.latest: dict[str, dict] = {}  # run id -> {key: (step, value)}
+        self._latest_at: dict[str, int | None] = {}  # run id -> the run row's last step at that read
         self.updating = False
         self.busy = False
         self._busy_since: float | None = None
@@ -283,7 +284,8 @@ class Monitor(widgets.VBox):
 
         if visible is self.metrics or blind or slow:
             self.metrics.refresh(slow)
-            if self._sync_latest():
+            read = self._read_latest()
+            if self._sync_latest() or read:
                 self.metrics.show_latest()
         # a tab the kernel cannot see is shown: refreshed at a slower pace (what it reads grows with the run)
         blind_due = blind and (self._everything or now - self._last_blind >= BLIND_INTERVAL)
@@ -327,9 +329,7 @@ class Monitor(widgets.VBox):
         for rs in self.runs[1:]:  # compared runs: only their alerts (the primary's events hold its own)
             self.alerts.from_recorded(rs.id, rs.run.events(ALERT))
         for rs in self.runs:
-            self.latest[rs.id] = rs.run.latest()
-            if "epoch" in self.latest[rs.id]:
-                rs.epoch = self.latest[rs.id]["epoch"][1]
+            self._read_latest(rs)
             rs.measure_rate(list(self.latest[rs.id]))
             if rs.status == "lost":
                 self.alerts.add(
@@ -343,11 +343,26 @@ class Monitor(widgets.VBox):
         if self.runs and self._slow_count % 5 == 1:  # the store's run list, for the overlay picker
             self.metrics.update_overlay_options(self.store.runs())
 
+    def _read_latest(self, only=None) -> bool:
+        """Read the last point of every metric of each run (``only``: that run) whose run row moved since
+        the last read: the latest-values table and the header's epoch then say the step the header says
+        (one query per metric, once per flush, not per tick). True when something was read."""
+        read = False
+        for rs in [only] if only is not None else self.runs:
+            if only is None and self._latest_at.get(rs.id) == rs.last_step:
+                continue
+            self._latest_at[rs.id] = rs.last_step
+            self.latest[rs.id] = rs.run.latest()
+            if "epoch" in self.latest[rs.id]:
+                rs.epoch = self.latest[rs.id]["epoch"][1]
+            read = True
+        return read
+
     def _sync_latest(self) -> bool:
-        """The latest-values table follows the charts: each series just read gives its last point (the
-        slow read of every key comes only every SLOW_INTERVAL, and the table lagged the header). A flush
-        that landed between the run row's read and the points' read moves the header's step with it, so
-        the header never says an older step than the table. True when a value changed."""
+        """The latest values of the series the charts just read, where newer than the last read of every
+        metric (the table used to wait for the slow read, every SLOW_INTERVAL, and lagged the header). A
+        flush that landed between the run row's read and the points' read moves the header's step with
+        it, so the header never says an older step than the table. True when a value changed."""
         changed = False
         for (run_id, key), s in self.metrics.series.items():
             if s.last_step is None or s.last_value is None:

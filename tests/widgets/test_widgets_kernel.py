@@ -10,6 +10,7 @@ channel as a frontend would and acts as the browser on the shell channel.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -85,7 +86,9 @@ class Frontend:
             if t == "comm_open":
                 self.models[c["comm_id"]] = c["data"].get("state", {})
             elif t == "comm_msg" and c["data"].get("method") == "update":
-                self.updates.append((now, c["comm_id"], list(c["data"].get("state", {}))))
+                state = c["data"].get("state", {})
+                self.updates.append((now, c["comm_id"], list(state)))
+                self.models.setdefault(c["comm_id"], {}).update(state)  # the model as the browser has it now
             elif t in ("stream", "error"):
                 self.outputs.append(c.get("text") or "\n".join(c.get("traceback", [])))
             elif (
@@ -111,6 +114,14 @@ class Frontend:
     def line_updates(self, start: float, end: float) -> list[float]:
         lines = self.lines()
         return [t for t, cid, traits in self.updates if cid in lines and "y" in traits and start <= t <= end]
+
+    def html(self, contains: str) -> list[str]:
+        """The values of the HTML widgets whose text contains ``contains``, as the browser has them."""
+        return [
+            st["value"]
+            for st in self.models.values()
+            if st.get("_model_name") == "HTMLModel" and contains in (st.get("value") or "")
+        ]
 
     def find(self, model: str, **state) -> str:
         for cid, st in self.models.items():
@@ -195,3 +206,80 @@ def test_background_fit_is_steered_through_widget_messages(kernel):
     assert len(lr) and lr.value.to_numpy() == pytest.approx(0.02)
     fe.run("fit.stop(); fit.wait(60)")
     store.close()
+
+
+NAN_MODEL = """
+class GoesNaN(Slow):
+    def training_step(self, batch, i):
+        loss = super().training_step(batch, i)
+        return loss * float("nan") if self.global_step >= 40 else loss
+"""
+
+
+def test_a_nan_alert_reaches_the_header_and_show_step_zooms_the_charts(kernel):
+    """Issue 19, item 5 in a real kernel: a run whose loss goes NaN at step 40 records the nonfinite
+    alert; the Monitor's header shows it (critical, with the rule's evidence) and a click on its
+    "show step 40" button, sent as the browser sends it, zooms the charts' x scale around step 40."""
+    fe, tmp = kernel
+    fe.run(NAN_MODEL)
+    fe.run("tmon = TMonCallback(run_name='nan', alerts=True)\ntrainer(2, tmon).fit(GoesNaN(), data)")
+    fe.pump(until=time.monotonic() + 3)  # the Monitor's last refresh after the run ended
+    chips = fe.html("tmon-alert-critical")
+    assert chips and "NaN loss at step 40" in chips[-1], fe.html("tmon-alert")
+    assert "the last finite value was" in chips[-1]
+    scales = {cid for cid, st in fe.models.items() if st.get("_model_name") == "LinearScaleModel"}
+    show = fe.find("ButtonModel", description="show step 40")
+    t0 = time.monotonic()
+    fe.send(show, {"method": "custom", "content": {"event": "click"}})
+    fe.pump(until=time.monotonic() + 3)
+    zoomed = [
+        fe.models[cid]
+        for t, cid, traits in fe.updates
+        if t >= t0 and cid in scales and {"min", "max"} <= set(traits)
+    ]
+    assert zoomed, "the x scale's domain was sent to the browser"
+    lo, hi = zoomed[-1]["min"], zoomed[-1]["max"]
+    assert lo < 40 < hi and hi - lo <= 60, (lo, hi)
+
+
+def test_the_latest_values_table_says_the_headers_step_while_the_run_trains(kernel):
+    """The latest-values table lagged the header by up to the slow read (2 s): after each refresh, and
+    between refreshes, the table's newest step is the step the header says."""
+    fe, tmp = kernel
+    fe.run(
+        "from tmon_widgets import fit_in_background\n"
+        "tmon = TMonCallback(run_name='table')\n"
+        "fit = fit_in_background(trainer(30, tmon, show=False).fit, Slow(), data)\n"
+        "fit.wait_for_run(60)"
+    )
+    fe.run(
+        """
+import re
+def shown(mon):
+    with mon.lock:
+        head, table = mon.header.html.value, mon.metrics.latest.value
+    m = re.search(r"step <b>([\\d,]+)</b>", head)
+    if m is None:  # no step written yet
+        return None
+    header = int(m.group(1).replace(",", ""))
+    steps = [int(s.replace(",", "")) for s in re.findall(r"<td[^>]*>(?:loss|lr|step_time)</td><td[^>]*>[^<]*</td><td[^>]*>([\\d,]+)</td>", table)]
+    return header, steps
+seen = []
+for i in range(16):
+    time.sleep(0.35)
+    if i % 2:
+        fit.monitor.refresh()
+    now = shown(fit.monitor)
+    if now is not None:
+        seen.append(now)
+import json
+with open("seen.json", "w") as fh:
+    json.dump(seen, fh)
+"""
+    )
+    fe.run("fit.stop(); fit.wait(60)")
+    assert (tmp / "seen.json").exists(), "\n".join(fe.outputs)[-3000:]
+    seen = json.loads((tmp / "seen.json").read_text())
+    assert len({h for h, _ in seen}) >= 4, f"the run moved on: {seen}"
+    for header, steps in seen:
+        assert len(steps) >= 2 and set(steps) == {header}, seen  # loss, lr (and step_time once read)
