@@ -167,6 +167,37 @@ def test_a_healthy_fit_with_a_guard_has_no_guard_event_and_no_alert(tmp_path, st
     assert len(norms) == 24 and norms.value.gt(0).all()
 
 
+class Diverging(TinyRegressor):
+    """From step 200 the loss it reports climbs 3 % a step (its gradients stay the plain loss's)."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        grow = 1.03 ** max(0, self.global_step - 200) - 1
+        return loss + loss.detach() * grow
+
+
+@pytest.mark.slow
+def test_a_divergence_the_live_detector_finds_rolls_back_to_a_snapshot_before_it(tmp_path, store_url):
+    cb = TMonCallback(
+        store_url, flush_interval=0.05, sample_interval=None, guard=Guard("rollback", every=50, keep=3)
+    )
+    t = Trainer(
+        max_steps=320,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    t.fit(Diverging(lr=0.01), SyntheticData(n=8000, batch_size=16))
+    run = open_store(store_url).run(cb.run_id)
+    data = run.events(ev.GUARD).data[0]
+    assert data["trigger"] == "divergence" and data["action"] == "rollback"
+    assert data["restored_step"] <= 200 < data["step"]  # a snapshot from before the onset, after it showed
+    assert run.events(ev.ROLLBACK).data[0]["source"] == "guard" and run.status == "completed"
+
+
 def test_one_callback_guards_two_fits_each_its_own_run(tmp_path, store_url):
     cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, guard=Guard("rollback", every=4))
     fit(tmp_path, cb, NanAt((10,)), epochs=1)
