@@ -24,6 +24,11 @@ Lightning hook → what tmon records:
                                  ``on_before_optimizer_step`` when asked); between logging steps
                                  also the step's ``self.log`` values, as Lightning would hand them
                                  to its loggers there
+``on_before_backward``,          with ``guard=`` (``tmon_core.guard``): the step's loss and gradient
+``on_before_optimizer_step``     norm checked with one device sync (the gradients only under DDP,
+                                 the same on every rank; the loss only under 16-mixed), a non-finite
+                                 step's gradients dropped so the optimizer skips it; the guard's
+                                 snapshots, rollback and stop apply at ``on_train_batch_start``
 ``ModelCheckpoint`` saves        ``checkpoint`` rows and events (path, size, step, monitor value);
                                  files its top-k policy removes are marked deleted
 epoch/validation hooks           ``epoch_start``/``epoch_end``, ``validation_start``/``end``
