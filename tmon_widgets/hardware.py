@@ -91,8 +91,13 @@ class _TimeChart:
             )
             self._marks()
         keep, _ = min_max_indices(x, y, max_points)
+        x, y = x[keep], y[keep]
+        # a line whose last point has no value (a sample without that figure): bqplot places the line's
+        # end label at translate(x,undefined) and logs an SVG error; a gap inside the line stays
+        fin = np.flatnonzero(np.isfinite(y) & np.isfinite(x))
+        end = int(fin[-1]) + 1 if len(fin) else 0
         with line.hold_sync():
-            line.x, line.y = x[keep], y[keep]
+            line.x, line.y = x[:end], y[:end]
         self._flat()
 
     def _flat(self) -> None:

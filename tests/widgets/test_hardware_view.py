@@ -30,3 +30,24 @@ def test_cpu_axis_is_0_to_100_percent(tmp_path):
     assert len(cpu.lines) and all(len(ln.y) for ln in cpu.lines.values()), "the CPU samples are drawn"
     assert (cpu.ys.min, cpu.ys.max) == (0.0, 100.0)
     mon.close()
+
+
+def test_a_line_never_ends_on_a_missing_value(tmp_path):
+    """bqplot puts a line's end at (x, undefined) when its last y is NaN (a console error in the browser:
+    translate(378,undefined)); a gap inside the line is kept."""
+    import numpy as np
+
+    url = f"sqlite:///{tmp_path}/tmon.db"
+    rec = Recorder(url, run_name="hw")
+    rec.log({"loss": 1.0}, 0)
+    rec.close()
+    mon = Monitor(rec.run_id, store=url, interval=None)
+    chart = mon.hardware.ram
+    x = np.arange(6, dtype=np.float64)
+    chart.set_line("workers", x, np.array([1.0, 2.0, np.nan, 3.0, np.nan, np.nan]), "#000000", 2000)
+    line = chart.lines["workers"]
+    assert list(line.x) == [0.0, 1.0, 2.0, 3.0]
+    assert np.isnan(line.y[2]) and line.y[-1] == 3.0
+    chart.set_line("empty", x, np.full(6, np.nan), "#000000", 2000)
+    assert len(chart.lines["empty"].x) == 0 == len(chart.lines["empty"].y)
+    mon.close()
