@@ -121,6 +121,7 @@ class Header:
         self.alerts = widgets.VBox(layout=widgets.Layout(width="100%"))
         self.rows: dict[str, AlertRow] = {}
         self.widget = widgets.VBox([self.html, self.alerts], layout=widgets.Layout(width="100%"))
+        self.widget.add_class("tmon-head")
 
     def render(self, busy_note: str | None = None) -> None:
         mon = self.mon
