@@ -14,6 +14,7 @@ import numpy as np
 from tmon_core.store.checkpoints import saved_after_step
 
 from . import _format as f
+from ._series import nice_ticks
 
 CREATE_TIP = "ask the training to save a checkpoint at its next step"
 ROLLBACK_TIP = (
@@ -287,7 +288,8 @@ class CheckpointsTab:
         # an explicit range: all-zero changes (identical checkpoints) are a zero-width domain, on which
         # bqplot's axis format fails ("invalid format") and its ticks pile up on one value
         top_value = float(vals.max()) if len(vals) else 0.0
-        xs, ys = bq.OrdinalScale(), bq.LinearScale(min=0.0, max=top_value * 1.05 if top_value > 0 else 1.0)
+        hi = top_value * 1.05 if top_value > 0 else 1.0
+        xs, ys = bq.OrdinalScale(), bq.LinearScale(min=0.0, max=hi)
         bars = bq.Bars(
             x=names,
             y=vals,
@@ -301,7 +303,14 @@ class CheckpointsTab:
             title=f"most-changed tensors (relative change ‖b−a‖/‖a‖, top {len(t)})",
             axes=[
                 bq.Axis(scale=xs, side="left", tick_style={"font-size": "10px"}),
-                bq.Axis(scale=ys, side="bottom", label="relative change", tick_format=".2~g", num_ticks=6),
+                # round ticks (0, 10, 20 ... not 0, 12, 23 ...: bqplot spaces num_ticks evenly)
+                bq.Axis(
+                    scale=ys,
+                    side="bottom",
+                    label="relative change",
+                    tick_format=".2~g",
+                    tick_values=nice_ticks(0.0, hi),
+                ),
             ],
             fig_margin={"top": 36, "bottom": 42, "left": 260, "right": 20},
             animation_duration=0,
@@ -342,7 +351,7 @@ def _bar_labels(names: list[str], width: int = 40) -> list[str]:
     """Tensor names as the bar chart's left axis can show them (its margin holds about 40 characters):
     a long name keeps its end, where the layer and the tensor are named (``…layers.11.attn.k_proj.weight``);
     names that would become equal stay whole (an ordinal axis needs them distinct)."""
-    short = [n if len(n) <= width else "…" + n[-(width - 1) :] for n in names]
+    short = [n if len(n) <= width else "…" + n[-(width - 1) :].lstrip(".") for n in names]
     return short if len(set(short)) == len(short) else names
 
 

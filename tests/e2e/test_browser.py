@@ -475,7 +475,7 @@ def test_every_tab_of_a_finished_run_and_a_comparison(lab, browser, tmp_path, wh
     cells = [TABS_NB] + ([COMPARE_CELL] if which == "compare" else [])
     notebook(cells, lab.root / f"tabs-{which}.ipynb")
     page = browser.new_page()
-    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.set_viewport_size({"width": 1280, "height": 1600})  # the whole Monitor in its screenshots
     console = ConsoleErrors(page, phase="running")
     open_notebook(page, lab, f"tabs-{which}.ipynb")
     run_all(page)
@@ -502,6 +502,12 @@ def test_every_tab_of_a_finished_run_and_a_comparison(lab, browser, tmp_path, wh
                 time.sleep(1.0)
                 bars = root.evaluate("r => r.querySelectorAll('.bqplot.figure .bar').length")
                 assert bars == 2, f"{bars} bars in the diff chart (two tensors)"
+                SCREENS.mkdir(exist_ok=True)
+                chart = root.locator(".bqplot.figure").last
+                chart.scroll_into_view_if_needed()
+                chart.screenshot(path=str(SCREENS / f"{which}-diff.png"))
+                clipped = root.evaluate(CLIPPED)
+                assert not clipped, f"diff chart: tick labels cut off: {clipped}"
             dismiss_notifications(page)
             root.scroll_into_view_if_needed()
             path = tmp_path / f"{which}-{title.lower()}.png"
