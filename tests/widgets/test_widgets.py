@@ -1211,3 +1211,68 @@ def test_stop_on_a_finished_fit_says_there_is_nothing_to_stop(store_url, tmp_pat
         fit.wait(60)
         assert fit.stop() == expected
         assert ev.STOPPED not in set(run.events().type)
+
+
+KERAS_AND_HF = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "torch"
+import warnings
+warnings.filterwarnings("ignore")
+import numpy as np
+import keras
+from tmon_callbacks.keras import TMonCallback as KerasTMon
+store, out = sys.argv[1], sys.argv[2]
+x = np.random.default_rng(0).random((64, 4)).astype("float32")
+y = (x.sum(1) > 2).astype("float32")
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+model.compile("adam", "binary_crossentropy")
+model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0, callbacks=[
+    KerasTMon(store, run_name="keras", widget=False, sample_interval=None),
+    keras.callbacks.ModelCheckpoint(os.path.join(out, "k-{epoch}.keras"))])
+from transformers import Trainer, TrainingArguments
+from tests.callbacks.test_hf import TokenData, tiny_bert
+from tmon_callbacks.hf import TMonCallback as HFTMon
+args = TrainingArguments(output_dir=os.path.join(out, "hf"), per_device_train_batch_size=8, num_train_epochs=1,
+                         logging_steps=1, save_steps=2, report_to="none", disable_tqdm=True, use_cpu=True)
+Trainer(model=tiny_bert(), args=args, train_dataset=TokenData(32),
+        callbacks=[HFTMon(store, run_name="hf", widget=False, sample_interval=None)]).train()
+"""
+
+
+@pytest.mark.slow
+def test_keras_and_hf_checkpoints_sit_at_the_metric_step_they_were_saved_after(store_url, tmp_path):
+    """The same placement on the other frameworks: Keras records a checkpoint at its iterations (steps
+    done: 4 after the steps 0-3 of a 4-step epoch), HF at its global_step, which is the step it logs its
+    metrics at (it counts from 1). The Checkpoints tab and the markers put both at their metric step."""
+    import subprocess
+
+    pytest.importorskip("keras")
+    pytest.importorskip("transformers")
+    script = tmp_path / "fit.py"
+    script.write_text(KERAS_AND_HF)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, str(script), store_url, str(tmp_path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = open_store(store_url)
+    expect = {"keras": ([4, 8], [3, 7], "val_loss"), "hf": ([2, 4], [2, 4], "loss")}
+    for name, (recorded, after, key) in expect.items():
+        run = store.run(name)
+        assert run.checkpoints().step.tolist() == recorded, name
+        assert set(after) <= set(run.metrics(key).step), f"{name}: {key} was logged at those steps"
+        mon = Monitor(run.id, store=store_url, interval=None, metrics=["loss"])
+        mon.select("Checkpoints")
+        shown = [o[0].split(" · ")[1] for o in mon.checkpoints.pick.options]
+        assert shown == [f"after step {s}" for s in after], (name, shown)
+        mon.select("Metrics")
+        mon.metrics.show_markers.value = True
+        marks = mon.metrics.charts["loss"].markers["checkpoint"]
+        assert sorted(arr(marks, "x")[:, 0].tolist()) == [float(s) for s in after], name
+        mon.close()
+    store.close()
