@@ -2,7 +2,12 @@
 chosen steps; what is checked is what the optimizer and the model hold at each step's start, and
 the run's events and alerts."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -15,6 +20,8 @@ from tests.callbacks.test_hf import TokenData, args, tiny_bert  # noqa: E402
 from tmon_callbacks.hf import TMonCallback  # noqa: E402
 from tmon_core import Guard, open_store  # noqa: E402
 from tmon_core import events as ev  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Probe(TrainerCallback):
@@ -125,3 +132,58 @@ def test_a_healthy_run_with_a_guard_has_no_guard_event_and_no_alert(tmp_path, st
     assert run.events(ev.ROLLBACK).empty and run.events(ev.PARAM_CHANGE).empty
     assert [probe.lrs[k][0] for k in (1, 9, 16)] == pytest.approx([linear(1), linear(9), linear(16)])
     assert math.isfinite(run.metrics("loss").value.iloc[-1])
+
+
+TORCHRUN = textwrap.dedent("""
+    import json, os, sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {repo!r})
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from tests.callbacks.test_hf import TokenData, tiny_bert
+    from tmon_callbacks.hf import TMonCallback
+    from tmon_core import Guard
+    cb = TMonCallback({url!r}, flush_interval=0.05, sample_interval=None, guard=Guard("rollback", every=2))
+    model = tiny_bert()
+    class Probe(TrainerCallback):
+        seen, on = {{}}, False
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, **kw):
+            step = state.global_step + 1
+            # process 1 only: after DDP's all-reduce both processes' gradients are NaN
+            Probe.on = step == 4 and args.process_index == 1
+            w = torch.cat([p.detach().flatten() for p in model.parameters()])
+            self.seen[step] = [optimizer.param_groups[0]["lr"], w.sum().item(), bool(torch.isfinite(w).all())]
+    model.classifier.register_forward_hook(lambda m, i, out: out * float("nan") if Probe.on else out)
+    args = TrainingArguments(output_dir={out!r}, per_device_train_batch_size=4, num_train_epochs=2,
+                             save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+                             lr_scheduler_type="constant")
+    Trainer(model=model, args=args, train_dataset=TokenData(32), callbacks=[cb, Probe()]).train()
+    with open(os.path.join({out!r}, f"rank{{args.process_index}}.json"), "w") as f:
+        json.dump({{"seen": Probe.seen, "run_id": cb.run_id}}, f)
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_processes_roll_back_at_the_same_step(tmp_path, store_url):
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN.format(repo=REPO, url=store_url, out=str(tmp_path)))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["seen"] == r1["seen"]  # the same lr and weights at every step on both processes
+    seen = r0["seen"]
+    # snapshots before steps 1, 3; NaN at 4 (process 1): before step 5, the weights of 3's, lr halved
+    assert seen["5"][1] == seen["3"][1] and seen["4"][0] == 5e-5 and seen["5"][0] == 2.5e-5
+    assert all(v[2] for v in seen.values())
+    run = open_store(store_url).run(r0["run_id"])
+    (data,) = run.events(ev.GUARD).data
+    assert (data["action"], data["step"], data["restored_step"]) == ("rollback", 4, 3)
+    assert run.events(ev.ROLLBACK).step.tolist() == [5] and run.status == "completed"
