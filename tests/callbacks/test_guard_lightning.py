@@ -93,6 +93,21 @@ def test_skip_leaves_the_weights_of_each_nan_step_unchanged(tmp_path, store_url)
     assert loss.set_index("step").value[[5, 9, 10]].isna().all()  # the NaN steps' loss, as it was
 
 
+def test_skip_with_gradient_accumulation_skips_the_whole_optimizer_step(tmp_path, store_url):
+    class NanMicroBatch(TinyRegressor):
+        """NaN in the second micro-batch of optimizer step 3 only."""
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.global_step == 3 and batch_idx % 2 == 1 else loss
+
+    cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, guard="skip")
+    t, probe = fit(tmp_path, cb, NanMicroBatch(), epochs=1, accumulate_grad_batches=2)
+    assert same(probe.weights[3], probe.weights[4]) and not same(probe.weights[4], probe.weights[5])
+    run, events, alerts, loss = read(cb)
+    assert events.step.tolist() == [3] and math.isfinite(loss.value.iloc[-1])
+
+
 def test_rollback_restores_the_snapshot_and_halves_the_optimizers_lr(tmp_path, store_url):
     cb = TMonCallback(store_url, flush_interval=0.05, sample_interval=None, guard=Guard("rollback", every=4))
     t, probe = fit(tmp_path, cb, NanAt((10,), lr=0.05))
