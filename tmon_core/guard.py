@@ -52,8 +52,16 @@ How an adapter uses it (the calls, in order)::
         drop the gradients (optimizer.zero_grad(set_to_none=True)): the optimizer skips the update
     # after the step (rank 0; a no-op elsewhere): a divergence seen since, a snapshot due
     run.step_end(step)
+    # optional, one process only: ``run.news`` says rank 0 queued something in this step; an adapter
+    # whose next boundary comes late (HF: after logging, saving, evaluating) may apply
+    # ``controller.due(step + 1)`` now and clear it (``run.news = False``)
     # at the end of the fit
     run.close()
+
+A framework without a hook between backward and the update (Keras' ``fit``): check what it can see
+(the batch's loss in ``on_train_batch_end``, after the update) and restore a snapshot on a
+non-finite one; ``skip`` then cannot keep the update out, say so. ``tmon_callbacks._guard_torch``
+is the torch implementation of all of this (``TorchGuard``, ``TorchSnapshots``).
 
 ``snapshots`` is any object with ``save(step)`` (keep the model's, optimizer's and scheduler's state
 as they are now), ``restore(step)`` (put back the snapshot saved at ``step`` and forget newer ones)
