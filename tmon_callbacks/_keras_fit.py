@@ -119,6 +119,14 @@ class OptimizerValues:
                 )
             )
 
+    def lrs(self) -> list[float]:
+        """Each optimizer's learning rate now, as floats (a device sync: for the guard, not per step)."""
+        out = []
+        for _opt, _key, read_lr, *_ in self._readers:
+            v = read_lr()
+            out.append(float(v) if isinstance(v, ScheduledLR) else float(ops.convert_to_numpy(v)))
+        return out
+
     def read(self) -> dict:
         values = {}
         for opt, lr_key, read_lr, mom_attr, mom_key, wd_key in self._readers:

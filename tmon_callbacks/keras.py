@@ -85,6 +85,18 @@ applied in ``on_train_batch_begin`` before step ``k`` (``At(step=k)`` is the ``l
 - stop: ``model.stop_training = True``: this step runs, then the fit ends (as ``EarlyStopping``
   ends it); status ``completed`` with a ``stopped`` event.
 
+Guard (``guard=``, ``tmon_core.guard``; ``_guard_keras``): snapshots are numpy copies of the model's
+and the optimizer's variables (not the iteration count nor the lr variable: the schedule goes on),
+taken at a batch's start; ``rollback`` and ``stop`` judge the ``loss`` Keras logs at each batch's end
+(its running mean, non-finite from the failing step on) and act at once, before the next step: a
+rollback restores the snapshot, lowers the lr through the steering code above (a schedule is
+rescaled; a compiled step retraced) and resets the model's metrics, so the running means restart
+(the epoch's logged mean is then the mean since the rollback); a stop ends the fit after the failing
+step, whose update Keras has applied. ``skip`` wraps the optimizer's ``apply`` for the fit and
+withholds a non-finite update: on the torch backend run eagerly only; TensorFlow, JAX and
+``jit_compile=True`` are refused (at construction, or at the fit's start) with the alternative.
+Tested on all three backends with NaN inputs at chosen steps.
+
 This module is the hooks (*when*). What they read and record is in ``_keras_fit`` (optimizer
 values, config, ModelCheckpoint's files, why the fit ended), control in ``_keras``, every Keras
 internal tmon relies on in ``_workarounds.keras``, and what all adapters share in ``_adapter``.
@@ -92,6 +104,7 @@ internal tmon relies on in ``_workarounds.keras``, and what all adapters share i
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -104,16 +117,18 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - depends on th
         f"tmon_callbacks.keras needs Keras 3, found keras {keras.__version__}: pip install 'tmon[keras]'"
     )
 
+from keras import ops
 from typing_extensions import override
 
 from tmon_core import events as ev
 from tmon_core.control import Rollback, SaveCheckpoint, SetParams, Stop
+from tmon_core.guard import SKIP, Guard, GuardRollback, GuardSnapshot
 from tmon_core.keys import DATA_TIME, EPOCH, STEP_TIME
 from tmon_core.session import RunSession
 
-from . import _keras
+from . import _guard_keras, _keras
 from . import _keras_fit as _fit
-from ._adapter import Rejected, StepClock, apply_decisions, guarded
+from ._adapter import Rejected, SetupRefused, StepClock, apply_decisions, guarded
 from ._options import make_options, options_doc, options_signature
 from ._workarounds import keras as _wa
 from ._workarounds.python import unwatch, watch_uncaught
@@ -155,6 +170,16 @@ class TMonCallback(keras.callbacks.Callback):
                 "no gradients, so there is no gradient norm to record; leave log_grad_norm=False. "
                 f"Received log_grad_norm={self.options.log_grad_norm!r}"
             )
+        self._guard_opt = Guard.from_option(self.options.guard)
+        if (
+            self._guard_opt is not None
+            and self._guard_opt.mode == SKIP
+            and keras.backend.backend() != "torch"
+        ):
+            raise ValueError(
+                _guard_keras.SKIP_REFUSED.format(why=f"the {keras.backend.backend()} backend")
+                + f". Received guard={self.options.guard!r}"
+            )
         self.session: RunSession | None = None
         self.run_id: str | None = None
         self._steps = None  # this fit's step functions, wrapped (_workarounds.keras.StepFunctions)
@@ -176,6 +201,9 @@ class TMonCallback(keras.callbacks.Callback):
         self._last_epoch = None  # the last epoch that ended
         self._end_iterations = None  # the optimizer's iteration count when the fit ended
         self._evaluating_after_fit = False
+        self._guard = self._snapshots = None  # this fit's GuardRun and KerasSnapshots (guard=...)
+        self._unguard_apply = None  # takes the skip guard's wrapper off the optimizer
+        self._guard_skipped = False  # the skip guard withheld this batch's update
 
     # ------------------------------------------------------------ lifecycle
     @override
@@ -188,6 +216,10 @@ class TMonCallback(keras.callbacks.Callback):
             self.session.end_evaluation()  # the previous run's evaluation, if one never finished
         self._reset()
         model = self.model
+        if self._guard_opt is not None and self._guard_opt.mode == SKIP:
+            refusal = _guard_keras.skip_refusal(model)
+            if refusal is not None:  # before the run opens: nothing to end
+                raise SetupRefused(f"{refusal}. Received guard={self.options.guard!r}")
         _wa.unwatch_evaluate(model)  # evaluations from now on belong to this fit's run
         session = self.session = RunSession(self.options, "keras")
         self.run_id = session.run_id
@@ -208,7 +240,39 @@ class TMonCallback(keras.callbacks.Callback):
         steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
         if isinstance(steps, int) and isinstance(epochs, int) and isinstance(initial_epoch, int):
             self._rec.update_run(total_steps=steps * max(0, epochs - initial_epoch))
+        if self._guard_opt is not None:
+            self._start_guard(model)
         session.event(ev.TRAIN_START, step=self._step)
+
+    def _start_guard(self, model) -> None:
+        """This fit's guard (``guard=``, ``_guard_keras``): snapshots of the variables; ``skip`` wraps the
+        optimizer's apply (torch backend, eager), the other modes judge the logged loss at batch end."""
+        self._snapshots = _guard_keras.KerasSnapshots(self._guard_opt, lambda: self.model)
+        self._guard = self._guard_opt.begin(
+            self._rec, self._ctl, lrs=lambda: self._opt.lrs(), start_step=self._step
+        )
+        if self._guard_opt.mode == SKIP:
+            self._unguard_apply = _wa.guard_apply(model.optimizer, self._skip_update)
+
+    def _skip_update(self, grads) -> bool:
+        """In the optimizer's apply (``guard="skip"``, torch backend): whether to withhold this update."""
+        gs = [g for g in grads if g is not None]
+        finite = not gs or bool(
+            ops.convert_to_numpy(ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gs])))
+        )
+        skipped = self._guard.check(self._step, finite)
+        self._guard_skipped |= skipped
+        return skipped
+
+    def _close_guard(self) -> None:
+        if self._unguard_apply is not None:
+            self._unguard_apply()
+            self._unguard_apply = None
+        if self._guard is not None:
+            self._guard.close()
+        if self._snapshots is not None:
+            self._snapshots.close()
+        self._guard = self._snapshots = None
 
     @override
     @guarded
@@ -217,6 +281,7 @@ class TMonCallback(keras.callbacks.Callback):
         if session is None or session.ended:
             return
         self._unwrap()
+        self._close_guard()
         self._ckpts.scan()
         reason = _fit.end_reason(
             self.model,
@@ -246,6 +311,7 @@ class TMonCallback(keras.callbacks.Callback):
         session = self.session
         if session is not None and not session.ended:
             self._unwrap()
+            self._close_guard()
             session.fail(exc, self._step)
             unwatch(session)
 
@@ -288,7 +354,25 @@ class TMonCallback(keras.callbacks.Callback):
             self._ckpts.context = (self._step, self._epoch, self._batch_logs)
             self._ckpts.scan()  # saved by a ModelCheckpoint listed before this callback
             self._scan_next_batch = True  # ... or after it
+        if self._guard is not None:
+            self._guard_batch_end(step, values.get("loss"))
         self._clock.pause()  # the next batch's data wait starts after this hook's own work
+
+    def _guard_batch_end(self, step: int, loss) -> None:
+        """The guard after step ``step``: judge its logged loss (rollback, stop), restart the running
+        means after a skipped step, and apply at once what the guard decided (a stop ends the fit
+        before another step; a rollback restores before it)."""
+        guard = self._guard
+        acted = len(guard.actions)
+        if self._guard_opt.mode == SKIP:
+            if self._guard_skipped:  # the step's NaN is in the running means: they restart
+                self._guard_skipped = False
+                self.model.reset_metrics()
+        else:
+            guard.check(step, not (type(loss) in _PLAIN and not math.isfinite(loss)))
+        guard.step_end(step)
+        if len(guard.actions) > acted and self._ctl is not None and self._step >= self._ctl.next_step:
+            self._apply(self._ctl.due(self._step), self._step)
 
     # ------------------------------------------------------------ epochs, validation, evaluation
     @override
@@ -376,17 +460,23 @@ class TMonCallback(keras.callbacks.Callback):
         return opts[0]
 
     def _apply(self, decisions, step: int) -> None:
-        apply_decisions(
-            self._ctl,
-            decisions,
-            step,
-            {
-                SetParams: self._set_params,
-                SaveCheckpoint: lambda d: self._save_checkpoint(d, step),
-                Rollback: lambda d: self._rollback(d, step),
-                Stop: self._stop,
-            },
-        )
+        handlers = {
+            SetParams: self._set_params,
+            SaveCheckpoint: lambda d: self._save_checkpoint(d, step),
+            Rollback: lambda d: self._rollback(d, step),
+            Stop: self._stop,
+        }
+        if self._guard is not None:  # (GuardRollback is a Rollback: looked up first)
+            handlers[GuardSnapshot] = lambda d: self._guard.snapshot(d, step, self._snapshots)
+            handlers[GuardRollback] = lambda d: self._guard_rollback(d, step)
+        apply_decisions(self._ctl, decisions, step, handlers)
+
+    def _guard_rollback(self, d: GuardRollback, step: int) -> dict:
+        outcome = self._guard.rollback(d, step, self._snapshots)
+        # the running means hold the failed steps: they restart from here (the epoch's logged value
+        # becomes the mean since the rollback)
+        self.model.reset_metrics()
+        return outcome
 
     def _set_params(self, d: SetParams) -> dict:
         pinned = self._ctl.pins.keys() if self._ctl is not None else ()

@@ -36,7 +36,7 @@ def main(out: str, cases: list[str]) -> dict:
 
     from tests.callbacks.control_helpers import handed_over
     from tmon_callbacks.keras import TMonCallback
-    from tmon_core import At, open_store
+    from tmon_core import At, Guard, open_store
 
     url = f"sqlite:///{out}/tmon.db"
 
@@ -221,8 +221,30 @@ def main(out: str, cases: list[str]) -> dict:
         )
         return {"seen": seen}
 
+    def guarded(mode: str, nan_steps=(5, 9)):
+        """A one-epoch fit of 12 steps whose input is NaN in the batches of ``nan_steps`` (so are that
+        step's loss and gradients), under ``guard=Guard(mode, every=3)``."""
+        try:
+            cb = callback(guard=Guard(mode, every=3) if mode else None)
+        except ValueError as exc:
+            return {"refused": str(exc)}
+        x, y = regression(BATCH * 12)
+        for k in nan_steps:
+            x[k * BATCH] = np.nan
+        probe = Probe()
+        model = linear(keras.optimizers.SGD(0.05))
+        try:
+            model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[cb, probe])
+        except ValueError as exc:
+            return {"refused": str(exc)}
+        return {"run_id": cb.run_id, "weights": probe.weights, "lr": numbers(model.optimizer.learning_rate)}
+
     results: dict = {"backend": keras.backend.backend()}
     known = {
+        "guard_rollback": lambda: guarded("rollback"),
+        "guard_skip": lambda: guarded("skip"),
+        "guard_stop": lambda: guarded("stop"),
+        "no_guard": lambda: guarded(None, nan_steps=(5,)),
         "record": record,
         "float_lr": float_lr,
         "schedule_lr": schedule_lr,

@@ -27,7 +27,17 @@ from tmon_core import events as ev
 from tmon_core import open_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CASES = ("record", "float_lr", "schedule_lr", "momentum", "rollback")
+CASES = (
+    "record",
+    "float_lr",
+    "schedule_lr",
+    "momentum",
+    "rollback",
+    "guard_rollback",
+    "guard_skip",
+    "guard_stop",
+    "no_guard",
+)
 NEEDS = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 COMPILED = {"torch": False, "tensorflow": True, "jax": True}  # what these fits run: torch eagerly
 
@@ -223,3 +233,73 @@ def test_jax_fit_holds_the_optimizer_state_outside_the_variables(fits):
     assert [s["state_iterations"] for s in seen[1:]] == [1, 2, 3], (
         f"model._jax_state['optimizer_variables'] no longer holds the optimizer's state: {seen}"
     )
+
+
+# ---------------------------------------------------------------------------- guard= (issue 19)
+def _same(a, b) -> bool:
+    return all(np.array_equal(np.array(x), np.array(y)) for x, y in zip(a, b))
+
+
+def _finite(w) -> bool:
+    return all(np.isfinite(np.array(a)).all() for a in w)
+
+
+def test_guard_rollback_restores_the_snapshot_lowers_the_lr_and_the_fit_ends_finite(fits):
+    """12 steps, NaN input at steps 5 and 9, ``Guard("rollback", every=3)``: the NaN step's loss (the
+    running mean Keras logs) fires it at that step's end; the weights are the snapshot's from the next
+    step on, the lr halves each time, and the running means restart, so the loss logged after a
+    rollback is finite and the fit ends finite."""
+    res = fits["guard_rollback"]
+    w = res["weights"]
+    assert _same(w["6"], w["3"]) and _same(w["10"], w["9"])  # snapshots taken before steps 3 and 9
+    assert _finite(w["12"]) and res["lr"] == pytest.approx(0.0125)
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.status == "completed"
+    actions = [(d["action"], d["step"], d["restored_step"], d["lr_after"]) for d in run.events(ev.GUARD).data]
+    assert actions == [
+        ("rollback", 5, 3, pytest.approx([0.025])),
+        ("rollback", 9, 9, pytest.approx([0.0125])),
+    ]
+    loss = run.metrics("loss").set_index("step").value
+    assert loss[[5, 9]].isna().all() and np.isfinite(loss.drop([5, 9])).all()  # reset after each rollback
+    assert run.metrics("lr").value.tolist() == pytest.approx([0.05] * 6 + [0.025] * 4 + [0.0125] * 2)
+    assert run.events(ev.ROLLBACK).step.tolist() == [6, 10]
+    assert [d["source"] for d in run.events(ev.ROLLBACK).data] == ["guard", "guard"]
+    alerts = run.alerts()
+    assert alerts.rule.tolist() == ["guard", "guard"] and set(alerts.level) == {"warning"}
+    assert run.info()["config"]["guard"]["snapshot"]["where"] == "memory"
+
+
+def test_guard_skip_withholds_the_nan_updates_on_torch_and_is_refused_where_the_step_is_compiled(fits):
+    res = fits["guard_skip"]
+    if COMPILED[fits["backend"]]:
+        assert "guard='skip'" in res["refused"] and "guard='rollback'" in res["refused"]
+        assert f"the {fits['backend']} backend" in res["refused"]
+        return
+    w = res["weights"]
+    assert _same(w["5"], w["6"]) and _same(w["9"], w["10"])  # the NaN steps changed nothing
+    assert not _same(w["4"], w["5"]) and _finite(w["12"])
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.status == "completed"
+    assert [(d["action"], d["step"]) for d in run.events(ev.GUARD).data] == [("skip", 5), ("skip", 9)]
+    loss = run.metrics("loss").set_index("step").value
+    assert loss[[5, 9]].isna().all() and np.isfinite(loss.drop([5, 9])).all()
+
+
+def test_guard_stop_ends_the_fit_at_the_nan_step(fits):
+    res = fits["guard_stop"]
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.status == "completed"
+    assert [(d["action"], d["step"]) for d in run.events(ev.GUARD).data] == [("stop", 5)]
+    assert run.events(ev.STOPPED).step.tolist() == [6]  # at the boundary after step 5: no step 6
+    assert run.metrics("loss").step.tolist() == list(range(6))
+    assert run.events(ev.TRAIN_END).data[0]["reason"] == ev.END_STOP_REQUEST
+    assert run.alerts().level.tolist() == ["critical"]
+
+
+def test_without_a_guard_the_nan_stays(fits):
+    res = fits["no_guard"]
+    run = open_store(fits["url"]).run(res["run_id"])
+    loss = run.metrics("loss").set_index("step").value
+    assert loss[range(5, 12)].isna().all() and not _finite(res["weights"]["12"])
+    assert run.events(ev.GUARD).empty

@@ -102,6 +102,32 @@ def live_value(model, variable):
     return read
 
 
+def guard_apply(optimizer, skip_update):
+    """Route ``optimizer.apply(grads, variables)`` through ``skip_update(grads)`` for one fit: when it
+    returns True the update is not applied. Returns a function that takes the wrapper off.
+
+    Why: a guard's ``skip`` must withhold a non-finite step's update, and Keras gives callbacks no
+    moment between the gradients and the update. Keras' torch ``train_step`` calls
+    ``self.optimizer.apply(gradients, trainable_weights)`` eagerly at every step, so an instance
+    attribute on the optimizer is what it calls (TensorFlow's and JAX's steps are compiled, and JAX's
+    calls ``stateless_apply``: ``_guard_keras.skip_refusal`` refuses ``skip`` there).
+    """
+    original = optimizer.apply
+
+    def apply(grads, trainable_variables=None):
+        if skip_update(grads):
+            return None
+        return original(grads, trainable_variables)
+
+    optimizer.apply = apply
+
+    def remove():
+        if vars(optimizer).get("apply") is apply:
+            del optimizer.apply
+
+    return remove
+
+
 # ---------------------------------------------------------------------------- the fit Keras is running
 # Keras hands a callback its model and ``params`` (epochs, steps), not the CallbackList driving it nor
 # fit's arguments. Both are ``self`` and locals of calling frames during ``on_train_begin``.
