@@ -1276,3 +1276,19 @@ def test_keras_and_hf_checkpoints_sit_at_the_metric_step_they_were_saved_after(s
         assert sorted(arr(marks, "x")[:, 0].tolist()) == [float(s) for s in after], name
         mon.close()
     store.close()
+
+
+def test_show_step_on_the_epoch_and_time_axes(store_url):
+    """'show step N' places the step where the charts draw it: by the run's own epochs or seconds."""
+    rec = Recorder(store_url, run_name="axes")
+    t0 = time.time()
+    for step in range(1000):
+        rec.log({"loss": 1.0 / (step + 1), "epoch": step // 100}, step, wall_time=t0 + step * 0.5)
+    rec.close()
+    for x, at in (("epoch", 6.0), ("time", 300.0)):  # step 600: epoch 6, 300 s after the first step
+        mon = Monitor(rec.run_id, store=store_url, interval=None, metrics=["loss"], x=x)
+        lo, hi = mon.show_step(600)
+        xs = mon.metrics.xs
+        assert (xs.min, xs.max) == (lo, hi) and lo < at < hi, (x, lo, hi)
+        assert hi - lo < 0.15 * (10.0 if x == "epoch" else 500.0), (x, lo, hi)
+        mon.close()
