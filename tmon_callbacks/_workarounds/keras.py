@@ -219,8 +219,8 @@ class StepFunctions:
 
         Why: see ``compiled_step``. Keras' fit loops (torch, TensorFlow, JAX) read
         ``self.train_function`` at every batch, so a function made in ``on_train_batch_begin``
-        runs that batch. The first call traces (and compiles) it: a fraction of a second for a
-        small model, more for a large one.
+        runs that batch. The first call traces (and compiles) it, as the fit's first step did
+        (measured on a small MLP, 2-core CPU under load: 1.1 s on TensorFlow, 3.5 s on JAX).
         """
         model = self.model
         make = getattr(model, "make_" + name)
