@@ -301,6 +301,10 @@ def test_the_report_lists_the_rollbacks_and_says_the_run_recovered(store_url):
     assert advice and advice[0].recommended_value == 0.025
     # the guard's lr changes are its own to judge, not control.lr_change's
     assert not [x for x in r.findings if x.rule == "control.lr_change"]
+    # the NaN is said, but as a warning: the guard saved the run, so the run is not rated critical
+    (nan,) = [x for x in r.findings if x.rule == "stability.nonfinite"]
+    assert nan.severity == "warning" and "The guard acted on it" in nan.detail
+    assert r.health != "critical"
 
 
 def test_the_report_says_when_the_guard_stopped_the_run(store_url):

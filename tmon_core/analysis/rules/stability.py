@@ -5,7 +5,8 @@ whole run: the same code), each judging the run against its own noise; see there
 ``bench/diagnosis.py`` for how often they are right on a labelled corpus of healthy and faulty runs.
 Each finding carries its ``confidence``.
 
-* ``stability.nonfinite`` (critical) — the loss became NaN/inf: the exact step, the lr then,
+* ``stability.nonfinite`` (critical; a warning when a guard acted on it and the loss is finite again at
+  the end) — the loss became NaN/inf: the exact step, the lr then,
   whether it recovered. Advice: lr ÷ 10, gradient clipping at 1.0 (when none), bf16 instead of fp16.
 * ``stability.spikes`` — points far above the run's recent noise (``spike_sigmas`` noise units and
   ``spike_factor`` × the recent median); warning when they recur (3 or more), info otherwise. Advice
@@ -178,21 +179,28 @@ def _nonfinite(d, loss, x):
             else ""
         )
     )
-    f = _finding("stability.nonfinite", CRITICAL, f"{kind} loss from step {step}", detail, x)
+    # a guard that acted at or after the onset, on a loss that is finite again by the end: the NaN was
+    # real and is said, but the run was saved (guard.actions judges how well); a warning, not critical
+    guard = d.events_of(ev.GUARD)
+    saved = bool(e["recovered"]) and not guard.empty and bool((guard.step >= step).any())
+    sev = WARNING if saved else CRITICAL
+    if saved:
+        detail += " The guard acted on it (see guard.actions)."
+    f = _finding("stability.nonfinite", sev, f"{kind} loss from step {step}", detail, x)
     yield f
     evidence = f.evidence
     yield from _lr_advice(
         d,
         "stability.nonfinite",
-        CRITICAL,
+        sev,
         lr,
         0.1,
         "a smaller step keeps the update from overshooting into overflow",
         evidence,
         10,
     )
-    yield from _clip_advice(d, "stability.nonfinite", CRITICAL, 1.0, evidence, 20)
-    yield from _bf16_advice(d, "stability.nonfinite", CRITICAL, evidence, 15)
+    yield from _clip_advice(d, "stability.nonfinite", sev, 1.0, evidence, 20)
+    yield from _bf16_advice(d, "stability.nonfinite", sev, evidence, 15)
 
 
 # ---------------------------------------------------------------------------- spikes
