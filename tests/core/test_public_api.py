@@ -40,6 +40,8 @@ DOCTESTED = [
     "tmon_core.analysis.detect",
     "tmon_core.checkpoints",
     "tmon_core.diff",
+    "tmon_core.guard",
+    "tmon_core.run_groups",
 ]
 
 
