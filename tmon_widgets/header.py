@@ -23,8 +23,8 @@ from tmon_core.store.run import steps_done
 from . import _format as f
 from ._alerts import Alerts
 
-#: the others listed under "+K more", newest first
-MAX_LISTED = 50
+#: the others listed under "+K more", newest first, each with its own "show step"
+MAX_LISTED = 20
 
 
 def _when(a: dict) -> str:
@@ -63,10 +63,10 @@ class AlertRow:
         self.more = widgets.ToggleButton(
             value=False, tooltip="the run's other alerts", layout=lay(width="auto", display="none")
         )
-        self.listing = widgets.HTML(layout=lay(display="none"))
+        self.listing = widgets.VBox(layout=lay(display="none", margin="2px 0 4px 12px"))
         self.show.add_class("tmon-show-step")
         self.more.add_class("tmon-more-alerts")
-        self.show.on_click(lambda _b: self._show())
+        self.show.on_click(lambda _b: self._show(self.step))
         self.more.observe(self._toggle, names="value")
         self.widget = widgets.VBox(
             [
@@ -78,9 +78,30 @@ class AlertRow:
         )
         self.widget.add_class("tmon-alerts")
 
-    def _show(self) -> None:
-        if self.step is not None:
-            self.header.mon.show_step(self.step, self.run_id)
+    def _show(self, step) -> None:
+        if step is not None:
+            self.header.mon.show_step(step, self.run_id)
+
+    @property
+    def listed_html(self) -> str:
+        """The alerts under "+K more" as HTML (what the list shows, without its buttons)."""
+        return "".join(
+            r.children[0].value for r in self.listing.children if isinstance(r, widgets.HBox)
+        ) + "".join(r.value for r in self.listing.children if isinstance(r, widgets.HTML))
+
+    def _listed(self, a: dict):
+        row = [widgets.HTML(alert_html(a))]
+        if a.get("step") is not None:
+            b = widgets.Button(
+                description=f"show step {a['step']:,}",
+                icon="crosshairs",
+                tooltip="zoom the Metrics tab's charts around this step",
+                layout=widgets.Layout(width="auto"),
+            )
+            b.add_class("tmon-show-step")
+            b.on_click(lambda _b, step=a["step"]: self._show(step))
+            row.append(b)
+        return widgets.HBox(row, layout=widgets.Layout(align_items="center"))
 
     def _toggle(self, change) -> None:
         self.listing.layout.display = "" if change["new"] else "none"
@@ -104,14 +125,17 @@ class AlertRow:
         self.show.layout.display = "none" if self.step is None else ""
         self.more.layout.display = "" if others else "none"
         self._label()
-        listed = [alert_html(a) for a in sorted(others, key=lambda a: -a["time"])[:MAX_LISTED]]
+        listed = sorted(others, key=lambda a: -a["time"])[:MAX_LISTED]
         more = len(others) - len(listed)
-        self.listing.value = (
-            '<div style="margin:2px 0 4px 12px;line-height:1.8">'
-            + "<br>".join(listed)
-            + (f'<br><span style="color:#777">and {more} earlier</span>' if more > 0 else "")
-            + "</div>"
-        )
+        old = self.listing.children
+        rows = [self._listed(a) for a in listed]
+        if more > 0:
+            rows.append(widgets.HTML(f'<span style="color:#777">and {more} earlier (Events tab)</span>'))
+        self.listing.children = rows
+        for w in old:  # the widgets of the list before: gone from the page, closed
+            for c in getattr(w, "children", ()):
+                c.close()
+            w.close()
 
 
 class Header:

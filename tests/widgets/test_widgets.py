@@ -76,7 +76,7 @@ def header_text(mon) -> str:
     """Everything the header shows as text: title and progress, each run's headline alert and the
     list behind its "+K more"."""
     rows = mon.header.rows.values()
-    return mon.header.html.value + "".join(r.chip.value + r.listing.value for r in rows)
+    return mon.header.html.value + "".join(r.chip.value + r.listed_html for r in rows)
 
 
 def line(mon, key, run_id=None):
@@ -1011,7 +1011,9 @@ def test_the_header_shows_the_runs_alerts_with_evidence_and_a_step_to_show(store
         assert "NaN loss at step 2050" in chip and "the last finite value was 0.001" in chip, chip
         assert row.more.description == "+1 more" and row.listing.layout.display == "none"
         row.more.value = True
-        assert row.listing.layout.display == "" and "above 5" in row.listing.value
+        assert row.listing.layout.display == "" and "above 5" in row.listed_html
+        (listed,) = row.listing.children  # the other alert, with its own "show step"
+        assert listed.children[1].description == "show step 700"
         assert "hide the other 1" == row.more.description
         # the Monitor's own NaN alert (from the points it drew) is the same finding: said once, the rule's
         kinds = {a["kind"] for a in mon.alerts.shown(rec.run_id)}
@@ -1034,7 +1036,7 @@ def test_the_header_shows_the_runs_alerts_with_evidence_and_a_step_to_show(store
     mon = Monitor(rec.run_id, store=store_url, interval=None)
     row = mon.header.rows[rec.run_id]
     assert "NaN loss" in row.chip.value and row.more.description == "+2 more"
-    assert "The run finished" in row.listing.value
+    assert "The run finished" in row.listed_html
     mon.close()
 
 
