@@ -48,7 +48,8 @@ def track(
         **options: the options of every ``TMonCallback``: ``run_name``, ``flush_interval``,
             ``sample_interval``, ``heartbeat_timeout``, ``log_grad_norm``, ``gpus``, ``schedule``,
             ``presets``, ``params``, ``control``, ``tags``, ``notes``, ``capture_logs``,
-            ``capture_output``, ``report``, ``widget``. An unknown one is a TypeError listing them.
+            ``capture_output``, ``report``, ``widget``, ``alerts``, ``notify``, ``guard``, ``group``.
+            An unknown one is a TypeError listing them.
 
     Leaving the ``with`` block ends the run: ``completed``; ``failed`` (or ``interrupted``) when an
     exception leaves it, which is then re-raised. Without ``with``, call ``t.finish()``.
