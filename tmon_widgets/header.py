@@ -52,6 +52,7 @@ class AlertRow:
         self.header, self.run_id = header, run_id
         self.step: int | None = None
         self._key = None
+        self._others = 0
         lay = widgets.Layout
         self.chip = widgets.HTML()
         self.show = widgets.Button(
