@@ -211,6 +211,7 @@ class TMonCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.session is not None and not self.session.ended:
             self._unwrap()
+            self._close_guard()
             self.session.abandon(self._step)  # an earlier fit that raised where nothing saw it
         elif self.session is not None:
             self.session.end_evaluation()  # the previous run's evaluation, if one never finished
@@ -256,6 +257,8 @@ class TMonCallback(keras.callbacks.Callback):
 
     def _skip_update(self, grads) -> bool:
         """In the optimizer's apply (``guard="skip"``, torch backend): whether to withhold this update."""
+        if self._guard is None or self.session is None or self.session.ended:
+            return False  # a fit that ended where no hook saw it left the wrapper: Keras' update as usual
         gs = [g for g in grads if g is not None]
         finite = not gs or bool(
             ops.convert_to_numpy(ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gs])))

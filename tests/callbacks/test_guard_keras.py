@@ -49,3 +49,38 @@ def test_the_skip_wrapper_is_taken_off_the_optimizer_when_the_fit_ends(tmp_path,
     m.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
     assert "apply" not in vars(m.optimizer)  # Keras' own apply again: a later fit without tmon is Keras'
     assert open_store(store_url).run(cb.run_id).status == "completed"
+
+
+def test_a_fit_that_raised_outside_a_step_leaves_no_guard_behind_for_the_next(tmp_path, store_url):
+    """The first fit ends by an exception no hook sees (a callback's, between epochs): its skip wrapper
+    stays on the optimizer until the next fit with this callback, which takes it off and guards anew."""
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("a callback failed between epochs")
+
+    cb = TMonCallback(
+        store_url, flush_interval=0.05, sample_interval=None, guard="skip", widget=False, report="off"
+    )
+    x, y = data(32)
+    m = model(jit_compile=False)
+    with pytest.raises(RuntimeError, match="between epochs"):
+        m.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb, Boom()])
+    first = cb.run_id
+    x[16] = float("nan")  # the second batch: step 3 of the next fit (the optimizer has done 2)
+    before = [w.copy() for w in m.get_weights()]
+    seen = {}
+
+    class Weights(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen[batch] = [w.copy() for w in self.model.get_weights()]
+
+    m.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[cb, Weights()])
+    assert all((a == b).all() for a, b in zip(seen[1], seen[0])) and not all(
+        (a == b).all() for a, b in zip(seen[0], before)
+    )
+    assert "apply" not in vars(m.optimizer)
+    store = open_store(store_url)
+    assert [d["step"] for d in store.run(cb.run_id).events("guard").data] == [3]
+    assert store.run(first).events("guard").empty and cb.run_id != first
