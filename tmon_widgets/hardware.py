@@ -198,7 +198,10 @@ class HardwareTab:
         )
         self.gpu_box = widgets.VBox([widgets.HTML("<b>GPUs</b>"), self.gpu_grid])
         self.summary = widgets.HTML()
-        self.widget = widgets.VBox([self.note, self.summary, self.host_grid, self.gpu_box])
+        # the full width of the tab (a box without a width shrinks to one column of charts)
+        self.widget = widgets.VBox(
+            [self.note, self.summary, self.host_grid, self.gpu_box], layout=widgets.Layout(width="100%")
+        )
         self.samples = None
         self.gpus = None
 
