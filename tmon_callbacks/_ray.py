@@ -294,9 +294,12 @@ def _options(options, name: str, group: str):
 
 def _gather_node_ids(world_size: int) -> list | None:
     """The Ray node id of every worker, by world rank (None without a process group to gather over)."""
-    import ray
+    try:
+        import ray
 
-    mine = ray.get_runtime_context().get_node_id()
+        mine = ray.get_runtime_context().get_node_id()
+    except Exception:  # (Ray Train's local mode runs without a Ray node): one node
+        mine = ""
     if world_size <= 1:
         return [mine]
     try:

@@ -21,8 +21,11 @@ def train_loop_config() -> dict | None:
     has none either, so None.
     """
     try:
+        import ray.train
         from ray.train.v2._internal.execution.context import get_train_context
     except ImportError:  # Ray Train V1 only
+        return None
+    if type(ray.train.get_context()).__name__ == "LocalTrainContext":  # local mode (num_workers=0): none kept
         return None
     config: Any = get_train_context().train_run_context.train_loop_config
     return dict(config) if isinstance(config, dict) else None
