@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from tmon_core.store.checkpoints import saved_after_step
+
 from . import _format as f
 
 LEVELS = ("off", "view", "manage", "admin")
@@ -32,8 +34,9 @@ def steer_elsewhere(run_id: str, store_url: str) -> str:
 class Sent:
     """One request sent from the widget, followed until it is applied or rejected."""
 
-    def __init__(self, req, label: str, kind: str):
+    def __init__(self, req, label: str, kind: str, framework: str | None = None):
         self.req, self.label, self.kind = req, label, kind
+        self.framework = framework
         self.status = "pending"
         self.info: dict = {}
         self.sent_at = time.time()
@@ -57,7 +60,10 @@ class Sent:
             change = ""
             new = i.get("new_value")
             if self.kind == "checkpoint" and isinstance(new, dict) and new.get("path"):
-                change = f": saved <code>{f.esc(str(new['path']))}</code>"
+                # applied at the boundary before step N: it holds the steps before, as its table row says
+                after = saved_after_step(i.get("applied_step"), self.framework, "manual")
+                where = f" after step {after}" if after is not None else ""
+                change = f": saved{where} to <code>{f.esc(str(new['path']))}</code>"
             elif new not in (None, {}, []):
                 change = f": {f.esc(f.number(i.get('old_value')))} → {f.esc(f.number(i.get('new_value')))}"
             return f.note(f"{head}: <b>applied at step {i.get('applied_step')}</b>{change}", "ok")
@@ -134,7 +140,7 @@ class Control:
         if rs is None:
             return None
         req = make(rs.run)
-        sent = Sent(req, label, kind)
+        sent = Sent(req, label, kind, rs.info.get("framework"))
         sent.poll()
         self.sent.append(sent)
         self.mon.wake()

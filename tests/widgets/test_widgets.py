@@ -1294,3 +1294,33 @@ def test_show_step_on_the_epoch_and_time_axes(store_url):
         assert (xs.min, xs.max) == (lo, hi) and lo < at < hi, (x, lo, hi)
         assert hi - lo < 0.15 * (10.0 if x == "epoch" else 500.0), (x, lo, hi)
         mon.close()
+
+
+def test_a_checkpoint_made_from_the_widget_says_the_step_its_row_says(store_url, tmp_path):
+    """The request is applied at the step boundary before step 145 (Lightning's global_step 145, the
+    number in the file's name); the checkpoint holds steps 0-144: its outcome and its row say 144."""
+    rec = Recorder(
+        store_url, run_name="ck", framework="lightning", config={"control": CONTROL}, flush_interval=0.05
+    )
+    for step in range(145):
+        rec.log({"loss": 1.0 / (step + 1)}, step)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    mon.select("Checkpoints")
+    mon.checkpoints.create.click()
+    req = int(mon.runs[0].run.requests().id.iloc[0])
+    path = tmp_path / f"tmon-{rec.run_id}-step=145.ckpt"
+    path.write_bytes(b"x")
+    rec.checkpoint(path, step=145, source="manual")
+    rec.resolve_request(
+        req, status="applied", applied_step=145, applied_at=time.time(), new={"path": str(path)}
+    )
+    rec.flush()
+    mon.refresh(slow=True)
+    assert (
+        f"applied at step 145</b>: saved after step 144 to <code>{path}</code>"
+        in mon.checkpoints.status.value
+    )
+    assert mon.checkpoints.pick.options[0][0].startswith("#1 · after step 144 · ")
+    rec.close()
+    mon.close()
