@@ -858,3 +858,19 @@ def test_a_run_still_going_reports_what_it_has_so_far(store_url):
         assert load_report(rec.run_id, store=store_url) is None
     finally:
         rec.close()
+
+
+def test_the_headline_gives_rates_as_people_read_them():
+    from tmon_core.analysis import render
+    from tmon_core.analysis.report import Report
+
+    summary = {
+        "status": "completed",
+        "duration_s": 42.0,
+        "steps": 448,
+        "total_steps": 448,
+        "throughput": {"steps_per_s": 1370.2, "samples_per_s": 43860.3},
+    }
+    line = render.text(Report("r1", "good", summary, [], [], [])).splitlines()
+    head = next(x for x in line if "steps/s" in x)
+    assert "1,370 steps/s" in head and "43,860 samples/s" in head and "e+" not in head

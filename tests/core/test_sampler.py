@@ -71,6 +71,22 @@ def test_host_figures_read_from_proc_agree_with_psutil():
     assert set(host.collect()) == set(ours)
 
 
+def test_no_cpu_tick_between_two_reads_gives_no_cpu_figure_not_zero(monkeypatch):
+    """The first sample comes right after setup: with no tick counted between the two reads the CPU
+    share is unknown, and a 0 % there drew every run's CPU line starting from 0."""
+    from tmon_core.sampler import host as host_mod
+
+    host = HostCollector()
+    host.setup()
+    if not host._proc:
+        pytest.skip("no Linux /proc here: the collector uses psutil itself")
+    still = host_mod._proc_cpu_times()
+    monkeypatch.setattr(host_mod, "_proc_cpu_times", lambda: still)
+    host._last_cpu = still
+    got = host.collect()
+    assert "cpu_percent" not in got and got["ram_total"] > 0
+
+
 class Broken(HostCollector):
     name = "broken"
 

@@ -26,6 +26,15 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _rate(x: float) -> str:
+    """A rate for people: 43,860 / 645.1 / 20.2 / 0.512, never 4.386e+04."""
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
 def _headline(r) -> list[str]:
     s = r.summary
     steps = "-" if s.get("steps") is None else str(s["steps"])
@@ -34,9 +43,9 @@ def _headline(r) -> list[str]:
     parts = [f"{s.get('status', '?')}", f"{fmt_seconds(_num(s.get('duration_s')))}", f"{steps} steps"]
     tp = s.get("throughput") or {}
     if _num(tp.get("steps_per_s")):
-        parts.append(f"{tp['steps_per_s']:.3g} steps/s")
+        parts.append(f"{_rate(tp['steps_per_s'])} steps/s")
     if _num(tp.get("samples_per_s")):
-        parts.append(f"{tp['samples_per_s']:.4g} samples/s")
+        parts.append(f"{_rate(tp['samples_per_s'])} samples/s")
     lines = [" · ".join(parts)]
     m = s.get("memory") or {}
     mem = []

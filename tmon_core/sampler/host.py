@@ -78,13 +78,16 @@ class HostCollector(Collector):
         last, self._last_cpu = self._last_cpu, cpu
         d_busy, d_total = cpu[0] - last[0], cpu[1] - last[1]
         total, available = mem[b"MemTotal:"], mem[b"MemAvailable:"]
-        return {
-            "cpu_percent": round(min(100.0, max(0.0, 100.0 * d_busy / d_total)), 1) if d_total > 0 else 0.0,
+        out = {
             "ram_total": total,
             "ram_available": available,
             "ram_used": total - available,  # what training can no longer get, unlike psutil's vm.used
             "swap_used": mem[b"SwapTotal:"] - mem[b"SwapFree:"],
         }
+        # no CPU tick between two reads (the first sample, taken right after setup): no figure, not a 0 %
+        if d_total > 0:
+            out["cpu_percent"] = round(min(100.0, max(0.0, 100.0 * d_busy / d_total)), 1)
+        return out
 
     def _collect_psutil(self) -> dict:
         out: dict = {}
