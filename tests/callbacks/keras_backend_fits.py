@@ -221,9 +221,9 @@ def main(out: str, cases: list[str]) -> dict:
         )
         return {"seen": seen}
 
-    def guarded(mode: str, nan_steps=(5, 9)):
+    def guarded(mode: str, nan_steps=(5, 9), schedule=None):
         """A one-epoch fit of 12 steps whose input is NaN in the batches of ``nan_steps`` (so are that
-        step's loss and gradients), under ``guard=Guard(mode, every=3)``."""
+        step's loss and gradients), under ``guard=Guard(mode, every=3)``; SGD at 0.05 or ``schedule``."""
         try:
             cb = callback(guard=Guard(mode, every=3) if mode else None)
         except ValueError as exc:
@@ -232,7 +232,7 @@ def main(out: str, cases: list[str]) -> dict:
         for k in nan_steps:
             x[k * BATCH] = np.nan
         probe = Probe()
-        model = linear(keras.optimizers.SGD(0.05))
+        model = linear(keras.optimizers.SGD(schedule or 0.05))
         try:
             model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[cb, probe])
         except ValueError as exc:
@@ -245,6 +245,11 @@ def main(out: str, cases: list[str]) -> dict:
         "guard_skip": lambda: guarded("skip"),
         "guard_stop": lambda: guarded("stop"),
         "no_guard": lambda: guarded(None, nan_steps=(5,)),
+        "guard_schedule": lambda: guarded(
+            "rollback",
+            nan_steps=(5,),
+            schedule=keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=4, decay_rate=0.5),
+        ),
         "record": record,
         "float_lr": float_lr,
         "schedule_lr": schedule_lr,

@@ -37,6 +37,7 @@ CASES = (
     "guard_skip",
     "guard_stop",
     "no_guard",
+    "guard_schedule",
 )
 NEEDS = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 COMPILED = {"torch": False, "tensorflow": True, "jax": True}  # what these fits run: torch eagerly
@@ -85,18 +86,18 @@ def fits(request, tmp_path_factory):
     return result
 
 
-def sgd_check(weights: dict, lrs: list[float], steps) -> list[str]:
+def sgd_check(weights: dict, lrs: list[float], steps, n: int = N) -> list[str]:
     """For each step k in ``steps``: whether the weights moved by exactly ``lrs[k]`` × the gradient of
-    the mse of batch k at the weights the step started from (a linear model, shuffle=False). The
-    steps where they did not, with the lr the move amounts to."""
-    x, y = regression()
+    the mse of batch k at the weights the step started from (a linear model, shuffle=False, ``n``
+    samples). The steps where they did not, with the lr the move amounts to."""
+    x, y = regression(n)
     bad = []
     for k in steps:
         (w0, b0), (w1, b1) = (
             [np.array(a) for a in weights[str(k)]],
             [np.array(a) for a in weights[str(k + 1)]],
         )
-        i = (k % (N // BATCH)) * BATCH
+        i = (k % (n // BATCH)) * BATCH
         xb, yb = x[i : i + BATCH], y[i : i + BATCH]
         r = xb @ w0 + b0 - yb
         grad = np.concatenate([(2 / BATCH * xb.T @ r).ravel(), 2 / BATCH * r.sum(0)])
@@ -303,3 +304,22 @@ def test_without_a_guard_the_nan_stays(fits):
     loss = run.metrics("loss").set_index("step").value
     assert loss[range(5, 12)].isna().all() and not _finite(res["weights"]["12"])
     assert run.events(ev.GUARD).empty
+
+
+def test_guard_rollback_under_a_schedule_rescales_it_and_the_step_applies_it(fits):
+    """ExponentialDecay(0.05, 4, 0.5), NaN at step 5: back to the snapshot of step 3 before step 6, lr =
+    the snapshot's lr × 0.5, the schedule continuing from there (``scale``; a compiled step is
+    retraced). Each update from step 6 on is exactly that lr × its gradient."""
+    res = fits["guard_schedule"]
+
+    def s(k):
+        return 0.05 * 0.5 ** (k / 4)
+
+    expected = [s(k) for k in range(6)] + [0.5 * s(3) * s(k) / s(6) for k in range(6, 12)]
+    assert sgd_check(res["weights"], expected, range(6, 12), n=BATCH * 12) == []
+    assert _same(res["weights"]["6"], res["weights"]["3"])
+    run = open_store(fits["url"]).run(res["run_id"])
+    assert run.metrics("lr").value.tolist() == pytest.approx(expected, rel=1e-5)
+    change = run.events(ev.PARAM_CHANGE).iloc[0]
+    assert change.step == 6 and change.data["source"] == "guard"
+    assert change.data.get("retraced") == ("train_function" if COMPILED[fits["backend"]] else None)
