@@ -249,9 +249,8 @@ class HardwareTab:
                     "this process" + tag,
                     x,
                     100 * col("proc_rss") / total,
-                    f.PALETTE[(i + 1) % 10],
+                    f.PALETTE[(i + 4) % 10],  # purple, solid: not the orange dashes of the warning line
                     mp,
-                    "dashed",
                 )
                 self.ram.set_line(
                     "dataloader workers" + tag,
