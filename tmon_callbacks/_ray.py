@@ -195,12 +195,7 @@ class RayWorker:
         fs = getattr(ckpt, "filesystem", None)
         if fs is not None and getattr(fs, "type_name", "local") != "local":
             return None
-        path = ckpt.path
-        try:
-            entries = [e for e in os.listdir(path) if not e.startswith(".")]
-        except OSError:
-            return None
-        return os.path.join(path, entries[0]) if len(entries) == 1 else path
+        return _recorded_path(ckpt.path)
 
     def record_checkpoint(self, recorder, step: int, epoch=None) -> None:
         """Record the checkpoint Ray persisted since the last look, if any (epoch boundaries and the
@@ -339,12 +334,26 @@ def _check_store(worker: RayWorker, options) -> None:
         )
 
 
+def _recorded_path(path: str) -> str | None:
+    """What tmon records for Ray's checkpoint directory ``path``: its one entry, else the directory."""
+    try:
+        entries = [e for e in os.listdir(path) if not e.startswith(".")]
+    except OSError:
+        return None
+    return os.path.join(path, entries[0]) if len(entries) == 1 else path
+
+
 def _previous_run(worker: RayWorker) -> dict | None:
-    """The run as the store has it, when an earlier attempt of this trial recorded it; else None."""
+    """The run as the store has it, when an earlier attempt of this trial recorded it; else None.
+    A checkpoint the attempt restores from that the store lacks (its attempt was killed before
+    writing it) is recorded at the first look."""
     from tmon_core.store.store import Store
 
     try:
         with Store(worker.options.store) as store:
+            restored = worker._seen_checkpoint and _recorded_path(worker._seen_checkpoint)
+            if restored and store.find_checkpoint(restored) is None:
+                worker._seen_checkpoint = None
             try:
                 run = store.run(worker.run_id)
             except KeyError:

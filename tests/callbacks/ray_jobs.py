@@ -10,6 +10,7 @@ cluster's workers get it too). The knobs (epochs, a step's sleep, when to fail) 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import lightning.pytorch as pl
@@ -17,13 +18,15 @@ import torch
 
 
 class Tiny(pl.LightningModule):
-    def __init__(self, lr: float, sleep: float = 0.0, fail_at_step: int | None = None):
+    def __init__(self, lr: float, sleep: float = 0.0, fail_at_step: int | None = None, kill: bool = False):
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
-        self.lr, self.sleep, self.fail_at_step = lr, sleep, fail_at_step
+        self.lr, self.sleep, self.fail_at_step, self.kill = lr, sleep, fail_at_step, kill
 
     def training_step(self, batch, batch_idx):
         if self.fail_at_step is not None and self.trainer.global_step == self.fail_at_step:
+            if self.kill:  # the worker process dies on the spot: nothing of it runs after this
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"worker failure at step {self.fail_at_step} (the test's first attempt)")
         if self.sleep:
             time.sleep(self.sleep)
@@ -46,7 +49,8 @@ def lightning_train(config: dict) -> None:
     """A Lightning fit under ``TorchTrainer`` with Ray's strategy, environment and report callback.
 
     ``fail_marker``: a file; the first attempt (no file yet) creates it and fails at
-    ``fail_at_step``; a restarted attempt resumes from the checkpoint Ray persisted."""
+    ``fail_at_step`` (raises, or with ``kill`` its process is killed); a restarted attempt resumes
+    from the checkpoint Ray persisted."""
     import ray.train
     from ray.train.lightning import (
         RayDDPStrategy,
@@ -63,7 +67,7 @@ def lightning_train(config: dict) -> None:
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
         fail_at = config["fail_at_step"]
-    model = Tiny(config["lr"], config.get("sleep", 0.0), fail_at)
+    model = Tiny(config["lr"], config.get("sleep", 0.0), fail_at, config.get("kill", False))
     trainer = pl.Trainer(
         max_epochs=config.get("epochs", 2),
         accelerator="cpu",

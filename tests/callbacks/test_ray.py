@@ -157,6 +157,29 @@ def test_restarted_trial_continues_its_run(ray_session, tmp_path, store_url):
     assert run.checkpoints().step.tolist() == [8, 19]  # the restored one is not recorded twice
 
 
+def test_a_killed_worker_resumes_the_same_run(ray_session, tmp_path, store_url):
+    marker = str(tmp_path / "killed-once")
+    # half a second a step: the killed attempt's recorder flushes (every second) after Ray's checkpoint
+    # of step 8 and before the kill at step 11; what it had not flushed dies with it
+    result = fit(
+        tmp_path, "killed", store_url, workers=1, failures=1, epochs=2, sleep=0.5,
+        fail_marker=marker, fail_at_step=11, kill=True,
+    )  # fmt: skip
+    assert result.error is None and os.path.exists(marker)
+    run = only_run(store_url, "killed")
+    assert run.status == ev.COMPLETED
+    events = run.events()
+    resumed = events[events.type == ev.RESUMED]
+    assert len(resumed) == 1
+    data = resumed.data.iloc[0]
+    assert data["previous_status"] in (ev.RUNNING, ev.LOST)  # nobody ended it: the process was killed
+    assert 8 <= data["previous_last_step"] <= 10 and data["framework_step"] == 8
+    assert data["step_offset"] == data["previous_last_step"] + 1 - 8
+    # every step once, none missing: the restarted attempt's steps 8-15 follow the last one recorded
+    assert run.metrics("loss").step.tolist() == list(range(16 + data["step_offset"]))
+    assert len({os.path.dirname(p) for p in run.checkpoints().path}) == 2  # Ray's two checkpoints
+
+
 def test_a_trial_is_steered_and_stopped_through_the_store(ray_session, tmp_path, store_url):
     outcome: dict = {}
 
