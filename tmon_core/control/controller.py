@@ -311,6 +311,13 @@ class Controller:
                 changes.append(self._change(name, group, norm))
             if not changes:
                 return self._reject(req, step, "no parameter given")
+            # a later change of a pinned parameter replaces its pin: a pin is held only until the
+            # user says something else about that parameter (else a scale or set would last one step)
+            for c in changes:
+                for key in [
+                    k for k in self.pins if k[0] == c.name and (c.group is None or k[1] in (None, c.group))
+                ]:
+                    del self.pins[key]
             if mode == "pin":
                 for c in changes:
                     self.pins[(c.name, c.group)] = c.value
