@@ -34,6 +34,13 @@ CI_MODULES = (
     "pyarrow",
     "hypothesis",
     "jsonargparse",
+    "tensorflow",
+    "jax",
+    "ray",
+    "notebook",
+    "apprise",
+    "prometheus_client",
+    "tensorboard",
 )
 
 
