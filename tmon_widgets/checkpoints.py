@@ -279,6 +279,24 @@ class CheckpointsTab:
                 )
             )
 
+    def _when(self, side: dict) -> str:
+        """'after step N' as the table says it, for a checkpoint of this run; else its stored step."""
+        rs = self.mon.runs[0] if self.mon.runs else None
+        rows = self._rows
+        if rows is None and rs is not None:  # the tab was not drawn yet
+            try:
+                rows = rs.run.checkpoints()
+            except Exception:
+                rows = None
+        if rows is not None and rs is not None and side.get("id") is not None and len(rows):
+            match = rows[rows.id == side["id"]]
+            if len(match):
+                r = match.iloc[0]
+                after = saved_after_step(r.step, rs.info.get("framework"), f.text(r.source) or None)
+                if after is not None:
+                    return f"after step {after}"
+        return f"step {side.get('step')}"
+
     def show_diff(self, d, top: int = 15) -> None:
         """Render a ``CheckpointDiff``: a bar chart of the most-changed layers, parameter and metric tables."""
         self.last_diff = d
@@ -318,7 +336,7 @@ class CheckpointsTab:
         )
         s = d.summary
         head = (
-            f"<b>#{s['a'].get('id')} (step {s['a'].get('step')}) → #{s['b'].get('id')} (step {s['b'].get('step')})"
+            f"<b>#{s['a'].get('id')} ({self._when(s['a'])}) → #{s['b'].get('id')} ({self._when(s['b'])})"
             f"</b>: {f.esc(d.counts())}; overall {f.esc(d.overall())}"
         )
         parts = [head]

@@ -76,3 +76,22 @@ def test_cut_names_that_collide_stay_whole():
     assert _bar_labels(names) == ["…" + names[0][-39:].lstrip("."), "…" + names[1][-39:].lstrip(".")]
     same_end = ["x." + "a" * 50, "y." + "a" * 50]
     assert _bar_labels(same_end) == same_end
+
+
+def test_the_diff_header_numbers_checkpoints_as_the_table_does(tmp_path):
+    """Lightning records a checkpoint at its steps done (4 after a 4-step epoch); the table shows it
+    after metric step 3, and so does the diff's header."""
+    url = f"sqlite:///{tmp_path}/tmon.db"
+    rec = Recorder(url, run_name="epochs", framework="lightning")
+    for step in range(8):
+        rec.log({"loss": 1.0 / (step + 1)}, step)
+        if step in (3, 7):
+            path = tmp_path / f"epoch-step={step + 1}.ckpt"
+            torch.save({"w": torch.ones(2) * step}, path)
+            rec.checkpoint(str(path), step=step + 1, source="ModelCheckpoint")
+    rec.close()
+    mon, d, _ = _show(url, rec.run_id)
+    head = mon.checkpoints.diff_out.children[0].value
+    assert "(after step 3) → " in head and "(after step 7)" in head
+    assert "step 4" not in head and "step 8" not in head
+    mon.close()
