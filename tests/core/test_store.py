@@ -226,6 +226,34 @@ def test_tail_returns_the_last_points_in_order(store_url):
         run.tail("x", 0)
 
 
+def test_the_last_points_over_many_flushes_and_a_flush_of_older_steps(store_url):
+    """``tail`` / ``latest`` read the newest chunks first; a later flush that holds smaller steps (a
+    second writer, steps logged out of order) must not hide the largest step, nor must n points that
+    span more chunks than the first read takes."""
+    from tmon_core.store import points
+
+    rec = Recorder(store_url, flush_interval=60, heartbeat_timeout=120)
+    for flush in range(40):  # 40 chunks of 10 points
+        for s in range(flush * 10, flush * 10 + 10):
+            rec.log({"x": float(s)}, s)
+        rec.flush()
+    for s in range(100, 105):  # a 41st chunk, written last, of older steps
+        rec.log({"x": -1.0}, s)
+    rec.flush()
+    rec.close()
+    run = open_store(store_url).run(rec.run_id)
+    assert run.latest()["x"] == (399, 399.0)
+    assert run.tail("x", 1).step.tolist() == [399]
+    got = run.tail("x", 300)  # 30 chunks: more than the first read
+    assert len(got) == 300 and got.step.iloc[-1] == 399 and points.LAST_FIRST_CHUNKS < 30
+    whole = points.LAST_FIRST_CHUNKS
+    try:
+        points.LAST_FIRST_CHUNKS = None  # the whole index at once, as before the first read was cut
+        assert run.tail("x", 300).equals(got) and run.tail("x", 7).equals(got.tail(7).reset_index(drop=True))
+    finally:
+        points.LAST_FIRST_CHUNKS = whole
+
+
 def test_metrics_by_wall_time(store_url):
     rec = record(store_url, [(s, {"x": float(s)}) for s in range(100)])
     run = open_store(store_url).run(rec.run_id)

@@ -56,23 +56,62 @@ def _fetch(conn, sql: str) -> list[tuple]:
         cur.close()
 
 
+LAST_FIRST_CHUNKS = 16  # chunks ``last`` reads before it reads a series' whole index
+
+
 def last(conn, sid: int, n: int):
     """The ``n`` points with the largest steps (the later-written first among equal steps)."""
-    index = conn.exec_driver_sql(
+    sql = (
         f"SELECT id, first_step, last_step, n FROM tmon_chunks WHERE series_id = {int(sid)} "
         f"ORDER BY last_step DESC, id DESC"
-    ).fetchall()  # the index and the small columns only
-    take, count, floor = [], 0, None
-    for cid, first, last_step, k in index:
-        if count >= n and last_step < floor:
-            break  # n points at or above ``floor`` are taken: this chunk and the ones after are older
-        take.append(cid)
-        count += k
-        floor = first if floor is None else min(floor, first)
+    )
+    # the newest few chunks first (a live chart's last point: one chunk, out of one per flush of the
+    # whole run); the whole index only when those do not settle it (chunks whose steps overlap)
+    limit = LAST_FIRST_CHUNKS
+    while True:
+        index = conn.exec_driver_sql(sql + (f" LIMIT {limit}" if limit else "")).fetchall()
+        take, count, floor, settled = [], 0, None, False
+        for cid, first, last_step, k in index:
+            if count >= n and last_step < floor:
+                settled = (
+                    True  # n points at or above ``floor`` are taken: this chunk and the ones after are older
+                )
+                break
+            take.append(cid)
+            count += k
+            floor = first if floor is None else min(floor, first)
+        if settled or not limit or len(index) < limit:
+            break
+        limit = None
     if not take:
         return chunks.decode([])
     s, v, w = _read_chunks(conn, f"id IN ({', '.join(str(int(c)) for c in take)})")
     return s[-n:], v[-n:], w[-n:]
+
+
+def last_of_each(conn, sids) -> dict[int, tuple[int, float]]:
+    """The point with the largest step of each series in ``sids`` (the later-written among equal
+    steps, as :func:`last`): one query per 500 series, however many, where :func:`last` reads one
+    series at a time. Only the chunks that reach each series' largest step are read and decoded."""
+    out: dict[int, tuple[int, float]] = {}
+    sids = [int(s) for s in sids]
+    cols = ", ".join(f"c.{c.strip()}" for c in chunks.READ_COLUMNS.split(","))
+    for i in range(0, len(sids), 500):
+        ids = ", ".join(map(str, sids[i : i + 500]))
+        rows = _fetch(
+            conn,
+            f"SELECT c.series_id, {cols} FROM tmon_chunks c JOIN (SELECT series_id, MAX(last_step) AS top "
+            f"FROM tmon_chunks WHERE series_id IN ({ids}) GROUP BY series_id) t "
+            f"ON c.series_id = t.series_id AND c.last_step = t.top ORDER BY c.id",
+        )
+        by: dict[int, list] = {}
+        for r in rows:
+            by.setdefault(int(r[0]), []).append(r[1:])
+        for sid, part in by.items():
+            s, v, _ = chunks.decode(part)
+            if len(s):
+                out[sid] = (int(s[-1]), float(v[-1]))
+    return out
 
 
 def _read_chunks(conn, where: str, lo: int | None = None, hi: int | None = None):

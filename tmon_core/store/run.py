@@ -172,13 +172,10 @@ class Run(RunControl):
 
     def latest(self) -> dict[str, tuple[int, float]]:
         """The last point of every metric: key -> (step, value)."""
-        out = {}
+        series = self._series()
         with self.store.engine.connect() as conn:
-            for key, sid in sorted(self._series().items()):
-                s, v, _ = points.last(conn, sid, 1)
-                if len(s):
-                    out[key] = (int(s[-1]), float(v[-1]))
-        return out
+            got = points.last_of_each(conn, series.values())
+        return {key: got[sid] for key, sid in sorted(series.items()) if sid in got}
 
     @staticmethod
     def _frame(steps, values, walls):
