@@ -83,8 +83,13 @@ class JupyterLab:
         private = root / ".jupyter-private"
         for d in ("config", "runtime", "workspaces", "data"):
             (private / d).mkdir(parents=True, exist_ok=True)
+        # no "Would you like to get notified about official Jupyter news?" toast over the screenshots
+        news = private / "settings" / "@jupyterlab" / "apputils-extension"
+        news.mkdir(parents=True, exist_ok=True)
+        (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
         env = dict(
             env,
+            JUPYTERLAB_SETTINGS_DIR=str(private / "settings"),
             JUPYTER_CONFIG_DIR=str(private / "config"),
             JUPYTER_RUNTIME_DIR=str(private / "runtime"),
             JUPYTERLAB_WORKSPACES_DIR=str(private / "workspaces"),
