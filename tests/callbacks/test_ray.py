@@ -113,7 +113,7 @@ def test_ray_tune_trials_are_runs_of_one_group(ray_session, tmp_path, store_url)
     tuner = tune.Tuner(
         ray_jobs.tune_driver,
         param_space={
-            "train_loop_config": {"lr": tune.grid_search([0.01, 0.1]), "epochs": 1},
+            "train_loop_config": {"lr": tune.grid_search([0.003, 0.01, 0.03, 0.1]), "epochs": 1},
             "store": store_url,
             "storage_path": str(tmp_path / "trials"),
         },
@@ -123,16 +123,27 @@ def test_ray_tune_trials_are_runs_of_one_group(ray_session, tmp_path, store_url)
     results = tuner.fit()
     assert not results.errors
     runs = tmon_core.runs(store=store_url, group="sweep-lr")
-    assert len(runs) == 2 and set(runs.status) == {ev.COMPLETED}
+    assert len(runs) == 4 and set(runs.status) == {ev.COMPLETED}
     store = tmon_core.open_store(store_url)
     by_lr = {store.run(i).info()["config"]["hparams"]["lr"]: store.run(i) for i in runs.id}
-    assert set(by_lr) == {0.01, 0.1}
+    assert set(by_lr) == {0.003, 0.01, 0.03, 0.1}
     trial_dirs = {os.path.basename(r.path) for r in results}
     for lr, run in by_lr.items():
         info = run.info()
         assert info["name"].startswith("tune_driver_") and info["name"] == info["config"]["ray"]["trial_name"]
         assert any(d.startswith(info["name"]) for d in trial_dirs)  # named after its trial
         assert run.metrics("lr").value.tolist() == [lr] * 8
+    # the sweep's report: every trial, the best by the loss, lr the setting that varied
+    report = tmon_core.group_report("sweep-lr", store=store_url)
+    trials = report.trials
+    assert sorted(trials["hparams.lr"] if "hparams.lr" in trials else trials["lr"]) == [
+        0.003,
+        0.01,
+        0.03,
+        0.1,
+    ]
+    assert report.metric == "loss" and report.best is not None and report.best["run"] in set(runs.id)
+    assert trials.run.iloc[0] == report.best["run"]
 
 
 def test_restarted_trial_continues_its_run(ray_session, tmp_path, store_url):
