@@ -9,6 +9,12 @@ in a temp dir). Per step = the worker's wall time from ``on_train_batch_start`` 
 the last step / the steps in between; overhead = median over rounds of (ray+tmon - ray of the same
 round). The worker's start (Ray's, torch's, Lightning's imports) is not in the window.
 
+Also the time from a step to its point in the store (issue 20's "<= 2 x flush interval"): in one more
+``ray+tmon`` fit after the rounds (not in the overhead: the poll takes CPU), the driver polls the store
+every 20 ms for the run's last step; a step's latency is
+the first poll that saw it minus the wall time the worker logged it at (20 ms of poll granularity
+included).
+
     .venv/bin/python bench/ray_overhead.py [--steps N] [--rounds R]
 """
 
@@ -74,6 +80,50 @@ def train(config: dict) -> None:
         json.dump({"us_per_step": (clock.t1 - clock.t0) / (config["steps"] - 51) * 1e6}, f)
 
 
+class Poller:
+    """Polls a store for its running run's last step; ``seen``: [(time, last_step)]."""
+
+    def __init__(self, url: str):
+        import threading
+
+        self.url, self.seen, self.stop = url, [], threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        from tmon_core import open_store
+
+        store = None
+        while not self.stop.wait(0.02):
+            try:
+                if store is None:
+                    store = open_store(self.url)
+                runs = store.runs()
+                if len(runs):
+                    last = runs.sort_values("created_at").iloc[-1]
+                    step = store.run(last.id)._row()["last_step"]
+                    if step is not None:
+                        self.seen.append((time.time(), int(step)))
+            except Exception:
+                store = None  # not created yet
+
+    def latencies(self) -> list[float]:
+        self.stop.set()
+        self.thread.join(5)
+        from tmon_core import open_store
+
+        store = open_store(self.url)
+        runs = store.runs().sort_values("created_at")
+        df = store.run(runs.iloc[-1].id).metrics("loss")
+        out, j = [], 0
+        for step, wall in zip(df.step.tolist(), df.wall_time.tolist()):
+            while j < len(self.seen) and self.seen[j][1] < step:
+                j += 1
+            if j < len(self.seen):
+                out.append(self.seen[j][0] - wall)
+        return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=3000)
@@ -87,12 +137,17 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="tmon-ray-bench-")
     results: dict = {"ray": [], "ray+tmon": []}
+    latency: list[float] = []
     with ray_env.ray_process_env(tmp):
         ray_env.start(lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False))
-        for r in range(a.rounds):
+        for r in range(a.rounds + 1):
             order = ["ray", "ray+tmon"] if r % 2 == 0 else ["ray+tmon", "ray"]
             for name in order:
                 out = os.path.join(tmp, f"{name}-{r}.json")
+                last = r == a.rounds  # the extra latency round
+                if last and name == "ray":
+                    continue
+                poller = Poller(f"sqlite:///{tmp}/tmon-{r}.db") if last else None
                 TorchTrainer(
                     train,
                     train_loop_config={
@@ -106,6 +161,9 @@ def main() -> None:
                         name=f"bench-{name}-{r}", storage_path=os.path.join(tmp, "results")
                     ),
                 ).fit()
+                if poller is not None:
+                    latency += poller.latencies()
+                    continue
                 with open(out) as f:
                     results[name].append(json.load(f)["us_per_step"])
         ray.shutdown()
@@ -116,6 +174,13 @@ def main() -> None:
             f"{name:10s} us/step: "
             + ", ".join(f"{x:.1f}" for x in v)
             + f"  (median {statistics.median(v):.1f})"
+        )
+    if latency:
+        latency.sort()
+        q = [latency[min(len(latency) - 1, int(p * len(latency)))] for p in (0.5, 0.95, 0.99)]
+        print(
+            f"step -> store (flush_interval 1 s): p50 {q[0]:.2f} s, p95 {q[1]:.2f} s, p99 {q[2]:.2f} s, "
+            f"max {latency[-1]:.2f} s over {len(latency)} steps (target <= 2 x flush interval = 2 s)"
         )
     print(
         f"tmon's overhead per step: median {statistics.median(diffs):.1f} us (rounds: {', '.join(f'{d:.1f}' for d in diffs)})"
