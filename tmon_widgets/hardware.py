@@ -262,9 +262,10 @@ class HardwareTab:
                 )
                 self.swap.set_line("swap" + tag, x, col("swap_used") / GB, color, mp)
             last = s.iloc[-1]
+            cpu = s.cpu_percent.dropna()  # a first sample has none (no CPU tick counted yet)
             self.summary.value = "latest: " + " · ".join(
                 [
-                    f"CPU {f.number(last.cpu_percent, 3)}%",
+                    f"CPU {f.number(cpu.iloc[-1], 3)}%" if len(cpu) else "CPU -",
                     f"RAM {f.size(last.ram_used)} of {f.size(last.ram_total)}",
                     f"process {f.size(last.proc_rss)}",
                     f"workers {f.size(last.children_rss)} ({f.number(last.children_count)} processes)",

@@ -106,7 +106,14 @@ def test_hardware_of_running_runs_per_node_and_gpu_with_dcgm_labels(store_url):
 
     rec = Recorder(store_url, run_name="hw", flush_interval=0.1, heartbeat_timeout=600)
     rec.log({"loss": 1.0}, 0)
-    HardwareSampler(rec, gpus=False).start().stop()  # one sample of this machine: CPU, RAM, swap, process
+    # samples of this machine: CPU, RAM, swap, process. The first, taken right after setup, may have no
+    # CPU figure (no tick counted yet); the second, after some work, has one
+    sampler = HardwareSampler(rec, gpus=False).start()
+    end = time.perf_counter() + 0.1
+    while time.perf_counter() < end:
+        sum(i * i for i in range(1000))
+    sampler.sample_once()
+    sampler.stop()
     t = time.time()
     rec.sample(
         {"wall_time": t, "host": "node-b", "node_rank": 1, "cpu_percent": 37.0, "ram_used": 5 << 30},

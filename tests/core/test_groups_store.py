@@ -34,7 +34,8 @@ def test_the_group_is_stored_on_the_run_and_filters_runs(store_url):
     store = open_store(store_url)
     assert store.run(a.run_id).group == "sweep-3" and store.run("odd").group == ODD
     assert store.run("alone").group is None and store.run("alone").info()["group"] is None
-    assert store.run("b").info()["group"] == "sweep-3" and "group_name" not in store.run("b").info()
+    # by id: a one-letter name such as "b" is also the prefix of any run id starting with b
+    assert store.run(b.run_id).info()["group"] == "sweep-3" and "group_name" not in store.run(b.run_id).info()
     assert set(tmon_core.runs(store_url, group="sweep-3").id) == {a.run_id, b.run_id}
     assert tmon_core.runs(store_url, group=ODD).name.tolist() == ["odd"]
     assert tmon_core.runs(store_url, group="nope").empty
