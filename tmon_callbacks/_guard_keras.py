@@ -27,9 +27,6 @@ memory up to ``Guard.max_memory_bytes`` a snapshot, else an ``.npz`` file in a t
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 
 import keras
@@ -38,6 +35,7 @@ from keras import ops
 
 from tmon_core.guard import Guard
 
+from ._snapshots import Snapshots
 from ._workarounds.keras import compiled_step, learning_rate_object
 
 SKIP_REFUSED = (
@@ -58,7 +56,7 @@ def skip_refusal(model) -> str | None:
     return None
 
 
-class KerasSnapshots:
+class KerasSnapshots(Snapshots):
     """The snapshots of one fit: ``save(step)``, ``restore(step)``, ``describe()``, ``close()``.
 
     ``get_model`` returns the model as a callback may use it (``Callback.model``: on JAX that copies
@@ -66,14 +64,8 @@ class KerasSnapshots:
     is what the next step reads)."""
 
     def __init__(self, guard: Guard, get_model):
-        self.guard = guard
+        super().__init__(guard)  # kept: step -> (arrays or the .npz path, the variables they belong to)
         self.get_model = get_model
-        self.kept: dict[int, tuple] = {}  # step -> (variables, arrays or the .npz path)
-        self.where: str | None = None
-        self.dir: str | None = None
-        self._own_dir = False
-        self.bytes = 0
-        self.copy_s: float | None = None
 
     def _variables(self, model) -> list:
         opt = getattr(model, "optimizer", None)
@@ -95,31 +87,18 @@ class KerasSnapshots:
         t0 = time.perf_counter()
         variables = self._variables(self.get_model())
         arrays = [np.array(ops.convert_to_numpy(v.value), copy=True) for v in variables]
-        if self.where is None:
-            self.bytes = sum(a.nbytes for a in arrays)
-            self.where = "memory" if self.bytes <= self.guard.max_memory_bytes else "disk"
-        if self.where == "memory":
-            self.kept[step] = (variables, arrays)
+        if self._place(sum(a.nbytes for a in arrays)) == "memory":
+            self._keep(step, arrays, variables, t0)
         else:
-            if self.dir is None:
-                if self.guard.snapshot_dir is not None:
-                    self.dir = os.fspath(self.guard.snapshot_dir)
-                    os.makedirs(self.dir, exist_ok=True)
-                else:
-                    self.dir, self._own_dir = tempfile.mkdtemp(prefix="tmon-guard-"), True
-            path = os.path.join(self.dir, f"guard-{os.getpid()}-step{step}.npz")
+            path = self._path(step, ".npz")
             np.savez(path, *arrays)
-            self.kept[step] = (variables, path)
-        for old in sorted(self.kept)[: -self.guard.keep]:
-            self._drop(old)
-        if self.copy_s is None:
-            self.copy_s = time.perf_counter() - t0
+            self._keep(step, path, variables, t0)
 
     def restore(self, step: int) -> None:
         if step not in self.kept:
             raise KeyError(f"no guard snapshot of step {step}; kept: {sorted(self.kept)}")
         self.get_model()  # (JAX: the fit's state into the variables first, so what is assigned stays)
-        variables, what = self.kept[step]
+        what, variables = self.kept[step]
         if isinstance(what, str):
             with np.load(what) as f:
                 arrays = [f[f"arr_{i}"] for i in range(len(variables))]
@@ -127,27 +106,4 @@ class KerasSnapshots:
             arrays = what
         for v, a in zip(variables, arrays):
             v.assign(a)
-        for newer in [s for s in self.kept if s > step]:
-            self._drop(newer)
-
-    def _drop(self, step: int) -> None:
-        _, what = self.kept.pop(step)
-        if isinstance(what, str):
-            try:
-                os.remove(what)
-            except OSError:
-                pass
-
-    def describe(self) -> dict:
-        return {
-            "where": self.where,
-            "dir": self.dir,
-            "bytes": self.bytes,
-            "copy_s": None if self.copy_s is None else round(self.copy_s, 6),
-        }
-
-    def close(self) -> None:
-        for step in list(self.kept):
-            self._drop(step)
-        if self._own_dir and self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self._forget_newer(step)

@@ -20,15 +20,13 @@ that rolls back meets new batches rather than the one that made the NaN.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 import time
 
 import torch
 
 from tmon_core.guard import Guard, GuardRollback, GuardSnapshot
 
+from ._snapshots import Snapshots
 from ._torch import unwrap_model, unwrap_optimizer
 
 
@@ -59,20 +57,14 @@ def _to_cpu(obj):
     return copy.deepcopy(obj)
 
 
-class TorchSnapshots:
+class TorchSnapshots(Snapshots):
     """The snapshots of one fit: ``save(step)``, ``restore(step)``, ``describe()``, ``close()``."""
 
     def __init__(self, guard: Guard, model, optimizers, schedulers=()):
-        self.guard = guard
+        super().__init__(guard)
         self.model = unwrap_model(model)
         self.optimizers = [unwrap_optimizer(o) for o in optimizers]
         self.schedulers = list(schedulers)
-        self.kept: dict[int, object] = {}  # step -> the snapshot (memory) or its file (disk)
-        self.where: str | None = None
-        self.dir: str | None = None
-        self._own_dir = False
-        self.bytes = 0
-        self.copy_s: float | None = None
 
     def _take(self) -> dict:
         return {
@@ -84,25 +76,12 @@ class TorchSnapshots:
         t0 = time.perf_counter()
         live = self._take()
         schedulers = [copy.deepcopy(s.state_dict()) for s in self.schedulers]
-        if self.where is None:
-            self.bytes = _tensor_bytes(live)
-            self.where = "memory" if self.bytes <= self.guard.max_memory_bytes else "disk"
-        if self.where == "memory":
-            self.kept[step] = (_to_cpu(live), schedulers)
+        if self._place(_tensor_bytes(live)) == "memory":
+            self._keep(step, _to_cpu(live), schedulers, t0)
         else:
-            if self.dir is None:
-                if self.guard.snapshot_dir is not None:
-                    self.dir = os.fspath(self.guard.snapshot_dir)
-                    os.makedirs(self.dir, exist_ok=True)
-                else:
-                    self.dir, self._own_dir = tempfile.mkdtemp(prefix="tmon-guard-"), True
-            path = os.path.join(self.dir, f"guard-{os.getpid()}-step{step}.pt")
+            path = self._path(step, ".pt")
             torch.save(live, path)  # tensor by tensor to the file: no second copy in memory
-            self.kept[step] = (path, schedulers)
-        for old in sorted(self.kept)[: -self.guard.keep]:
-            self._drop(old)
-        if self.copy_s is None:
-            self.copy_s = time.perf_counter() - t0
+            self._keep(step, path, schedulers, t0)
 
     def restore(self, step: int) -> None:
         if step not in self.kept:
@@ -117,30 +96,7 @@ class TorchSnapshots:
             opt.load_state_dict(sd)
         for sched, sd in zip(self.schedulers, schedulers):
             sched.load_state_dict(copy.deepcopy(sd))
-        for newer in [s for s in self.kept if s > step]:
-            self._drop(newer)
-
-    def _drop(self, step: int) -> None:
-        what, _ = self.kept.pop(step)
-        if isinstance(what, str):
-            try:
-                os.remove(what)
-            except OSError:
-                pass
-
-    def describe(self) -> dict:
-        return {
-            "where": self.where,
-            "dir": self.dir,
-            "bytes": self.bytes,
-            "copy_s": None if self.copy_s is None else round(self.copy_s, 6),
-        }
-
-    def close(self) -> None:
-        for step in list(self.kept):
-            self._drop(step)
-        if self._own_dir and self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self._forget_newer(step)
 
 
 def step_is_finite(parameters, loss=None, *, grads: bool = True) -> tuple[bool, torch.Tensor | None]:
