@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from sqlalchemy import select, text
 from ..events import LOST, RUNNING
 from . import points
 from .run_control import RunControl
-from .schema import CheckpointRow, EventRow, GpuSampleRow, LogRow, RunRow, SampleRow, SeriesRow
+from .schema import CheckpointRow, EventRow, GpuSampleRow, LogRow, RunRow, SampleRow
 
 
 def _pd():
@@ -68,6 +69,35 @@ def effective_status(
     return status
 
 
+_RUN_COLUMNS = tuple(RunRow.__table__.columns.keys())
+_EMPTY_FRAMES: dict[tuple, object] = {}
+#: seconds of rows ``Run.events_since`` and the like read again (see there)
+OVERLAP_S = 120.0
+
+
+@dataclass(frozen=True)
+class RowCursor:
+    """Where ``Run.events_since`` (``samples_since``, ``gpu_samples_since``) goes on from: the largest
+    id and wall time read, and the rows read within ``OVERLAP_S`` of that time (id -> wall time),
+    which it reads again and never returns twice."""
+
+    last_id: int = 0
+    last_wall: float = 0.0
+    recent: dict = field(default_factory=dict)
+
+    def advanced(self, rows: list[dict]) -> RowCursor:
+        if not rows:
+            return self
+        last_wall = max(self.last_wall, max(r["wall_time"] for r in rows))
+        recent = {**self.recent, **{r["id"]: r["wall_time"] for r in rows}}
+        floor = last_wall - OVERLAP_S
+        return RowCursor(
+            max(self.last_id, max(r["id"] for r in rows)),
+            last_wall,
+            {i: w for i, w in recent.items() if w >= floor},
+        )
+
+
 class Run(RunControl):
     """Read access to one run (and, through ``RunControl``, steering it)."""
 
@@ -82,10 +112,12 @@ class Run(RunControl):
 
     def _row(self) -> dict:
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(RunRow).where(RunRow.id == self.id)).mappings().first()
-        if row is None:
+            rows = points.fetch(
+                conn, f"SELECT {', '.join(_RUN_COLUMNS)} FROM tmon_runs WHERE id = ?", (self.id,)
+            )
+        if not rows:
             raise KeyError(f"run {self.id!r} is not in {self.store}")
-        return dict(row)
+        return dict(zip(_RUN_COLUMNS, rows[0]))
 
     @property
     def status(self) -> str:
@@ -112,8 +144,8 @@ class Run(RunControl):
     # -------------------------------------------------------------- metrics
     def _series(self) -> dict[str, int]:
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(SeriesRow.key, SeriesRow.id).where(SeriesRow.run_id == self.id)).all()
-        self._series_ids = dict(rows)
+            rows = points.fetch(conn, "SELECT key, id FROM tmon_series WHERE run_id = ?", (self.id,))
+        self._series_ids = {key: int(sid) for key, sid in rows}
         return dict(self._series_ids)
 
     def metric_keys(self) -> list[str]:
@@ -170,6 +202,22 @@ class Run(RunControl):
             s, v, w = points.last(conn, sid, n)
         return self._frame(s, v, w)
 
+    def points_since(self, cursor: int | None = None, *, reread_keys: bool = False) -> tuple[int, dict]:
+        """What a live view polls: ``(cursor, {key: (steps, values, walls)})``, the points of the run's
+        metrics written after ``cursor`` (what an earlier call returned), as numpy arrays, each
+        step-ordered. ``cursor=None`` reads no points: it returns the cursor to start from.
+
+        A read costs what was written since the last one, however long the run. The metrics are those
+        known when the run's keys were last read (``metric_keys()``, ``latest()``, or
+        ``reread_keys=True``): a metric that first appears later is left out until then."""
+        series = self._series() if reread_keys or not self._series_ids else dict(self._series_ids)
+        with self.store.engine.connect() as conn:
+            if cursor is None:
+                return points.newest_chunk(conn, series.values()), {}
+            got, top = points.since(conn, series.values(), cursor)
+        keys = {sid: key for key, sid in series.items()}
+        return top, {keys[sid]: arrays for sid, arrays in got.items()}
+
     def latest(self) -> dict[str, tuple[int, float]]:
         """The last point of every metric: key -> (step, value)."""
         series = self._series()
@@ -189,7 +237,6 @@ class Run(RunControl):
 
     # -------------------------------------------------------------- other tables
     def _table(self, model, order, where=(), json_cols=()):
-        pd = _pd()
         cols = [c for c in model.__table__.columns.keys() if c != "run_id"]
         with self.store.engine.connect() as conn:
             q = (
@@ -198,10 +245,19 @@ class Run(RunControl):
                 .order_by(*order)
             )
             rows = [dict(r) for r in conn.execute(q).mappings()]
+        return self._rows_frame(rows, cols, json_cols)
+
+    @staticmethod
+    def _rows_frame(rows: list[dict], cols: list[str], json_cols=()):
+        if not rows:  # (what a poll finds most of the time: a copy of one built once costs a tenth)
+            key = tuple(cols)
+            if key not in _EMPTY_FRAMES:
+                _EMPTY_FRAMES[key] = Run._rows_frame([{c: None for c in cols}], cols).iloc[:0]
+            return _EMPTY_FRAMES[key].copy()
         for r in rows:
             for c in json_cols:
                 r[c] = loads(r[c])
-        df = pd.DataFrame(rows, columns=cols)
+        df = _pd().DataFrame(rows, columns=cols)
         for c in ("step", "applied_step"):
             if c in df:
                 df[c] = df[c].astype("Int64")  # an integer column that may hold NULL
@@ -211,6 +267,44 @@ class Run(RunControl):
         """Events in order: wall_time, step, type, message, data (dict)."""
         where = (EventRow.type == type,) if type else ()
         return self._table(EventRow, (EventRow.wall_time, EventRow.id), where, ("data",))
+
+    def events_since(self, cursor: RowCursor | None = None):
+        """What a live view polls: ``(cursor, events)``, the events recorded since ``cursor`` (what an
+        earlier call returned; None: all of them), in the frame ``events()`` returns. A read costs
+        what was recorded since the last one, however long the run.
+
+        Events are written by more than one process (the run's recorder, ``tmon watch``, a request
+        from a notebook): besides the rows with a larger id, those of the last ``OVERLAP_S`` seconds
+        are read again, so one that a concurrent writer's commit made visible late (possible on
+        PostgreSQL) is still found; the cursor keeps them from being returned twice."""
+        return self._since(EventRow, ("wall_time", "id"), cursor, ("data",))
+
+    def samples_since(self, cursor: RowCursor | None = None):
+        """``(cursor, samples)``: the host samples recorded since ``cursor``, as ``events_since``
+        reads events (each node of a multi-node run writes its own)."""
+        return self._since(SampleRow, ("wall_time", "id"), cursor)
+
+    def gpu_samples_since(self, cursor: RowCursor | None = None):
+        """``(cursor, gpu samples)``: the per-GPU samples recorded since ``cursor``, as ``events_since``
+        reads events."""
+        return self._since(GpuSampleRow, ("wall_time", "gpu"), cursor)
+
+    def _since(self, model, order: tuple[str, str], cursor: RowCursor | None, json_cols=()):
+        table = model.__tablename__
+        cols = [c for c in model.__table__.columns.keys() if c != "run_id"]
+        cursor = cursor or RowCursor()
+        sel = f"SELECT {', '.join(cols)} FROM {table}"
+        with self.store.engine.connect() as conn:
+            got = points.fetch(
+                conn,
+                # each half on its own index: the ids after the last read (``|| ''`` keeps SQLite off the
+                # run's index there), the run's recent times
+                f"{sel} WHERE id > ? AND run_id || '' = ? UNION {sel} WHERE run_id = ? AND wall_time >= ?",
+                (cursor.last_id, self.id, self.id, cursor.last_wall - OVERLAP_S),
+            )
+        rows = [dict(zip(cols, r)) for r in got if r[0] not in cursor.recent]
+        rows.sort(key=lambda r: (r[order[0]], r[order[1]]))
+        return cursor.advanced(rows), self._rows_frame(rows, cols, json_cols)
 
     def samples(self):
         """Host hardware samples: cpu_percent, ram_*, swap_used, proc_rss, children_rss/count (bytes)."""
