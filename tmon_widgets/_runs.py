@@ -10,11 +10,40 @@ import numpy as np
 from tmon_core.events import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from tmon_core.store.run import steps_done
 
+
+def _pd():
+    import pandas as pd
+
+    return pd
+
+
 #: keys read (in this order) to measure throughput: the first one the run records every step
 RATE_KEYS = ("loss", "step_time", "lr")
 #: the seconds of recent points the throughput is measured over
 RATE_WINDOW = 20.0
 FINAL = (COMPLETED, FAILED, INTERRUPTED)
+
+
+class Polled:
+    """A table of one run read as it grows (``Run.events_since`` and the like: each read costs what was
+    recorded since the last): :attr:`frame` holds every row so far."""
+
+    def __init__(self, read_since, order: tuple[str, str]):
+        self._read_since, self._order = read_since, list(order)
+        self._cursor = None
+        self.frame = None
+
+    def read(self):
+        """Add the rows recorded since the last read to :attr:`frame`; returns them (a DataFrame)."""
+        self._cursor, new = self._read_since(self._cursor)
+        if self.frame is None or not len(self.frame):
+            self.frame = new
+        elif len(new):
+            # a row that a concurrent writer made visible late goes where its time puts it
+            late = float(new[self._order[0]].min()) < float(self.frame[self._order[0]].max())
+            both = _pd().concat([self.frame, new], ignore_index=True)
+            self.frame = both.sort_values(self._order, ignore_index=True, kind="stable") if late else both
+        return new
 
 
 class RunState:
@@ -28,6 +57,11 @@ class RunState:
         self.steps_per_s: float | None = None
         self.epoch: float | None = None
         self._rate_key: str | None = None
+        self._recent: tuple[np.ndarray, np.ndarray] | None = None  # (steps, walls) of the rate key, newest
+        self.events = None  # the run's events so far (a DataFrame, ``Run.events()``'s frame)
+        self._events = Polled(run.events_since, ("wall_time", "id"))
+        self.samples = Polled(run.samples_since, ("wall_time", "id"))  # host samples, for the Hardware tab
+        self.gpu_samples = Polled(run.gpu_samples_since, ("wall_time", "gpu"))
         self.refresh()
 
     # --------------------------------------------------------------- the run row
@@ -80,9 +114,30 @@ class RunState:
             end = self.info.get("heartbeat_at")
         return (end or now or time.time()) - start
 
+    # --------------------------------------------------------------- tables read as they grow
+    def read_events(self):
+        """Read the events recorded since the last read into :attr:`events`; returns the new ones."""
+        new = self._events.read()
+        self.events = self._events.frame
+        return new
+
     # --------------------------------------------------------------- throughput
+    def take_points(self, fed: dict) -> None:
+        """The points a run-wide read brought (``MetricsTab.fed``): the newest of the rate key are kept,
+        so :meth:`measure_rate` needs no read of its own."""
+        if self._rate_key is None:
+            self._rate_key = next((k for k in RATE_KEYS if k in fed), None)
+        got = fed.get(self._rate_key) if self._rate_key else None
+        if got is None or not len(got[0]):
+            return
+        step, _, wall = got
+        if self._recent is not None:
+            step, wall = np.concatenate([self._recent[0], step]), np.concatenate([self._recent[1], wall])
+        self._recent = step[-256:], wall[-256:]
+
     def measure_rate(self, keys: list[str] | None = None) -> None:
-        """Steps per second over the last ``RATE_WINDOW`` s of a per-step key (one indexed read)."""
+        """Steps per second over the last ``RATE_WINDOW`` s of a per-step key: from the points the
+        charts' reads brought, else one indexed read."""
         if not self.running:
             self.steps_per_s = None
             return
@@ -91,14 +146,17 @@ class RunState:
             self._rate_key = next((k for k in RATE_KEYS if k in have), None)
             if self._rate_key is None:
                 return
-        try:
-            tail = self.run.tail(self._rate_key, 256)
-        except KeyError:
-            return
-        if len(tail) < 2:
-            return
-        wall = tail.wall_time.to_numpy(np.float64)
-        step = tail.step.to_numpy(np.float64)
+        if self._recent is not None and len(self._recent[0]) >= 2:
+            step, wall = self._recent[0].astype(np.float64), self._recent[1]
+        else:
+            try:
+                tail = self.run.tail(self._rate_key, 256)
+            except KeyError:
+                return
+            if len(tail) < 2:
+                return
+            wall = tail.wall_time.to_numpy(np.float64)
+            step = tail.step.to_numpy(np.float64)
         recent = wall >= wall[-1] - RATE_WINDOW
         w, s = wall[recent], step[recent]
         if len(w) >= 2 and w[-1] > w[0] and s[-1] > s[0]:

@@ -208,8 +208,9 @@ class HardwareTab:
     def read(self) -> None:
         """Read the primary run's samples and raise memory alerts on the latest ones (monitor lock held)."""
         rs = self.mon.runs[0]
-        self.samples = rs.run.samples()
-        self.gpus = rs.run.gpu_samples()
+        rs.samples.read()  # (only what was recorded since the last read)
+        rs.gpu_samples.read()
+        self.samples, self.gpus = rs.samples.frame, rs.gpu_samples.frame
         host = self.samples.iloc[-1].to_dict() if len(self.samples) else None
         gpus = []
         if len(self.gpus):

@@ -23,7 +23,6 @@ import weakref
 
 import ipywidgets as widgets
 
-from tmon_core.events import ALERT
 from tmon_core.store import Run, Store, open_store
 
 from . import _format as f
@@ -99,6 +98,7 @@ class Monitor(widgets.VBox):
         self.events = None  # the primary run's events (a DataFrame), read every SLOW_INTERVAL
         self.latest: dict[str, dict] = {}  # run id -> {key: (step, value)}
         self._latest_at: dict[str, int | None] = {}  # run id -> the run row's last step at that read
+        self._latest_keys: dict[str, set] = {}  # run id -> the metric keys at the last read of them all
         self.updating = False
         self.busy = False
         self._busy_since: float | None = None
@@ -284,7 +284,8 @@ class Monitor(widgets.VBox):
 
         if visible is self.metrics or blind or slow:
             self.metrics.refresh(slow)
-            read = self._read_latest()
+            read = self._take_fed()
+            read = self._read_latest() or read
             if self._sync_latest() or read:
                 self.metrics.show_latest()
         # a tab the kernel cannot see is shown: refreshed at a slower pace (what it reads grows with the run)
@@ -323,13 +324,19 @@ class Monitor(widgets.VBox):
         if self.group is not None:
             self.group.pick_up()
         primary = self.runs[0]
-        self.events = primary.run.events()
-        self.alerts.from_events(primary.id, self.events)
-        self.alerts.from_recorded(primary.id, self.events)
-        for rs in self.runs[1:]:  # compared runs: only their alerts (the primary's events hold its own)
-            self.alerts.from_recorded(rs.id, rs.run.events(ALERT))
+        for rs in self.runs:  # each run's new events; a compared run's give only its recorded alerts
+            new = rs.read_events()
+            if rs is primary:
+                self.alerts.from_events(rs.id, new)
+            self.alerts.from_recorded(rs.id, new)
+        self.events = primary.events
         for rs in self.runs:
-            self._read_latest(rs)
+            # every metric's last point was read with the charts' points; only a metric first seen since
+            # (its points came before the reads knew it) asks for a read of them all
+            keys = set(rs.run.metric_keys())
+            if rs.id not in self._latest_keys or not keys <= self._latest_keys[rs.id]:
+                self._read_latest(rs)
+                self._latest_keys[rs.id] = keys
             rs.measure_rate(list(self.latest[rs.id]))
             if rs.status == "lost":
                 self.alerts.add(
@@ -357,6 +364,27 @@ class Monitor(widgets.VBox):
                 rs.epoch = self.latest[rs.id]["epoch"][1]
             read = True
         return read
+
+    def _take_fed(self) -> bool:
+        """The latest values from what the Metrics tab's read of every metric of a run brought
+        (``MetricsTab.fed``): that run's latest values need no read of their own this tick. True when
+        a value changed."""
+        changed = False
+        for rs in self.runs:
+            got = self.metrics.fed.get(rs.id)
+            if got is None:
+                continue
+            rs.take_points(got)
+            latest = self.latest.setdefault(rs.id, {})
+            for key, (step, value, _) in got.items():
+                # step-ordered, the later-written last among equal steps: what ``Run.latest`` would say
+                if len(step) and (key not in latest or int(step[-1]) >= latest[key][0]):
+                    latest[key] = (int(step[-1]), float(value[-1]))
+                    changed = True
+            self._latest_at[rs.id] = rs.last_step
+            if "epoch" in latest:
+                rs.epoch = latest["epoch"][1]
+        return changed
 
     def _sync_latest(self) -> bool:
         """The latest values of the series the charts just read, where newer than the last read of every

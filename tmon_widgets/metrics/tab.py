@@ -34,6 +34,7 @@ TIMEFRAMES = [
     ("last 10,000 steps", 10000),
     ("last 100,000 steps", 100000),
 ]
+_NONE = (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64))
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "seconds since the run started"}
 
 
@@ -50,6 +51,9 @@ class MetricsTab:
         self._requested = list(metrics or [])
         self._colors: dict[str, str] = {}
         self._written: dict[str, tuple] = {}  # run id -> what the run row said at the last read
+        self._cursors: dict[str, int] = {}  # run id -> the newest chunk read (``Run.points_since``)
+        #: run id -> {key: (steps, values, walls)} the last refresh read for every metric of the run
+        self.fed: dict[str, dict] = {}
         self._dirty = True  # lines must be redrawn (options changed)
         self._retired: list[Chart] = []
         self.zoom = Zoom(self)
@@ -246,6 +250,7 @@ class MetricsTab:
             self.zoom.apply()
         window = self.timeframe.value
         changed: set[tuple[str, str]] = set()
+        self.fed = {}
         for rs in mon.runs:
             # nothing was written since the last read (no flush moved the heartbeat or the last step)
             written = (rs.last_step, rs.info.get("heartbeat_at"), rs.status, tuple(selected), window)
@@ -254,11 +259,19 @@ class MetricsTab:
             self._written[rs.id] = written
             for key in selected:
                 ident = (rs.id, key)
-                s = self.series.get(ident)
-                if s is None:
-                    s = self.series[ident] = Series(rs.run, key, mon.max_points, window=window)
+                if ident not in self.series:
+                    self.series[ident] = Series(rs.run, key, mon.max_points, window=window)
+            fed = self._read_new(rs, selected)
+            for key in selected:
+                ident = (rs.id, key)
+                s = self.series[ident]
                 try:
-                    if s.update(rs.last_step):
+                    grew = (
+                        s.feed(*fed.get(key, _NONE))
+                        if fed is not None and not s.needs_read(rs.last_step)
+                        else s.update(rs.last_step)
+                    )
+                    if grew:
                         changed.add(ident)
                 except KeyError:  # this run has no such metric (yet)
                     continue
@@ -270,7 +283,12 @@ class MetricsTab:
                 if e is None:
                     e = self.epochs[rs.id] = Series(rs.run, "epoch", mon.max_points)
                 try:
-                    if e.update(rs.last_step):
+                    grew = (
+                        e.feed(*fed.get("epoch", _NONE))
+                        if fed is not None and not e.needs_read(rs.last_step)
+                        else e.update(rs.last_step)
+                    )
+                    if grew:
                         changed.update((rs.id, k) for k in selected)
                 except KeyError:
                     pass
@@ -290,6 +308,24 @@ class MetricsTab:
             if selected
             else f.note("no metrics recorded yet" if not self.keys else "choose metrics on the left")
         )
+
+    def _read_new(self, rs, selected: list[str]) -> dict | None:
+        """The points of every metric of ``rs`` written since the last read, in one read however many
+        lines are drawn (``Run.points_since``); also what the latest-values table takes (``fed``).
+        None where the series read for themselves: the run's first read (which only places the
+        cursor, before they read), or a series whose gap is too wide to take point by point (a tab
+        hidden a long time: the cursor moves on, the series reload downsampled)."""
+        cursor = self._cursors.get(rs.id)
+        wanted = [self.series[(rs.id, k)] for k in selected]
+        if self.xaxis.value == "epoch" and rs.id in self.epochs:
+            wanted.append(self.epochs[rs.id])
+        gap = any(s.last_step is not None and s.needs_read(rs.last_step) for s in wanted)
+        if cursor is None or gap:
+            self._cursors[rs.id] = rs.run.points_since(None)[0]
+            return None
+        self._cursors[rs.id], fed = rs.run.points_since(cursor)
+        self.fed[rs.id] = fed
+        return fed
 
     def _layout(self, selected: list[str]) -> None:
         fams: list[str] = []
