@@ -849,6 +849,45 @@ def test_a_constant_series_is_drawn_flat_with_a_readable_axis(store_url):
     mon.close()
 
 
+def _widget_tree(root):
+    """Every widget reachable from ``root`` through its widget-valued traits (what the page holds)."""
+    import ipywidgets
+
+    seen, todo = {}, [root]
+    while todo:
+        w = todo.pop()
+        if id(w) in seen:
+            continue
+        seen[id(w)] = w
+        for name in w.keys:
+            v = getattr(w, name, None)
+            for x in v if isinstance(v, (list, tuple)) else [v]:
+                if isinstance(x, ipywidgets.Widget):
+                    todo.append(x)
+    return list(seen.values())
+
+
+def test_a_run_of_one_point_gives_every_axis_a_format(store_url):
+    """A line of one point has a zero-width x domain: an axis left to guess its format from the domain
+    logs "invalid format: .undefinedg" in the browser (seen in the blocked-cell browser test)."""
+    import bqplot as bq
+
+    rec = Recorder(store_url, run_name="one point")
+    rec.log({"loss": 0.5, "lr": 0.01}, 0)
+    rec.flush()
+    mon = Monitor(rec.run_id, store=store_url, interval=None)
+    for xaxis in ("step", "epoch", "time"):
+        mon.metrics.xaxis.value = xaxis
+        mon.refresh()
+        axes = [w for w in _widget_tree(mon) if isinstance(w, bq.Axis)]
+        linear = [ax for ax in axes if not isinstance(ax.scale, bq.OrdinalScale)]
+        assert linear and all(ax.tick_format for ax in linear), [
+            (ax.label, ax.tick_format) for ax in linear if not ax.tick_format
+        ]
+    rec.close()
+    mon.close()
+
+
 def test_a_finished_run_with_nan_losses_does_not_wear_a_completed_badge(store_url):
     """Item 9 of issue 18: 199 non-finite losses, status 'completed': the badge says NaN; rates read 6.74 k."""
     rec = Recorder(store_url, run_name="nan", config={"batch_size": 64})

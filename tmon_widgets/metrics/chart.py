@@ -44,7 +44,9 @@ class Chart:
         self.xs = xs
         self.ys = bq.LogScale() if log else bq.LinearScale()
         self.rule_scale = bq.LinearScale(min=0.0, max=1.0)
-        self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6)
+        # a format from the start: without one bqplot guesses it from the domain, and a line of one
+        # point (a zero-width domain) makes that "invalid format: .undefinedg" in the browser
+        self.x_axis = bq.Axis(scale=xs, label=xlabel, grid_lines="dashed", num_ticks=6, tick_format="~g")
         self.y_axis = bq.Axis(scale=self.ys, side="left", tick_format=".3~g", grid_lines="dashed")
         # the legend is HTML above the plot (bqplot's sits on the data and is clipped in compare mode)
         self.fig = bq.Figure(
