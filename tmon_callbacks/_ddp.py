@@ -31,6 +31,11 @@ class DecisionLink:
         )
         self._count = torch.zeros(1, dtype=torch.int64)
 
+    @property
+    def group(self):
+        """tmon's gloo process group (None: not distributed, or closed)."""
+        return self._group
+
     def exchange(self, controller, step: int) -> list:
         """Rank 0: the controller's decisions for ``step``; other ranks: the same decisions, received."""
         decisions = []
@@ -46,6 +51,20 @@ class DecisionLink:
         box = [[_to_wire(d) for d in decisions] if controller is not None else None]
         dist.broadcast_object_list(box, src=0, group=self._group)
         return decisions if controller is not None else [_from_wire(w, self._custom) for w in box[0]]
+
+    def close(self) -> None:
+        """Release tmon's process group once the fit's last exchange is done (every process calls
+        this at the fit's end; it is local). Left alive, each fit would add a gloo group, with its
+        sockets and threads, to the process until it exits, and tear it down only at interpreter
+        exit, while the other processes may still be running."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group(group)
+        except Exception:  # (the user destroyed the world first: the group went with it)
+            pass
 
 
 def _to_wire(d) -> dict:

@@ -183,7 +183,13 @@ class TMonCallbackMixin(_Callback):
         self._link = DecisionLink(self.options) if trainer.world_size > 1 else None
         self._steering = Steering(self._pl, self._ctl, self._rec, self._ckpts, run_id)
 
+    def _close_link(self) -> None:
+        link, self._link = getattr(self, "_link", None), None
+        if link is not None:
+            link.close()
+
     def _reset(self) -> None:
+        self._close_link()  # a fit whose teardown never came left its link
         self.session = self.run_id = self._trainer = None
         self._rec = self._ctl = self._link = self._ray = None
         self._step_offset = 0  # added to Lightning's steps: a restarted Ray trial continues its run
@@ -249,6 +255,7 @@ class TMonCallbackMixin(_Callback):
             return
         self._detach(trainer)
         self._close_guard()
+        self._close_link()  # (every rank: the last exchange was at the last batch's start)
         if not self.session.ended:
             if self._rec is not None:
                 self._entries.release()

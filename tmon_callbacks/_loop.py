@@ -158,17 +158,6 @@ def ranks() -> tuple[int, int, int, int]:
     return rank, local, node, world
 
 
-_gloo = None
-
-
-def gloo_group():
-    """One gloo process group of tmon's for sharing the run id (made once: every process makes it)."""
-    global _gloo
-    if _gloo is None:
-        _gloo = torch.distributed.new_group(backend="gloo")
-    return _gloo
-
-
 def open_session(owner, options) -> tuple[RunSession | None, str | None, DecisionLink | None, int]:
     """This process's side of the run: ``(session, run_id, decision link, world size)``.
 
@@ -192,8 +181,10 @@ def open_session(owner, options) -> tuple[RunSession | None, str | None, Decisio
     if distributed:
         from ._ddp import DecisionLink
 
+        # the run id travels over the link's gloo group, released with it when the loop ends
+        link = DecisionLink(options)
         box = [run_id]
-        dist.broadcast_object_list(box, src=0, group=gloo_group())
+        dist.broadcast_object_list(box, src=0, group=link.group)
         run_id = box[0]
         if session is None and run_id is not None:
             session = RunSession(
@@ -204,7 +195,6 @@ def open_session(owner, options) -> tuple[RunSession | None, str | None, Decisio
                 node_rank=node_rank,
                 run_id=run_id,
             )
-        link = DecisionLink(options)
     # (several processes but no process group to share the run id: only process 0 records)
     return session, run_id, link, world
 

@@ -306,7 +306,11 @@ def _gather_node_ids(world_size: int) -> list | None:
     # over gloo, whatever the training backend: a CPU gather that needs no device set up
     group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
     out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, mine, group=group)
+    try:
+        dist.all_gather_object(out, mine, group=group)
+    finally:
+        if group is not None:  # (a group left alive keeps its sockets and threads until the worker exits)
+            dist.destroy_process_group(group)
     return out
 
 

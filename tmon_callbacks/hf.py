@@ -175,7 +175,13 @@ class TMonCallback(TrainerCallback, TrainListener):
         self._session_call = -1  # the train() call the open session belongs to
         self._reset()
 
+    def _close_link(self) -> None:
+        link, self._link = getattr(self, "_link", None), None
+        if link is not None:
+            link.close()
+
     def _reset(self) -> None:
+        self._close_link()  # a train() that raised left its link
         self._rec = self._ctl = self._link = self._ray = None
         self._pending_saves: list = []
         self._step = 0
@@ -290,6 +296,7 @@ class TMonCallback(TrainerCallback, TrainListener):
     @override
     @guarded
     def on_train_end(self, args, state, control, **kwargs):
+        self._close_link()  # (every process: the last exchange was at the last step's begin)
         session = self.session
         if session is None or session.ended:
             return

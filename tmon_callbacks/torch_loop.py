@@ -259,6 +259,8 @@ class Tracker(LoopControl):
             self._guard.close()
             self._guard = None
         self._ended = self._ended or self._rec is not None
+        if self._link is not None:  # (every process detaches at the end, after its last exchange)
+            self._link.close()
         self._rec = self._ctl = self._link = None
 
     # ------------------------------------------------------------ per step (the hot path)

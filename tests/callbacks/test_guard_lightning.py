@@ -284,8 +284,9 @@ DDP = textwrap.dedent("""
                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                 log_every_n_steps=1)
     t.fit(NanAt(lr=0.05), D(n=256, batch_size=16))
+    groups = list(torch.distributed.distributed_c10d._world.pg_names.values())
     with open(os.path.join({out!r}, f"rank{{t.global_rank}}.json"), "w") as f:
-        json.dump({{"seen": p.seen, "run_id": cb.run_id}}, f)
+        json.dump({{"seen": p.seen, "run_id": cb.run_id, "groups": groups}}, f)
 """)
 
 
@@ -301,6 +302,7 @@ def test_ddp_ranks_roll_back_at_the_same_step(tmp_path, store_url):
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["seen"] == r1["seen"]  # the same weights and lr at every step on both ranks
+    assert r0["groups"] == r1["groups"] and len(r0["groups"]) <= 1, "tmon's gloo group is released at the end"
     seen = r0["seen"]
     # 96 samples per rank, 6 steps per epoch: NaN at step 9, back to the snapshot of step 8 at step 10
     assert seen["10"][1] == seen["8"][1] and seen["9"][0] == 0.05 and seen["10"][0] == 0.025

@@ -434,7 +434,8 @@ with tmon_core.track(optimizer=opt, model=model, store=sys.argv[1], schedule=[At
         used.append(opt.param_groups[0]["lr"])
         opt.step()
         t.step(loss=float(step))
-print(json.dumps({"rank": dist.get_rank(), "run_id": t.run_id, "used": used}), flush=True)
+groups = list(dist.distributed_c10d._world.pg_names.values())
+print(json.dumps({"rank": dist.get_rank(), "run_id": t.run_id, "used": used, "groups": groups}), flush=True)
 dist.destroy_process_group()
 """
 
@@ -481,6 +482,7 @@ def test_two_processes_record_one_run_and_apply_the_schedule_at_the_same_step(tm
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert outs[0]["run_id"] == outs[1]["run_id"]
     assert outs[0]["used"] == outs[1]["used"] == pytest.approx([1.0] * 3 + [0.1] * 3)
+    assert outs[0]["groups"] == outs[1]["groups"] == ["0"], "tmon's gloo group is released at the end"
     store = open_store(store_url)
     assert len(store.runs()) == 1
     run = store.run(outs[0]["run_id"])
