@@ -10,13 +10,6 @@ import numpy as np
 from tmon_core.events import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from tmon_core.store.run import steps_done
 
-
-def _pd():
-    import pandas as pd
-
-    return pd
-
-
 #: keys read (in this order) to measure throughput: the first one the run records every step
 RATE_KEYS = ("loss", "step_time", "lr")
 #: the seconds of recent points the throughput is measured over
@@ -41,7 +34,9 @@ class Polled:
         elif len(new):
             # a row that a concurrent writer made visible late goes where its time puts it
             late = float(new[self._order[0]].min()) < float(self.frame[self._order[0]].max())
-            both = _pd().concat([self.frame, new], ignore_index=True)
+            import pandas as pd
+
+            both = pd.concat([self.frame, new], ignore_index=True)
             self.frame = both.sort_values(self._order, ignore_index=True, kind="stable") if late else both
         return new
 
@@ -58,8 +53,7 @@ class RunState:
         self.epoch: float | None = None
         self._rate_key: str | None = None
         self._recent: tuple[np.ndarray, np.ndarray] | None = None  # (steps, walls) of the rate key, newest
-        self.events = None  # the run's events so far (a DataFrame, ``Run.events()``'s frame)
-        self._events = Polled(run.events_since, ("wall_time", "id"))
+        self.events = Polled(run.events_since, ("wall_time", "id"))  # ``.frame``: ``Run.events()``'s
         self.samples = Polled(run.samples_since, ("wall_time", "id"))  # host samples, for the Hardware tab
         self.gpu_samples = Polled(run.gpu_samples_since, ("wall_time", "gpu"))
         self.refresh()
@@ -113,13 +107,6 @@ class RunState:
         if end is None and not self.running:
             end = self.info.get("heartbeat_at")
         return (end or now or time.time()) - start
-
-    # --------------------------------------------------------------- tables read as they grow
-    def read_events(self):
-        """Read the events recorded since the last read into :attr:`events`; returns the new ones."""
-        new = self._events.read()
-        self.events = self._events.frame
-        return new
 
     # --------------------------------------------------------------- throughput
     def take_points(self, fed: dict) -> None:

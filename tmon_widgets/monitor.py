@@ -325,11 +325,11 @@ class Monitor(widgets.VBox):
             self.group.pick_up()
         primary = self.runs[0]
         for rs in self.runs:  # each run's new events; a compared run's give only its recorded alerts
-            new = rs.read_events()
+            new = rs.events.read()
             if rs is primary:
                 self.alerts.from_events(rs.id, new)
             self.alerts.from_recorded(rs.id, new)
-        self.events = primary.events
+        self.events = primary.events.frame
         for rs in self.runs:
             # every metric's last point was read with the charts' points; only a metric first seen since
             # (its points came before the reads knew it) asks for a read of them all

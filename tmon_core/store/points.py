@@ -100,8 +100,7 @@ def last_of_each(conn, sids) -> dict[int, tuple[int, float]]:
     out: dict[int, tuple[int, float]] = {}
     sids = [int(s) for s in sids]
     cols = ", ".join(f"c.{c.strip()}" for c in chunks.READ_COLUMNS.split(","))
-    for i in range(0, len(sids), 500):
-        ids = ", ".join(map(str, sids[i : i + 500]))
+    for ids in _id_lists(sids):
         rows = fetch(
             conn,
             f"SELECT c.series_id, {cols} FROM tmon_chunks c JOIN (SELECT series_id, MAX(last_step) AS top "
@@ -118,12 +117,18 @@ def last_of_each(conn, sids) -> dict[int, tuple[int, float]]:
     return out
 
 
+def _id_lists(sids, size: int = 500):
+    """``sids`` as SQL lists of at most ``size`` ids ("1, 2, 3"): one ``IN (...)`` each, within
+    every driver's limit on a statement's length."""
+    for i in range(0, len(sids), size):
+        yield ", ".join(map(str, sids[i : i + size]))
+
+
 def newest_chunk(conn, sids) -> int:
     """The largest chunk id among series ``sids`` (0: none yet): where a :func:`since` reader starts."""
     sids = [int(s) for s in sids]
     top = 0
-    for i in range(0, len(sids), 500):
-        ids = ", ".join(map(str, sids[i : i + 500]))
+    for ids in _id_lists(sids):
         got = conn.exec_driver_sql(f"SELECT MAX(id) FROM tmon_chunks WHERE series_id IN ({ids})").scalar()
         top = max(top, int(got or 0))
     return top
@@ -143,8 +148,7 @@ def since(conn, sids, after: int) -> tuple[dict[int, tuple], int]:
     cols = ", ".join(c.strip() for c in chunks.READ_COLUMNS.split(","))
     by: dict[int, list] = {}
     top = after
-    for i in range(0, len(sids), 500):
-        ids = ", ".join(map(str, sids[i : i + 500]))
+    for ids in _id_lists(sids):
         # ``+series_id``: SQLite would otherwise walk the series' whole index and filter on the id
         rows = fetch(
             conn,
