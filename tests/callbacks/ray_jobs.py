@@ -26,6 +26,9 @@ class Tiny(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.fail_at_step is not None and self.trainer.global_step == self.fail_at_step:
             if self.kill:  # the worker process dies on the spot: nothing of it runs after this
+                # first, time for Ray's controller to register the checkpoint the last epoch's end reported
+                # (asynchronous: in one loaded CI run the kill came first and the restart began at step 0)
+                time.sleep(3.0)
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"worker failure at step {self.fail_at_step} (the test's first attempt)")
         if self.sleep:

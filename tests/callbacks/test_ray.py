@@ -171,7 +171,8 @@ def test_restarted_trial_continues_its_run(ray_session, tmp_path, store_url):
 def test_a_killed_worker_resumes_the_same_run(ray_session, tmp_path, store_url):
     marker = str(tmp_path / "killed-once")
     # half a second a step: the killed attempt's recorder flushes (every second) after Ray's checkpoint
-    # of step 8 and before the kill at step 11; what it had not flushed dies with it
+    # of step 8 and before the kill at step 11 (3 s after step 10 ends, once Ray has registered the
+    # checkpoint); what it had not flushed dies with it
     result = fit(
         tmp_path, "killed", store_url, workers=1, failures=1, epochs=2, sleep=0.5,
         fail_marker=marker, fail_at_step=11, kill=True,
